@@ -1,0 +1,53 @@
+# The front door. Every target bootstraps first (idempotent, quiet when all is present).
+SHELL := /bin/bash
+CARGO ?= cargo
+ARGS ?=
+PLUGINS_WASM_DIR := plugins/target/wasm32-wasip2/release
+
+.PHONY: bootstrap test lint fmt-check clippy deny plugins unit bench lab image doc clean
+
+bootstrap:
+	@scripts/bootstrap.sh
+
+## make test: everything CI runs. Root-only tests (network namespaces) run when invoked as root.
+test: bootstrap lint plugins unit
+	@echo "make test: all checks passed"
+
+lint: fmt-check clippy doc deny
+
+fmt-check: bootstrap
+	$(CARGO) fmt --all --check
+	cd plugins && $(CARGO) fmt --all --check
+
+clippy: bootstrap
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	cd plugins && $(CARGO) clippy --all-targets -- -D warnings
+
+doc: bootstrap
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps --quiet
+
+deny: bootstrap
+	$(CARGO) deny --offline check licenses bans sources 2>&1 | grep -v "^warning\[" | tail -20; \
+		exit $${PIPESTATUS[0]}
+
+plugins: bootstrap
+	cd plugins && $(CARGO) build --release --quiet
+	@ls $(PLUGINS_WASM_DIR)/*.wasm
+
+unit: bootstrap plugins
+	$(CARGO) test --workspace --no-fail-fast
+
+## make bench: every benchmark; each result is one line `BENCH <name> <value> <unit>`.
+bench: bootstrap plugins
+	$(CARGO) bench --workspace --quiet 2>&1 | grep --line-buffered -E "^(BENCH|  )" ; \
+		exit $${PIPESTATUS[0]}
+
+lab: bootstrap
+	$(CARGO) run --release --quiet -p isthmus-lab -- $(ARGS)
+
+image: bootstrap
+	$(CARGO) run --release --quiet -p isthmus-image -- $(ARGS)
+
+clean:
+	$(CARGO) clean
+	cd plugins && $(CARGO) clean

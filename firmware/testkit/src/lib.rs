@@ -1,0 +1,163 @@
+//! Test support for root-only tests: network namespaces that delete themselves, veth links between
+//! them, and commands or closures run inside them.
+//!
+//! Tests that need root call [`require_root`] first and return early (saying so) when not root;
+//! `make test` runs as root in CI, so they always run there. Traffic stays inside the namespaces.
+#![forbid(unsafe_code)]
+
+use std::fs::File;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// True when the test may create namespaces. Prints why a test is skipped otherwise.
+pub fn require_root() -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    if !root {
+        eprintln!("skipped: this test needs root (network namespaces); `make test` as root runs it");
+    }
+    root
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// A network namespace under `/run/netns`, deleted (with everything in it) on drop.
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// Creates `ist-<tag>-<pid>-<n>` (kept short: interface names in it are the caller's) with
+    /// loopback up.
+    pub fn new(tag: &str) -> Netns {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let name = format!("ist-{tag}-{}-{n}", std::process::id());
+        run_ok(Command::new("ip").args(["netns", "add", &name]));
+        let ns = Netns { name };
+        ns.sh("ip link set lo up");
+        ns
+    }
+
+    /// The namespace's name, as `ip netns` knows it.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A command that runs inside the namespace.
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+
+    /// Runs a shell line inside the namespace; panics with its output if it fails.
+    pub fn sh(&self, line: &str) -> String {
+        let out = run_ok(self.command("sh").args(["-c", line]));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs a shell line inside the namespace and returns its output, whatever its status.
+    pub fn sh_output(&self, line: &str) -> Output {
+        self.command("sh")
+            .args(["-c", line])
+            .output()
+            .expect("spawn ip netns exec")
+    }
+
+    /// Starts a long-running shell line inside the namespace; the caller owns the child.
+    pub fn spawn(&self, line: &str) -> Child {
+        self.command("sh")
+            .args(["-c", &format!("exec {line}")])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn ip netns exec")
+    }
+
+    /// Runs `f` on a new thread that has entered this namespace: sockets, TUN devices and netlink
+    /// handles it opens live there.
+    pub fn run<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> R {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            enter(&path);
+            f()
+        })
+        .join()
+        .expect("thread inside namespace panicked")
+    }
+
+    /// Like [`Netns::run`] but returns the running thread's handle.
+    pub fn spawn_thread<R: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> std::thread::JoinHandle<R> {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            enter(&path);
+            f()
+        })
+    }
+}
+
+/// Moves the calling thread into the namespace at `path`.
+pub fn enter(path: &str) {
+    let f = File::open(path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+    nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)
+        .unwrap_or_else(|e| panic!("setns {path}: {e}"));
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Processes started with `spawn` must have been ended by their owner; the namespace and
+        // its interfaces go with it.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// Joins two namespaces with a veth pair and gives each end an address (CIDR form).
+pub fn veth(a: &Netns, a_if: &str, a_addr: &str, b: &Netns, b_if: &str, b_addr: &str) {
+    run_ok(Command::new("ip").args([
+        "link", "add", a_if, "netns", &a.name, "type", "veth", "peer", "name", b_if, "netns",
+        &b.name,
+    ]));
+    a.sh(&format!("ip addr add {a_addr} dev {a_if} && ip link set {a_if} up"));
+    b.sh(&format!("ip addr add {b_addr} dev {b_if} && ip link set {b_if} up"));
+}
+
+fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_namespaces_ping_over_veth_and_vanish() {
+        if !require_root() {
+            return;
+        }
+        let name;
+        {
+            let a = Netns::new("tk");
+            let b = Netns::new("tk");
+            name = a.name().to_owned();
+            veth(&a, "va", "10.99.0.1/30", &b, "vb", "10.99.0.2/30");
+            let out = a.sh_output("ping -c1 -W2 10.99.0.2");
+            assert!(out.status.success(), "ping across veth failed");
+            // A thread that entered the namespace sees its interfaces.
+            let ifs = a.run(|| std::fs::read_to_string("/proc/thread-self/net/dev").unwrap());
+            assert!(ifs.contains("va:"), "thread did not enter the namespace: {ifs}");
+        }
+        let list = Command::new("ip").args(["netns", "list"]).output().unwrap();
+        assert!(!String::from_utf8_lossy(&list.stdout).contains(&name));
+    }
+}
