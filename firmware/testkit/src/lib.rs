@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 pub fn require_root() -> bool {
     let root = nix::unistd::geteuid().is_root();
     if !root {
-        eprintln!("skipped: this test needs root (network namespaces); `make test` as root runs it");
+        eprintln!(
+            "skipped: this test needs root (network namespaces); `make test` as root runs it"
+        );
     }
     root
 }
@@ -58,10 +60,7 @@ impl Netns {
 
     /// Runs a shell line inside the namespace and returns its output, whatever its status.
     pub fn sh_output(&self, line: &str) -> Output {
-        self.command("sh")
-            .args(["-c", line])
-            .output()
-            .expect("spawn ip netns exec")
+        self.command("sh").args(["-c", line]).output().expect("spawn ip netns exec")
     }
 
     /// Starts a long-running shell line inside the namespace; the caller owns the child.
@@ -109,9 +108,7 @@ impl Drop for Netns {
     fn drop(&mut self) {
         // Processes started with `spawn` must have been ended by their owner; the namespace and
         // its interfaces go with it.
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
     }
 }
 
