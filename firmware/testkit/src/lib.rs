@@ -5,6 +5,8 @@
 //! `make test` runs as root in CI, so they always run there. Traffic stays inside the namespaces.
 #![forbid(unsafe_code)]
 
+pub mod strongswan;
+
 use std::fs::File;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
