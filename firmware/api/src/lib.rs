@@ -1,3 +1,303 @@
 //! Request and response types of the management API, shared by `isthmusd` and the `isthmus` CLI.
-//! No transport lives here.
+//! No transport lives here: the daemon serves these as JSON over HTTP, the CLI sends and prints them.
+//!
+//! Every control input is one [`Action`] (the firecracker pattern): the HTTP layer only parses a
+//! request into it, so the API, the CLI and tests speak one vocabulary. Secrets never appear in
+//! these types: configuration text in responses is already redacted by the daemon.
 #![forbid(unsafe_code)]
+
+use serde::{Deserialize, Serialize};
+
+/// The API's version prefix: every path starts with it.
+pub const PREFIX: &str = "/api/v1";
+
+/// The role a bearer token grants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// May read and change everything.
+    Admin,
+    /// May only read.
+    ReadOnly,
+}
+
+/// Every control input the daemon accepts. All of them change state, so all need an admin token;
+/// reads are plain `GET`s.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "kebab-case")]
+pub enum Action {
+    /// Validate a configuration document without committing it.
+    ConfigValidate { text: String },
+    /// Show what committing a document would change, against the active revision.
+    ConfigDiff { text: String },
+    /// Commit and apply; with `confirm_secs`, revert unless confirmed in time.
+    ConfigCommit { text: String, comment: String, confirm_secs: Option<u64>, dry_run: bool },
+    /// Confirm a pending commit-confirm.
+    ConfigConfirm,
+    /// Make the content of `revision` active again (as a new revision).
+    ConfigRollback { revision: u64 },
+    /// Bring a tunnel up now.
+    TunnelInitiate { name: String },
+    /// Tear a tunnel down (it stays configured and reported as down).
+    TunnelTerminate { name: String },
+    /// Rekey a tunnel's CHILD SAs (and its IKE SA with `ike`).
+    TunnelRekey { name: String, ike: bool },
+    /// Activate an uploaded plugin version by digest.
+    PluginActivate { digest: String },
+    /// Go back to the previously active version of a plugin.
+    PluginRollback { name: String },
+    /// Remove an inactive plugin version.
+    PluginRemove { digest: String },
+}
+
+/// The body of every error response.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    /// The HTTP status code.
+    pub status: u16,
+    /// A stable machine-readable code, e.g. `unauthorized`, `forbidden`, `invalid-config`.
+    pub code: String,
+    /// What is wrong, for a person.
+    pub message: String,
+    /// Details such as configuration errors with their paths.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<Issue>,
+}
+
+/// One configuration problem, located by its field path.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Issue {
+    /// The path of the offending field, e.g. `tunnel[1].spd[0].remote`.
+    pub path: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+/// The result of validating a document.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ValidateResponse {
+    /// True when there are no errors (warnings do not block a commit).
+    pub ok: bool,
+    /// Problems that block a commit.
+    pub errors: Vec<Issue>,
+    /// Likely mistakes.
+    pub warnings: Vec<Issue>,
+}
+
+/// One stored configuration revision.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revision {
+    /// The revision number, counting from 1.
+    pub number: u64,
+    /// When it was committed, seconds since the Unix epoch.
+    pub time: u64,
+    /// Who committed it (the token's name).
+    pub author: String,
+    /// The commit comment.
+    pub comment: String,
+    /// True for the revision in force.
+    pub active: bool,
+    /// Set while this revision awaits confirmation: seconds since the epoch when it reverts.
+    pub confirm_deadline: Option<u64>,
+}
+
+/// The result of a commit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitResponse {
+    /// The new revision (absent for a dry run).
+    pub revision: Option<u64>,
+    /// What the apply changed (or would change, for a dry run), one line each.
+    pub plan: Vec<String>,
+    /// Warnings from validation.
+    pub warnings: Vec<Issue>,
+}
+
+/// A tunnel's state as an operator sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TunnelState {
+    /// Configured, no IKE SA.
+    Down,
+    /// IKE negotiation in progress.
+    Connecting,
+    /// IKE SA and at least one CHILD SA established.
+    Up,
+    /// IKE SA up but no CHILD SA.
+    Degraded,
+}
+
+/// One row of `tunnel list`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TunnelSummary {
+    /// The tunnel's name.
+    pub name: String,
+    /// The customer gateway's name.
+    pub peer: String,
+    /// The peer's address.
+    pub peer_address: String,
+    /// Current state.
+    pub state: TunnelState,
+    /// Seconds since it came up (0 when down).
+    pub uptime_secs: u64,
+    /// Counters, monotonic across rekeys.
+    pub counters: Counters,
+    /// The last negotiation error, explained.
+    pub last_error: Option<String>,
+}
+
+/// Traffic counters. Per tunnel they survive rekeys (the sum of all SAs it ever had).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Packets sent into the tunnel.
+    pub packets_out: u64,
+    /// Bytes sent into the tunnel (inner packets).
+    pub bytes_out: u64,
+    /// Packets received from the tunnel.
+    pub packets_in: u64,
+    /// Bytes received from the tunnel (inner packets).
+    pub bytes_in: u64,
+    /// Drops by reason (`icv_failure`, `replay`, `no_sa`, ...).
+    pub drops: Vec<(String, u64)>,
+}
+
+/// One CHILD SA pair.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChildSa {
+    /// The CHILD SA's name from the configuration.
+    pub name: String,
+    /// Inbound SPI, hex.
+    pub spi_in: String,
+    /// Outbound SPI, hex.
+    pub spi_out: String,
+    /// The ESP proposal in force, strongSwan syntax.
+    pub proposal: String,
+    /// Local traffic selectors.
+    pub local_ts: Vec<String>,
+    /// Remote traffic selectors.
+    pub remote_ts: Vec<String>,
+    /// Seconds since it was installed.
+    pub age_secs: u64,
+    /// Seconds since the last packet in (None: never).
+    pub last_in_secs: Option<u64>,
+    /// Seconds since the last packet out (None: never).
+    pub last_out_secs: Option<u64>,
+    /// Counters of this SA only.
+    pub counters: Counters,
+}
+
+/// `tunnel show`: the summary plus SAs, rekeys and recent events.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TunnelDetail {
+    /// The summary row.
+    pub summary: TunnelSummary,
+    /// The IKE proposal in force, strongSwan syntax.
+    pub ike_proposal: Option<String>,
+    /// CHILD SAs in force.
+    pub children: Vec<ChildSa>,
+    /// How many rekeys succeeded since the daemon started.
+    pub rekeys: u64,
+    /// Recent events, newest last.
+    pub events: Vec<Event>,
+}
+
+/// Severity of an alarm or event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Severity {
+    /// For the record.
+    Info,
+    /// Needs attention.
+    Warning,
+    /// Traffic is affected.
+    Critical,
+}
+
+/// Something that happened.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Seconds since the Unix epoch.
+    pub time: u64,
+    /// The kind, e.g. `tunnel-up`, `negotiation-failed`, `alarm-raised`.
+    pub kind: String,
+    /// The object concerned, e.g. `tunnel/to-idc`.
+    pub subject: String,
+    /// What happened, explained.
+    pub message: String,
+    /// How serious.
+    pub severity: Severity,
+}
+
+/// An alarm, active or cleared.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Alarm {
+    /// The alarm's name from the configuration.
+    pub name: String,
+    /// The object it concerns.
+    pub subject: String,
+    /// Severity after the alarm plugin's mapping.
+    pub severity: Severity,
+    /// What is wrong.
+    pub message: String,
+    /// When it was raised, seconds since the epoch.
+    pub raised: u64,
+    /// When it cleared, if it did.
+    pub cleared: Option<u64>,
+}
+
+/// One stored plugin version.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plugin {
+    /// The plugin's name from its manifest.
+    pub name: String,
+    /// Its version from the manifest.
+    pub version: String,
+    /// The hook it binds to: `spd`, `security-group` or `alarm`.
+    pub hook: String,
+    /// SHA-256 of the package, hex.
+    pub digest: String,
+    /// The trusted key that signed it.
+    pub signer: String,
+    /// True for the version in force.
+    pub active: bool,
+    /// Set when the plugin is quarantined, with the reason.
+    pub quarantined: Option<String>,
+}
+
+/// `status`: the gateway at a glance.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// The gateway's name.
+    pub gateway: String,
+    /// Firmware version.
+    pub version: String,
+    /// Seconds since the daemon started.
+    pub uptime_secs: u64,
+    /// The active configuration revision.
+    pub revision: Option<u64>,
+    /// Set while a commit-confirm is pending: seconds left.
+    pub confirm_pending_secs: Option<u64>,
+    /// Tunnels by state.
+    pub tunnels: Vec<TunnelSummary>,
+    /// Alarms not cleared.
+    pub active_alarms: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn actions_are_tagged_json_in_kebab_case() {
+        let a = Action::ConfigCommit {
+            text: "x".into(),
+            comment: "c".into(),
+            confirm_secs: Some(300),
+            dry_run: false,
+        };
+        let j = serde_json::to_string(&a).unwrap();
+        assert!(j.starts_with(r#"{"action":"config-commit""#), "{j}");
+        assert_eq!(serde_json::from_str::<Action>(&j).unwrap(), a);
+        let e = serde_json::from_str::<Action>(r#"{"action":"format-disk"}"#).unwrap_err();
+        assert!(e.to_string().contains("unknown variant `format-disk`"), "{e}");
+    }
+}
