@@ -1,0 +1,351 @@
+//! The two-site lab: site A (the VPC side) and site B (the customer's data centre), each an Isthmus
+//! appliance in QEMU, joined by the simulated Internet ([`crate::wan`]), each with a host on its LAN.
+//!
+//! ```text
+//!  LAN host A ── lan0 ┌ site-a ┐ eth1 ══ WAN relay (127.0.0.1, delay/loss) ══ eth1 ┌ site-b ┐ lan0 ── LAN host B
+//! 172.16.1.10   .1    │ QEMU   │ 198.51.100.1                      198.51.100.2 │ QEMU   │ .1   172.16.2.10
+//!                     └ eth0: mgmt, API :8443 → 127.0.0.1:PORT_A   ┘ eth0 → 127.0.0.1:PORT_B
+//! ```
+//!
+//! Each LAN host is a network namespace inside its appliance, on a veth pair (`lan0` stays with the
+//! appliance): no third VM per site, which matters under TCG on two cores. Until the daemon owns
+//! the interfaces from its configuration (`qemu/configs/site-*.toml`), the lab sets the addresses
+//! through the serial console.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use isthmus_image::Manifest;
+
+use crate::vm::{Accel, Boot, Nic, Vm, VmSpec, fresh_vars, overlay};
+use crate::wan::{Impairment, Wan};
+use crate::{Error, Result};
+
+/// The management API's port inside each appliance.
+pub const API_PORT: u16 = 8443;
+/// How long a boot may take before the lab gives up (TCG on a busy two-core machine).
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+const CMD: Duration = Duration::from_secs(30);
+
+/// One site's addressing.
+#[derive(Clone, Debug)]
+pub struct SiteSpec {
+    /// Hostname and file prefix, e.g. `site-a`.
+    pub name: &'static str,
+    /// WAN address with prefix length.
+    pub wan: &'static str,
+    /// The appliance's LAN address with prefix length.
+    pub lan: &'static str,
+    /// The LAN host's address with prefix length.
+    pub host: &'static str,
+    /// The LAN network (what the tunnel protects).
+    pub lan_net: &'static str,
+    /// MAC address prefix of its NICs.
+    pub mac: &'static str,
+    /// Its lab configuration file, relative to the workspace.
+    pub config: &'static str,
+}
+
+/// The two sites.
+pub const SITES: [SiteSpec; 2] = [
+    SiteSpec {
+        name: "site-a",
+        wan: "198.51.100.1/24",
+        lan: "172.16.1.1/24",
+        host: "172.16.1.10/24",
+        lan_net: "172.16.1.0/24",
+        mac: "52:54:00:0a",
+        config: "qemu/configs/site-a.toml",
+    },
+    SiteSpec {
+        name: "site-b",
+        wan: "198.51.100.2/24",
+        lan: "172.16.2.1/24",
+        host: "172.16.2.10/24",
+        lan_net: "172.16.2.0/24",
+        mac: "52:54:00:0b",
+        config: "qemu/configs/site-b.toml",
+    },
+];
+
+fn addr(cidr: &str) -> &str {
+    cidr.split('/').next().unwrap_or(cidr)
+}
+
+/// Lab settings.
+#[derive(Clone, Debug)]
+pub struct LabOptions {
+    /// The QEMU binary.
+    pub qemu: PathBuf,
+    /// Accelerator.
+    pub accel: Accel,
+    /// The built image.
+    pub image: Manifest,
+    /// Folder for overlays, consoles and logs.
+    pub dir: PathBuf,
+    /// WAN impairments.
+    pub impairment: Impairment,
+    /// Host ports for the two management APIs (`None`: any free port).
+    pub api_ports: [Option<u16>; 2],
+    /// Memory per appliance in MiB.
+    pub mem_mib: u32,
+}
+
+/// A running appliance of the lab.
+#[derive(Debug)]
+pub struct Site {
+    /// Its addressing.
+    pub spec: SiteSpec,
+    /// Its VM.
+    pub vm: Vm,
+    /// Host port forwarded to its API (127.0.0.1).
+    pub api_port: u16,
+    /// Seconds from QEMU start to the readiness line.
+    pub ready_secs: f64,
+    /// The readiness line as printed.
+    pub ready_line: String,
+    /// PID (inside the appliance) of the LAN host namespace's anchor process.
+    lan_host_pid: Option<u32>,
+}
+
+/// The running lab. Dropping it stops both appliances and the WAN.
+#[derive(Debug)]
+pub struct Lab {
+    /// Site A and site B.
+    pub sites: Vec<Site>,
+    /// The simulated Internet.
+    pub wan: Wan,
+}
+
+/// The direct-boot command line of a lab appliance.
+pub fn lab_cmdline(site: &str) -> String {
+    // panic=-1 reboots at once; no `console=tty0`: the lab VMs have no display.
+    format!("console=ttyS0,115200 quiet panic=-1 isthmus.slot=a isthmus.hostname={site}")
+}
+
+impl Lab {
+    /// Starts both appliances (direct kernel boot on fresh overlays of the image) and waits for both
+    /// readiness lines.
+    pub fn boot(opts: &LabOptions) -> Result<Lab> {
+        std::fs::create_dir_all(&opts.dir).map_err(|e| Error::io(&opts.dir, e))?;
+        let wan = Wan::start(opts.impairment)?;
+        let mut vms = Vec::new();
+        for (i, spec) in SITES.iter().enumerate() {
+            let api_port = match opts.api_ports[i] {
+                Some(p) => p,
+                None => crate::vm::free_tcp_port()?,
+            };
+            let disk = opts.dir.join(format!("{}.qcow2", spec.name));
+            overlay(&opts.image.raw, "raw", &disk)?;
+            let wan_netdev = if i == 0 { wan.netdev_a() } else { wan.netdev_b() };
+            let vm = Vm::start(&VmSpec {
+                name: spec.name.to_string(),
+                qemu: opts.qemu.clone(),
+                accel: opts.accel,
+                boot: Boot::Direct {
+                    kernel: opts.image.vmlinuz.clone(),
+                    initrd: opts.image.initrd.clone(),
+                    cmdline: lab_cmdline(spec.name),
+                },
+                disk,
+                disk_format: "qcow2".into(),
+                nics: vec![
+                    Nic {
+                        netdev: format!(
+                            "user,restrict=on,hostfwd=tcp:127.0.0.1:{api_port}-10.0.2.15:{API_PORT}"
+                        ),
+                        mac: format!("{}:00:01", spec.mac),
+                    },
+                    Nic { netdev: wan_netdev, mac: format!("{}:00:02", spec.mac) },
+                ],
+                mem_mib: opts.mem_mib,
+                dir: opts.dir.clone(),
+            })?;
+            vms.push((spec.clone(), vm, api_port));
+        }
+        let mut sites = Vec::new();
+        for (spec, mut vm, api_port) in vms {
+            let ready_line = vm.wait_for(isthmus_ready(), BOOT_TIMEOUT)?;
+            let ready_secs = vm.started.elapsed().as_secs_f64();
+            sites.push(Site { spec, vm, api_port, ready_secs, ready_line, lan_host_pid: None });
+        }
+        Ok(Lab { sites, wan })
+    }
+
+    /// Sets the management and WAN addresses and creates each LAN host (what the daemon will do
+    /// from its configuration; the LAN host namespace stays lab scaffolding).
+    pub fn wire(&mut self) -> Result<()> {
+        for site in &mut self.sites {
+            let s = site.spec.clone();
+            let vm = &mut site.vm;
+            vm.wait_for_shell(Duration::from_secs(30))?;
+            vm.sh_ok("ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0", CMD)?;
+            vm.sh_ok(&format!("ip link set eth1 up && ip addr add {} dev eth1", s.wan), CMD)?;
+            // lan0 stays here; BusyBox names the peer veth0, which moves into the host's namespace.
+            vm.sh_ok(
+                &format!("ip link add lan0 type veth && ip addr add {} dev lan0", s.lan),
+                CMD,
+            )?;
+            let pid =
+                vm.sh_ok("unshare -n sleep 2147483647 </dev/null >/dev/null 2>&1 & echo $!", CMD)?;
+            let pid: u32 =
+                pid.lines().last().and_then(|l| l.trim().parse().ok()).ok_or_else(|| {
+                    Error::Guest(format!("{}: no LAN host pid in {pid:?}", s.name))
+                })?;
+            vm.sh_ok(
+                &format!(
+                    "echo {pid} > /run/lan-host.pid; sleep 0.2; ip link set veth0 netns {pid}"
+                ),
+                CMD,
+            )?;
+            vm.sh_ok(
+                &format!(
+                    "nsenter -t {pid} -n sh -c 'ip link set lo up && ip link set veth0 up && \
+                     ip addr add {} dev veth0 && ip route add default via {}' && ip link set lan0 up",
+                    s.host,
+                    addr(s.lan)
+                ),
+                CMD,
+            )?;
+            vm.sh_ok("sysctl -qw net.ipv4.ip_forward=1", CMD)?;
+            site.lan_host_pid = Some(pid);
+        }
+        Ok(())
+    }
+
+    /// Pings site B's WAN address from site A; returns ping's summary lines.
+    pub fn wan_ping(&mut self) -> Result<String> {
+        let b = addr(SITES[1].wan);
+        let out =
+            self.sites[0].vm.sh_ok(&format!("ping -c 3 -W 3 {b}"), Duration::from_secs(40))?;
+        Ok(summary(&out))
+    }
+
+    /// Pings LAN host B from LAN host A (through the tunnel, once there is one). Returns
+    /// (success, ping's summary).
+    pub fn lan_ping(&mut self) -> Result<(bool, String)> {
+        let pid = self.sites[0]
+            .lan_host_pid
+            .ok_or_else(|| Error::Guest("LAN host A not created".into()))?;
+        let target = addr(SITES[1].host);
+        let (status, out) = self.sites[0].vm.sh(
+            &format!("nsenter -t {pid} -n ping -c 3 -W 2 {target} 2>&1"),
+            Duration::from_secs(40),
+        )?;
+        Ok((status == 0, summary(&out)))
+    }
+
+    /// Whether each appliance's daemon listens on the API port (asked inside the appliance: QEMU's
+    /// user networking accepts host connections even when nothing listens in the guest).
+    pub fn api_listening(&mut self) -> Result<Vec<bool>> {
+        let mut v = Vec::new();
+        for site in &mut self.sites {
+            let (status, _) = site.vm.sh(&format!("netstat -ltn | grep -q ':{API_PORT} '"), CMD)?;
+            v.push(status == 0);
+        }
+        Ok(v)
+    }
+
+    /// The console log file of site `i`.
+    pub fn console_log(&self, i: usize) -> &Path {
+        &self.sites[i].vm.log
+    }
+
+    /// Powers both appliances off cleanly (kills them after a grace period).
+    pub fn shutdown(self) {
+        let started = Instant::now();
+        for site in self.sites {
+            site.vm.shutdown(Duration::from_secs(15).saturating_sub(started.elapsed()));
+        }
+    }
+}
+
+/// The readiness line PID 1 prints (see `firmware/daemon/src/pid1.rs`).
+pub fn isthmus_ready() -> &'static str {
+    "isthmus: ready"
+}
+
+fn summary(ping: &str) -> String {
+    ping.lines()
+        .filter(|l| {
+            l.contains("packets transmitted") || l.contains("round-trip") || l.contains("rtt")
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Boots the image under OVMF (systemd-boot picks the slot) on a fresh overlay; returns the VM after
+/// its readiness line, and that line.
+pub fn boot_uefi(
+    qemu: &Path,
+    accel: Accel,
+    image: &Path,
+    dir: &Path,
+    name: &str,
+    mem_mib: u32,
+) -> Result<(Vm, String)> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let disk = dir.join(format!("{name}.qcow2"));
+    overlay(image, "raw", &disk)?;
+    let vars = dir.join(format!("{name}.vars.fd"));
+    fresh_vars(&vars)?;
+    let mut vm = Vm::start(&VmSpec {
+        name: name.to_string(),
+        qemu: qemu.to_path_buf(),
+        accel,
+        boot: Boot::Uefi { vars },
+        disk,
+        disk_format: "qcow2".into(),
+        nics: vec![],
+        mem_mib,
+        dir: dir.to_path_buf(),
+    })?;
+    let line = vm.wait_for(isthmus_ready(), BOOT_TIMEOUT)?;
+    Ok((vm, line))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sites_do_not_overlap() {
+        assert_ne!(SITES[0].lan_net, SITES[1].lan_net);
+        assert_ne!(addr(SITES[0].wan), addr(SITES[1].wan));
+        assert_eq!(addr("172.16.1.10/24"), "172.16.1.10");
+    }
+
+    #[test]
+    fn lab_configs_match_the_lab_wiring() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        for (i, s) in SITES.iter().enumerate() {
+            let text = std::fs::read_to_string(root.join(s.config)).unwrap();
+            let peer = &SITES[1 - i];
+            assert!(text.contains(&format!("name = \"{}\"", s.name)), "{}", s.config);
+            assert!(text.contains(&format!("address = \"{}\"", s.wan)), "{}: WAN", s.config);
+            assert!(text.contains(&format!("addresses = [\"{}\"]", s.lan)), "{}: LAN", s.config);
+            assert!(
+                text.contains(&format!("address = \"{}\"", addr(peer.wan))),
+                "{}: peer",
+                s.config
+            );
+            assert!(text.contains(&format!("local = [\"{}\"]", s.lan_net)), "{}: spd", s.config);
+            assert!(
+                text.contains(&format!("remote = [\"{}\"]", peer.lan_net)),
+                "{}: spd",
+                s.config
+            );
+        }
+    }
+
+    #[test]
+    fn ping_summary_keeps_the_totals() {
+        let out = "PING 1.2.3.4 (1.2.3.4): 56 data bytes\n64 bytes from 1.2.3.4: seq=0 ttl=64 time=1.0 ms\n\n\
+                   --- 1.2.3.4 ping statistics ---\n3 packets transmitted, 3 packets received, 0% packet loss\n\
+                   round-trip min/avg/max = 0.5/1.0/1.5 ms";
+        assert_eq!(
+            summary(out),
+            "3 packets transmitted, 3 packets received, 0% packet loss; round-trip min/avg/max = 0.5/1.0/1.5 ms"
+        );
+    }
+}
