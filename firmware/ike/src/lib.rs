@@ -1,5 +1,45 @@
 //! Sans-IO IKEv2 (RFC 7296): message codec, IKE and CHILD SA state machines, key schedule.
 //!
-//! Bytes and time go in; bytes to send, timers and events come out. The driver in the daemon owns
-//! the sockets and the clock.
+//! Bytes and time go in; bytes to send, timers and events come out. The driver (the
+//! `isthmus-tunnels` crate) owns the sockets and the clock:
+//!
+//! ```text
+//!   driver                               Endpoint
+//!   ------                               --------
+//!   UDP 500/4500 datagram  ──────────▶   handle_datagram(now, local, remote, bytes)
+//!   timer fired            ──────────▶   handle_timeout(now)
+//!   operator / dataplane   ──────────▶   initiate / terminate / rekey_* / acquire / ...
+//!   socket send            ◀──────────   poll_transmit() -> Transmit
+//!   dataplane SA install   ◀──────────   poll_event()    -> Event::ChildSaUp / ChildSaDown / ...
+//!   sleep until            ◀──────────   poll_timeout()  -> Instant
+//! ```
+//!
+//! - [`proposal`]: proposals in strongSwan syntax and their negotiation (§2.7, §3.3);
+//! - [`config`]: tunnels, identities, selectors, lifetimes, DPD;
+//! - [`endpoint`]: the state machines behind [`Endpoint`];
+//! - [`event`]: what comes out: [`Transmit`], [`Event`], [`Explanation`];
+//! - [`codec`]: the message codec (§3);
+//! - [`crypto`]: key schedule, AUTH, SK payload protection, Diffie-Hellman;
+//! - [`error`]: the crate's error type.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod codec;
+pub mod config;
+pub mod crypto;
+pub mod endpoint;
+pub mod error;
+pub mod event;
+pub mod proposal;
+
+pub use config::{
+    ChildConfig, Dpd, DpdAction, EndpointConfig, Identity, Lifetime, Psk, StartAction,
+    TrafficSelector, TunnelConfig,
+};
+pub use endpoint::Endpoint;
+pub use error::Error;
+pub use event::{Cause, ChildKeys, DownReason, Event, Explanation, Transmit};
+pub use proposal::{
+    DhGroup, Encr, EspProposal, EspSuite, IkeProposal, IkeSuite, Prf, parse_esp_list,
+    parse_ike_list,
+};
