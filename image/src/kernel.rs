@@ -70,6 +70,8 @@ const COMMON: &[&str] = &[
     "vfat",
     "nls_cp437",
     "nls_iso8859_1",
+    "nls_ascii",
+    "nls_utf8",
 ];
 
 /// Drivers real appliances need (generic flavour only): storage, USB, common NICs.

@@ -142,8 +142,10 @@ impl fmt::Display for Flavour {
 pub struct Options {
     /// The workspace root (holds `plugins/`, `Cargo.toml`).
     pub root: PathBuf,
-    /// Output folder (default `ROOT/build`); downloads are cached in `OUT/cache`.
+    /// Output folder (default `ROOT/build`).
     pub out: PathBuf,
+    /// Download cache and unpacked kernels (default `ROOT/build/cache`), shared between outputs.
+    pub cache: PathBuf,
     /// Kernel flavour.
     pub flavour: Flavour,
     /// Use this `isthmusd` instead of building the musl binary.
@@ -167,6 +169,7 @@ impl Options {
         Options {
             root: root.to_path_buf(),
             out: root.join("build"),
+            cache: root.join("build/cache"),
             flavour: Flavour::Cloud,
             daemon: None,
             refresh: false,
@@ -225,15 +228,16 @@ pub const BASE_CMDLINE: &str = "console=tty0 console=ttyS0,115200 quiet panic=10
 /// Builds the whole image; see the crate docs for the steps.
 pub fn build(opts: &Options) -> Result<Manifest> {
     let out = &opts.out;
-    let cache = out.join("cache");
-    fs::create_dir_all(&cache).map_err(io_err(&cache))?;
+    let cache = &opts.cache;
+    fs::create_dir_all(cache).map_err(io_err(cache))?;
+    fs::create_dir_all(out).map_err(io_err(out))?;
     let epoch = source_date_epoch(&opts.root);
 
     let daemon = match &opts.daemon {
         Some(p) => p.clone(),
         None => build_daemon(&opts.root)?,
     };
-    let kernel = kernel::fetch(&cache, &out.join("kernel"), opts.flavour, opts.refresh)?;
+    let kernel = kernel::fetch(cache, &cache.join("kernel"), opts.flavour, opts.refresh)?;
     let modules = kernel::resolve_modules(&kernel, &kernel::wanted_modules(opts.flavour))?;
     let plugins = default_plugins(&opts.root)?;
 

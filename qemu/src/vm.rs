@@ -329,11 +329,10 @@ impl Vm {
         let end_line = self.wait_for(&format!("END{n}="), timeout)?;
         let status = end_line.rsplit('=').next().and_then(|s| s.trim().parse().ok()).unwrap_or(-1);
         let text = self.console.text.lock().unwrap_or_else(|p| p.into_inner());
-        let out = text[begin..self.cursor]
-            .rsplit_once('\n')
-            .map_or("", |(body, _)| body)
-            .trim()
-            .to_string();
+        // Output without a final newline shares its last line with the end marker.
+        let marker = format!("END{n}=");
+        let body = &text[begin..self.cursor];
+        let out = body.rfind(&marker).map_or(body, |at| &body[..at]).trim().to_string();
         Ok((status, out))
     }
 

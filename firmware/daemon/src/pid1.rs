@@ -11,8 +11,8 @@
 //! 3. finds the data partition by its GPT partition name ([`DATA_PARTNAME`], the `PARTNAME=` key of
 //!    `/sys/class/block/*/uevent`, so disk naming does not matter) and mounts it (ext4) on
 //!    [`DATA_DIR`];
-//! 4. brings up `lo`, sets the hostname (`isthmus.hostname=` on the kernel command line) and prints
-//!    the readiness line `isthmus: ready` on the console;
+//! 4. brings up `lo`, sets the hostname (`isthmus.hostname=` on the kernel command line, else
+//!    `/etc/hostname`) and prints the readiness line `isthmus: ready` on the console;
 //! 5. forks. The child returns from [`boot`] and runs the daemon (the rest of `main`). The parent
 //!    stays PID 1 for good: it reaps every orphan, restarts the daemon with a backoff when it exits,
 //!    keeps a shell on the serial console, and shuts down cleanly on the signals BusyBox's
@@ -116,8 +116,10 @@ pub fn boot() {
         std::env::set_var("TERM", "linux");
     }
     let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    if let Some(name) = cmdline_value(&cmdline, "isthmus.hostname") {
-        set_hostname(name);
+    let etc_hostname = fs::read_to_string("/etc/hostname").unwrap_or_default();
+    let hostname = cmdline_value(&cmdline, "isthmus.hostname").unwrap_or(etc_hostname.trim());
+    if !hostname.is_empty() {
+        set_hostname(hostname);
     }
     let (loaded, failed) = load_modules(Path::new(MODULE_LIST));
     let data = match mount_by_partname(DATA_PARTNAME, DATA_DIR, "ext4", Duration::from_secs(5)) {

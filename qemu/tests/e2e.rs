@@ -1,0 +1,240 @@
+//! End-to-end tests: the real image booted in QEMU (TCG here, KVM where the host can).
+//!
+//! Bounded in time (every wait has a deadline), run one at a time (two cores and TCG), and skipped
+//! with a message when QEMU, OVMF or a kernel source is missing. The images are built once per run
+//! into `build/e2e*`; every boot uses a fresh qcow2 overlay and OVMF variable store.
+
+use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+use isthmus_image::{Manifest, Options, workspace_root};
+use isthmus_lab::lab::{BOOT_TIMEOUT, Lab, LabOptions, boot_uefi, isthmus_ready};
+use isthmus_lab::vm::{Accel, Boot, Vm, VmSpec, overlay, qemu_binary};
+use isthmus_lab::wan::Impairment;
+
+const CMD: Duration = Duration::from_secs(30);
+
+/// One VM test at a time: they share two cores.
+fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+struct Env {
+    qemu: PathBuf,
+    accel: Accel,
+    dir: PathBuf,
+}
+
+fn env() -> Option<Env> {
+    let root = workspace_root();
+    if let Some(why) = isthmus_lab::unavailable(&root) {
+        eprintln!("skipped: {why}");
+        return None;
+    }
+    Some(Env { qemu: qemu_binary(&root)?, accel: Accel::detect(), dir: root.join("build/e2e-run") })
+}
+
+/// Builds (once per test run) an image variant into `build/<name>`.
+fn image(name: &str, tweak: fn(&mut Options)) -> Manifest {
+    static BUILT: Mutex<Vec<(String, Manifest)>> = Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, m)) = built.iter().find(|(n, _)| n == name) {
+        return m.clone();
+    }
+    let root = workspace_root();
+    let mut opts = Options::new(&root);
+    opts.out = root.join("build").join(name);
+    // The daemon is built once; the variants reuse it.
+    static DAEMON: OnceLock<PathBuf> = OnceLock::new();
+    let daemon = DAEMON
+        .get_or_init(|| isthmus_image::build_daemon(&root).expect("build the static isthmusd"));
+    opts.daemon = Some(daemon.clone());
+    tweak(&mut opts);
+    let m = isthmus_image::build(&opts).unwrap_or_else(|e| panic!("image {name}: {e}"));
+    built.push((name.to_string(), m.clone()));
+    m
+}
+
+fn default_image() -> Manifest {
+    image("e2e", |_| {})
+}
+
+/// Direct kernel boot of one appliance on `disk` (a qcow2 overlay that persists across boots).
+fn boot_direct(env: &Env, m: &Manifest, name: &str, disk: PathBuf) -> Vm {
+    Vm::start(&VmSpec {
+        name: name.into(),
+        qemu: env.qemu.clone(),
+        accel: env.accel,
+        boot: Boot::Direct {
+            kernel: m.vmlinuz.clone(),
+            initrd: m.initrd.clone(),
+            cmdline: isthmus_lab::lab::lab_cmdline(name),
+        },
+        disk,
+        disk_format: "qcow2".into(),
+        nics: vec![],
+        mem_mib: 512,
+        dir: env.dir.clone(),
+    })
+    .expect("start QEMU")
+}
+
+#[test]
+fn image_boots_under_ovmf_to_the_readiness_line() {
+    let Some(env) = env() else { return };
+    let _one = serial();
+    let m = default_image();
+    let (mut vm, line) =
+        boot_uefi(&env.qemu, env.accel, &m.raw, &env.dir, "uefi", 512).expect("UEFI boot");
+    assert!(line.contains("slot a"), "systemd-boot started slot A's kernel image: {line}");
+    assert!(line.contains("0 failed"), "every module loaded: {line}");
+    vm.wait_for_shell(Duration::from_secs(30)).unwrap();
+    let cmdline = vm.sh_ok("cat /proc/cmdline", CMD).unwrap();
+    assert!(cmdline.contains("isthmus.slot=a"), "the UKI's own command line: {cmdline}");
+    let mounts = vm.sh_ok("cat /proc/mounts", CMD).unwrap();
+    assert!(mounts.lines().any(|l| l.contains(" /data ext4 ")), "data partition mounted: {mounts}");
+    let modules = vm.sh_ok("cat /proc/modules", CMD).unwrap();
+    for m in ["esp4 ", "drbg ", "sha512_generic ", "tun ", "nf_tables ", "virtio_net "] {
+        assert!(modules.lines().any(|l| l.starts_with(m)), "module {m}loaded: {modules}");
+    }
+    assert_eq!(vm.sh_ok("cat /proc/1/comm", CMD).unwrap(), "init", "isthmusd is PID 1 (as /init)");
+    vm.shutdown(Duration::from_secs(20));
+}
+
+#[test]
+fn two_appliances_ping_each_other_over_the_wan() {
+    let Some(env) = env() else { return };
+    let _one = serial();
+    let m = default_image();
+    let opts = LabOptions {
+        qemu: env.qemu.clone(),
+        accel: env.accel,
+        image: m,
+        dir: env.dir.join("lab"),
+        impairment: Impairment { delay: Duration::from_millis(20), loss: 0.0 },
+        api_ports: [None, None],
+        mem_mib: 512,
+    };
+    let mut lab = Lab::boot(&opts).expect("boot both appliances");
+    for s in &lab.sites {
+        println!("{}: ready after {:.1} s: {}", s.spec.name, s.ready_secs, s.ready_line.trim());
+    }
+    lab.wire().expect("wire WAN and LAN hosts");
+    let summary = lab.wan_ping().expect("WAN ping");
+    assert!(summary.contains("3 packets received"), "{summary}");
+    // The relay's delay shows in the round trip: two crossings of 20 ms.
+    let avg: f64 = summary
+        .split("min/avg/max = ")
+        .nth(1)
+        .and_then(|s| s.split('/').nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0.0);
+    assert!(avg >= 40.0, "round trip includes the simulated Internet's delay: {summary}");
+    assert!(lab.wan.a_to_b.forwarded.load(std::sync::atomic::Ordering::Relaxed) >= 3);
+    // No tunnel exists yet, and the gateway gives no path to the other LAN in clear text.
+    let (ok, lan) = lab.lan_ping().expect("LAN ping runs");
+    assert!(!ok, "no clear-text path between the LANs: {lan}");
+    lab.shutdown();
+}
+
+#[test]
+fn data_partition_survives_reboot_and_power_off() {
+    let Some(env) = env() else { return };
+    let _one = serial();
+    let m = default_image();
+    std::fs::create_dir_all(&env.dir).unwrap();
+    let disk = env.dir.join("persist.qcow2");
+    overlay(&m.raw, "raw", &disk).unwrap();
+    let marker = format!("marker-{}", std::process::id());
+
+    let mut vm = boot_direct(&env, &m, "persist", disk.clone());
+    vm.wait_for(isthmus_ready(), BOOT_TIMEOUT).unwrap();
+    vm.wait_for_shell(Duration::from_secs(30)).unwrap();
+    vm.sh_ok(&format!("echo {marker} > /data/config/e2e-marker"), CMD).unwrap();
+    // BusyBox `reboot` signals PID 1, which stops everything, syncs, unmounts and reboots.
+    vm.send("reboot").unwrap();
+    vm.wait_for("isthmus: rebooting", CMD).unwrap();
+    vm.wait_for(isthmus_ready(), BOOT_TIMEOUT).unwrap();
+    vm.wait_for_shell(Duration::from_secs(30)).unwrap();
+    assert_eq!(
+        vm.sh_ok("cat /data/config/e2e-marker", CMD).unwrap(),
+        marker,
+        "marker after reboot"
+    );
+    vm.send("poweroff").unwrap();
+    vm.wait_for("isthmus: powering off", CMD).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while vm.running() {
+        assert!(std::time::Instant::now() < deadline, "QEMU exits after poweroff");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(vm);
+
+    // A new machine on the same disk: the marker is there and ext4 needed no journal recovery,
+    // so the power-off unmounted cleanly.
+    let mut vm = boot_direct(&env, &m, "persist2", disk);
+    vm.wait_for(isthmus_ready(), BOOT_TIMEOUT).unwrap();
+    vm.wait_for_shell(Duration::from_secs(30)).unwrap();
+    assert_eq!(
+        vm.sh_ok("cat /data/config/e2e-marker", CMD).unwrap(),
+        marker,
+        "marker after power-off"
+    );
+    let dmesg = vm.sh_ok("dmesg | grep -i 'ext4' || true", CMD).unwrap();
+    assert!(!dmesg.contains("recovery"), "clean unmount, no journal recovery: {dmesg}");
+    vm.shutdown(Duration::from_secs(20));
+}
+
+/// Lists `EFI/Linux` on the ESP from inside the appliance (mounted by GPT partition name).
+fn esp_kernel_images(vm: &mut Vm) -> String {
+    vm.sh_ok(
+        "dev=/dev/$(grep -l PARTNAME=isthmus-esp /sys/class/block/*/uevent | head -1 | xargs dirname | xargs basename) \
+         && mkdir -p /mnt && mount -t vfat $dev /mnt && ls /mnt/EFI/Linux | tr '\\n' ' '; umount /mnt",
+        CMD,
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_slot_that_never_blesses_itself_falls_back_to_the_other() {
+    let Some(env) = env() else { return };
+    let _one = serial();
+    // Slot B holds an "upgrade" on trial with one try; nothing blesses it.
+    let m = image("e2e-trial", |o| o.slot_b_tries = Some(1));
+    assert!(m.esp_files.contains(&"EFI/Linux/fw-b+1.efi".to_string()), "{:?}", m.esp_files);
+    let (mut vm, line) =
+        boot_uefi(&env.qemu, env.accel, &m.raw, &env.dir, "fallback", 512).expect("UEFI boot");
+    assert!(line.contains("slot b"), "systemd-boot tries the newer slot first: {line}");
+    vm.wait_for_shell(Duration::from_secs(30)).unwrap();
+    let files = esp_kernel_images(&mut vm);
+    assert!(files.contains("fw-b+0-1.efi"), "the try was counted: {files}");
+    vm.send("reboot").unwrap();
+    let line = vm.wait_for(isthmus_ready(), BOOT_TIMEOUT).unwrap();
+    assert!(line.contains("slot a"), "tries used up: back to slot A: {line}");
+    vm.shutdown(Duration::from_secs(20));
+}
+
+#[test]
+fn a_slot_that_blesses_itself_stays() {
+    let Some(env) = env() else { return };
+    let _one = serial();
+    let m = image("e2e-blessed", |o| {
+        o.slot_b_tries = Some(1);
+        o.slot_b_blesses = true;
+    });
+    let (mut vm, line) =
+        boot_uefi(&env.qemu, env.accel, &m.raw, &env.dir, "blessed", 512).expect("UEFI boot");
+    assert!(line.contains("slot b"), "{line}");
+    vm.wait_for_shell(Duration::from_secs(30)).unwrap();
+    let files = esp_kernel_images(&mut vm);
+    assert!(
+        files.contains("fw-b.efi") && !files.contains("fw-b+"),
+        "blessed: counter removed: {files}"
+    );
+    vm.send("reboot").unwrap();
+    let line = vm.wait_for(isthmus_ready(), BOOT_TIMEOUT).unwrap();
+    assert!(line.contains("slot b"), "a blessed slot keeps booting: {line}");
+    vm.shutdown(Duration::from_secs(20));
+}
