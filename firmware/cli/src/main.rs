@@ -1,6 +1,522 @@
-//! `isthmus`, the operator CLI: every management API action, as tables or JSON.
+//! `isthmus`, the operator CLI: every management API action, as tables for people or `--json` for
+//! scripts. Exit codes: 0 success, 1 error, 2 usage, 3 authentication, 4 not found, 5 invalid
+//! configuration or request, 6 daemon unreachable (or its certificate changed).
+
+mod client;
+mod table;
+
+use std::io::{BufRead, Read};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{CommandFactory, Parser, Subcommand};
+use client::{CliError, Client, exit};
+use isthmus_api as api;
+use serde_json::json;
+
+#[derive(Parser)]
+#[command(name = "isthmus", version, about = "Operate an Isthmus VPN gateway")]
+struct Cli {
+    /// The daemon's API, e.g. https://192.0.2.1:8443 (env ISTHMUS_ENDPOINT, or `endpoint` in
+    /// ~/.config/isthmus/config.toml; default http://127.0.0.1:8080).
+    #[arg(long, global = true, env = "ISTHMUS_ENDPOINT")]
+    endpoint: Option<String>,
+    /// Bearer token (env ISTHMUS_TOKEN, or `token` in ~/.config/isthmus/config.toml).
+    #[arg(long, global = true, env = "ISTHMUS_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// The gateway at a glance: revision, tunnels, alarms.
+    Status,
+    /// Tunnels and their SAs.
+    #[command(subcommand)]
+    Tunnel(TunnelCmd),
+    /// The configuration: show, validate, diff, apply, confirm, roll back.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+    /// Policy plugins: keys, signing, upload, activation.
+    #[command(subcommand)]
+    Plugin(PluginCmd),
+    /// Alarms.
+    #[command(subcommand)]
+    Alarm(AlarmCmd),
+    /// Follow the event stream (tunnel changes, negotiation failures, alarms).
+    Events,
+    /// Make an API token and the hash to put in the configuration's `[[api_token]]`.
+    Token {
+        /// The token's name (recorded as the author of commits).
+        name: String,
+        /// Role: admin or read-only.
+        #[arg(long, default_value = "admin")]
+        role: String,
+    },
+    /// Print a shell completion script.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Subcommand)]
+enum TunnelCmd {
+    /// Every configured tunnel, up or down.
+    List,
+    /// One tunnel: SAs, counters, rekeys, recent events.
+    Show { name: String },
+    /// Bring a tunnel up now.
+    Initiate { name: String },
+    /// Tear a tunnel down.
+    Terminate { name: String },
+    /// Rekey a tunnel's CHILD SAs (with --ike, its IKE SA).
+    Rekey {
+        name: String,
+        #[arg(long)]
+        ike: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// The active configuration (secrets redacted), or a stored revision.
+    Show {
+        #[arg(long)]
+        revision: Option<u64>,
+    },
+    /// Validate a file; every error names its field path.
+    Validate { file: PathBuf },
+    /// What applying a file would change.
+    Diff { file: PathBuf },
+    /// Validate, commit and apply a file.
+    Apply {
+        file: PathBuf,
+        /// Revert by itself unless `isthmus config confirm` comes within this time (e.g. 5m, 90s).
+        #[arg(long, value_parser = parse_duration)]
+        confirm: Option<Duration>,
+        /// The revision's comment.
+        #[arg(long, short, default_value = "")]
+        message: String,
+        /// Print the plan without applying.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Confirm a pending `apply --confirm`.
+    Confirm,
+    /// Make a revision active again (default: the one before the active one).
+    Rollback { revision: Option<u64> },
+    /// Stored revisions.
+    Revisions,
+}
+
+#[derive(Subcommand)]
+enum PluginCmd {
+    /// Make an ed25519 signing key pair (PKCS#8 private key and raw public key).
+    Keygen {
+        /// Where to write NAME.key and NAME.pub.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        #[arg(long, default_value = "plugin-signing")]
+        name: String,
+    },
+    /// Package and sign a component with its manifest.
+    Sign {
+        /// The component (.wasm).
+        component: PathBuf,
+        /// The manifest (TOML: name, version, hook, capabilities).
+        #[arg(long)]
+        manifest: PathBuf,
+        /// The private key from `keygen`.
+        #[arg(long)]
+        key: PathBuf,
+        /// The package to write.
+        #[arg(long, short)]
+        out: PathBuf,
+    },
+    /// Upload a signed package (it is verified against the configuration's trusted keys).
+    Upload { package: PathBuf },
+    /// Stored plugin versions.
+    List,
+    /// Activate a stored version.
+    Activate { digest: String },
+    /// Go back to the previously active version of a plugin.
+    Rollback { name: String },
+    /// Remove an inactive version.
+    Remove { digest: String },
+}
+
+#[derive(Subcommand)]
+enum AlarmCmd {
+    /// Active and recently cleared alarms.
+    List,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a duration like 90s, 5m or 1h"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("unknown unit `{unit}` in `{s}`: use s, m or h")),
+    };
+    if secs == 0 {
+        return Err("a confirm timeout must be longer than zero".into());
+    }
+    Ok(Duration::from_secs(secs))
+}
 
 fn main() {
-    eprintln!("isthmus {}: the CLI is not built yet", env!("CARGO_PKG_VERSION"));
-    std::process::exit(1);
+    // reqwest builds its plain-HTTP client with the process-wide rustls provider too.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => {}
+        Err(e) => {
+            let code = match e.downcast_ref::<CliError>() {
+                Some(c) => c.code,
+                None => exit::ERROR,
+            };
+            eprintln!("isthmus: {e:#}");
+            std::process::exit(code);
+        }
+    }
+}
+
+fn connect(cli: &Cli) -> anyhow::Result<Client> {
+    let file = client::file_settings()?;
+    let endpoint =
+        cli.endpoint.clone().or(file.endpoint).unwrap_or_else(|| "http://127.0.0.1:8080".into());
+    let token = cli.token.clone().or(file.token);
+    Client::new(&endpoint, token)
+}
+
+fn read_file(p: &PathBuf) -> anyhow::Result<String> {
+    std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+}
+
+fn print_json<T: serde::Serialize>(v: &T) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match &cli.cmd {
+        Cmd::Completions { shell } => {
+            clap_complete::generate(*shell, &mut Cli::command(), "isthmus", &mut std::io::stdout());
+            return Ok(());
+        }
+        Cmd::Token { name, role } => {
+            let role = match role.as_str() {
+                "admin" => "admin",
+                "read-only" | "readonly" => "read-only",
+                r => anyhow::bail!("unknown role `{r}`: use admin or read-only"),
+            };
+            let token = new_token();
+            let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(token.as_bytes()));
+            if cli.json {
+                print_json(&json!({"name": name, "role": role, "token": token, "sha256": hash}));
+            } else {
+                println!("token (give it to its holder; it is shown only now): {token}");
+                println!(
+                    "\nadd to the configuration:\n[[api_token]]\nname = \"{name}\"\nrole = \"{role}\"\nsha256 = \"{hash}\""
+                );
+            }
+            return Ok(());
+        }
+        Cmd::Plugin(PluginCmd::Keygen { .. }) | Cmd::Plugin(PluginCmd::Sign { .. }) => {
+            return plugin_offline(&cli);
+        }
+        _ => {}
+    }
+    let c = connect(&cli)?;
+    match &cli.cmd {
+        Cmd::Status => {
+            let s: api::Status = c.get("/status")?;
+            if cli.json {
+                print_json(&s);
+            } else {
+                println!(
+                    "gateway   {}  (isthmus {}, up {})",
+                    s.gateway,
+                    s.version,
+                    table::secs(s.uptime_secs)
+                );
+                println!("revision  {}", s.revision.map(|r| r.to_string()).unwrap_or("-".into()));
+                if let Some(p) = s.confirm_pending_secs {
+                    println!(
+                        "PENDING   commit reverts in {} unless `isthmus config confirm`",
+                        table::secs(p)
+                    );
+                }
+                println!("alarms    {} active\n", s.active_alarms);
+                table::tunnels(&s.tunnels);
+            }
+        }
+        Cmd::Tunnel(t) => tunnel(&cli, &c, t)?,
+        Cmd::Config(cc) => config(&cli, &c, cc)?,
+        Cmd::Plugin(p) => plugin(&cli, &c, p)?,
+        Cmd::Alarm(AlarmCmd::List) => {
+            let a: Vec<api::Alarm> = c.get("/alarms")?;
+            if cli.json {
+                print_json(&a);
+            } else {
+                table::alarms(&a);
+            }
+        }
+        Cmd::Events => {
+            let r = c.stream("/events")?;
+            for line in std::io::BufReader::new(r).lines() {
+                let line = line?;
+                if let Some(data) = line.strip_prefix("data: ") {
+                    if cli.json {
+                        println!("{data}");
+                    } else if let Ok(e) = serde_json::from_str::<api::Event>(data) {
+                        println!(
+                            "{} {:<8} {:<22} {} {}",
+                            e.time,
+                            format!("{:?}", e.severity).to_lowercase(),
+                            e.kind,
+                            e.subject,
+                            e.message
+                        );
+                    }
+                }
+            }
+        }
+        Cmd::Completions { .. } | Cmd::Token { .. } => {}
+    }
+    Ok(())
+}
+
+fn act(cli: &Cli, c: &Client, path: &str, body: serde_json::Value) -> anyhow::Result<()> {
+    let r: serde_json::Value = c.post(path, &body)?;
+    if cli.json {
+        print_json(&r);
+    } else if let Some(m) = r.get("message").and_then(|m| m.as_str()) {
+        println!("{m}");
+    } else {
+        println!("ok");
+    }
+    Ok(())
+}
+
+fn tunnel(cli: &Cli, c: &Client, t: &TunnelCmd) -> anyhow::Result<()> {
+    match t {
+        TunnelCmd::List => {
+            let v: Vec<api::TunnelSummary> = c.get("/tunnels")?;
+            if cli.json {
+                print_json(&v);
+            } else {
+                table::tunnels(&v);
+            }
+        }
+        TunnelCmd::Show { name } => {
+            let d: api::TunnelDetail = c.get(&format!("/tunnels/{name}"))?;
+            if cli.json {
+                print_json(&d);
+            } else {
+                table::tunnel_detail(&d);
+            }
+        }
+        TunnelCmd::Initiate { name } => {
+            act(cli, c, &format!("/tunnels/{name}/initiate"), json!({}))?
+        }
+        TunnelCmd::Terminate { name } => {
+            act(cli, c, &format!("/tunnels/{name}/terminate"), json!({}))?
+        }
+        TunnelCmd::Rekey { name, ike } => {
+            let op = if *ike { "rekey-ike" } else { "rekey" };
+            act(cli, c, &format!("/tunnels/{name}/{op}"), json!({}))?
+        }
+    }
+    Ok(())
+}
+
+fn config(cli: &Cli, c: &Client, cc: &ConfigCmd) -> anyhow::Result<()> {
+    match cc {
+        ConfigCmd::Show { revision } => {
+            let path = match revision {
+                Some(n) => format!("/config/revisions/{n}"),
+                None => "/config".into(),
+            };
+            print!("{}", c.get_text(&path)?);
+        }
+        ConfigCmd::Validate { file } => {
+            let r: api::ValidateResponse =
+                c.post("/config/validate", &json!({"text": read_file(file)?}))?;
+            if cli.json {
+                print_json(&r);
+            } else {
+                for w in &r.warnings {
+                    println!("warning: {}: {}", w.path, w.message);
+                }
+                for e in &r.errors {
+                    println!("error: {}: {}", e.path, e.message);
+                }
+                if r.ok {
+                    println!("{}: valid", file.display());
+                }
+            }
+            if !r.ok {
+                return Err(CliError {
+                    code: exit::INVALID,
+                    message: format!("{}: {} error(s)", file.display(), r.errors.len()),
+                    details: vec![],
+                }
+                .into());
+            }
+        }
+        ConfigCmd::Diff { file } => {
+            let r: serde_json::Value =
+                c.post("/config/diff", &json!({"text": read_file(file)?}))?;
+            if cli.json {
+                print_json(&r);
+            } else {
+                print!("{}", r.get("diff").and_then(|d| d.as_str()).unwrap_or(""));
+            }
+        }
+        ConfigCmd::Apply { file, confirm, message, dry_run } => {
+            let body = json!({
+                "text": read_file(file)?,
+                "comment": message,
+                "confirm_secs": confirm.map(|d| d.as_secs()),
+                "dry_run": dry_run,
+            });
+            let spinner = indicatif::ProgressBar::new_spinner();
+            if !cli.json {
+                spinner.set_message("validating, committing and applying");
+                spinner.enable_steady_tick(Duration::from_millis(120));
+            }
+            let r: Result<api::CommitResponse, CliError> = c.post("/config/commit", &body);
+            spinner.finish_and_clear();
+            let r = r?;
+            if cli.json {
+                print_json(&r);
+            } else {
+                for w in &r.warnings {
+                    println!("warning: {}: {}", w.path, w.message);
+                }
+                for p in &r.plan {
+                    println!("  {p}");
+                }
+                match (r.revision, confirm) {
+                    (None, _) => println!("dry run: nothing applied"),
+                    (Some(n), Some(d)) => println!(
+                        "revision {n} applied; it reverts in {} unless you run `isthmus config confirm`",
+                        table::secs(d.as_secs())
+                    ),
+                    (Some(n), None) => println!("revision {n} applied"),
+                }
+            }
+        }
+        ConfigCmd::Confirm => act(cli, c, "/config/confirm", json!({}))?,
+        ConfigCmd::Rollback { revision } => {
+            let rev = match revision {
+                Some(r) => *r,
+                None => {
+                    let revs: Vec<api::Revision> = c.get("/config/revisions")?;
+                    let active = revs.iter().find(|r| r.active).map(|r| r.number).unwrap_or(0);
+                    revs.iter().map(|r| r.number).filter(|n| *n < active).max().ok_or_else(
+                        || CliError {
+                            code: exit::NOT_FOUND,
+                            message: "there is no revision before the active one".into(),
+                            details: vec![],
+                        },
+                    )?
+                }
+            };
+            act(cli, c, "/config/rollback", json!({"revision": rev}))?
+        }
+        ConfigCmd::Revisions => {
+            let v: Vec<api::Revision> = c.get("/config/revisions")?;
+            if cli.json {
+                print_json(&v);
+            } else {
+                table::revisions(&v);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn plugin(cli: &Cli, c: &Client, p: &PluginCmd) -> anyhow::Result<()> {
+    match p {
+        PluginCmd::Upload { package } => {
+            let f = std::fs::File::open(package)
+                .with_context(|| format!("opening {}", package.display()))?;
+            let len = f.metadata()?.len();
+            let bar = indicatif::ProgressBar::new(len);
+            if !cli.json {
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "uploading {bytes}/{total_bytes} {wide_bar}",
+                    )
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                );
+            } else {
+                bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+            }
+            let reader = Progress { inner: f, bar: bar.clone() };
+            let r: api::Plugin = c.post_bytes("/plugins", reader, len)?;
+            bar.finish_and_clear();
+            if cli.json {
+                print_json(&r);
+            } else {
+                println!(
+                    "uploaded {} {} ({} hook), digest {}",
+                    r.name, r.version, r.hook, r.digest
+                );
+            }
+        }
+        PluginCmd::List => {
+            let v: Vec<api::Plugin> = c.get("/plugins")?;
+            if cli.json {
+                print_json(&v);
+            } else {
+                table::plugins(&v);
+            }
+        }
+        PluginCmd::Activate { digest } => {
+            act(cli, c, &format!("/plugins/{digest}/activate"), json!({}))?
+        }
+        PluginCmd::Rollback { name } => {
+            act(cli, c, &format!("/plugins/{name}/rollback"), json!({}))?
+        }
+        PluginCmd::Remove { digest } => {
+            act(cli, c, &format!("/plugins/{digest}/remove"), json!({}))?
+        }
+        PluginCmd::Keygen { .. } | PluginCmd::Sign { .. } => plugin_offline(cli)?,
+    }
+    Ok(())
+}
+
+struct Progress<R> {
+    inner: R,
+    bar: indicatif::ProgressBar,
+}
+
+impl<R: Read> Read for Progress<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.bar.inc(n as u64);
+        Ok(n)
+    }
+}
+
+fn plugin_offline(_cli: &Cli) -> anyhow::Result<()> {
+    anyhow::bail!("plugin keygen and sign are not built into this CLI yet")
+}
+
+fn new_token() -> String {
+    let mut b = [0u8; 32];
+    let mut f = std::fs::File::open("/dev/urandom").expect("/dev/urandom");
+    f.read_exact(&mut b).expect("/dev/urandom");
+    format!("ist_{}", hex::encode(b))
 }
