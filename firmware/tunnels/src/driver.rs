@@ -1,0 +1,556 @@
+//! The driver loop and its handle.
+//!
+//! One OS thread owns the [`isthmus_ike::Endpoint`], the [`Dataplane`] and the sockets. Every
+//! input (a datagram from a socket reader, a command from the handle, an event from the
+//! dataplane) arrives on one channel; the loop feeds it to the endpoint with the current time,
+//! runs the endpoint's timers when they are due, sends its transmits, and acts on its events:
+//! CHILD SAs into and out of the dataplane (make-before-break on rekey: the successor is
+//! installed before the old SA is removed), status updates, events to subscribers, and the
+//! tunnel's close action. It then sleeps on the channel until the next input or the endpoint's
+//! next timer (RFC 7296 §2.4 retransmissions and liveness checks are endpoint timers).
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read as _;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use isthmus_ike::{
+    DownReason, Endpoint, EndpointConfig, Event, StartAction, Transmit, TunnelConfig,
+};
+
+use crate::Error;
+use crate::dataplane::{ChildInstall, Dataplane, DataplaneEvent};
+use crate::io::Sockets;
+use crate::status::{ChildStatus, TunnelEvent, TunnelState, TunnelStatus};
+
+/// The IKE port (RFC 7296 §2).
+pub const IKE_PORT: u16 = 500;
+/// The NAT-T port (RFC 3948).
+pub const NAT_T_PORT: u16 = 4500;
+
+/// What to do when the peer closes the tunnel (deletes the IKE SA).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseAction {
+    /// Nothing: wait for the peer, traffic (with start action trap) or the operator.
+    None,
+    /// Initiate again at once.
+    Restart,
+}
+
+/// A tunnel as the driver runs it: the IKE configuration plus what the driver does on its own.
+#[derive(Debug, Clone)]
+pub struct Tunnel {
+    /// The IKE configuration (its `start_action` is honoured by the driver).
+    pub ike: TunnelConfig,
+    /// What to do when the peer deletes the IKE SA.
+    pub close_action: CloseAction,
+}
+
+impl Tunnel {
+    /// A tunnel with close action none.
+    pub fn new(ike: TunnelConfig) -> Tunnel {
+        Tunnel { ike, close_action: CloseAction::None }
+    }
+}
+
+/// Driver settings.
+#[derive(Debug, Clone, Default)]
+pub struct DriverConfig {
+    /// The endpoint's settings (retransmission, cookies, keepalives).
+    pub endpoint: EndpointConfig,
+}
+
+pub(crate) enum Command {
+    Add(Box<Tunnel>),
+    Remove(String),
+    Initiate(String),
+    Terminate(String),
+    RekeyChild(String, String),
+    RekeyIke(String),
+}
+
+/// Everything the loop waits for.
+pub(crate) enum Input {
+    Datagram { local: SocketAddr, remote: SocketAddr, data: Vec<u8> },
+    Command(Command, Sender<Result<(), Error>>),
+    Dataplane(DataplaneEvent),
+    Stop,
+}
+
+#[derive(Default)]
+struct Shared {
+    status: Mutex<BTreeMap<String, TunnelStatus>>,
+    subscribers: Mutex<Vec<Sender<TunnelEvent>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic elsewhere must not take the status with it.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Hands dataplane events to the driver; cheap to clone, usable from any thread.
+#[derive(Clone)]
+pub struct DataplaneSender(Sender<Input>);
+
+impl DataplaneSender {
+    /// Passes one event to the driver; false once the driver has stopped.
+    pub fn send(&self, ev: DataplaneEvent) -> bool {
+        self.0.send(Input::Dataplane(ev)).is_ok()
+    }
+}
+
+impl std::fmt::Debug for DataplaneSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DataplaneSender")
+    }
+}
+
+/// The daemon's handle on the running driver. Dropping it stops the driver (its tunnels are
+/// not deleted with the peers: call [`Tunnels::terminate`] first for that).
+pub struct Tunnels {
+    tx: Sender<Input>,
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Tunnels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tunnels").field("tunnels", &lock(&self.shared.status).len()).finish()
+    }
+}
+
+impl Tunnels {
+    /// Starts the driver thread. Sockets are bound (by the driver thread, so in the calling
+    /// thread's network namespace) when tunnels are added.
+    pub fn start(cfg: DriverConfig, dataplane: Box<dyn Dataplane>) -> Result<Tunnels, Error> {
+        let mut seed = [0u8; 32];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut seed))
+            .map_err(Error::Random)?;
+        let (tx, rx) = mpsc::channel();
+        let shared = Arc::new(Shared::default());
+        let own_nat_t = !dataplane.owns_nat_t();
+        let stop = Arc::new(AtomicBool::new(false));
+        let sockets = Sockets::new(IKE_PORT, NAT_T_PORT, own_nat_t, tx.clone(), stop);
+        let mut driver = Driver {
+            ep: Endpoint::new(cfg.endpoint, seed),
+            dp: dataplane,
+            sockets,
+            own_nat_t,
+            tunnels: HashMap::new(),
+            shared: shared.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("ike-driver".into())
+            .spawn(move || driver.run(rx))
+            .map_err(Error::Io)?;
+        Ok(Tunnels { tx, shared, thread: Some(thread) })
+    }
+
+    fn command(&self, c: Command) -> Result<(), Error> {
+        let (rtx, rrx) = mpsc::channel();
+        self.tx.send(Input::Command(c, rtx)).map_err(|_| Error::Stopped)?;
+        rrx.recv().map_err(|_| Error::Stopped)?
+    }
+
+    /// Adds a tunnel (binding its local address's sockets) and applies its start action.
+    pub fn add_tunnel(&self, t: Tunnel) -> Result<(), Error> {
+        self.command(Command::Add(Box::new(t)))
+    }
+
+    /// Removes a tunnel, deleting its SAs with the peer.
+    pub fn remove_tunnel(&self, name: &str) -> Result<(), Error> {
+        self.command(Command::Remove(name.to_owned()))
+    }
+
+    /// Brings a tunnel up (no-op while it is up or connecting).
+    pub fn initiate(&self, name: &str) -> Result<(), Error> {
+        self.command(Command::Initiate(name.to_owned()))
+    }
+
+    /// Deletes a tunnel's IKE SA and CHILD SAs with the peer.
+    pub fn terminate(&self, name: &str) -> Result<(), Error> {
+        self.command(Command::Terminate(name.to_owned()))
+    }
+
+    /// Rekeys the installed CHILD SA `child` of tunnel `name`.
+    pub fn rekey_child(&self, name: &str, child: &str) -> Result<(), Error> {
+        self.command(Command::RekeyChild(name.to_owned(), child.to_owned()))
+    }
+
+    /// Rekeys the IKE SA of tunnel `name`.
+    pub fn rekey_ike(&self, name: &str) -> Result<(), Error> {
+        self.command(Command::RekeyIke(name.to_owned()))
+    }
+
+    /// Every tunnel's status, by name.
+    pub fn status(&self) -> Vec<TunnelStatus> {
+        lock(&self.shared.status).values().cloned().collect()
+    }
+
+    /// One tunnel's status.
+    pub fn tunnel(&self, name: &str) -> Option<TunnelStatus> {
+        lock(&self.shared.status).get(name).cloned()
+    }
+
+    /// A receiver of every event from now on.
+    pub fn subscribe(&self) -> Receiver<TunnelEvent> {
+        let (tx, rx) = mpsc::channel();
+        lock(&self.shared.subscribers).push(tx);
+        rx
+    }
+
+    /// Where the dataplane sends its events (IKE datagrams on the shared port 4500, acquires,
+    /// lifetime expiries).
+    pub fn dataplane_events(&self) -> DataplaneSender {
+        DataplaneSender(self.tx.clone())
+    }
+
+    /// Stops the driver and waits for its thread.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        let _ = self.tx.send(Input::Stop);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Tunnels {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+struct Driver {
+    ep: Endpoint,
+    dp: Box<dyn Dataplane>,
+    sockets: Sockets,
+    own_nat_t: bool,
+    tunnels: HashMap<String, Tunnel>,
+    shared: Arc<Shared>,
+}
+
+impl Driver {
+    fn run(&mut self, rx: Receiver<Input>) {
+        loop {
+            let wait = match self.ep.poll_timeout() {
+                Some(t) => t.saturating_duration_since(Instant::now()),
+                None => Duration::from_secs(3600),
+            };
+            match rx.recv_timeout(wait) {
+                Ok(Input::Stop) | Err(RecvTimeoutError::Disconnected) => break,
+                Ok(input) => self.input(input),
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            let now = Instant::now();
+            if self.ep.poll_timeout().is_some_and(|t| t <= now) {
+                self.ep.handle_timeout(now);
+            }
+            self.drain();
+        }
+        self.sockets.close();
+    }
+
+    fn input(&mut self, input: Input) {
+        let now = Instant::now();
+        match input {
+            Input::Datagram { local, remote, data } => {
+                self.ep.handle_datagram(now, local, remote, &data);
+            }
+            Input::Command(c, reply) => {
+                let r = self.command(c, now);
+                let _ = reply.send(r);
+            }
+            Input::Dataplane(ev) => self.dataplane_event(ev, now),
+            Input::Stop => {}
+        }
+    }
+
+    fn command(&mut self, c: Command, now: Instant) -> Result<(), Error> {
+        match c {
+            Command::Add(t) => {
+                let name = t.ike.name.clone();
+                if self.tunnels.contains_key(&name) {
+                    return Err(Error::DuplicateTunnel(name));
+                }
+                self.sockets.ensure(t.ike.local.ip()).map_err(Error::Io)?;
+                self.ep.add_tunnel(t.ike.clone()).map_err(|e| Error::Ike(name.clone(), e))?;
+                lock(&self.shared.status).insert(
+                    name.clone(),
+                    TunnelStatus {
+                        name: name.clone(),
+                        state: TunnelState::Down,
+                        local: t.ike.local,
+                        peer: t.ike.remote,
+                        ike_suite: None,
+                        encap: false,
+                        up_since: None,
+                        children: Vec::new(),
+                        ike_sas_established: 0,
+                        child_sas_installed: 0,
+                        last_failure: None,
+                        last_down_reason: None,
+                    },
+                );
+                let start = t.ike.start_action == StartAction::Start;
+                self.tunnels.insert(name.clone(), *t);
+                if start {
+                    self.initiate(&name, now)?;
+                }
+                Ok(())
+            }
+            Command::Remove(name) => {
+                self.known(&name)?;
+                self.ep.remove_tunnel(&name, now).map_err(|e| Error::Ike(name.clone(), e))?;
+                // The endpoint's down events still need the tunnel's entry: drain them first.
+                self.drain();
+                self.tunnels.remove(&name);
+                lock(&self.shared.status).remove(&name);
+                Ok(())
+            }
+            Command::Initiate(name) => {
+                self.known(&name)?;
+                self.initiate(&name, now)
+            }
+            Command::Terminate(name) => {
+                self.known(&name)?;
+                self.ep.terminate(&name, now).map_err(|e| Error::Ike(name, e))
+            }
+            Command::RekeyChild(name, child) => {
+                self.known(&name)?;
+                let spi = lock(&self.shared.status)
+                    .get(&name)
+                    .and_then(|s| {
+                        s.children.iter().rev().find(|c| c.name == child).map(|c| c.spi_in)
+                    })
+                    .ok_or_else(|| Error::NoChildSa { tunnel: name.clone(), child })?;
+                self.ep.rekey_child(&name, spi, now).map_err(|e| Error::Ike(name, e))
+            }
+            Command::RekeyIke(name) => {
+                self.known(&name)?;
+                self.ep.rekey_ike(&name, now).map_err(|e| Error::Ike(name, e))
+            }
+        }
+    }
+
+    fn known(&self, name: &str) -> Result<(), Error> {
+        if self.tunnels.contains_key(name) {
+            Ok(())
+        } else {
+            Err(Error::UnknownTunnel(name.to_owned()))
+        }
+    }
+
+    fn initiate(&mut self, name: &str, now: Instant) -> Result<(), Error> {
+        self.ep.initiate(name, now).map_err(|e| Error::Ike(name.to_owned(), e))?;
+        if let Some(s) = lock(&self.shared.status).get_mut(name)
+            && s.state == TunnelState::Down
+        {
+            s.state = TunnelState::Connecting;
+        }
+        Ok(())
+    }
+
+    fn dataplane_event(&mut self, ev: DataplaneEvent, now: Instant) {
+        match ev {
+            DataplaneEvent::Ike { local, remote, data } => {
+                self.ep.handle_datagram(now, local, remote, &data);
+            }
+            DataplaneEvent::Acquire { tunnel, child } => {
+                if !self.tunnels.contains_key(&tunnel) {
+                    tracing::debug!(%tunnel, "acquire for an unknown tunnel");
+                    return;
+                }
+                match self.ep.acquire(&tunnel, &child, now) {
+                    Ok(()) => {
+                        if let Some(s) = lock(&self.shared.status).get_mut(&tunnel)
+                            && s.state == TunnelState::Down
+                        {
+                            s.state = TunnelState::Connecting;
+                        }
+                    }
+                    Err(e) => tracing::warn!(%tunnel, %child, error = %e, "acquire refused"),
+                }
+            }
+            DataplaneEvent::SoftExpired { spi } | DataplaneEvent::HardExpired { spi } => {
+                // The endpoint knows CHILD SAs by inbound SPI; the dataplane may name either.
+                let spi_in = lock(&self.shared.status)
+                    .values()
+                    .flat_map(|s| s.children.iter())
+                    .find(|c| c.spi_in == spi || c.spi_out == spi)
+                    .map(|c| c.spi_in);
+                match spi_in {
+                    Some(spi_in) => {
+                        if let Err(e) = self.ep.child_soft_expired(spi_in, now) {
+                            tracing::warn!(spi = format_args!("{spi:08x}"), error = %e, "rekey on expiry refused");
+                        }
+                    }
+                    None => tracing::debug!(
+                        spi = format_args!("{spi:08x}"),
+                        "expiry of an SA no longer installed"
+                    ),
+                }
+            }
+        }
+    }
+
+    /// Sends every transmit and handles every event the endpoint has queued.
+    fn drain(&mut self) {
+        loop {
+            let mut progress = false;
+            while let Some(t) = self.ep.poll_transmit() {
+                progress = true;
+                self.transmit(&t);
+            }
+            while let Some(e) = self.ep.poll_event() {
+                progress = true;
+                self.event(e);
+            }
+            if !progress {
+                break;
+            }
+        }
+    }
+
+    fn transmit(&self, t: &Transmit) {
+        let r = if t.local.port() == IKE_PORT && !t.nat_t || self.own_nat_t {
+            self.sockets.send(t.local, t.remote, &t.data, t.nat_t)
+        } else {
+            self.dp.send_nat_t(t.local, t.remote, &t.data, t.nat_t)
+        };
+        if let Err(e) = r {
+            tracing::warn!(local = %t.local, remote = %t.remote, error = %e, "IKE send failed");
+        }
+    }
+
+    fn emit(&self, ev: TunnelEvent) {
+        tracing::info!("{ev}");
+        lock(&self.shared.subscribers).retain(|s| s.send(ev.clone()).is_ok());
+    }
+
+    fn event(&mut self, e: Event) {
+        let now = Instant::now();
+        match e {
+            Event::IkeSaUp { tunnel, local, peer, suite, encap, rekeyed } => {
+                if let Some(s) = lock(&self.shared.status).get_mut(&tunnel) {
+                    s.state = TunnelState::Up;
+                    s.local = local;
+                    s.peer = peer;
+                    s.ike_suite = Some(suite.to_string());
+                    s.encap = encap;
+                    s.up_since = Some(SystemTime::now());
+                    s.ike_sas_established += 1;
+                }
+                self.emit(TunnelEvent::IkeUp {
+                    tunnel,
+                    peer,
+                    suite: suite.to_string(),
+                    encap,
+                    rekeyed,
+                });
+            }
+            Event::IkeSaDown { tunnel, reason } => {
+                if let Some(s) = lock(&self.shared.status).get_mut(&tunnel) {
+                    s.state = TunnelState::Down;
+                    s.ike_suite = None;
+                    s.up_since = None;
+                    s.last_down_reason = Some(reason.to_string());
+                }
+                self.emit(TunnelEvent::IkeDown {
+                    tunnel: tunnel.clone(),
+                    reason: reason.to_string(),
+                });
+                let restart = reason == DownReason::DeletedByPeer
+                    && self
+                        .tunnels
+                        .get(&tunnel)
+                        .is_some_and(|t| t.close_action == CloseAction::Restart);
+                if restart && let Err(e) = self.initiate(&tunnel, now) {
+                    tracing::warn!(%tunnel, error = %e, "close action restart failed");
+                }
+            }
+            Event::ChildSaUp {
+                tunnel,
+                child,
+                inbound,
+                outbound,
+                esp,
+                local_ts,
+                remote_ts,
+                encap,
+                local,
+                peer,
+                rekey_of,
+            } => {
+                let install = ChildInstall {
+                    tunnel: &tunnel,
+                    child: &child,
+                    inbound: &inbound,
+                    outbound: &outbound,
+                    esp: &esp,
+                    local_ts: &local_ts,
+                    remote_ts: &remote_ts,
+                    encap,
+                    local,
+                    peer,
+                    rekey_of,
+                };
+                if let Err(error) = self.dp.install_child(&install) {
+                    self.emit(TunnelEvent::InstallFailed { tunnel, child, error });
+                    return;
+                }
+                if let Some(s) = lock(&self.shared.status).get_mut(&tunnel) {
+                    s.children.push(ChildStatus {
+                        name: child.clone(),
+                        spi_in: inbound.spi,
+                        spi_out: outbound.spi,
+                        esp: esp.to_string(),
+                        local_ts: local_ts.iter().map(|t| t.to_string()).collect(),
+                        remote_ts: remote_ts.iter().map(|t| t.to_string()).collect(),
+                        encap,
+                        since: SystemTime::now(),
+                    });
+                    s.child_sas_installed += 1;
+                }
+                self.emit(TunnelEvent::ChildUp {
+                    tunnel,
+                    child,
+                    spi_in: inbound.spi,
+                    spi_out: outbound.spi,
+                    esp: esp.to_string(),
+                    rekey_of,
+                });
+            }
+            Event::ChildSaDown { tunnel, child, spi_in, spi_out, reason } => {
+                self.dp.remove_child(&tunnel, &child, spi_in, spi_out);
+                if let Some(s) = lock(&self.shared.status).get_mut(&tunnel) {
+                    s.children.retain(|c| c.spi_in != spi_in);
+                }
+                self.emit(TunnelEvent::ChildDown {
+                    tunnel,
+                    child,
+                    spi_in,
+                    spi_out,
+                    reason: reason.to_string(),
+                });
+            }
+            Event::NegotiationFailed(x) => {
+                if let Some(s) = lock(&self.shared.status).get_mut(&x.tunnel) {
+                    s.last_failure = Some(x.clone());
+                    if s.state == TunnelState::Connecting {
+                        s.state = TunnelState::Down;
+                    }
+                }
+                self.emit(TunnelEvent::Failed(x));
+            }
+        }
+    }
+}

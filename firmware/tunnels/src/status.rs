@@ -1,0 +1,178 @@
+//! What the driver tells the daemon: a status snapshot per tunnel and a stream of events. Neither
+//! ever carries key material.
+
+use std::net::SocketAddr;
+use std::time::SystemTime;
+
+use isthmus_ike::event::Explanation;
+
+/// Where a tunnel stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TunnelState {
+    /// No IKE SA.
+    Down,
+    /// An IKE SA is being negotiated (by us or the peer).
+    Connecting,
+    /// The IKE SA is established.
+    Up,
+}
+
+impl std::fmt::Display for TunnelState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TunnelState::Down => "down",
+            TunnelState::Connecting => "connecting",
+            TunnelState::Up => "up",
+        })
+    }
+}
+
+/// One installed CHILD SA.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildStatus {
+    /// CHILD SA name.
+    pub name: String,
+    /// Our inbound SPI.
+    pub spi_in: u32,
+    /// Our outbound SPI.
+    pub spi_out: u32,
+    /// Negotiated ESP algorithms, strongSwan style.
+    pub esp: String,
+    /// Local selectors.
+    pub local_ts: Vec<String>,
+    /// Remote selectors.
+    pub remote_ts: Vec<String>,
+    /// ESP in UDP.
+    pub encap: bool,
+    /// When it was installed.
+    pub since: SystemTime,
+}
+
+/// A tunnel as the operator sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelStatus {
+    /// Tunnel name.
+    pub name: String,
+    /// Down, connecting or up.
+    pub state: TunnelState,
+    /// Our IKE address in use.
+    pub local: SocketAddr,
+    /// The peer's IKE address in use.
+    pub peer: SocketAddr,
+    /// Negotiated IKE algorithms while up.
+    pub ike_suite: Option<String>,
+    /// UDP encapsulation in use.
+    pub encap: bool,
+    /// When the current IKE SA came up.
+    pub up_since: Option<SystemTime>,
+    /// Installed CHILD SAs (two of the same name for a moment during a rekey).
+    pub children: Vec<ChildStatus>,
+    /// IKE SAs established so far (the first one and every rekey or restart).
+    pub ike_sas_established: u64,
+    /// CHILD SAs installed so far (rekeys included).
+    pub child_sas_installed: u64,
+    /// The last negotiation failure and its explanation.
+    pub last_failure: Option<Explanation>,
+    /// Why the IKE SA last went down.
+    pub last_down_reason: Option<String>,
+}
+
+/// Something that happened to a tunnel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TunnelEvent {
+    /// The IKE SA is established.
+    IkeUp {
+        /// Tunnel name.
+        tunnel: String,
+        /// The peer's address in use.
+        peer: SocketAddr,
+        /// Negotiated algorithms.
+        suite: String,
+        /// UDP encapsulation in use.
+        encap: bool,
+        /// A rekeyed IKE SA took over.
+        rekeyed: bool,
+    },
+    /// The IKE SA is gone.
+    IkeDown {
+        /// Tunnel name.
+        tunnel: String,
+        /// Why, in words.
+        reason: String,
+    },
+    /// A CHILD SA is installed in the dataplane.
+    ChildUp {
+        /// Tunnel name.
+        tunnel: String,
+        /// CHILD SA name.
+        child: String,
+        /// Inbound SPI.
+        spi_in: u32,
+        /// Outbound SPI.
+        spi_out: u32,
+        /// Negotiated algorithms.
+        esp: String,
+        /// Inbound SPI of the SA it replaces, for a rekey.
+        rekey_of: Option<u32>,
+    },
+    /// A CHILD SA is removed from the dataplane.
+    ChildDown {
+        /// Tunnel name.
+        tunnel: String,
+        /// CHILD SA name.
+        child: String,
+        /// Inbound SPI.
+        spi_in: u32,
+        /// Outbound SPI.
+        spi_out: u32,
+        /// Why, in words.
+        reason: String,
+    },
+    /// A negotiation failed; the explanation says why and what to change.
+    Failed(Explanation),
+    /// The dataplane refused a CHILD SA.
+    InstallFailed {
+        /// Tunnel name.
+        tunnel: String,
+        /// CHILD SA name.
+        child: String,
+        /// The dataplane's error.
+        error: String,
+    },
+}
+
+impl std::fmt::Display for TunnelEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TunnelEvent::IkeUp { tunnel, peer, suite, encap, rekeyed } => write!(
+                f,
+                "tunnel `{tunnel}`: IKE SA {} with {peer} ({suite}{})",
+                if *rekeyed { "rekeyed" } else { "established" },
+                if *encap { ", UDP-encapsulated" } else { "" }
+            ),
+            TunnelEvent::IkeDown { tunnel, reason } => {
+                write!(f, "tunnel `{tunnel}`: IKE SA down: {reason}")
+            }
+            TunnelEvent::ChildUp { tunnel, child, spi_in, spi_out, esp, rekey_of } => {
+                write!(
+                    f,
+                    "tunnel `{tunnel}`: CHILD SA `{child}` installed (in {spi_in:08x}, out \
+                     {spi_out:08x}, {esp})"
+                )?;
+                if let Some(old) = rekey_of {
+                    write!(f, ", rekeying {old:08x}")?;
+                }
+                Ok(())
+            }
+            TunnelEvent::ChildDown { tunnel, child, spi_in, spi_out, reason } => write!(
+                f,
+                "tunnel `{tunnel}`: CHILD SA `{child}` removed (in {spi_in:08x}, out \
+                 {spi_out:08x}): {reason}"
+            ),
+            TunnelEvent::Failed(e) => write!(f, "{e}"),
+            TunnelEvent::InstallFailed { tunnel, child, error } => {
+                write!(f, "tunnel `{tunnel}`: the dataplane refused CHILD SA `{child}`: {error}")
+            }
+        }
+    }
+}

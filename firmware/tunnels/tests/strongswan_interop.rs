@@ -1,0 +1,330 @@
+//! Interoperability with strongSwan 5.9 (charon with `kernel-libipsec`, which always encapsulates
+//! ESP in UDP 4500), root-only, in network namespaces.
+//!
+//! Topology (each test picks its own third octet `n`):
+//!
+//! ```text
+//!  host-i 10.41.n.2 ── 10.41.n.1 [Isthmus gw] 10.40.n.1 ── WAN ── 10.40.n.2 [strongSwan gw] 10.42.n.1 ── 10.42.n.2 host-s
+//! ```
+//!
+//! The Isthmus side runs the IKE driver in its namespace; the strongSwan side runs charon through
+//! the testkit harness. What a user would see is asserted: both sides show the tunnel up, events
+//! explain failures, a frozen peer is declared dead and the tunnel comes back.
+
+use std::net::SocketAddr;
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
+
+use isthmus_ike::{
+    Cause, Dpd, DpdAction, Lifetime, Psk, StartAction, TrafficSelector, TunnelConfig,
+    parse_esp_list, parse_ike_list,
+};
+use isthmus_testkit::strongswan::{Action, Retransmit, Strongswan, SwanConn};
+use isthmus_testkit::{Netns, require_root, veth};
+use isthmus_tunnels::{
+    CloseAction, ControlOnly, DriverConfig, Tunnel, TunnelEvent, TunnelState, Tunnels,
+};
+
+const PSK: &str = "interop-test-psk-0123456789";
+
+struct Lab {
+    // Field order is drop order: the driver and charon stop before their namespaces go.
+    tunnels: Tunnels,
+    swan: Strongswan,
+    events: Receiver<TunnelEvent>,
+    n: u8,
+    _host_i: Netns,
+    _host_s: Netns,
+    _gw_i: Netns,
+    _gw_s: Netns,
+}
+
+fn ts(s: &str) -> TrafficSelector {
+    s.parse().unwrap()
+}
+
+/// Isthmus's tunnel towards strongSwan in lab `n`.
+fn isthmus_tunnel(n: u8) -> TunnelConfig {
+    let local: SocketAddr = format!("10.40.{n}.1:500").parse().unwrap();
+    let remote: SocketAddr = format!("10.40.{n}.2:500").parse().unwrap();
+    let mut t = TunnelConfig::new(
+        "to-swan",
+        local,
+        remote,
+        Psk::new(PSK.as_bytes().to_vec()),
+        vec![ts(&format!("10.41.{n}.0/24"))],
+        vec![ts(&format!("10.42.{n}.0/24"))],
+    );
+    t.local_id = "isthmus.example".parse().unwrap();
+    t.remote_id = "swan.example".parse().unwrap();
+    t.start_action = StartAction::None;
+    t.children[0].name = "net".into();
+    t
+}
+
+/// strongSwan's side of the same tunnel.
+fn swan_conn(n: u8) -> SwanConn {
+    let mut c = SwanConn::new("to-isthmus", &format!("10.40.{n}.2"), &format!("10.40.{n}.1"), PSK);
+    c.child = "net".into();
+    c.local_id = "swan.example".into();
+    c.remote_id = "isthmus.example".into();
+    c.local_ts = format!("10.42.{n}.0/24");
+    c.remote_ts = format!("10.41.{n}.0/24");
+    c
+}
+
+fn lab(n: u8, ours: TunnelConfig, close: CloseAction, theirs: SwanConn) -> Lab {
+    let gw_i = Netns::new("iti");
+    let gw_s = Netns::new("its");
+    let host_i = Netns::new("ithi");
+    let host_s = Netns::new("iths");
+    veth(&gw_i, "wan-i", &format!("10.40.{n}.1/24"), &gw_s, "wan-s", &format!("10.40.{n}.2/24"));
+    veth(&gw_i, "lan-i", &format!("10.41.{n}.1/24"), &host_i, "eth0", &format!("10.41.{n}.2/24"));
+    veth(&gw_s, "lan-s", &format!("10.42.{n}.1/24"), &host_s, "eth0", &format!("10.42.{n}.2/24"));
+    host_i.sh(&format!("ip route add default via 10.41.{n}.1"));
+    host_s.sh(&format!("ip route add default via 10.42.{n}.1"));
+    for g in [&gw_i, &gw_s] {
+        g.sh("sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.disable_ipv6=1");
+    }
+    let swan = Strongswan::start_with(&gw_s, &[theirs], Retransmit::default());
+    let cfg = DriverConfig {
+        endpoint: isthmus_ike::EndpointConfig {
+            retransmit_timeout: Duration::from_secs(1),
+            retransmit_base: 1.4,
+            retransmit_tries: 3,
+            ..Default::default()
+        },
+    };
+    let tunnels = gw_i.run(move || Tunnels::start(cfg, Box::new(ControlOnly)).unwrap());
+    let events = tunnels.subscribe();
+    swan.load_all().unwrap();
+    tunnels.add_tunnel(Tunnel { ike: ours, close_action: close }).unwrap();
+    Lab { tunnels, swan, events, n, _host_i: host_i, _host_s: host_s, _gw_i: gw_i, _gw_s: gw_s }
+}
+
+impl Lab {
+    /// Waits for an event matching `f`, returning it; panics with the event log and both sides'
+    /// state after `timeout`.
+    fn expect(
+        &self,
+        timeout: Duration,
+        what: &str,
+        f: impl Fn(&TunnelEvent) -> bool,
+    ) -> TunnelEvent {
+        let deadline = Instant::now() + timeout;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok(e) if f(&e) => return e,
+                Ok(e) => seen.push(e.to_string()),
+                Err(_) => panic!(
+                    "lab {}: no {what} within {timeout:?}\nevents: {seen:#?}\nisthmus: {:#?}\n\
+                     strongSwan: {}\n{}",
+                    self.n,
+                    self.tunnels.status(),
+                    self.swan.status(),
+                    self.swan.log()
+                ),
+            }
+        }
+    }
+
+    fn assert_up_both_sides(&self) {
+        let st = self.tunnels.tunnel("to-swan").unwrap();
+        assert_eq!(st.state, TunnelState::Up, "{st:#?}");
+        assert_eq!(st.children.len(), 1, "{st:#?}");
+        assert!(st.encap, "libipsec forces UDP encapsulation: {st:#?}");
+        assert!(
+            self.swan.wait_until(Duration::from_secs(5), |s| s.ike_established("to-isthmus")
+                && s.children_installed("net") == 1),
+            "strongSwan does not show the tunnel: {}",
+            self.swan.status()
+        );
+        // Both sides agree on the SPIs.
+        let s = self.swan.status();
+        let c = &st.children[0];
+        assert!(
+            s.contains(&format!("{:08x}", c.spi_in)) && s.contains(&format!("{:08x}", c.spi_out)),
+            "SPIs differ: ours in {:08x} out {:08x}; strongSwan: {s}",
+            c.spi_in,
+            c.spi_out
+        );
+    }
+}
+
+fn is_child_up(e: &TunnelEvent) -> bool {
+    matches!(e, TunnelEvent::ChildUp { rekey_of: None, .. })
+}
+
+#[test]
+#[ignore = "needs the isthmus-ike handshake (issue 4 part 1), not landed yet"]
+fn isthmus_initiates_to_strongswan() {
+    if !require_root() || !isthmus_testkit::strongswan::available() {
+        return;
+    }
+    let lab = lab(11, isthmus_tunnel(11), CloseAction::None, swan_conn(11));
+    lab.tunnels.initiate("to-swan").unwrap();
+    lab.expect(Duration::from_secs(20), "IKE SA", |e| matches!(e, TunnelEvent::IkeUp { .. }));
+    lab.expect(Duration::from_secs(5), "CHILD SA", is_child_up);
+    lab.assert_up_both_sides();
+
+    // Terminating deletes the SAs on the peer too.
+    lab.tunnels.terminate("to-swan").unwrap();
+    lab.expect(Duration::from_secs(10), "IKE SA down", |e| {
+        matches!(e, TunnelEvent::IkeDown { .. })
+    });
+    assert!(
+        lab.swan.wait_until(Duration::from_secs(5), |s| !s.ike_established("to-isthmus")),
+        "strongSwan kept the IKE SA: {}",
+        lab.swan.status()
+    );
+}
+
+#[test]
+#[ignore = "needs the isthmus-ike handshake (issue 4 part 1), not landed yet"]
+fn strongswan_initiates_to_isthmus() {
+    if !require_root() || !isthmus_testkit::strongswan::available() {
+        return;
+    }
+    let lab = lab(12, isthmus_tunnel(12), CloseAction::None, swan_conn(12));
+    lab.swan.initiate("net").unwrap_or_else(|e| panic!("{e}\n{}", lab.swan.log()));
+    lab.expect(Duration::from_secs(10), "IKE SA", |e| matches!(e, TunnelEvent::IkeUp { .. }));
+    lab.expect(Duration::from_secs(5), "CHILD SA", is_child_up);
+    lab.assert_up_both_sides();
+}
+
+#[test]
+#[ignore = "needs the isthmus-ike handshake (issue 4 part 1), not landed yet"]
+fn proposal_mismatch_is_explained() {
+    if !require_root() || !isthmus_testkit::strongswan::available() {
+        return;
+    }
+    let mut ours = isthmus_tunnel(13);
+    ours.ike_proposals = parse_ike_list("aes256gcm16-prfsha256-x25519").unwrap();
+    let mut theirs = swan_conn(13);
+    theirs.ike_proposals = "aes256gcm16-prfsha256-ecp256".into();
+    let lab = lab(13, ours, CloseAction::None, theirs);
+    lab.tunnels.initiate("to-swan").unwrap();
+    let e = lab.expect(Duration::from_secs(20), "explained failure", |e| {
+        matches!(e, TunnelEvent::Failed(_))
+    });
+    let TunnelEvent::Failed(x) = e else { unreachable!() };
+    assert!(
+        matches!(x.cause, Cause::PeerRefused(n) if n.to_string().contains("NO_PROPOSAL_CHOSEN")),
+        "{x}"
+    );
+    assert!(x.ours.contains("x25519"), "the explanation names what we offered: {x}");
+    let st = lab.tunnels.tunnel("to-swan").unwrap();
+    assert_eq!(st.state, TunnelState::Down);
+    assert_eq!(st.last_failure.as_ref(), Some(&x), "status keeps the explanation");
+    println!("explanation: {x}");
+}
+
+#[test]
+#[ignore = "needs the isthmus-ike handshake (issue 4 part 1), not landed yet"]
+fn strongswan_proposal_refused_by_isthmus_is_explained() {
+    if !require_root() || !isthmus_testkit::strongswan::available() {
+        return;
+    }
+    let mut ours = isthmus_tunnel(14);
+    ours.children[0].esp_proposals = parse_esp_list("aes128gcm16").unwrap();
+    let mut theirs = swan_conn(14);
+    theirs.esp_proposals = "aes256gcm16".into();
+    let lab = lab(14, ours, CloseAction::None, theirs);
+    let _ = lab.swan.initiate("net");
+    let e = lab.expect(Duration::from_secs(10), "explained failure", |e| {
+        matches!(e, TunnelEvent::Failed(_))
+    });
+    let TunnelEvent::Failed(x) = e else { unreachable!() };
+    assert!(x.to_string().contains("NO_PROPOSAL_CHOSEN"), "{x}");
+    assert!(x.theirs.as_deref().is_some_and(|t| t.contains("aes256gcm16")), "{x}");
+    assert!(x.suggestion.is_some(), "a change that would match is named: {x}");
+    println!("explanation: {x}");
+}
+
+#[test]
+#[ignore = "needs the isthmus-ike handshake (issue 4 part 1), not landed yet"]
+fn rekeys_with_strongswan_keep_the_tunnel_up() {
+    if !require_root() || !isthmus_testkit::strongswan::available() {
+        return;
+    }
+    let lab = lab(15, isthmus_tunnel(15), CloseAction::None, swan_conn(15));
+    lab.tunnels.initiate("to-swan").unwrap();
+    let first = lab.expect(Duration::from_secs(20), "CHILD SA", is_child_up);
+    let TunnelEvent::ChildUp { spi_in: first_in, .. } = first else { unreachable!() };
+
+    // We rekey the CHILD SA: the successor replaces it (make-before-break), the old one goes.
+    lab.tunnels.rekey_child("to-swan", "net").unwrap();
+    let e = lab.expect(Duration::from_secs(10), "rekeyed CHILD SA", |e| {
+        matches!(e, TunnelEvent::ChildUp { rekey_of: Some(_), .. })
+    });
+    assert!(matches!(e, TunnelEvent::ChildUp { rekey_of: Some(old), .. } if old == first_in));
+    lab.expect(
+        Duration::from_secs(10),
+        "old CHILD SA removed",
+        |e| matches!(e, TunnelEvent::ChildDown { spi_in, .. } if *spi_in == first_in),
+    );
+
+    // strongSwan rekeys the CHILD SA.
+    lab.swan.rekey_child("net").unwrap();
+    lab.expect(Duration::from_secs(10), "CHILD SA rekeyed by strongSwan", |e| {
+        matches!(e, TunnelEvent::ChildUp { rekey_of: Some(_), .. })
+    });
+
+    // We rekey the IKE SA; then strongSwan does.
+    lab.tunnels.rekey_ike("to-swan").unwrap();
+    lab.expect(Duration::from_secs(10), "rekeyed IKE SA", |e| {
+        matches!(e, TunnelEvent::IkeUp { rekeyed: true, .. })
+    });
+    lab.swan.rekey_ike("to-isthmus").unwrap();
+    lab.expect(Duration::from_secs(10), "IKE SA rekeyed by strongSwan", |e| {
+        matches!(e, TunnelEvent::IkeUp { rekeyed: true, .. })
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    lab.assert_up_both_sides();
+    assert!(
+        lab.swan
+            .wait_until(Duration::from_secs(5), |s| s.status().matches("ESTABLISHED").count() == 1),
+        "strongSwan holds one IKE SA after the rekeys: {}",
+        lab.swan.status()
+    );
+}
+
+#[test]
+#[ignore = "needs the isthmus-ike handshake (issue 4 part 1), not landed yet"]
+fn frozen_strongswan_is_detected_by_dpd_and_the_tunnel_returns() {
+    if !require_root() || !isthmus_testkit::strongswan::available() {
+        return;
+    }
+    let mut ours = isthmus_tunnel(16);
+    ours.dpd = Dpd {
+        delay: Duration::from_secs(2),
+        timeout: Duration::from_secs(10),
+        action: DpdAction::Restart,
+    };
+    ours.ike_lifetime = Lifetime::IKE_DEFAULT;
+    let mut theirs = swan_conn(16);
+    theirs.dpd_delay = Some(Duration::from_secs(2));
+    theirs.dpd_action = Action::Start;
+    let lab = lab(16, ours, CloseAction::Restart, theirs);
+    lab.tunnels.initiate("to-swan").unwrap();
+    lab.expect(Duration::from_secs(20), "CHILD SA", is_child_up);
+
+    lab.swan.freeze();
+    let t0 = Instant::now();
+    let down = lab
+        .expect(Duration::from_secs(30), "dead peer", |e| matches!(e, TunnelEvent::IkeDown { .. }));
+    let took = t0.elapsed();
+    lab.swan.thaw();
+    println!("dead peer declared after {took:?}: {down}");
+    let st = lab.tunnels.tunnel("to-swan").unwrap();
+    assert!(
+        st.last_down_reason.as_deref().is_some_and(|r| r.contains("stopped answering")),
+        "{st:#?}"
+    );
+    // Restart: the tunnel comes back once the peer answers again.
+    lab.expect(Duration::from_secs(40), "IKE SA back", |e| matches!(e, TunnelEvent::IkeUp { .. }));
+    lab.expect(Duration::from_secs(10), "CHILD SA back", is_child_up);
+    lab.assert_up_both_sides();
+}
