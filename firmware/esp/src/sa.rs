@@ -609,3 +609,528 @@ impl InboundSa {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn key_for(aead: Aead) -> Vec<u8> {
+        (0..aead.key_material_len() as u8).map(|i| i.wrapping_mul(37).wrapping_add(11)).collect()
+    }
+
+    fn cfg(aead: Aead, backend: Backend, esn: bool, window: u32) -> SaConfig {
+        SaConfig {
+            spi: 0x1234_5678,
+            aead,
+            backend,
+            key: key_for(aead),
+            esn,
+            replay_window: window,
+            lifetime: Lifetime::default(),
+        }
+    }
+
+    fn pair(c: SaConfig, now: Instant) -> (OutboundSa, InboundSa) {
+        (OutboundSa::new(c.clone(), now).unwrap(), InboundSa::new(c, now).unwrap())
+    }
+
+    /// A syntactically plausible IP packet of `len` bytes: version nibble, total length, and a
+    /// payload pattern.
+    fn ip_packet(version: u8, len: usize, fill: u8) -> Vec<u8> {
+        let mut p: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(7) ^ fill).collect();
+        p[0] = (version << 4) | if version == 4 { 5 } else { 0 };
+        if version == 4 {
+            p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+        } else {
+            p[4..6].copy_from_slice(&((len - 40) as u16).to_be_bytes());
+        }
+        p
+    }
+
+    /// Builds an ESP packet by hand from the RFCs, independently of `OutboundSa`:
+    /// SPI, seq, IV, then AES-GCM over `plaintext` (payload, padding and trailer).
+    fn craft(c: &SaConfig, seq: u64, iv: [u8; 8], plaintext: &[u8]) -> Vec<u8> {
+        let cipher = Cipher::new(c.aead, c.backend, &c.key[..c.aead.aes_key_len()]).unwrap();
+        let mut nonce = [0u8; 12];
+        nonce[..4].copy_from_slice(&c.key[c.aead.aes_key_len()..]);
+        nonce[4..].copy_from_slice(&iv);
+        let mut aad = c.spi.to_be_bytes().to_vec();
+        if c.esn {
+            aad.extend(((seq >> 32) as u32).to_be_bytes());
+        }
+        aad.extend((seq as u32).to_be_bytes());
+        let mut pkt = c.spi.to_be_bytes().to_vec();
+        pkt.extend((seq as u32).to_be_bytes());
+        pkt.extend(iv);
+        let mut body = plaintext.to_vec();
+        body.extend([0; ICV_LEN]);
+        cipher.seal_in_place(&nonce, &aad, &mut body).unwrap();
+        pkt.extend(body);
+        pkt
+    }
+
+    fn all_configs() -> Vec<SaConfig> {
+        let mut v = Vec::new();
+        for aead in [Aead::Aes128Gcm16, Aead::Aes256Gcm16] {
+            for backend in Backend::ALL {
+                for esn in [false, true] {
+                    v.push(cfg(aead, backend, esn, 64));
+                }
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn rfc4303_2_and_rfc4106_layout_matches_a_hand_built_packet() {
+        let now = Instant::now();
+        for c in all_configs() {
+            let (out_sa, in_sa) = pair(c.clone(), now);
+            let inner = ip_packet(4, 21, 0);
+            let mut out = [0u8; 128];
+            let n = out_sa.encapsulate(&inner, &mut out, now).unwrap();
+            // 21 bytes, one padding byte (1), pad length 1, next header 4: 24 bytes.
+            let mut plain = inner.clone();
+            plain.extend([1, 1, NH_IPV4]);
+            let expected = craft(&c, 1, 1u64.to_be_bytes(), &plain);
+            assert_eq!(hex::encode(&out[..n]), hex::encode(&expected), "{c:?}");
+            assert_eq!(n, inner.len() + out_sa.overhead(inner.len()));
+            // And a hand-built packet with a peer's arbitrary IV decapsulates.
+            let peer = craft(&c, 1, *b"\x9a\x11\x00\x42\xde\xad\xbe\xef", &plain);
+            let mut back = [0u8; 128];
+            let d = in_sa.decapsulate(&peer, &mut back, now).unwrap();
+            assert_eq!(d, Decapsulated { offset: 0, len: 21, next_header: NH_IPV4, seq: 1 });
+            assert_eq!(&back[..21], &inner[..]);
+        }
+    }
+
+    #[test]
+    fn both_backends_interoperate_and_ipv6_uses_next_header_41() {
+        let now = Instant::now();
+        for aead in [Aead::Aes128Gcm16, Aead::Aes256Gcm16] {
+            let tx = OutboundSa::new(cfg(aead, Backend::Ring, true, 64), now).unwrap();
+            let rx = InboundSa::new(cfg(aead, Backend::RustCrypto, true, 64), now).unwrap();
+            let inner = ip_packet(6, 100, 3);
+            let mut wire = [0u8; 256];
+            let n = tx.encapsulate(&inner, &mut wire, now).unwrap();
+            let mut back = [0u8; 256];
+            let d = rx.decapsulate(&wire[..n], &mut back, now).unwrap();
+            assert_eq!((d.len, d.next_header), (100, NH_IPV6));
+            assert_eq!(&back[..100], &inner[..]);
+        }
+    }
+
+    #[test]
+    fn in_place_variants_match_the_copying_ones() {
+        let now = Instant::now();
+        let c = cfg(Aead::Aes256Gcm16, Backend::Ring, false, 64);
+        let (a, _) = pair(c.clone(), now);
+        let (b, rx) = pair(c, now);
+        let inner = ip_packet(4, 1400, 9);
+        let mut copy = vec![0u8; 1500];
+        let n = a.encapsulate(&inner, &mut copy, now).unwrap();
+        let mut buf = vec![0u8; 1500];
+        buf[HEADER_LEN..HEADER_LEN + 1400].copy_from_slice(&inner);
+        let m = b.encapsulate_in_place(&mut buf, 1400, now).unwrap();
+        assert_eq!(&copy[..n], &buf[..m]);
+        let d = rx.decapsulate_in_place(&mut buf[..m], now).unwrap();
+        assert_eq!(d.offset, HEADER_LEN);
+        assert_eq!(&buf[d.offset..d.offset + d.len], &inner[..]);
+    }
+
+    #[test]
+    fn tampered_truncated_replayed_and_wrong_spi_are_rejected_and_counted() {
+        let now = Instant::now();
+        for c in all_configs() {
+            let (tx, rx) = pair(c.clone(), now);
+            let inner = ip_packet(4, 60, 1);
+            let mut wire = [0u8; 256];
+            let n = tx.encapsulate(&inner, &mut wire, now).unwrap();
+            let pkt = wire[..n].to_vec();
+            let mut out = [0u8; 256];
+            // Flip one bit in the sequence number, IV, ciphertext and ICV in turn.
+            for at in [5, 9, 20, n - 20, n - 1] {
+                let mut bad = pkt.clone();
+                bad[at] ^= 0x10;
+                assert_eq!(rx.decapsulate(&bad, &mut out, now), Err(DropReason::IcvFailure));
+            }
+            let mut bad = pkt.clone();
+            bad[3] ^= 1;
+            assert_eq!(rx.decapsulate(&bad, &mut out, now), Err(DropReason::UnknownSpi));
+            // Truncated: not 4-byte aligned, cut by a word, and shorter than any packet.
+            assert_eq!(rx.decapsulate(&pkt[..n - 1], &mut out, now), Err(DropReason::Malformed));
+            assert_eq!(rx.decapsulate(&pkt[..n - 4], &mut out, now), Err(DropReason::IcvFailure));
+            assert_eq!(rx.decapsulate(&pkt[..20], &mut out, now), Err(DropReason::Malformed));
+            assert_eq!(rx.decapsulate(&[], &mut out, now), Err(DropReason::Malformed));
+            // No room for the result.
+            assert_eq!(rx.decapsulate(&pkt, &mut out[..40], now), Err(DropReason::TooBig));
+            // The good one passes once, then is a replay.
+            assert!(rx.decapsulate(&pkt, &mut out, now).is_ok());
+            assert_eq!(rx.decapsulate(&pkt, &mut out, now), Err(DropReason::Replay));
+            let s = rx.counters();
+            assert_eq!((s.packets, s.bytes), (1, 60));
+            assert_eq!(s.drops.get(DropReason::IcvFailure), 6);
+            assert_eq!(s.drops.get(DropReason::UnknownSpi), 1);
+            assert_eq!(s.drops.get(DropReason::Malformed), 3);
+            assert_eq!(s.drops.get(DropReason::TooBig), 1);
+            assert_eq!(s.drops.get(DropReason::Replay), 1);
+            assert_eq!(s.drops.total(), 12);
+            assert_eq!(peek_spi(&pkt), Some(0x1234_5678));
+            assert_eq!(peek_spi(&pkt[..3]), None);
+        }
+    }
+
+    #[test]
+    fn rfc4303_3_4_3_forged_packets_do_not_move_the_window() {
+        let now = Instant::now();
+        let c = cfg(Aead::Aes128Gcm16, Backend::Ring, false, 64);
+        let (tx, rx) = pair(c.clone(), now);
+        // A forgery far ahead: correct layout, wrong key.
+        let mut forged_cfg = c.clone();
+        forged_cfg.key[0] ^= 1;
+        let mut plain = ip_packet(4, 20, 0);
+        plain.extend([1, 2, 2, NH_IPV4]);
+        let forged = craft(&forged_cfg, 1_000_000, [0; 8], &plain);
+        let mut out = [0u8; 256];
+        assert_eq!(rx.decapsulate(&forged, &mut out, now), Err(DropReason::IcvFailure));
+        assert_eq!(rx.highest_seq(), 0);
+        // Genuine packets 1..=100 still pass, delivered out of order.
+        let mut pkts = Vec::new();
+        for _ in 0..100 {
+            let mut w = [0u8; 128];
+            let n = tx.encapsulate(&ip_packet(4, 40, 0), &mut w, now).unwrap();
+            pkts.push(w[..n].to_vec());
+        }
+        for p in pkts.iter().rev().take(64) {
+            rx.decapsulate(p, &mut out, now).unwrap();
+        }
+        // Packet 36 is now 64 behind 100: outside a 64-packet window.
+        assert_eq!(rx.decapsulate(&pkts[35], &mut out, now), Err(DropReason::OutsideWindow));
+        assert_eq!(rx.decapsulate(&pkts[36], &mut out, now), Err(DropReason::Replay));
+        assert_eq!(rx.counters().drops.get(DropReason::OutsideWindow), 1);
+    }
+
+    #[test]
+    fn rfc4303_2_4_padding_is_checked() {
+        let now = Instant::now();
+        let c = cfg(Aead::Aes128Gcm16, Backend::RustCrypto, false, 64);
+        let rx = InboundSa::new(c.clone(), now).unwrap();
+        let mut out = [0u8; 256];
+        let inner = ip_packet(4, 20, 0);
+        // Wrong padding bytes.
+        let mut bad = inner.clone();
+        bad.extend([7, 9, 2, NH_IPV4]);
+        assert_eq!(
+            rx.decapsulate(&craft(&c, 1, [1; 8], &bad), &mut out, now),
+            Err(DropReason::BadPadding)
+        );
+        // Pad length longer than what was sent.
+        let mut long = ip_packet(4, 20, 0)[..2].to_vec();
+        long.extend([200, NH_IPV4]);
+        assert_eq!(
+            rx.decapsulate(&craft(&c, 2, [2; 8], &long), &mut out, now),
+            Err(DropReason::BadPadding)
+        );
+        // Good padding passes; a larger-than-needed padding (TFC style, RFC 4303 §2.4) too.
+        let mut good = inner.clone();
+        good.extend([1, 2, 3, 4, 5, 6, 6, NH_IPV4]);
+        let d = rx.decapsulate(&craft(&c, 3, [3; 8], &good), &mut out, now).unwrap();
+        assert_eq!(d.len, 20);
+        assert_eq!(rx.counters().drops.get(DropReason::BadPadding), 2);
+    }
+
+    #[test]
+    fn inner_must_be_ip_of_the_version_the_trailer_names() {
+        let now = Instant::now();
+        let c = cfg(Aead::Aes128Gcm16, Backend::Ring, false, 0);
+        let (tx, rx) = pair(c.clone(), now);
+        let mut out = [0u8; 256];
+        assert_eq!(tx.encapsulate(&[0x10; 40], &mut out, now), Err(DropReason::Malformed));
+        assert_eq!(tx.encapsulate(&[], &mut out, now), Err(DropReason::Malformed));
+        assert_eq!(tx.encapsulate(&[0x45; 19], &mut out, now), Err(DropReason::Malformed));
+        assert_eq!(tx.encapsulate(&ip_packet(4, 300, 0), &mut out, now), Err(DropReason::TooBig));
+        assert_eq!(tx.counters().drops.get(DropReason::Malformed), 3);
+        assert_eq!(tx.counters().drops.get(DropReason::TooBig), 1);
+        // Next header 4 over an IPv6 packet, and a transport protocol in tunnel mode.
+        let mut v6_as_v4 = ip_packet(6, 40, 0);
+        v6_as_v4.extend([1, 2, 2, NH_IPV4]);
+        assert_eq!(
+            rx.decapsulate(&craft(&c, 1, [0; 8], &v6_as_v4), &mut out, now),
+            Err(DropReason::Malformed)
+        );
+        let mut udp = ip_packet(4, 20, 0);
+        udp.extend([1, 2, 2, 17]);
+        assert_eq!(
+            rx.decapsulate(&craft(&c, 2, [0; 8], &udp), &mut out, now),
+            Err(DropReason::Malformed)
+        );
+    }
+
+    #[test]
+    fn rfc4303_2_6_dummy_packets_verify_and_are_marked() {
+        let now = Instant::now();
+        let (tx, rx) = pair(cfg(Aead::Aes256Gcm16, Backend::Ring, true, 64), now);
+        let mut wire = [0u8; 128];
+        let n = tx.encapsulate_dummy(30, &mut wire, now).unwrap();
+        let mut out = [0u8; 128];
+        let d = rx.decapsulate(&wire[..n], &mut out, now).unwrap();
+        assert!(d.is_dummy());
+        assert_eq!(d.len, 30);
+        assert_eq!(rx.counters().drops.total(), 0);
+        // It still counts against replay.
+        assert_eq!(rx.decapsulate(&wire[..n], &mut out, now), Err(DropReason::Replay));
+    }
+
+    #[test]
+    fn lifetimes_soft_once_then_hard_stops_both_directions() {
+        let t0 = Instant::now();
+        let mut c = cfg(Aead::Aes128Gcm16, Backend::Ring, false, 64);
+        c.lifetime = Lifetime {
+            soft_packets: Some(3),
+            hard_packets: Some(5),
+            soft_time: Some(Duration::from_secs(60)),
+            hard_time: Some(Duration::from_secs(90)),
+            ..Lifetime::default()
+        };
+        let (tx, rx) = pair(c, t0);
+        let inner = ip_packet(4, 40, 0);
+        let mut wire = [0u8; 128];
+        let mut out = [0u8; 128];
+        assert_eq!(tx.lifetime_state(t0), LifetimeState::Live);
+        assert!(!tx.take_soft_expired(t0));
+        for i in 1..=5 {
+            let n = tx.encapsulate(&inner, &mut wire, t0).unwrap();
+            rx.decapsulate(&wire[..n], &mut out, t0).unwrap();
+            if i == 3 {
+                assert_eq!(tx.lifetime_state(t0), LifetimeState::Soft);
+                assert_eq!(rx.lifetime_state(t0), LifetimeState::Soft);
+                assert!(tx.take_soft_expired(t0));
+                assert!(!tx.take_soft_expired(t0));
+                assert!(rx.take_soft_expired(t0));
+            }
+        }
+        assert_eq!(tx.lifetime_state(t0), LifetimeState::Hard);
+        assert_eq!(tx.encapsulate(&inner, &mut wire, t0), Err(DropReason::Expired));
+        assert_eq!(rx.decapsulate(&wire[..76], &mut out, t0), Err(DropReason::Expired));
+        assert_eq!(tx.counters().drops.get(DropReason::Expired), 1);
+        assert_eq!(tx.counters().packets, 5);
+
+        // Time limits alone.
+        let mut c = cfg(Aead::Aes128Gcm16, Backend::Ring, false, 64);
+        c.lifetime = Lifetime {
+            soft_time: Some(Duration::from_secs(60)),
+            hard_time: Some(Duration::from_secs(90)),
+            soft_bytes: Some(1000),
+            ..Lifetime::default()
+        };
+        let tx = OutboundSa::new(c, t0).unwrap();
+        assert_eq!(tx.lifetime_state(t0 + Duration::from_secs(59)), LifetimeState::Live);
+        assert_eq!(tx.lifetime_state(t0 + Duration::from_secs(60)), LifetimeState::Soft);
+        assert_eq!(tx.lifetime_state(t0 + Duration::from_secs(90)), LifetimeState::Hard);
+        assert!(tx.encapsulate(&inner, &mut wire, t0 + Duration::from_secs(89)).is_ok());
+        let late = t0 + Duration::from_secs(90);
+        assert_eq!(tx.encapsulate(&inner, &mut wire, late), Err(DropReason::Expired));
+        // Bytes: 25 packets of 40 bytes reach the soft 1000.
+        for _ in 0..24 {
+            tx.encapsulate(&inner, &mut wire, t0).unwrap();
+        }
+        assert_eq!(tx.lifetime_state(t0), LifetimeState::Soft);
+        assert!(tx.take_soft_expired(t0));
+    }
+
+    #[test]
+    fn rfc4303_3_3_3_sequence_numbers_never_cycle_without_esn() {
+        let now = Instant::now();
+        let (tx, _) = pair(cfg(Aead::Aes128Gcm16, Backend::Ring, false, 64), now);
+        let inner = ip_packet(4, 40, 0);
+        let mut wire = [0u8; 128];
+        tx.next_seq.store(u64::from(u32::MAX) - SEQ_SOFT_MARGIN, Ordering::Relaxed);
+        assert_eq!(tx.lifetime_state(now), LifetimeState::Live);
+        tx.next_seq.store(u64::from(u32::MAX), Ordering::Relaxed);
+        assert_eq!(tx.lifetime_state(now), LifetimeState::Soft);
+        assert!(tx.take_soft_expired(now));
+        let n = tx.encapsulate(&inner, &mut wire, now).unwrap();
+        assert_eq!(&wire[4..8], &[0xff; 4]);
+        assert_eq!(n, 76);
+        assert_eq!(tx.encapsulate(&inner, &mut wire, now), Err(DropReason::Expired));
+        assert_eq!(tx.lifetime_state(now), LifetimeState::Hard);
+    }
+
+    #[test]
+    fn rfc4303_appendix_a_esn_wraps_across_2_pow_32_end_to_end() {
+        let now = Instant::now();
+        for backend in Backend::ALL {
+            let (tx, rx) = pair(cfg(Aead::Aes128Gcm16, backend, true, 64), now);
+            tx.next_seq.store((1 << 32) - 3, Ordering::Relaxed);
+            let inner = ip_packet(4, 40, 0);
+            let mut pkts = Vec::new();
+            for _ in 0..6 {
+                let mut w = [0u8; 128];
+                let n = tx.encapsulate(&inner, &mut w, now).unwrap();
+                pkts.push(w[..n].to_vec());
+            }
+            // Seqs 2^32-3 .. 2^32+2; deliver 0, 1, then 4 (past the wrap), then late 2 and 3.
+            let mut out = [0u8; 128];
+            for i in [0usize, 1, 4, 2, 3, 5] {
+                let d = rx.decapsulate(&pkts[i], &mut out, now).unwrap();
+                assert_eq!(d.seq, (1 << 32) - 3 + i as u64, "{backend}");
+            }
+            assert_eq!(rx.highest_seq(), (1 << 32) + 2);
+            assert_eq!(rx.decapsulate(&pkts[2], &mut out, now), Err(DropReason::Replay));
+            // The high half is in the ICV: a receiver without ESN cannot verify these.
+            let plain_rx = InboundSa::new(cfg(Aead::Aes128Gcm16, backend, false, 64), now).unwrap();
+            assert_eq!(plain_rx.decapsulate(&pkts[5], &mut out, now), Err(DropReason::IcvFailure));
+        }
+    }
+
+    #[test]
+    fn shared_between_threads_every_sequence_number_is_unique() {
+        let now = Instant::now();
+        let mut c = cfg(Aead::Aes128Gcm16, Backend::Ring, false, 4096);
+        c.replay_window = 4096;
+        let (tx, rx) = pair(c, now);
+        let (tx, rx) = (Arc::new(tx), Arc::new(rx));
+        let handles: Vec<_> = (0..2)
+            .map(|t| {
+                let (tx, rx) = (tx.clone(), rx.clone());
+                std::thread::spawn(move || {
+                    let inner = ip_packet(4, 64, t);
+                    let mut w = [0u8; 128];
+                    let mut out = [0u8; 128];
+                    for _ in 0..1000 {
+                        let n = tx.encapsulate(&inner, &mut w, now).unwrap();
+                        rx.decapsulate(&w[..n], &mut out, now).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        assert_eq!(rx.counters().packets, 2000);
+        assert_eq!(rx.highest_seq(), 2000);
+        assert_eq!(tx.next_seq(), 2001);
+    }
+
+    #[test]
+    fn config_errors_name_the_problem_and_debug_redacts_the_key() {
+        let now = Instant::now();
+        let mut c = cfg(Aead::Aes256Gcm16, Backend::Ring, false, 64);
+        c.key.pop();
+        let e = OutboundSa::new(c.clone(), now).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "ESP key for aes256gcm16 must be 36 bytes (AES key and 4-byte salt, RFC 4106 §8.1), got 35"
+        );
+        c.key.push(0);
+        c.spi = 255;
+        assert_eq!(InboundSa::new(c.clone(), now).unwrap_err(), EspError::ReservedSpi(255));
+        c.spi = 0x1000;
+        c.replay_window = 1 << 20;
+        assert!(InboundSa::new(c.clone(), now).unwrap_err().to_string().contains("larger than"));
+        let dbg = format!("{c:?}");
+        assert!(dbg.contains("<redacted 36 bytes>"), "{dbg}");
+        assert!(!dbg.contains(&format!("{:?}", &c.key[..4])), "{dbg}");
+        let (tx, rx) = pair(cfg(Aead::Aes128Gcm16, Backend::Ring, false, 64), now);
+        assert!(!format!("{tx:?}{rx:?}").contains("11, 48"), "key bytes leaked");
+    }
+
+    #[test]
+    fn last_packet_reports_when_traffic_last_verified() {
+        let t0 = Instant::now();
+        let (tx, rx) = pair(cfg(Aead::Aes128Gcm16, Backend::Ring, false, 64), t0);
+        assert_eq!(rx.last_packet(), None);
+        let mut w = [0u8; 128];
+        let n = tx.encapsulate(&ip_packet(4, 40, 0), &mut w, t0).unwrap();
+        let t1 = t0 + Duration::from_millis(1500);
+        let mut out = [0u8; 128];
+        rx.decapsulate(&w[..n], &mut out, t1).unwrap();
+        assert_eq!(rx.last_packet(), Some(t1));
+        // A failed packet does not count as traffic.
+        w[n - 1] ^= 1;
+        let _ = rx.decapsulate(&w[..n], &mut out, t1 + Duration::from_secs(5));
+        assert_eq!(rx.last_packet(), Some(t1));
+    }
+
+    mod proptests {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn aead() -> impl Strategy<Value = Aead> {
+            prop_oneof![Just(Aead::Aes128Gcm16), Just(Aead::Aes256Gcm16)]
+        }
+        fn backend() -> impl Strategy<Value = Backend> {
+            prop_oneof![Just(Backend::Ring), Just(Backend::RustCrypto)]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn round_trip_any_size_both_ip_versions(
+                v6 in any::<bool>(),
+                len in 40usize..9100,
+                fill in any::<u8>(),
+                aead in aead(),
+                tx_backend in backend(),
+                rx_backend in backend(),
+                esn in any::<bool>(),
+                start in prop_oneof![Just(1u64), 1u64..u64::from(u32::MAX), (1u64 << 32) - 8..(1 << 32) + 8],
+            ) {
+                let now = Instant::now();
+                let mut c = cfg(aead, tx_backend, esn, 128);
+                let start = if esn { start } else { start.min(u64::from(u32::MAX)) };
+                let tx = OutboundSa::new(c.clone(), now).unwrap();
+                tx.next_seq.store(start, Ordering::Relaxed);
+                c.backend = rx_backend;
+                let rx = InboundSa::new(c, now).unwrap();
+                if start > 1 {
+                    // The receiver has seen the packet before (it knows the high half).
+                    rx.lock_window().accept(start - 1).unwrap();
+                }
+                let inner = ip_packet(if v6 { 6 } else { 4 }, len, fill);
+                let mut wire = vec![0u8; len + max_overhead()];
+                let n = tx.encapsulate(&inner, &mut wire, now).unwrap();
+                prop_assert_eq!(n, len + tx.overhead(len));
+                prop_assert_eq!(n % 4, 0);
+                prop_assert!(n - len <= max_overhead());
+                let mut out = vec![0u8; n];
+                let d = rx.decapsulate(&wire[..n], &mut out, now).unwrap();
+                prop_assert_eq!(d.len, len);
+                prop_assert_eq!(d.seq, start);
+                prop_assert_eq!(d.next_header, if v6 { NH_IPV6 } else { NH_IPV4 });
+                prop_assert_eq!(&out[..len], &inner[..]);
+                prop_assert_eq!(rx.decapsulate(&wire[..n], &mut out, now), Err(DropReason::Replay));
+            }
+
+            #[test]
+            fn any_single_bit_flip_is_refused(at in any::<proptest::sample::Index>(), bit in 0u8..8) {
+                let now = Instant::now();
+                let (tx, rx) = pair(cfg(Aead::Aes128Gcm16, Backend::Ring, true, 64), now);
+                let inner = ip_packet(4, 100, 0);
+                let mut wire = [0u8; 256];
+                let n = tx.encapsulate(&inner, &mut wire, now).unwrap();
+                let i = at.index(n);
+                wire[i] ^= 1 << bit;
+                let mut out = [0u8; 256];
+                prop_assert!(rx.decapsulate(&wire[..n], &mut out, now).is_err());
+                prop_assert_eq!(rx.counters().drops.total(), 1);
+                prop_assert_eq!(rx.counters().packets, 0);
+            }
+
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+                let now = Instant::now();
+                let rx = InboundSa::new(cfg(Aead::Aes128Gcm16, Backend::Ring, true, 64), now).unwrap();
+                let mut out = [0u8; 256];
+                let mut b = bytes.clone();
+                if b.len() >= 4 {
+                    b[..4].copy_from_slice(&0x1234_5678u32.to_be_bytes());
+                }
+                prop_assert!(rx.decapsulate(&b, &mut out, now).is_err());
+                prop_assert!(rx.decapsulate_in_place(&mut b, now).is_err());
+            }
+        }
+    }
+}
