@@ -1,4 +1,109 @@
 //! The gateway's configuration: the TOML schema of the object model, whole-document validation
-//! with field paths in every error, and the sled-backed store of numbered revisions with commit,
-//! commit-confirm and rollback.
+//! with field paths in every error, secrets that never print, and the sled-backed store of
+//! numbered revisions with commit, commit-confirm and rollback.
+//!
+//! The flow a daemon follows:
+//!
+//! ```no_run
+//! # fn main() -> Result<(), isthmus_config::Error> {
+//! use std::time::{Duration, SystemTime};
+//! use isthmus_config::{Config, Store};
+//!
+//! let text = std::fs::read_to_string("/etc/isthmus/gateway.toml").unwrap();
+//! // Parse and validate: every error, each with the path of its field.
+//! let checked = Config::check(&text).map_err(isthmus_config::Error::Invalid)?;
+//! for w in &checked.warnings { eprintln!("{w}"); }
+//!
+//! let store = Store::open("/var/lib/isthmus/config")?;
+//! // At start-up (and on a timer): revert an unconfirmed commit whose deadline passed.
+//! store.poll(SystemTime::now())?;
+//! let c = store.commit_confirmed(&text, "ops", "add tunnel to idc", Duration::from_secs(300), SystemTime::now())?;
+//! // ... apply, check the tunnel ...
+//! store.confirm(SystemTime::now())?;
+//! println!("{}", store.diff(c.rev - 1, c.rev)?); // secrets redacted
+//! # Ok(()) }
+//! ```
+//!
+//! Paths name fields as the TOML writes them, arrays of tables by index from 0:
+//! `tunnel[1].spd[0].remote[0]`, `gateway.lan[0].networks[1]`, `route_table[0].route[12].tunnel`.
 #![forbid(unsafe_code)]
+
+mod error;
+mod parse;
+mod schema;
+pub mod secret;
+mod store;
+pub mod types;
+mod validate;
+
+pub use error::{Error, Errors, Issue, Report, Severity};
+pub use schema::*;
+pub use secret::{Secret, SecretValue};
+pub use store::{Committed, Pending, Reverted, Revision, RevisionInfo, RevisionKind, Store};
+pub use types::{Dur, IfAddr, Protocol};
+
+/// A configuration that parsed and validated, with the warnings validation raised.
+#[derive(Clone, Debug)]
+pub struct Checked {
+    /// The configuration.
+    pub config: Config,
+    /// Likely mistakes (the configuration is still acceptable).
+    pub warnings: Vec<Issue>,
+}
+
+impl Config {
+    /// Reads a TOML document. On failure returns every structural error (syntax, unknown
+    /// fields, wrong types, unparseable prefixes and addresses), each with its path and line.
+    pub fn from_toml(text: &str) -> Result<Config, Errors> {
+        parse::from_toml(text)
+    }
+
+    /// Validates the configuration as a whole: references, prefixes, proposals, lifetimes,
+    /// uniqueness, routing loops; plus warnings for likely mistakes.
+    pub fn validate(&self) -> Report {
+        validate::validate(self)
+    }
+
+    /// [`Config::from_toml`] then [`Config::validate`], with line numbers filled in.
+    pub fn check(text: &str) -> Result<Checked, Errors> {
+        let config = Config::from_toml(text)?;
+        let mut report = config.validate();
+        if !report.errors.is_empty() || !report.warnings.is_empty() {
+            report.locate(text);
+        }
+        let warnings = report.into_result()?;
+        Ok(Checked { config, warnings })
+    }
+
+    /// The canonical TOML form: defaults filled in, fields in schema order, inline secrets
+    /// replaced by `"<redacted sha256:…>"`. This is what `show` prints and `diff` compares; it is
+    /// for people, not for committing back (the redacted secrets would become the keys).
+    pub fn to_toml_redacted(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+
+    /// Resolves every secret reference (files, environment variables) and reports the ones that
+    /// cannot be read, by path. Values are not returned; call [`Secret::resolve`] where needed.
+    pub fn check_secrets(&self) -> Vec<Issue> {
+        let mut out = Vec::new();
+        let mut check = |path: String, s: &Secret| {
+            if let Err(e) = s.resolve() {
+                out.push(Issue::error(path, e.to_string()));
+            }
+        };
+        for (i, t) in self.tunnels.iter().enumerate() {
+            check(format!("tunnel[{i}].psk"), &t.psk);
+        }
+        for (i, n) in self.notify.iter().enumerate() {
+            if let Some(s) = &n.secret {
+                check(format!("notify[{i}].secret"), s);
+            }
+        }
+        for (i, t) in self.api_tokens.iter().enumerate() {
+            if let Some(s) = &t.token {
+                check(format!("api_token[{i}].token"), s);
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,874 @@
+//! The object model as TOML: one struct per table, every field documented in `docs/config.md`.
+//!
+//! Unknown fields are refused everywhere (`deny_unknown_fields`): a misspelt key must not silently
+//! fall back to a default on a VPN gateway. Serializing a [`Config`] gives the canonical form that
+//! `show` prints and `diff` compares: defaults filled in, secrets redacted.
+
+use std::net::IpAddr;
+
+use isthmus_tables::{PortRange, Prefix};
+use serde::{Deserialize, Serialize};
+
+use crate::secret::Secret;
+use crate::types::{Dur, IfAddr, Protocol, any_ports, ports, prefix, prefixes};
+
+/// The whole configuration document.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Schema version of the document; only 1 exists.
+    #[serde(default = "one")]
+    pub schema: u32,
+    /// This appliance.
+    pub gateway: Gateway,
+    /// Remote peers.
+    #[serde(default, rename = "customer_gateway", skip_serializing_if = "Vec::is_empty")]
+    pub customer_gateways: Vec<CustomerGateway>,
+    /// IPsec connections.
+    #[serde(default, rename = "tunnel", skip_serializing_if = "Vec::is_empty")]
+    pub tunnels: Vec<Tunnel>,
+    /// Route tables.
+    #[serde(default, rename = "route_table", skip_serializing_if = "Vec::is_empty")]
+    pub route_tables: Vec<RouteTable>,
+    /// Stateful filters bound to tunnels and LANs.
+    #[serde(default, rename = "security_group", skip_serializing_if = "Vec::is_empty")]
+    pub security_groups: Vec<SecurityGroup>,
+    /// Stateless filters bound to LANs.
+    #[serde(default, rename = "network_acl", skip_serializing_if = "Vec::is_empty")]
+    pub network_acls: Vec<NetworkAcl>,
+    /// Plugin bindings.
+    #[serde(default, rename = "plugin", skip_serializing_if = "Vec::is_empty")]
+    pub plugins: Vec<Plugin>,
+    /// Keys that may sign plugins.
+    #[serde(default, rename = "trusted_key", skip_serializing_if = "Vec::is_empty")]
+    pub trusted_keys: Vec<TrustedKey>,
+    /// Alarm conditions.
+    #[serde(default, rename = "alarm", skip_serializing_if = "Vec::is_empty")]
+    pub alarms: Vec<Alarm>,
+    /// Where alarms are sent.
+    #[serde(default, rename = "notify", skip_serializing_if = "Vec::is_empty")]
+    pub notify: Vec<Notify>,
+    /// Management API credentials.
+    #[serde(default, rename = "api_token", skip_serializing_if = "Vec::is_empty")]
+    pub api_tokens: Vec<ApiToken>,
+}
+
+fn one() -> u32 {
+    1
+}
+fn yes() -> bool {
+    true
+}
+
+/// This appliance: its WAN, LANs and management interface.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Gateway {
+    /// A name for this appliance (used in alarms and as the default IKE identity's label).
+    pub name: String,
+    /// The public side.
+    pub wan: Wan,
+    /// The private sides.
+    #[serde(default, rename = "lan", skip_serializing_if = "Vec::is_empty")]
+    pub lans: Vec<Lan>,
+    /// Where the management API listens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub management: Option<Management>,
+}
+
+/// The WAN (public) interface.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Wan {
+    /// Kernel interface name.
+    pub interface: String,
+    /// Public address with its on-link prefix length.
+    pub address: IfAddr,
+    /// The upstream router.
+    pub next_hop: IpAddr,
+    /// Interface MTU.
+    #[serde(default = "mtu_1500")]
+    pub mtu: u32,
+}
+
+fn mtu_1500() -> u32 {
+    1500
+}
+
+/// A LAN (private) interface and the networks behind it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lan {
+    /// Name used by route tables, security groups and ACLs.
+    pub name: String,
+    /// Kernel interface name.
+    pub interface: String,
+    /// The gateway's addresses on this LAN, with on-link prefix lengths.
+    pub addresses: Vec<IfAddr>,
+    /// Further networks reached through this LAN (behind `next_hop`). The on-link networks of
+    /// `addresses` are always included.
+    #[serde(default, with = "prefixes", skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<Prefix>,
+    /// Router on this LAN for `networks` that are not on-link.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_hop: Option<IpAddr>,
+    /// Interface MTU.
+    #[serde(default = "mtu_1500")]
+    pub mtu: u32,
+}
+
+impl Lan {
+    /// Every network of this LAN: on-link networks first, then `networks`.
+    pub fn all_networks(&self) -> impl Iterator<Item = Prefix> + '_ {
+        self.addresses.iter().map(IfAddr::network).chain(self.networks.iter().copied())
+    }
+}
+
+/// The management interface (HTTP API).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Management {
+    /// Kernel interface name; must not be the WAN.
+    pub interface: String,
+    /// Address with on-link prefix length.
+    pub address: IfAddr,
+    /// TCP port of the API.
+    #[serde(default = "api_port")]
+    pub port: u16,
+    /// Source networks allowed to reach the API (empty: any source on the management interface).
+    #[serde(default, with = "prefixes", skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<Prefix>,
+}
+
+fn api_port() -> u16 {
+    8443
+}
+
+/// A remote peer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomerGateway {
+    /// Name tunnels refer to.
+    pub name: String,
+    /// Its public IP address.
+    pub address: IpAddr,
+    /// Its IKE identity (default: its address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ike_id: Option<String>,
+}
+
+impl CustomerGateway {
+    /// The identity the peer must present.
+    pub fn ike_identity(&self) -> String {
+        self.ike_id.clone().unwrap_or_else(|| self.address.to_string())
+    }
+}
+
+/// Whether traffic selectors come from SPD entries or from routes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Policy-based: the tunnel protects the `spd` entries.
+    #[default]
+    Policy,
+    /// Route-based: selectors are any-to-any; route tables choose what enters the tunnel.
+    Route,
+}
+
+/// What to do when dead peer detection declares the peer dead.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DpdAction {
+    /// Tear down and re-establish at once.
+    #[default]
+    Restart,
+    /// Tear down and wait for traffic (with start_action trap) or the peer.
+    Clear,
+    /// Only report.
+    None,
+}
+
+/// What the gateway does with a tunnel when the configuration is applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StartAction {
+    /// Initiate at once.
+    #[default]
+    Start,
+    /// Initiate on the first matching packet.
+    Trap,
+    /// Only respond.
+    None,
+}
+
+/// NAT traversal (UDP encapsulation of ESP, RFC 3948).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NatT {
+    /// Encapsulate when NAT is detected.
+    #[default]
+    Auto,
+    /// Always encapsulate in UDP 4500.
+    Force,
+    /// Never encapsulate (raw ESP, IP protocol 50).
+    Off,
+}
+
+/// Dead peer detection (RFC 7296 §2.4 liveness checks).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dpd {
+    /// Idle time before a liveness check; 0 turns DPD off.
+    #[serde(default = "dpd_delay")]
+    pub delay: Dur,
+    /// Time without an answer after which the peer is dead.
+    #[serde(default = "dpd_timeout")]
+    pub timeout: Dur,
+    /// What happens then.
+    #[serde(default)]
+    pub action: DpdAction,
+}
+
+fn dpd_delay() -> Dur {
+    Dur::secs(30)
+}
+fn dpd_timeout() -> Dur {
+    Dur::secs(150)
+}
+
+impl Default for Dpd {
+    fn default() -> Dpd {
+        Dpd { delay: dpd_delay(), timeout: dpd_timeout(), action: DpdAction::Restart }
+    }
+}
+
+/// One policy-mode SPD entry: local prefixes <-> remote prefixes (RFC 4301 §4.4.1).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpdEntry {
+    /// Local prefixes (inside the gateway's LAN networks).
+    #[serde(with = "prefixes")]
+    pub local: Vec<Prefix>,
+    /// Remote prefixes (behind the customer gateway).
+    #[serde(with = "prefixes")]
+    pub remote: Vec<Prefix>,
+    /// IP protocol.
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// Local ports (TCP/UDP only).
+    #[serde(default = "any_ports", with = "ports")]
+    pub local_ports: PortRange,
+    /// Remote ports (TCP/UDP only).
+    #[serde(default = "any_ports", with = "ports")]
+    pub remote_ports: PortRange,
+}
+
+/// Probes sent through the tunnel to measure that it carries traffic.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    /// Source address: one of the gateway's LAN addresses.
+    pub source: IpAddr,
+    /// Destination address behind the customer gateway (answers ICMP echo).
+    pub destination: IpAddr,
+    /// Time between probes.
+    #[serde(default = "hc_interval")]
+    pub interval: Dur,
+    /// Time to wait for an answer.
+    #[serde(default = "hc_timeout")]
+    pub timeout: Dur,
+    /// Consecutive failed probes that mark the tunnel unhealthy.
+    #[serde(default = "three")]
+    pub failure_threshold: u32,
+    /// Consecutive good probes that mark it healthy again.
+    #[serde(default = "two")]
+    pub recovery_threshold: u32,
+    /// A probe slower than this counts as failed (unset: only lost probes fail).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_threshold: Option<Dur>,
+}
+
+fn hc_interval() -> Dur {
+    Dur::secs(5)
+}
+fn hc_timeout() -> Dur {
+    Dur::secs(2)
+}
+fn three() -> u32 {
+    3
+}
+fn two() -> u32 {
+    2
+}
+
+/// An IPsec connection to one customer gateway.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tunnel {
+    /// Name route tables and security groups refer to.
+    pub name: String,
+    /// Administratively up.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// The peer.
+    pub customer_gateway: String,
+    /// Our IKE identity (default: the WAN address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_id: Option<String>,
+    /// Pre-shared key.
+    pub psk: Secret,
+    /// IKE proposals, strongSwan syntax, most preferred first.
+    #[serde(default = "ike_proposals")]
+    pub ike_proposals: Vec<String>,
+    /// ESP proposals, strongSwan syntax, most preferred first.
+    #[serde(default = "esp_proposals")]
+    pub esp_proposals: Vec<String>,
+    /// IKE SA lifetime.
+    #[serde(default = "ike_lifetime")]
+    pub ike_lifetime: Dur,
+    /// How long before the IKE SA lifetime ends that rekeying starts.
+    #[serde(default = "rekey_margin")]
+    pub ike_rekey_margin: Dur,
+    /// CHILD (ESP) SA lifetime.
+    #[serde(default = "child_lifetime")]
+    pub child_lifetime: Dur,
+    /// How long before the CHILD SA lifetime ends that rekeying starts.
+    #[serde(default = "rekey_margin")]
+    pub child_rekey_margin: Dur,
+    /// Random extra margin, in percent of the margin, so that both peers do not rekey at once.
+    #[serde(default = "fuzz")]
+    pub rekey_fuzz_percent: u32,
+    /// Dead peer detection.
+    #[serde(default)]
+    pub dpd: Dpd,
+    /// Policy-based or route-based.
+    #[serde(default)]
+    pub mode: Mode,
+    /// SPD entries (policy mode only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub spd: Vec<SpdEntry>,
+    /// TUN device name (default: `ist-` and the first 11 characters of the name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
+    /// Inner MTU of the tunnel device.
+    #[serde(default = "tunnel_mtu")]
+    pub mtu: u32,
+    /// TCP MSS clamp for SYNs through the tunnel; default MTU − 40; 0 turns it off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mss_clamp: Option<u16>,
+    /// When to bring the tunnel up.
+    #[serde(default)]
+    pub start_action: StartAction,
+    /// Probes through the tunnel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
+    /// UDP encapsulation.
+    #[serde(default)]
+    pub nat_t: NatT,
+}
+
+/// Default IKE proposals: AES-GCM with Curve25519, then with the NIST P-256 group.
+pub const DEFAULT_IKE_PROPOSALS: [&str; 2] =
+    ["aes256gcm16-prfsha256-x25519", "aes128gcm16-prfsha256-ecp256"];
+/// Default ESP proposals.
+pub const DEFAULT_ESP_PROPOSALS: [&str; 2] = ["aes256gcm16", "aes128gcm16"];
+
+fn ike_proposals() -> Vec<String> {
+    DEFAULT_IKE_PROPOSALS.iter().map(|s| (*s).to_owned()).collect()
+}
+fn esp_proposals() -> Vec<String> {
+    DEFAULT_ESP_PROPOSALS.iter().map(|s| (*s).to_owned()).collect()
+}
+fn ike_lifetime() -> Dur {
+    Dur::secs(8 * 3600)
+}
+fn child_lifetime() -> Dur {
+    Dur::secs(3600)
+}
+fn rekey_margin() -> Dur {
+    Dur::secs(9 * 60)
+}
+fn fuzz() -> u32 {
+    100
+}
+fn tunnel_mtu() -> u32 {
+    1400
+}
+
+impl Tunnel {
+    /// The TUN device name.
+    pub fn interface_name(&self) -> String {
+        self.interface.clone().unwrap_or_else(|| {
+            let short: String = self.name.chars().take(11).collect();
+            format!("ist-{short}")
+        })
+    }
+
+    /// The MSS clamp in effect, `None` when off.
+    pub fn effective_mss(&self) -> Option<u16> {
+        match self.mss_clamp {
+            Some(0) => None,
+            Some(v) => Some(v),
+            None => u16::try_from(self.mtu.saturating_sub(40)).ok(),
+        }
+    }
+
+    /// True when dead peer detection runs.
+    pub fn dpd_enabled(&self) -> bool {
+        !self.dpd.delay.is_zero() && self.dpd.action != DpdAction::None
+    }
+}
+
+/// A route table.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteTable {
+    /// Name.
+    pub name: String,
+    /// Kernel table number (1–4294967295 except 253, 254, 255).
+    pub id: u32,
+    /// LANs whose traffic looks up this table (empty: every LAN not bound to another table).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lans: Vec<String>,
+    /// The routes.
+    #[serde(default, rename = "route", skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<Route>,
+}
+
+/// A route: a prefix and exactly one of `tunnel`, `interface` or `via`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Destination.
+    #[serde(with = "prefix")]
+    pub prefix: Prefix,
+    /// Next hop: this tunnel's device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel: Option<String>,
+    /// Next hop: a LAN (by name) or a kernel interface.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
+    /// Next hop: a router address (with `interface`, on that interface).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<IpAddr>,
+    /// Preference; the lowest metric whose next hop is up wins (active/standby).
+    #[serde(default = "metric")]
+    pub metric: u32,
+}
+
+fn metric() -> u32 {
+    100
+}
+
+/// Where a route sends traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NextHop<'a> {
+    /// Into a tunnel.
+    Tunnel(&'a str),
+    /// Out of an interface (LAN name or kernel name), optionally through a router.
+    Interface(&'a str, Option<IpAddr>),
+    /// Through a router, interface found by the kernel.
+    Address(IpAddr),
+}
+
+impl Route {
+    /// The next hop, `None` when the route names none (a validation error).
+    pub fn next_hop(&self) -> Option<NextHop<'_>> {
+        match (&self.tunnel, &self.interface, self.via) {
+            (Some(t), None, None) => Some(NextHop::Tunnel(t)),
+            (None, Some(i), via) => Some(NextHop::Interface(i, via)),
+            (None, None, Some(a)) => Some(NextHop::Address(a)),
+            _ => None,
+        }
+    }
+}
+
+/// Allow or deny.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    /// Let the packet through.
+    Allow,
+    /// Drop it.
+    #[default]
+    Deny,
+}
+
+/// The direction a rule applies to, seen from the bound object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Direction {
+    /// Entering the bound tunnel or LAN's network.
+    In,
+    /// Leaving it.
+    Out,
+}
+
+/// One filter rule of a security group or network ACL.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    /// Evaluation order, lowest first; unique within its group.
+    pub priority: u32,
+    /// What a match does.
+    pub action: Action,
+    /// Which direction it applies to.
+    pub direction: Direction,
+    /// IP protocol.
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// Source prefixes (empty: any).
+    #[serde(default, with = "prefixes", skip_serializing_if = "Vec::is_empty")]
+    pub source: Vec<Prefix>,
+    /// Destination prefixes (empty: any).
+    #[serde(default, with = "prefixes", skip_serializing_if = "Vec::is_empty")]
+    pub destination: Vec<Prefix>,
+    /// Destination ports (TCP/UDP only).
+    #[serde(default = "any_ports", with = "ports")]
+    pub ports: PortRange,
+    /// Free text for operators.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// A stateful filter bound to tunnels and LANs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityGroup {
+    /// Name.
+    pub name: String,
+    /// Tunnels it is bound to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tunnels: Vec<String>,
+    /// LANs it is bound to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lans: Vec<String>,
+    /// What happens to a new flow no rule matches.
+    #[serde(default)]
+    pub default_action: Action,
+    /// Rules.
+    #[serde(default, rename = "rule", skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<Rule>,
+}
+
+/// A stateless filter bound to LANs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkAcl {
+    /// Name.
+    pub name: String,
+    /// LANs it is bound to.
+    pub lans: Vec<String>,
+    /// What happens to a packet no rule matches.
+    #[serde(default)]
+    pub default_action: Action,
+    /// Rules.
+    #[serde(default, rename = "rule", skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<Rule>,
+}
+
+/// Where a plugin hooks in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Hook {
+    /// Compiles SPD entries for tunnels.
+    Spd,
+    /// Compiles security group rules.
+    SecurityGroup,
+    /// Runs when alarms fire.
+    Alarm,
+}
+
+/// A plugin bound to a hook.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Plugin {
+    /// Name of this binding.
+    pub name: String,
+    /// Enabled.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// The hook.
+    pub hook: Hook,
+    /// Name of the uploaded plugin component.
+    pub plugin: String,
+    /// `sha256:` and 64 hex digits of the component; pins exactly one build.
+    pub digest: String,
+    /// Trusted keys that may sign it (empty: any trusted key).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signed_by: Vec<String>,
+    /// What it applies to: tunnels (spd), security groups (security-group) or alarms (alarm);
+    /// empty: all of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<String>,
+    /// The plugin's own configuration, handed to it as is.
+    #[serde(default, skip_serializing_if = "toml::Table::is_empty")]
+    pub config: toml::Table,
+}
+
+/// A public key trusted to sign plugins.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustedKey {
+    /// Name.
+    pub name: String,
+    /// Ed25519 public key: 64 hex digits or base64 of 32 bytes, optionally prefixed `ed25519:`.
+    pub public_key: String,
+}
+
+impl TrustedKey {
+    /// The 32 key bytes, `None` when malformed.
+    pub fn key_bytes(&self) -> Option<[u8; 32]> {
+        let s = self.public_key.trim();
+        let s = s.strip_prefix("ed25519:").unwrap_or(s);
+        let bytes = if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            (0..32).map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()).collect()
+        } else {
+            base64_decode(s)
+        }?;
+        bytes.try_into().ok()
+    }
+}
+
+fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    let val = |c: u8| match c {
+        b'A'..=b'Z' => Some(c - b'A'),
+        b'a'..=b'z' => Some(c - b'a' + 26),
+        b'0'..=b'9' => Some(c - b'0' + 52),
+        b'+' => Some(62),
+        b'/' => Some(63),
+        _ => None,
+    };
+    let s = s.trim_end_matches('=');
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in s.bytes() {
+        acc = (acc << 6) | u32::from(val(c)?);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}
+
+/// What an alarm watches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AlarmKind {
+    /// A tunnel has been down for `hold`.
+    TunnelDown,
+    /// Dead peer detection declared a peer dead.
+    DpdTimeout,
+    /// A rekey failed.
+    RekeyFailure,
+    /// Health-check loss over `threshold` percent.
+    HealthLoss,
+    /// Health-check round trip over `threshold` milliseconds.
+    HealthLatency,
+    /// Traffic leaves through a tunnel but none returns, for `hold`.
+    OneWayTraffic,
+    /// A plugin trapped, timed out or ran out of memory.
+    PluginFault,
+}
+
+impl AlarmKind {
+    /// True for kinds that read health-check results.
+    pub fn needs_health_check(self) -> bool {
+        matches!(self, AlarmKind::HealthLoss | AlarmKind::HealthLatency)
+    }
+}
+
+/// How loud an alarm is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AlarmSeverity {
+    /// For the record.
+    Info,
+    /// Needs attention.
+    #[default]
+    Warning,
+    /// Traffic is affected.
+    Critical,
+}
+
+/// An alarm: a condition and who is told.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Alarm {
+    /// Name.
+    pub name: String,
+    /// Condition.
+    pub kind: AlarmKind,
+    /// Tunnels watched (empty: all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tunnels: Vec<String>,
+    /// How long the condition must hold before the alarm fires.
+    #[serde(default)]
+    pub hold: Dur,
+    /// Percent for health-loss, milliseconds for health-latency; unused by other kinds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<u32>,
+    /// Severity.
+    #[serde(default)]
+    pub severity: AlarmSeverity,
+    /// Notification targets by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notify: Vec<String>,
+}
+
+/// A notification target.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Notify {
+    /// Name.
+    pub name: String,
+    /// URL that receives a JSON POST per alarm event.
+    pub webhook: String,
+    /// Attempts after the first failure.
+    #[serde(default = "three")]
+    pub retries: u32,
+    /// Time limit of one attempt.
+    #[serde(default = "notify_timeout")]
+    pub timeout: Dur,
+    /// Key for the HMAC-SHA256 signature header (unset: unsigned).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<Secret>,
+}
+
+fn notify_timeout() -> Dur {
+    Dur::secs(5)
+}
+
+/// What an API token may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// Everything.
+    Admin,
+    /// Read state and configuration (secrets redacted), change nothing.
+    ReadOnly,
+}
+
+/// A management API credential. The token itself is stored only as its hash, or as a reference.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiToken {
+    /// Name (shown in revision authors and logs).
+    pub name: String,
+    /// Role.
+    pub role: Role,
+    /// `sha256:` and the 64 hex digits of the token's SHA-256.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_hash: Option<String>,
+    /// The token, from a file or variable (or inline, discouraged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<Secret>,
+}
+
+/// The `token_hash` form of a token: `sha256:` and 64 hex digits.
+pub fn hash_token(token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(token.as_bytes());
+    let hex: String = d.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+impl ApiToken {
+    /// True when `presented` is this token. Compares hashes in constant time. A `token`
+    /// reference is resolved here (errors count as no match).
+    pub fn matches(&self, presented: &str) -> bool {
+        let want = match (&self.token_hash, &self.token) {
+            (Some(h), _) => h.to_ascii_lowercase(),
+            (None, Some(s)) => match s.resolve() {
+                Ok(v) => hash_token(v.expose()),
+                Err(_) => return false,
+            },
+            (None, None) => return false,
+        };
+        let got = hash_token(presented);
+        want.len() == got.len()
+            && want.bytes().zip(got.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    }
+}
+
+impl Config {
+    /// The customer gateway named `name`.
+    pub fn customer_gateway(&self, name: &str) -> Option<&CustomerGateway> {
+        self.customer_gateways.iter().find(|c| c.name == name)
+    }
+
+    /// The tunnel named `name`.
+    pub fn tunnel(&self, name: &str) -> Option<&Tunnel> {
+        self.tunnels.iter().find(|t| t.name == name)
+    }
+
+    /// The LAN named `name`.
+    pub fn lan(&self, name: &str) -> Option<&Lan> {
+        self.gateway.lans.iter().find(|l| l.name == name)
+    }
+
+    /// Every local network (all LANs).
+    pub fn local_networks(&self) -> impl Iterator<Item = Prefix> + '_ {
+        self.gateway.lans.iter().flat_map(Lan::all_networks)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trusted_keys_read_hex_and_base64() {
+        let hex = TrustedKey { name: "k".into(), public_key: "ab".repeat(32) };
+        assert_eq!(hex.key_bytes(), Some([0xab; 32]));
+        // 32 bytes of 0xab in base64.
+        let b64 = TrustedKey {
+            name: "k".into(),
+            public_key: "ed25519:q6urq6urq6urq6urq6urq6urq6urq6urq6urq6urq6s=".into(),
+        };
+        assert_eq!(b64.key_bytes(), Some([0xab; 32]));
+        assert_eq!(TrustedKey { name: "k".into(), public_key: "abc!".into() }.key_bytes(), None);
+        assert_eq!(TrustedKey { name: "k".into(), public_key: "q6ur".into() }.key_bytes(), None);
+    }
+
+    #[test]
+    fn api_tokens_match_by_hash_only() {
+        let t = ApiToken {
+            name: "ops".into(),
+            role: Role::Admin,
+            token_hash: Some(hash_token("s3cret-token-value")),
+            token: None,
+        };
+        assert!(t.matches("s3cret-token-value"));
+        assert!(!t.matches("s3cret-token-valuf"));
+        assert!(!t.matches(""));
+        let inline = ApiToken { token_hash: None, token: Some(Secret::Inline("abc".into())), ..t };
+        assert!(inline.matches("abc") && !inline.matches("abd"));
+        assert_eq!(hash_token("").len(), 7 + 64);
+    }
+
+    #[test]
+    fn tunnel_defaults_and_derived_values() {
+        let t: Tunnel = toml::from_str(
+            "name = \"to-the-data-centre\"\ncustomer_gateway = \"idc\"\npsk = { env = \"P\" }",
+        )
+        .unwrap();
+        assert_eq!(t.interface_name(), "ist-to-the-data");
+        assert!(t.interface_name().len() <= 15);
+        assert_eq!(t.effective_mss(), Some(1360));
+        assert!(t.dpd_enabled());
+        assert_eq!(t.ike_lifetime, Dur::secs(28_800));
+        assert_eq!(t.ike_proposals[0], "aes256gcm16-prfsha256-x25519");
+        let r = Route {
+            prefix: "10.0.0.0/8".parse().unwrap(),
+            tunnel: None,
+            interface: Some("app".into()),
+            via: None,
+            metric: 1,
+        };
+        assert_eq!(r.next_hop(), Some(NextHop::Interface("app", None)));
+    }
+}

@@ -1,0 +1,551 @@
+//! The revision store on sled: every commit is a numbered, immutable revision (time, author,
+//! comment, text); one key says which revision is active.
+//!
+//! Crash safety: a commit writes the revision's metadata, its text, the revision counter and the
+//! active pointer in **one sled transaction**, then flushes. sled applies a transaction
+//! atomically on recovery, so a process killed at any moment leaves either the old state or the
+//! new one; a commit that returned is durable. Nothing is ever rewritten in place: rollbacks and
+//! automatic reverts are new revisions whose text is an older one's.
+//!
+//! Commit-confirm: the deadline is stored with the commit, in the same transaction. The daemon
+//! calls [`Store::poll`] at start-up and whenever [`Store::pending`]'s deadline passes; after a
+//! crash or power cut inside the window, the first `poll` after restart reverts. Time is an input
+//! (`now`), never read here.
+//!
+//! Layout (one tree): `meta/last` (u64 BE, highest revision), `meta/active` (u64 BE),
+//! `meta/pending` (JSON, only while a commit awaits confirmation), `rev/<u64 BE>` (JSON
+//! [`RevisionInfo`]), `text/<u64 BE>` (the committed text, secrets included: the directory is
+//! created mode 0700).
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+
+use crate::error::{Error, Issue};
+use crate::schema::Config;
+
+const LAST: &[u8] = b"meta/last";
+const ACTIVE: &[u8] = b"meta/active";
+const PENDING: &[u8] = b"meta/pending";
+
+fn rev_key(n: u64) -> Vec<u8> {
+    let mut k = b"rev/".to_vec();
+    k.extend_from_slice(&n.to_be_bytes());
+    k
+}
+
+fn text_key(n: u64) -> Vec<u8> {
+    let mut k = b"text/".to_vec();
+    k.extend_from_slice(&n.to_be_bytes());
+    k
+}
+
+fn sha256_hex(text: &str) -> String {
+    Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn u64_of(v: &[u8]) -> Result<u64, Error> {
+    let b: [u8; 8] = v.try_into().map_err(|_| Error::Corrupt("a counter is not 8 bytes".into()))?;
+    Ok(u64::from_be_bytes(b))
+}
+
+/// How a revision came to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum RevisionKind {
+    /// A plain commit.
+    Commit,
+    /// A commit that reverts unless confirmed by `deadline`.
+    CommitConfirmed {
+        /// When it reverts.
+        deadline: SystemTime,
+    },
+    /// An operator's rollback to an older revision.
+    Rollback {
+        /// The revision whose text this one repeats.
+        to: u64,
+    },
+    /// The automatic revert of an unconfirmed commit.
+    Revert {
+        /// The revision that was not confirmed.
+        unconfirmed: u64,
+        /// The revision whose text this one repeats.
+        to: u64,
+    },
+}
+
+/// What is known about a revision without reading its text.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevisionInfo {
+    /// Revision number, from 1.
+    pub number: u64,
+    /// When it was committed (the `now` given).
+    pub time: SystemTime,
+    /// Who committed it.
+    pub author: String,
+    /// Why.
+    pub comment: String,
+    /// How.
+    #[serde(flatten)]
+    pub kind: RevisionKind,
+    /// SHA-256 of the text (hex), to check the text read back.
+    pub sha256: String,
+}
+
+/// A revision with its text.
+#[derive(Clone)]
+pub struct Revision {
+    /// Metadata.
+    pub info: RevisionInfo,
+    text: String,
+}
+
+impl std::fmt::Debug for Revision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The text holds inline secrets: never print it.
+        f.debug_struct("Revision")
+            .field("info", &self.info)
+            .field("text", &format_args!("<{} bytes>", self.text.len()))
+            .finish()
+    }
+}
+
+impl Revision {
+    /// The text exactly as committed. It may hold inline secrets: do not log or return it
+    /// through the API; use [`Revision::show`].
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// Parses the text.
+    pub fn config(&self) -> Result<Config, Error> {
+        Config::from_toml(&self.text).map_err(Error::Invalid)
+    }
+
+    /// The canonical, secret-free form.
+    pub fn show(&self) -> Result<String, Error> {
+        Ok(self.config()?.to_toml_redacted())
+    }
+}
+
+/// A commit awaiting confirmation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pending {
+    /// The unconfirmed revision (the active one).
+    pub rev: u64,
+    /// The revision it reverts to.
+    pub previous: u64,
+    /// When it reverts.
+    pub deadline: SystemTime,
+}
+
+/// The result of a successful commit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Committed {
+    /// The new revision, now active.
+    pub rev: u64,
+    /// Validation warnings about it.
+    pub warnings: Vec<Issue>,
+}
+
+/// What an automatic revert did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reverted {
+    /// The revision that was not confirmed in time.
+    pub unconfirmed: u64,
+    /// The revision whose configuration is back.
+    pub restored: u64,
+    /// The new revision that holds it (now active).
+    pub rev: u64,
+}
+
+/// The revision store.
+pub struct Store {
+    db: sled::Db,
+    // One writer at a time: commits read the active revision and write the next one.
+    write: Mutex<()>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+type Tx<T> = Result<T, ConflictableTransactionError<Error>>;
+
+fn abort<T>(e: Error) -> Tx<T> {
+    Err(ConflictableTransactionError::Abort(e))
+}
+
+fn tx_error(e: TransactionError<Error>) -> Error {
+    match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => Error::from(e),
+    }
+}
+
+fn json<T: Serialize>(v: &T) -> Vec<u8> {
+    // Serializing these plain structs cannot fail.
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+fn tx_u64(tx: &TransactionalTree, key: &[u8]) -> Tx<Option<u64>> {
+    match tx.get(key)? {
+        Some(v) => match u64_of(&v) {
+            Ok(n) => Ok(Some(n)),
+            Err(e) => abort(e),
+        },
+        None => Ok(None),
+    }
+}
+
+fn tx_pending(tx: &TransactionalTree) -> Tx<Option<Pending>> {
+    match tx.get(PENDING)? {
+        Some(v) => match serde_json::from_slice(&v) {
+            Ok(p) => Ok(Some(p)),
+            Err(e) => abort(Error::Corrupt(format!("pending confirmation record: {e}"))),
+        },
+        None => Ok(None),
+    }
+}
+
+/// Writes revision `info` with `text` and makes it active, inside a transaction.
+fn tx_write(tx: &TransactionalTree, info: &RevisionInfo, text: &str) -> Tx<()> {
+    tx.insert(rev_key(info.number), json(info))?;
+    tx.insert(text_key(info.number), text.as_bytes())?;
+    tx.insert(LAST, &info.number.to_be_bytes())?;
+    tx.insert(ACTIVE, &info.number.to_be_bytes())?;
+    Ok(())
+}
+
+fn remaining(deadline: SystemTime, now: SystemTime) -> u64 {
+    deadline.duration_since(now).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`. The directory is made private (mode 0700): the
+    /// revisions hold inline secrets.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Store, Error> {
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::Store(format!("{}: {e}", dir.display())))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| Error::Store(format!("{}: {e}", dir.display())))?;
+        }
+        let db = sled::Config::new().path(dir).cache_capacity(64 << 20).open()?;
+        Ok(Store { db, write: Mutex::new(()) })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.write.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn flush(&self) -> Result<(), Error> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Validates `text` and commits it as a new active revision.
+    ///
+    /// Refused while a commit-confirmed revision awaits confirmation, and when `text` is
+    /// identical to the active revision.
+    pub fn commit(
+        &self,
+        text: &str,
+        author: &str,
+        comment: &str,
+        now: SystemTime,
+    ) -> Result<Committed, Error> {
+        self.commit_inner(text, author, comment, now, None)
+    }
+
+    /// Like [`Store::commit`], but the revision reverts to the current one unless
+    /// [`Store::confirm`] is called within `timeout`. The deadline is stored with the commit, so
+    /// the revert also happens after a restart ([`Store::poll`]).
+    pub fn commit_confirmed(
+        &self,
+        text: &str,
+        author: &str,
+        comment: &str,
+        timeout: Duration,
+        now: SystemTime,
+    ) -> Result<Committed, Error> {
+        self.commit_inner(text, author, comment, now, Some(now + timeout))
+    }
+
+    fn commit_inner(
+        &self,
+        text: &str,
+        author: &str,
+        comment: &str,
+        now: SystemTime,
+        deadline: Option<SystemTime>,
+    ) -> Result<Committed, Error> {
+        let checked = Config::check(text).map_err(Error::Invalid)?;
+        let _w = self.lock();
+        self.poll_locked(now)?;
+        let sha = sha256_hex(text);
+        let rev = self
+            .db
+            .transaction(|tx| {
+                if let Some(p) = tx_pending(tx)? {
+                    return abort(Error::ConfirmPending {
+                        rev: p.rev,
+                        previous: p.previous,
+                        remaining_secs: remaining(p.deadline, now),
+                    });
+                }
+                let active = tx_u64(tx, ACTIVE)?;
+                if let Some(a) = active
+                    && tx.get(text_key(a))?.is_some_and(|t| *t == *text.as_bytes())
+                {
+                    return abort(Error::Unchanged(a));
+                }
+                let number = tx_u64(tx, LAST)?.unwrap_or(0) + 1;
+                let kind = match deadline {
+                    Some(d) => {
+                        let Some(previous) = active else { return abort(Error::NothingToRevertTo) };
+                        tx.insert(PENDING, json(&Pending { rev: number, previous, deadline: d }))?;
+                        RevisionKind::CommitConfirmed { deadline: d }
+                    }
+                    None => RevisionKind::Commit,
+                };
+                let info = RevisionInfo {
+                    number,
+                    time: now,
+                    author: author.to_owned(),
+                    comment: comment.to_owned(),
+                    kind,
+                    sha256: sha.clone(),
+                };
+                tx_write(tx, &info, text)?;
+                Ok(number)
+            })
+            .map_err(tx_error)?;
+        self.flush()?;
+        Ok(Committed { rev, warnings: checked.warnings })
+    }
+
+    /// Confirms the pending commit-confirmed revision. Returns its number.
+    ///
+    /// After the deadline this reverts instead and returns [`Error::ConfirmExpired`].
+    pub fn confirm(&self, now: SystemTime) -> Result<u64, Error> {
+        let _w = self.lock();
+        if let Some(r) = self.poll_locked(now)? {
+            return Err(Error::ConfirmExpired { rev: r.unconfirmed, restored_as: r.rev });
+        }
+        let rev = self
+            .db
+            .transaction(|tx| {
+                let Some(p) = tx_pending(tx)? else { return abort(Error::NothingToConfirm) };
+                tx.remove(PENDING)?;
+                Ok(p.rev)
+            })
+            .map_err(tx_error)?;
+        self.flush()?;
+        Ok(rev)
+    }
+
+    /// Reverts the pending commit when its deadline has passed. Call at start-up and when the
+    /// deadline from [`Store::pending`] comes. Returns what it did, if anything.
+    pub fn poll(&self, now: SystemTime) -> Result<Option<Reverted>, Error> {
+        let _w = self.lock();
+        self.poll_locked(now)
+    }
+
+    fn poll_locked(&self, now: SystemTime) -> Result<Option<Reverted>, Error> {
+        match self.pending()? {
+            Some(p) if now >= p.deadline => {}
+            _ => return Ok(None),
+        }
+        let done = self
+            .db
+            .transaction(|tx| {
+                let Some(p) = tx_pending(tx)? else { return Ok(None) };
+                let Some(text) = tx.get(text_key(p.previous))? else {
+                    return abort(Error::Corrupt(format!(
+                        "revision {} (to revert to) has no text",
+                        p.previous
+                    )));
+                };
+                let text = String::from_utf8_lossy(&text).into_owned();
+                let number = tx_u64(tx, LAST)?.unwrap_or(0) + 1;
+                let info = RevisionInfo {
+                    number,
+                    time: now,
+                    author: "isthmus".into(),
+                    comment: format!(
+                        "automatic revert: revision {} was not confirmed in time",
+                        p.rev
+                    ),
+                    kind: RevisionKind::Revert { unconfirmed: p.rev, to: p.previous },
+                    sha256: sha256_hex(&text),
+                };
+                tx_write(tx, &info, &text)?;
+                tx.remove(PENDING)?;
+                Ok(Some(Reverted { unconfirmed: p.rev, restored: p.previous, rev: number }))
+            })
+            .map_err(tx_error)?;
+        self.flush()?;
+        Ok(done)
+    }
+
+    /// Makes a new revision whose text is revision `to`'s (the history stays linear). Cancels a
+    /// pending commit-confirm. The text is validated again: rules may have changed since.
+    pub fn rollback(
+        &self,
+        to: u64,
+        author: &str,
+        comment: &str,
+        now: SystemTime,
+    ) -> Result<Committed, Error> {
+        let old = self.get(to)?;
+        let checked = Config::check(old.text()).map_err(Error::Invalid)?;
+        let _w = self.lock();
+        let rev = self
+            .db
+            .transaction(|tx| {
+                let active = tx_u64(tx, ACTIVE)?;
+                if active == Some(to) {
+                    return abort(Error::Unchanged(to));
+                }
+                let number = tx_u64(tx, LAST)?.unwrap_or(0) + 1;
+                let info = RevisionInfo {
+                    number,
+                    time: now,
+                    author: author.to_owned(),
+                    comment: comment.to_owned(),
+                    kind: RevisionKind::Rollback { to },
+                    sha256: old.info.sha256.clone(),
+                };
+                tx_write(tx, &info, old.text())?;
+                tx.remove(PENDING)?;
+                Ok(number)
+            })
+            .map_err(tx_error)?;
+        self.flush()?;
+        Ok(Committed { rev, warnings: checked.warnings })
+    }
+
+    /// The active revision number; `None` before the first commit.
+    pub fn active(&self) -> Result<Option<u64>, Error> {
+        self.db.get(ACTIVE)?.map(|v| u64_of(&v)).transpose()
+    }
+
+    /// The active revision.
+    pub fn active_revision(&self) -> Result<Revision, Error> {
+        let a = self.active()?.ok_or(Error::Empty)?;
+        self.get(a)
+    }
+
+    /// The pending commit-confirm, if one awaits confirmation.
+    pub fn pending(&self) -> Result<Option<Pending>, Error> {
+        match self.db.get(PENDING)? {
+            Some(v) => serde_json::from_slice(&v)
+                .map(Some)
+                .map_err(|e| Error::Corrupt(format!("pending confirmation record: {e}"))),
+            None => Ok(None),
+        }
+    }
+
+    fn info(&self, rev: u64) -> Result<RevisionInfo, Error> {
+        let v = self.db.get(rev_key(rev))?.ok_or(Error::NoSuchRevision(rev))?;
+        serde_json::from_slice(&v)
+            .map_err(|e| Error::Corrupt(format!("revision {rev} metadata: {e}")))
+    }
+
+    /// Revision `rev`, with its text (checked against its recorded hash).
+    pub fn get(&self, rev: u64) -> Result<Revision, Error> {
+        let info = self.info(rev)?;
+        let raw = self
+            .db
+            .get(text_key(rev))?
+            .ok_or_else(|| Error::Corrupt(format!("revision {rev} has no text")))?;
+        let text = String::from_utf8(raw.to_vec())
+            .map_err(|_| Error::Corrupt(format!("revision {rev} text is not UTF-8")))?;
+        if sha256_hex(&text) != info.sha256 {
+            return Err(Error::Corrupt(format!("revision {rev} text does not match its hash")));
+        }
+        Ok(Revision { info, text })
+    }
+
+    /// Every revision's metadata, oldest first.
+    pub fn revisions(&self) -> Result<Vec<RevisionInfo>, Error> {
+        self.db
+            .scan_prefix(b"rev/")
+            .map(|kv| {
+                let (_, v) = kv?;
+                serde_json::from_slice(&v)
+                    .map_err(|e| Error::Corrupt(format!("revision metadata: {e}")))
+            })
+            .collect()
+    }
+
+    /// A unified line diff of the canonical, secret-free forms of revisions `a` and `b`
+    /// (empty when they configure the same thing).
+    pub fn diff(&self, a: u64, b: u64) -> Result<String, Error> {
+        let (ta, tb) = (self.get(a)?.show()?, self.get(b)?.show()?);
+        Ok(diff_text(&ta, &tb, &format!("revision {a}"), &format!("revision {b}")))
+    }
+
+    /// Checks that the store is consistent: counters, the active pointer and a pending confirm
+    /// point at revisions that exist; every revision has its text, the text matches its hash
+    /// and (when `parse` is set) parses. For start-up checks and the crash test.
+    pub fn verify(&self, parse: bool) -> Result<(), Error> {
+        let last = self.db.get(LAST)?.map(|v| u64_of(&v)).transpose()?.unwrap_or(0);
+        let infos = self.revisions()?;
+        let numbers: Vec<u64> = infos.iter().map(|i| i.number).collect();
+        let expected: Vec<u64> = (1..=last).collect();
+        if numbers != expected {
+            return Err(Error::Corrupt(format!(
+                "revisions {}..={last} expected, found {} revisions",
+                u64::from(last > 0),
+                numbers.len()
+            )));
+        }
+        match (self.active()?, last) {
+            (None, 0) => {}
+            (Some(a), l) if a >= 1 && a <= l => {}
+            (a, l) => {
+                return Err(Error::Corrupt(format!(
+                    "active revision {a:?} with last revision {l}"
+                )));
+            }
+        }
+        if let Some(p) = self.pending()?
+            && (Some(p.rev) != self.active()? || p.previous >= p.rev)
+        {
+            return Err(Error::Corrupt(format!(
+                "pending confirmation {p:?} does not match the active revision"
+            )));
+        }
+        for n in numbers {
+            let r = self.get(n)?;
+            if parse {
+                r.config()
+                    .map_err(|e| Error::Corrupt(format!("revision {n} does not parse: {e}")))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A unified diff of two texts, with headers.
+pub(crate) fn diff_text(a: &str, b: &str, name_a: &str, name_b: &str) -> String {
+    if a == b {
+        return String::new();
+    }
+    similar::TextDiff::from_lines(a, b)
+        .unified_diff()
+        .context_radius(3)
+        .header(name_a, name_b)
+        .to_string()
+}
