@@ -1,0 +1,388 @@
+//! The reconciler and the host firewall against real kernels, in network namespaces (root).
+//! Observation goes through `ip` and `nft`, as an operator would look; drift is caused by hand
+//! the same way. Address block 10.60.0.0/16 (gateway side) and 10.61.0.0/16 (remote prefixes).
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use isthmus_net::{
+    Address, Change, DesiredState, FirewallSpec, Link, LinkKind, NextHop, Reconciler, Route, Rule,
+    TABLE_MAIN,
+};
+use isthmus_testkit::{Netns, require_root, veth};
+
+fn p(s: &str) -> isthmus_tables::Prefix {
+    s.parse().unwrap()
+}
+
+fn route(table: u32, dst: &str, via: NextHop, metric: u32) -> Route {
+    Route { table, dst: p(dst), via, metric }
+}
+
+fn dev(name: &str) -> NextHop {
+    NextHop::Interface(name.into())
+}
+
+/// Runs `f` with a fresh reconciler inside `ns`.
+fn with<R: Send + 'static>(ns: &Netns, f: impl FnOnce(&mut Reconciler) -> R + Send + 'static) -> R {
+    ns.run(move || f(&mut Reconciler::new().expect("open netlink sockets")))
+}
+
+fn base_state() -> DesiredState {
+    DesiredState {
+        links: vec![
+            Link { name: "lan0".into(), up: true, mtu: Some(1400), kind: LinkKind::Existing },
+            Link {
+                name: "ist0".into(),
+                up: true,
+                mtu: Some(1380),
+                kind: LinkKind::Tun { multi_queue: false },
+            },
+            Link {
+                name: "ist1".into(),
+                up: true,
+                mtu: None,
+                kind: LinkKind::Tun { multi_queue: true },
+            },
+        ],
+        addresses: vec![
+            Address::new("ist0", "10.60.9.1/32").unwrap(),
+            Address::new("ist1", "10.60.8.1/24").unwrap(),
+        ],
+        routes: vec![
+            route(TABLE_MAIN, "10.61.1.0/24", dev("ist0"), 0),
+            route(TABLE_MAIN, "10.61.2.0/24", NextHop::Gateway("10.60.1.2".parse().unwrap()), 10),
+            route(100, "10.61.3.0/24", dev("ist0"), 0),
+            route(100, "0.0.0.0/0", NextHop::Blackhole, 4000),
+            route(100, "2001:db8:61::/48", dev("ist0"), 0),
+        ],
+        rules: vec![Rule { priority: 1000, from: Some(p("10.60.1.0/24")), to: None, table: 100 }],
+        firewall: None,
+    }
+}
+
+#[test]
+fn reconciles_links_addresses_routes_rules_and_repairs_drift() {
+    if !require_root() {
+        return;
+    }
+    let gw = Netns::new("net");
+    let peer = Netns::new("net");
+    veth(&gw, "lan0", "10.60.1.1/24", &peer, "peer0", "10.60.1.2/24");
+    // Foreign state that must survive every reconcile.
+    gw.sh("ip route add 10.61.50.0/24 dev lan0 proto static");
+    gw.sh("ip route add 10.61.51.0/24 dev lan0 table 100");
+    gw.sh("ip rule add priority 2000 from 10.60.2.0/24 lookup 100");
+
+    let desired = base_state();
+    let d = desired.clone();
+    let (plan_text, report) = with(&gw, move |r| {
+        let plan = r.plan(&d).unwrap();
+        (plan.to_string(), r.apply(&plan).unwrap())
+    });
+    assert!(plan_text.contains("+ link ist0 (tun)"), "{plan_text}");
+    assert_eq!(report.routes, 5, "{report}");
+    assert_eq!(report.rules, 1, "{report}");
+
+    // What an operator sees.
+    let link = gw.sh("ip -d link show ist0");
+    assert!(link.contains("mtu 1380") && link.contains("tun"), "{link}");
+    assert!(link.contains("alias isthmus"), "{link}");
+    assert!(link.contains(",UP"), "TUN is administratively up: {link}");
+    let mq = gw.sh("ip -d link show ist1");
+    assert!(mq.contains("multi_queue") && mq.contains("alias isthmus"), "{mq}");
+    assert!(gw.sh("ip link show lan0").contains("mtu 1400"));
+    let addrs = gw.sh("ip addr show dev ist0");
+    assert!(addrs.contains("inet 10.60.9.1/32"), "{addrs}");
+    assert!(gw.sh("ip addr show dev lan0").contains("inet 10.60.1.1/24"), "foreign address kept");
+    let main = gw.sh("ip route show table main proto 181");
+    assert!(main.contains("10.61.1.0/24 dev ist0"), "{main}");
+    assert!(main.contains("10.61.2.0/24 via 10.60.1.2 dev lan0 metric 10"), "{main}");
+    let t100 = gw.sh("ip route show table 100");
+    assert!(t100.contains("10.61.3.0/24 dev ist0 proto 181"), "{t100}");
+    assert!(t100.contains("blackhole default proto 181 metric 4000"), "{t100}");
+    assert!(gw.sh("ip -6 route show table 100").contains("2001:db8:61::/48 dev ist0 proto 181"));
+    let rules = gw.sh("ip rule show");
+    assert!(rules.contains("1000:\tfrom 10.60.1.0/24 lookup 100 proto 181"), "{rules}");
+
+    // A second reconcile changes nothing.
+    let d = desired.clone();
+    let (plan, report) = with(&gw, move |r| (r.plan(&d).unwrap().to_string(), r.reconcile(&d)));
+    assert_eq!(plan, "no changes\n");
+    assert_eq!(report.unwrap().applied, 0);
+
+    // Changing one route is one change.
+    let mut changed = desired.clone();
+    changed.routes[2].via = NextHop::Gateway("10.60.1.2".parse().unwrap());
+    let d = changed.clone();
+    let plan = with(&gw, move |r| r.plan(&d).unwrap());
+    assert_eq!(plan.len(), 1, "{plan}");
+    assert!(matches!(plan.changes()[0], Change::ReplaceRoute { .. }));
+    let d = changed.clone();
+    assert_eq!(with(&gw, move |r| r.reconcile(&d).unwrap()).routes, 1);
+    assert!(gw.sh("ip route show table 100").contains("10.61.3.0/24 via 10.60.1.2 dev lan0"));
+
+    // Drift by hand: a deleted route and a downed TUN are found and repaired.
+    gw.sh("ip route del 10.61.1.0/24 table main");
+    gw.sh("ip link set ist0 down");
+    let d = changed.clone();
+    let drift = with(&gw, move |r| r.drift(&d).unwrap());
+    let text: Vec<String> = drift.iter().map(ToString::to_string).collect();
+    assert!(
+        text.contains(
+            &"route 10.61.1.0/24 table 254 metric 0: expected dev ist0, found missing".into()
+        ),
+        "{text:?}"
+    );
+    assert!(text.iter().any(|t| t.starts_with("link ist0: expected up")), "{text:?}");
+    let d = changed.clone();
+    with(&gw, move |r| r.reconcile(&d).unwrap());
+    assert!(gw.sh("ip route show table main").contains("10.61.1.0/24 dev ist0 proto 181"));
+    let d = changed.clone();
+    assert!(with(&gw, move |r| r.drift(&d).unwrap()).is_empty(), "repaired");
+
+    // A route of Isthmus's protocol added by hand is drift too (removed); others are not.
+    gw.sh("ip route add 10.61.60.0/24 dev lan0 proto 181");
+    let d = changed.clone();
+    let report = with(&gw, move |r| r.reconcile(&d).unwrap());
+    assert_eq!(report.routes, 1);
+    assert!(!gw.sh("ip route show").contains("10.61.60.0/24"));
+
+    // Removing things from the desired state removes only what Isthmus owns.
+    let mut smaller = changed.clone();
+    smaller.links.retain(|l| l.name != "ist1");
+    smaller.addresses.retain(|a| a.ifname != "ist1");
+    smaller.routes.truncate(1);
+    smaller.rules.clear();
+    let d = smaller.clone();
+    let report = with(&gw, move |r| r.reconcile(&d).unwrap());
+    assert_eq!((report.routes, report.rules), (4, 1), "{report}");
+    assert!(!gw.sh_output("ip link show ist1").status.success(), "ist1 deleted");
+    let all = gw.sh("ip route show table all");
+    assert!(all.contains("10.61.50.0/24 dev lan0 proto static"), "{all}");
+    assert!(all.contains("10.61.51.0/24 dev lan0 table 100"), "{all}");
+    assert!(!all.contains("10.61.3.0/24"), "{all}");
+    let rules = gw.sh("ip rule show");
+    assert!(rules.contains("2000:\tfrom 10.60.2.0/24 lookup 100"), "{rules}");
+    assert!(!rules.contains("1000:"), "{rules}");
+    assert!(gw.sh("ip addr show dev lan0").contains("inet 10.60.1.1/24"));
+}
+
+#[test]
+fn apply_reports_what_the_kernel_refused_and_applies_the_rest() {
+    if !require_root() {
+        return;
+    }
+    let gw = Netns::new("net");
+    gw.sh("ip link add eth9 type veth peer name eth9p && ip link set eth9 up");
+    // A foreign route holds the key Isthmus wants: Isthmus must not take it over.
+    gw.sh("ip route add 10.61.7.0/24 dev eth9 proto static");
+    let desired = DesiredState {
+        links: vec![Link { name: "eth9".into(), up: true, mtu: None, kind: LinkKind::Existing }],
+        routes: vec![
+            route(TABLE_MAIN, "10.61.7.0/24", dev("eth9"), 0),
+            route(TABLE_MAIN, "10.61.8.0/24", dev("eth9"), 0),
+            // Unreachable gateway: the kernel refuses with its reason.
+            route(TABLE_MAIN, "10.61.9.0/24", NextHop::Gateway("10.99.99.99".parse().unwrap()), 0),
+        ],
+        ..Default::default()
+    };
+    let err = with(&gw, move |r| r.reconcile(&desired).unwrap_err().to_string());
+    assert!(err.starts_with("2 of 3 changes failed"), "{err}");
+    assert!(err.contains("+ route 10.61.7.0/24 dev eth9 table 254 metric 0: File exists"), "{err}");
+    assert!(err.contains("10.61.9.0/24") && err.contains("unreachable"), "{err}");
+    let routes = gw.sh("ip route show");
+    assert!(routes.contains("10.61.7.0/24 dev eth9 proto static"), "{routes}");
+    assert!(routes.contains("10.61.8.0/24 dev eth9 proto 181"), "{routes}");
+}
+
+const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+
+/// Attaches to a TUN device as the dataplane will (`IFF_TUN | IFF_NO_PI`).
+fn attach_tun(name: &str) -> std::fs::File {
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; 16],
+        flags: libc::c_short,
+        pad: [u8; 22],
+    }
+    let f = std::fs::OpenOptions::new().read(true).write(true).open("/dev/net/tun").unwrap();
+    let mut req = IfReq { name: [0; 16], flags: 0x0001 | 0x1000, pad: [0; 22] };
+    req.name[..name.len()].copy_from_slice(name.as_bytes());
+    // SAFETY: TUNSETIFF reads/writes a 40-byte struct ifreq; `req` is one and outlives the call.
+    let r = unsafe { libc::ioctl(f.as_raw_fd(), TUNSETIFF as _, &mut req as *mut IfReq) };
+    assert!(r >= 0, "TUNSETIFF {name}: {}", std::io::Error::last_os_error());
+    f
+}
+
+#[test]
+fn routes_point_into_a_persistent_tun_that_the_dataplane_attaches_to_later() {
+    if !require_root() {
+        return;
+    }
+    let gw = Netns::new("net");
+    let desired = DesiredState {
+        links: vec![Link {
+            name: "ist0".into(),
+            up: true,
+            mtu: Some(1400),
+            kind: LinkKind::Tun { multi_queue: false },
+        }],
+        addresses: vec![Address::new("ist0", "10.60.30.1/32").unwrap()],
+        routes: vec![route(TABLE_MAIN, "10.61.30.0/24", dev("ist0"), 0)],
+        ..Default::default()
+    };
+    with(&gw, move |r| r.reconcile(&desired).unwrap());
+    // No process holds the device; it persists, and a late attach sees routed packets.
+    let packet = gw.run(|| {
+        let mut tun = attach_tun("ist0");
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        // The kernel activates the device's queue asynchronously once a reader attaches
+        // (link watch), so the first packets may still be dropped: send until one arrives.
+        let mut buf = [0u8; 2048];
+        for _ in 0..40 {
+            s.send_to(b"to the tunnel", "10.61.30.7:4000").unwrap();
+            let mut fds = libc::pollfd { fd: tun.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            // SAFETY: one valid pollfd for the duration of the call.
+            while unsafe { libc::poll(&mut fds, 1, 100) } == 1 {
+                let n = tun.read(&mut buf).unwrap();
+                // IPv6 housekeeping (router solicitations, MLD) may come too: skip it.
+                if buf[0] >> 4 == 4 {
+                    return buf[..n].to_vec();
+                }
+            }
+        }
+        panic!("no IPv4 packet arrived on the TUN device");
+    });
+    // An IPv4 packet (no packet-information header) to 10.61.30.7 carrying the payload.
+    assert_eq!(packet[0] >> 4, 4, "IFF_NO_PI: the frame starts with the IP header");
+    assert_eq!(&packet[16..20], &[10, 61, 30, 7]);
+    assert!(packet.ends_with(b"to the tunnel"));
+}
+
+/// Accepts connections on a listener in the background so TCP probes complete.
+fn tcp_listener(ns: &Netns, port: u16) -> TcpListener {
+    ns.run(move || TcpListener::bind(("0.0.0.0", port)).unwrap())
+}
+
+fn tcp_probe(ns: &Netns, to: &str) -> bool {
+    let addr: SocketAddr = to.parse().unwrap();
+    ns.run(move || TcpStream::connect_timeout(&addr, Duration::from_millis(800)).is_ok())
+}
+
+fn udp_probe(from: &Netns, listener: &UdpSocket, to: &str) -> bool {
+    let to = to.to_owned();
+    from.run(move || {
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.send_to(b"ike probe", to.as_str()).unwrap();
+    });
+    listener.set_read_timeout(Some(Duration::from_millis(800))).unwrap();
+    let mut buf = [0u8; 64];
+    matches!(listener.recv_from(&mut buf), Ok((n, _)) if &buf[..n] == b"ike probe")
+}
+
+fn ping(ns: &Netns, to: &str) -> bool {
+    ns.sh_output(&format!("ping -c1 -W1 {to}")).status.success()
+}
+
+#[test]
+fn host_firewall_admits_ike_and_esp_on_wan_api_on_mgmt_and_no_clear_forwarding() {
+    if !require_root() {
+        return;
+    }
+    let gw = Netns::new("fw");
+    let wan = Netns::new("fw");
+    let lan = Netns::new("fw");
+    let mgmt = Netns::new("fw");
+    veth(&gw, "wan0", "10.60.40.1/24", &wan, "wpeer", "10.60.40.2/24");
+    veth(&gw, "lan0", "10.60.41.1/24", &lan, "lhost", "10.60.41.2/24");
+    veth(&gw, "mgmt0", "10.60.42.1/24", &mgmt, "mpeer", "10.60.42.2/24");
+    gw.sh("sysctl -qw net.ipv4.ip_forward=1");
+    lan.sh("ip route add default via 10.60.41.1");
+    wan.sh("ip route add 10.60.41.0/24 via 10.60.40.1");
+    mgmt.sh("ip route add default via 10.60.42.1");
+
+    let ike = gw.run(|| UdpSocket::bind("0.0.0.0:500").unwrap());
+    let _api = tcp_listener(&gw, 8443);
+    let _other = tcp_listener(&gw, 2222);
+    // Without the firewall everything gets through, including clear LAN->WAN forwarding.
+    assert!(ping(&lan, "10.60.40.2"), "forwarding works before the firewall");
+    assert!(tcp_probe(&wan, "10.60.40.1:2222"));
+
+    let desired = DesiredState {
+        links: ["wan0", "lan0", "mgmt0"]
+            .iter()
+            .map(|n| Link { name: (*n).into(), up: true, mtu: None, kind: LinkKind::Existing })
+            .collect(),
+        firewall: Some(FirewallSpec {
+            wan_if: "wan0".into(),
+            wan_addrs: vec!["10.60.40.1".parse().unwrap()],
+            mgmt_if: Some("mgmt0".into()),
+            mgmt_port: 8443,
+            lan_ifs: vec!["lan0".into()],
+            tunnel_ifs: vec![],
+            wan_echo: false,
+        }),
+        ..Default::default()
+    };
+    let d = desired.clone();
+    let report = with(&gw, move |r| r.reconcile(&d).unwrap());
+    assert!(report.firewall, "{report}");
+
+    // nft itself decodes what was written over netlink.
+    let listing = gw.sh("nft list table inet isthmus");
+    for want in [
+        "type filter hook input priority filter; policy drop;",
+        "type filter hook forward priority filter; policy drop;",
+        "iifname \"wan0\" ip daddr 10.60.40.1 udp dport 500 accept",
+        "iifname \"wan0\" ip daddr 10.60.40.1 udp dport 4500 accept",
+        "ct state established,related accept",
+        "iifname \"mgmt0\" tcp dport 8443 accept",
+        "iifname \"lan0\" oifname \"wan0\" counter packets",
+    ] {
+        assert!(listing.contains(want), "missing `{want}` in:\n{listing}");
+    }
+
+    assert!(udp_probe(&wan, &ike, "10.60.40.1:500"), "IKE reaches the gateway from the WAN");
+    assert!(!tcp_probe(&wan, "10.60.40.1:2222"), "a random TCP port is closed on the WAN");
+    assert!(!tcp_probe(&wan, "10.60.40.1:8443"), "the API is not reachable from the WAN");
+    assert!(tcp_probe(&mgmt, "10.60.42.1:8443"), "the API is reachable on management");
+    assert!(!tcp_probe(&mgmt, "10.60.42.1:2222"), "only the API port on management");
+    assert!(!ping(&wan, "10.60.40.1"), "no echo on the WAN unless configured");
+    assert!(ping(&lan, "10.60.41.1"), "the LAN may ping the gateway");
+    assert!(!ping(&lan, "10.60.40.2"), "no clear forwarding LAN->WAN");
+    let counters = gw.sh("nft list chain inet isthmus forward");
+    assert!(
+        counters.lines().any(|l| l.contains("oifname \"wan0\"") && !l.contains("packets 0 ")),
+        "the dropped ping is counted: {counters}"
+    );
+
+    // Idempotent; a rule added by hand is drift and is removed.
+    let d = desired.clone();
+    assert!(with(&gw, move |r| r.plan(&d).unwrap().is_empty()));
+    gw.sh("nft insert rule inet isthmus input tcp dport 2222 accept");
+    assert!(tcp_probe(&wan, "10.60.40.1:2222"), "the hand-made hole works");
+    let d = desired.clone();
+    let drift = with(&gw, move |r| r.drift(&d).unwrap());
+    assert_eq!(drift.len(), 1, "{drift:?}");
+    assert_eq!(drift[0].object, "firewall table inet isthmus");
+    assert!(drift[0].found.starts_with("chain input rule 1: expected"), "{}", drift[0]);
+    let d = desired.clone();
+    with(&gw, move |r| r.reconcile(&d).unwrap());
+    assert!(!gw.sh("nft list table inet isthmus").contains("2222"));
+    assert!(!tcp_probe(&wan, "10.60.40.1:2222"), "the hole is closed again");
+
+    // Echo on the WAN when configured; no firewall removes the table.
+    let mut echo = desired.clone();
+    if let Some(f) = echo.firewall.as_mut() {
+        f.wan_echo = true;
+    }
+    with(&gw, move |r| r.reconcile(&echo).unwrap());
+    assert!(ping(&wan, "10.60.40.1"));
+    let mut none = desired;
+    none.firewall = None;
+    with(&gw, move |r| r.reconcile(&none).unwrap());
+    assert!(!gw.sh("nft list tables").contains("isthmus"));
+}
