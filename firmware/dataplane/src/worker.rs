@@ -1,0 +1,329 @@
+//! The worker loops: TUN to WAN (outbound), WAN to TUN (inbound, one per socket), and
+//! housekeeping (lifetimes, retiring inbound SAs).
+//!
+//! Workers never allocate per packet (an IKE message handed to the control plane is the one
+//! copy) and never block on the control plane: they read the published snapshot once per
+//! batch, and counters are summed locally and added to the shared atomics once per batch.
+//! Encryption and decryption happen in place: a packet is read from TUN behind room for the ESP
+//! header and sealed where it lies; an ESP datagram is opened in the receive buffer.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use isthmus_esp::{DropReason, HEADER_LEN, max_overhead, peek_spi};
+use isthmus_tables::spd::SpdAction;
+
+use crate::sad::Snapshot;
+use crate::sys::{RecvBatch, SendBatch, WanSocket, poll_readable};
+use crate::{Encap, Event, Shared, flow, pmtu};
+
+/// How long a worker waits for packets before checking for a stop request.
+const POLL_MS: i32 = 100;
+
+const TAG_UDP: u8 = 0;
+const TAG_RAW: u8 = 1;
+
+/// Counts summed during one batch.
+#[derive(Default)]
+struct Local {
+    tun_rx: u64,
+    tun_tx: u64,
+    wan_tx: u64,
+    wan_rx: u64,
+    ike_rx: u64,
+    keepalives: u64,
+    no_policy: u64,
+    policy_discard: u64,
+    bypass: u64,
+    icmp_too_big: u64,
+    mss_clamped: u64,
+    dummies: u64,
+    io_errors: u64,
+}
+
+impl Local {
+    fn flush(&mut self, sh: &Shared) {
+        let a = &sh.io;
+        let add = |c: &AtomicU64, v: u64| {
+            if v != 0 {
+                c.fetch_add(v, Ordering::Relaxed);
+            }
+        };
+        add(&a.tun_rx, self.tun_rx);
+        add(&a.tun_tx, self.tun_tx);
+        add(&a.wan_tx, self.wan_tx);
+        add(&a.wan_rx, self.wan_rx);
+        add(&a.ike_rx, self.ike_rx);
+        add(&a.keepalives, self.keepalives);
+        add(&a.no_policy, self.no_policy);
+        add(&a.policy_discard, self.policy_discard);
+        add(&a.bypass, self.bypass);
+        add(&a.icmp_too_big, self.icmp_too_big);
+        add(&a.mss_clamped, self.mss_clamped);
+        add(&a.dummies, self.dummies);
+        add(&a.io_errors, self.io_errors);
+        *self = Local::default();
+    }
+}
+
+/// TUN to WAN: classify, encrypt, send in batches.
+pub(crate) fn outbound(sh: &Shared) {
+    let cap = sh.cfg.batch.max(1);
+    let mut batch = SendBatch::new(cap, sh.buf_size);
+    let mut icmp = vec![0u8; 1400];
+    let mut local = Local::default();
+    while !sh.stop.load(Ordering::Relaxed) {
+        let snap = sh.state.load();
+        let now = Instant::now();
+        let (mut got, mut filled) = (0, 0);
+        while got < cap {
+            let slot = batch.slot(filled);
+            let Some(room) = slot.get_mut(HEADER_LEN..) else { break };
+            let len = match sh.tun.read(room) {
+                Ok(len) => len,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the TUN device failed");
+                    local.io_errors += 1;
+                    break;
+                }
+            };
+            got += 1;
+            local.tun_rx += 1;
+            if let Some((n, dest, tag)) =
+                outbound_one(sh, &snap, slot, len, now, &mut icmp, &mut local)
+            {
+                batch.set(filled, n, dest, tag);
+                filled += 1;
+            }
+        }
+        flush(sh, &batch, filled, &mut local);
+        local.flush(sh);
+        if got == 0 {
+            let _ = poll_readable(sh.tun.raw_fd(), POLL_MS);
+        }
+    }
+}
+
+/// Sends the filled slots, each run of consecutive same-socket slots in one `sendmmsg`.
+fn flush(sh: &Shared, batch: &SendBatch, filled: usize, local: &mut Local) {
+    let mut start = 0;
+    while start < filled {
+        let tag = batch.tag(start);
+        let mut end = start + 1;
+        while end < filled && batch.tag(end) == tag {
+            end += 1;
+        }
+        let sock = if tag == TAG_UDP { Some(&sh.udp) } else { sh.raw.as_ref() };
+        if let Some(sock) = sock {
+            let (ok, failed) = sock.send_batch(batch, start, end);
+            local.wan_tx += ok as u64;
+            local.io_errors += failed as u64;
+        }
+        start = end;
+    }
+}
+
+/// One packet read from TUN into `slot[HEADER_LEN..HEADER_LEN + len]`. Returns the ESP
+/// datagram's length (sealed in place in `slot`), where it goes and by which socket; `None`
+/// when the packet was dropped (and counted) or answered with an ICMP error.
+fn outbound_one(
+    sh: &Shared,
+    snap: &Snapshot,
+    slot: &mut [u8],
+    len: usize,
+    now: Instant,
+    icmp: &mut [u8],
+    local: &mut Local,
+) -> Option<(usize, SocketAddr, u8)> {
+    let pkt = &mut slot[HEADER_LEN..HEADER_LEN + len];
+    let Some(flow) = flow::flow_key(pkt) else {
+        sh.drop_packet(DropReason::Malformed);
+        return None;
+    };
+    let Some((idx, entry)) = snap.spd.lookup(&flow) else {
+        local.no_policy += 1;
+        return None;
+    };
+    let (tunnel, child) = match &entry.action {
+        SpdAction::Protect { tunnel, child } => (tunnel, child),
+        SpdAction::Discard => {
+            local.policy_discard += 1;
+            return None;
+        }
+        SpdAction::Bypass => {
+            local.bypass += 1;
+            return None;
+        }
+    };
+    let Some(ob) = snap.resolved.get(idx).and_then(Option::as_ref) else {
+        // Never in clear: no SA, no packet; ask the control plane for one.
+        sh.drop_packet(DropReason::NoSa);
+        sh.acquire(tunnel, child, flow, now);
+        return None;
+    };
+    let mtu = sh.cfg.tunnel_mtu;
+    // What the sender should use: the worst-case ESP overhead keeps the advice valid whatever
+    // the padding of the next packet.
+    let advice = pmtu::inner_mtu(mtu, ob.outer_len + max_overhead(), flow.dst);
+    if len + ob.outer_len + ob.sa.overhead(len) > mtu as usize && pmtu::dont_fragment(pkt) {
+        if let Some(n) = pmtu::build_too_big(pkt, flow.proto, flow.src_port, advice, icmp) {
+            match sh.tun.write(&icmp[..n]) {
+                Ok(_) => {
+                    local.icmp_too_big += 1;
+                    local.tun_tx += 1;
+                }
+                Err(_) => local.io_errors += 1,
+            }
+        }
+        sh.drop_packet(DropReason::TooBig);
+        ob.sa.count_drop(DropReason::TooBig);
+        return None;
+    }
+    if sh.cfg.mss_clamp && flow.proto == 6 {
+        let ip_len = if flow.dst.is_ipv4() { 20 } else { 40 };
+        let mss = advice.saturating_sub(ip_len + 20).min(u32::from(u16::MAX)) as u16;
+        if pmtu::clamp_mss(pkt, mss) {
+            local.mss_clamped += 1;
+        }
+    }
+    match ob.sa.encapsulate_in_place(slot, len, now) {
+        Ok(n) => {
+            let tag = match ob.encap {
+                Encap::Udp { .. } => TAG_UDP,
+                Encap::Esp { .. } => TAG_RAW,
+            };
+            Some((n, ob.dest, tag))
+        }
+        Err(r) => {
+            sh.drop_packet(r);
+            if r == DropReason::Expired {
+                sh.acquire(tunnel, child, flow, now);
+            }
+            None
+        }
+    }
+}
+
+/// WAN to TUN for one socket: receive in batches, split IKE and keepalives off (UDP), decrypt,
+/// check selectors, write to TUN.
+pub(crate) fn inbound(sh: &Shared, udp: bool) {
+    let sock: &WanSocket = match (udp, sh.raw.as_ref()) {
+        (true, _) => &sh.udp,
+        (false, Some(raw)) => raw,
+        (false, None) => return,
+    };
+    let cap = sh.cfg.batch.max(1);
+    let mut rb = RecvBatch::new(cap, sh.buf_size);
+    let mut local = Local::default();
+    while !sh.stop.load(Ordering::Relaxed) {
+        let n = match sock.recv_batch(&mut rb) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let _ = poll_readable(sock.raw_fd(), POLL_MS);
+                continue;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                // ICMP errors queued on the socket (peer unreachable) surface here; go on.
+                tracing::debug!(error = %e, "WAN receive error");
+                local.io_errors += 1;
+                local.flush(sh);
+                continue;
+            }
+        };
+        let snap = sh.state.load();
+        let now = Instant::now();
+        for i in 0..n {
+            let (d, from) = rb.get_mut(i);
+            inbound_one(sh, &snap, d, from, udp, now, &mut local);
+        }
+        local.flush(sh);
+    }
+}
+
+fn inbound_one(
+    sh: &Shared,
+    snap: &Snapshot,
+    d: &mut [u8],
+    from: Option<SocketAddr>,
+    udp: bool,
+    now: Instant,
+    local: &mut Local,
+) {
+    local.wan_rx += 1;
+    if udp {
+        // RFC 3948 §2.3: a single 0xff octet is a NAT keepalive, ignored.
+        if d == [0xff] {
+            local.keepalives += 1;
+            return;
+        }
+        // RFC 3948 §2.2: four zero octets (an SPI of zero) precede an IKE message.
+        if d.len() >= 4 && d[..4] == [0; 4] {
+            if let Some(from) = from {
+                local.ike_rx += 1;
+                sh.emit(Event::Ike { from, payload: d[4..].to_vec() });
+            }
+            return;
+        }
+    }
+    let Some(spi) = peek_spi(d) else {
+        sh.drop_packet(DropReason::Malformed);
+        return;
+    };
+    let Some(ib) = snap.inbound.get(&spi) else {
+        sh.drop_packet(DropReason::UnknownSpi);
+        return;
+    };
+    let dec = match ib.sa.decapsulate_in_place(d, now) {
+        Ok(dec) => dec,
+        Err(r) => {
+            sh.drop_packet(r);
+            return;
+        }
+    };
+    if dec.is_dummy() {
+        local.dummies += 1;
+        return;
+    }
+    let Some(inner) = d.get(dec.offset..dec.offset + dec.len) else {
+        sh.drop_packet(DropReason::Malformed);
+        return;
+    };
+    // RFC 4301 §5.2 step 4: the inner packet must be one this SA may carry.
+    match flow::flow_key(inner) {
+        Some(f) if ib.admits(&f) => match sh.tun.write(inner) {
+            Ok(_) => local.tun_tx += 1,
+            Err(_) => local.io_errors += 1,
+        },
+        Some(_) => {
+            sh.drop_packet(DropReason::SelectorMismatch);
+            ib.sa.count_drop(DropReason::SelectorMismatch);
+        }
+        None => {
+            sh.drop_packet(DropReason::Malformed);
+            ib.sa.count_drop(DropReason::Malformed);
+        }
+    }
+}
+
+/// Lifetime checks and inbound SA retirement, a few times a second.
+pub(crate) fn housekeeping(sh: &Shared) {
+    let tick = Duration::from_millis(50);
+    while !sh.stop.load(Ordering::Relaxed) {
+        std::thread::sleep(tick);
+        let now = Instant::now();
+        let mut sad = sh.lock_sad();
+        let (events, changed) = sad.housekeeping(now, sh.cfg.rekey_linger);
+        if changed {
+            sh.publish(&sad);
+        }
+        drop(sad);
+        for e in events {
+            sh.emit(e);
+        }
+    }
+}
