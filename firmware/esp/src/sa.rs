@@ -570,8 +570,10 @@ impl InboundSa {
         }
         c.carried(len);
         let since = now.saturating_duration_since(c.created).as_nanos();
-        self.last_packet
-            .fetch_max(u64::try_from(since).unwrap_or(u64::MAX - 1) + 1, Ordering::Relaxed);
+        // A plain store: racing threads may leave a time a few nanoseconds older, which is fine
+        // for diagnostics and avoids a compare-and-swap loop per packet.
+        let stamp = u64::try_from(since).unwrap_or(u64::MAX - 1) + 1;
+        self.last_packet.store(stamp, Ordering::Relaxed);
         Ok(Decapsulated { offset, len, next_header: nh, seq })
     }
 
