@@ -198,6 +198,7 @@ pub fn make_uki(
     initrd: &Path,
     cmdline: &str,
     os_release: &str,
+    epoch: u64,
     out: &Path,
 ) -> Result<()> {
     let dir = out.parent().unwrap_or(Path::new("."));
@@ -227,7 +228,38 @@ pub fn make_uki(
         .arg(format!(".initrd={initrd_vma:#x}"))
         .arg(EFI_STUB)
         .arg(&tmp))?;
+    // objcopy stamps the PE header with the current time: pin it for reproducibility.
+    let mut pe = read(&tmp)?;
+    set_pe_timestamp(&mut pe, epoch as u32)?;
+    fs::write(&tmp, &pe).map_err(io_err(&tmp))?;
     fs::rename(&tmp, out).map_err(io_err(out))
+}
+
+/// Sets a PE image's COFF `TimeDateStamp` and recomputes the optional header's `CheckSum`
+/// (the 16-bit one's-complement-style sum of the file plus its length, as `imagehlp` defines it).
+pub fn set_pe_timestamp(pe: &mut [u8], stamp: u32) -> Result<()> {
+    let bad = || Error::Input("the EFI stub is not a PE image".into());
+    let lfanew = pe.get(0x3c..0x40).ok_or_else(bad)?;
+    let lfanew = u32::from_le_bytes([lfanew[0], lfanew[1], lfanew[2], lfanew[3]]) as usize;
+    if pe.get(lfanew..lfanew + 4) != Some(b"PE\0\0") {
+        return Err(bad());
+    }
+    let (ts, ck) = (lfanew + 8, lfanew + 24 + 64);
+    if pe.len() < ck + 4 {
+        return Err(bad());
+    }
+    pe[ts..ts + 4].copy_from_slice(&stamp.to_le_bytes());
+    pe[ck..ck + 4].fill(0);
+    let mut sum: u64 = 0;
+    for chunk in pe.chunks(2) {
+        let word = u16::from_le_bytes([chunk[0], *chunk.get(1).unwrap_or(&0)]) as u64;
+        sum += word;
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    let checksum = (sum as u32).wrapping_add(pe.len() as u32);
+    pe[ck..ck + 4].copy_from_slice(&checksum.to_le_bytes());
+    Ok(())
 }
 
 /// What goes on the disk.
@@ -370,6 +402,21 @@ fn make_data(data: &Path, inp: &DiskInputs<'_>) -> Result<()> {
         .arg(&root)
         .arg(data)
         .arg(format!("{}M", inp.data_mib)))?;
+    // mke2fs -d copies each file's ctime, which no one can set: pin every inode's times.
+    let at = format!("@{}", inp.epoch);
+    let mut script = String::new();
+    for path in ["/", "/lost+found", "/config", "/plugins", "/README"] {
+        for field in ["atime", "ctime", "mtime", "crtime"] {
+            script.push_str(&format!("set_inode_field {path} {field} {at}\n"));
+        }
+    }
+    let cmds = inp.work.join("debugfs.cmds");
+    fs::write(&cmds, script).map_err(io_err(&cmds))?;
+    run(Command::new("debugfs")
+        .env("E2FSPROGS_FAKE_TIME", inp.epoch.to_string())
+        .args(["-w", "-f"])
+        .arg(&cmds)
+        .arg(data))?;
     Ok(())
 }
 
@@ -396,3 +443,35 @@ pub fn esp_listing(esp_image: &Path, offset: u64) -> Result<Vec<String>> {
 
 /// Byte offset of the ESP inside the raw disk image.
 pub const ESP_OFFSET: u64 = MIB;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// systemd ships its stub with timestamp 0 and a valid checksum: re-stamping it with 0 must give
+    /// back the same bytes, and another stamp must change only the two fields.
+    #[test]
+    fn pe_timestamp_and_checksum_match_the_shipped_stub() {
+        let Ok(stub) = fs::read(EFI_STUB) else {
+            eprintln!("skipped: no {EFI_STUB} (install systemd-boot-efi)");
+            return;
+        };
+        let mut same = stub.clone();
+        set_pe_timestamp(&mut same, 0).unwrap();
+        assert!(same == stub, "checksum recomputed exactly as shipped");
+        let mut other = stub.clone();
+        set_pe_timestamp(&mut other, 1_764_000_000).unwrap();
+        let diff: Vec<usize> = (0..stub.len()).filter(|&i| stub[i] != other[i]).collect();
+        assert!(
+            !diff.is_empty()
+                && diff.iter().all(|&i| (0x88..0x8c).contains(&i) || (0xd8..0xdc).contains(&i)),
+            "{diff:?}"
+        );
+    }
+
+    #[test]
+    fn non_pe_input_is_refused_by_name() {
+        let err = set_pe_timestamp(&mut [0u8; 16], 0).unwrap_err().to_string();
+        assert!(err.contains("not a PE image"), "{err}");
+    }
+}

@@ -157,6 +157,9 @@ pub struct Options {
     pub slot_b_tries: Option<u32>,
     /// Slot B blesses itself at boot (`isthmus.bless=boot`), standing in for the daemon's health gates.
     pub slot_b_blesses: bool,
+    /// Timestamp for every file in the image (default: `SOURCE_DATE_EPOCH`, else the last commit's
+    /// time).
+    pub source_date_epoch: Option<u64>,
     /// ESP size in MiB (holds both slots' kernel images).
     pub esp_mib: u64,
     /// Data partition size in MiB.
@@ -175,6 +178,7 @@ impl Options {
             refresh: false,
             slot_b_tries: None,
             slot_b_blesses: false,
+            source_date_epoch: None,
             esp_mib: 128,
             data_mib: 64,
         }
@@ -231,7 +235,7 @@ pub fn build(opts: &Options) -> Result<Manifest> {
     let cache = &opts.cache;
     fs::create_dir_all(cache).map_err(io_err(cache))?;
     fs::create_dir_all(out).map_err(io_err(out))?;
-    let epoch = source_date_epoch(&opts.root);
+    let epoch = opts.source_date_epoch.unwrap_or_else(|| source_date_epoch(&opts.root));
 
     let daemon = match &opts.daemon {
         Some(p) => p.clone(),
@@ -260,7 +264,7 @@ pub fn build(opts: &Options) -> Result<Manifest> {
     let cmdline_a = format!("{BASE_CMDLINE} isthmus.slot=a");
     let mut esp_files = vec![];
     let uki_a = work.join("fw-a.efi");
-    disk::make_uki(&vmlinuz, &initrd_path, &cmdline_a, &os_release(VERSION, "a"), &uki_a)?;
+    disk::make_uki(&vmlinuz, &initrd_path, &cmdline_a, &os_release(VERSION, "a"), epoch, &uki_a)?;
     esp_files.push(("EFI/Linux/fw-a.efi".to_string(), uki_a));
     if let Some(tries) = opts.slot_b_tries {
         let mut cmdline_b = format!("{BASE_CMDLINE} isthmus.slot=b");
@@ -274,6 +278,7 @@ pub fn build(opts: &Options) -> Result<Manifest> {
             &initrd_path,
             &cmdline_b,
             &os_release(&format!("{VERSION}.1"), "b"),
+            epoch,
             &uki_b,
         )?;
         esp_files.push((format!("EFI/Linux/fw-b+{tries}.efi"), uki_b));
@@ -370,12 +375,26 @@ pub fn build_daemon(root: &Path) -> Result<PathBuf> {
             MUSL_TARGET,
         ])
         .env("CARGO_TARGET_DIR", &target_dir);
+    // C code in dependencies (ring) needs a compiler for the musl target. Without musl-tools, the host
+    // gcc builds it fine for x86_64 (ring's C uses no libc beyond what musl provides).
+    let musl_cc = "CC_x86_64_unknown_linux_musl";
+    if std::env::var_os(musl_cc).is_none()
+        && !on_path("x86_64-linux-musl-gcc")
+        && !on_path("musl-gcc")
+    {
+        cmd.env(musl_cc, "gcc");
+    }
     run(&mut cmd)?;
     let bin = target_dir.join(MUSL_TARGET).join("release/isthmusd");
     if !bin.exists() {
         return Err(Error::Input(format!("cargo built no {}", bin.display())));
     }
     Ok(bin)
+}
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).exists()))
 }
 
 /// The default plugins (`plugins/target/wasm32-wasip2/release/*.wasm`), building them when absent.
