@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use isthmus_ike::config::TrafficSelector;
 use isthmus_ike::event::ChildKeys;
 use isthmus_ike::proposal::EspSuite;
+use isthmus_ike::{DownReason, TunnelConfig};
 
 /// A CHILD SA to install: both directions, what they protect, and where ESP goes.
 #[derive(Debug)]
@@ -47,8 +48,30 @@ pub trait Dataplane: Send + 'static {
     /// [`crate::TunnelEvent::InstallFailed`] and the CHILD SA is deleted with the peer.
     fn install_child(&mut self, sa: &ChildInstall<'_>) -> Result<(), String>;
 
-    /// Removes both directions of a CHILD SA (the inbound one may linger for a grace time).
-    fn remove_child(&mut self, tunnel: &str, child: &str, spi_in: u32, spi_out: u32);
+    /// Removes both directions of a CHILD SA. After a rekey (`reason` is
+    /// [`DownReason::Rekeyed`]) the inbound half may linger for a grace time, and the outbound
+    /// half is only removed if no successor replaced it.
+    fn remove_child(
+        &mut self,
+        tunnel: &str,
+        child: &str,
+        spi_in: u32,
+        spi_out: u32,
+        reason: &DownReason,
+    );
+
+    /// A tunnel was added: install what protects its traffic before any SA exists (SPD
+    /// `Protect` entries, so that matching packets are dropped and raise acquires, never leave
+    /// in clear). An error refuses the tunnel.
+    fn tunnel_added(&mut self, cfg: &TunnelConfig) -> Result<(), String> {
+        let _ = cfg;
+        Ok(())
+    }
+
+    /// A tunnel was removed (after its SAs).
+    fn tunnel_removed(&mut self, tunnel: &str) {
+        let _ = tunnel;
+    }
 
     /// True when the dataplane owns UDP port 4500 (ESP in UDP) and hands IKE datagrams to the
     /// driver as [`DataplaneEvent::Ike`]; false makes the driver bind 4500 itself.
@@ -84,7 +107,7 @@ impl Dataplane for ControlOnly {
         Ok(())
     }
 
-    fn remove_child(&mut self, _tunnel: &str, _child: &str, _spi_in: u32, _spi_out: u32) {}
+    fn remove_child(&mut self, _: &str, _: &str, _: u32, _: u32, _: &DownReason) {}
 }
 
 /// What the dataplane tells the driver.

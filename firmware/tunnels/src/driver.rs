@@ -283,6 +283,10 @@ impl Driver {
                 }
                 self.sockets.ensure(t.ike.local.ip()).map_err(Error::Io)?;
                 self.ep.add_tunnel(t.ike.clone()).map_err(|e| Error::Ike(name.clone(), e))?;
+                if let Err(why) = self.dp.tunnel_added(&t.ike) {
+                    let _ = self.ep.remove_tunnel(&name, now);
+                    return Err(Error::Dataplane(name, why));
+                }
                 lock(&self.shared.status).insert(
                     name.clone(),
                     TunnelStatus {
@@ -313,6 +317,7 @@ impl Driver {
                 // The endpoint's down events still need the tunnel's entry: drain them first.
                 self.drain();
                 self.tunnels.remove(&name);
+                self.dp.tunnel_removed(&name);
                 lock(&self.shared.status).remove(&name);
                 Ok(())
             }
@@ -530,7 +535,7 @@ impl Driver {
                 });
             }
             Event::ChildSaDown { tunnel, child, spi_in, spi_out, reason } => {
-                self.dp.remove_child(&tunnel, &child, spi_in, spi_out);
+                self.dp.remove_child(&tunnel, &child, spi_in, spi_out, &reason);
                 if let Some(s) = lock(&self.shared.status).get_mut(&tunnel) {
                     s.children.retain(|c| c.spi_in != spi_in);
                 }

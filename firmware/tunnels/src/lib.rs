@@ -15,16 +15,19 @@
 //!   action, make-before-break CHILD SA installation);
 //! - [`dataplane`]: the [`Dataplane`] trait the ESP dataplane implements, and the events it
 //!   sends back;
+//! - [`esp`]: that trait on the userspace ESP dataplane (`isthmus-dataplane`);
 //! - [`io`]: the IKE sockets and RFC 3948 classification of port 4500 payloads;
 //! - [`status`]: tunnel status and events (with the IKE layer's explanations of failures).
 
 pub mod dataplane;
 pub mod driver;
+pub mod esp;
 pub mod io;
 pub mod status;
 
 pub use dataplane::{ChildInstall, ControlOnly, Dataplane, DataplaneEvent};
 pub use driver::{CloseAction, DataplaneSender, DriverConfig, Tunnel, Tunnels};
+pub use esp::{EspDataplane, forward_events, start_with_dataplane};
 pub use status::{ChildStatus, TunnelEvent, TunnelState, TunnelStatus};
 
 /// Everything the driver can fail at. Messages name the tunnel and what is wrong; none carries
@@ -51,6 +54,9 @@ pub enum Error {
     /// A socket could not be bound or the driver thread not started.
     #[error("IKE driver I/O: {0}")]
     Io(#[source] std::io::Error),
+    /// The dataplane refused the tunnel's policies (or, with no tunnel named, did not start).
+    #[error("tunnel `{0}`: the dataplane refused: {1}")]
+    Dataplane(String, String),
     /// The OS random source could not be read.
     #[error("reading /dev/urandom for the IKE random seed: {0}")]
     Random(#[source] std::io::Error),

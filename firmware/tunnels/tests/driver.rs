@@ -63,7 +63,6 @@ fn driver_binds_ike_ports_in_its_namespace_and_answers_commands() {
 /// Two Isthmus gateways (no ESP dataplane) bring a tunnel up with each other: one starts it,
 /// the other waits.
 #[test]
-#[ignore = "needs the isthmus-ike handshake (issue 4 part 1), not landed yet"]
 fn two_isthmus_gateways_negotiate() {
     if !require_root() {
         return;

@@ -12,6 +12,7 @@
 //! explain failures, a frozen peer is declared dead and the tunnel comes back.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
@@ -22,7 +23,7 @@ use isthmus_ike::{
 use isthmus_testkit::strongswan::{Action, Retransmit, Strongswan, SwanConn};
 use isthmus_testkit::{Netns, require_root, veth};
 use isthmus_tunnels::{
-    CloseAction, ControlOnly, DriverConfig, Tunnel, TunnelEvent, TunnelState, Tunnels,
+    CloseAction, DriverConfig, Tunnel, TunnelEvent, TunnelState, Tunnels, start_with_dataplane,
 };
 
 const PSK: &str = "interop-test-psk-0123456789";
@@ -30,10 +31,11 @@ const PSK: &str = "interop-test-psk-0123456789";
 struct Lab {
     // Field order is drop order: the driver and charon stop before their namespaces go.
     tunnels: Tunnels,
+    dp: Arc<isthmus_dataplane::Dataplane>,
     swan: Strongswan,
     events: Receiver<TunnelEvent>,
     n: u8,
-    _host_i: Netns,
+    host_i: Netns,
     _host_s: Netns,
     _gw_i: Netns,
     _gw_s: Netns,
@@ -95,11 +97,16 @@ fn lab(n: u8, ours: TunnelConfig, close: CloseAction, theirs: SwanConn) -> Lab {
             ..Default::default()
         },
     };
-    let tunnels = gw_i.run(move || Tunnels::start(cfg, Box::new(ControlOnly)).unwrap());
+    let wan = format!("10.40.{n}.1").parse().unwrap();
+    let (tunnels, dp) = gw_i.run(move || {
+        start_with_dataplane(cfg, isthmus_dataplane::Config::new("ist0", wan), 1024).unwrap()
+    });
+    // The net reconciler's job in the appliance: the remote LAN routes into the TUN device.
+    gw_i.sh(&format!("ip route add 10.42.{n}.0/24 dev ist0"));
     let events = tunnels.subscribe();
     swan.load_all().unwrap();
     tunnels.add_tunnel(Tunnel { ike: ours, close_action: close }).unwrap();
-    Lab { tunnels, swan, events, n, _host_i: host_i, _host_s: host_s, _gw_i: gw_i, _gw_s: gw_s }
+    Lab { tunnels, dp, swan, events, n, host_i, _host_s: host_s, _gw_i: gw_i, _gw_s: gw_s }
 }
 
 impl Lab {
@@ -153,12 +160,48 @@ impl Lab {
     }
 }
 
+impl Lab {
+    /// Pings the strongSwan side's LAN host from the Isthmus side's; returns (sent, received).
+    fn ping(&self, count: u32, interval: &str) -> (u32, u32) {
+        let out = self
+            .host_i
+            .sh_output(&format!("ping -n -q -c {count} -i {interval} -W 2 10.42.{}.2", self.n));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        parse_ping(&text).unwrap_or_else(|| panic!("no ping summary: {text}"))
+    }
+
+    fn assert_ping_passes(&self) {
+        let (sent, got) = self.ping(3, "0.2");
+        assert_eq!(
+            got,
+            sent,
+            "LAN-to-LAN ping through the Isthmus dataplane and strongSwan lost packets\n\
+             dataplane: {:#?}\nstrongSwan: {}",
+            self.dp.counters(),
+            self.swan.status()
+        );
+        // The packets went through the CHILD SA on both sides.
+        let c = self.dp.counters();
+        assert!(
+            c.sas.iter().any(|s| s.counters.packets >= u64::from(sent)),
+            "the Isthmus SAs did not count the pings: {c:#?}"
+        );
+    }
+}
+
+/// `3 packets transmitted, 3 received` -> (3, 3).
+fn parse_ping(text: &str) -> Option<(u32, u32)> {
+    let line = text.lines().find(|l| l.contains("packets transmitted"))?;
+    let mut nums =
+        line.split(',').map(|p| p.split_whitespace().next().and_then(|n| n.parse().ok()));
+    Some((nums.next()??, nums.next()??))
+}
+
 fn is_child_up(e: &TunnelEvent) -> bool {
     matches!(e, TunnelEvent::ChildUp { rekey_of: None, .. })
 }
 
 #[test]
-#[ignore = "needs the isthmus-ike handshake (issue 4 part 1), not landed yet"]
 fn isthmus_initiates_to_strongswan() {
     if !require_root() || !isthmus_testkit::strongswan::available() {
         return;
@@ -168,6 +211,7 @@ fn isthmus_initiates_to_strongswan() {
     lab.expect(Duration::from_secs(20), "IKE SA", |e| matches!(e, TunnelEvent::IkeUp { .. }));
     lab.expect(Duration::from_secs(5), "CHILD SA", is_child_up);
     lab.assert_up_both_sides();
+    lab.assert_ping_passes();
 
     // Terminating deletes the SAs on the peer too.
     lab.tunnels.terminate("to-swan").unwrap();
@@ -182,7 +226,6 @@ fn isthmus_initiates_to_strongswan() {
 }
 
 #[test]
-#[ignore = "needs the isthmus-ike handshake (issue 4 part 1), not landed yet"]
 fn strongswan_initiates_to_isthmus() {
     if !require_root() || !isthmus_testkit::strongswan::available() {
         return;
@@ -192,10 +235,10 @@ fn strongswan_initiates_to_isthmus() {
     lab.expect(Duration::from_secs(10), "IKE SA", |e| matches!(e, TunnelEvent::IkeUp { .. }));
     lab.expect(Duration::from_secs(5), "CHILD SA", is_child_up);
     lab.assert_up_both_sides();
+    lab.assert_ping_passes();
 }
 
 #[test]
-#[ignore = "needs the isthmus-ike handshake (issue 4 part 1), not landed yet"]
 fn proposal_mismatch_is_explained() {
     if !require_root() || !isthmus_testkit::strongswan::available() {
         return;
@@ -222,7 +265,6 @@ fn proposal_mismatch_is_explained() {
 }
 
 #[test]
-#[ignore = "needs the isthmus-ike handshake (issue 4 part 1), not landed yet"]
 fn strongswan_proposal_refused_by_isthmus_is_explained() {
     if !require_root() || !isthmus_testkit::strongswan::available() {
         return;
@@ -244,8 +286,7 @@ fn strongswan_proposal_refused_by_isthmus_is_explained() {
 }
 
 #[test]
-#[ignore = "needs the isthmus-ike handshake (issue 4 part 1), not landed yet"]
-fn rekeys_with_strongswan_keep_the_tunnel_up() {
+fn rekeys_with_strongswan_under_traffic_lose_nothing() {
     if !require_root() || !isthmus_testkit::strongswan::available() {
         return;
     }
@@ -253,6 +294,19 @@ fn rekeys_with_strongswan_keep_the_tunnel_up() {
     lab.tunnels.initiate("to-swan").unwrap();
     let first = lab.expect(Duration::from_secs(20), "CHILD SA", is_child_up);
     let TunnelEvent::ChildUp { spi_in: first_in, .. } = first else { unreachable!() };
+    lab.assert_ping_passes();
+
+    // Traffic all along: 20 pings a second while both sides rekey both SAs.
+    let n = lab.n;
+    let ping = lab
+        .host_i
+        .command("ping")
+        .args(["-n", "-q", "-c", "240", "-i", "0.05", "-W", "2", &format!("10.42.{n}.2")])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ping = KillOnDrop(Some(ping));
+    std::thread::sleep(Duration::from_secs(1));
 
     // We rekey the CHILD SA: the successor replaces it (make-before-break), the old one goes.
     lab.tunnels.rekey_child("to-swan", "net").unwrap();
@@ -265,23 +319,37 @@ fn rekeys_with_strongswan_keep_the_tunnel_up() {
         "old CHILD SA removed",
         |e| matches!(e, TunnelEvent::ChildDown { spi_in, .. } if *spi_in == first_in),
     );
+    std::thread::sleep(Duration::from_secs(1));
 
     // strongSwan rekeys the CHILD SA.
     lab.swan.rekey_child("net").unwrap();
     lab.expect(Duration::from_secs(10), "CHILD SA rekeyed by strongSwan", |e| {
         matches!(e, TunnelEvent::ChildUp { rekey_of: Some(_), .. })
     });
+    std::thread::sleep(Duration::from_secs(1));
 
     // We rekey the IKE SA; then strongSwan does.
     lab.tunnels.rekey_ike("to-swan").unwrap();
     lab.expect(Duration::from_secs(10), "rekeyed IKE SA", |e| {
         matches!(e, TunnelEvent::IkeUp { rekeyed: true, .. })
     });
+    std::thread::sleep(Duration::from_secs(1));
     lab.swan.rekey_ike("to-isthmus").unwrap();
     lab.expect(Duration::from_secs(10), "IKE SA rekeyed by strongSwan", |e| {
         matches!(e, TunnelEvent::IkeUp { rekeyed: true, .. })
     });
-    std::thread::sleep(Duration::from_secs(1));
+
+    let out = ping.0.take().unwrap().wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (sent, got) = parse_ping(&text).unwrap_or_else(|| panic!("no ping summary: {text}"));
+    println!("under rekeys: {sent} pings sent, {got} answered");
+    assert_eq!(
+        got,
+        sent,
+        "pings lost during the rekeys\ndataplane: {:#?}\nstrongSwan: {}",
+        lab.dp.counters(),
+        lab.swan.status()
+    );
     lab.assert_up_both_sides();
     assert!(
         lab.swan
@@ -289,10 +357,22 @@ fn rekeys_with_strongswan_keep_the_tunnel_up() {
         "strongSwan holds one IKE SA after the rekeys: {}",
         lab.swan.status()
     );
+    lab.assert_ping_passes();
+}
+
+/// Ends a spawned process (by its pid) if the test panics before it finished.
+struct KillOnDrop(Option<std::process::Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
 
 #[test]
-#[ignore = "needs the isthmus-ike handshake (issue 4 part 1), not landed yet"]
 fn frozen_strongswan_is_detected_by_dpd_and_the_tunnel_returns() {
     if !require_root() || !isthmus_testkit::strongswan::available() {
         return;
@@ -327,4 +407,5 @@ fn frozen_strongswan_is_detected_by_dpd_and_the_tunnel_returns() {
     lab.expect(Duration::from_secs(40), "IKE SA back", |e| matches!(e, TunnelEvent::IkeUp { .. }));
     lab.expect(Duration::from_secs(10), "CHILD SA back", is_child_up);
     lab.assert_up_both_sides();
+    lab.assert_ping_passes();
 }

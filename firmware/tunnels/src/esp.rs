@@ -1,0 +1,301 @@
+//! The driver's [`Dataplane`] on the userspace ESP dataplane (`isthmus-dataplane`).
+//!
+//! - CHILD SAs become an `isthmus-esp` inbound SA (found by SPI, checked against the negotiated
+//!   selectors after decryption, RFC 4301 §5.2) and an outbound SA bound to the tunnel's CHILD
+//!   SA name, which the SPD's `Protect` entries point to.
+//! - Rekeys are make-before-break: the successor's outbound SA replaces the old one atomically,
+//!   its inbound SA is added while the old inbound SA is *retired* (it keeps decrypting what the
+//!   peer sent before switching, until the successor carries traffic or a grace time passes). The
+//!   old SA's removal after a rekey therefore leaves its inbound half to the dataplane.
+//! - For every configured CHILD SA the SPD gets `Protect` entries for each local × remote
+//!   selector pair as soon as the tunnel is added, so matching traffic is never sent in clear
+//!   and, while no SA exists, raises the acquire that starts an on-traffic tunnel.
+//! - Port 4500 belongs to the dataplane: IKE after the non-ESP marker comes back as
+//!   [`DataplaneEvent::Ike`] through [`forward_events`], and the driver's IKE messages for 4500
+//!   leave through [`isthmus_dataplane::Dataplane::send_ike`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::mpsc::Receiver;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use isthmus_dataplane::{
+    Encap, InboundBinding, OutboundBinding, Selector, SpdAction, SpdEntry, SpdTable,
+};
+use isthmus_esp::{Aead, Backend, InboundSa, OutboundSa, SaConfig};
+use isthmus_ike::event::ChildKeys;
+use isthmus_ike::{DownReason, Encr, TrafficSelector, TunnelConfig};
+
+use crate::dataplane::{ChildInstall, Dataplane, DataplaneEvent};
+use crate::driver::DataplaneSender;
+
+/// The userspace ESP dataplane as the driver's [`Dataplane`].
+pub struct EspDataplane {
+    dp: Arc<isthmus_dataplane::Dataplane>,
+    backend: Backend,
+    replay_window: u32,
+    generation: u64,
+    /// Protect entries per tunnel, in configuration order.
+    policies: BTreeMap<String, Vec<SpdEntry>>,
+    /// The outbound SPI currently installed per (tunnel, child).
+    outbound: HashMap<(String, String), u32>,
+}
+
+impl std::fmt::Debug for EspDataplane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EspDataplane")
+            .field("dataplane", &self.dp)
+            .field("spd_generation", &self.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EspDataplane {
+    /// Drives `dp` with the given AEAD backend and anti-replay window (packets).
+    pub fn new(
+        dp: Arc<isthmus_dataplane::Dataplane>,
+        backend: Backend,
+        replay_window: u32,
+    ) -> Self {
+        EspDataplane {
+            dp,
+            backend,
+            replay_window,
+            generation: 0,
+            policies: BTreeMap::new(),
+            outbound: HashMap::new(),
+        }
+    }
+
+    fn publish(&mut self) -> Result<(), String> {
+        self.generation += 1;
+        let entries = self.policies.values().flatten().cloned().collect();
+        self.dp.publish_spd(SpdTable::new(self.generation, entries)).map_err(|e| e.to_string())
+    }
+
+    fn sa_config(&self, keys: &ChildKeys, encr: Encr, esn: bool) -> SaConfig {
+        SaConfig {
+            spi: keys.spi,
+            aead: match encr {
+                Encr::Aes128Gcm16 => Aead::Aes128Gcm16,
+                Encr::Aes256Gcm16 => Aead::Aes256Gcm16,
+            },
+            backend: self.backend,
+            key: keys.key_and_salt().to_vec(),
+            esn,
+            replay_window: self.replay_window,
+            // Time-based rekeys are the IKE layer's timers; no byte or packet limits yet.
+            lifetime: isthmus_esp::Lifetime::default(),
+        }
+    }
+}
+
+/// The SPD selectors of every local × remote traffic selector pair (RFC 4301 §4.4.1.1): each
+/// address range split into prefixes; a pair whose protocols differ protects nothing.
+pub fn selectors(local: &[TrafficSelector], remote: &[TrafficSelector]) -> Vec<Selector> {
+    let mut out = Vec::new();
+    for l in local {
+        for r in remote {
+            if l.is_ipv4() != r.is_ipv4() {
+                continue;
+            }
+            let proto = match (l.proto, r.proto) {
+                (0, 0) => None,
+                (0, p) | (p, 0) => Some(p),
+                (a, b) if a == b => Some(a),
+                _ => continue,
+            };
+            for lp in l.prefixes() {
+                for rp in r.prefixes() {
+                    out.push(Selector {
+                        local: lp,
+                        remote: rp,
+                        proto,
+                        local_ports: l.ports,
+                        remote_ports: r.ports,
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+impl Dataplane for EspDataplane {
+    fn tunnel_added(&mut self, cfg: &TunnelConfig) -> Result<(), String> {
+        let mut entries = Vec::new();
+        for c in &cfg.children {
+            for (i, s) in selectors(&c.local_ts, &c.remote_ts).into_iter().enumerate() {
+                entries.push(SpdEntry {
+                    id: format!("{}/{}#{i}", cfg.name, c.name),
+                    selector: s,
+                    action: SpdAction::Protect { tunnel: cfg.name.clone(), child: c.name.clone() },
+                });
+            }
+        }
+        self.policies.insert(cfg.name.clone(), entries);
+        self.publish()
+    }
+
+    fn tunnel_removed(&mut self, tunnel: &str) {
+        if self.policies.remove(tunnel).is_some()
+            && let Err(e) = self.publish()
+        {
+            tracing::warn!(%tunnel, error = %e, "SPD publish after tunnel removal failed");
+        }
+    }
+
+    fn install_child(&mut self, sa: &ChildInstall<'_>) -> Result<(), String> {
+        let now = Instant::now();
+        let inbound = InboundSa::new(self.sa_config(sa.inbound, sa.esp.encr, sa.esp.esn), now)
+            .map_err(|e| e.to_string())?;
+        let outbound = OutboundSa::new(self.sa_config(sa.outbound, sa.esp.encr, sa.esp.esn), now)
+            .map_err(|e| e.to_string())?;
+        let binding = InboundBinding {
+            tunnel: sa.tunnel.to_owned(),
+            child: sa.child.to_owned(),
+            selectors: selectors(sa.local_ts, sa.remote_ts),
+        };
+        let added = match sa.rekey_of {
+            Some(old) => match self.dp.rekey_inbound(old, binding.clone(), inbound) {
+                Ok(()) => Ok(()),
+                // The old SA may be gone already (peer deleted it first): a plain add then.
+                Err(_) => {
+                    let inbound =
+                        InboundSa::new(self.sa_config(sa.inbound, sa.esp.encr, sa.esp.esn), now)
+                            .map_err(|e| e.to_string())?;
+                    self.dp.add_inbound(binding, inbound)
+                }
+            },
+            None => self.dp.add_inbound(binding, inbound),
+        };
+        added.map_err(|e| e.to_string())?;
+        let encap =
+            if sa.encap { Encap::Udp { peer: sa.peer } } else { Encap::Esp { peer: sa.peer.ip() } };
+        let b = OutboundBinding { tunnel: sa.tunnel.to_owned(), child: sa.child.to_owned(), encap };
+        if let Err(e) = self.dp.install_outbound(b, outbound) {
+            let _ = self.dp.remove_inbound(sa.inbound.spi);
+            return Err(e.to_string());
+        }
+        self.outbound.insert((sa.tunnel.to_owned(), sa.child.to_owned()), sa.outbound.spi);
+        Ok(())
+    }
+
+    fn remove_child(
+        &mut self,
+        tunnel: &str,
+        child: &str,
+        spi_in: u32,
+        spi_out: u32,
+        reason: &DownReason,
+    ) {
+        // After a rekey the dataplane retires the old inbound SA itself (grace time).
+        if *reason != DownReason::Rekeyed {
+            let _ = self.dp.remove_inbound(spi_in);
+        }
+        let key = (tunnel.to_owned(), child.to_owned());
+        // Only if it is still the current outbound SA: a successor may have replaced it.
+        if self.outbound.get(&key) == Some(&spi_out) {
+            self.outbound.remove(&key);
+            let _ = self.dp.remove_outbound(tunnel, child);
+        }
+    }
+
+    fn owns_nat_t(&self) -> bool {
+        true
+    }
+
+    fn send_nat_t(
+        &self,
+        _local: SocketAddr,
+        remote: SocketAddr,
+        data: &[u8],
+        marker: bool,
+    ) -> std::io::Result<()> {
+        if !marker {
+            // NAT-T keepalives (RFC 3948 §2.3): the dataplane has no call for bare datagrams.
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "the dataplane cannot send NAT-T keepalives",
+            ));
+        }
+        self.dp.send_ike(remote, data).map_err(std::io::Error::other)
+    }
+}
+
+/// Starts the userspace ESP dataplane and the driver on it, in the calling thread's network
+/// namespace, with the dataplane's events forwarded to the driver. Returns the driver's handle
+/// and the dataplane (for counters). Uses the default AEAD backend and `replay_window` packets
+/// of anti-replay window.
+pub fn start_with_dataplane(
+    driver: crate::DriverConfig,
+    dataplane: isthmus_dataplane::Config,
+    replay_window: u32,
+) -> Result<(crate::Tunnels, Arc<isthmus_dataplane::Dataplane>), crate::Error> {
+    let (dp, events) = isthmus_dataplane::Dataplane::start(dataplane)
+        .map_err(|e| crate::Error::Dataplane(String::new(), e.to_string()))?;
+    let dp = Arc::new(dp);
+    let local = dp.udp_addr();
+    let adapter = EspDataplane::new(dp.clone(), Backend::default(), replay_window);
+    let tunnels = crate::Tunnels::start(driver, Box::new(adapter))?;
+    forward_events(events, tunnels.dataplane_events(), local).map_err(crate::Error::Io)?;
+    Ok((tunnels, dp))
+}
+
+/// Forwards the dataplane's events to the driver until either side stops. `local` is the
+/// dataplane's UDP 4500 address (the IKE messages it hands over arrived there).
+pub fn forward_events(
+    events: Receiver<isthmus_dataplane::Event>,
+    to: DataplaneSender,
+    local: SocketAddr,
+) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new().name("dp-events".into()).spawn(move || {
+        for ev in events {
+            let ev = match ev {
+                isthmus_dataplane::Event::Ike { from, payload } => {
+                    DataplaneEvent::Ike { local, remote: from, data: payload }
+                }
+                isthmus_dataplane::Event::Acquire { tunnel, child, .. } => {
+                    DataplaneEvent::Acquire { tunnel, child }
+                }
+                isthmus_dataplane::Event::SoftExpired { spi, .. } => {
+                    DataplaneEvent::SoftExpired { spi }
+                }
+                isthmus_dataplane::Event::HardExpired { spi, .. } => {
+                    DataplaneEvent::HardExpired { spi }
+                }
+                isthmus_dataplane::Event::InboundRetired { .. } => continue,
+            };
+            if !to.send(ev) {
+                return;
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(s: &str) -> TrafficSelector {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn rfc4301_selector_pairs_become_spd_selectors() {
+        let s = selectors(&[ts("10.41.0.0/16"), ts("fd00::/64")], &[ts("10.42.1.0/24[tcp/443]")]);
+        assert_eq!(s.len(), 1, "the IPv6 local selector pairs with no IPv4 remote one");
+        assert_eq!(s[0].local.to_string(), "10.41.0.0/16");
+        assert_eq!(s[0].remote.to_string(), "10.42.1.0/24");
+        assert_eq!(s[0].proto, Some(6));
+        assert_eq!(s[0].remote_ports, isthmus_tables::PortRange::single(443));
+        assert!(s[0].local_ports.is_any());
+        // A range that is not one prefix is split.
+        let odd = TrafficSelector { end: "10.0.0.6".parse().unwrap(), ..ts("10.0.0.1/32") };
+        assert_eq!(selectors(&[odd], &[ts("0.0.0.0/0")]).len(), 4);
+        // Different protocols protect nothing.
+        assert!(selectors(&[ts("10.0.0.0/8[udp]")], &[ts("10.0.0.0/8[tcp]")]).is_empty());
+    }
+}
