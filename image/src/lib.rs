@@ -397,17 +397,19 @@ fn on_path(program: &str) -> bool {
         .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).exists()))
 }
 
+/// A shipped plugin: a `.wasm` component that is not one of the hostile test programs
+/// (`plugins/test-programs`, built as `test_*.wasm`).
+fn is_default_plugin(p: &Path) -> bool {
+    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    name.ends_with(".wasm") && !name.starts_with("test_")
+}
+
 /// The default plugins (`plugins/target/wasm32-wasip2/release/*.wasm`), building them when absent.
 fn default_plugins(root: &Path) -> Result<Vec<PathBuf>> {
     let dir = root.join("plugins/target/wasm32-wasip2/release");
     let list = |dir: &Path| -> Vec<PathBuf> {
         let mut v: Vec<_> = fs::read_dir(dir)
-            .map(|rd| {
-                rd.flatten()
-                    .map(|e| e.path())
-                    .filter(|p| p.extension().is_some_and(|e| e == "wasm"))
-                    .collect()
-            })
+            .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| is_default_plugin(p)).collect())
             .unwrap_or_default();
         v.sort();
         v
@@ -468,6 +470,13 @@ mod tests {
             assert!(is_static_elf(&busybox), "busybox-static is static");
             assert!(!is_static_elf(&sh), "ls is dynamically linked");
         }
+    }
+
+    #[test]
+    fn test_programs_are_not_shipped() {
+        assert!(is_default_plugin(Path::new("/x/security_group.wasm")));
+        assert!(!is_default_plugin(Path::new("/x/test_membomb.wasm")));
+        assert!(!is_default_plugin(Path::new("/x/security_group.d")));
     }
 
     #[test]
