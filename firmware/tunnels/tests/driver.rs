@@ -33,14 +33,14 @@ fn driver_binds_ike_ports_in_its_namespace_and_answers_commands() {
     }
     let a = Netns::new("itd");
     let b = Netns::new("itd");
-    veth(&a, "wa", "10.40.20.1/24", &b, "wb", "10.40.20.2/24");
+    veth(&a, "wa", "10.40.30.1/24", &b, "wb", "10.40.30.2/24");
     let t = a.run(|| Tunnels::start(DriverConfig::default(), Box::new(ControlOnly)).unwrap());
-    let cfg = tunnel("t1", "10.40.20.1", "10.40.20.2", "10.41.20.0/24", "10.42.20.0/24");
+    let cfg = tunnel("t1", "10.40.30.1", "10.40.30.2", "10.41.30.0/24", "10.42.30.0/24");
     t.add_tunnel(Tunnel::new(cfg.clone())).unwrap();
 
     let ss = a.sh("ss -Huln");
-    assert!(ss.contains("10.40.20.1:500 "), "port 500 not bound in the namespace: {ss}");
-    assert!(ss.contains("10.40.20.1:4500 "), "port 4500 not bound in the namespace: {ss}");
+    assert!(ss.contains("10.40.30.1:500 "), "port 500 not bound in the namespace: {ss}");
+    assert!(ss.contains("10.40.30.1:4500 "), "port 4500 not bound in the namespace: {ss}");
     assert!(!b.sh("ss -Huln").contains(":500 "), "bound in the wrong namespace");
 
     let st = t.tunnel("t1").unwrap();
@@ -69,14 +69,14 @@ fn two_isthmus_gateways_negotiate() {
     }
     let a = Netns::new("itd");
     let b = Netns::new("itd");
-    veth(&a, "wa", "10.40.21.1/24", &b, "wb", "10.40.21.2/24");
+    veth(&a, "wa", "10.40.31.1/24", &b, "wb", "10.40.31.2/24");
     let ta = a.run(|| Tunnels::start(DriverConfig::default(), Box::new(ControlOnly)).unwrap());
     let tb = b.run(|| Tunnels::start(DriverConfig::default(), Box::new(ControlOnly)).unwrap());
     let ev_a = ta.subscribe();
     let ev_b = tb.subscribe();
-    let cb = tunnel("ab", "10.40.21.2", "10.40.21.1", "10.42.21.0/24", "10.41.21.0/24");
+    let cb = tunnel("ab", "10.40.31.2", "10.40.31.1", "10.42.31.0/24", "10.41.31.0/24");
     tb.add_tunnel(Tunnel::new(cb)).unwrap();
-    let mut ca = tunnel("ab", "10.40.21.1", "10.40.21.2", "10.41.21.0/24", "10.42.21.0/24");
+    let mut ca = tunnel("ab", "10.40.31.1", "10.40.31.2", "10.41.31.0/24", "10.42.31.0/24");
     ca.start_action = StartAction::Start;
     ta.add_tunnel(Tunnel { ike: ca, close_action: CloseAction::Restart }).unwrap();
 
@@ -98,6 +98,6 @@ fn two_isthmus_gateways_negotiate() {
     assert_eq!(sb.state, TunnelState::Up);
     assert_eq!(sa.children[0].spi_in, sb.children[0].spi_out);
     assert_eq!(sa.children[0].spi_out, sb.children[0].spi_in);
-    assert_eq!(sa.children[0].local_ts, ["10.41.21.0/24"]);
-    assert_eq!(sb.children[0].local_ts, ["10.42.21.0/24"]);
+    assert_eq!(sa.children[0].local_ts, ["10.41.31.0/24"]);
+    assert_eq!(sb.children[0].local_ts, ["10.42.31.0/24"]);
 }

@@ -409,3 +409,115 @@ fn frozen_strongswan_is_detected_by_dpd_and_the_tunnel_returns() {
     lab.assert_up_both_sides();
     lab.assert_ping_passes();
 }
+
+#[test]
+fn trap_start_action_brings_the_tunnel_up_on_traffic_never_in_clear() {
+    if !require_root() || !isthmus_testkit::strongswan::available() {
+        return;
+    }
+    let mut ours = isthmus_tunnel(17);
+    ours.start_action = StartAction::Trap;
+    let lab = lab(17, ours, CloseAction::None, swan_conn(17));
+    // Nothing happens until traffic: the tunnel waits, the SPD already protects the LANs.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(lab.tunnels.tunnel("to-swan").unwrap().state, TunnelState::Down);
+    assert!(!lab.swan.ike_established("to-isthmus"));
+
+    // The first packets are dropped (no SA yet) and raise the acquire that starts the tunnel.
+    let _ = lab.ping(2, "0.5");
+    lab.expect(Duration::from_secs(20), "CHILD SA on traffic", is_child_up);
+    let c = lab.dp.counters();
+    assert!(c.io.acquires >= 1, "no acquire raised: {c:#?}");
+    assert!(
+        c.drops.get(isthmus_esp::DropReason::NoSa) >= 1,
+        "the packets before the SA were not dropped as no_sa: {c:#?}"
+    );
+    lab.assert_up_both_sides();
+    lab.assert_ping_passes();
+}
+
+#[test]
+fn peer_closing_the_tunnel_restarts_it_with_close_action_restart() {
+    if !require_root() || !isthmus_testkit::strongswan::available() {
+        return;
+    }
+    let lab = lab(18, isthmus_tunnel(18), CloseAction::Restart, swan_conn(18));
+    lab.tunnels.initiate("to-swan").unwrap();
+    lab.expect(Duration::from_secs(20), "CHILD SA", is_child_up);
+    lab.swan.terminate_ike("to-isthmus").unwrap();
+    let down = lab.expect(Duration::from_secs(10), "IKE SA deleted by the peer", |e| {
+        matches!(e, TunnelEvent::IkeDown { .. })
+    });
+    assert!(down.to_string().contains("deleted by the peer"), "{down}");
+    lab.expect(Duration::from_secs(20), "IKE SA restarted", |e| {
+        matches!(e, TunnelEvent::IkeUp { .. })
+    });
+    lab.expect(Duration::from_secs(10), "CHILD SA restarted", is_child_up);
+    lab.assert_up_both_sides();
+    lab.assert_ping_passes();
+}
+
+#[test]
+fn wrong_psk_is_explained() {
+    if !require_root() || !isthmus_testkit::strongswan::available() {
+        return;
+    }
+    let mut theirs = swan_conn(19);
+    theirs.psk = "not-the-same-psk-at-all".into();
+    let lab = lab(19, isthmus_tunnel(19), CloseAction::None, theirs);
+    lab.tunnels.initiate("to-swan").unwrap();
+    let e = lab.expect(Duration::from_secs(20), "explained failure", |e| {
+        matches!(e, TunnelEvent::Failed(_))
+    });
+    println!("explanation: {e}");
+    assert!(e.to_string().contains("AUTHENTICATION_FAILED"), "{e}");
+    assert!(!e.to_string().contains(PSK), "the explanation shows the PSK: {e}");
+    assert_ne!(lab.tunnels.tunnel("to-swan").unwrap().state, TunnelState::Up);
+}
+
+#[test]
+fn silent_peer_times_out_with_explanation() {
+    if !require_root() || !isthmus_testkit::strongswan::available() {
+        return;
+    }
+    let lab = lab(20, isthmus_tunnel(20), CloseAction::None, swan_conn(20));
+    lab.swan.freeze();
+    lab.tunnels.initiate("to-swan").unwrap();
+    let e = lab.expect(Duration::from_secs(30), "explained timeout", |e| {
+        matches!(e, TunnelEvent::Failed(_))
+    });
+    lab.swan.thaw();
+    println!("explanation: {e}");
+    let TunnelEvent::Failed(x) = e else { unreachable!() };
+    assert!(matches!(x.cause, Cause::Timeout { .. }), "{x}");
+    assert_eq!(lab.tunnels.tunnel("to-swan").unwrap().state, TunnelState::Down);
+}
+
+#[test]
+fn lifetime_rekeys_under_traffic_lose_nothing() {
+    if !require_root() || !isthmus_testkit::strongswan::available() {
+        return;
+    }
+    let mut ours = isthmus_tunnel(21);
+    ours.children[0].lifetime = Lifetime {
+        rekey_time: Duration::from_secs(4),
+        rand_time: Duration::from_secs(1),
+        life_time: Duration::from_secs(20),
+    };
+    ours.ike_lifetime = Lifetime {
+        rekey_time: Duration::from_secs(7),
+        rand_time: Duration::from_secs(1),
+        life_time: Duration::from_secs(30),
+    };
+    let lab = lab(21, ours, CloseAction::None, swan_conn(21));
+    lab.tunnels.initiate("to-swan").unwrap();
+    lab.expect(Duration::from_secs(20), "CHILD SA", is_child_up);
+    // 12 s of traffic: about three CHILD rekeys and one IKE rekey, all by timer.
+    let (sent, got) = lab.ping(240, "0.05");
+    println!("under timed rekeys: {sent} pings sent, {got} answered");
+    let st = lab.tunnels.tunnel("to-swan").unwrap();
+    assert!(st.child_sas_installed >= 3, "CHILD SA not rekeyed by its lifetime: {st:#?}");
+    assert!(st.ike_sas_established >= 2, "IKE SA not rekeyed by its lifetime: {st:#?}");
+    assert_eq!(got, sent, "pings lost during timed rekeys: {:#?}", lab.dp.counters());
+    lab.assert_up_both_sides();
+}
