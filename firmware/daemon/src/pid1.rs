@@ -140,9 +140,12 @@ pub fn boot() {
             Err(e) => say(&format!("bless slot {slot}: {e}")),
         }
     }
+    // Kernel uptime: how long the whole boot took, as the console reader sees it.
+    let uptime = fs::read_to_string("/proc/uptime").unwrap_or_default();
+    let uptime = uptime.split_whitespace().next().unwrap_or("?");
     let _ = writeln!(
         io::stderr(),
-        "{READY_LINE} (slot {slot}, {loaded} modules, {failed} failed, data {data}, {} ms)",
+        "{READY_LINE} (slot {slot}, {loaded} modules, {failed} failed, data {data}, init {} ms, up {uptime} s)",
         started.elapsed().as_millis()
     );
     supervise();
