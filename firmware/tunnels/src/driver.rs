@@ -9,7 +9,7 @@
 //! tunnel's close action. It then sleeps on the channel until the next input or the endpoint's
 //! next timer (RFC 7296 §2.4 retransmissions and liveness checks are endpoint timers).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Read as _;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
@@ -143,6 +143,7 @@ impl Tunnels {
             own_nat_t,
             tunnels: HashMap::new(),
             shared: shared.clone(),
+            expiring: HashSet::new(),
         };
         let thread = std::thread::Builder::new()
             .name("ike-driver".into())
@@ -236,6 +237,8 @@ struct Driver {
     own_nat_t: bool,
     tunnels: HashMap<String, Tunnel>,
     shared: Arc<Shared>,
+    /// Inbound SPIs whose rekey the dataplane already asked for (it reports both directions).
+    expiring: HashSet<u32>,
 }
 
 impl Driver {
@@ -393,6 +396,7 @@ impl Driver {
                     .find(|c| c.spi_in == spi || c.spi_out == spi)
                     .map(|c| c.spi_in);
                 match spi_in {
+                    Some(spi_in) if !self.expiring.insert(spi_in) => {}
                     Some(spi_in) => {
                         if let Err(e) = self.ep.child_soft_expired(spi_in, now) {
                             tracing::warn!(spi = format_args!("{spi:08x}"), error = %e, "rekey on expiry refused");
@@ -536,6 +540,7 @@ impl Driver {
             }
             Event::ChildSaDown { tunnel, child, spi_in, spi_out, reason } => {
                 self.dp.remove_child(&tunnel, &child, spi_in, spi_out, &reason);
+                self.expiring.remove(&spi_in);
                 if let Some(s) = lock(&self.shared.status).get_mut(&tunnel) {
                     s.children.retain(|c| c.spi_in != spi_in);
                 }

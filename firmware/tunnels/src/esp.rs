@@ -31,11 +31,45 @@ use isthmus_ike::{DownReason, Encr, TrafficSelector, TunnelConfig};
 use crate::dataplane::{ChildInstall, Dataplane, DataplaneEvent};
 use crate::driver::DataplaneSender;
 
+/// How CHILD SAs are built in the ESP engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EspOptions {
+    /// The AEAD implementation.
+    pub backend: Backend,
+    /// Anti-replay window in packets (RFC 4303 §3.4.3); 0 disables the check.
+    pub replay_window: u32,
+    /// Data limits per SA (time limits are the IKE layer's rekey timers): the soft ones make the
+    /// dataplane ask for a rekey, the hard ones stop the SA.
+    pub limits: DataLimits,
+}
+
+impl Default for EspOptions {
+    fn default() -> EspOptions {
+        EspOptions {
+            backend: Backend::default(),
+            replay_window: 1024,
+            limits: DataLimits::default(),
+        }
+    }
+}
+
+/// Byte and packet lifetimes of each CHILD SA (RFC 4301 §4.4.2.1); `None` is unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DataLimits {
+    /// Rekey after this many bytes.
+    pub soft_bytes: Option<u64>,
+    /// Stop after this many bytes.
+    pub hard_bytes: Option<u64>,
+    /// Rekey after this many packets.
+    pub soft_packets: Option<u64>,
+    /// Stop after this many packets.
+    pub hard_packets: Option<u64>,
+}
+
 /// The userspace ESP dataplane as the driver's [`Dataplane`].
 pub struct EspDataplane {
     dp: Arc<isthmus_dataplane::Dataplane>,
-    backend: Backend,
-    replay_window: u32,
+    options: EspOptions,
     generation: u64,
     /// Protect entries per tunnel, in configuration order.
     policies: BTreeMap<String, Vec<SpdEntry>>,
@@ -53,16 +87,11 @@ impl std::fmt::Debug for EspDataplane {
 }
 
 impl EspDataplane {
-    /// Drives `dp` with the given AEAD backend and anti-replay window (packets).
-    pub fn new(
-        dp: Arc<isthmus_dataplane::Dataplane>,
-        backend: Backend,
-        replay_window: u32,
-    ) -> Self {
+    /// Drives `dp`, building SAs as `options` say.
+    pub fn new(dp: Arc<isthmus_dataplane::Dataplane>, options: EspOptions) -> Self {
         EspDataplane {
             dp,
-            backend,
-            replay_window,
+            options,
             generation: 0,
             policies: BTreeMap::new(),
             outbound: HashMap::new(),
@@ -82,12 +111,19 @@ impl EspDataplane {
                 Encr::Aes128Gcm16 => Aead::Aes128Gcm16,
                 Encr::Aes256Gcm16 => Aead::Aes256Gcm16,
             },
-            backend: self.backend,
+            backend: self.options.backend,
             key: keys.key_and_salt().to_vec(),
             esn,
-            replay_window: self.replay_window,
-            // Time-based rekeys are the IKE layer's timers; no byte or packet limits yet.
-            lifetime: isthmus_esp::Lifetime::default(),
+            replay_window: self.options.replay_window,
+            // Time-based rekeys and expiry are the IKE layer's timers.
+            lifetime: isthmus_esp::Lifetime {
+                soft_bytes: self.options.limits.soft_bytes,
+                hard_bytes: self.options.limits.hard_bytes,
+                soft_packets: self.options.limits.soft_packets,
+                hard_packets: self.options.limits.hard_packets,
+                soft_time: None,
+                hard_time: None,
+            },
         }
     }
 }
@@ -227,18 +263,17 @@ impl Dataplane for EspDataplane {
 
 /// Starts the userspace ESP dataplane and the driver on it, in the calling thread's network
 /// namespace, with the dataplane's events forwarded to the driver. Returns the driver's handle
-/// and the dataplane (for counters). Uses the default AEAD backend and `replay_window` packets
-/// of anti-replay window.
+/// and the dataplane (for counters).
 pub fn start_with_dataplane(
     driver: crate::DriverConfig,
     dataplane: isthmus_dataplane::Config,
-    replay_window: u32,
+    options: EspOptions,
 ) -> Result<(crate::Tunnels, Arc<isthmus_dataplane::Dataplane>), crate::Error> {
     let (dp, events) = isthmus_dataplane::Dataplane::start(dataplane)
         .map_err(|e| crate::Error::Dataplane(String::new(), e.to_string()))?;
     let dp = Arc::new(dp);
     let local = dp.udp_addr();
-    let adapter = EspDataplane::new(dp.clone(), Backend::default(), replay_window);
+    let adapter = EspDataplane::new(dp.clone(), options);
     let tunnels = crate::Tunnels::start(driver, Box::new(adapter))?;
     forward_events(events, tunnels.dataplane_events(), local).map_err(crate::Error::Io)?;
     Ok((tunnels, dp))

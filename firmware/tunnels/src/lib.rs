@@ -27,7 +27,7 @@ pub mod status;
 
 pub use dataplane::{ChildInstall, ControlOnly, Dataplane, DataplaneEvent};
 pub use driver::{CloseAction, DataplaneSender, DriverConfig, Tunnel, Tunnels};
-pub use esp::{EspDataplane, forward_events, start_with_dataplane};
+pub use esp::{DataLimits, EspDataplane, EspOptions, forward_events, start_with_dataplane};
 pub use status::{ChildStatus, TunnelEvent, TunnelState, TunnelStatus};
 
 /// Everything the driver can fail at. Messages name the tunnel and what is wrong; none carries

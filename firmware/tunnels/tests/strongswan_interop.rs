@@ -23,7 +23,8 @@ use isthmus_ike::{
 use isthmus_testkit::strongswan::{Action, Retransmit, Strongswan, SwanConn};
 use isthmus_testkit::{Netns, require_root, veth};
 use isthmus_tunnels::{
-    CloseAction, DriverConfig, Tunnel, TunnelEvent, TunnelState, Tunnels, start_with_dataplane,
+    CloseAction, DataLimits, DriverConfig, EspOptions, Tunnel, TunnelEvent, TunnelState, Tunnels,
+    start_with_dataplane,
 };
 
 const PSK: &str = "interop-test-psk-0123456789";
@@ -76,6 +77,16 @@ fn swan_conn(n: u8) -> SwanConn {
 }
 
 fn lab(n: u8, ours: TunnelConfig, close: CloseAction, theirs: SwanConn) -> Lab {
+    lab_with(n, ours, close, theirs, EspOptions::default())
+}
+
+fn lab_with(
+    n: u8,
+    ours: TunnelConfig,
+    close: CloseAction,
+    theirs: SwanConn,
+    esp: EspOptions,
+) -> Lab {
     let gw_i = Netns::new("iti");
     let gw_s = Netns::new("its");
     let host_i = Netns::new("ithi");
@@ -99,7 +110,7 @@ fn lab(n: u8, ours: TunnelConfig, close: CloseAction, theirs: SwanConn) -> Lab {
     };
     let wan = format!("10.40.{n}.1").parse().unwrap();
     let (tunnels, dp) = gw_i.run(move || {
-        start_with_dataplane(cfg, isthmus_dataplane::Config::new("ist0", wan), 1024).unwrap()
+        start_with_dataplane(cfg, isthmus_dataplane::Config::new("ist0", wan), esp).unwrap()
     });
     // The net reconciler's job in the appliance: the remote LAN routes into the TUN device.
     gw_i.sh(&format!("ip route add 10.42.{n}.0/24 dev ist0"));
@@ -127,9 +138,10 @@ impl Lab {
                 Ok(e) => seen.push(e.to_string()),
                 Err(_) => panic!(
                     "lab {}: no {what} within {timeout:?}\nevents: {seen:#?}\nisthmus: {:#?}\n\
-                     strongSwan: {}\n{}",
+                     dataplane: {:#?}\nstrongSwan: {}\n{}",
                     self.n,
                     self.tunnels.status(),
+                    self.dp.counters(),
                     self.swan.status(),
                     self.swan.log()
                 ),
@@ -519,5 +531,35 @@ fn lifetime_rekeys_under_traffic_lose_nothing() {
     assert!(st.child_sas_installed >= 3, "CHILD SA not rekeyed by its lifetime: {st:#?}");
     assert!(st.ike_sas_established >= 2, "IKE SA not rekeyed by its lifetime: {st:#?}");
     assert_eq!(got, sent, "pings lost during timed rekeys: {:#?}", lab.dp.counters());
+    lab.assert_up_both_sides();
+}
+
+#[test]
+fn dataplane_soft_limit_triggers_a_rekey_without_loss() {
+    if !require_root() || !isthmus_testkit::strongswan::available() {
+        return;
+    }
+    let esp = EspOptions {
+        limits: DataLimits {
+            soft_packets: Some(40),
+            hard_packets: Some(100_000),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let lab = lab_with(22, isthmus_tunnel(22), CloseAction::None, swan_conn(22), esp);
+    lab.tunnels.initiate("to-swan").unwrap();
+    let first = lab.expect(Duration::from_secs(20), "CHILD SA", is_child_up);
+    let TunnelEvent::ChildUp { spi_in: first_in, .. } = first else { unreachable!() };
+    // 100 pings: the 40th packet through the SA reaches the soft limit.
+    let (sent, got) = lab.ping(100, "0.05");
+    let e = lab.expect(Duration::from_secs(10), "rekey on the soft packet limit", |e| {
+        matches!(e, TunnelEvent::ChildUp { rekey_of: Some(_), .. })
+    });
+    assert!(
+        matches!(e, TunnelEvent::ChildUp { rekey_of: Some(old), .. } if old == first_in),
+        "{e}"
+    );
+    assert_eq!(got, sent, "pings lost around the soft-limit rekey: {:#?}", lab.dp.counters());
     lab.assert_up_both_sides();
 }
