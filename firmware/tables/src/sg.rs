@@ -351,6 +351,12 @@ impl SgTable {
         self.names.iter().map(|(_, n)| n.as_str())
     }
 
+    /// The name of the attachment `att`, if it has a chain in this table.
+    pub fn attachment_name(&self, att: AttachmentId) -> Option<&str> {
+        let i = self.names.binary_search_by_key(&att, |(id, _)| *id).ok()?;
+        Some(&self.names[i].1)
+    }
+
     /// The chain bound to `att` for `kind` and `direction`, if any.
     pub fn chain(
         &self,

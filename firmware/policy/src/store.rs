@@ -1,0 +1,265 @@
+//! Plugin packages kept in a sled tree the caller provides, by digest, with the history of
+//! activations so that a bad upgrade can be rolled back.
+//!
+//! Keys: `pkg/<digest>` holds a package's bytes; `plugin/<name>` a JSON record of the plugin's
+//! versions (digest, version, hook) and its activation stack (the active one last). Packages are
+//! stored only after verification and are verified again when loaded ([`PluginStore::load`]), so a
+//! key removed from the trusted set stops its plugins at the next start.
+
+use serde::{Deserialize, Serialize};
+
+use crate::package::{Hook, PublicKey, VerifiedPlugin, verify};
+use crate::{PolicyError, Result};
+
+/// Versions kept per plugin (the active ones are never pruned).
+pub const MAX_VERSIONS: usize = 8;
+
+/// One stored version of a plugin.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionInfo {
+    /// Package digest.
+    pub digest: String,
+    /// The manifest's version.
+    pub version: String,
+    /// The manifest's hook.
+    pub hook: Hook,
+}
+
+/// A plugin as listed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginInfo {
+    /// Its name.
+    pub name: String,
+    /// The active version's digest, if any.
+    pub active: Option<String>,
+    /// Stored versions, oldest first.
+    pub versions: Vec<VersionInfo>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Record {
+    versions: Vec<VersionInfo>,
+    /// Activation history; the last is active.
+    activations: Vec<String>,
+}
+
+/// The plugin store over a sled tree.
+#[derive(Clone, Debug)]
+pub struct PluginStore {
+    tree: sled::Tree,
+}
+
+fn db(e: impl std::fmt::Display) -> PolicyError {
+    PolicyError::Store(e.to_string())
+}
+
+impl PluginStore {
+    /// A store over `tree` (a tree of the configuration database, for example `plugins`).
+    pub fn new(tree: sled::Tree) -> PluginStore {
+        PluginStore { tree }
+    }
+
+    fn record(&self, name: &str) -> Result<Option<Record>> {
+        match self.tree.get(format!("plugin/{name}")).map_err(db)? {
+            Some(v) => Ok(Some(serde_json::from_slice(&v).map_err(db)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn save(&self, name: &str, r: &Record) -> Result<()> {
+        self.tree
+            .insert(format!("plugin/{name}"), serde_json::to_vec(r).map_err(db)?)
+            .map_err(db)?;
+        self.tree.flush().map_err(db)?;
+        Ok(())
+    }
+
+    /// Stores a verified package (idempotent). Returns its digest. A plugin keeps one hook: a
+    /// package for another hook under the same name is refused.
+    pub fn put(&self, plugin: &VerifiedPlugin) -> Result<String> {
+        let m = plugin.manifest();
+        let digest = plugin.digest().to_owned();
+        let mut r = self.record(&m.name)?.unwrap_or_default();
+        if let Some(v) = r.versions.first()
+            && v.hook != m.hook
+        {
+            return Err(PolicyError::Store(format!(
+                "plugin `{}` is a `{}` plugin; this package is for hook `{}`: give it another name",
+                m.name,
+                v.hook.name(),
+                m.hook.name()
+            )));
+        }
+        self.tree.insert(format!("pkg/{digest}"), plugin.package().to_bytes()).map_err(db)?;
+        if !r.versions.iter().any(|v| v.digest == digest) {
+            r.versions.push(VersionInfo {
+                digest: digest.clone(),
+                version: m.version.clone(),
+                hook: m.hook,
+            });
+            // Prune the oldest versions that are not in the activation history's tail.
+            while r.versions.len() > MAX_VERSIONS {
+                let active = r.activations.last().cloned();
+                let Some(i) = r.versions.iter().position(|v| Some(&v.digest) != active.as_ref())
+                else {
+                    break;
+                };
+                let gone = r.versions.remove(i);
+                r.activations.retain(|d| *d != gone.digest);
+                self.tree.remove(format!("pkg/{}", gone.digest)).map_err(db)?;
+            }
+        }
+        self.save(&m.name, &r)?;
+        Ok(digest)
+    }
+
+    /// Makes `digest` the active version of `name`.
+    pub fn activate(&self, name: &str, digest: &str) -> Result<()> {
+        let mut r = self.record(name)?.ok_or_else(|| unknown(name))?;
+        if !r.versions.iter().any(|v| v.digest == digest) {
+            return Err(PolicyError::Store(format!("plugin `{name}` has no version {digest}")));
+        }
+        if r.activations.last().map(String::as_str) != Some(digest) {
+            r.activations.push(digest.to_owned());
+        }
+        self.save(name, &r)
+    }
+
+    /// Re-activates the version active before the current one. Returns its digest.
+    pub fn rollback(&self, name: &str) -> Result<String> {
+        let mut r = self.record(name)?.ok_or_else(|| unknown(name))?;
+        if r.activations.len() < 2 {
+            return Err(PolicyError::Store(format!(
+                "plugin `{name}` has no previous version to roll back to"
+            )));
+        }
+        r.activations.pop();
+        let d = r.activations.last().cloned().unwrap_or_default();
+        self.save(name, &r)?;
+        Ok(d)
+    }
+
+    /// Removes one version (not the active one), or with `None` the whole plugin.
+    pub fn remove(&self, name: &str, digest: Option<&str>) -> Result<()> {
+        let mut r = self.record(name)?.ok_or_else(|| unknown(name))?;
+        match digest {
+            Some(d) => {
+                if r.activations.last().map(String::as_str) == Some(d) {
+                    return Err(PolicyError::Store(format!(
+                        "version {d} of `{name}` is active; activate or roll back to another first"
+                    )));
+                }
+                let before = r.versions.len();
+                r.versions.retain(|v| v.digest != d);
+                if r.versions.len() == before {
+                    return Err(PolicyError::Store(format!("plugin `{name}` has no version {d}")));
+                }
+                r.activations.retain(|x| x != d);
+                self.tree.remove(format!("pkg/{d}")).map_err(db)?;
+                self.save(name, &r)
+            }
+            None => {
+                for v in &r.versions {
+                    self.tree.remove(format!("pkg/{}", v.digest)).map_err(db)?;
+                }
+                self.tree.remove(format!("plugin/{name}")).map_err(db)?;
+                self.tree.flush().map_err(db)?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Every plugin, by name.
+    pub fn list(&self) -> Result<Vec<PluginInfo>> {
+        let mut out = Vec::new();
+        for kv in self.tree.scan_prefix("plugin/") {
+            let (k, v) = kv.map_err(db)?;
+            let name = String::from_utf8_lossy(&k["plugin/".len()..]).into_owned();
+            let r: Record = serde_json::from_slice(&v).map_err(db)?;
+            out.push(PluginInfo {
+                name,
+                active: r.activations.last().cloned(),
+                versions: r.versions,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The active version of `name`, verified again against `trusted`.
+    pub fn load(&self, name: &str, trusted: &[PublicKey]) -> Result<Option<VerifiedPlugin>> {
+        let Some(r) = self.record(name)? else { return Ok(None) };
+        let Some(d) = r.activations.last() else { return Ok(None) };
+        let bytes = self
+            .tree
+            .get(format!("pkg/{d}"))
+            .map_err(db)?
+            .ok_or_else(|| PolicyError::Store(format!("package {d} of `{name}` is missing")))?;
+        verify(&bytes, trusted).map(Some)
+    }
+}
+
+fn unknown(name: &str) -> PolicyError {
+    PolicyError::Store(format!("no plugin named `{name}`"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::package::{Manifest, Package, generate_key, sign};
+
+    fn pkg(version: &str, code: &[u8], key: &crate::package::SecretKey) -> Vec<u8> {
+        let m = Manifest {
+            name: "sg".into(),
+            version: version.into(),
+            hook: Hook::SecurityGroup,
+            capabilities: vec![],
+            description: String::new(),
+        };
+        sign(Package::unsigned(m, code.to_vec()).unwrap(), key).unwrap().to_bytes()
+    }
+
+    #[test]
+    fn activate_rollback_remove_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let store = PluginStore::new(db.open_tree("plugins").unwrap());
+        let (sk, pk) = generate_key().unwrap();
+        let trusted = [pk];
+        let v1 = verify(&pkg("1", b"one", &sk), &trusted).unwrap();
+        let v2 = verify(&pkg("2", b"two", &sk), &trusted).unwrap();
+        let d1 = store.put(&v1).unwrap();
+        let d2 = store.put(&v2).unwrap();
+        assert!(store.load("sg", &trusted).unwrap().is_none(), "nothing active yet");
+        store.activate("sg", &d1).unwrap();
+        store.activate("sg", &d2).unwrap();
+        assert_eq!(store.load("sg", &trusted).unwrap().unwrap().manifest().version, "2");
+        assert_eq!(store.rollback("sg").unwrap(), d1);
+        assert_eq!(store.load("sg", &trusted).unwrap().unwrap().manifest().version, "1");
+        let e = store.rollback("sg").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "plugin store: plugin `sg` has no previous version to roll back to"
+        );
+        let e = store.remove("sg", Some(&d1)).unwrap_err();
+        assert!(e.to_string().contains("is active"), "{e}");
+        store.remove("sg", Some(&d2)).unwrap();
+        let list = store.list().unwrap();
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].active.as_deref(), Some(d1.as_str()));
+        assert_eq!(list[0].versions.len(), 1);
+        // A key dropped from the trusted set stops the stored plugin from loading.
+        let (_, other) = generate_key().unwrap();
+        assert!(matches!(store.load("sg", &[other]), Err(PolicyError::UntrustedKey { .. })));
+        store.remove("sg", None).unwrap();
+        assert!(store.list().unwrap().is_empty());
+        // Survives a reopen.
+        let v = verify(&pkg("3", b"three", &sk), &trusted).unwrap();
+        let d3 = store.put(&v).unwrap();
+        store.activate("sg", &d3).unwrap();
+        drop(store);
+        drop(db);
+        let db = sled::open(dir.path()).unwrap();
+        let store = PluginStore::new(db.open_tree("plugins").unwrap());
+        assert_eq!(store.load("sg", &trusted).unwrap().unwrap().digest(), d3);
+    }
+}
