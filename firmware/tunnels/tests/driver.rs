@@ -101,3 +101,155 @@ fn two_isthmus_gateways_negotiate() {
     assert_eq!(sa.children[0].local_ts, ["10.41.31.0/24"]);
     assert_eq!(sb.children[0].local_ts, ["10.42.31.0/24"]);
 }
+
+/// One site: a gateway running the driver on the ESP dataplane, and a LAN host behind it.
+struct Site {
+    tunnels: Tunnels,
+    dp: std::sync::Arc<isthmus_dataplane::Dataplane>,
+    host: Netns,
+    gw: Netns,
+}
+
+fn site(tag: &str, lan: u8) -> (Netns, Netns) {
+    let gw = Netns::new(tag);
+    let host = Netns::new(tag);
+    veth(&gw, "lan", &format!("10.{lan}.32.1/24"), &host, "eth0", &format!("10.{lan}.32.2/24"));
+    host.sh(&format!("ip route add default via 10.{lan}.32.1"));
+    gw.sh("sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.disable_ipv6=1");
+    (gw, host)
+}
+
+fn start_site(gw: Netns, host: Netns, wan: &str, remote_lan: u8) -> Site {
+    let wan_ip = wan.parse().unwrap();
+    let (tunnels, dp) = gw.run(move || {
+        isthmus_tunnels::start_with_dataplane(
+            DriverConfig::default(),
+            isthmus_dataplane::Config::new("ist0", wan_ip),
+            isthmus_tunnels::EspOptions::default(),
+        )
+        .unwrap()
+    });
+    gw.sh(&format!("ip route add 10.{remote_lan}.32.0/24 dev ist0"));
+    Site { tunnels, dp, host, gw }
+}
+
+fn wait_child(ev: &std::sync::mpsc::Receiver<TunnelEvent>, who: &str, rekey: bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match ev.recv_timeout(left) {
+            Ok(TunnelEvent::ChildUp { rekey_of, .. }) if rekey_of.is_some() == rekey => return,
+            Ok(e) => seen.push(e.to_string()),
+            Err(_) => panic!("gateway {who}: no CHILD SA (rekey: {rekey}); events {seen:#?}"),
+        }
+    }
+}
+
+/// Two Isthmus gateways, each with its ESP dataplane: the tunnel comes up by IKE, the LANs
+/// reach each other, a CHILD rekey under traffic loses nothing, and the WAN carries only ESP.
+#[test]
+fn two_isthmus_gateways_carry_lan_traffic_over_negotiated_esp() {
+    if !require_root() {
+        return;
+    }
+    let (gw_a, host_a) = site("itx", 41);
+    let (gw_b, host_b) = site("itx", 42);
+    veth(&gw_a, "wan", "10.40.32.1/24", &gw_b, "wan", "10.40.32.2/24");
+    let a = start_site(gw_a, host_a, "10.40.32.1", 42);
+    let b = start_site(gw_b, host_b, "10.40.32.2", 41);
+    let ev_a = a.tunnels.subscribe();
+    let ev_b = b.tunnels.subscribe();
+
+    // Everything on the WAN, as seen from gateway a, for the rest of the test.
+    let pcap = std::env::temp_dir().join(format!("ist-itx-{}.pcap", std::process::id()));
+    let mut dump =
+        a.gw.command("tcpdump")
+            .args(["-n", "-U", "-i", "wan", "-w", pcap.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+
+    let cb = tunnel("ab", "10.40.32.2", "10.40.32.1", "10.42.32.0/24", "10.41.32.0/24");
+    b.tunnels.add_tunnel(Tunnel::new(cb)).unwrap();
+    let mut ca = tunnel("ab", "10.40.32.1", "10.40.32.2", "10.41.32.0/24", "10.42.32.0/24");
+    ca.start_action = StartAction::Start;
+    a.tunnels.add_tunnel(Tunnel::new(ca)).unwrap();
+    wait_child(&ev_a, "a", false);
+    wait_child(&ev_b, "b", false);
+
+    let ping = |count: u32| {
+        let out = a.host.sh_output(&format!("ping -n -q -c {count} -i 0.05 -W 2 10.42.32.2"));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            text.contains(&format!("{count} received")),
+            "pings lost: {text}\n{:#?}",
+            a.dp.counters()
+        );
+    };
+    ping(5);
+    // A TCP transfer of 4 MB.
+    let server = b.host.spawn("iperf3 -s -1 -p 5201 >/dev/null");
+    let mut server = Guard(Some(server));
+    std::thread::sleep(Duration::from_millis(500));
+    let out = a.host.sh_output("iperf3 -c 10.42.32.2 -p 5201 -n 4M");
+    let _ = server.0.take().map(|mut c| c.wait());
+    assert!(
+        out.status.success(),
+        "TCP through the tunnel failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A CHILD rekey while pinging.
+    let pinger = a
+        .host
+        .command("ping")
+        .args(["-n", "-q", "-c", "60", "-i", "0.05", "-W", "2", "10.42.32.2"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pinger = Guard(Some(pinger));
+    std::thread::sleep(Duration::from_millis(800));
+    a.tunnels.rekey_child("ab", "ab").unwrap();
+    wait_child(&ev_a, "a", true);
+    let out = pinger.0.take().unwrap().wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("60 received"), "pings lost during the rekey: {text}");
+
+    let _ = nix_kill(&mut dump);
+    let wan = std::process::Command::new("tcpdump")
+        .args(["-n", "-r", pcap.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&pcap);
+    let wan = String::from_utf8_lossy(&wan.stdout);
+    assert!(wan.contains("ESP(spi="), "no ESP on the WAN: {wan}");
+    for line in wan.lines() {
+        assert!(
+            !line.contains("10.41.32.") && !line.contains("10.42.32."),
+            "a LAN packet crossed the WAN in clear: {line}"
+        );
+    }
+    let c = a.dp.counters();
+    assert!(c.sas.iter().all(|s| s.counters.drops.total() == 0), "SA drops: {c:#?}");
+}
+
+struct Guard(Option<std::process::Child>);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Stops tcpdump with SIGINT so that it flushes its capture, then reaps it.
+fn nix_kill(c: &mut std::process::Child) -> std::io::Result<()> {
+    std::process::Command::new("kill").args(["-INT", &c.id().to_string()]).status()?;
+    c.wait().map(|_| ())
+}
