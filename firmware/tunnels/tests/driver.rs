@@ -172,13 +172,20 @@ fn two_isthmus_gateways_carry_lan_traffic_over_negotiated_esp() {
             .unwrap();
     std::thread::sleep(Duration::from_millis(500));
 
-    let cb = tunnel("ab", "10.40.32.2", "10.40.32.1", "10.42.32.0/24", "10.41.32.0/24");
+    // Extended sequence numbers (RFC 4303 §2.2.1), which strongSwan's libipsec cannot do, and
+    // PFS on rekey.
+    let esp = isthmus_ike::parse_esp_list("aes256gcm16-esn-x25519").unwrap();
+    let mut cb = tunnel("ab", "10.40.32.2", "10.40.32.1", "10.42.32.0/24", "10.41.32.0/24");
+    cb.children[0].esp_proposals = esp.clone();
     b.tunnels.add_tunnel(Tunnel::new(cb)).unwrap();
     let mut ca = tunnel("ab", "10.40.32.1", "10.40.32.2", "10.41.32.0/24", "10.42.32.0/24");
+    ca.children[0].esp_proposals = esp;
     ca.start_action = StartAction::Start;
     a.tunnels.add_tunnel(Tunnel::new(ca)).unwrap();
     wait_child(&ev_a, "a", false);
     wait_child(&ev_b, "b", false);
+    let esp = &a.tunnels.tunnel("ab").unwrap().children[0].esp;
+    assert!(esp.contains("esn") && !esp.contains("noesn"), "ESN not negotiated: {esp}");
 
     let ping = |count: u32| {
         let out = a.host.sh_output(&format!("ping -n -q -c {count} -i 0.05 -W 2 10.42.32.2"));
