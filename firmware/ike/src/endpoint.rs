@@ -749,7 +749,7 @@ impl Endpoint {
         if let Some(o) = &sa.out {
             d.push(o.next_retx);
         }
-        if let Some(l) = sa.linger_until {
+        if let Some(l) = sa.linger_until.filter(|_| sa.out.is_none()) {
             d.push(l);
         }
         match sa.state {
@@ -2256,6 +2256,7 @@ impl Endpoint {
         let (rekey, expire) = self.jittered(now, &l);
         new.rekey_at = rekey;
         new.expire_at = Some(expire);
+        new.linger_until = None;
         new.children = std::mem::take(&mut old.children);
         for c in &new.children {
             self.child_index.insert(c.spi_in, new.our_spi());

@@ -87,6 +87,8 @@ pub struct Pair {
     pub nat: bool,
     /// Deliver every datagram twice.
     pub duplicate: bool,
+    /// Timer runs without the clock moving (a timer that never clears would spin).
+    stalls: usize,
 }
 
 pub fn endpoint_config() -> EndpointConfig {
@@ -123,6 +125,7 @@ impl Pair {
             drop_from_b: 0,
             nat: false,
             duplicate: false,
+            stalls: 0,
         }
     }
 
@@ -207,6 +210,10 @@ impl Pair {
         };
         if next > self.now {
             self.now = next;
+            self.stalls = 0;
+        } else {
+            self.stalls += 1;
+            assert!(self.stalls < 1000, "a timer fires again and again at the same instant");
         }
         self.a.handle_timeout(self.now);
         self.b.handle_timeout(self.now);
