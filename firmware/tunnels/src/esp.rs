@@ -73,8 +73,11 @@ pub struct EspDataplane {
     generation: u64,
     /// Protect entries per tunnel, in configuration order.
     policies: BTreeMap<String, Vec<SpdEntry>>,
-    /// The outbound SPI currently installed per (tunnel, child).
-    outbound: HashMap<(String, String), u32>,
+    /// The outbound SA currently installed per (tunnel, child).
+    outbound: HashMap<(String, String), Current>,
+    /// Outbound SAs of a second successor in a simultaneous rekey (RFC 7296 §2.8.1), held back
+    /// until the loser is deleted. Never used, so installing one later reuses no nonce.
+    standby: HashMap<(String, String), Vec<HeldOutbound>>,
 }
 
 impl std::fmt::Debug for EspDataplane {
@@ -86,6 +89,17 @@ impl std::fmt::Debug for EspDataplane {
     }
 }
 
+/// An outbound SA held back, with its SPI and binding.
+type HeldOutbound = (u32, OutboundBinding, OutboundSa);
+
+/// The installed outbound SA of a CHILD SA.
+#[derive(Debug, Clone, Copy)]
+struct Current {
+    spi_out: u32,
+    /// Inbound SPI of the SA it rekeyed.
+    rekey_of: Option<u32>,
+}
+
 impl EspDataplane {
     /// Drives `dp`, building SAs as `options` say.
     pub fn new(dp: Arc<isthmus_dataplane::Dataplane>, options: EspOptions) -> Self {
@@ -95,6 +109,7 @@ impl EspDataplane {
             generation: 0,
             policies: BTreeMap::new(),
             outbound: HashMap::new(),
+            standby: HashMap::new(),
         }
     }
 
@@ -211,11 +226,20 @@ impl Dataplane for EspDataplane {
         let encap =
             if sa.encap { Encap::Udp { peer: sa.peer } } else { Encap::Esp { peer: sa.peer.ip() } };
         let b = OutboundBinding { tunnel: sa.tunnel.to_owned(), child: sa.child.to_owned(), encap };
+        let key = (sa.tunnel.to_owned(), sa.child.to_owned());
+        if let (Some(old), Some(cur)) = (sa.rekey_of, self.outbound.get(&key))
+            && cur.rekey_of == Some(old)
+        {
+            // Both sides rekeyed the same SA: keep sending on the first successor until the
+            // endpoint deletes the redundant one.
+            self.standby.entry(key).or_default().push((sa.outbound.spi, b, outbound));
+            return Ok(());
+        }
         if let Err(e) = self.dp.install_outbound(b, outbound) {
             let _ = self.dp.remove_inbound(sa.inbound.spi);
             return Err(e.to_string());
         }
-        self.outbound.insert((sa.tunnel.to_owned(), sa.child.to_owned()), sa.outbound.spi);
+        self.outbound.insert(key, Current { spi_out: sa.outbound.spi, rekey_of: sa.rekey_of });
         Ok(())
     }
 
@@ -232,11 +256,30 @@ impl Dataplane for EspDataplane {
             let _ = self.dp.remove_inbound(spi_in);
         }
         let key = (tunnel.to_owned(), child.to_owned());
-        // Only if it is still the current outbound SA: a successor may have replaced it.
-        if self.outbound.get(&key) == Some(&spi_out) {
-            self.outbound.remove(&key);
-            let _ = self.dp.remove_outbound(tunnel, child);
+        if let Some(held) = self.standby.get_mut(&key)
+            && let Some(i) = held.iter().position(|(s, ..)| *s == spi_out)
+        {
+            held.remove(i);
+            return;
         }
+        // Only if it is still the current outbound SA: a successor may have replaced it.
+        if self.outbound.get(&key).is_none_or(|c| c.spi_out != spi_out) {
+            return;
+        }
+        self.outbound.remove(&key);
+        // The collision's loser was the one sending: switch to the held-back winner at once.
+        if let Some((spi, b, sa)) = self.standby.get_mut(&key).and_then(Vec::pop) {
+            match self.dp.install_outbound(b, sa) {
+                Ok(_) => {
+                    self.outbound.insert(key, Current { spi_out: spi, rekey_of: None });
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(%tunnel, %child, error = %e, "installing the rekey winner failed")
+                }
+            }
+        }
+        let _ = self.dp.remove_outbound(tunnel, child);
     }
 
     fn owns_nat_t(&self) -> bool {

@@ -226,6 +226,37 @@ fn two_isthmus_gateways_carry_lan_traffic_over_negotiated_esp() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("60 received"), "pings lost during the rekey: {text}");
 
+    // Both gateways rekey the same CHILD SA at once (RFC 7296 §2.8.1), under traffic.
+    let pinger = a
+        .host
+        .command("ping")
+        .args(["-n", "-q", "-c", "60", "-i", "0.05", "-W", "2", "10.42.32.2"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pinger = Guard(Some(pinger));
+    std::thread::sleep(Duration::from_millis(800));
+    std::thread::scope(|s| {
+        s.spawn(|| a.tunnels.rekey_child("ab", "ab").unwrap());
+        s.spawn(|| b.tunnels.rekey_child("ab", "ab").unwrap());
+    });
+    let out = pinger.0.take().unwrap().wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (sa, sb) = (a.tunnels.tunnel("ab").unwrap(), b.tunnels.tunnel("ab").unwrap());
+    assert!(
+        text.contains("60 received"),
+        "pings lost during the simultaneous rekey: {text}\n{sa:#?}\n{sb:#?}\n{:#?}",
+        a.dp.counters()
+    );
+    assert_eq!(sa.children.len(), 1, "one CHILD SA survives the collision: {sa:#?}");
+    assert_eq!(sb.children.len(), 1, "one CHILD SA survives the collision: {sb:#?}");
+    assert_eq!(sa.children[0].spi_in, sb.children[0].spi_out);
+    assert_eq!(sa.children[0].spi_out, sb.children[0].spi_in);
+    // Initial, first rekey, and the two successors (of a collision, or one after the other).
+    assert_eq!(sa.child_sas_installed, 4, "{sa:#?}");
+    let after = a.host.sh_output("ping -n -q -c 3 -i 0.2 -W 2 10.42.32.2");
+    assert!(after.status.success(), "ping after the simultaneous rekey failed");
+
     let _ = nix_kill(&mut dump);
     let wan = std::process::Command::new("tcpdump")
         .args(["-n", "-r", pcap.to_str().unwrap()])
