@@ -109,6 +109,19 @@ pub struct SwanConn {
     pub dpd_action: Action,
     /// `close_action` of the child.
     pub close_action: Action,
+    /// More CHILD SAs of the same connection (same ESP proposals, rekey time and actions).
+    pub extra_children: Vec<SwanChild>,
+}
+
+/// A further CHILD SA of a [`SwanConn`].
+#[derive(Debug, Clone)]
+pub struct SwanChild {
+    /// CHILD SA name.
+    pub name: String,
+    /// Local traffic selectors, comma separated.
+    pub local_ts: String,
+    /// Remote traffic selectors, comma separated.
+    pub remote_ts: String,
 }
 
 impl std::fmt::Debug for SwanConn {
@@ -151,6 +164,7 @@ impl SwanConn {
             start_action: Action::None,
             dpd_action: Action::Clear,
             close_action: Action::None,
+            extra_children: Vec::new(),
         }
     }
 
@@ -175,17 +189,25 @@ impl SwanConn {
         let _ =
             writeln!(s, "    remote {{\n      auth = psk\n      id = {}\n    }}", self.remote_id);
         let _ = writeln!(s, "    children {{");
-        let _ = writeln!(s, "      {} {{", self.child);
-        let _ = writeln!(s, "        local_ts = {}", self.local_ts);
-        let _ = writeln!(s, "        remote_ts = {}", self.remote_ts);
-        let _ = writeln!(s, "        esp_proposals = {}", self.esp_proposals);
-        if let Some(t) = self.child_rekey {
-            let _ = writeln!(s, "        rekey_time = {}s", t.as_secs());
+        let first = SwanChild {
+            name: self.child.clone(),
+            local_ts: self.local_ts.clone(),
+            remote_ts: self.remote_ts.clone(),
+        };
+        for c in std::iter::once(&first).chain(&self.extra_children) {
+            let _ = writeln!(s, "      {} {{", c.name);
+            let _ = writeln!(s, "        local_ts = {}", c.local_ts);
+            let _ = writeln!(s, "        remote_ts = {}", c.remote_ts);
+            let _ = writeln!(s, "        esp_proposals = {}", self.esp_proposals);
+            if let Some(t) = self.child_rekey {
+                let _ = writeln!(s, "        rekey_time = {}s", t.as_secs());
+            }
+            let _ = writeln!(s, "        start_action = {}", self.start_action.start_str());
+            let _ = writeln!(s, "        dpd_action = {}", self.dpd_action.after_str());
+            let _ = writeln!(s, "        close_action = {}", self.close_action.after_str());
+            let _ = writeln!(s, "      }}");
         }
-        let _ = writeln!(s, "        start_action = {}", self.start_action.start_str());
-        let _ = writeln!(s, "        dpd_action = {}", self.dpd_action.after_str());
-        let _ = writeln!(s, "        close_action = {}", self.close_action.after_str());
-        let _ = writeln!(s, "      }}\n    }}\n  }}");
+        let _ = writeln!(s, "    }}\n  }}");
         s
     }
 

@@ -20,7 +20,7 @@ use isthmus_ike::{
     Cause, Dpd, DpdAction, Lifetime, Psk, StartAction, TrafficSelector, TunnelConfig,
     parse_esp_list, parse_ike_list,
 };
-use isthmus_testkit::strongswan::{Action, Retransmit, Strongswan, SwanConn};
+use isthmus_testkit::strongswan::{Action, Retransmit, Strongswan, SwanChild, SwanConn};
 use isthmus_testkit::{Netns, require_root, veth};
 use isthmus_tunnels::{
     CloseAction, DataLimits, DriverConfig, EspOptions, Tunnel, TunnelEvent, TunnelState, Tunnels,
@@ -37,9 +37,9 @@ struct Lab {
     events: Receiver<TunnelEvent>,
     n: u8,
     host_i: Netns,
-    _host_s: Netns,
-    _gw_i: Netns,
-    _gw_s: Netns,
+    host_s: Netns,
+    gw_i: Netns,
+    gw_s: Netns,
 }
 
 fn ts(s: &str) -> TrafficSelector {
@@ -117,7 +117,7 @@ fn lab_with(
     let events = tunnels.subscribe();
     swan.load_all().unwrap();
     tunnels.add_tunnel(Tunnel { ike: ours, close_action: close }).unwrap();
-    Lab { tunnels, dp, swan, events, n, host_i, _host_s: host_s, _gw_i: gw_i, _gw_s: gw_s }
+    Lab { tunnels, dp, swan, events, n, host_i, host_s, gw_i, gw_s }
 }
 
 impl Lab {
@@ -652,4 +652,83 @@ fn proposals_interoperate_in_both_roles() {
         }
         lab.assert_ping_passes();
     }
+}
+
+/// Several selector pairs in one CHILD SA and several CHILD SAs in one IKE SA, with strongSwan
+/// (RFC 7296 §2.9, §1.3.1): the first CHILD SA comes with IKE_AUTH, the second with
+/// CREATE_CHILD_SA; each carries only its own traffic.
+#[test]
+fn several_selectors_and_child_sas_in_one_ike_sa() {
+    if !require_root() || !isthmus_testkit::strongswan::available() {
+        return;
+    }
+    let n = 27u8;
+    let m = 100 + n;
+    let mut ours = isthmus_tunnel(n);
+    ours.children[0].remote_ts =
+        vec![ts(&format!("10.42.{n}.0/25")), ts(&format!("10.42.{n}.128/25"))];
+    let mut second = ours.children[0].clone();
+    second.name = "net2".into();
+    second.remote_ts = vec![ts(&format!("10.42.{m}.0/24"))];
+    ours.children.push(second);
+    let mut theirs = swan_conn(n);
+    theirs.local_ts = format!("10.42.{n}.0/25,10.42.{n}.128/25");
+    theirs.extra_children.push(SwanChild {
+        name: "net2".into(),
+        local_ts: format!("10.42.{m}.0/24"),
+        remote_ts: format!("10.41.{n}.0/24"),
+    });
+    let lab = lab(n, ours, CloseAction::None, theirs);
+    // A second address in each half of the first remote LAN, and a second LAN behind strongSwan.
+    lab.host_s.sh(&format!(
+        "ip addr add 10.42.{n}.130/24 dev eth0 && ip addr add 10.42.{m}.2/24 dev eth0"
+    ));
+    // libipsec installs a CHILD SA's policies only if the gateway has an address inside each
+    // local selector.
+    lab.gw_s.sh(&format!(
+        "ip addr add 10.42.{m}.1/24 dev lan-s && ip addr add 10.42.{n}.129/24 dev lan-s"
+    ));
+    lab.gw_i.sh(&format!("ip route add 10.42.{m}.0/24 dev ist0"));
+
+    lab.tunnels.initiate("to-swan").unwrap();
+    let mut up = Vec::new();
+    while up.len() < 2 {
+        let e = lab.expect(Duration::from_secs(20), "both CHILD SAs", is_child_up);
+        if let TunnelEvent::ChildUp { child, .. } = e {
+            up.push(child);
+        }
+    }
+    up.sort();
+    assert_eq!(up, ["net", "net2"]);
+    assert!(
+        lab.swan.wait_until(Duration::from_secs(5), |s| s.children_installed("net") == 1
+            && s.children_installed("net2") == 1),
+        "strongSwan does not show both CHILD SAs: {}",
+        lab.swan.status()
+    );
+    let st = lab.tunnels.tunnel("to-swan").unwrap();
+    assert_eq!(st.ike_sas_established, 1, "one IKE SA carries both: {st:#?}");
+    let net = st.children.iter().find(|c| c.name == "net").unwrap();
+    assert_eq!(net.remote_ts, [format!("10.42.{n}.0/25"), format!("10.42.{n}.128/25")]);
+
+    for dst in [format!("10.42.{n}.2"), format!("10.42.{n}.130"), format!("10.42.{m}.2")] {
+        let out = lab.host_i.sh_output(&format!("ping -n -q -c 3 -i 0.2 -W 2 {dst}"));
+        assert!(
+            out.status.success(),
+            "ping {dst} failed: {}\n{:#?}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            lab.dp.counters(),
+            lab.swan.status()
+        );
+    }
+    // Each CHILD SA carried its own traffic: 6 pings through `net`, 3 through `net2`.
+    let c = lab.dp.counters();
+    let carried = |child: &str| -> u64 {
+        c.sas
+            .iter()
+            .filter(|s| s.child == child && s.direction == isthmus_dataplane::Direction::Outbound)
+            .map(|s| s.counters.packets)
+            .sum()
+    };
+    assert_eq!((carried("net"), carried("net2")), (6, 3), "{c:#?}");
 }
