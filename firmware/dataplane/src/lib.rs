@@ -29,6 +29,7 @@
 //! Measured on the project's 2-core machine, see `benches/tunnel.rs` and the crate README.
 
 pub mod flow;
+pub mod offload;
 pub mod pmtu;
 mod sad;
 pub mod sys;
@@ -80,6 +81,9 @@ pub struct Config {
     pub acquire_interval: Duration,
     /// Packets per `recvmmsg`/`sendmmsg` batch.
     pub batch: usize,
+    /// Use TUN offloads (`IFF_VNET_HDR`, TCP segmentation and coalescing) when the kernel has
+    /// them.
+    pub tun_offload: bool,
     /// Capacity of the event channel; events beyond it are counted as lost, never block.
     pub event_capacity: usize,
 }
@@ -98,8 +102,9 @@ impl Config {
             rekey_grace: Duration::from_secs(30),
             rekey_linger: Duration::from_secs(1),
             acquire_interval: Duration::from_secs(1),
-            batch: 32,
+            batch: 64,
             event_capacity: 1024,
+            tun_offload: true,
         }
     }
 
@@ -430,7 +435,7 @@ impl Dataplane {
     /// starts the workers, and returns the handle and the event receiver. Until an SPD table
     /// is published every packet from the TUN device is dropped (`no_policy`).
     pub fn start(cfg: Config) -> Result<(Dataplane, Receiver<Event>), DataplaneError> {
-        let tun = Tun::open(&cfg.tun_name, false)
+        let tun = Tun::open(&cfg.tun_name, false, cfg.tun_offload)
             .map_err(|source| DataplaneError::Tun { name: cfg.tun_name.clone(), source })?;
         let tun_mtu = cfg.effective_tun_mtu();
         sys::set_mtu_and_up(tun.name(), tun_mtu)

@@ -41,12 +41,16 @@ fn ifreq(name: &str) -> io::Result<libc::ifreq> {
 pub struct Tun {
     fd: OwnedFd,
     name: String,
+    vnet: bool,
+    offload: bool,
 }
 
 impl Tun {
     /// Opens (creating if needed) the TUN device `name`. `multi_queue` lets several workers each
-    /// open their own queue of the same device.
-    pub fn open(name: &str, multi_queue: bool) -> io::Result<Tun> {
+    /// open their own queue of the same device. With `vnet`, every packet read or written is
+    /// prefixed by a `virtio_net_hdr` and TCP segmentation offload is asked for (see
+    /// [`crate::offload`]); [`Tun::offload`] says whether the kernel granted it.
+    pub fn open(name: &str, multi_queue: bool, vnet: bool) -> io::Result<Tun> {
         let path = c"/dev/net/tun";
         // SAFETY: `path` is a valid NUL-terminated string; the result is checked.
         let raw = cvt(unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) })?;
@@ -57,12 +61,23 @@ impl Tun {
         if multi_queue {
             flags |= libc::IFF_MULTI_QUEUE;
         }
+        if vnet {
+            flags |= libc::IFF_VNET_HDR;
+        }
         req.ifr_ifru.ifru_flags = flags as libc::c_short;
         // SAFETY: TUNSETIFF reads and writes an `ifreq`, which `req` is, and it outlives the call.
         cvt(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut req) })?;
         // SAFETY: the kernel NUL-terminates `ifr_name` within IFNAMSIZ bytes.
         let actual = unsafe { CStr::from_ptr(req.ifr_name.as_ptr()) };
-        let tun = Tun { fd, name: actual.to_string_lossy().into_owned() };
+        let mut tun = Tun { fd, name: actual.to_string_lossy().into_owned(), vnet, offload: false };
+        if vnet {
+            let features = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6;
+            // SAFETY: TUNSETOFFLOAD takes the feature bits by value; no memory is passed.
+            let r = unsafe {
+                libc::ioctl(tun.fd.as_raw_fd(), libc::TUNSETOFFLOAD, features as libc::c_ulong)
+            };
+            tun.offload = r == 0;
+        }
         set_nonblocking(tun.fd.as_raw_fd())?;
         Ok(tun)
     }
@@ -83,10 +98,34 @@ impl Tun {
         cvt_size(unsafe { libc::read(self.raw_fd(), buf.as_mut_ptr().cast(), buf.len()) })
     }
 
-    /// Writes one packet towards the kernel (the LAN side).
+    /// True when reads and writes carry a `virtio_net_hdr`.
+    pub fn vnet(&self) -> bool {
+        self.vnet
+    }
+
+    /// True when the kernel accepted TCP segmentation offload (reads may be super-segments).
+    pub fn offload(&self) -> bool {
+        self.offload
+    }
+
+    /// Writes one packet towards the kernel (the LAN side), behind an empty `virtio_net_hdr`
+    /// when the device has them.
     pub fn write(&self, pkt: &[u8]) -> io::Result<usize> {
+        if self.vnet {
+            return self.write_vnet(&[0; crate::offload::VNET_HDR_LEN], pkt);
+        }
         // SAFETY: `pkt` is valid for reads of `pkt.len()` bytes for the duration of the call.
         cvt_size(unsafe { libc::write(self.raw_fd(), pkt.as_ptr().cast(), pkt.len()) })
+    }
+
+    /// Writes `hdr` and `pkt` as one packet with one `writev`.
+    pub fn write_vnet(&self, hdr: &[u8], pkt: &[u8]) -> io::Result<usize> {
+        let iov = [
+            libc::iovec { iov_base: hdr.as_ptr() as *mut libc::c_void, iov_len: hdr.len() },
+            libc::iovec { iov_base: pkt.as_ptr() as *mut libc::c_void, iov_len: pkt.len() },
+        ];
+        // SAFETY: both iovecs point at live slices for the call; the kernel only reads them.
+        cvt_size(unsafe { libc::writev(self.raw_fd(), iov.as_ptr(), 2) })
     }
 }
 

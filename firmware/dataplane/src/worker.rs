@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use isthmus_esp::{DropReason, HEADER_LEN, max_overhead, peek_spi};
 use isthmus_tables::spd::SpdAction;
 
-use crate::sad::Snapshot;
+use crate::offload::{self, Coalescer, VNET_HDR_LEN, VnetHdr};
+use crate::sad::{Outbound, Snapshot};
 use crate::sys::{RecvBatch, SendBatch, WanSocket, poll_readable};
 use crate::{Encap, Event, Shared, flow, pmtu};
 
@@ -71,40 +72,82 @@ impl Local {
 /// TUN to WAN: classify, encrypt, send in batches.
 pub(crate) fn outbound(sh: &Shared) {
     let cap = sh.cfg.batch.max(1);
-    let mut batch = SendBatch::new(cap, sh.buf_size);
-    let mut icmp = vec![0u8; 1400];
-    let mut local = Local::default();
+    let mut out = Out {
+        batch: SendBatch::new(cap, sh.buf_size),
+        filled: 0,
+        icmp: vec![0u8; 1400],
+        local: Local::default(),
+    };
+    let vnet = sh.tun.vnet();
+    // Room for the largest super-segment the kernel hands over with offloads.
+    let mut scratch = vec![0u8; VNET_HDR_LEN + 65_536];
     while !sh.stop.load(Ordering::Relaxed) {
         let snap = sh.state.load();
         let now = Instant::now();
-        let (mut got, mut filled) = (0, 0);
+        let mut got = 0;
         while got < cap {
-            let slot = batch.slot(filled);
-            let Some(room) = slot.get_mut(HEADER_LEN..) else { break };
-            let len = match sh.tun.read(room) {
-                Ok(len) => len,
+            let n = match sh.tun.read(&mut scratch) {
+                Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     tracing::warn!(error = %e, "reading the TUN device failed");
-                    local.io_errors += 1;
+                    out.local.io_errors += 1;
                     break;
                 }
             };
             got += 1;
-            local.tun_rx += 1;
-            if let Some((n, dest, tag)) =
-                outbound_one(sh, &snap, slot, len, now, &mut icmp, &mut local)
-            {
-                batch.set(filled, n, dest, tag);
-                filled += 1;
-            }
+            out.local.tun_rx += 1;
+            let (hdr, pkt) = if vnet {
+                let Some(hdr) = VnetHdr::parse(&scratch[..n]) else { continue };
+                (hdr, &mut scratch[VNET_HDR_LEN..n])
+            } else {
+                (VnetHdr::default(), &mut scratch[..n])
+            };
+            outbound_one(sh, &snap, hdr, pkt, now, &mut out);
         }
-        flush(sh, &batch, filled, &mut local);
-        local.flush(sh);
+        out.flush(sh);
         if got == 0 {
             let _ = poll_readable(sh.tun.raw_fd(), POLL_MS);
         }
+    }
+}
+
+/// The outbound worker's send batch and scratch space.
+struct Out {
+    batch: SendBatch,
+    filled: usize,
+    icmp: Vec<u8>,
+    local: Local,
+}
+
+impl Out {
+    /// Sends what is queued and the batch's counts.
+    fn flush(&mut self, sh: &Shared) {
+        flush(sh, &self.batch, self.filled, &mut self.local);
+        self.filled = 0;
+        self.local.flush(sh);
+    }
+
+    /// A free slot, flushing first when the batch is full.
+    fn slot(&mut self, sh: &Shared) -> &mut [u8] {
+        if self.filled == self.batch.capacity() {
+            self.flush(sh);
+        }
+        self.batch.slot(self.filled)
+    }
+
+    /// Encrypts the inner packet of `len` bytes at `HEADER_LEN` in the current slot and queues it.
+    fn seal(&mut self, ob: &Outbound, len: usize, now: Instant) -> Result<(), DropReason> {
+        let slot = self.batch.slot(self.filled);
+        let n = ob.sa.encapsulate_in_place(slot, len, now)?;
+        let tag = match ob.encap {
+            Encap::Udp { .. } => TAG_UDP,
+            Encap::Esp { .. } => TAG_RAW,
+        };
+        self.batch.set(self.filled, n, ob.dest, tag);
+        self.filled += 1;
+        Ok(())
     }
 }
 
@@ -127,83 +170,110 @@ fn flush(sh: &Shared, batch: &SendBatch, filled: usize, local: &mut Local) {
     }
 }
 
-/// One packet read from TUN into `slot[HEADER_LEN..HEADER_LEN + len]`. Returns the ESP
-/// datagram's length (sealed in place in `slot`), where it goes and by which socket; `None`
-/// when the packet was dropped (and counted) or answered with an ICMP error.
+/// One packet (or TCP super-segment, with offloads) read from TUN: classify it, then encrypt
+/// it, or each of its segments, into the send batch. Drops are counted; oversized packets are
+/// answered with an ICMP error.
 fn outbound_one(
     sh: &Shared,
     snap: &Snapshot,
-    slot: &mut [u8],
-    len: usize,
+    hdr: VnetHdr,
+    pkt: &mut [u8],
     now: Instant,
-    icmp: &mut [u8],
-    local: &mut Local,
-) -> Option<(usize, SocketAddr, u8)> {
-    let pkt = &mut slot[HEADER_LEN..HEADER_LEN + len];
+    out: &mut Out,
+) {
+    let gso = hdr.is_tcp_gso();
+    if hdr.flags & offload::F_NEEDS_CSUM != 0
+        && !gso
+        && !offload::finish_checksum(pkt, usize::from(hdr.csum_start), usize::from(hdr.csum_offset))
+    {
+        sh.drop_packet(DropReason::Malformed);
+        return;
+    }
     let Some(flow) = flow::flow_key(pkt) else {
         sh.drop_packet(DropReason::Malformed);
-        return None;
+        return;
     };
     let Some((idx, entry)) = snap.spd.lookup(&flow) else {
-        local.no_policy += 1;
-        return None;
+        out.local.no_policy += 1;
+        return;
     };
     let (tunnel, child) = match &entry.action {
         SpdAction::Protect { tunnel, child } => (tunnel, child),
         SpdAction::Discard => {
-            local.policy_discard += 1;
-            return None;
+            out.local.policy_discard += 1;
+            return;
         }
         SpdAction::Bypass => {
-            local.bypass += 1;
-            return None;
+            out.local.bypass += 1;
+            return;
         }
     };
     let Some(ob) = snap.resolved.get(idx).and_then(Option::as_ref) else {
         // Never in clear: no SA, no packet; ask the control plane for one.
         sh.drop_packet(DropReason::NoSa);
         sh.acquire(tunnel, child, flow, now);
-        return None;
+        return;
+    };
+    let layout = if gso {
+        match offload::tcp_layout(pkt, &hdr) {
+            Some(l) => Some(l),
+            None => {
+                sh.drop_packet(DropReason::Malformed);
+                return;
+            }
+        }
+    } else {
+        None
     };
     let mtu = sh.cfg.tunnel_mtu;
     // What the sender should use: the worst-case ESP overhead keeps the advice valid whatever
     // the padding of the next packet.
     let advice = pmtu::inner_mtu(mtu, ob.outer_len + max_overhead(), flow.dst);
-    if len + ob.outer_len + ob.sa.overhead(len) > mtu as usize && pmtu::dont_fragment(pkt) {
-        if let Some(n) = pmtu::build_too_big(pkt, flow.proto, flow.src_port, advice, icmp) {
-            match sh.tun.write(&icmp[..n]) {
+    let seg_len = layout.map_or(pkt.len(), |l| (l.payload + l.mss).min(pkt.len()));
+    if seg_len + ob.outer_len + ob.sa.overhead(seg_len) > mtu as usize && pmtu::dont_fragment(pkt) {
+        if let Some(n) = pmtu::build_too_big(pkt, flow.proto, flow.src_port, advice, &mut out.icmp)
+        {
+            match sh.tun.write(&out.icmp[..n]) {
                 Ok(_) => {
-                    local.icmp_too_big += 1;
-                    local.tun_tx += 1;
+                    out.local.icmp_too_big += 1;
+                    out.local.tun_tx += 1;
                 }
-                Err(_) => local.io_errors += 1,
+                Err(_) => out.local.io_errors += 1,
             }
         }
         sh.drop_packet(DropReason::TooBig);
         ob.sa.count_drop(DropReason::TooBig);
-        return None;
+        return;
     }
-    if sh.cfg.mss_clamp && flow.proto == 6 {
+    if sh.cfg.mss_clamp && flow.proto == 6 && !gso {
         let ip_len = if flow.dst.is_ipv4() { 20 } else { 40 };
         let mss = advice.saturating_sub(ip_len + 20).min(u32::from(u16::MAX)) as u16;
         if pmtu::clamp_mss(pkt, mss) {
-            local.mss_clamped += 1;
+            out.local.mss_clamped += 1;
         }
     }
-    match ob.sa.encapsulate_in_place(slot, len, now) {
-        Ok(n) => {
-            let tag = match ob.encap {
-                Encap::Udp { .. } => TAG_UDP,
-                Encap::Esp { .. } => TAG_RAW,
-            };
-            Some((n, ob.dest, tag))
-        }
-        Err(r) => {
-            sh.drop_packet(r);
-            if r == DropReason::Expired {
-                sh.acquire(tunnel, child, flow, now);
+    let result = match layout {
+        None => {
+            let slot = out.slot(sh);
+            match slot.get_mut(HEADER_LEN..HEADER_LEN + pkt.len()) {
+                Some(dst) => {
+                    dst.copy_from_slice(pkt);
+                    out.seal(ob, pkt.len(), now)
+                }
+                None => Err(DropReason::TooBig),
             }
-            None
+        }
+        Some(lay) => (0..lay.count).try_for_each(|i| {
+            let slot = out.slot(sh);
+            let n = offload::segment_tcp(pkt, &lay, i, &mut slot[HEADER_LEN..])
+                .ok_or(DropReason::TooBig)?;
+            out.seal(ob, n, now)
+        }),
+    };
+    if let Err(r) = result {
+        sh.drop_packet(r);
+        if r == DropReason::Expired {
+            sh.acquire(tunnel, child, flow, now);
         }
     }
 }
@@ -219,6 +289,7 @@ pub(crate) fn inbound(sh: &Shared, udp: bool) {
     let cap = sh.cfg.batch.max(1);
     let mut rb = RecvBatch::new(cap, sh.buf_size);
     let mut local = Local::default();
+    let mut co = sh.tun.offload().then(Coalescer::default);
     while !sh.stop.load(Ordering::Relaxed) {
         let n = match sock.recv_batch(&mut rb) {
             Ok(n) => n,
@@ -239,12 +310,16 @@ pub(crate) fn inbound(sh: &Shared, udp: bool) {
         let now = Instant::now();
         for i in 0..n {
             let (d, from) = rb.get_mut(i);
-            inbound_one(sh, &snap, d, from, udp, now, &mut local);
+            inbound_one(sh, &snap, d, from, udp, now, &mut local, co.as_mut());
+        }
+        if let Some(co) = co.as_mut() {
+            co.flush(&mut |h, p| to_tun(sh, h, p, &mut local));
         }
         local.flush(sh);
     }
 }
 
+#[allow(clippy::too_many_arguments)] // the per-packet state of one worker, kept on its stack
 fn inbound_one(
     sh: &Shared,
     snap: &Snapshot,
@@ -253,6 +328,7 @@ fn inbound_one(
     udp: bool,
     now: Instant,
     local: &mut Local,
+    co: Option<&mut Coalescer>,
 ) {
     local.wan_rx += 1;
     if udp {
@@ -295,9 +371,12 @@ fn inbound_one(
     };
     // RFC 4301 §5.2 step 4: the inner packet must be one this SA may carry.
     match flow::flow_key(inner) {
-        Some(f) if ib.admits(&f) => match sh.tun.write(inner) {
-            Ok(_) => local.tun_tx += 1,
-            Err(_) => local.io_errors += 1,
+        Some(f) if ib.admits(&f) => match co {
+            Some(co) => co.push(inner, &mut |h, p| to_tun(sh, h, p, local)),
+            None => match sh.tun.write(inner) {
+                Ok(_) => local.tun_tx += 1,
+                Err(_) => local.io_errors += 1,
+            },
         },
         Some(_) => {
             sh.drop_packet(DropReason::SelectorMismatch);
@@ -307,6 +386,14 @@ fn inbound_one(
             sh.drop_packet(DropReason::Malformed);
             ib.sa.count_drop(DropReason::Malformed);
         }
+    }
+}
+
+/// Writes a (possibly coalesced) packet to the offloading TUN device.
+fn to_tun(sh: &Shared, hdr: &VnetHdr, pkt: &[u8], local: &mut Local) {
+    match sh.tun.write_vnet(&hdr.to_bytes(), pkt) {
+        Ok(_) => local.tun_tx += 1,
+        Err(_) => local.io_errors += 1,
     }
 }
 
