@@ -36,7 +36,7 @@ const NLMSGERR_ATTR_MSG: u16 = 1;
 
 /// Requests per `sendmsg`: their ACKs (36 bytes each with `NETLINK_CAP_ACK`) must fit the
 /// receive buffer, and one send must stay under the socket's send buffer.
-const CHUNK_BYTES: usize = 96 * 1024;
+const CHUNK_BYTES: usize = 64 * 1024;
 const RECV_BUF: usize = 64 * 1024;
 
 /// Rounds up to netlink's 4-byte alignment.
@@ -95,7 +95,11 @@ impl NlSocket {
         sock.set_cap_ack(true).map_err(io("cap ACK size"))?;
         // Best effort: kernels before 4.20 lack strict dump checking; filtering is redone here.
         let _ = sock.set_netlink_get_strict_chk(true);
-        sock.set_rx_buf_sz(1 << 20).map_err(io("size receive buffer"))?;
+        // Thousands of ACKs may queue before they are read: ask for a big receive buffer, past
+        // `net.core.rmem_max` when privileged (SO_RCVBUFFORCE), else as big as allowed.
+        if !force_rcvbuf(&sock, 4 << 20) {
+            sock.set_rx_buf_sz(1 << 20).map_err(io("size receive buffer"))?;
+        }
         Ok(NlSocket { sock, seq: 1, rx: vec![0; RECV_BUF] })
     }
 
@@ -276,6 +280,22 @@ impl NlSocket {
         }
         Ok(r > 0)
     }
+}
+
+fn force_rcvbuf(sock: &Socket, size: libc::c_int) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the fd is an open socket; the option value points at a live c_int whose size is
+    // passed alongside.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    r == 0
 }
 
 /// Splits the message at `off`: (type, flags, seq, payload, offset of the next message).

@@ -364,12 +364,14 @@ pub(crate) fn diff(i: &Inputs<'_>) -> Result<Plan, Error> {
         {
             return Err(Error::LinkMissing(i.clone()));
         }
-        let mut r = r.clone();
-        r.metric = r.effective_metric();
-        match kroutes.get(&r.key()) {
-            None => changes.push(Change::AddRoute(r)),
+        let key = r.key();
+        let normalized = || Route { metric: key.metric, ..r.clone() };
+        match kroutes.get(&key) {
+            None => changes.push(Change::AddRoute(normalized())),
             Some(kr) if kr.via.as_ref() == Some(&r.via) => {}
-            Some(kr) => changes.push(Change::ReplaceRoute { old: kr.via.clone(), new: r }),
+            Some(kr) => {
+                changes.push(Change::ReplaceRoute { old: kr.via.clone(), new: normalized() })
+            }
         }
     }
 

@@ -386,3 +386,30 @@ fn host_firewall_admits_ike_and_esp_on_wan_api_on_mgmt_and_no_clear_forwarding()
     with(&gw, move |r| r.reconcile(&none).unwrap());
     assert!(!gw.sh("nft list tables").contains("isthmus"));
 }
+
+#[test]
+fn dummy_devices_are_created_and_deleted_when_the_kernel_has_the_driver() {
+    if !require_root() {
+        return;
+    }
+    let gw = Netns::new("net");
+    if !gw.sh_output("ip link add probe0 type dummy && ip link del probe0").status.success() {
+        // The development kernel lacks the dummy driver; the appliance kernel has it.
+        eprintln!("skipped: this kernel has no dummy driver");
+        return;
+    }
+    let mut desired = DesiredState {
+        links: vec![Link { name: "dum0".into(), up: true, mtu: Some(1300), kind: LinkKind::Dummy }],
+        addresses: vec![Address::new("dum0", "10.60.50.1/24").unwrap()],
+        ..Default::default()
+    };
+    let d = desired.clone();
+    with(&gw, move |r| r.reconcile(&d).unwrap());
+    let link = gw.sh("ip -d link show dum0");
+    assert!(link.contains("dummy") && link.contains("mtu 1300") && link.contains("alias isthmus"));
+    assert!(gw.sh("ip addr show dev dum0").contains("inet 10.60.50.1/24"));
+    desired.links.clear();
+    desired.addresses.clear();
+    with(&gw, move |r| r.reconcile(&desired).unwrap());
+    assert!(!gw.sh_output("ip link show dum0").status.success(), "deleted again");
+}
