@@ -2,5 +2,13 @@
 //! API (authentication, TLS), the core that ties the planes together, events, alarms and metrics.
 //! `main.rs` only parses arguments and, inside the image, does PID 1's duties first.
 
+pub mod alarms;
 pub mod auth;
+pub mod core;
+pub mod diff;
+pub mod events;
+pub mod monitor;
+pub mod openapi;
+pub mod plan;
+pub mod server;
 pub mod tls;

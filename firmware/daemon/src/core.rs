@@ -1,0 +1,687 @@
+//! The daemon's core: the configuration store and the apply pipeline (commit → plan → apply to
+//! the kernel, the dataplane and the IKE driver → report, with rollback to the last good
+//! revision when an apply fails), plus the read side the API serves.
+//!
+//! Planes are driven from blocking code (netlink, the driver's command channel), so API handlers
+//! call into the core through `spawn_blocking`; the core's locks are plain mutexes held briefly.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use isthmus_api::{self as api, Action, Severity};
+use isthmus_config::{Config, Store};
+
+use crate::alarms::Alarms;
+use crate::auth::{TokenEntry, Tokens};
+use crate::events::EventBus;
+use crate::monitor::Monitor;
+use crate::plan;
+use crate::server::Failure;
+
+/// How the daemon was started.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Where the store, the API certificate and plugins live.
+    pub data_dir: PathBuf,
+    /// Configuration committed as the first revision when the store is empty.
+    pub config_file: Option<PathBuf>,
+    /// Bring the kernel (links, addresses, routes, firewall) to the configuration. Off only for
+    /// tests of the API alone.
+    pub manage_net: bool,
+    /// Start the dataplane and the IKE driver.
+    pub run_tunnels: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What runs, and with which configuration.
+#[derive(Default)]
+struct Planes {
+    net: Option<isthmus_net::Reconciler>,
+    driver: Option<Driver>,
+    /// Fingerprints of the tunnels the driver runs.
+    running: BTreeMap<String, String>,
+}
+
+/// The IKE driver and the dataplane it installs SAs into.
+pub struct Driver {
+    /// The driver's handle.
+    pub tunnels: isthmus_tunnels::Tunnels,
+    /// The dataplane (counters, SAs).
+    pub dataplane: Arc<isthmus_dataplane::Dataplane>,
+    wan: IpAddr,
+}
+
+/// The daemon's state.
+pub struct Core {
+    opts: Options,
+    started: Instant,
+    store: Store,
+    events: Arc<EventBus>,
+    tokens: RwLock<Tokens>,
+    applied: RwLock<Option<(u64, Arc<Config>)>>,
+    planes: Mutex<Planes>,
+    /// Per-tunnel counters that survive rekeys, and liveness readings.
+    pub monitor: Monitor,
+    /// Alarm evaluation and delivery.
+    pub alarms: Arc<Alarms>,
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn store_failure(e: isthmus_config::Error) -> Failure {
+    use isthmus_config::Error as E;
+    match e {
+        E::Invalid(errs) => {
+            let mut f = Failure::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid-config",
+                format!("the configuration has {} error(s)", errs.issues().len()),
+            );
+            f.0.details = errs
+                .issues()
+                .iter()
+                .map(|i| api::Issue { path: i.path.clone(), message: i.message.clone() })
+                .collect();
+            f
+        }
+        E::NoSuchRevision(n) => Failure::not_found(format!("revision {n} does not exist")),
+        E::Empty => Failure::not_found("no configuration has been committed yet"),
+        e @ (E::Unchanged(_) | E::ConfirmPending { .. }) => {
+            Failure::new(StatusCode::CONFLICT, "conflict", e.to_string())
+        }
+        e => Failure::internal(e.to_string()),
+    }
+}
+
+fn issues(v: &[isthmus_config::Issue]) -> Vec<api::Issue> {
+    v.iter()
+        .map(|i| api::Issue {
+            path: i.path.clone(),
+            message: match i.line {
+                Some(l) => format!("{} (line {l})", i.message),
+                None => i.message.clone(),
+            },
+        })
+        .collect()
+}
+
+fn message(text: impl Into<String>) -> Response {
+    axum::Json(serde_json::json!({ "message": text.into() })).into_response()
+}
+
+impl Core {
+    /// Opens the store (committing `config_file` as revision 1 if it is empty), reverts an
+    /// expired commit-confirm, and applies the active revision.
+    pub fn start(opts: Options) -> anyhow::Result<Arc<Core>> {
+        std::fs::create_dir_all(&opts.data_dir)?;
+        let store = Store::open(opts.data_dir.join("config"))?;
+        let now = SystemTime::now();
+        if let Some(r) = store.poll(now)? {
+            tracing::warn!(
+                unconfirmed = r.unconfirmed,
+                restored = r.restored,
+                "an unconfirmed commit expired while the daemon was down; reverted"
+            );
+        }
+        if store.active()?.is_none() {
+            let path = opts.config_file.as_ref().ok_or_else(|| {
+                anyhow::anyhow!("the store is empty and no --config file was given")
+            })?;
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+            let c = store.commit(
+                &text,
+                "bootstrap",
+                &format!("initial configuration from {}", path.display()),
+                now,
+            )?;
+            for w in &c.warnings {
+                tracing::warn!("{w}");
+            }
+        }
+        let core = Arc::new(Core {
+            opts,
+            started: Instant::now(),
+            store,
+            events: Arc::new(EventBus::default()),
+            tokens: RwLock::new(Tokens::default()),
+            applied: RwLock::new(None),
+            planes: Mutex::new(Planes::default()),
+            monitor: Monitor::default(),
+            alarms: Arc::new(Alarms::default()),
+        });
+        let rev = core.store.active_revision()?;
+        let cfg = rev.config()?;
+        if let Err(e) = core.apply(rev.info.number, cfg) {
+            core.events.emit("apply-failed", "config", Severity::Critical, e.clone());
+            anyhow::bail!("applying revision {}: {e}", rev.info.number);
+        }
+        Ok(core)
+    }
+
+    /// The event bus.
+    pub fn events(&self) -> &Arc<EventBus> {
+        &self.events
+    }
+
+    /// The tokens the API accepts now.
+    pub fn tokens(&self) -> Tokens {
+        self.tokens.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The applied configuration and its revision.
+    pub fn applied(&self) -> Option<(u64, Arc<Config>)> {
+        self.applied.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Runs `f` with the driver, if tunnels run.
+    pub fn with_driver<R>(&self, f: impl FnOnce(&Driver) -> R) -> Option<R> {
+        lock(&self.planes).driver.as_ref().map(f)
+    }
+
+    /// Brings every plane to `cfg`. Returns the plan lines (what changed).
+    fn apply(&self, rev: u64, cfg: Config) -> Result<Vec<String>, String> {
+        let mut lines = Vec::new();
+        let mut planes = lock(&self.planes);
+        let p = &mut *planes;
+        // 1. Kernel: links and addresses first, so the WAN address exists for the sockets.
+        if self.opts.manage_net {
+            if p.net.is_none() {
+                p.net = Some(isthmus_net::Reconciler::new().map_err(|e| format!("netlink: {e}"))?);
+            }
+            let net = p.net.as_mut().expect("just set");
+            let desired = plan::desired_state(&cfg, p.driver.is_some() || !self.opts.run_tunnels);
+            let plan = net.plan(&desired).map_err(|e| format!("planning kernel changes: {e}"))?;
+            lines.extend(
+                plan.to_string()
+                    .lines()
+                    .filter(|l| *l != "no changes")
+                    .map(|l| format!("kernel: {l}")),
+            );
+            net.apply(&plan).map_err(|e| format!("applying kernel changes: {e}"))?;
+        }
+        // 2. The dataplane and the IKE driver (restarted only when the WAN address changes).
+        if self.opts.run_tunnels {
+            let wan = cfg.gateway.wan.address.addr;
+            if p.driver.as_ref().is_some_and(|d| d.wan != wan) {
+                if let Some(d) = p.driver.take() {
+                    d.tunnels.shutdown();
+                }
+                p.running.clear();
+                lines.push(format!("dataplane: restart on the new WAN address {wan}"));
+            }
+            if p.driver.is_none() {
+                let (tunnels, dataplane) = isthmus_tunnels::start_with_dataplane(
+                    isthmus_tunnels::DriverConfig::default(),
+                    plan::dataplane_config(&cfg),
+                    isthmus_tunnels::EspOptions::default(),
+                )
+                .map_err(|e| format!("starting the dataplane: {e}"))?;
+                lines.push(format!("dataplane: started on {wan}, TUN {}", plan::TUN_NAME));
+                crate::monitor::forward_tunnel_events(
+                    &tunnels,
+                    self.events.clone(),
+                    self.alarms.clone(),
+                );
+                p.driver = Some(Driver { tunnels, dataplane, wan });
+                // Now that the TUN device exists, route protected traffic into it.
+                if let Some(net) = p.net.as_mut() {
+                    let desired = plan::desired_state(&cfg, true);
+                    let report = net
+                        .reconcile(&desired)
+                        .map_err(|e| format!("routing into the tunnel device: {e}"))?;
+                    lines.push(format!("kernel: {report}"));
+                }
+            }
+            // 3. Tunnels: remove the ones gone or changed, add the new and changed ones.
+            let wanted = plan::ike_tunnels(&cfg).map_err(|e| e.to_string())?;
+            let driver = p.driver.as_ref().expect("started above");
+            let fps: BTreeMap<String, String> = wanted
+                .iter()
+                .map(|t| (t.ike.name.clone(), plan::tunnel_fingerprint(&cfg, &t.ike.name)))
+                .collect();
+            let stale: Vec<String> = p
+                .running
+                .iter()
+                .filter(|(n, fp)| fps.get(*n) != Some(*fp))
+                .map(|(n, _)| n.clone())
+                .collect();
+            for name in stale {
+                let _ = driver.tunnels.terminate(&name);
+                driver.tunnels.remove_tunnel(&name).map_err(|e| e.to_string())?;
+                p.running.remove(&name);
+                lines.push(format!("tunnel {name}: removed"));
+            }
+            for t in wanted {
+                let name = t.ike.name.clone();
+                if p.running.contains_key(&name) {
+                    continue;
+                }
+                driver.tunnels.add_tunnel(t).map_err(|e| e.to_string())?;
+                lines.push(format!("tunnel {name}: added"));
+                p.running.insert(name.clone(), fps[&name].clone());
+            }
+        }
+        drop(planes);
+        // 4. Who may use the API.
+        let tokens = cfg
+            .api_tokens
+            .iter()
+            .filter_map(|t| {
+                let hash = match (&t.token_hash, &t.token) {
+                    (Some(h), _) => {
+                        let hex = h.strip_prefix("sha256:").unwrap_or(h);
+                        let b = hex::decode(hex).ok()?;
+                        <[u8; 32]>::try_from(b.as_slice()).ok()?
+                    }
+                    (None, Some(s)) => crate::auth::hash_token(s.resolve().ok()?.expose()),
+                    (None, None) => return None,
+                };
+                let role = match t.role {
+                    isthmus_config::Role::Admin => api::Role::Admin,
+                    isthmus_config::Role::ReadOnly => api::Role::ReadOnly,
+                };
+                Some(TokenEntry { name: t.name.clone(), role, hash })
+            })
+            .collect();
+        *self.tokens.write().unwrap_or_else(|p| p.into_inner()) = Tokens::new(tokens);
+        self.alarms.configure(&cfg);
+        *self.applied.write().unwrap_or_else(|p| p.into_inner()) = Some((rev, Arc::new(cfg)));
+        self.events.emit(
+            "config-applied",
+            "config",
+            Severity::Info,
+            format!("revision {rev} applied"),
+        );
+        Ok(lines)
+    }
+
+    /// Applies revision `rev`; if that fails, rolls the store back to `previous` and applies
+    /// it again, and says both what failed and what is in force.
+    fn apply_or_roll_back(
+        &self,
+        rev: u64,
+        previous: Option<u64>,
+        who: &str,
+    ) -> Result<Vec<String>, Failure> {
+        let cfg = self.store.get(rev).and_then(|r| r.config()).map_err(store_failure)?;
+        match self.apply(rev, cfg) {
+            Ok(lines) => Ok(lines),
+            Err(e) => {
+                let mut msg = format!("applying revision {rev} failed: {e}");
+                if let Some(prev) = previous {
+                    match self.store.rollback(
+                        prev,
+                        who,
+                        &format!("automatic: revision {rev} failed to apply"),
+                        SystemTime::now(),
+                    ) {
+                        Ok(c) => {
+                            let restored = self.store.get(c.rev).and_then(|r| r.config());
+                            match restored
+                                .map_err(|e| e.to_string())
+                                .and_then(|cfg| self.apply(c.rev, cfg))
+                            {
+                                Ok(_) => msg.push_str(&format!(
+                                    "; rolled back to revision {prev} (now revision {})",
+                                    c.rev
+                                )),
+                                Err(e2) => msg.push_str(&format!(
+                                    "; rolling back to revision {prev} failed too: {e2}"
+                                )),
+                            }
+                        }
+                        Err(e2) => {
+                            msg.push_str(&format!("; rolling back to revision {prev} failed: {e2}"))
+                        }
+                    }
+                }
+                self.events.emit("apply-failed", "config", Severity::Critical, msg.clone());
+                Err(Failure::new(StatusCode::UNPROCESSABLE_ENTITY, "apply-failed", msg))
+            }
+        }
+    }
+
+    /// Reverts an unconfirmed commit whose time is up (called every second).
+    pub fn poll_confirm(&self) {
+        match self.store.poll(SystemTime::now()) {
+            Ok(Some(r)) => {
+                let msg = format!(
+                    "revision {} was not confirmed in time: reverted to the content of revision {} (now revision {})",
+                    r.unconfirmed, r.restored, r.rev
+                );
+                self.events.emit("confirm-timeout", "config", Severity::Warning, msg.clone());
+                self.alarms.confirm_reverted(&msg);
+                if let Err(e) = self.apply_or_roll_back(r.rev, None, "isthmusd") {
+                    tracing::error!("{}", e.0.message);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!("polling the commit-confirm deadline: {e}"),
+        }
+    }
+
+    /// Carries out an action.
+    pub async fn act(self: &Arc<Self>, a: Action, who: &str) -> Result<Response, Failure> {
+        let core = self.clone();
+        let who = who.to_owned();
+        tokio::task::spawn_blocking(move || core.act_blocking(a, &who))
+            .await
+            .map_err(|e| Failure::internal(format!("the action did not complete: {e}")))?
+    }
+
+    fn act_blocking(&self, a: Action, who: &str) -> Result<Response, Failure> {
+        let now = SystemTime::now();
+        match a {
+            Action::ConfigValidate { text } => {
+                Ok(axum::Json(self.validate_blocking(&text)).into_response())
+            }
+            Action::ConfigDiff { text } => {
+                Ok(axum::Json(serde_json::json!({ "diff": self.diff_blocking(&text)? }))
+                    .into_response())
+            }
+            Action::ConfigCommit { text, comment, confirm_secs, dry_run } => {
+                let checked = Config::check(&text)
+                    .map_err(|e| store_failure(isthmus_config::Error::Invalid(e)))?;
+                let secrets = checked.config.check_secrets();
+                if !secrets.is_empty() {
+                    let mut f = Failure::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "invalid-config",
+                        "secrets cannot be read",
+                    );
+                    f.0.details = issues(&secrets);
+                    return Err(f);
+                }
+                if dry_run {
+                    let plan = self.dry_run(&checked.config)?;
+                    return Ok(axum::Json(api::CommitResponse {
+                        revision: None,
+                        plan,
+                        warnings: issues(&checked.warnings),
+                    })
+                    .into_response());
+                }
+                let previous = self.store.active().map_err(store_failure)?;
+                let c = match confirm_secs {
+                    Some(s) => self.store.commit_confirmed(
+                        &text,
+                        who,
+                        &comment,
+                        Duration::from_secs(s),
+                        now,
+                    ),
+                    None => self.store.commit(&text, who, &comment, now),
+                }
+                .map_err(store_failure)?;
+                let plan = self.apply_or_roll_back(c.rev, previous, who)?;
+                Ok(axum::Json(api::CommitResponse {
+                    revision: Some(c.rev),
+                    plan,
+                    warnings: issues(&c.warnings),
+                })
+                .into_response())
+            }
+            Action::ConfigConfirm => {
+                let rev = self.store.confirm(now).map_err(store_failure)?;
+                self.events.emit(
+                    "config-confirmed",
+                    "config",
+                    Severity::Info,
+                    format!("revision {rev} confirmed by {who}"),
+                );
+                Ok(message(format!("revision {rev} confirmed")))
+            }
+            Action::ConfigRollback { revision } => {
+                let previous = self.store.active().map_err(store_failure)?;
+                let c = self
+                    .store
+                    .rollback(revision, who, &format!("rollback to revision {revision}"), now)
+                    .map_err(store_failure)?;
+                let plan = self.apply_or_roll_back(c.rev, previous, who)?;
+                Ok(axum::Json(api::CommitResponse {
+                    revision: Some(c.rev),
+                    plan,
+                    warnings: vec![],
+                })
+                .into_response())
+            }
+            Action::TunnelInitiate { name } => {
+                self.tunnel_cmd(&name, |t| t.initiate(&name), "initiating")
+            }
+            Action::TunnelTerminate { name } => {
+                self.tunnel_cmd(&name, |t| t.terminate(&name), "terminating")
+            }
+            Action::TunnelRekey { name, ike } => {
+                if ike {
+                    self.tunnel_cmd(&name, |t| t.rekey_ike(&name), "rekeying the IKE SA of")
+                } else {
+                    let children: Vec<String> = self
+                        .with_driver(|d| {
+                            d.tunnels
+                                .tunnel(&name)
+                                .map(|s| s.children.iter().map(|c| c.name.clone()).collect())
+                        })
+                        .flatten()
+                        .unwrap_or_default();
+                    if children.is_empty() {
+                        return Err(Failure::new(
+                            StatusCode::CONFLICT,
+                            "conflict",
+                            format!("tunnel `{name}` has no CHILD SA to rekey (is it up?)"),
+                        ));
+                    }
+                    for c in &children {
+                        self.tunnel_cmd(&name, |t| t.rekey_child(&name, c), "rekeying")?;
+                    }
+                    Ok(message(format!(
+                        "rekeying {} CHILD SA(s) of tunnel `{name}`",
+                        children.len()
+                    )))
+                }
+            }
+            Action::PluginActivate { .. }
+            | Action::PluginRollback { .. }
+            | Action::PluginRemove { .. } => Err(Failure::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "not-implemented",
+                "plugins are not managed by this daemon yet",
+            )),
+        }
+    }
+
+    fn tunnel_cmd(
+        &self,
+        name: &str,
+        f: impl FnOnce(&isthmus_tunnels::Tunnels) -> Result<(), isthmus_tunnels::Error>,
+        what: &str,
+    ) -> Result<Response, Failure> {
+        if self.applied().is_some_and(|(_, c)| c.tunnel(name).is_none()) {
+            return Err(Failure::not_found(format!("no tunnel named `{name}` is configured")));
+        }
+        match self.with_driver(|d| f(&d.tunnels)) {
+            None => Err(Failure::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                "tunnels are not running on this daemon",
+            )),
+            Some(Err(isthmus_tunnels::Error::UnknownTunnel(n))) => {
+                Err(Failure::not_found(format!("tunnel `{n}` is configured but disabled")))
+            }
+            Some(Err(e)) => Err(Failure::new(StatusCode::CONFLICT, "conflict", e.to_string())),
+            Some(Ok(())) => Ok(message(format!("{what} tunnel `{name}`"))),
+        }
+    }
+
+    fn dry_run(&self, cfg: &Config) -> Result<Vec<String>, Failure> {
+        let mut lines = Vec::new();
+        let mut planes = lock(&self.planes);
+        if let Some(net) = planes.net.as_mut() {
+            let plan = net
+                .plan(&plan::desired_state(cfg, true))
+                .map_err(|e| Failure::internal(format!("planning kernel changes: {e}")))?;
+            lines.extend(
+                plan.to_string()
+                    .lines()
+                    .filter(|l| *l != "no changes")
+                    .map(|l| format!("kernel: {l}")),
+            );
+        }
+        let wanted = plan::ike_tunnels(cfg).map_err(|e| Failure::bad_request(e.to_string()))?;
+        for t in &wanted {
+            let fp = plan::tunnel_fingerprint(cfg, &t.ike.name);
+            match planes.running.get(&t.ike.name) {
+                None => lines.push(format!("tunnel {}: would be added", t.ike.name)),
+                Some(old) if *old != fp => {
+                    lines.push(format!("tunnel {}: would be re-established (changed)", t.ike.name))
+                }
+                Some(_) => {}
+            }
+        }
+        for n in planes.running.keys() {
+            if !wanted.iter().any(|t| &t.ike.name == n) {
+                lines.push(format!("tunnel {n}: would be removed"));
+            }
+        }
+        Ok(lines)
+    }
+
+    fn validate_blocking(&self, text: &str) -> api::ValidateResponse {
+        match Config::check(text) {
+            Ok(c) => {
+                let secrets = c.config.check_secrets();
+                api::ValidateResponse {
+                    ok: secrets.is_empty(),
+                    errors: issues(&secrets),
+                    warnings: issues(&c.warnings),
+                }
+            }
+            Err(e) => {
+                api::ValidateResponse { ok: false, errors: issues(e.issues()), warnings: vec![] }
+            }
+        }
+    }
+
+    fn diff_blocking(&self, text: &str) -> Result<String, Failure> {
+        let new = Config::from_toml(text)
+            .map_err(|e| store_failure(isthmus_config::Error::Invalid(e)))?;
+        let old = self.store.active_revision().and_then(|r| r.config()).map_err(store_failure)?;
+        Ok(crate::diff::lines(&old.to_toml_redacted(), &new.to_toml_redacted()))
+    }
+
+    /// `POST /config/validate`.
+    pub async fn validate(&self, text: &str) -> api::ValidateResponse {
+        self.validate_blocking(text)
+    }
+
+    /// `POST /config/diff`.
+    pub async fn diff_against_active(&self, text: &str) -> Result<String, Failure> {
+        self.diff_blocking(text)
+    }
+
+    /// `GET /config`.
+    pub async fn config_text_redacted(&self) -> Result<String, Failure> {
+        self.store.active_revision().and_then(|r| r.show()).map_err(store_failure)
+    }
+
+    /// `GET /config/revisions/N`.
+    pub async fn revision_text_redacted(&self, n: u64) -> Result<String, Failure> {
+        self.store.get(n).and_then(|r| r.show()).map_err(store_failure)
+    }
+
+    /// `GET /config/revisions`.
+    pub async fn revisions(&self) -> Result<Vec<api::Revision>, Failure> {
+        let active = self.store.active().map_err(store_failure)?;
+        let pending = self.store.pending().map_err(store_failure)?;
+        Ok(self
+            .store
+            .revisions()
+            .map_err(store_failure)?
+            .into_iter()
+            .map(|r| api::Revision {
+                number: r.number,
+                time: unix(r.time),
+                author: r.author,
+                comment: r.comment,
+                active: Some(r.number) == active,
+                confirm_deadline: pending
+                    .as_ref()
+                    .filter(|p| p.rev == r.number)
+                    .map(|p| unix(p.deadline)),
+            })
+            .collect())
+    }
+
+    /// `GET /status`.
+    pub async fn status(&self) -> api::Status {
+        let pending = self.store.pending().ok().flatten();
+        api::Status {
+            gateway: self.applied().map(|(_, c)| c.gateway.name.clone()).unwrap_or_default(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            revision: self.store.active().ok().flatten(),
+            confirm_pending_secs: pending.map(|p| {
+                p.deadline.duration_since(SystemTime::now()).map(|d| d.as_secs()).unwrap_or(0)
+            }),
+            tunnels: self.tunnels().await,
+            active_alarms: self.alarms.active_count(),
+        }
+    }
+
+    /// `GET /tunnels`: every configured tunnel, down ones included.
+    pub async fn tunnels(&self) -> Vec<api::TunnelSummary> {
+        let Some((_, cfg)) = self.applied() else { return vec![] };
+        cfg.tunnels.iter().map(|t| self.monitor.summary(self, &cfg, &t.name)).collect()
+    }
+
+    /// `GET /tunnels/NAME`.
+    pub async fn tunnel(&self, name: &str) -> Result<api::TunnelDetail, Failure> {
+        let (_, cfg) =
+            self.applied().ok_or_else(|| Failure::not_found("no configuration applied"))?;
+        if cfg.tunnel(name).is_none() {
+            return Err(Failure::not_found(format!("no tunnel named `{name}` is configured")));
+        }
+        Ok(self.monitor.detail(self, &cfg, name))
+    }
+
+    /// `GET /plugins`.
+    pub async fn plugins(&self) -> Result<Vec<api::Plugin>, Failure> {
+        Ok(vec![])
+    }
+
+    /// `POST /plugins`.
+    pub async fn plugin_upload(&self, _bytes: &[u8], _who: &str) -> Result<api::Plugin, Failure> {
+        Err(Failure::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "not-implemented",
+            "plugins are not managed by this daemon yet",
+        ))
+    }
+
+    /// `GET /alarms`.
+    pub async fn alarms(&self) -> Vec<api::Alarm> {
+        self.alarms.list()
+    }
+
+    /// `GET /metrics`.
+    pub async fn metrics_text(&self) -> String {
+        crate::monitor::metrics(self)
+    }
+
+    /// Stops the driver and the dataplane.
+    pub fn shutdown(&self) {
+        if let Some(d) = lock(&self.planes).driver.take() {
+            d.tunnels.shutdown();
+        }
+    }
+}

@@ -1,0 +1,418 @@
+//! Monitoring: per-tunnel counters that stay monotonic across rekeys (the totals of every SA a
+//! tunnel ever had, not only the current one — strongSwan resets them), the last packet seen in
+//! each direction, tunnel state for the API, and the Prometheus exposition.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use isthmus_api::{self as api, Severity};
+use isthmus_config::Config;
+use isthmus_dataplane::Direction;
+use isthmus_esp::DropReason;
+use isthmus_tunnels::{TunnelEvent, TunnelState, TunnelStatus};
+
+use crate::alarms::Alarms;
+use crate::core::Core;
+use crate::events::EventBus;
+
+/// Counters of one tunnel (or one SA).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Packets into the tunnel.
+    pub packets_out: u64,
+    /// Inner bytes into the tunnel.
+    pub bytes_out: u64,
+    /// Packets out of the tunnel.
+    pub packets_in: u64,
+    /// Inner bytes out of the tunnel.
+    pub bytes_in: u64,
+    /// Drops by reason name.
+    pub drops: BTreeMap<&'static str, u64>,
+}
+
+impl Totals {
+    fn add(&mut self, o: &Totals) {
+        self.packets_out += o.packets_out;
+        self.bytes_out += o.bytes_out;
+        self.packets_in += o.packets_in;
+        self.bytes_in += o.bytes_in;
+        for (k, v) in &o.drops {
+            *self.drops.entry(k).or_default() += v;
+        }
+    }
+
+    fn to_api(&self) -> api::Counters {
+        api::Counters {
+            packets_out: self.packets_out,
+            bytes_out: self.bytes_out,
+            packets_in: self.packets_in,
+            bytes_in: self.bytes_in,
+            drops: self.drops.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    /// The last reading of each installed SA: (spi, inbound) -> (tunnel, child, counters).
+    sas: HashMap<(u32, bool), (String, String, Totals)>,
+    /// Sums of the SAs a tunnel no longer has.
+    retired: HashMap<String, Totals>,
+    /// When packets last went out of / came into each tunnel, with the count then.
+    last_out: HashMap<String, (Instant, u64)>,
+    last_in: HashMap<String, (Instant, u64)>,
+    /// Per SA, when it last moved.
+    sa_last: HashMap<(u32, bool), (Instant, u64)>,
+    rekeys: HashMap<String, u64>,
+}
+
+/// Samples the dataplane every second.
+#[derive(Default)]
+pub struct Monitor {
+    inner: Mutex<Inner>,
+}
+
+fn sa_totals(c: &isthmus_esp::SaCounters, inbound: bool) -> Totals {
+    let mut t = Totals::default();
+    if inbound {
+        t.packets_in = c.packets;
+        t.bytes_in = c.bytes;
+    } else {
+        t.packets_out = c.packets;
+        t.bytes_out = c.bytes;
+    }
+    for r in DropReason::ALL {
+        let n = c.drops.get(r);
+        if n > 0 {
+            t.drops.insert(r.as_str(), n);
+        }
+    }
+    t
+}
+
+impl Monitor {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reads the dataplane's counters; SAs that disappeared are added to their tunnel's retired
+    /// totals so that tunnel counters never go backwards.
+    pub fn sample(&self, core: &Core) {
+        let Some(c) = core.with_driver(|d| d.dataplane.counters()) else { return };
+        let now = Instant::now();
+        let mut m = self.lock();
+        let mut seen = HashMap::new();
+        for s in &c.sas {
+            let inbound = s.direction == Direction::Inbound;
+            seen.insert(
+                (s.spi, inbound),
+                (s.tunnel.clone(), s.child.clone(), sa_totals(&s.counters, inbound)),
+            );
+        }
+        let gone: Vec<(u32, bool)> =
+            m.sas.keys().filter(|k| !seen.contains_key(*k)).copied().collect();
+        for k in gone {
+            if let Some((tunnel, _, t)) = m.sas.remove(&k) {
+                m.retired.entry(tunnel).or_default().add(&t);
+            }
+            m.sa_last.remove(&k);
+        }
+        for (k, v) in &seen {
+            let pk = v.2.packets_in + v.2.packets_out;
+            let e = m.sa_last.entry(*k).or_insert((now, 0));
+            if pk > e.1 {
+                *e = (now, pk);
+            }
+        }
+        m.sas = seen;
+        let tunnels: Vec<String> = m.sas.values().map(|v| v.0.clone()).collect();
+        for t in tunnels {
+            let tot = totals_locked(&m, &t);
+            let e = m.last_out.entry(t.clone()).or_insert((now, 0));
+            if tot.packets_out > e.1 {
+                *e = (now, tot.packets_out);
+            }
+            let e = m.last_in.entry(t.clone()).or_insert((now, 0));
+            if tot.packets_in > e.1 {
+                *e = (now, tot.packets_in);
+            }
+        }
+    }
+
+    /// Counts a rekey of `tunnel`.
+    pub fn rekeyed(&self, tunnel: &str) {
+        *self.lock().rekeys.entry(tunnel.to_owned()).or_default() += 1;
+    }
+
+    /// A tunnel's totals since the daemon started, across rekeys.
+    pub fn totals(&self, tunnel: &str) -> Totals {
+        totals_locked(&self.lock(), tunnel)
+    }
+
+    /// Seconds since packets last left through / arrived from `tunnel` (None: never).
+    pub fn idle(&self, tunnel: &str) -> (Option<u64>, Option<u64>) {
+        let m = self.lock();
+        let f = |h: &HashMap<String, (Instant, u64)>| {
+            h.get(tunnel).filter(|(_, n)| *n > 0).map(|(t, _)| t.elapsed().as_secs())
+        };
+        (f(&m.last_out), f(&m.last_in))
+    }
+
+    /// A `tunnel list` row.
+    pub fn summary(&self, core: &Core, cfg: &Config, name: &str) -> api::TunnelSummary {
+        let st = core.with_driver(|d| d.tunnels.tunnel(name)).flatten();
+        let t = cfg.tunnel(name);
+        let cg = t.and_then(|t| cfg.customer_gateway(&t.customer_gateway));
+        api::TunnelSummary {
+            name: name.to_owned(),
+            peer: cg.map(|c| c.name.clone()).unwrap_or_default(),
+            peer_address: cg.map(|c| c.address.to_string()).unwrap_or_default(),
+            state: state(st.as_ref(), t.is_some_and(|t| t.enabled)),
+            uptime_secs: st
+                .as_ref()
+                .and_then(|s| s.up_since)
+                .and_then(|u| SystemTime::now().duration_since(u).ok())
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            counters: self.totals(name).to_api(),
+            last_error: st.as_ref().and_then(|s| {
+                s.last_failure
+                    .as_ref()
+                    .map(|e| e.to_string())
+                    .or_else(|| s.last_down_reason.clone())
+            }),
+        }
+    }
+
+    /// `tunnel show`.
+    pub fn detail(&self, core: &Core, cfg: &Config, name: &str) -> api::TunnelDetail {
+        let summary = self.summary(core, cfg, name);
+        let st = core.with_driver(|d| d.tunnels.tunnel(name)).flatten();
+        let m = self.lock();
+        let children = st
+            .as_ref()
+            .map(|s| {
+                s.children
+                    .iter()
+                    .map(|c| {
+                        let mut t = Totals::default();
+                        let mut ago = |k: (u32, bool)| {
+                            if let Some((_, _, tt)) = m.sas.get(&k) {
+                                t.add(tt);
+                            }
+                            m.sa_last
+                                .get(&k)
+                                .filter(|(_, n)| *n > 0)
+                                .map(|(i, _)| i.elapsed().as_secs())
+                        };
+                        let last_in = ago((c.spi_in, true));
+                        let last_out = ago((c.spi_out, false));
+                        api::ChildSa {
+                            name: c.name.clone(),
+                            spi_in: format!("{:08x}", c.spi_in),
+                            spi_out: format!("{:08x}", c.spi_out),
+                            proposal: c.esp.clone(),
+                            local_ts: c.local_ts.clone(),
+                            remote_ts: c.remote_ts.clone(),
+                            age_secs: SystemTime::now()
+                                .duration_since(c.since)
+                                .map(|d| d.as_secs())
+                                .unwrap_or(0),
+                            last_in_secs: last_in,
+                            last_out_secs: last_out,
+                            counters: t.to_api(),
+                        }
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let rekeys = m.rekeys.get(name).copied().unwrap_or(0);
+        drop(m);
+        api::TunnelDetail {
+            summary,
+            ike_proposal: st.as_ref().and_then(|s| s.ike_suite.clone()),
+            children,
+            rekeys,
+            events: core.events().recent(&format!("tunnel/{name}"), 20),
+        }
+    }
+}
+
+fn totals_locked(m: &Inner, tunnel: &str) -> Totals {
+    let mut t = m.retired.get(tunnel).cloned().unwrap_or_default();
+    for (tn, _, c) in m.sas.values() {
+        if tn == tunnel {
+            t.add(c);
+        }
+    }
+    t
+}
+
+fn state(st: Option<&TunnelStatus>, enabled: bool) -> api::TunnelState {
+    match st {
+        Some(s) if enabled => match s.state {
+            TunnelState::Up if s.children.is_empty() => api::TunnelState::Degraded,
+            TunnelState::Up => api::TunnelState::Up,
+            TunnelState::Connecting => api::TunnelState::Connecting,
+            TunnelState::Down => api::TunnelState::Down,
+        },
+        _ => api::TunnelState::Down,
+    }
+}
+
+/// Turns the driver's events into the daemon's events (and alarm inputs), on a thread.
+pub fn forward_tunnel_events(
+    tunnels: &isthmus_tunnels::Tunnels,
+    bus: Arc<EventBus>,
+    alarms: Arc<Alarms>,
+) {
+    let rx = tunnels.subscribe();
+    let spawned = std::thread::Builder::new().name("tunnel-events".into()).spawn(move || {
+        for ev in rx {
+            let (kind, tunnel, sev, msg) = match &ev {
+                TunnelEvent::IkeUp { tunnel, peer, suite, encap, rekeyed } => (
+                    if *rekeyed { "ike-rekeyed" } else { "tunnel-up" },
+                    tunnel.clone(),
+                    Severity::Info,
+                    format!(
+                        "IKE SA with {peer} established ({suite}{})",
+                        if *encap { ", UDP-encapsulated" } else { "" }
+                    ),
+                ),
+                TunnelEvent::IkeDown { tunnel, reason } => (
+                    "tunnel-down",
+                    tunnel.clone(),
+                    Severity::Warning,
+                    format!("IKE SA down: {reason}"),
+                ),
+                TunnelEvent::ChildUp { tunnel, child, spi_in, spi_out, esp, rekey_of } => (
+                    if rekey_of.is_some() { "child-rekeyed" } else { "child-up" },
+                    tunnel.clone(),
+                    Severity::Info,
+                    format!(
+                        "CHILD SA {child} installed: SPIs in {spi_in:08x} out {spi_out:08x}, {esp}"
+                    ),
+                ),
+                TunnelEvent::ChildDown { tunnel, child, spi_in, spi_out, reason } => (
+                    "child-down",
+                    tunnel.clone(),
+                    Severity::Info,
+                    format!(
+                        "CHILD SA {child} (in {spi_in:08x} out {spi_out:08x}) removed: {reason}"
+                    ),
+                ),
+                TunnelEvent::Failed(e) => {
+                    ("negotiation-failed", e.tunnel.clone(), Severity::Warning, e.to_string())
+                }
+                TunnelEvent::InstallFailed { tunnel, child, error } => (
+                    "install-failed",
+                    tunnel.clone(),
+                    Severity::Critical,
+                    format!("the dataplane refused CHILD SA {child}: {error}"),
+                ),
+                #[allow(unreachable_patterns)]
+                other => ("tunnel-event", String::new(), Severity::Info, format!("{other:?}")),
+            };
+            alarms.on_event(kind, &tunnel, &msg);
+            bus.emit(kind, &format!("tunnel/{tunnel}"), sev, msg);
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::error!("cannot start the tunnel event thread: {e}");
+    }
+}
+
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// The Prometheus text exposition (format 0.0.4).
+pub fn metrics(core: &Core) -> String {
+    let mut o = String::new();
+    let Some((rev, cfg)) = core.applied() else { return o };
+    let _ = writeln!(
+        o,
+        "# HELP isthmus_config_revision The applied configuration revision.\n# TYPE isthmus_config_revision gauge"
+    );
+    let _ = writeln!(o, "isthmus_config_revision {rev}");
+    let _ = writeln!(
+        o,
+        "# HELP isthmus_tunnel_up 1 when the tunnel has an IKE SA and a CHILD SA.\n# TYPE isthmus_tunnel_up gauge"
+    );
+    let sums: Vec<(String, api::TunnelSummary)> = cfg
+        .tunnels
+        .iter()
+        .map(|t| (esc(&t.name), core.monitor.summary(core, &cfg, &t.name)))
+        .collect();
+    for (n, s) in &sums {
+        let _ = writeln!(
+            o,
+            "isthmus_tunnel_up{{tunnel=\"{n}\"}} {}",
+            u8::from(s.state == api::TunnelState::Up)
+        );
+    }
+    for (metric, help, get) in [
+        ("isthmus_tunnel_packets_total", "Inner packets through the tunnel, across rekeys.", 0),
+        ("isthmus_tunnel_bytes_total", "Inner bytes through the tunnel, across rekeys.", 1),
+    ] {
+        let _ = writeln!(o, "# HELP {metric} {help}\n# TYPE {metric} counter");
+        for (n, s) in &sums {
+            let c = &s.counters;
+            let (out, inn) =
+                if get == 0 { (c.packets_out, c.packets_in) } else { (c.bytes_out, c.bytes_in) };
+            let _ = writeln!(o, "{metric}{{tunnel=\"{n}\",direction=\"out\"}} {out}");
+            let _ = writeln!(o, "{metric}{{tunnel=\"{n}\",direction=\"in\"}} {inn}");
+        }
+    }
+    let _ = writeln!(
+        o,
+        "# HELP isthmus_tunnel_drops_total Packets of the tunnel dropped, by reason.\n# TYPE isthmus_tunnel_drops_total counter"
+    );
+    for (n, s) in &sums {
+        for (r, v) in &s.counters.drops {
+            let _ = writeln!(o, "isthmus_tunnel_drops_total{{tunnel=\"{n}\",reason=\"{r}\"}} {v}");
+        }
+    }
+    if let Some(c) = core.with_driver(|d| d.dataplane.counters()) {
+        let _ = writeln!(
+            o,
+            "# HELP isthmus_dataplane_drops_total Every dataplane drop, by reason.\n# TYPE isthmus_dataplane_drops_total counter"
+        );
+        for r in DropReason::ALL {
+            let _ = writeln!(
+                o,
+                "isthmus_dataplane_drops_total{{reason=\"{}\"}} {}",
+                r.as_str(),
+                c.drops.get(r)
+            );
+        }
+        let io = &c.io;
+        let _ = writeln!(
+            o,
+            "# HELP isthmus_dataplane_packets_total Dataplane IO by path.\n# TYPE isthmus_dataplane_packets_total counter"
+        );
+        for (k, v) in [
+            ("tun_rx", io.tun_rx),
+            ("tun_tx", io.tun_tx),
+            ("wan_rx", io.wan_rx),
+            ("wan_tx", io.wan_tx),
+            ("ike_rx", io.ike_rx),
+            ("keepalives", io.keepalives),
+            ("no_policy", io.no_policy),
+            ("policy_discard", io.policy_discard),
+            ("icmp_too_big", io.icmp_too_big),
+            ("mss_clamped", io.mss_clamped),
+            ("acquires", io.acquires),
+        ] {
+            let _ = writeln!(o, "isthmus_dataplane_packets_total{{path=\"{k}\"}} {v}");
+        }
+    }
+    let _ = writeln!(
+        o,
+        "# HELP isthmus_alarms_active Alarms raised and not cleared.\n# TYPE isthmus_alarms_active gauge"
+    );
+    let _ = writeln!(o, "isthmus_alarms_active {}", core.alarms.active_count());
+    o
+}

@@ -1,0 +1,296 @@
+//! The management API as a client sees it: authentication, roles, malformed and oversized
+//! requests, commits, commit-confirm timeouts and rollbacks, against a real `isthmusd` process
+//! (API and store only, on loopback).
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+struct Daemon {
+    child: Child,
+    base: String,
+    _dir: tempdir::Dir,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+mod tempdir {
+    /// A directory removed on drop.
+    pub struct Dir(pub std::path::PathBuf);
+    impl Dir {
+        pub fn new(tag: &str) -> Dir {
+            let p = std::env::temp_dir().join(format!(
+                "isthmusd-{tag}-{}-{:?}",
+                std::process::id(),
+                std::thread::current().id()
+            ));
+            let _ = std::fs::remove_dir_all(&p);
+            std::fs::create_dir_all(&p).unwrap();
+            Dir(p)
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+fn sha(s: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(s.as_bytes()))
+}
+
+fn config(name: &str, extra: &str) -> String {
+    format!(
+        r#"
+[gateway]
+name = "{name}"
+[gateway.wan]
+interface = "lo"
+address = "127.0.0.1/8"
+next_hop = "127.0.0.2"
+
+[[api_token]]
+name = "ops"
+role = "admin"
+token_hash = "sha256:{}"
+
+[[api_token]]
+name = "grafana"
+role = "read-only"
+token_hash = "sha256:{}"
+{extra}
+"#,
+        sha(ADMIN),
+        sha(RO)
+    )
+}
+
+const ADMIN: &str = "ist_admin-token-for-tests";
+const RO: &str = "ist_read-only-token-for-tests";
+const PSK: &str = "a-secret-psk-that-must-never-leak-0123456789";
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn start() -> Daemon {
+    let dir = tempdir::Dir::new("api");
+    let cfg = dir.0.join("gw.toml");
+    std::fs::write(&cfg, config("gw1", "")).unwrap();
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_isthmusd"))
+        .args([
+            "--config",
+            cfg.to_str().unwrap(),
+            "--data-dir",
+            dir.0.join("data").to_str().unwrap(),
+        ])
+        .args(["--no-net", "--no-tunnels", "--api", &format!("127.0.0.1:{port}")])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(err).lines().map_while(Result::ok) {
+            if l.contains("management API listening") {
+                let _ = tx.send(());
+            }
+            eprintln!("isthmusd: {l}");
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(20)).expect("isthmusd did not start listening");
+    Daemon { child, base: format!("http://127.0.0.1:{port}"), _dir: dir }
+}
+
+fn client() -> reqwest::blocking::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::blocking::Client::new()
+}
+
+fn call(
+    method: &str,
+    d: &Daemon,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let c = client();
+    let url = format!("{}{path}", d.base);
+    let mut r = match method {
+        "GET" => c.get(url),
+        _ => c.post(url),
+    };
+    if let Some(t) = token {
+        r = r.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    let resp = r.send().unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+#[test]
+fn authentication_and_roles_are_enforced_with_clear_messages() {
+    let d = start();
+    let (s, b) = call("GET", &d, "/api/v1/status", None, None);
+    assert_eq!(s, 401);
+    assert!(b["message"].as_str().unwrap().contains("missing bearer token"), "{b}");
+    let (s, b) = call("GET", &d, "/api/v1/status", Some("ist_wrong"), None);
+    assert_eq!(s, 401);
+    assert!(!b.to_string().contains("ist_wrong"), "the token is echoed: {b}");
+    let (s, b) = call("GET", &d, "/api/v1/status", Some(RO), None);
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["gateway"], "gw1");
+    let (s, b) =
+        call("POST", &d, "/api/v1/config/commit", Some(RO), Some(json!({"text": config("x", "")})));
+    assert_eq!(s, 403);
+    assert_eq!(b["code"], "forbidden");
+    assert!(b["message"].as_str().unwrap().contains("read-only"), "{b}");
+    let (s, _) = call("GET", &d, "/metrics", None, None);
+    assert_eq!(s, 401, "metrics need a token too");
+    let (s, b) = call("GET", &d, "/openapi.json", None, None);
+    assert_eq!(s, 200);
+    assert_eq!(b["openapi"], "3.0.3");
+}
+
+#[test]
+fn malformed_and_oversized_requests_get_4xx_with_a_reason() {
+    let d = start();
+    let c = client();
+    let r = c
+        .post(format!("{}/api/v1/config/validate", d.base))
+        .bearer_auth(ADMIN)
+        .body("{not json")
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    assert!(r.text().unwrap().contains("malformed JSON body"));
+    let (s, b) = call(
+        "POST",
+        &d,
+        "/api/v1/config/commit",
+        Some(ADMIN),
+        Some(json!({"text": "x", "surprise": 1})),
+    );
+    assert_eq!(s, 400);
+    assert!(b["message"].as_str().unwrap().contains("unknown field `surprise`"), "{b}");
+    let big = "#".repeat(5 << 20);
+    let r = c
+        .post(format!("{}/api/v1/config/validate", d.base))
+        .bearer_auth(ADMIN)
+        .json(&json!({"text": big}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 413);
+    let (s, b) = call("GET", &d, "/api/v1/nowhere", Some(ADMIN), None);
+    assert_eq!(s, 404);
+    assert!(b["message"].as_str().unwrap().contains("no such endpoint"), "{b}");
+    let (s, b) = call("GET", &d, "/api/v1/tunnels/nope", Some(ADMIN), None);
+    assert_eq!(s, 404);
+    assert!(b["message"].as_str().unwrap().contains("no tunnel named `nope`"), "{b}");
+}
+
+#[test]
+fn invalid_config_is_refused_with_paths_and_secrets_never_leak() {
+    let d = start();
+    let bad = config(
+        "gw1",
+        &format!(
+            r#"
+[[customer_gateway]]
+name = "peer"
+address = "192.0.2.9"
+
+[[tunnel]]
+name = "t1"
+customer_gateway = "nobody"
+psk = "{PSK}"
+ike_proposals = ["aes256gcm16-prfsha256-x99999"]
+"#
+        ),
+    );
+    let (s, b) =
+        call("POST", &d, "/api/v1/config/validate", Some(ADMIN), Some(json!({"text": bad})));
+    assert_eq!(s, 200);
+    assert_eq!(b["ok"], false);
+    let paths: Vec<&str> =
+        b["errors"].as_array().unwrap().iter().map(|e| e["path"].as_str().unwrap()).collect();
+    assert!(paths.iter().any(|p| p.starts_with("tunnel[0].customer_gateway")), "{b}");
+    assert!(paths.iter().any(|p| p.starts_with("tunnel[0].ike_proposals")), "{b}");
+    let (s, b) = call("POST", &d, "/api/v1/config/commit", Some(ADMIN), Some(json!({"text": bad})));
+    assert_eq!(s, 422);
+    assert_eq!(b["code"], "invalid-config");
+    assert!(!b.to_string().contains(PSK), "PSK leaked in an error: {b}");
+    // Nothing was committed.
+    let (_, revs) = call("GET", &d, "/api/v1/config/revisions", Some(ADMIN), None);
+    assert_eq!(revs.as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn commit_confirm_reverts_by_itself_and_rollback_restores() {
+    let d = start();
+    let (s, b) = call(
+        "POST",
+        &d,
+        "/api/v1/config/commit",
+        Some(ADMIN),
+        Some(json!({"text": config("gw2", ""), "comment": "rename", "confirm_secs": 2})),
+    );
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["revision"], 2);
+    let (_, st) = call("GET", &d, "/api/v1/status", Some(ADMIN), None);
+    assert_eq!(st["gateway"], "gw2");
+    assert!(st["confirm_pending_secs"].is_number(), "{st}");
+    // Not confirmed: the daemon reverts within a few seconds.
+    let t0 = Instant::now();
+    loop {
+        let (_, st) = call("GET", &d, "/api/v1/status", Some(ADMIN), None);
+        if st["gateway"] == "gw1" {
+            assert_eq!(st["revision"], 3, "the revert is a new revision: {st}");
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "no revert: {st}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Confirmed commits stay.
+    let (s, _) = call(
+        "POST",
+        &d,
+        "/api/v1/config/commit",
+        Some(ADMIN),
+        Some(json!({"text": config("gw3", ""), "confirm_secs": 2})),
+    );
+    assert_eq!(s, 200);
+    let (s, b) = call("POST", &d, "/api/v1/config/confirm", Some(ADMIN), Some(json!({})));
+    assert_eq!(s, 200, "{b}");
+    std::thread::sleep(Duration::from_secs(3));
+    let (_, st) = call("GET", &d, "/api/v1/status", Some(ADMIN), None);
+    assert_eq!(st["gateway"], "gw3");
+    // Roll back to revision 1.
+    let (s, b) =
+        call("POST", &d, "/api/v1/config/rollback", Some(ADMIN), Some(json!({"revision": 1})));
+    assert_eq!(s, 200, "{b}");
+    let (_, st) = call("GET", &d, "/api/v1/status", Some(ADMIN), None);
+    assert_eq!(st["gateway"], "gw1");
+    let (_, revs) = call("GET", &d, "/api/v1/config/revisions", Some(RO), None);
+    let revs = revs.as_array().unwrap();
+    assert_eq!(revs.last().unwrap()["active"], true);
+    assert_eq!(revs[1]["author"], "ops");
+    let (s, b) =
+        call("POST", &d, "/api/v1/config/rollback", Some(ADMIN), Some(json!({"revision": 99})));
+    assert_eq!(s, 404, "{b}");
+}
