@@ -71,6 +71,9 @@ pub enum Error {
     /// A dump request was refused.
     #[error("reading {0} from the kernel failed: {1}")]
     Dump(&'static str, String),
+    /// The kernel's table changed while it was being read (the plan retries).
+    #[error("{0} changed while being read; try again")]
+    DumpInterrupted(&'static str),
     /// The desired state is inconsistent.
     #[error("{0}")]
     Invalid(String),

@@ -31,6 +31,8 @@ pub(crate) const NLM_F_CREATE: u16 = 0x400;
 pub(crate) const NLM_F_APPEND: u16 = 0x800;
 /// Set by the kernel on an error message that carries extended-ACK attributes.
 const NLM_F_ACK_TLVS: u16 = 0x200;
+/// Set on dump messages when the table changed while it was being dumped.
+const NLM_F_DUMP_INTR: u16 = 0x10;
 /// `NLMSGERR_ATTR_MSG`: the kernel's human-readable reason.
 const NLMSGERR_ATTR_MSG: u16 = 1;
 
@@ -235,6 +237,7 @@ impl NlSocket {
         let mut buf = Vec::with_capacity(NLMSG_HDRLEN + payload.len() + 4);
         Self::push(&mut buf, kind, NLM_F_REQUEST | NLM_F_DUMP, seq, payload);
         self.send_all(&buf)?;
+        let mut interrupted = false;
         loop {
             let n = self.recv()?;
             let mut off = 0;
@@ -243,7 +246,9 @@ impl NlSocket {
                 if mseq != seq {
                     continue;
                 }
+                interrupted |= flags & NLM_F_DUMP_INTR != 0;
                 match kind {
+                    NLMSG_DONE if interrupted => return Err(Error::DumpInterrupted(what)),
                     NLMSG_DONE => return Ok(()),
                     NLMSG_ERROR => {
                         return match parse_ack(payload, flags) {
@@ -251,9 +256,7 @@ impl NlSocket {
                             Err(e) => Err(Error::Dump(what, e.to_string())),
                         };
                     }
-                    _ => {
-                        each(kind, payload)?;
-                    }
+                    _ => each(kind, payload)?,
                 }
             }
         }

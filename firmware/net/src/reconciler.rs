@@ -96,9 +96,20 @@ impl Reconciler {
 
     /// What would change to reach `desired` (nothing is changed).
     pub fn plan(&mut self, desired: &DesiredState) -> Result<Plan, Error> {
-        let kernel = kernel::observe(&mut self.rt)?;
-        let table = firewall::observe(&mut self.nft)?;
-        plan::diff(&Inputs { desired, kernel: &kernel, table: table.as_ref() })
+        // A dump that raced with a change elsewhere is consistent on the next try.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let seen = kernel::observe(&mut self.rt)
+                .and_then(|k| Ok((k, firewall::observe(&mut self.nft)?)));
+            match seen {
+                Ok((kernel, table)) => {
+                    return plan::diff(&Inputs { desired, kernel: &kernel, table: table.as_ref() });
+                }
+                Err(Error::DumpInterrupted(_)) if attempt < 5 => continue,
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// How the kernel differs from `desired`; empty when it matches.
@@ -230,5 +241,19 @@ impl Reconciler {
             Some(Err(e)) => Err(Error::Protocol(e.to_string())),
             _ => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reconciler_can_move_to_a_blocking_thread() {
+        // The daemon runs it under `tokio::task::spawn_blocking`, which needs `Send`.
+        fn send<T: Send>() {}
+        send::<Reconciler>();
+        send::<Plan>();
+        send::<Error>();
     }
 }
