@@ -20,6 +20,24 @@ pub const MAX_WINDOW: u32 = 1 << 16;
 /// disabled (window 0): half the 32-bit space either side of the highest number seen.
 const ESN_INFERENCE_WITHOUT_WINDOW: u32 = 1 << 31;
 
+/// The full sequence number for `seq_lo` given the highest accepted `top` and the window size
+/// (RFC 4303 Appendix A.2.2); see [`ReplayWindow::infer_esn`].
+#[inline]
+pub fn infer_esn(top: u64, size: u32, seq_lo: u32) -> u64 {
+    let w = if size == 0 { ESN_INFERENCE_WITHOUT_WINDOW } else { size };
+    let tl = top as u32;
+    let th = (top >> 32) as u32;
+    let bottom = tl.wrapping_sub(w - 1);
+    let seq_hi = if tl >= w - 1 {
+        // Case A: the window lies within one 2^32 subspace.
+        if seq_lo >= bottom { th } else { th.wrapping_add(1) }
+    } else {
+        // Case B: the window spans two subspaces.
+        if seq_lo >= bottom { th.checked_sub(1).unwrap_or(th) } else { th }
+    };
+    (u64::from(seq_hi) << 32) | u64::from(seq_lo)
+}
+
 /// Which sequence numbers an inbound SA has accepted.
 #[derive(Debug, Clone)]
 pub struct ReplayWindow {
@@ -54,18 +72,7 @@ impl ReplayWindow {
     /// The full 64-bit sequence number of a packet that carries only the low 32 bits, inferred
     /// from the window's position (RFC 4303 Appendix A.2.2). Never goes below the first 2^32.
     pub fn infer_esn(&self, seq_lo: u32) -> u64 {
-        let w = if self.size == 0 { ESN_INFERENCE_WITHOUT_WINDOW } else { self.size };
-        let tl = self.top as u32;
-        let th = (self.top >> 32) as u32;
-        let bottom = tl.wrapping_sub(w - 1);
-        let seq_hi = if tl >= w - 1 {
-            // Case A: the window lies within one 2^32 subspace.
-            if seq_lo >= bottom { th } else { th.wrapping_add(1) }
-        } else {
-            // Case B: the window spans two subspaces.
-            if seq_lo >= bottom { th.checked_sub(1).unwrap_or(th) } else { th }
-        };
-        (u64::from(seq_hi) << 32) | u64::from(seq_lo)
+        infer_esn(self.top, self.size, seq_lo)
     }
 
     /// Whether `seq` may be accepted, without changing the window.

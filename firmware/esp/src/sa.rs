@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::aead::{AeadBackend, NONCE_LEN, SALT_LEN};
+use crate::replay;
 use crate::{
     Aead, Backend, Cipher, DropCounters, DropReason, ESP_HEADER_LEN, EspError, HEADER_LEN, ICV_LEN,
     IV_LEN, NH_IPV4, NH_IPV6, NH_NONE, ReplayWindow, SaCounters, TRAILER_LEN,
@@ -430,6 +431,9 @@ fn inner_next_header(inner: &[u8]) -> Result<u8, DropReason> {
 pub struct InboundSa {
     common: Common,
     window: Mutex<ReplayWindow>,
+    /// Copy of the window's highest accepted number, for the lock-free pre-check.
+    top: AtomicU64,
+    window_size: u32,
     /// Nanoseconds after `created` of the last verified packet, plus one; 0 for none.
     last_packet: AtomicU64,
 }
@@ -450,6 +454,8 @@ impl InboundSa {
         Ok(InboundSa {
             common: Common::new(&cfg, now)?,
             window: Mutex::new(ReplayWindow::new(cfg.replay_window)?),
+            top: AtomicU64::new(0),
+            window_size: cfg.replay_window,
             last_packet: AtomicU64::new(0),
         })
     }
@@ -516,12 +522,17 @@ impl InboundSa {
             return Err(c.drop(DropReason::Expired));
         }
         let seq_lo = u32::from_be_bytes([esp[4], esp[5], esp[6], esp[7]]);
-        let seq = {
-            let w = self.lock_window();
-            let seq = if c.esn { w.infer_esn(seq_lo) } else { u64::from(seq_lo) };
-            w.check(seq).map_err(|r| c.drop(r))?;
-            seq
+        // Lock-free fast path: a number above the highest accepted one needs no bitmap look-up
+        // (the common, in-order case). `accept` checks again under the lock after the ICV.
+        let top = self.top.load(Ordering::Acquire);
+        let seq = if c.esn {
+            replay::infer_esn(top, self.window_size, seq_lo)
+        } else {
+            u64::from(seq_lo)
         };
+        if seq <= top || seq == 0 {
+            self.lock_window().check(seq).map_err(|r| c.drop(r))?;
+        }
         let mut iv = [0; IV_LEN];
         iv.copy_from_slice(&esp[ESP_HEADER_LEN..HEADER_LEN]);
         Ok((seq, iv, ct_len))
@@ -545,7 +556,11 @@ impl InboundSa {
             .open_in_place(&c.nonce(iv), &aad[..aad_len], buf)
             .map_err(|_| c.drop(DropReason::IcvFailure))?;
         // Only an authenticated packet moves the window (RFC 4303 §3.4.3).
-        self.lock_window().accept(seq).map_err(|r| c.drop(r))?;
+        {
+            let mut w = self.lock_window();
+            w.accept(seq).map_err(|r| c.drop(r))?;
+            self.top.store(w.top(), Ordering::Release);
+        }
         let ct_len = buf.len() - ICV_LEN;
         let pad = usize::from(buf[ct_len - 2]);
         let nh = buf[ct_len - 1];
@@ -1089,7 +1104,9 @@ mod tests {
                 let rx = InboundSa::new(c, now).unwrap();
                 if start > 1 {
                     // The receiver has seen the packet before (it knows the high half).
-                    rx.lock_window().accept(start - 1).unwrap();
+                    let mut w = rx.lock_window();
+                    w.accept(start - 1).unwrap();
+                    rx.top.store(w.top(), Ordering::Relaxed);
                 }
                 let inner = ip_packet(if v6 { 6 } else { 4 }, len, fill);
                 let mut wire = vec![0u8; len + max_overhead()];
