@@ -19,7 +19,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use isthmus_ike::{
-    DownReason, Endpoint, EndpointConfig, Event, StartAction, Transmit, TunnelConfig,
+    DownReason, DpdAction, Endpoint, EndpointConfig, Event, StartAction, Transmit, TunnelConfig,
 };
 
 use crate::Error;
@@ -58,10 +58,37 @@ impl Tunnel {
 }
 
 /// Driver settings.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct DriverConfig {
     /// The endpoint's settings (retransmission, cookies, keepalives).
     pub endpoint: EndpointConfig,
+    /// A tunnel that should be up (start action start, an operator's initiate, DPD or close
+    /// action restart) but failed to come up is tried again after this long, then after twice
+    /// as long each time, up to [`DriverConfig::retry_max`].
+    pub retry_initial: Duration,
+    /// The longest wait between two attempts.
+    pub retry_max: Duration,
+}
+
+impl Default for DriverConfig {
+    fn default() -> DriverConfig {
+        DriverConfig {
+            endpoint: EndpointConfig::default(),
+            retry_initial: Duration::from_secs(2),
+            retry_max: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A tunnel in the driver: its configuration and whether the driver keeps it up.
+struct Run {
+    cfg: Tunnel,
+    /// Bring it back whenever it goes down or fails (until terminated).
+    wants_up: bool,
+    /// The next attempt, while down.
+    retry_at: Option<Instant>,
+    /// Wait before the attempt after that.
+    backoff: Duration,
 }
 
 pub(crate) enum Command {
@@ -137,7 +164,9 @@ impl Tunnels {
         let stop = Arc::new(AtomicBool::new(false));
         let sockets = Sockets::new(IKE_PORT, NAT_T_PORT, own_nat_t, tx.clone(), stop);
         let mut driver = Driver {
-            ep: Endpoint::new(cfg.endpoint, seed),
+            ep: Endpoint::new(cfg.endpoint.clone(), seed),
+            retry_initial: cfg.retry_initial,
+            retry_max: cfg.retry_max,
             dp: dataplane,
             sockets,
             own_nat_t,
@@ -232,10 +261,12 @@ impl Drop for Tunnels {
 
 struct Driver {
     ep: Endpoint,
+    retry_initial: Duration,
+    retry_max: Duration,
     dp: Box<dyn Dataplane>,
     sockets: Sockets,
     own_nat_t: bool,
-    tunnels: HashMap<String, Tunnel>,
+    tunnels: HashMap<String, Run>,
     shared: Arc<Shared>,
     /// Inbound SPIs whose rekey the dataplane already asked for (it reports both directions).
     expiring: HashSet<u32>,
@@ -244,7 +275,8 @@ struct Driver {
 impl Driver {
     fn run(&mut self, rx: Receiver<Input>) {
         loop {
-            let wait = match self.ep.poll_timeout() {
+            let next = self.ep.poll_timeout().into_iter().chain(self.next_retry()).min();
+            let wait = match next {
                 Some(t) => t.saturating_duration_since(Instant::now()),
                 None => Duration::from_secs(3600),
             };
@@ -257,9 +289,49 @@ impl Driver {
             if self.ep.poll_timeout().is_some_and(|t| t <= now) {
                 self.ep.handle_timeout(now);
             }
+            self.retries(now);
             self.drain();
         }
         self.sockets.close();
+    }
+
+    fn next_retry(&self) -> Option<Instant> {
+        self.tunnels.values().filter_map(|r| r.retry_at).min()
+    }
+
+    /// Initiates every tunnel whose retry is due and that is still down.
+    fn retries(&mut self, now: Instant) {
+        let due: Vec<String> = self
+            .tunnels
+            .iter_mut()
+            .filter(|(_, r)| r.retry_at.is_some_and(|t| t <= now))
+            .map(|(name, r)| {
+                r.retry_at = None;
+                name.clone()
+            })
+            .collect();
+        for name in due {
+            let down =
+                lock(&self.shared.status).get(&name).is_some_and(|s| s.state == TunnelState::Down);
+            if down {
+                tracing::info!(tunnel = %name, "trying the tunnel again");
+                if let Err(e) = self.initiate(&name, now) {
+                    tracing::warn!(tunnel = %name, error = %e, "retry failed");
+                }
+            }
+        }
+    }
+
+    /// Schedules the next attempt of a tunnel that should be up, with exponential backoff.
+    fn schedule_retry(&mut self, name: &str, now: Instant) {
+        let max = self.retry_max;
+        if let Some(r) = self.tunnels.get_mut(name)
+            && r.wants_up
+            && r.retry_at.is_none()
+        {
+            r.retry_at = Some(now + r.backoff);
+            r.backoff = (r.backoff * 2).min(max);
+        }
     }
 
     fn input(&mut self, input: Input) {
@@ -308,7 +380,9 @@ impl Driver {
                     },
                 );
                 let start = t.ike.start_action == StartAction::Start;
-                self.tunnels.insert(name.clone(), *t);
+                let run =
+                    Run { cfg: *t, wants_up: start, retry_at: None, backoff: self.retry_initial };
+                self.tunnels.insert(name.clone(), run);
                 if start {
                     self.initiate(&name, now)?;
                 }
@@ -326,10 +400,18 @@ impl Driver {
             }
             Command::Initiate(name) => {
                 self.known(&name)?;
+                if let Some(r) = self.tunnels.get_mut(&name) {
+                    r.wants_up = true;
+                    r.backoff = self.retry_initial;
+                }
                 self.initiate(&name, now)
             }
             Command::Terminate(name) => {
                 self.known(&name)?;
+                if let Some(r) = self.tunnels.get_mut(&name) {
+                    r.wants_up = false;
+                    r.retry_at = None;
+                }
                 self.ep.terminate(&name, now).map_err(|e| Error::Ike(name, e))
             }
             Command::RekeyChild(name, child) => {
@@ -449,6 +531,10 @@ impl Driver {
         let now = Instant::now();
         match e {
             Event::IkeSaUp { tunnel, local, peer, suite, encap, rekeyed } => {
+                if let Some(r) = self.tunnels.get_mut(&tunnel) {
+                    r.retry_at = None;
+                    r.backoff = self.retry_initial;
+                }
                 if let Some(s) = lock(&self.shared.status).get_mut(&tunnel) {
                     s.state = TunnelState::Up;
                     s.local = local;
@@ -477,14 +563,25 @@ impl Driver {
                     tunnel: tunnel.clone(),
                     reason: reason.to_string(),
                 });
-                let restart = reason == DownReason::DeletedByPeer
-                    && self
-                        .tunnels
-                        .get(&tunnel)
-                        .is_some_and(|t| t.close_action == CloseAction::Restart);
+                let Some(run) = self.tunnels.get_mut(&tunnel) else { return };
+                // Whether the tunnel should come back: the close action decides when the peer
+                // deleted it, the DPD action when the peer died.
+                match reason {
+                    DownReason::DeletedByPeer => {
+                        run.wants_up = run.cfg.close_action == CloseAction::Restart;
+                    }
+                    DownReason::DeadPeer => {
+                        run.wants_up = run.cfg.ike.dpd.action == DpdAction::Restart;
+                    }
+                    DownReason::Terminated => run.wants_up = false,
+                    _ => {}
+                }
+                let restart = run.wants_up && reason == DownReason::DeletedByPeer;
                 if restart && let Err(e) = self.initiate(&tunnel, now) {
                     tracing::warn!(%tunnel, error = %e, "close action restart failed");
                 }
+                // If that (or the endpoint's own DPD restart) fails, a retry brings it back.
+                self.schedule_retry(&tunnel, now);
             }
             Event::ChildSaUp {
                 tunnel,
@@ -553,11 +650,16 @@ impl Driver {
                 });
             }
             Event::NegotiationFailed(x) => {
+                let mut down = false;
                 if let Some(s) = lock(&self.shared.status).get_mut(&x.tunnel) {
                     s.last_failure = Some(x.clone());
                     if s.state == TunnelState::Connecting {
                         s.state = TunnelState::Down;
                     }
+                    down = s.state == TunnelState::Down;
+                }
+                if down {
+                    self.schedule_retry(&x.tunnel, now);
                 }
                 self.emit(TunnelEvent::Failed(x));
             }
