@@ -176,3 +176,38 @@ impl std::fmt::Display for TunnelEvent {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_read_as_one_line_with_hex_spis() {
+        let up = TunnelEvent::ChildUp {
+            tunnel: "t".into(),
+            child: "net".into(),
+            spi_in: 0xc1,
+            spi_out: 0xabcdef01,
+            esp: "aes256gcm16-noesn".into(),
+            rekey_of: Some(0x1234),
+        };
+        assert_eq!(
+            up.to_string(),
+            "tunnel `t`: CHILD SA `net` installed (in 000000c1, out abcdef01, aes256gcm16-noesn), \
+             rekeying 00001234"
+        );
+        let ike = TunnelEvent::IkeUp {
+            tunnel: "t".into(),
+            peer: "192.0.2.2:4500".parse().unwrap(),
+            suite: "aes256gcm16-prfsha256-x25519".into(),
+            encap: true,
+            rekeyed: false,
+        };
+        assert_eq!(
+            ike.to_string(),
+            "tunnel `t`: IKE SA established with 192.0.2.2:4500 (aes256gcm16-prfsha256-x25519, \
+             UDP-encapsulated)"
+        );
+        assert_eq!(TunnelState::Connecting.to_string(), "connecting");
+    }
+}

@@ -257,6 +257,35 @@ fn two_isthmus_gateways_carry_lan_traffic_over_negotiated_esp() {
     let after = a.host.sh_output("ping -n -q -c 3 -i 0.2 -W 2 10.42.32.2");
     assert!(after.status.success(), "ping after the simultaneous rekey failed");
 
+    // Both gateways rekey the IKE SA at once (RFC 7296 §2.8.2), under traffic: one IKE SA
+    // survives on each side, its CHILD SA carries on.
+    let pinger = a
+        .host
+        .command("ping")
+        .args(["-n", "-q", "-c", "40", "-i", "0.05", "-W", "2", "10.42.32.2"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pinger = Guard(Some(pinger));
+    std::thread::sleep(Duration::from_millis(500));
+    std::thread::scope(|s| {
+        s.spawn(|| a.tunnels.rekey_ike("ab").unwrap());
+        s.spawn(|| b.tunnels.rekey_ike("ab").unwrap());
+    });
+    let out = pinger.0.take().unwrap().wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (sa, sb) = (a.tunnels.tunnel("ab").unwrap(), b.tunnels.tunnel("ab").unwrap());
+    assert!(
+        text.contains("40 received"),
+        "pings lost during the simultaneous IKE rekey: {text}\n{sa:#?}\n{sb:#?}"
+    );
+    assert_eq!((sa.state, sb.state), (TunnelState::Up, TunnelState::Up));
+    assert!(sa.ike_sas_established >= 2, "the IKE SA was not rekeyed: {sa:#?}");
+    assert_eq!((sa.children.len(), sb.children.len()), (1, 1), "{sa:#?}\n{sb:#?}");
+    // The rekeyed IKE SA still works: a CHILD rekey over it.
+    a.tunnels.rekey_child("ab", "ab").unwrap();
+    wait_child(&ev_a, "a", true);
+
     let _ = nix_kill(&mut dump);
     let wan = std::process::Command::new("tcpdump")
         .args(["-n", "-r", pcap.to_str().unwrap()])
