@@ -68,8 +68,8 @@ fn main() {
     println!("  tunnel (ESP in UDP, AES-128-GCM, ring): {tunnel:.2} Gbit/s");
     println!("  plain routed, same namespaces:          {plain:.2} Gbit/s");
     println!(
-        "  gw-a: {} packets to the WAN, drops {:?}, {}s iperf3 runs",
-        c.io.wan_tx, c.drops, SECONDS
+        "  gw-a: {} reads from TUN, {} ESP packets to the WAN, drops {:?}, {}s iperf3 runs",
+        c.io.tun_rx, c.io.wan_tx, c.drops, SECONDS
     );
 }
 

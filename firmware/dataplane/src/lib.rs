@@ -84,6 +84,8 @@ pub struct Config {
     /// Use TUN offloads (`IFF_VNET_HDR`, TCP segmentation and coalescing) when the kernel has
     /// them.
     pub tun_offload: bool,
+    /// Use UDP segmentation offload for sending and UDP GRO for receiving ESP in UDP.
+    pub udp_offload: bool,
     /// Capacity of the event channel; events beyond it are counted as lost, never block.
     pub event_capacity: usize,
 }
@@ -105,6 +107,7 @@ impl Config {
             batch: 64,
             event_capacity: 1024,
             tun_offload: true,
+            udp_offload: true,
         }
     }
 
@@ -374,6 +377,8 @@ struct Shared {
     last_acquire: Mutex<HashMap<(String, String), Instant>>,
     /// Largest packet a worker buffer must hold.
     buf_size: usize,
+    /// Send ESP in UDP with `UDP_SEGMENT`.
+    udp_gso: bool,
 }
 
 impl Shared {
@@ -462,6 +467,7 @@ impl Dataplane {
             None
         };
         let (tx, rx) = std::sync::mpsc::sync_channel(cfg.event_capacity.max(1));
+        let udp_gso = cfg.udp_offload;
         let buf_size = (tun_mtu.max(cfg.tunnel_mtu) as usize + 256).max(2048);
         let shared = Arc::new(Shared {
             cfg,
@@ -476,6 +482,7 @@ impl Dataplane {
             raw,
             last_acquire: Mutex::new(HashMap::new()),
             buf_size,
+            udp_gso,
         });
         let tun_name = shared.tun.name().to_owned();
         let mut dp = Dataplane { shared: shared.clone(), threads: Vec::new(), tun_name, udp_addr };

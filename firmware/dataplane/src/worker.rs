@@ -160,12 +160,14 @@ fn flush(sh: &Shared, batch: &SendBatch, filled: usize, local: &mut Local) {
         while end < filled && batch.tag(end) == tag {
             end += 1;
         }
-        let sock = if tag == TAG_UDP { Some(&sh.udp) } else { sh.raw.as_ref() };
-        if let Some(sock) = sock {
-            let (ok, failed) = sock.send_batch(batch, start, end);
-            local.wan_tx += ok as u64;
-            local.io_errors += failed as u64;
-        }
+        let (ok, failed) = match (tag, sh.raw.as_ref()) {
+            (TAG_UDP, _) if sh.udp_gso => sh.udp.send_gso(batch, start, end),
+            (TAG_UDP, _) => sh.udp.send_batch(batch, start, end),
+            (_, Some(raw)) => raw.send_batch(batch, start, end),
+            (_, None) => (0, end - start),
+        };
+        local.wan_tx += ok as u64;
+        local.io_errors += failed as u64;
         start = end;
     }
 }
@@ -286,8 +288,11 @@ pub(crate) fn inbound(sh: &Shared, udp: bool) {
         (false, Some(raw)) => raw,
         (false, None) => return,
     };
-    let cap = sh.cfg.batch.max(1);
-    let mut rb = RecvBatch::new(cap, sh.buf_size);
+    let gro = udp && sh.cfg.udp_offload && sock.enable_gro();
+    // A coalesced receive holds up to 64 KiB; fewer, larger buffers then.
+    let (cap, size) =
+        if gro { (sh.cfg.batch.clamp(1, 16), 65_536) } else { (sh.cfg.batch.max(1), sh.buf_size) };
+    let mut rb = RecvBatch::new(cap, size);
     let mut local = Local::default();
     let mut co = sh.tun.offload().then(Coalescer::default);
     while !sh.stop.load(Ordering::Relaxed) {
@@ -309,8 +314,10 @@ pub(crate) fn inbound(sh: &Shared, udp: bool) {
         let snap = sh.state.load();
         let now = Instant::now();
         for i in 0..n {
-            let (d, from) = rb.get_mut(i);
-            inbound_one(sh, &snap, d, from, udp, now, &mut local, co.as_mut());
+            let (d, from, seg) = rb.get_mut(i);
+            for dgram in d.chunks_mut(seg) {
+                inbound_one(sh, &snap, dgram, from, udp, now, &mut local, co.as_mut());
+            }
         }
         if let Some(co) = co.as_mut() {
             co.flush(&mut |h, p| to_tun(sh, h, p, &mut local));
