@@ -553,16 +553,27 @@ impl Driver {
                 });
             }
             Event::IkeSaDown { tunnel, reason } => {
+                // A rekeyed, replaced or collision-losing IKE SA has a successor: the tunnel
+                // stays up.
+                let successor = matches!(
+                    reason,
+                    DownReason::Rekeyed | DownReason::Replaced | DownReason::RekeyCollision
+                );
                 if let Some(s) = lock(&self.shared.status).get_mut(&tunnel) {
-                    s.state = TunnelState::Down;
-                    s.ike_suite = None;
-                    s.up_since = None;
+                    if !successor {
+                        s.state = TunnelState::Down;
+                        s.ike_suite = None;
+                        s.up_since = None;
+                    }
                     s.last_down_reason = Some(reason.to_string());
                 }
                 self.emit(TunnelEvent::IkeDown {
                     tunnel: tunnel.clone(),
                     reason: reason.to_string(),
                 });
+                if successor {
+                    return;
+                }
                 let Some(run) = self.tunnels.get_mut(&tunnel) else { return };
                 // Whether the tunnel should come back: the close action decides when the peer
                 // deleted it, the DPD action when the peer died.
