@@ -12,10 +12,15 @@
 //! crash or power cut inside the window, the first `poll` after restart reverts. Time is an input
 //! (`now`), never read here.
 //!
+//! Texts are stored as content-defined chunks of whole lines, each under its SHA-256, and a
+//! revision's text is the list of its chunks' hashes. A one-line change to a large document writes
+//! one or two new chunks, not the whole document again: commits stay fast and a long history of
+//! small changes costs little disk.
+//!
 //! Layout (one tree): `meta/last` (u64 BE, highest revision), `meta/active` (u64 BE),
 //! `meta/pending` (JSON, only while a commit awaits confirmation), `rev/<u64 BE>` (JSON
-//! [`RevisionInfo`]), `text/<u64 BE>` (the committed text, secrets included: the directory is
-//! created mode 0700).
+//! [`RevisionInfo`]), `text/<u64 BE>` (the text's chunk hashes, 32 bytes each), `chunk/<hash>`
+//! (chunk bytes). Texts hold inline secrets: the directory is created mode 0700.
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -42,6 +47,47 @@ fn text_key(n: u64) -> Vec<u8> {
     let mut k = b"text/".to_vec();
     k.extend_from_slice(&n.to_be_bytes());
     k
+}
+
+fn chunk_key(hash: &[u8]) -> Vec<u8> {
+    let mut k = b"chunk/".to_vec();
+    k.extend_from_slice(hash);
+    k
+}
+
+/// Chunks of about 2 KiB (at least 1 KiB, at most 64 KiB) that end after a line whose hash
+/// matches: where a chunk ends depends on the lines around it, not on its offset, so an edit
+/// changes only the chunks it touches.
+fn chunks(text: &str) -> Vec<&str> {
+    const MIN: usize = 1024;
+    const MAX: usize = 64 * 1024;
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len() / 2048 + 1);
+    let mut start = 0;
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325; // FNV-1a of the current line
+    for (i, &b) in bytes.iter().enumerate() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        if b == b'\n' {
+            let len = i + 1 - start;
+            if (len >= MIN && h.rotate_left(17).is_multiple_of(32)) || len >= MAX {
+                out.push(&text[start..=i]);
+                start = i + 1;
+            }
+            h = 0xcbf2_9ce4_8422_2325;
+        }
+    }
+    if start < bytes.len() {
+        out.push(&text[start..]);
+    }
+    out
+}
+
+/// A text cut into chunks: (hash, bytes) per chunk, and the manifest (the hashes in order).
+fn split(text: &str) -> (Vec<([u8; 32], &str)>, Vec<u8>) {
+    let parts: Vec<([u8; 32], &str)> =
+        chunks(text).into_iter().map(|c| (Sha256::digest(c.as_bytes()).into(), c)).collect();
+    let manifest = parts.iter().flat_map(|(h, _)| h.iter().copied()).collect();
+    (parts, manifest)
 }
 
 fn sha256_hex(text: &str) -> String {
@@ -214,10 +260,32 @@ fn tx_pending(tx: &TransactionalTree) -> Tx<Option<Pending>> {
     }
 }
 
-/// Writes revision `info` with `text` and makes it active, inside a transaction.
-fn tx_write(tx: &TransactionalTree, info: &RevisionInfo, text: &str) -> Tx<()> {
+fn tx_info(tx: &TransactionalTree, rev: u64) -> Tx<RevisionInfo> {
+    match tx.get(rev_key(rev))? {
+        Some(v) => match serde_json::from_slice(&v) {
+            Ok(i) => Ok(i),
+            Err(e) => abort(Error::Corrupt(format!("revision {rev} metadata: {e}"))),
+        },
+        None => abort(Error::NoSuchRevision(rev)),
+    }
+}
+
+/// Stores the chunks that are not stored yet, inside a transaction.
+fn tx_chunks(tx: &TransactionalTree, parts: &[([u8; 32], &str)]) -> Tx<()> {
+    for (h, c) in parts {
+        let k = chunk_key(h);
+        if tx.get(&k)?.is_none() {
+            tx.insert(k, c.as_bytes())?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes revision `info` whose text is `manifest` (chunks already stored) and makes it
+/// active, inside a transaction.
+fn tx_write(tx: &TransactionalTree, info: &RevisionInfo, manifest: &[u8]) -> Tx<()> {
     tx.insert(rev_key(info.number), json(info))?;
-    tx.insert(text_key(info.number), text.as_bytes())?;
+    tx.insert(text_key(info.number), manifest)?;
     tx.insert(LAST, &info.number.to_be_bytes())?;
     tx.insert(ACTIVE, &info.number.to_be_bytes())?;
     Ok(())
@@ -293,6 +361,7 @@ impl Store {
         let _w = self.lock();
         self.poll_locked(now)?;
         let sha = sha256_hex(text);
+        let (parts, manifest) = split(text);
         let rev = self
             .db
             .transaction(|tx| {
@@ -305,7 +374,7 @@ impl Store {
                 }
                 let active = tx_u64(tx, ACTIVE)?;
                 if let Some(a) = active
-                    && tx.get(text_key(a))?.is_some_and(|t| *t == *text.as_bytes())
+                    && tx_info(tx, a)?.sha256 == sha
                 {
                     return abort(Error::Unchanged(a));
                 }
@@ -326,7 +395,8 @@ impl Store {
                     kind,
                     sha256: sha.clone(),
                 };
-                tx_write(tx, &info, text)?;
+                tx_chunks(tx, &parts)?;
+                tx_write(tx, &info, &manifest)?;
                 Ok(number)
             })
             .map_err(tx_error)?;
@@ -370,13 +440,13 @@ impl Store {
             .db
             .transaction(|tx| {
                 let Some(p) = tx_pending(tx)? else { return Ok(None) };
-                let Some(text) = tx.get(text_key(p.previous))? else {
+                let Some(manifest) = tx.get(text_key(p.previous))? else {
                     return abort(Error::Corrupt(format!(
                         "revision {} (to revert to) has no text",
                         p.previous
                     )));
                 };
-                let text = String::from_utf8_lossy(&text).into_owned();
+                let sha256 = tx_info(tx, p.previous)?.sha256;
                 let number = tx_u64(tx, LAST)?.unwrap_or(0) + 1;
                 let info = RevisionInfo {
                     number,
@@ -387,9 +457,9 @@ impl Store {
                         p.rev
                     ),
                     kind: RevisionKind::Revert { unconfirmed: p.rev, to: p.previous },
-                    sha256: sha256_hex(&text),
+                    sha256,
                 };
-                tx_write(tx, &info, &text)?;
+                tx_write(tx, &info, &manifest)?;
                 tx.remove(PENDING)?;
                 Ok(Some(Reverted { unconfirmed: p.rev, restored: p.previous, rev: number }))
             })
@@ -413,9 +483,11 @@ impl Store {
         let rev = self
             .db
             .transaction(|tx| {
-                let active = tx_u64(tx, ACTIVE)?;
-                if active == Some(to) {
-                    return abort(Error::Unchanged(to));
+                // Rolling back to what is already active would only add noise to the history.
+                if let Some(a) = tx_u64(tx, ACTIVE)?
+                    && tx_info(tx, a)?.sha256 == old.info.sha256
+                {
+                    return abort(Error::Unchanged(a));
                 }
                 let number = tx_u64(tx, LAST)?.unwrap_or(0) + 1;
                 let info = RevisionInfo {
@@ -426,7 +498,10 @@ impl Store {
                     kind: RevisionKind::Rollback { to },
                     sha256: old.info.sha256.clone(),
                 };
-                tx_write(tx, &info, old.text())?;
+                let Some(manifest) = tx.get(text_key(to))? else {
+                    return abort(Error::Corrupt(format!("revision {to} has no text")));
+                };
+                tx_write(tx, &info, &manifest)?;
                 tx.remove(PENDING)?;
                 Ok(number)
             })
@@ -465,11 +540,22 @@ impl Store {
     /// Revision `rev`, with its text (checked against its recorded hash).
     pub fn get(&self, rev: u64) -> Result<Revision, Error> {
         let info = self.info(rev)?;
-        let raw = self
+        let manifest = self
             .db
             .get(text_key(rev))?
             .ok_or_else(|| Error::Corrupt(format!("revision {rev} has no text")))?;
-        let text = String::from_utf8(raw.to_vec())
+        if manifest.len() % 32 != 0 {
+            return Err(Error::Corrupt(format!("revision {rev} has a torn chunk list")));
+        }
+        let mut raw = Vec::new();
+        for h in manifest.chunks(32) {
+            let c = self
+                .db
+                .get(chunk_key(h))?
+                .ok_or_else(|| Error::Corrupt(format!("revision {rev} misses a chunk")))?;
+            raw.extend_from_slice(&c);
+        }
+        let text = String::from_utf8(raw)
             .map_err(|_| Error::Corrupt(format!("revision {rev} text is not UTF-8")))?;
         if sha256_hex(&text) != info.sha256 {
             return Err(Error::Corrupt(format!("revision {rev} text does not match its hash")));
@@ -548,4 +634,33 @@ pub(crate) fn diff_text(a: &str, b: &str, name_a: &str, name_b: &str) -> String 
         .context_radius(3)
         .header(name_a, name_b)
         .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_cover_the_text_and_an_edit_changes_few_of_them() {
+        let mut text = String::new();
+        for i in 0..5000 {
+            text.push_str(&format!(
+                "[[route_table.route]]\nprefix = \"10.{}.{}.0/24\"\nmetric = 100\n",
+                i / 256,
+                i % 256
+            ));
+        }
+        let a = chunks(&text);
+        assert_eq!(a.concat(), text);
+        assert!(a.iter().all(|c| c.len() <= 64 * 1024 && c.ends_with('\n')));
+        assert!(a.len() > 20, "{} chunks", a.len());
+        let edited = text.replacen("metric = 100", "metric = 150", 1);
+        let (pa, _) = split(&text);
+        let (pb, _) = split(&edited);
+        let old: std::collections::HashSet<_> = pa.iter().map(|(h, _)| *h).collect();
+        let new = pb.iter().filter(|(h, _)| !old.contains(h)).count();
+        assert!(new <= 2, "{new} chunks changed for one line");
+        assert_eq!(chunks(""), Vec::<&str>::new());
+        assert_eq!(chunks("no newline"), vec!["no newline"]);
+    }
 }

@@ -17,7 +17,7 @@ use crate::schema::*;
 
 /// Checks a parsed configuration as a whole.
 pub fn validate(c: &Config) -> Report {
-    let mut v = V { c, r: Report::default() };
+    let mut v = V { c, r: Report::default(), peer_of: Vec::new() };
     v.run();
     v.r
 }
@@ -25,6 +25,8 @@ pub fn validate(c: &Config) -> Report {
 struct V<'c> {
     c: &'c Config,
     r: Report,
+    /// Each tunnel's customer gateway (index), when it resolves.
+    peer_of: Vec<Option<usize>>,
 }
 
 /// Minimum bytes IPsec adds to a packet (outer IPv4, UDP encapsulation, ESP header, IV, ICV,
@@ -95,6 +97,8 @@ impl<'c> V<'c> {
         let cgws =
             self.names("customer_gateway", c.customer_gateways.iter().map(|x| x.name.as_str()));
         let tunnels = self.names("tunnel", c.tunnels.iter().map(|x| x.name.as_str()));
+        self.peer_of =
+            c.tunnels.iter().map(|t| cgws.get(t.customer_gateway.as_str()).copied()).collect();
         let lans = self.names("gateway.lan", c.gateway.lans.iter().map(|x| x.name.as_str()));
         let keys = self.names("trusted_key", c.trusted_keys.iter().map(|x| x.name.as_str()));
         let sgs = self.names("security_group", c.security_groups.iter().map(|x| x.name.as_str()));
@@ -803,7 +807,7 @@ impl<'c> V<'c> {
     ) {
         let c = self.c;
         let t = &c.tunnels[tunnel];
-        let own = c.customer_gateway(&t.customer_gateway);
+        let own = self.peer_of[tunnel].map(|i| &c.customer_gateways[i]);
         if let Some(cg) = own
             && r.prefix.contains(cg.address)
         {
