@@ -417,4 +417,136 @@ mod tests {
             hex("4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742")
         );
     }
+
+    // The expected values below were computed independently with Python 3's `hmac` and
+    // `hashlib` modules (and `cryptography`'s AESGCM for the SK payload), implementing
+    // RFC 7296 §2.13–§2.17 and §2.15 directly from the text, with
+    // Ni = 00..1f, Nr = 20..3f, g^ir = 40..5f, SPIi = 0102030405060708, SPIr = 1112131415161718.
+    fn ni() -> Vec<u8> {
+        (0x00..0x20).collect()
+    }
+    fn nr() -> Vec<u8> {
+        (0x20..0x40).collect()
+    }
+    fn gir() -> Vec<u8> {
+        (0x40..0x60).collect()
+    }
+
+    #[test]
+    fn rfc4231_test_case_2_hmac_sha256_prf() {
+        assert_eq!(
+            prf(Prf::HmacSha256, b"Jefe", &[b"what do ya ", b"want for nothing?"]),
+            hex("5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843")
+        );
+    }
+
+    #[test]
+    fn rfc7296_section_2_14_skeyseed() {
+        // python: hmac.new(Ni + Nr, g_ir, hashlib.sha256).digest()
+        assert_eq!(
+            *skeyseed(Prf::HmacSha256, &ni(), &nr(), &gir()),
+            hex("fb7b0d6107cf71fb87cb4f19020bd81cc0f757a8f6a81a8a62c5b6f3a2660ac5")
+        );
+    }
+
+    #[test]
+    fn rfc7296_section_2_14_ike_sa_keys() {
+        // python: prf+(SKEYSEED, Ni | Nr | SPIi | SPIr) for 3 * 32 + 2 * 36 bytes, split as
+        // SK_d | SK_ei | SK_er | SK_pi | SK_pr (no SK_a with AES-GCM, RFC 5282 §7).
+        let seed = skeyseed(Prf::HmacSha256, &ni(), &nr(), &gir());
+        let k = IkeKeys::derive(
+            Encr::Aes256Gcm16,
+            Prf::HmacSha256,
+            &seed,
+            &ni(),
+            &nr(),
+            0x0102030405060708,
+            0x1112131415161718,
+        );
+        let km = hex(
+            "0c26341d77313c227236f4aebf29182f0629dbe10e8ac56347f067a8defc22d58748594d3353b3e04121026ebf49d4a4907e2ae4eb2a9831832397da89af6f7968b67ce3c70fad273ae0bbb34ee581341bbfd3303ab1d48166dde54604d0286bd75427665fbbb117f4d9f877d73606ca959fbdb34f746d24f8939191f8d3af60fc816d7edfca54ae0e23cdb44dc9e8476619d587774b27a4824b6c47d2e341e57237e03458c7e3e9",
+        );
+        assert_eq!(k.sk_d, km[..32]);
+        assert_eq!(k.sk_ei, km[32..68]);
+        assert_eq!(k.sk_er, km[68..104]);
+        assert_eq!(k.sk_pi, km[104..136]);
+        assert_eq!(k.sk_pr, km[136..168]);
+        assert_eq!(format!("{k:?}"), "IkeKeys(aes256gcm16-prfsha256, <redacted>)");
+    }
+
+    #[test]
+    fn rfc7296_section_2_13_prf_plus_sha384_and_sha512() {
+        // python: prf+(b"key", b"seed") truncated to 130 bytes (several iterations).
+        assert_eq!(
+            *prf_plus(Prf::HmacSha384, b"key", b"seed", 130),
+            hex(
+                "245b57f46db11477bf9cd2e6adbc6244448af40400d70a9203399a48756b7dbf53087f405e438cf9bbb7d38b34915f6b7dab328fb2580112db91d3da5c383d3c2a4de7974aa900251aced8106d3c00211e0cfff95994a7bb4bd1649b19443e957964c1e17a4f309a51f0a8a98a3406f02f0a0322e5ccbcff44fac2b3dfeccff8f261"
+            )
+        );
+        assert_eq!(
+            *prf_plus(Prf::HmacSha512, b"key", b"seed", 130),
+            hex(
+                "173a6224816997fa5b2129f1c4d26d629028846663e6e27dd28d35d0de3757056e7da6c4214436a07fa827ba4329baf9097b2eddf4c1ea2b89caf65189987801bbb7a7125bce5d65d77bfd4a0705ef9bcb45f76a33f0ed70f5f7ff0f53eaa8c0089d68f852c6a4ef3ab3684a7ee7ec7b3ec15d8f335ce4360f9a3e8bc95a1112ed5c"
+            )
+        );
+    }
+
+    #[test]
+    fn rfc7296_section_2_15_psk_auth() {
+        // python: prf(prf(psk, b"Key Pad for IKEv2"), msg | Nr | prf(SK_pi, IDi body)) with
+        // msg = 60 x 0x01, SK_pi = 60..7f, IDi = ID_IPV4_ADDR 192.0.2.1.
+        let skp: Vec<u8> = (0x60..0x80).collect();
+        let auth = psk_auth(
+            Prf::HmacSha256,
+            b"correct horse battery staple",
+            &[1u8; 60],
+            &nr(),
+            &skp,
+            &[1, 0, 0, 0, 192, 0, 2, 1],
+        );
+        assert_eq!(auth, hex("13afc3cd8455b230a4ee22f47d103b15a9fee9a4cc84cd1f56162e4061f47837"));
+    }
+
+    #[test]
+    fn rfc7296_section_2_18_rekeyed_skeyseed() {
+        // python: hmac.new(SK_d_old, g_ir | Ni | Nr, sha256) with SK_d_old = 80..9f.
+        let skd: Vec<u8> = (0x80..0xa0).collect();
+        assert_eq!(
+            *skeyseed_rekey(Prf::HmacSha256, &skd, &gir(), &ni(), &nr()),
+            hex("81384d5d1e8cc657a76617b90a57f61c35a5d3260b39da4fe54d94311bc61286")
+        );
+    }
+
+    #[test]
+    fn rfc7296_section_2_17_child_keymat() {
+        // python: prf+(SK_d, [g^ir |] Ni | Nr) for two AES-128 keys with salts (40 bytes).
+        let skd: Vec<u8> = (0x80..0xa0).collect();
+        let (i2r, r2i) = child_keymat(Prf::HmacSha256, &skd, None, &ni(), &nr(), Encr::Aes128Gcm16);
+        let km =
+            hex("a10892fbd81388ac5b92f5a351366d6ed7f60ce4740e8b878878f2d05a663da43461d09c3321aa04");
+        assert_eq!((&i2r[..], &r2i[..]), (&km[..20], &km[20..]));
+        let (i2r, r2i) =
+            child_keymat(Prf::HmacSha256, &skd, Some(&gir()), &ni(), &nr(), Encr::Aes128Gcm16);
+        let km =
+            hex("4d16b7d31d1f527b2a5bc5ca63eaea906b73c805e2dc49ed76945e032e9af939c02c782000dc96fb");
+        assert_eq!((&i2r[..], &r2i[..]), (&km[..20], &km[20..]));
+    }
+
+    #[test]
+    fn rfc5282_section_3_sk_payload_aes_gcm() {
+        // python cryptography: AESGCM(00..0f).encrypt(a0a1a2a3 | 0001020304050607,
+        // b"inner payloads", b"header") -> ciphertext || tag.
+        let mut key: Vec<u8> = (0..16).collect();
+        key.extend_from_slice(&[0xa0, 0xa1, 0xa2, 0xa3]);
+        let body = seal(
+            Encr::Aes128Gcm16,
+            &key,
+            [0, 1, 2, 3, 4, 5, 6, 7],
+            b"header",
+            b"inner payloads".to_vec(),
+        )
+        .unwrap();
+        assert_eq!(body[..8], [0, 1, 2, 3, 4, 5, 6, 7]);
+        assert_eq!(body[8..], hex("1f495e56f8f0b893a727aac62ad1453844e0ee4422240aa8f1925039801e"));
+    }
 }
