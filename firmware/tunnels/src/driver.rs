@@ -455,8 +455,14 @@ impl Driver {
                 self.ep.handle_datagram(now, local, remote, &data);
             }
             DataplaneEvent::Acquire { tunnel, child } => {
-                if !self.tunnels.contains_key(&tunnel) {
+                let Some(run) = self.tunnels.get(&tunnel) else {
                     tracing::debug!(%tunnel, "acquire for an unknown tunnel");
+                    return;
+                };
+                // A tunnel that waits for its peer is not started by traffic (its packets are
+                // still dropped: the SPD protects them).
+                if run.cfg.ike.start_action == StartAction::None && !run.wants_up {
+                    tracing::debug!(%tunnel, "acquire ignored: the tunnel waits for its peer");
                     return;
                 }
                 match self.ep.acquire(&tunnel, &child, now) {

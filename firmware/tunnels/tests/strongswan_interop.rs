@@ -750,3 +750,22 @@ fn several_selectors_and_child_sas_in_one_ike_sa() {
     };
     assert_eq!((carried("net"), carried("net2")), (6, 3), "{c:#?}");
 }
+
+#[test]
+fn waiting_tunnel_is_not_started_by_traffic_and_drops_it() {
+    if !require_root() || !isthmus_testkit::strongswan::available() {
+        return;
+    }
+    let lab = lab(28, isthmus_tunnel(28), CloseAction::None, swan_conn(28));
+    let (sent, got) = lab.ping(3, "0.3");
+    assert_eq!((sent, got), (3, 0), "traffic passed without a tunnel");
+    std::thread::sleep(Duration::from_millis(500));
+    let c = lab.dp.counters();
+    assert!(c.drops.get(isthmus_esp::DropReason::NoSa) >= 3, "not dropped as no_sa: {c:#?}");
+    assert_eq!(lab.tunnels.tunnel("to-swan").unwrap().state, TunnelState::Down);
+    assert!(!lab.swan.ike_established("to-isthmus"), "traffic started the tunnel");
+    // The peer brings it up.
+    lab.swan.initiate("net").unwrap_or_else(|e| panic!("{e}\n{}", lab.swan.log()));
+    lab.expect(Duration::from_secs(10), "CHILD SA", is_child_up);
+    lab.assert_ping_passes();
+}
