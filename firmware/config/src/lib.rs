@@ -17,7 +17,8 @@
 //! let store = Store::open("/var/lib/isthmus/config")?;
 //! // At start-up (and on a timer): revert an unconfirmed commit whose deadline passed.
 //! store.poll(SystemTime::now())?;
-//! let c = store.commit_confirmed(&text, "ops", "add tunnel to idc", Duration::from_secs(300), SystemTime::now())?;
+//! // Commit what was checked (no second parse); it reverts unless confirmed within 5 minutes.
+//! let c = store.commit_confirmed_checked(&checked, "ops", "add tunnel to idc", Duration::from_secs(300), SystemTime::now())?;
 //! // ... apply, check the tunnel ...
 //! store.confirm(SystemTime::now())?;
 //! println!("{}", store.diff(c.rev - 1, c.rev)?); // secrets redacted
@@ -42,13 +43,34 @@ pub use secret::{Secret, SecretValue};
 pub use store::{Committed, Pending, Reverted, Revision, RevisionInfo, RevisionKind, Store};
 pub use types::{Dur, IfAddr, Protocol};
 
-/// A configuration that parsed and validated, with the warnings validation raised.
-#[derive(Clone, Debug)]
+/// A configuration that parsed and validated, with the warnings validation raised and the text
+/// it came from (so that [`Store::commit_checked`] commits exactly what was checked, without
+/// parsing it again).
+#[derive(Clone)]
 pub struct Checked {
     /// The configuration.
     pub config: Config,
     /// Likely mistakes (the configuration is still acceptable).
     pub warnings: Vec<Issue>,
+    text: String,
+}
+
+impl Checked {
+    /// The text that was checked. It may hold inline secrets: do not log it.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+}
+
+impl std::fmt::Debug for Checked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The text may hold secrets; the config's own Debug redacts them.
+        f.debug_struct("Checked")
+            .field("config", &self.config)
+            .field("warnings", &self.warnings)
+            .field("text", &format_args!("<{} bytes>", self.text.len()))
+            .finish()
+    }
 }
 
 impl Config {
@@ -72,7 +94,7 @@ impl Config {
             report.locate(text);
         }
         let warnings = report.into_result()?;
-        Ok(Checked { config, warnings })
+        Ok(Checked { config, warnings, text: text.to_owned() })
     }
 
     /// The canonical TOML form: defaults filled in, fields in schema order, inline secrets

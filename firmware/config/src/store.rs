@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
+use crate::Checked;
 use crate::error::{Error, Issue};
 use crate::schema::Config;
 
@@ -332,7 +333,20 @@ impl Store {
         comment: &str,
         now: SystemTime,
     ) -> Result<Committed, Error> {
-        self.commit_inner(text, author, comment, now, None)
+        let checked = Config::check(text).map_err(Error::Invalid)?;
+        self.commit_inner(&checked, author, comment, now, None)
+    }
+
+    /// [`Store::commit`] of a text already checked with [`Config::check`] (a daemon that builds
+    /// its apply plan from the parsed configuration does not parse it twice).
+    pub fn commit_checked(
+        &self,
+        checked: &Checked,
+        author: &str,
+        comment: &str,
+        now: SystemTime,
+    ) -> Result<Committed, Error> {
+        self.commit_inner(checked, author, comment, now, None)
     }
 
     /// Like [`Store::commit`], but the revision reverts to the current one unless
@@ -346,18 +360,31 @@ impl Store {
         timeout: Duration,
         now: SystemTime,
     ) -> Result<Committed, Error> {
-        self.commit_inner(text, author, comment, now, Some(now + timeout))
+        let checked = Config::check(text).map_err(Error::Invalid)?;
+        self.commit_inner(&checked, author, comment, now, Some(now + timeout))
+    }
+
+    /// [`Store::commit_confirmed`] of a text already checked with [`Config::check`].
+    pub fn commit_confirmed_checked(
+        &self,
+        checked: &Checked,
+        author: &str,
+        comment: &str,
+        timeout: Duration,
+        now: SystemTime,
+    ) -> Result<Committed, Error> {
+        self.commit_inner(checked, author, comment, now, Some(now + timeout))
     }
 
     fn commit_inner(
         &self,
-        text: &str,
+        checked: &Checked,
         author: &str,
         comment: &str,
         now: SystemTime,
         deadline: Option<SystemTime>,
     ) -> Result<Committed, Error> {
-        let checked = Config::check(text).map_err(Error::Invalid)?;
+        let text = checked.text();
         let _w = self.lock();
         self.poll_locked(now)?;
         let sha = sha256_hex(text);
@@ -401,7 +428,7 @@ impl Store {
             })
             .map_err(tx_error)?;
         self.flush()?;
-        Ok(Committed { rev, warnings: checked.warnings })
+        Ok(Committed { rev, warnings: checked.warnings.clone() })
     }
 
     /// Confirms the pending commit-confirmed revision. Returns its number.

@@ -171,3 +171,19 @@ fn rollback_makes_a_new_revision_and_cancels_a_pending_confirm() {
     assert_eq!(s.diff(1, 5).unwrap(), "");
     s.verify(true).unwrap();
 }
+
+#[test]
+fn a_checked_configuration_commits_without_a_second_parse() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    let weak = common::gateway("weak", 0);
+    let checked = isthmus_config::Config::check(&weak).unwrap();
+    assert_eq!(checked.warnings.len(), 1, "{:?}", checked.warnings);
+    assert!(!format!("{checked:?}").contains("psk = \"weak\""));
+    let c = s.commit_checked(&checked, "a", "", t(0)).unwrap();
+    assert_eq!(c.warnings, checked.warnings);
+    assert_eq!(s.get(c.rev).unwrap().text(), weak);
+    let next = isthmus_config::Config::check(&common::gateway("weak", 1)).unwrap();
+    let c = s.commit_confirmed_checked(&next, "a", "", Duration::from_secs(5), t(1)).unwrap();
+    assert_eq!(s.pending().unwrap().unwrap().rev, c.rev);
+}
