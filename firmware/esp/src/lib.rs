@@ -14,8 +14,25 @@
 //! - [`counters`] holds the per-SA counters and the drop reasons shared with the dataplane.
 //!
 //! Both SA types are `Send + Sync` with `&self` methods: worker threads share one SA behind an
-//! `Arc`; the outbound sequence number is an atomic and the inbound window sits behind a short lock.
-//! No method allocates per packet.
+//! `Arc`; the outbound sequence number is an atomic and the inbound window sits behind a short lock
+//! (in-order packets pass the pre-check without it). No method allocates per packet.
+//!
+//! # The fast path
+//!
+//! [`OutboundSa::encapsulate_in_place`] and [`InboundSa::decapsulate_in_place`] work on one
+//! buffer: the dataplane reads an inner packet at offset [`HEADER_LEN`] (plus room for its outer
+//! headers in front, and [`max_overhead`] behind), seals it there, and on the way back opens the
+//! ESP payload where it was received; the inner packet is then at [`HEADER_LEN`] again. The
+//! copying [`OutboundSa::encapsulate`] / [`InboundSa::decapsulate`] cost one extra copy of the
+//! packet each (about 7% at 1400 bytes).
+//!
+//! # Which AES-GCM backend
+//!
+//! [`Backend::Ring`] is the default. Measured here (`cargo bench -p isthmus-esp`, AES-256-GCM,
+//! one core, thread CPU time), raw seal+open: ring 2.8 / 14.4 / 20.4 / 32.2 Gbit/s at 64 / 512 /
+//! 1400 / 8900 bytes, `aes-gcm` 0.11 1.1 / 5.1 / 6.4 / 9.3 Gbit/s: ring's VAES/VPCLMULQDQ
+//! assembly is about three times faster at every size on this CPU. `aes-gcm` stays as the
+//! second, pure-Rust implementation (both pass the same vectors), selectable per SA.
 #![forbid(unsafe_code)]
 
 pub mod aead;

@@ -118,6 +118,13 @@ fn pad_len(inner_len: usize) -> usize {
     (4 - (inner_len + TRAILER_LEN) % 4) % 4
 }
 
+/// Overwrites key material before its memory is freed (`black_box` keeps the stores from being
+/// optimised away as dead).
+fn wipe(key: &mut [u8]) {
+    key.fill(0);
+    std::hint::black_box(key);
+}
+
 /// State shared by both directions.
 struct Common {
     spi: u32,
@@ -266,8 +273,11 @@ impl fmt::Debug for OutboundSa {
 
 impl OutboundSa {
     /// An SA installed at `now` (lifetimes count from it).
-    pub fn new(cfg: SaConfig, now: Instant) -> Result<OutboundSa, EspError> {
-        Ok(OutboundSa { common: Common::new(&cfg, now)?, next_seq: AtomicU64::new(1) })
+    /// The key material in `cfg` is wiped once the cipher holds it.
+    pub fn new(mut cfg: SaConfig, now: Instant) -> Result<OutboundSa, EspError> {
+        let common = Common::new(&cfg, now);
+        wipe(&mut cfg.key);
+        Ok(OutboundSa { common: common?, next_seq: AtomicU64::new(1) })
     }
 
     /// The SPI (the peer chose it).
@@ -450,9 +460,12 @@ impl fmt::Debug for InboundSa {
 
 impl InboundSa {
     /// An SA installed at `now` (lifetimes count from it).
-    pub fn new(cfg: SaConfig, now: Instant) -> Result<InboundSa, EspError> {
+    /// The key material in `cfg` is wiped once the cipher holds it.
+    pub fn new(mut cfg: SaConfig, now: Instant) -> Result<InboundSa, EspError> {
+        let common = Common::new(&cfg, now);
+        wipe(&mut cfg.key);
         Ok(InboundSa {
-            common: Common::new(&cfg, now)?,
+            common: common?,
             window: Mutex::new(ReplayWindow::new(cfg.replay_window)?),
             top: AtomicU64::new(0),
             window_size: cfg.replay_window,
