@@ -172,20 +172,18 @@ impl Lab {
         Ok(Lab { sites, wan })
     }
 
-    /// Sets the management and WAN addresses and creates each LAN host (what the daemon will do
-    /// from its configuration; the LAN host namespace stays lab scaffolding).
-    pub fn wire(&mut self) -> Result<()> {
+    /// Creates each LAN host (a namespace on a veth pair whose appliance end is `lan0`), then finds
+    /// out what the daemon does: a daemon that waits for its first configuration gets the site's
+    /// `qemu/configs/site-*.toml` written to `/data/isthmus/config.toml` and owns the interfaces
+    /// from then on; without one (the stub), the lab sets the addresses through the console.
+    pub fn wire(&mut self, root: &Path) -> Result<DaemonMode> {
+        let mut mode = DaemonMode::Stub;
         for site in &mut self.sites {
             let s = site.spec.clone();
             let vm = &mut site.vm;
             vm.wait_for_shell(Duration::from_secs(30))?;
-            vm.sh_ok("ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0", CMD)?;
-            vm.sh_ok(&format!("ip link set eth1 up && ip addr add {} dev eth1", s.wan), CMD)?;
-            // lan0 stays here; BusyBox names the peer veth0, which moves into the host's namespace.
-            vm.sh_ok(
-                &format!("ip link add lan0 type veth && ip addr add {} dev lan0", s.lan),
-                CMD,
-            )?;
+            // BusyBox names the peer veth0; it moves into the host's namespace.
+            vm.sh_ok("ip link add lan0 type veth", CMD)?;
             let pid =
                 vm.sh_ok("unshare -n sleep 2147483647 </dev/null >/dev/null 2>&1 & echo $!", CMD)?;
             let pid: u32 =
@@ -201,16 +199,74 @@ impl Lab {
             vm.sh_ok(
                 &format!(
                     "nsenter -t {pid} -n sh -c 'ip link set lo up && ip link set veth0 up && \
-                     ip addr add {} dev veth0 && ip route add default via {}' && ip link set lan0 up",
+                     ip addr add {} dev veth0 && ip route add default via {}'",
                     s.host,
                     addr(s.lan)
                 ),
                 CMD,
             )?;
-            vm.sh_ok("sysctl -qw net.ipv4.ip_forward=1", CMD)?;
             site.lan_host_pid = Some(pid);
+
+            mode = daemon_mode(vm)?;
+            match mode {
+                DaemonMode::WaitsForConfig => {
+                    let config = std::fs::read(root.join(s.config))
+                        .map_err(|e| Error::io(&root.join(s.config), e))?;
+                    vm.sh_ok(
+                        &format!(
+                            "mkdir -p /data/isthmus && echo {} | base64 -d > /data/isthmus/config.toml.tmp && \
+                             mv /data/isthmus/config.toml.tmp /data/isthmus/config.toml && sync",
+                            base64(&config)
+                        ),
+                        CMD,
+                    )?;
+                }
+                DaemonMode::Stub => {
+                    vm.sh_ok("ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0", CMD)?;
+                    vm.sh_ok(
+                        &format!("ip link set eth1 up && ip addr add {} dev eth1", s.wan),
+                        CMD,
+                    )?;
+                    vm.sh_ok(
+                        &format!("ip addr add {} dev lan0 && ip link set lan0 up", s.lan),
+                        CMD,
+                    )?;
+                    vm.sh_ok("sysctl -qw net.ipv4.ip_forward=1", CMD)?;
+                }
+            }
         }
-        Ok(())
+        Ok(mode)
+    }
+
+    /// Waits until both daemons listen on the API port; returns whether each does.
+    pub fn wait_api(&mut self, timeout: Duration) -> Result<Vec<bool>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let up = self.api_listening()?;
+            if up.iter().all(|&b| b) || Instant::now() >= deadline {
+                return Ok(up);
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+
+    /// Pings LAN host B from LAN host A, one packet a second, until one answers or `timeout`
+    /// passes; returns when the first answer came (since site A's QEMU started).
+    pub fn wait_tunnel(&mut self, timeout: Duration) -> Result<Option<f64>> {
+        let pid = self.sites[0]
+            .lan_host_pid
+            .ok_or_else(|| Error::Guest("LAN host A not created".into()))?;
+        let target = addr(SITES[1].host);
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let (status, _) = self.sites[0]
+                .vm
+                .sh(&format!("nsenter -t {pid} -n ping -c 1 -W 1 {target} >/dev/null 2>&1"), CMD)?;
+            if status == 0 {
+                return Ok(Some(self.sites[0].vm.started.elapsed().as_secs_f64()));
+            }
+        }
+        Ok(None)
     }
 
     /// Pings site B's WAN address from site A; returns ping's summary lines.
@@ -258,6 +314,52 @@ impl Lab {
             site.vm.shutdown(Duration::from_secs(15).saturating_sub(started.elapsed()));
         }
     }
+}
+
+/// What the appliance's daemon does after boot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DaemonMode {
+    /// The placeholder `isthmusd` that exits at once ("the daemon is not built yet").
+    Stub,
+    /// The daemon waits for `/data/isthmus/config.toml` (first boot).
+    WaitsForConfig,
+}
+
+/// Tells from the console which daemon runs (waits up to 20 s for it to say).
+fn daemon_mode(vm: &mut Vm) -> Result<DaemonMode> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        let out = vm.output();
+        if out.contains("the daemon is not built yet") {
+            return Ok(DaemonMode::Stub);
+        }
+        if out.contains("/data/isthmus/config.toml") {
+            return Ok(DaemonMode::WaitsForConfig);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Err(Error::Guest(format!(
+        "{}: isthmusd said neither that it waits for its configuration nor that it is a stub",
+        vm.name
+    )))
+}
+
+/// Standard base64 (RFC 4648 §4), for moving a file through the console as one line.
+pub fn base64(data: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ABC[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 /// The readiness line PID 1 prints (see `firmware/daemon/src/pid1.rs`).
@@ -335,6 +437,32 @@ mod tests {
                 "{}: spd",
                 s.config
             );
+        }
+    }
+
+    #[test]
+    fn base64_rfc4648_section_10_vectors() {
+        for (plain, coded) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(plain.as_bytes()), coded);
+        }
+    }
+
+    #[test]
+    fn lab_configs_pass_the_daemons_validation() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        for s in &SITES {
+            let text = std::fs::read_to_string(root.join(s.config)).unwrap();
+            if let Err(errors) = isthmus_config::Config::check(&text) {
+                panic!("{}: {errors}", s.config);
+            }
         }
     }
 

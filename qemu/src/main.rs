@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use isthmus_lab::lab::{API_PORT, Lab, LabOptions, SITES};
+use isthmus_lab::lab::{API_PORT, DaemonMode, Lab, LabOptions, SITES};
 use isthmus_lab::vm::{Accel, qemu_binary};
 use isthmus_lab::wan::Impairment;
 
@@ -163,19 +163,87 @@ fn main() -> ExitCode {
     }
     println!("BENCH boot_to_ready_sec {:.1} s", t0.elapsed().as_secs_f64());
 
-    if let Err(e) = lab.wire() {
-        report.step(Outcome::Fail, "wire WAN and LAN hosts", e.to_string());
-        return finish(&report, args.check);
+    let mode = match lab.wire(&root) {
+        Ok(mode) => mode,
+        Err(e) => {
+            report.step(Outcome::Fail, "wire LAN hosts", e.to_string());
+            return finish(&report, args.check);
+        }
+    };
+    let daemon = mode == DaemonMode::WaitsForConfig;
+    if daemon {
+        report.step(
+            Outcome::Pass,
+            "configure",
+            "qemu/configs/site-a.toml and site-b.toml written to /data/isthmus/config.toml",
+        );
+        match lab.wait_api(Duration::from_secs(90)) {
+            Ok(up) if up.iter().all(|&b| b) => report.step(
+                Outcome::Pass,
+                "management API",
+                format!("isthmusd listens on :{API_PORT} in both appliances"),
+            ),
+            Ok(up) => report.step(
+                Outcome::Fail,
+                "management API",
+                format!("listening: site-a {}, site-b {}", up[0], up[1]),
+            ),
+            Err(e) => report.step(Outcome::Fail, "management API", e.to_string()),
+        }
+    } else {
+        report.step(
+            Outcome::Pass,
+            "wire",
+            "isthmusd is the placeholder: the lab set WAN 198.51.100.1/.2 (eth1) and LAN 172.16.x.1 (lan0) itself",
+        );
+        report.step(
+            Outcome::Pending,
+            "management API",
+            "isthmusd in this image is the placeholder (no API)",
+        );
     }
-    report.step(
-        Outcome::Pass,
-        "wire",
-        "WAN 198.51.100.1 <-> .2 on eth1; LAN hosts 172.16.1.10 and 172.16.2.10 behind lan0",
-    );
 
     match lab.wan_ping() {
         Ok(s) => report.step(Outcome::Pass, "WAN ping site-a -> site-b", s),
         Err(e) => report.step(Outcome::Fail, "WAN ping site-a -> site-b", e.to_string()),
+    }
+    if daemon {
+        match lab.wait_tunnel(Duration::from_secs(90)) {
+            Ok(Some(t)) => {
+                println!("BENCH boot_to_tunnel_sec {t:.1} s");
+                match lab.lan_ping() {
+                    Ok((true, s)) => {
+                        report.step(Outcome::Pass, "LAN host A -> LAN host B through the tunnel", s)
+                    }
+                    Ok((false, s)) => {
+                        report.step(Outcome::Fail, "LAN host A -> LAN host B through the tunnel", s)
+                    }
+                    Err(e) => report.step(Outcome::Fail, "LAN ping", e.to_string()),
+                }
+            }
+            Ok(None) => report.step(
+                Outcome::Fail,
+                "tunnel",
+                "no packet from LAN host A reached LAN host B within 90 s",
+            ),
+            Err(e) => report.step(Outcome::Fail, "tunnel", e.to_string()),
+        }
+    } else {
+        match lab.lan_ping() {
+            Ok((false, s)) => report.step(
+                Outcome::Pending,
+                "tunnel",
+                format!(
+                    "needs the real isthmusd; meanwhile LAN A -> LAN B has no clear-text path: {s}"
+                ),
+            ),
+            Ok((true, s)) => report.step(
+                Outcome::Fail,
+                "LAN isolation",
+                format!("LAN A reached LAN B without a tunnel: {s}"),
+            ),
+            Err(e) => report.step(Outcome::Fail, "LAN ping", e.to_string()),
+        }
     }
     let (ab, ba) = (&lab.wan.a_to_b, &lab.wan.b_to_a);
     println!(
@@ -190,47 +258,20 @@ fn main() -> ExitCode {
         args.impairment.loss * 100.0
     );
 
-    let api = lab.api_listening().unwrap_or_default();
-    if api.len() == 2 && api.iter().all(|&b| b) {
-        report.step(
-            Outcome::Pass,
-            "management API",
-            format!("isthmusd listens on :{API_PORT} in both appliances"),
-        );
-        // The tunnel step plugs in here: apply qemu/configs/site-*.toml with the CLI, wait for the
-        // tunnel, then ping LAN to LAN.
-        report.step(
-            Outcome::Pending,
-            "apply lab configuration",
-            "the lab does not drive the CLI yet",
-        );
-    } else {
-        report.step(
-            Outcome::Pending,
-            "management API",
-            format!("isthmusd does not serve its API yet (nothing listens on :{API_PORT} in the appliances)"),
-        );
-        report.step(
-            Outcome::Pending,
-            "apply lab configuration",
-            "needs the API (qemu/configs/site-a.toml, site-b.toml)",
-        );
+    if daemon {
+        // The tunnel as the operator sees it (the CLI pins each lab appliance's certificate in a
+        // lab-only HOME: the appliances get new certificates on every lab run).
+        for args in [vec!["status"], vec!["tunnel", "show", "to-site-b"]] {
+            cli(&root, lab.sites[0].api_port, &args);
+        }
     }
-    match lab.lan_ping() {
-        Ok((true, s)) => report.step(Outcome::Pass, "LAN host A -> LAN host B through the tunnel", s),
-        Ok((false, s)) => report.step(
-            Outcome::Pending,
-            "tunnel",
-            format!("no tunnel yet (IKE and the ESP dataplane are not wired into isthmusd): LAN ping {s}"),
-        ),
-        Err(e) => report.step(Outcome::Fail, "LAN ping", e.to_string()),
-    }
-
     println!("\nHow to reach the appliances:");
     for (i, s) in lab.sites.iter().enumerate() {
         println!(
-            "  {}: API  ISTHMUS_ENDPOINT=https://127.0.0.1:{} cargo run -q -p isthmus -- status",
-            SITES[i].name, s.api_port
+            "  {}: API  HOME={}/home ISTHMUS_ENDPOINT=https://127.0.0.1:{} ISTHMUS_TOKEN=isthmus-lab-token \\\n        cargo run -q -p isthmus -- status   (or: tunnel list, tunnel show NAME, config show)",
+            SITES[i].name,
+            dir.display(),
+            s.api_port
         );
         println!(
             "  {}: console  socat STDIO,raw,echo=0,escape=0x1d UNIX-CONNECT:{}/{}.console   (Ctrl-] leaves)",
@@ -256,6 +297,29 @@ fn main() -> ExitCode {
     println!("isthmus-lab: stopping");
     drop(lab);
     finish(&report, false)
+}
+
+/// Runs the operator CLI against a lab appliance and prints what it says.
+fn cli(root: &std::path::Path, port: u16, args: &[&str]) {
+    let home = root.join("build/lab/home");
+    let _ = std::fs::create_dir_all(&home);
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    println!("$ isthmus {}", args.join(" "));
+    let out = std::process::Command::new(cargo)
+        .current_dir(root)
+        .args(["run", "-q", "--release", "-p", "isthmus", "--"])
+        .args(args)
+        .env("HOME", &home)
+        .env("ISTHMUS_ENDPOINT", format!("https://127.0.0.1:{port}"))
+        .env("ISTHMUS_TOKEN", "isthmus-lab-token")
+        .output();
+    match out {
+        Ok(o) => {
+            print!("{}", String::from_utf8_lossy(&o.stdout));
+            eprint!("{}", String::from_utf8_lossy(&o.stderr));
+        }
+        Err(e) => println!("  (cannot run the CLI: {e})"),
+    }
 }
 
 fn finish(report: &Report, check: bool) -> ExitCode {

@@ -9,7 +9,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use isthmus_image::{Manifest, Options, workspace_root};
-use isthmus_lab::lab::{BOOT_TIMEOUT, Lab, LabOptions, boot_uefi, isthmus_ready};
+use isthmus_lab::lab::{BOOT_TIMEOUT, DaemonMode, Lab, LabOptions, boot_uefi, isthmus_ready};
 use isthmus_lab::vm::{Accel, Boot, Vm, VmSpec, overlay, qemu_binary};
 use isthmus_lab::wan::Impairment;
 
@@ -121,7 +121,14 @@ fn two_appliances_ping_each_other_over_the_wan() {
     for s in &lab.sites {
         println!("{}: ready after {:.1} s: {}", s.spec.name, s.ready_secs, s.ready_line.trim());
     }
-    lab.wire().expect("wire WAN and LAN hosts");
+    let mode = lab.wire(&workspace_root()).expect("wire the LAN hosts (and configure)");
+    if mode == DaemonMode::WaitsForConfig {
+        let up = lab.wait_api(Duration::from_secs(90)).expect("ask for the API");
+        assert!(
+            up.iter().all(|&b| b),
+            "both daemons serve their API after their first configuration: {up:?}"
+        );
+    }
     let summary = lab.wan_ping().expect("WAN ping");
     assert!(summary.contains("3 packets received"), "{summary}");
     // The relay's delay shows in the round trip: two crossings of 20 ms.
@@ -133,9 +140,19 @@ fn two_appliances_ping_each_other_over_the_wan() {
         .unwrap_or(0.0);
     assert!(avg >= 40.0, "round trip includes the simulated Internet's delay: {summary}");
     assert!(lab.wan.a_to_b.forwarded.load(std::sync::atomic::Ordering::Relaxed) >= 3);
-    // No tunnel exists yet, and the gateway gives no path to the other LAN in clear text.
-    let (ok, lan) = lab.lan_ping().expect("LAN ping runs");
-    assert!(!ok, "no clear-text path between the LANs: {lan}");
+    match mode {
+        DaemonMode::WaitsForConfig => {
+            let t = lab.wait_tunnel(Duration::from_secs(90)).expect("LAN ping runs");
+            assert!(t.is_some(), "LAN host A reaches LAN host B through the tunnel");
+            let (ok, lan) = lab.lan_ping().expect("LAN ping runs");
+            assert!(ok, "LAN to LAN through the tunnel: {lan}");
+        }
+        DaemonMode::Stub => {
+            // No tunnel without the daemon, and the gateway gives no clear-text path between LANs.
+            let (ok, lan) = lab.lan_ping().expect("LAN ping runs");
+            assert!(!ok, "no clear-text path between the LANs: {lan}");
+        }
+    }
     lab.shutdown();
 }
 
@@ -152,17 +169,13 @@ fn data_partition_survives_reboot_and_power_off() {
     let mut vm = boot_direct(&env, &m, "persist", disk.clone());
     vm.wait_for(isthmus_ready(), BOOT_TIMEOUT).unwrap();
     vm.wait_for_shell(Duration::from_secs(30)).unwrap();
-    vm.sh_ok(&format!("echo {marker} > /data/config/e2e-marker"), CMD).unwrap();
+    vm.sh_ok(&format!("echo {marker} > /data/e2e-marker"), CMD).unwrap();
     // BusyBox `reboot` signals PID 1, which stops everything, syncs, unmounts and reboots.
     vm.send("reboot").unwrap();
     vm.wait_for("isthmus: rebooting", CMD).unwrap();
     vm.wait_for(isthmus_ready(), BOOT_TIMEOUT).unwrap();
     vm.wait_for_shell(Duration::from_secs(30)).unwrap();
-    assert_eq!(
-        vm.sh_ok("cat /data/config/e2e-marker", CMD).unwrap(),
-        marker,
-        "marker after reboot"
-    );
+    assert_eq!(vm.sh_ok("cat /data/e2e-marker", CMD).unwrap(), marker, "marker after reboot");
     vm.send("poweroff").unwrap();
     vm.wait_for("isthmus: powering off", CMD).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -177,11 +190,7 @@ fn data_partition_survives_reboot_and_power_off() {
     let mut vm = boot_direct(&env, &m, "persist2", disk);
     vm.wait_for(isthmus_ready(), BOOT_TIMEOUT).unwrap();
     vm.wait_for_shell(Duration::from_secs(30)).unwrap();
-    assert_eq!(
-        vm.sh_ok("cat /data/config/e2e-marker", CMD).unwrap(),
-        marker,
-        "marker after power-off"
-    );
+    assert_eq!(vm.sh_ok("cat /data/e2e-marker", CMD).unwrap(), marker, "marker after power-off");
     let dmesg = vm.sh_ok("dmesg | grep -i 'ext4' || true", CMD).unwrap();
     assert!(!dmesg.contains("recovery"), "clean unmount, no journal recovery: {dmesg}");
     vm.shutdown(Duration::from_secs(20));
