@@ -7,7 +7,7 @@
 //! LBA 1..33  primary GPT
 //! 1 MiB      p1  isthmus-esp   FAT32, EF00: EFI/BOOT/BOOTX64.EFI (systemd-boot),
 //!                               loader/loader.conf, EFI/Linux/fw-a.efi, fw-b[+N].efi
-//! +ESP       p2  isthmus-data  ext4, 8300: config/ plugins/ (the sled store and uploads)
+//! +ESP       p2  isthmus-data  ext4, 8300: isthmus/ (the daemon's store: configuration, plugins)
 //! end-33     backup GPT
 //! ```
 
@@ -377,16 +377,15 @@ fn set_mtime(path: &Path, epoch: u64) -> Result<()> {
 fn make_data(data: &Path, inp: &DiskInputs<'_>) -> Result<()> {
     let root = inp.work.join("data-root");
     let _ = fs::remove_dir_all(&root);
-    for d in ["config", "plugins"] {
-        let p = root.join(d);
-        fs::create_dir_all(&p).map_err(io_err(&p))?;
-        set_mtime(&p, inp.epoch).ok();
-    }
+    let store = root.join("isthmus");
+    fs::create_dir_all(&store).map_err(io_err(&store))?;
+    set_mtime(&store, inp.epoch)?;
     let readme = root.join("README");
     fs::write(
         &readme,
         "Isthmus data partition (GPT name isthmus-data), mounted on /data.\n\
-         config/: the configuration store; plugins/: uploaded plugins.\n\
+         isthmus/: isthmusd's store (configuration revisions, plugins, API certificate);\n\
+         isthmus/config.toml: the configuration committed on first boot.\n\
          Kept across firmware upgrades.\n",
     )
     .map_err(io_err(&readme))?;
@@ -405,7 +404,7 @@ fn make_data(data: &Path, inp: &DiskInputs<'_>) -> Result<()> {
     // mke2fs -d copies each file's ctime, which no one can set: pin every inode's times.
     let at = format!("@{}", inp.epoch);
     let mut script = String::new();
-    for path in ["/", "/lost+found", "/config", "/plugins", "/README"] {
+    for path in ["/", "/lost+found", "/isthmus", "/README"] {
         for field in ["atime", "ctime", "mtime", "crtime"] {
             script.push_str(&format!("set_inode_field {path} {field} {at}\n"));
         }

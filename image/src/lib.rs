@@ -185,8 +185,16 @@ impl Options {
     }
 }
 
-/// The workspace this crate was compiled in (the parent of `image/`).
+/// The Isthmus workspace: the nearest folder at or above the current directory that holds both
+/// `Cargo.toml` and `image/Cargo.toml` (cargo runs tests in the crate's folder, `make` at the
+/// top), else the one this crate was compiled in.
 pub fn workspace_root() -> PathBuf {
+    let is_root = |d: &Path| d.join("Cargo.toml").is_file() && d.join("image/Cargo.toml").is_file();
+    if let Ok(cwd) = std::env::current_dir()
+        && let Some(found) = cwd.ancestors().find(|d| is_root(d))
+    {
+        return found.to_path_buf();
+    }
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
 }
 
