@@ -170,64 +170,142 @@ enum State {
     Pending { since: u64 },
 }
 
+/// Fields read by a cache hit come first, in one cache line (`repr(C)` keeps the order).
 #[derive(Clone, Debug)]
+#[repr(C)]
 struct Entry {
-    attachment: AttachmentId,
-    key: FlowKey,
-    direction: Direction,
     generation: u64,
     expires: u64,
     idle: u64,
-    state: State,
     /// Network-ACL verdicts, forward and reply, computed on first use in this generation.
     nacl: [Option<Verdict>; 2],
+    state: State,
+    direction: Direction,
+    attachment: AttachmentId,
+    key: FlowKey,
 }
 
-/// A flow key with its attachment, hashed with a per-table random seed (flow keys come from the
-/// network, so the hash must not be predictable).
+/// An IPv4 flow key with its attachment: 24 bytes, so the IPv4 map stays small in the cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Fk {
+struct K4 {
     att: u64,
-    src: u128,
-    dst: u128,
+    addrs: u64,
     ports: u32,
     proto: u8,
-    v6: bool,
+}
+
+impl std::hash::Hash for K4 {
+    #[inline]
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        // Each word is mixed on its own, so no field can cancel another before the seeded mix.
+        h.write_u64(self.addrs);
+        h.write_u64(
+            (u64::from(self.ports) << 16 | u64::from(self.proto) << 8) ^ self.att.rotate_left(29),
+        );
+    }
+}
+
+/// An IPv6 (or mixed) flow key with its attachment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct K6 {
+    att: u64,
+    src: [u64; 2],
+    dst: [u64; 2],
+    ports: u32,
+    proto: u8,
+}
+
+impl std::hash::Hash for K6 {
+    #[inline]
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        h.write_u64(self.src[0]);
+        h.write_u64(self.src[1]);
+        h.write_u64(self.dst[0]);
+        h.write_u64(self.dst[1]);
+        h.write_u64(
+            (u64::from(self.ports) << 16 | u64::from(self.proto) << 8 | 1)
+                ^ self.att.rotate_left(29),
+        );
+    }
+}
+
+/// A flow key as the maps index it. Hashed with a per-table random seed: flow keys come from the
+/// network, so the hash must not be predictable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fk {
+    V4(K4),
+    V6(K6),
 }
 
 impl Fk {
     #[inline]
     fn new(att: AttachmentId, k: &FlowKey) -> Fk {
-        let (src, v6s) = addr128(k.src);
-        let (dst, v6d) = addr128(k.dst);
-        Fk {
-            att: att.0,
-            src,
-            dst,
-            ports: u32::from(k.src_port) << 16 | u32::from(k.dst_port),
-            proto: k.proto,
-            v6: v6s | v6d,
+        let ports = u32::from(k.src_port) << 16 | u32::from(k.dst_port);
+        match (k.src, k.dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => Fk::V4(K4 {
+                att: att.0,
+                addrs: u64::from(u32::from(s)) << 32 | u64::from(u32::from(d)),
+                ports,
+                proto: k.proto,
+            }),
+            (s, d) => {
+                let (s, d) = (addr128(s), addr128(d));
+                Fk::V6(K6 {
+                    att: att.0,
+                    src: [(s >> 64) as u64, s as u64],
+                    dst: [(d >> 64) as u64, d as u64],
+                    ports,
+                    proto: k.proto,
+                })
+            }
         }
     }
 }
 
-impl std::hash::Hash for Fk {
+/// The two maps: key (forward or reply) → slot index × 2 + (1 when the key is the reply's).
+#[derive(Debug)]
+struct Maps {
+    v4: HashMap<K4, u32, Seeded>,
+    v6: HashMap<K6, u32, Seeded>,
+}
+
+impl Maps {
     #[inline]
-    fn hash<H: Hasher>(&self, h: &mut H) {
-        // Five words, each mixed on its own: no field can cancel another before the seeded mix.
-        h.write_u64(self.src as u64);
-        h.write_u64((self.src >> 64) as u64 ^ self.att);
-        h.write_u64(self.dst as u64);
-        h.write_u64((self.dst >> 64) as u64);
-        h.write_u64(u64::from(self.ports) << 16 | u64::from(self.proto) << 8 | u64::from(self.v6));
+    fn get(&self, k: &Fk) -> Option<u32> {
+        match k {
+            Fk::V4(k) => self.v4.get(k).copied(),
+            Fk::V6(k) => self.v6.get(k).copied(),
+        }
+    }
+
+    fn insert(&mut self, k: Fk, v: u32) {
+        match k {
+            Fk::V4(k) => {
+                self.v4.insert(k, v);
+            }
+            Fk::V6(k) => {
+                self.v6.insert(k, v);
+            }
+        }
+    }
+
+    fn remove(&mut self, k: &Fk) {
+        match k {
+            Fk::V4(k) => {
+                self.v4.remove(k);
+            }
+            Fk::V6(k) => {
+                self.v6.remove(k);
+            }
+        }
     }
 }
 
 #[inline]
-fn addr128(a: IpAddr) -> (u128, bool) {
+fn addr128(a: IpAddr) -> u128 {
     match a {
-        IpAddr::V4(a) => (u128::from(u32::from(a)), false),
-        IpAddr::V6(a) => (u128::from(a), true),
+        IpAddr::V4(a) => u128::from(u32::from(a)),
+        IpAddr::V6(a) => u128::from(a),
     }
 }
 
@@ -297,8 +375,7 @@ fn random_seed() -> u64 {
 #[derive(Debug)]
 pub struct FlowTable {
     cfg: FlowConfig,
-    /// Key (forward or reply) → slot index × 2 + (1 when the key is the reply's).
-    map: HashMap<Fk, u32, Seeded>,
+    map: Maps,
     slots: Vec<Option<Entry>>,
     free: Vec<u32>,
     live: usize,
@@ -316,9 +393,13 @@ impl std::fmt::Debug for Seeded {
 impl FlowTable {
     /// An empty table.
     pub fn new(cfg: FlowConfig) -> FlowTable {
-        let cap = cfg.capacity.min(1 << 20);
         FlowTable {
-            map: HashMap::with_capacity_and_hasher(2 * cap, Seeded(random_seed())),
+            // Grown on demand: a table sized for its capacity up front would spread a few live
+            // flows over megabytes and miss the cache on every lookup.
+            map: {
+                let seed = Seeded(random_seed());
+                Maps { v4: HashMap::with_hasher(seed), v6: HashMap::with_hasher(seed) }
+            },
             slots: Vec::new(),
             free: Vec::new(),
             live: 0,
@@ -355,7 +436,7 @@ impl FlowTable {
         now: u64,
     ) -> PacketVerdict {
         let fk = Fk::new(att, key);
-        if let Some(&v) = self.map.get(&fk) {
+        if let Some(v) = self.map.get(&fk) {
             let slot = (v >> 1) as usize;
             let reply = v & 1 == 1;
             if let Some(e) = self.slots[slot].as_mut()
@@ -619,7 +700,7 @@ impl FlowTable {
     /// Applies the plugin's decision for a punted flow. Returns false when the flow is no longer
     /// waiting (it timed out, expired, or was never punted).
     pub fn resolve(&mut self, req: &PuntRequest, allow: bool, rule: &str, now: u64) -> bool {
-        let Some(&v) = self.map.get(&Fk::new(req.attachment, &req.key)) else {
+        let Some(v) = self.map.get(&Fk::new(req.attachment, &req.key)) else {
             return false;
         };
         let slot = (v >> 1) as usize;

@@ -158,6 +158,11 @@ pub enum SgError {
     /// A rule identifier that is empty or too long.
     #[error("a rule identifier must be 1 to {MAX_RULE_ID_LEN} characters (got {0} characters)")]
     BadRuleId(usize),
+    /// The rule set's structure would take too much memory to classify quickly.
+    #[error(
+        "the rule set is too complex to compile (over {0} MiB of rule sets); split or simplify it"
+    )]
+    TooComplex(usize),
     /// Two attachment names hash to the same [`AttachmentId`] (practically impossible).
     #[error("attachments `{0}` and `{1}` collide; rename one")]
     AttachmentCollision(String, String),
@@ -233,7 +238,7 @@ impl Chain {
             }
         }
         Ok(Chain {
-            classifier: Classifier::build(&spec.rules),
+            classifier: Classifier::build(&spec.rules)?,
             actions: spec.rules.iter().map(|r| r.action).collect(),
             ids: spec.rules.iter().map(|r| r.id.as_str().into()).collect(),
             default_action: spec.default_action,
@@ -257,6 +262,11 @@ impl Chain {
             RuleRef::Default => &self.default_rule,
             RuleRef::Unbound => "unbound",
         }
+    }
+
+    /// Bytes of its classifier's lookup structures.
+    pub fn memory_bytes(&self) -> usize {
+        self.classifier.memory_bytes()
     }
 
     /// Number of rules (without the default).
@@ -405,6 +415,10 @@ fn kind_index(kind: ChainKind) -> usize {
     }
 }
 
+/// Most 64-bit words the rule sets of one classifier may take (256 MiB); a rule set whose
+/// structure would need more is refused rather than exhausting memory.
+pub const MAX_CLASSIFIER_WORDS: usize = 32 << 20;
+
 /// A first-match packet classifier over the five fields; see the module documentation.
 #[derive(Debug)]
 pub struct Classifier {
@@ -422,11 +436,13 @@ pub struct Classifier {
 
 impl Classifier {
     /// Builds the classifier of `rules` (in priority order). Rules whose source and destination
-    /// families differ never match.
-    pub fn build(rules: &[Rule]) -> Classifier {
+    /// families differ never match. Fails only when the rule set's structure would take more than
+    /// [`MAX_CLASSIFIER_WORDS`].
+    pub fn build(rules: &[Rule]) -> Result<Classifier, SgError> {
         let n = rules.len();
         let words = n.div_ceil(64);
         let agg_words = words.div_ceil(64).max(1);
+        let mut budget = MAX_CLASSIFIER_WORDS;
         let v4 = |p: &Prefix| -> Option<(u128, u128)> {
             match p.addr() {
                 IpAddr::V4(a) => {
@@ -446,31 +462,44 @@ impl Classifier {
             }
         };
         let family_ok = |r: &Rule| r.src.addr().is_ipv4() == r.dst.addr().is_ipv4();
-        let src4 = Field::build(n, agg_words, u128::from(u32::MAX), 32, |i| {
+        let zobrist = zobrist_keys(n);
+        let z = &zobrist;
+        let src4 = Field::build(n, agg_words, u128::from(u32::MAX), 32, z, &mut budget, |i| {
             v4(&rules[i].src).filter(|_| family_ok(&rules[i]))
-        });
-        let dst4 = Field::build(n, agg_words, u128::from(u32::MAX), 32, |i| {
+        })?;
+        let dst4 = Field::build(n, agg_words, u128::from(u32::MAX), 32, z, &mut budget, |i| {
             v4(&rules[i].dst).filter(|_| family_ok(&rules[i]))
-        });
-        let src6 = Field::build(n, agg_words, u128::MAX, 128, |i| {
+        })?;
+        let src6 = Field::build(n, agg_words, u128::MAX, 128, z, &mut budget, |i| {
             v6(&rules[i].src).filter(|_| family_ok(&rules[i]))
-        });
-        let dst6 = Field::build(n, agg_words, u128::MAX, 128, |i| {
+        })?;
+        let dst6 = Field::build(n, agg_words, u128::MAX, 128, z, &mut budget, |i| {
             v6(&rules[i].dst).filter(|_| family_ok(&rules[i]))
-        });
-        let proto = Field::build(n, agg_words, 255, 8, |i| match rules[i].proto {
+        })?;
+        let proto = Field::build(n, agg_words, 255, 8, z, &mut budget, |i| match rules[i].proto {
             Some(p) => Some((u128::from(p), u128::from(p))),
             None => Some((0, 255)),
-        });
-        let sport = Field::build(n, agg_words, 65535, 16, |i| {
+        })?;
+        let sport = Field::build(n, agg_words, 65535, 16, z, &mut budget, |i| {
             let r = rules[i].src_ports;
             Some((u128::from(r.first), u128::from(r.last))).filter(|(a, b)| a <= b)
-        });
-        let dport = Field::build(n, agg_words, 65535, 16, |i| {
+        })?;
+        let dport = Field::build(n, agg_words, 65535, 16, z, &mut budget, |i| {
             let r = rules[i].dst_ports;
             Some((u128::from(r.first), u128::from(r.last))).filter(|(a, b)| a <= b)
-        });
-        Classifier { rules: n, src4, dst4, src6, dst6, proto, sport, dport, agg_words }
+        })?;
+        Ok(Classifier { rules: n, src4, dst4, src6, dst6, proto, sport, dport, agg_words })
+    }
+
+    /// Bytes of lookup structures (for metrics and the benchmarks' detail lines).
+    pub fn memory_bytes(&self) -> usize {
+        self.src4.bytes()
+            + self.dst4.bytes()
+            + self.src6.bytes()
+            + self.dst6.bytes()
+            + self.proto.bytes()
+            + self.sport.bytes()
+            + self.dport.bytes()
     }
 
     /// Index of the first rule that matches `key`.
@@ -487,45 +516,55 @@ impl Classifier {
                 let s = self.src4.lookup(u32::from(s));
                 let d = self.dst4.lookup(u32::from(d));
                 self.intersect([
-                    (&self.src4.set, s),
-                    (&self.dst4.set, d),
-                    (&self.proto.set, p),
-                    (&self.sport.set, sp),
-                    (&self.dport.set, dp),
+                    self.src4.records(s),
+                    self.dst4.records(d),
+                    self.proto.records(p),
+                    self.sport.records(sp),
+                    self.dport.records(dp),
                 ])
             }
             (IpAddr::V6(s), IpAddr::V6(d)) => {
                 let s = self.src6.lookup(u128::from(s));
                 let d = self.dst6.lookup(u128::from(d));
                 self.intersect([
-                    (&self.src6.set, s),
-                    (&self.dst6.set, d),
-                    (&self.proto.set, p),
-                    (&self.sport.set, sp),
-                    (&self.dport.set, dp),
+                    self.src6.records(s),
+                    self.dst6.records(d),
+                    self.proto.records(p),
+                    self.sport.records(sp),
+                    self.dport.records(dp),
                 ])
             }
             _ => None,
         }
     }
 
+    /// The lowest rule index set in every field's `class | region` set.
     #[inline]
-    fn intersect(&self, f: [(&ClassSet, u32); 5]) -> Option<u32> {
+    fn intersect(&self, f: [(&[u64], &[u64]); 5]) -> Option<u32> {
         let a_n = self.agg_words;
-        let base = f.map(|(_, c)| c as usize * a_n);
+        let words_at = a_n + a_n.div_ceil(2);
+        #[inline]
+        fn word(c: &[u64], a_n: usize, words_at: usize, a: usize, bit: u32) -> u64 {
+            let agg = c[a];
+            if agg >> bit & 1 == 0 {
+                return 0;
+            }
+            let rank = (c[a_n + a / 2] >> (32 * (a % 2))) as u32 as usize;
+            c[words_at + rank + (agg & ((1u64 << bit) - 1)).count_ones() as usize]
+        }
         for a in 0..a_n {
             let mut m = u64::MAX;
-            for (k, (set, _)) in f.iter().enumerate() {
-                m &= set.agg[base[k] + a];
+            for (c, r) in &f {
+                m &= c[a] | r[a];
             }
             while m != 0 {
                 let bit = m.trailing_zeros();
-                let below = (1u64 << bit) - 1;
                 let mut x = u64::MAX;
-                for (k, (set, _)) in f.iter().enumerate() {
-                    let i = base[k] + a;
-                    let idx = set.rank[i] as usize + (set.agg[i] & below).count_ones() as usize;
-                    x &= set.words[idx];
+                for (c, r) in &f {
+                    x &= word(c, a_n, words_at, a, bit) | word(r, a_n, words_at, a, bit);
+                    if x == 0 {
+                        break;
+                    }
                 }
                 if x != 0 {
                     let w = (a * 64 + bit as usize) as u32;
@@ -543,11 +582,36 @@ fn host_mask(width: u32, len: u8) -> u128 {
     if host == 0 { 0 } else { u128::MAX >> (128 - host) }
 }
 
+/// One random 64-bit key per rule: a set's hash is the XOR of its rules' keys, updated in O(1)
+/// as the sweep adds and removes rules (Zobrist hashing), so interning a set costs no pass over
+/// its bits unless the hash is already known.
+fn zobrist_keys(n: usize) -> Vec<u64> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..n)
+        .map(|_| {
+            // splitmix64
+            x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        })
+        .collect()
+}
+
 /// A field's interval index and the rule sets of its classes.
+///
+/// A class is a contiguous record in `data` (so a lookup reads one or two cache lines):
+/// `agg_words` aggregate words (bit `w` set when word `w` of the full bit vector is non-zero),
+/// then the rank of each aggregate word's first non-zero word (u32, two per u64), then only the
+/// non-zero words. `Intervals` maps a key to its class's offset in `data`.
 #[derive(Debug)]
 struct Field<K> {
     iv: Intervals<K>,
-    set: ClassSet,
+    /// Record offset of each region's set.
+    regions: Vec<u32>,
+    region_shift: u32,
+    data: Vec<u64>,
 }
 
 trait IntervalKey: Copy + Ord + std::fmt::Debug {
@@ -576,15 +640,29 @@ impl IntervalKey for u128 {
 impl<K: IntervalKey> Field<K> {
     /// `range(i)` is rule `i`'s inclusive interval on this field, or `None` when the rule can
     /// never match on it (another address family).
+    ///
+    /// The key space is cut into 256 regions (by the top 8 bits; one region for 8-bit fields).
+    /// A rule that covers a whole region goes into that region's set, not into the sets of the
+    /// intervals inside it: wide rules (`0.0.0.0/0`, `10.0.0.0/8`, any port, 1024–65535) would
+    /// otherwise be repeated in every interval's set and blow the structure out of the cache.
+    /// A packet's set on this field is its interval's set united with its region's set.
+    #[allow(clippy::too_many_arguments)]
     fn build(
         n: usize,
         agg_words: usize,
         max: u128,
         width: u32,
+        zobrist: &[u64],
+        budget: &mut usize,
         range: impl Fn(usize) -> Option<(u128, u128)>,
-    ) -> Field<K> {
-        // Sweep: at each boundary, rules start (add) or end (remove); the set between two
-        // boundaries is one elementary interval.
+    ) -> Result<Field<K>, SgError> {
+        let region_bits = if width > 8 { 8 } else { 0 };
+        let region_shift = width - region_bits;
+        let regions = 1usize << region_bits;
+        let words = n.div_ceil(64);
+        // Regions each rule covers entirely, as add/remove events over region numbers.
+        let mut region_events: Vec<(usize, bool, usize)> = Vec::new();
+        // Sweep events over the key space: at each boundary rules start or end.
         let mut events: Vec<(u128, bool, usize)> = Vec::with_capacity(2 * n + 1);
         for i in 0..n {
             if let Some((lo, hi)) = range(i) {
@@ -592,18 +670,72 @@ impl<K: IntervalKey> Field<K> {
                 if hi < max {
                     events.push((hi + 1, false, i));
                 }
+                let first =
+                    (lo >> region_shift) as usize + usize::from(lo & low_mask(region_shift) != 0);
+                let end = if hi == max { regions } else { ((hi + 1) >> region_shift) as usize };
+                if first < end {
+                    region_events.push((first, true, i));
+                    region_events.push((end, false, i));
+                }
             }
         }
+        region_events.sort_unstable_by_key(|e| e.0);
+        let mut data: Vec<u64> = Vec::new();
+        let mut intern: HashMap<u64, Vec<u32>> = HashMap::new();
+        let mut intern_set =
+            |data: &mut Vec<u64>, hash: u64, set: &[u64]| -> Result<u32, SgError> {
+                let known = intern.get(&hash).and_then(|offs| {
+                    offs.iter().copied().find(|&o| same(data, o as usize, agg_words, set))
+                });
+                match known {
+                    Some(o) => Ok(o),
+                    None => {
+                        let o = push_class(data, agg_words, set);
+                        if data.len() > *budget {
+                            return Err(SgError::TooComplex((MAX_CLASSIFIER_WORDS * 8) >> 20));
+                        }
+                        intern.entry(hash).or_default().push(o);
+                        Ok(o)
+                    }
+                }
+            };
+        // Each region's set (dense, for the sweep below) and its record.
+        let mut region_sets: Vec<Vec<u64>> = Vec::with_capacity(regions);
+        let mut region_hash: Vec<u64> = Vec::with_capacity(regions);
+        let mut region_off: Vec<u32> = Vec::with_capacity(regions);
+        {
+            let mut cur = vec![0u64; words];
+            let mut hash = 0u64;
+            let mut e = 0;
+            for r in 0..regions {
+                while e < region_events.len() && region_events[e].0 == r {
+                    let (_, add, i) = region_events[e];
+                    if add {
+                        cur[i / 64] |= 1 << (i % 64);
+                    } else {
+                        cur[i / 64] &= !(1 << (i % 64));
+                    }
+                    hash ^= zobrist[i];
+                    e += 1;
+                }
+                region_off.push(intern_set(&mut data, hash, &cur)?);
+                region_sets.push(cur.clone());
+                region_hash.push(hash);
+            }
+        }
+        // Region starts are boundaries too, so no interval spans two regions.
+        let mut points: Vec<u128> = events.iter().map(|e| e.0).collect();
+        points.extend((0..regions as u128).map(|r| r << region_shift));
+        points.sort_unstable();
+        points.dedup();
         events.sort_unstable_by_key(|e| e.0);
-        let words = n.div_ceil(64);
         let mut cur = vec![0u64; words];
-        let mut set = ClassSet::new(agg_words);
-        let mut intern: HashMap<Vec<u64>, u32> = HashMap::new();
+        let mut only = vec![0u64; words];
+        let mut hash = 0u64;
         let mut starts: Vec<K> = Vec::new();
         let mut classes: Vec<u32> = Vec::new();
         let mut e = 0;
-        let mut point = 0u128;
-        loop {
+        for point in points {
             while e < events.len() && events[e].0 == point {
                 let (_, add, i) = events[e];
                 if add {
@@ -611,32 +743,93 @@ impl<K: IntervalKey> Field<K> {
                 } else {
                     cur[i / 64] &= !(1 << (i % 64));
                 }
+                hash ^= zobrist[i];
                 e += 1;
             }
-            let class = match intern.get(&cur) {
-                Some(&c) => c,
-                None => {
-                    let c = set.push(&cur);
-                    intern.insert(cur.clone(), c);
-                    c
-                }
-            };
-            if classes.last() != Some(&class) {
+            let r = (point >> region_shift) as usize;
+            for (o, (c, w)) in only.iter_mut().zip(cur.iter().zip(&region_sets[r])) {
+                *o = c & !w;
+            }
+            // The region's rules all cover `point`, so they are in `cur`: XOR removes them.
+            let class = intern_set(&mut data, hash ^ region_hash[r], &only)?;
+            if classes.last() != Some(&class) || point & low_mask(region_shift) == 0 {
                 starts.push(K::from_u128(point));
                 classes.push(class);
             }
-            if e >= events.len() {
-                break;
-            }
-            point = events[e].0;
         }
-        Field { iv: Intervals::build(starts, classes, width), set }
+        *budget -= data.len();
+        Ok(Field {
+            iv: Intervals::build(starts, classes, width),
+            regions: region_off,
+            region_shift,
+            data,
+        })
     }
 
     #[inline]
-    fn lookup(&self, key: K) -> u32 {
-        self.iv.lookup(key)
+    fn lookup(&self, key: K) -> (u32, u32) {
+        (self.iv.lookup(key), self.regions[(key.to_u128() >> self.region_shift) as usize])
     }
+
+    fn bytes(&self) -> usize {
+        self.data.len() * 8
+            + self.iv.starts.len() * std::mem::size_of::<K>()
+            + (self.iv.classes.len() + self.iv.bucket.len() + self.regions.len()) * 4
+    }
+
+    #[inline]
+    fn records(&self, (class, region): (u32, u32)) -> (&[u64], &[u64]) {
+        (&self.data[class as usize..], &self.data[region as usize..])
+    }
+}
+
+fn low_mask(bits: u32) -> u128 {
+    if bits >= 128 { u128::MAX } else { (1u128 << bits) - 1 }
+}
+
+/// Appends the compressed record of `dense`; returns its offset.
+fn push_class(data: &mut Vec<u64>, agg_words: usize, dense: &[u64]) -> u32 {
+    let at = data.len();
+    let mut aggs = vec![0u64; agg_words];
+    let mut ranks = vec![0u32; agg_words];
+    let mut nz = Vec::new();
+    for (a, agg) in aggs.iter_mut().enumerate() {
+        ranks[a] = nz.len() as u32;
+        for bit in 0..64 {
+            if let Some(&w) = dense.get(a * 64 + bit)
+                && w != 0
+            {
+                *agg |= 1 << bit;
+                nz.push(w);
+            }
+        }
+    }
+    data.extend_from_slice(&aggs);
+    for pair in ranks.chunks(2) {
+        data.push(u64::from(pair[0]) | u64::from(pair.get(1).copied().unwrap_or(0)) << 32);
+    }
+    data.extend_from_slice(&nz);
+    at as u32
+}
+
+/// True when the record at `at` holds exactly the set `dense`.
+fn same(data: &[u64], at: usize, agg_words: usize, dense: &[u64]) -> bool {
+    let mut k = at + agg_words + agg_words.div_ceil(2);
+    for a in 0..agg_words {
+        let agg = data[at + a];
+        for bit in 0..64 {
+            let w = dense.get(a * 64 + bit).copied().unwrap_or(0);
+            if agg >> bit & 1 == 1 {
+                if data[k] != w {
+                    return false;
+                }
+                k += 1;
+            } else if w != 0 {
+                return false;
+            }
+        }
+    }
+    true
 }
 
 /// Sorted interval starts (the first is 0) with each interval's class, and a bucket index on the
@@ -674,41 +867,6 @@ impl<K: IntervalKey> Intervals<K> {
         let hi = self.bucket[b + 1] as usize;
         let k = lo + self.starts[lo + 1..=hi].partition_point(|s| *s <= key);
         self.classes[k]
-    }
-}
-
-/// Rule sets in compressed form: per class, `agg_words` aggregate words (bit `w` set when word
-/// `w` of the full bit vector is non-zero), the rank of each aggregate word's first non-zero word
-/// in `words`, and only the non-zero words.
-#[derive(Debug)]
-struct ClassSet {
-    agg_words: usize,
-    agg: Vec<u64>,
-    rank: Vec<u32>,
-    words: Vec<u64>,
-}
-
-impl ClassSet {
-    fn new(agg_words: usize) -> ClassSet {
-        ClassSet { agg_words, agg: Vec::new(), rank: Vec::new(), words: Vec::new() }
-    }
-
-    fn push(&mut self, dense: &[u64]) -> u32 {
-        let class = (self.agg.len() / self.agg_words) as u32;
-        for a in 0..self.agg_words {
-            self.rank.push(self.words.len() as u32);
-            let mut agg = 0u64;
-            for bit in 0..64 {
-                if let Some(&w) = dense.get(a * 64 + bit)
-                    && w != 0
-                {
-                    agg |= 1 << bit;
-                    self.words.push(w);
-                }
-            }
-            self.agg.push(agg);
-        }
-        class
     }
 }
 
@@ -870,7 +1028,7 @@ mod tests {
         let mut rng = Rng(0x5eed_1234_abcd_0001);
         for n in [0usize, 1, 2, 63, 64, 65, 200, 1000, 5000] {
             let rules = random_rules(&mut rng, n);
-            let c = Classifier::build(&rules);
+            let c = Classifier::build(&rules).unwrap();
             for _ in 0..3000 {
                 let k = random_key(&mut rng, &rules);
                 let want = rules.iter().position(|r| r.matches(&k)).map(|i| i as u32);
@@ -892,7 +1050,7 @@ mod tests {
                 Action::Allow,
             ),
         ];
-        let c = Classifier::build(&rules);
+        let c = Classifier::build(&rules).unwrap();
         assert_eq!(c.first_match(&key("255.255.255.255", "1.2.3.4", 6, 0, 65535)), Some(0));
         assert_eq!(c.first_match(&key("255.255.255.255", "1.2.3.4", 6, 0, 65534)), None);
         assert_eq!(c.first_match(&key("0.0.0.0", "1.2.3.4", 6, 0, 0)), Some(1));
