@@ -103,6 +103,12 @@ impl Secret {
         }
     }
 
+    /// True for an inline value that is the redacted form `show` prints: committing the output
+    /// of `show` back would make `<redacted sha256:…>` the key.
+    pub fn is_redacted_placeholder(&self) -> bool {
+        matches!(self, Secret::Inline(v) if v.starts_with("<redacted"))
+    }
+
     /// The inline value's length in characters (for the weak-PSK warning); `None` for references.
     pub fn inline_len(&self) -> Option<usize> {
         match self {

@@ -14,6 +14,7 @@ use isthmus_tables::Prefix;
 use crate::error::{Issue, Report};
 use crate::parse::suggest;
 use crate::schema::*;
+use crate::secret::Secret;
 
 /// Checks a parsed configuration as a whole.
 pub fn validate(c: &Config) -> Report {
@@ -118,6 +119,34 @@ impl<'c> V<'c> {
         self.alarms(&tunnels, &notify);
         self.notify();
         self.api_tokens();
+        self.placeholders();
+    }
+
+    /// Refuses secrets copied from `show` output: their value is the redaction marker.
+    fn placeholders(&mut self) {
+        let c = self.c;
+        let mut found: Vec<String> = Vec::new();
+        for (i, t) in c.tunnels.iter().enumerate() {
+            if t.psk.is_redacted_placeholder() {
+                found.push(format!("tunnel[{i}].psk"));
+            }
+        }
+        for (i, n) in c.notify.iter().enumerate() {
+            if n.secret.as_ref().is_some_and(Secret::is_redacted_placeholder) {
+                found.push(format!("notify[{i}].secret"));
+            }
+        }
+        for (i, t) in c.api_tokens.iter().enumerate() {
+            if t.token.as_ref().is_some_and(Secret::is_redacted_placeholder) {
+                found.push(format!("api_token[{i}].token"));
+            }
+        }
+        for path in found {
+            self.err(
+                path,
+                "this is the redacted form that `show` prints, not a key; give the real value or a `{ file = ... }` / `{ env = ... }` reference",
+            );
+        }
     }
 
     /// Checks names in one section: present, well-formed, unique. Returns name → index.

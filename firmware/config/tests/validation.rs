@@ -268,3 +268,26 @@ fn show_redacts_inline_secrets_but_shows_their_fingerprint() {
     assert!(shown.contains(&format!("psk = \"<redacted sha256:{fp}>\"")), "{shown}");
     assert!(!format!("{c:?}").contains("correct-horse"));
 }
+
+#[test]
+fn show_output_committed_back_is_refused_for_its_redacted_keys() {
+    let c = Config::from_toml(&common::gateway("correct-horse-battery-staple", 0)).unwrap();
+    let e = errors(&c.to_toml_redacted());
+    assert!(find(&e, "tunnel[0].psk").message.contains("redacted form"), "{}", Errors(e.clone()));
+}
+
+#[test]
+fn unreadable_secret_references_are_reported_by_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("psk");
+    std::fs::write(&file, "a-key-from-a-file-0123456789\n").unwrap();
+    let text = common::gateway("x", 0)
+        .replace("psk = \"x\"", &format!("psk = {{ file = \"{}\" }}", file.display()))
+        + "[[notify]]\nname = \"n\"\nwebhook = \"https://example.net/h\"\nsecret = { env = \"ISTHMUS_TEST_NO_SUCH_VAR\" }\n";
+    let c = Config::from_toml(&text).unwrap();
+    let missing = c.check_secrets();
+    assert_eq!(missing.len(), 1, "{missing:?}");
+    assert_eq!(missing[0].path, "notify[0].secret");
+    assert!(missing[0].message.contains("ISTHMUS_TEST_NO_SUCH_VAR"));
+    assert_eq!(c.tunnels[0].psk.resolve().unwrap().expose(), "a-key-from-a-file-0123456789");
+}
