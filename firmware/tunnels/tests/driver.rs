@@ -320,3 +320,50 @@ fn nix_kill(c: &mut std::process::Child) -> std::io::Result<()> {
     std::process::Command::new("kill").args(["-INT", &c.id().to_string()]).status()?;
     c.wait().map(|_| ())
 }
+
+/// IKE over IPv6 between two Isthmus gateways, with IPv6 selectors.
+#[test]
+fn two_isthmus_gateways_negotiate_over_ipv6() {
+    if !require_root() {
+        return;
+    }
+    let a = Netns::new("itd");
+    let b = Netns::new("itd");
+    for ns in [&a, &b] {
+        ns.sh("sysctl -qw net.ipv6.conf.all.disable_ipv6=0 net.ipv6.conf.default.accept_dad=0");
+    }
+    veth(&a, "wa", "fd40:33::1/64", &b, "wb", "fd40:33::2/64");
+    let ta = a.run(|| Tunnels::start(DriverConfig::default(), Box::new(ControlOnly)).unwrap());
+    let tb = b.run(|| Tunnels::start(DriverConfig::default(), Box::new(ControlOnly)).unwrap());
+    let ev_a = ta.subscribe();
+    let mk = |l: &str, r: &str, lts: &str, rts: &str| {
+        let mut t = TunnelConfig::new(
+            "v6",
+            format!("[{l}]:500").parse().unwrap(),
+            format!("[{r}]:500").parse().unwrap(),
+            Psk::new(b"driver-test-psk-v6".to_vec()),
+            vec![lts.parse().unwrap()],
+            vec![rts.parse().unwrap()],
+        );
+        t.start_action = StartAction::None;
+        t
+    };
+    tb.add_tunnel(Tunnel::new(mk("fd40:33::2", "fd40:33::1", "fd42:33::/64", "fd41:33::/64")))
+        .unwrap();
+    ta.add_tunnel(Tunnel::new(mk("fd40:33::1", "fd40:33::2", "fd41:33::/64", "fd42:33::/64")))
+        .unwrap();
+    ta.initiate("v6").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut seen = Vec::new();
+    loop {
+        match ev_a.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(TunnelEvent::ChildUp { .. }) => break,
+            Ok(e) => seen.push(e.to_string()),
+            Err(_) => panic!("no CHILD SA over IPv6; events {seen:#?}"),
+        }
+    }
+    let sa = ta.tunnel("v6").unwrap();
+    assert_eq!(sa.state, TunnelState::Up);
+    assert_eq!(sa.children[0].remote_ts, ["fd42:33::/64"]);
+    assert!(tb.tunnel("v6").unwrap().state == TunnelState::Up);
+}
