@@ -12,12 +12,33 @@
 //! ```
 //!
 //! - [`driver`]: the loop and the [`Tunnels`] handle (start actions start / trap / none, close
-//!   action, make-before-break CHILD SA installation);
+//!   action, retries with backoff for tunnels that should be up, make-before-break CHILD SA
+//!   installation);
 //! - [`dataplane`]: the [`Dataplane`] trait the ESP dataplane implements, and the events it
 //!   sends back;
 //! - [`esp`]: that trait on the userspace ESP dataplane (`isthmus-dataplane`);
 //! - [`io`]: the IKE sockets and RFC 3948 classification of port 4500 payloads;
 //! - [`status`]: tunnel status and events (with the IKE layer's explanations of failures).
+//!
+//! Typical use, inside the gateway's network namespace:
+//!
+//! ```no_run
+//! # fn demo(cfg: isthmus_ike::TunnelConfig) -> Result<(), isthmus_tunnels::Error> {
+//! use isthmus_tunnels::{DriverConfig, EspOptions, Tunnel, start_with_dataplane};
+//! let wan = "192.0.2.1".parse().unwrap();
+//! let (tunnels, dataplane) = start_with_dataplane(
+//!     DriverConfig::default(),
+//!     isthmus_dataplane::Config::new("ist0", wan),
+//!     EspOptions::default(),
+//! )?;
+//! let events = tunnels.subscribe();
+//! tunnels.add_tunnel(Tunnel::new(cfg))?; // start action `Start` initiates at once
+//! for ev in events.iter().take(2) {
+//!     println!("{ev}"); // "tunnel `t`: IKE SA established with ...", "... CHILD SA ... installed"
+//! }
+//! println!("{:?}", tunnels.status());
+//! # drop(dataplane); Ok(()) }
+//! ```
 
 pub mod dataplane;
 pub mod driver;
