@@ -540,6 +540,13 @@ impl TunnelConfig {
         if self.ike_proposals.is_empty() {
             return Err(bad("no IKE proposals"));
         }
+        for p in &self.ike_proposals {
+            if p.encr.is_empty() || p.prf.is_empty() || p.dh.is_empty() {
+                return Err(bad(&format!(
+                    "IKE proposal `{p}` needs an encryption algorithm, a PRF and a key exchange group"
+                )));
+            }
+        }
         if self.children.is_empty() {
             return Err(bad("no CHILD SA configured"));
         }
@@ -555,6 +562,16 @@ impl TunnelConfig {
         for c in &self.children {
             if c.esp_proposals.is_empty() {
                 return Err(bad(&format!("CHILD SA `{}` has no ESP proposals", c.name)));
+            }
+            if let Some(p) = c.esp_proposals.iter().find(|p| p.encr.is_empty() || p.esn.is_empty())
+            {
+                return Err(bad(&format!(
+                    "ESP proposal `{p}` of CHILD SA `{}` needs an encryption algorithm and an ESN choice",
+                    c.name
+                )));
+            }
+            if self.children.iter().filter(|o| o.name == c.name).count() > 1 {
+                return Err(bad(&format!("two CHILD SAs are named `{}`", c.name)));
             }
             if c.local_ts.is_empty() || c.remote_ts.is_empty() {
                 return Err(bad(&format!(

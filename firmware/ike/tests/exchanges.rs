@@ -564,3 +564,44 @@ fn acquire_brings_the_tunnel_up_once() {
     assert_eq!(child_ups(&p.a_events).len(), 1);
     assert!(p.a.acquire("t1", "nope", p.now).is_err());
 }
+
+#[test]
+fn unknown_payloads_are_ignored_unless_critical() {
+    use isthmus_ike::codec::{self, Payload};
+    for critical in [false, true] {
+        let (a, b) = configs();
+        let mut p = Pair::new(a, b);
+        p.a.initiate("t1", p.now).unwrap();
+        let t = p.a.poll_transmit().unwrap();
+        let mut m = codec::parse_message(&t.data).unwrap();
+        m.payloads.push(Payload::Unknown { ty: 200, critical, data: vec![1, 2, 3] });
+        let data = codec::encode_plain(m.header, &m.payloads);
+        p.b.handle_datagram(p.now, t.remote, t.local, &data);
+        let answer = codec::parse_message(&p.b.poll_transmit().unwrap().data).unwrap();
+        let refused = answer.payloads.iter().any(|x| {
+            matches!(x, Payload::Notify(n) if n.ty == NotifyType::UNSUPPORTED_CRITICAL_PAYLOAD && n.data == [200])
+        });
+        let accepted = answer.payloads.iter().any(|x| matches!(x, Payload::Sa(_)));
+        assert_eq!((refused, accepted), (critical, !critical), "critical = {critical}");
+    }
+}
+
+#[test]
+fn other_major_versions_are_refused() {
+    use isthmus_ike::codec::{self, Payload};
+    let (a, b) = configs();
+    let mut p = Pair::new(a, b);
+    p.a.initiate("t1", p.now).unwrap();
+    let t = p.a.poll_transmit().unwrap();
+    let mut data = t.data.clone();
+    data[17] = 0x30; // IKE version 3.0
+    p.b.handle_datagram(p.now, t.remote, t.local, &data);
+    let answer = codec::parse_message(&p.b.poll_transmit().unwrap().data).unwrap();
+    assert!(
+        answer
+            .payloads
+            .iter()
+            .any(|x| matches!(x, Payload::Notify(n) if n.ty == NotifyType::INVALID_MAJOR_VERSION))
+    );
+    assert_eq!(p.b.ike_sa_count(), 0);
+}
