@@ -21,8 +21,9 @@
 //!     counter drop }
 //! chain forward { type filter hook forward priority 0; policy drop;
 //!     ct state invalid drop; iifname LAN oifname WAN drop; iifname WAN oifname LAN drop
-//!     iifname A oifname B accept   for A != B among LANs and tunnel devices
+//!     iifname LAN|TUNNEL jump inside
 //!     counter drop }
+//! chain inside  { oifname LAN|TUNNEL accept }   (regular chain: 2n rules, not n² pairs)
 //! ```
 //!
 //! Every rule carries a comment (`NFTA_RULE_USERDATA`, the `nft` comment format) naming what it
@@ -73,6 +74,7 @@ const NFTA_EXPR_DATA: u16 = 2;
 const NFTA_DATA_VALUE: u16 = 1;
 const NFTA_DATA_VERDICT: u16 = 2;
 const NFTA_VERDICT_CODE: u16 = 1;
+const NFTA_VERDICT_CHAIN: u16 = 2;
 /// `NFTNL_UDATA_RULE_COMMENT`: the TLV `nft` shows as `comment "..."`.
 const UDATA_RULE_COMMENT: u8 = 0;
 
@@ -81,6 +83,7 @@ const NF_INET_LOCAL_IN: u32 = 1;
 const NF_INET_FORWARD: u32 = 2;
 const NF_DROP: i32 = 0;
 const NF_ACCEPT: i32 = 1;
+const NFT_JUMP: i32 = -3;
 const NFT_REG_VERDICT: u32 = 0;
 const NFT_REG_1: u32 = 1;
 
@@ -154,6 +157,8 @@ enum Expr {
     Counter,
     /// `immediate reg 0 VERDICT`
     Verdict(i32),
+    /// `immediate reg 0 jump CHAIN`
+    Jump(&'static str),
 }
 
 impl Expr {
@@ -166,7 +171,7 @@ impl Expr {
                 Expr::And(_) => "bitwise",
                 Expr::Cmp(..) => "cmp",
                 Expr::Counter => "counter",
-                Expr::Verdict(_) => "immediate",
+                Expr::Verdict(_) | Expr::Jump(_) => "immediate",
             };
             n.str(NFTA_EXPR_NAME, name);
             n.nest(NFTA_EXPR_DATA, |n| match self {
@@ -205,6 +210,15 @@ impl Expr {
                     n.nest(2, |n| {
                         // NFTA_IMMEDIATE_DATA
                         n.nest(NFTA_DATA_VERDICT, |n| n.be32(NFTA_VERDICT_CODE, *code as u32));
+                    });
+                }
+                Expr::Jump(chain) => {
+                    n.be32(1, NFT_REG_VERDICT);
+                    n.nest(2, |n| {
+                        n.nest(NFTA_DATA_VERDICT, |n| {
+                            n.be32(NFTA_VERDICT_CODE, NFT_JUMP as u32);
+                            n.str(NFTA_VERDICT_CHAIN, chain);
+                        });
                     });
                 }
             });
@@ -305,6 +319,11 @@ impl RuleBuilder {
         self.d("accept").finish()
     }
 
+    fn jump(mut self, chain: &'static str) -> FwRule {
+        self.exprs.push(Expr::Jump(chain));
+        self.d(format!("jump {chain}")).finish()
+    }
+
     fn drop(mut self) -> FwRule {
         self.exprs.push(Expr::Counter);
         self.exprs.push(Expr::Verdict(NF_DROP));
@@ -342,7 +361,8 @@ pub(crate) struct FwRule {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct FwChain {
     pub name: &'static str,
-    hook: u32,
+    /// Netfilter hook of a base chain (with policy drop); `None` for a regular chain.
+    hook: Option<u32>,
     pub rules: Vec<FwRule>,
 }
 
@@ -424,19 +444,18 @@ pub fn compile(spec: &FirewallSpec) -> Ruleset {
         forward.push(r().iif(lan).oif(wan).d("(no clear LAN->WAN)").drop());
         forward.push(r().iif(wan).oif(lan).d("(no clear WAN->LAN)").drop());
     }
-    let inside: Vec<&String> = spec.lan_ifs.iter().chain(&spec.tunnel_ifs).collect();
-    for a in &inside {
-        for b in &inside {
-            if a != b {
-                forward.push(r().iif(a).oif(b).accept());
-            }
-        }
+    // LANs and tunnels forward among themselves: a jump per ingress, an accept per egress.
+    let mut inside = Vec::new();
+    for i in spec.lan_ifs.iter().chain(&spec.tunnel_ifs) {
+        forward.push(r().iif(i).jump("inside"));
+        inside.push(r().oif(i).accept());
     }
     forward.push(r().drop());
     Ruleset {
         chains: vec![
-            FwChain { name: "input", hook: NF_INET_LOCAL_IN, rules: input },
-            FwChain { name: "forward", hook: NF_INET_FORWARD, rules: forward },
+            FwChain { name: "input", hook: Some(NF_INET_LOCAL_IN), rules: input },
+            FwChain { name: "forward", hook: Some(NF_INET_FORWARD), rules: forward },
+            FwChain { name: "inside", hook: None, rules: inside },
         ],
     }
 }
@@ -471,12 +490,14 @@ pub(crate) fn batch(rs: Option<&Ruleset>) -> Vec<Request> {
         let mut a = Nla::default();
         a.str(NFTA_CHAIN_TABLE, TABLE);
         a.str(NFTA_CHAIN_NAME, c.name);
-        a.nest(NFTA_CHAIN_HOOK, |n| {
-            n.be32(NFTA_HOOK_HOOKNUM, c.hook);
-            n.be32(NFTA_HOOK_PRIORITY, 0);
-        });
-        a.be32(NFTA_CHAIN_POLICY, NF_DROP as u32);
-        a.str(NFTA_CHAIN_TYPE, "filter");
+        if let Some(hook) = c.hook {
+            a.nest(NFTA_CHAIN_HOOK, |n| {
+                n.be32(NFTA_HOOK_HOOKNUM, hook);
+                n.be32(NFTA_HOOK_PRIORITY, 0);
+            });
+            a.be32(NFTA_CHAIN_POLICY, NF_DROP as u32);
+            a.str(NFTA_CHAIN_TYPE, "filter");
+        }
         out.push(msg(NFT_MSG_NEWCHAIN, NLM_F_CREATE, a));
     }
     for c in &rs.chains {
@@ -601,8 +622,11 @@ pub(crate) fn difference(rs: &Ruleset, seen: Option<&ObservedTable>) -> Option<S
         let Some((_, drop, hook, comments)) = seen.chains.iter().find(|s| s.0 == c.name) else {
             return Some(format!("chain {} is missing", c.name));
         };
-        if !drop || !hook {
+        if c.hook.is_some() && (!drop || !hook) {
             return Some(format!("chain {} lost its hook or its drop policy", c.name));
+        }
+        if c.hook.is_none() && *hook {
+            return Some(format!("chain {} is hooked", c.name));
         }
         let want: Vec<&str> = c.rules.iter().map(|r| r.comment.as_str()).collect();
         if let Some(i) = (0..want.len().max(comments.len()))
@@ -687,9 +711,12 @@ mod tests {
         let fwd = &d[1].1;
         assert!(has(fwd, "iifname lan0 oifname wan0 (no clear LAN->WAN) counter drop"));
         assert!(has(fwd, "iifname wan0 oifname lan0 (no clear WAN->LAN) counter drop"));
-        assert!(has(fwd, "iifname lan0 oifname ist0 accept"));
-        assert!(has(fwd, "iifname ist0 oifname lan0 accept"));
+        assert!(has(fwd, "iifname lan0 jump inside"));
+        assert!(has(fwd, "iifname ist0 jump inside"));
         assert!(!fwd.iter().any(|c| c.contains("oifname wan0") && c.contains("accept")));
+        let inside = &d[2].1;
+        assert_eq!(inside.len(), 2);
+        assert!(has(inside, "oifname lan0 accept") && has(inside, "oifname ist0 accept"));
         // Comments are unique fingerprints: a changed spec changes them.
         let mut s2 = spec();
         s2.mgmt_port = 8444;
@@ -706,12 +733,8 @@ mod tests {
                 .chains
                 .iter()
                 .map(|c| {
-                    (
-                        c.name.to_string(),
-                        true,
-                        true,
-                        c.rules.iter().map(|r| r.comment.clone()).collect(),
-                    )
+                    let comments = c.rules.iter().map(|r| r.comment.clone()).collect();
+                    (c.name.to_string(), c.hook.is_some(), c.hook.is_some(), comments)
                 })
                 .collect(),
         };

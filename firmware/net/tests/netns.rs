@@ -236,30 +236,36 @@ fn routes_point_into_a_persistent_tun_that_the_dataplane_attaches_to_later() {
     };
     with(&gw, move |r| r.reconcile(&desired).unwrap());
     // No process holds the device; it persists, and a late attach sees routed packets.
-    let packet = gw.run(|| {
-        let mut tun = attach_tun("ist0");
-        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
-        // The kernel activates the device's queue asynchronously once a reader attaches
-        // (link watch), so the first packets may still be dropped: send until one arrives.
-        let mut buf = [0u8; 2048];
-        for _ in 0..40 {
-            s.send_to(b"to the tunnel", "10.61.30.7:4000").unwrap();
-            let mut fds = libc::pollfd { fd: tun.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-            // SAFETY: one valid pollfd for the duration of the call.
-            while unsafe { libc::poll(&mut fds, 1, 100) } == 1 {
-                let n = tun.read(&mut buf).unwrap();
-                // IPv6 housekeeping (router solicitations, MLD) may come too: skip it.
-                if buf[0] >> 4 == 4 {
-                    return buf[..n].to_vec();
-                }
-            }
-        }
-        panic!("no IPv4 packet arrived on the TUN device");
-    });
+    // No process holds the device; it persists, and a late attach sees routed packets.
+    let mut tun = gw.run(|| attach_tun("ist0"));
+    let s = gw.run(|| UdpSocket::bind("0.0.0.0:0").unwrap());
+    let packet = first_ipv4(&mut tun, || {
+        s.send_to(b"to the tunnel", "10.61.30.7:4000").unwrap();
+    })
+    .expect("no IPv4 packet arrived on the TUN device");
     // An IPv4 packet (no packet-information header) to 10.61.30.7 carrying the payload.
     assert_eq!(packet[0] >> 4, 4, "IFF_NO_PI: the frame starts with the IP header");
     assert_eq!(&packet[16..20], &[10, 61, 30, 7]);
     assert!(packet.ends_with(b"to the tunnel"));
+}
+
+/// Sends with `send` until an IPv4 packet shows up on `tun` (3 s at most). The kernel activates
+/// a TUN device's queue asynchronously once a reader attaches (link watch), so the first packets
+/// may be dropped; IPv6 housekeeping (router solicitations, MLD) is skipped.
+fn first_ipv4(tun: &mut std::fs::File, send: impl Fn()) -> Option<Vec<u8>> {
+    let mut buf = [0u8; 2048];
+    for _ in 0..30 {
+        send();
+        let mut fds = libc::pollfd { fd: tun.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd for the duration of the call.
+        while unsafe { libc::poll(&mut fds, 1, 100) } == 1 {
+            let n = tun.read(&mut buf).unwrap();
+            if buf[0] >> 4 == 4 {
+                return Some(buf[..n].to_vec());
+            }
+        }
+    }
+    None
 }
 
 /// Accepts connections on a listener in the background so TCP probes complete.
@@ -311,18 +317,27 @@ fn host_firewall_admits_ike_and_esp_on_wan_api_on_mgmt_and_no_clear_forwarding()
     assert!(ping(&lan, "10.60.40.2"), "forwarding works before the firewall");
     assert!(tcp_probe(&wan, "10.60.40.1:2222"));
 
+    let mut links: Vec<Link> = ["wan0", "lan0", "mgmt0"]
+        .iter()
+        .map(|n| Link { name: (*n).into(), up: true, mtu: None, kind: LinkKind::Existing })
+        .collect();
+    links.push(Link {
+        name: "ist0".into(),
+        up: true,
+        mtu: None,
+        kind: LinkKind::Tun { multi_queue: false },
+    });
     let desired = DesiredState {
-        links: ["wan0", "lan0", "mgmt0"]
-            .iter()
-            .map(|n| Link { name: (*n).into(), up: true, mtu: None, kind: LinkKind::Existing })
-            .collect(),
+        links,
+        addresses: vec![Address::new("ist0", "10.60.43.1/32").unwrap()],
+        routes: vec![route(TABLE_MAIN, "10.61.40.0/24", dev("ist0"), 0)],
         firewall: Some(FirewallSpec {
             wan_if: "wan0".into(),
             wan_addrs: vec!["10.60.40.1".parse().unwrap()],
             mgmt_if: Some("mgmt0".into()),
             mgmt_port: 8443,
             lan_ifs: vec!["lan0".into()],
-            tunnel_ifs: vec![],
+            tunnel_ifs: vec!["ist0".into()],
             wan_echo: false,
         }),
         ..Default::default()
@@ -341,6 +356,8 @@ fn host_firewall_admits_ike_and_esp_on_wan_api_on_mgmt_and_no_clear_forwarding()
         "ct state established,related accept",
         "iifname \"mgmt0\" tcp dport 8443 accept",
         "iifname \"lan0\" oifname \"wan0\" counter packets",
+        "iifname \"ist0\" jump inside",
+        "oifname \"lan0\" accept",
     ] {
         assert!(listing.contains(want), "missing `{want}` in:\n{listing}");
     }
@@ -353,6 +370,14 @@ fn host_firewall_admits_ike_and_esp_on_wan_api_on_mgmt_and_no_clear_forwarding()
     assert!(!ping(&wan, "10.60.40.1"), "no echo on the WAN unless configured");
     assert!(ping(&lan, "10.60.41.1"), "the LAN may ping the gateway");
     assert!(!ping(&lan, "10.60.40.2"), "no clear forwarding LAN->WAN");
+    // LAN traffic for a remote prefix is forwarded into the tunnel device.
+    let mut tun = gw.run(|| attach_tun("ist0"));
+    let s = lan.run(|| UdpSocket::bind("0.0.0.0:0").unwrap());
+    let packet = first_ipv4(&mut tun, || {
+        s.send_to(b"through the tunnel", "10.61.40.5:4000").unwrap();
+    })
+    .expect("LAN -> tunnel forwarding is allowed");
+    assert_eq!(&packet[12..16], &[10, 60, 41, 2], "from the LAN host");
     let counters = gw.sh("nft list chain inet isthmus forward");
     assert!(
         counters.lines().any(|l| l.contains("oifname \"wan0\"") && !l.contains("packets 0 ")),
