@@ -92,6 +92,10 @@ pub struct Config {
     pub tun_offload: bool,
     /// Use UDP segmentation offload for sending and UDP GRO for receiving ESP in UDP.
     pub udp_offload: bool,
+    /// Nice value for the packet threads (lower runs first; the appliance's main job is
+    /// forwarding). `None` leaves the inherited priority. Needs `CAP_SYS_NICE` to go below 0;
+    /// refused silently otherwise.
+    pub worker_nice: Option<i32>,
     /// Capacity of the event channel; events beyond it are counted as lost, never block.
     pub event_capacity: usize,
 }
@@ -114,6 +118,7 @@ impl Config {
             event_capacity: 1024,
             tun_offload: true,
             udp_offload: true,
+            worker_nice: Some(-10),
         }
     }
 
@@ -492,8 +497,17 @@ impl Dataplane {
         });
         let tun_name = shared.tun.name().to_owned();
         let mut dp = Dataplane { shared: shared.clone(), threads: Vec::new(), tun_name, udp_addr };
+        let nice = shared.cfg.worker_nice;
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
-            std::thread::Builder::new().name(name.into()).spawn(f).map_err(DataplaneError::Thread)
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(move || {
+                    if let Some(n) = nice {
+                        sys::set_thread_nice(n);
+                    }
+                    f()
+                })
+                .map_err(DataplaneError::Thread)
         };
         let s = shared.clone();
         dp.threads.push(spawn("isthmus-tun", Box::new(move || worker::outbound(&s)))?);

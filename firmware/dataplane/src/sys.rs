@@ -152,6 +152,15 @@ pub fn set_mtu_and_up(name: &str, mtu: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// Sets the nice value of the calling thread (Linux keeps one per thread); errors are ignored
+/// (an unprivileged process may not raise its priority).
+pub fn set_thread_nice(nice: i32) {
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    // SAFETY: setpriority on our own thread id; the result is only informative.
+    let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) };
+}
+
 /// Puts `fd` in non-blocking mode.
 pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
     // SAFETY: F_GETFL/F_SETFL on a descriptor we own; results are checked.
