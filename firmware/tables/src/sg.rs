@@ -773,8 +773,8 @@ impl<K: IntervalKey> Field<K> {
 
     fn bytes(&self) -> usize {
         self.data.len() * 8
-            + self.iv.starts.len() * std::mem::size_of::<K>()
-            + (self.iv.classes.len() + self.iv.bucket.len() + self.regions.len()) * 4
+            + self.iv.entries.len() * std::mem::size_of::<(K, u32)>()
+            + (self.iv.bucket.len() + self.regions.len()) * 4
     }
 
     #[inline]
@@ -832,12 +832,12 @@ fn same(data: &[u64], at: usize, agg_words: usize, dense: &[u64]) -> bool {
     true
 }
 
-/// Sorted interval starts (the first is 0) with each interval's class, and a bucket index on the
-/// key's top bits so that a lookup searches only the few starts inside one bucket.
+/// Sorted interval starts (the first is 0), each with its class (in one array, so a lookup reads
+/// one cache line for both), and a bucket index on the key's top bits so that a lookup searches
+/// only the few starts inside one bucket.
 #[derive(Debug)]
 struct Intervals<K> {
-    starts: Vec<K>,
-    classes: Vec<u32>,
+    entries: Vec<(K, u32)>,
     /// `bucket[b]` = index of the interval holding the first key of bucket `b`.
     bucket: Vec<u32>,
     shift: u32,
@@ -857,7 +857,7 @@ impl<K: IntervalKey> Intervals<K> {
             bucket.push(k as u32);
         }
         bucket.push((starts.len() - 1) as u32);
-        Intervals { starts, classes, bucket, shift }
+        Intervals { entries: starts.into_iter().zip(classes).collect(), bucket, shift }
     }
 
     #[inline]
@@ -865,8 +865,8 @@ impl<K: IntervalKey> Intervals<K> {
         let b = (key.to_u128() >> self.shift) as usize;
         let lo = self.bucket[b] as usize;
         let hi = self.bucket[b + 1] as usize;
-        let k = lo + self.starts[lo + 1..=hi].partition_point(|s| *s <= key);
-        self.classes[k]
+        let k = lo + self.entries[lo + 1..=hi].partition_point(|(s, _)| *s <= key);
+        self.entries[k].1
     }
 }
 
