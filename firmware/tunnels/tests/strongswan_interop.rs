@@ -769,3 +769,66 @@ fn waiting_tunnel_is_not_started_by_traffic_and_drops_it() {
     lab.expect(Duration::from_secs(10), "CHILD SA", is_child_up);
     lab.assert_ping_passes();
 }
+
+/// IKE and ESP-in-UDP over an IPv6 WAN with strongSwan, IPv4 LANs inside: the tunnel comes up
+/// and the LANs reach each other.
+#[test]
+fn ipv6_wan_with_strongswan() {
+    if !require_root() || !isthmus_testkit::strongswan::available() {
+        return;
+    }
+    let n = 29u8;
+    let gw_i = Netns::new("iti");
+    let gw_s = Netns::new("its");
+    let host_i = Netns::new("ithi");
+    let host_s = Netns::new("iths");
+    for g in [&gw_i, &gw_s] {
+        g.sh("sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.disable_ipv6=0 net.ipv6.conf.default.accept_dad=0");
+    }
+    veth(&gw_i, "wan-i", "fd40:29::1/64", &gw_s, "wan-s", "fd40:29::2/64");
+    veth(&gw_i, "lan-i", &format!("10.41.{n}.1/24"), &host_i, "eth0", &format!("10.41.{n}.2/24"));
+    veth(&gw_s, "lan-s", &format!("10.42.{n}.1/24"), &host_s, "eth0", &format!("10.42.{n}.2/24"));
+    host_i.sh(&format!("ip route add default via 10.41.{n}.1"));
+    host_s.sh(&format!("ip route add default via 10.42.{n}.1"));
+    let mut theirs = swan_conn(n);
+    theirs.local_addr = "fd40:29::2".into();
+    theirs.remote_addr = "fd40:29::1".into();
+    let swan = Strongswan::start(&gw_s, &[theirs]);
+    swan.load_all().unwrap();
+    let mut ours = isthmus_tunnel(n);
+    ours.local = "[fd40:29::1]:500".parse().unwrap();
+    ours.remote = "[fd40:29::2]:500".parse().unwrap();
+    let wan = "fd40:29::1".parse().unwrap();
+    let (tunnels, dp) = gw_i.run(move || {
+        start_with_dataplane(
+            DriverConfig::default(),
+            isthmus_dataplane::Config::new("ist0", wan),
+            EspOptions::default(),
+        )
+        .unwrap()
+    });
+    gw_i.sh(&format!("ip route add 10.42.{n}.0/24 dev ist0"));
+    let ev = tunnels.subscribe();
+    tunnels.add_tunnel(Tunnel::new(ours)).unwrap();
+    tunnels.initiate("to-swan").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match ev.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(e) if is_child_up(&e) => break,
+            Ok(_) => {}
+            Err(_) => panic!("no CHILD SA over IPv6: {}\n{}", swan.status(), swan.log()),
+        }
+    }
+    let out = host_i.sh_output(&format!("ping -n -q -c 3 -i 0.2 -W 2 10.42.{n}.2"));
+    assert!(
+        out.status.success(),
+        "ping over the IPv6 WAN failed: {}\n{:#?}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        dp.counters(),
+        swan.status()
+    );
+    assert!(swan.status().contains("fd40:29::1[4500]"), "{}", swan.status());
+    // The driver and charon stop before their namespaces go.
+    drop(tunnels);
+    drop(swan);
+}
