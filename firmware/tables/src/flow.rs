@@ -162,27 +162,29 @@ pub struct FlowCounters {
 enum State {
     /// Allowed by the security group; `rule` and `direction` name why.
     Allowed { direction: Direction, rule: RuleRef },
-    /// Decided by the plugin.
-    Punted { allow: bool, rule: Arc<str> },
+    /// Decided by the plugin (the rule it named is in [`Entry::punt_rule`]).
+    Punted { allow: bool },
     /// Timed out or refused at the punt queue.
     PuntDefault { allow: bool, reason_full: bool },
     /// Waiting for the plugin since `since`.
     Pending { since: u64 },
 }
 
-/// Fields read by a cache hit come first, in one cache line (`repr(C)` keeps the order).
+/// The fields a cache hit reads fill exactly the first cache line (`repr(C)` keeps the order,
+/// `align(64)` puts it on a line boundary).
 #[derive(Clone, Debug)]
-#[repr(C)]
+#[repr(C, align(64))]
 struct Entry {
     generation: u64,
     expires: u64,
     idle: u64,
+    state: State,
     /// Network-ACL verdicts, forward and reply, computed on first use in this generation.
     nacl: [Option<Verdict>; 2],
-    state: State,
     direction: Direction,
     attachment: AttachmentId,
     key: FlowKey,
+    punt_rule: Option<Arc<str>>,
 }
 
 /// An IPv4 flow key with its attachment: 24 bytes, so the IPv4 map stays small in the cache.
@@ -628,6 +630,7 @@ impl FlowTable {
             idle,
             state,
             nacl: [Some(nacl), None],
+            punt_rule: None,
         };
         let slot = match self.free.pop() {
             Some(s) => {
@@ -707,7 +710,8 @@ impl FlowTable {
         let idle = if allow { self.idle_of(req.key.proto) } else { self.cfg.punt_deny_ms };
         match self.slots[slot].as_mut() {
             Some(e) if matches!(e.state, State::Pending { .. }) && e.key == req.key => {
-                e.state = State::Punted { allow, rule: rule.into() };
+                e.state = State::Punted { allow };
+                e.punt_rule = Some(rule.into());
                 e.idle = idle;
                 e.expires = now + idle;
                 true
@@ -723,9 +727,9 @@ fn verdict_of(e: &Entry) -> PacketVerdict {
             outcome: Outcome::Allow,
             reason: Reason::Established { direction: *direction, rule: *rule },
         },
-        State::Punted { allow, rule } => PacketVerdict {
+        State::Punted { allow } => PacketVerdict {
             outcome: if *allow { Outcome::Allow } else { Outcome::Deny },
-            reason: Reason::Punt(rule.clone()),
+            reason: Reason::Punt(e.punt_rule.clone().unwrap_or_else(|| "punt".into())),
         },
         State::PuntDefault { allow, reason_full } => PacketVerdict {
             outcome: if *allow { Outcome::Allow } else { Outcome::Deny },
@@ -965,6 +969,12 @@ mod tests {
         assert_eq!(v, PacketVerdict { outcome: Outcome::Deny, reason: Reason::PuntTimeout });
         assert!(!ft.resolve(&batch[1], true, "late", 160));
         assert_eq!(ft.counters().punt_timeouts, 1);
+    }
+
+    #[test]
+    fn a_cache_hit_reads_one_cache_line() {
+        assert_eq!(std::mem::offset_of!(Entry, direction), 64);
+        assert_eq!(std::mem::align_of::<Entry>(), 64);
     }
 
     #[test]
