@@ -78,6 +78,8 @@ pub struct EspDataplane {
     /// Outbound SAs of a second successor in a simultaneous rekey (RFC 7296 §2.8.1), held back
     /// until the loser is deleted. Never used, so installing one later reuses no nonce.
     standby: HashMap<(String, String), Vec<HeldOutbound>>,
+    /// The missing keepalive support was logged.
+    keepalive_warned: std::cell::Cell<bool>,
 }
 
 impl std::fmt::Debug for EspDataplane {
@@ -110,6 +112,7 @@ impl EspDataplane {
             policies: BTreeMap::new(),
             outbound: HashMap::new(),
             standby: HashMap::new(),
+            keepalive_warned: std::cell::Cell::new(false),
         }
     }
 
@@ -295,10 +298,14 @@ impl Dataplane for EspDataplane {
     ) -> std::io::Result<()> {
         if !marker {
             // NAT-T keepalives (RFC 3948 §2.3): the dataplane has no call for bare datagrams.
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::Unsupported,
-                "the dataplane cannot send NAT-T keepalives",
-            ));
+            // Said once, not every 20 s.
+            if !self.keepalive_warned.replace(true) {
+                tracing::warn!(
+                    %remote,
+                    "NAT-T keepalives are not sent: the dataplane cannot send bare datagrams from port 4500"
+                );
+            }
+            return Ok(());
         }
         self.dp.send_ike(remote, data).map_err(std::io::Error::other)
     }
