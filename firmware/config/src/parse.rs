@@ -384,11 +384,17 @@ fn cut(value: &mut Spanned<DeValue<'_>>, path: &[Seg]) -> bool {
     }
 }
 
-/// The source span of the value at `path` (the key's span for table entries).
+/// The source span of the value at `path` (the key's span for table entries). Where the path
+/// goes deeper than the value, the span of the deepest value found.
 fn span_of(value: &Spanned<DeValue<'_>>, path: &[Seg]) -> Option<std::ops::Range<usize>> {
+    walk(value, path).or_else(|| Some(value.span()))
+}
+
+/// The span of exactly `path`, `None` when it does not exist.
+fn walk(value: &Spanned<DeValue<'_>>, path: &[Seg]) -> Option<std::ops::Range<usize>> {
     let mut cur = value;
     let mut span = value.span();
-    for s in path {
+    for (n, s) in path.iter().enumerate() {
         cur = match (s, cur.get_ref()) {
             (Seg::Key(k), DeValue::Table(t)) => {
                 let (key, v) = t.get_key_value(k.as_str())?;
@@ -400,7 +406,9 @@ fn span_of(value: &Spanned<DeValue<'_>>, path: &[Seg]) -> Option<std::ops::Range
                 span = v.span();
                 v
             }
-            _ => return Some(span),
+            // A scalar where the path goes on: report the scalar (the error is about it).
+            _ if n > 0 => return Some(span),
+            _ => return None,
         };
     }
     Some(span)
@@ -416,7 +424,7 @@ pub(crate) fn locate<'a>(text: &str, issues: impl Iterator<Item = &'a mut Issue>
             // Walk as deep as the path exists (a missing optional field points at its table).
             let mut depth = segs.len();
             while depth > 0 {
-                if let Some(span) = span_of_exact(&root, &segs[..depth]) {
+                if let Some(span) = walk(&root, &segs[..depth]) {
                     issue.line = Some(line_of(text, span.start));
                     break;
                 }
@@ -424,27 +432,6 @@ pub(crate) fn locate<'a>(text: &str, issues: impl Iterator<Item = &'a mut Issue>
             }
         }
     }
-}
-
-fn span_of_exact(value: &Spanned<DeValue<'_>>, path: &[Seg]) -> Option<std::ops::Range<usize>> {
-    let mut cur = value;
-    let mut span = value.span();
-    for s in path {
-        cur = match (s, cur.get_ref()) {
-            (Seg::Key(k), DeValue::Table(t)) => {
-                let (key, v) = t.get_key_value(k.as_str())?;
-                span = key.span();
-                v
-            }
-            (Seg::Index(i), DeValue::Array(a)) => {
-                let v = a.get(*i)?;
-                span = v.span();
-                v
-            }
-            _ => return None,
-        };
-    }
-    Some(span)
 }
 
 #[cfg(test)]
