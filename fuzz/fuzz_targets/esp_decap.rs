@@ -82,12 +82,15 @@ fuzz_target!(|data: &[u8]| {
         if let Ok(d) = sa.decapsulate(&pkt, &mut out, now) {
             // Whatever comes out was sealed by us, at the claimed sequence number.
             assert_eq!(&out[..d.len], &plain[..d.len]);
-            assert_eq!(d.seq, seq);
+            // Without ESN only the low half is on the wire and in the ICV.
+            assert_eq!(d.seq, if esn { seq } else { seq & 0xffff_ffff });
             let pad = usize::from(plain[len - 2]);
             assert_eq!(d.len + pad + 2, len);
             assert!(matches!(d.next_header, 4 | 41 | 59));
-            // And it is never accepted twice.
-            assert!(sa.decapsulate(&pkt, &mut out, now).is_err());
+            // And, with anti-replay on, it is never accepted twice.
+            if window != 0 {
+                assert!(sa.decapsulate(&pkt, &mut out, now).is_err());
+            }
         }
     }
     let c = sa.counters();
