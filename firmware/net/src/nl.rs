@@ -40,6 +40,8 @@ const NLMSGERR_ATTR_MSG: u16 = 1;
 /// receive buffer, and one send must stay under the socket's send buffer.
 const CHUNK_BYTES: usize = 64 * 1024;
 const RECV_BUF: usize = 64 * 1024;
+/// How long the kernel may take to answer one read.
+const ANSWER_TIMEOUT_MS: libc::c_int = 10_000;
 
 /// Rounds up to netlink's 4-byte alignment.
 pub(crate) fn align(n: usize) -> usize {
@@ -194,7 +196,7 @@ impl NlSocket {
         let mut failed = false;
         while pending > 0 {
             // After an error the kernel aborts the batch and may not ACK the rest.
-            if failed && !self.readable()? {
+            if failed && !self.readable(200)? {
                 break;
             }
             let n = self.recv()?;
@@ -262,7 +264,15 @@ impl NlSocket {
         }
     }
 
+    /// Receives one datagram; a kernel that stays silent for [`ANSWER_TIMEOUT_MS`] is an error
+    /// rather than a hung daemon.
     fn recv(&mut self) -> Result<usize, Error> {
+        if !self.readable(ANSWER_TIMEOUT_MS)? {
+            return Err(Error::Protocol(format!(
+                "the kernel did not answer within {} s",
+                ANSWER_TIMEOUT_MS / 1000
+            )));
+        }
         loop {
             match self.sock.recv(&mut &mut self.rx[..], 0) {
                 Ok(n) => return Ok(n),
@@ -272,16 +282,22 @@ impl NlSocket {
         }
     }
 
-    /// True when an answer is waiting (waits up to 200 ms).
-    fn readable(&self) -> Result<bool, Error> {
+    /// True when an answer is waiting (waits up to `ms` milliseconds).
+    fn readable(&self, ms: libc::c_int) -> Result<bool, Error> {
         use std::os::fd::AsRawFd;
-        let mut pfd = libc::pollfd { fd: self.sock.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-        // SAFETY: `pfd` is a valid pollfd for the duration of the call and nfds is 1.
-        let r = unsafe { libc::poll(&mut pfd, 1, 200) };
-        if r < 0 {
-            return Err(Error::Socket("poll netlink socket", std::io::Error::last_os_error()));
+        loop {
+            let mut pfd =
+                libc::pollfd { fd: self.sock.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            // SAFETY: `pfd` is a valid pollfd for the duration of the call and nfds is 1.
+            let r = unsafe { libc::poll(&mut pfd, 1, ms) };
+            if r >= 0 {
+                return Ok(r > 0);
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(Error::Socket("poll netlink socket", e));
+            }
         }
-        Ok(r > 0)
     }
 }
 

@@ -301,6 +301,9 @@ impl DesiredState {
         }
         if let Some(fw) = &self.firewall {
             check_ifname(&fw.wan_if)?;
+            if fw.mgmt_if.is_some() && fw.mgmt_port == 0 {
+                return Err(Error::Invalid("firewall: management port 0 is not a port".into()));
+            }
             for i in fw.mgmt_if.iter().chain(&fw.lan_ifs).chain(&fw.tunnel_ifs) {
                 check_ifname(i)?;
                 if *i == fw.wan_if {
