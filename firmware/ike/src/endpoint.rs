@@ -43,6 +43,9 @@ const AUTH_PSK: u8 = 2;
 const NONCE_LEN: usize = 32;
 
 /// A sans-IO IKEv2 endpoint holding many IKE SAs, keyed by their SPIs.
+///
+/// Deterministic: the same seed and the same inputs give the same transmits and events (hash
+/// maps are only used for lookups; anything iterated is sorted first).
 pub struct Endpoint {
     config: EndpointConfig,
     rng: ChaCha20Rng,
@@ -256,8 +259,10 @@ impl Endpoint {
     /// `ChildSaDown`/`IkeSaDown` events follow at once).
     pub fn remove_tunnel(&mut self, name: &str, now: Instant) -> Result<(), Error> {
         let t = self.tunnel_index(name)?;
-        let spis: Vec<u64> =
+        let mut spis: Vec<u64> =
             self.sas.iter().filter(|(_, sa)| sa.tunnel == Some(t)).map(|(k, _)| *k).collect();
+        // Hash map order is random; events must not be.
+        spis.sort_unstable();
         for spi in spis {
             if let Some(mut sa) = self.sas.remove(&spi) {
                 if sa.keys.is_some() && matches!(sa.state, State::Established | State::Rekeyed) {
@@ -1727,6 +1732,8 @@ impl Endpoint {
                 })
                 .map(|(k, _)| *k)
                 .collect();
+            let mut stale = stale;
+            stale.sort_unstable();
             for s in stale {
                 if let Some(o) = self.sas.remove(&s) {
                     self.destroy(o, DownReason::Replaced, now);
@@ -1744,6 +1751,8 @@ impl Endpoint {
             .filter(|(k, o)| **k != mine && o.tunnel == Some(t) && o.state == State::Established)
             .map(|(k, o)| (*k, o.nonce_key.clone()))
             .collect();
+        let mut others = others;
+        others.sort_unstable();
         for (other, key) in others {
             let loser = if key > win_key {
                 let l = winner;
@@ -3479,4 +3488,76 @@ fn suggest_esp(ours: &[EspProposal], theirs: &[&Proposal], pfs: bool) -> String 
         }
     }
     best.map(|(_, t)| t).unwrap_or_else(|| "compare the esp proposals of both sides".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc7296_section_2_23_nat_detection_hash() {
+        // python: hashlib.sha1(SPIi | 8 zero bytes | 192.0.2.1 | 500 as u16).hexdigest()
+        let h = nat_hash(0x0102030405060708, 0, "192.0.2.1:500".parse().unwrap());
+        let hex: String = h.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, "644b4575455bd6fcc1efe2be8162a9218e448e5f");
+        let n = Notify::new(NotifyType::NAT_DETECTION_SOURCE_IP, h.clone());
+        let d = Notify::new(
+            NotifyType::NAT_DETECTION_DESTINATION_IP,
+            nat_hash(0x0102030405060708, 0, "192.0.2.2:500".parse().unwrap()),
+        );
+        let peer = "192.0.2.1:500".parse().unwrap();
+        let us = "192.0.2.2:500".parse().unwrap();
+        assert_eq!(nat_check(&[&n, &d], 0x0102030405060708, 0, peer, us), (false, false));
+        let moved = "203.0.113.1:1024".parse().unwrap();
+        assert_eq!(nat_check(&[&n, &d], 0x0102030405060708, 0, moved, us), (true, false));
+        assert_eq!(nat_check(&[], 1, 0, moved, us), (false, false));
+    }
+
+    #[test]
+    fn narrowing_keeps_the_intersections() {
+        let ours: Vec<TrafficSelector> =
+            vec!["10.1.0.0/16".parse().unwrap(), "10.3.0.0/16".parse().unwrap()];
+        let offered: Vec<TrafficSelector> = vec!["10.0.0.0/8[tcp]".parse().unwrap()];
+        let n = narrow(&offered, &ours);
+        assert_eq!(ts_list(&n), "10.1.0.0/16[tcp],10.3.0.0/16[tcp]");
+        assert!(narrow(&["192.168.0.0/16".parse().unwrap()], &ours).is_empty());
+    }
+
+    #[test]
+    fn suggestions_name_the_smallest_change() {
+        let ours = crate::proposal::parse_ike_list("aes256gcm16-prfsha256-x25519").unwrap();
+        let theirs = [Proposal::from_ike(
+            1,
+            &[],
+            &IkeProposal::parse("aes256gcm16-prfsha256-ecp384").unwrap(),
+        )];
+        assert_eq!(
+            suggest_ike(&ours, &theirs).unwrap(),
+            "the peer offers only ecp384 for key exchange; add ecp384 to ike proposals"
+        );
+        let foreign = Proposal {
+            num: 1,
+            protocol: protocol::IKE,
+            spi: vec![],
+            transforms: vec![
+                codec::Transform { ty: 1, id: 12, key_len: Some(128), unknown_attr: false },
+                codec::Transform { ty: 2, id: 5, key_len: None, unknown_attr: false },
+                codec::Transform { ty: 4, id: 14, key_len: None, unknown_attr: false },
+            ],
+        };
+        let s = suggest_ike(&ours, &[foreign]).unwrap();
+        assert!(
+            s.contains(
+                "the peer offers only aes128 for encryption, which Isthmus does not support"
+            ),
+            "{s}"
+        );
+        assert!(s.contains("modp2048"), "{s}");
+        let esp = crate::proposal::parse_esp_list("aes256gcm16").unwrap();
+        let peer = Proposal::from_esp(1, 9, &EspProposal::parse("aes256gcm16-esn").unwrap(), false);
+        assert_eq!(
+            suggest_esp(&esp, &[&peer], false),
+            "the peer requires esn; add esn to esp proposals"
+        );
+    }
 }
