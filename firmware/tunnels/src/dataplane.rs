@@ -36,9 +36,14 @@ pub struct ChildInstall<'a> {
     pub local: SocketAddr,
     /// The peer's address and port in use (4500 when encapsulating).
     pub peer: SocketAddr,
-    /// Inbound SPI of the SA this one replaces (make-before-break: switch the outbound SA to this
-    /// one at once, keep the old inbound SA until it is removed).
+    /// Inbound SPI of the SA this one replaces (make-before-break: keep the old inbound SA until
+    /// it is removed).
     pub rekey_of: Option<u32>,
+    /// We created this SA answering the peer's CREATE_CHILD_SA request: the peer installs it
+    /// only when our answer arrives. For a rekey, keep sending on the old SA until the peer
+    /// deletes it (RFC 7296 §2.8; what strongSwan does as responder); an SA we requested
+    /// ourselves is used at once.
+    pub answered: bool,
 }
 
 /// The ESP dataplane as the driver drives it. Implemented for `isthmus-dataplane` by the daemon's

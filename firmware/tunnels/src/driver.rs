@@ -173,6 +173,7 @@ impl Tunnels {
             tunnels: HashMap::new(),
             shared: shared.clone(),
             expiring: HashSet::new(),
+            answering: false,
         };
         let thread = std::thread::Builder::new()
             .name("ike-driver".into())
@@ -270,6 +271,14 @@ struct Driver {
     shared: Arc<Shared>,
     /// Inbound SPIs whose rekey the dataplane already asked for (it reports both directions).
     expiring: HashSet<u32>,
+    /// The input being handled is a CREATE_CHILD_SA request from the peer.
+    answering: bool,
+}
+
+/// True for a CREATE_CHILD_SA request (RFC 7296 §3.1: exchange type 36 at byte 18, the
+/// Response flag 0x20 clear in byte 19); the header is not encrypted.
+fn is_create_child_request(ike: &[u8]) -> bool {
+    matches!(ike.get(18..20), Some([36, flags]) if flags & 0x20 == 0)
 }
 
 impl Driver {
@@ -291,6 +300,7 @@ impl Driver {
             }
             self.retries(now);
             self.drain();
+            self.answering = false;
         }
         self.sockets.close();
     }
@@ -338,6 +348,7 @@ impl Driver {
         let now = Instant::now();
         match input {
             Input::Datagram { local, remote, data } => {
+                self.answering = is_create_child_request(&data);
                 self.ep.handle_datagram(now, local, remote, &data);
             }
             Input::Command(c, reply) => {
@@ -452,6 +463,7 @@ impl Driver {
     fn dataplane_event(&mut self, ev: DataplaneEvent, now: Instant) {
         match ev {
             DataplaneEvent::Ike { local, remote, data } => {
+                self.answering = is_create_child_request(&data);
                 self.ep.handle_datagram(now, local, remote, &data);
             }
             DataplaneEvent::Acquire { tunnel, child } => {
@@ -625,6 +637,7 @@ impl Driver {
                     local,
                     peer,
                     rekey_of,
+                    answered: self.answering,
                 };
                 if let Err(error) = self.dp.install_child(&install) {
                     self.emit(TunnelEvent::InstallFailed { tunnel, child, error });
@@ -681,5 +694,47 @@ impl Driver {
                 self.emit(TunnelEvent::Failed(x));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// RFC 7296 §3.1 header: SPIs (16), next payload, version, exchange type, flags, ...
+    fn header(exchange: u8, flags: u8) -> Vec<u8> {
+        let mut h = vec![0u8; 28];
+        h[17] = 0x20;
+        h[18] = exchange;
+        h[19] = flags;
+        h
+    }
+
+    #[test]
+    fn rfc7296_section_3_1_create_child_requests_are_recognised() {
+        assert!(is_create_child_request(&header(36, 0x08)));
+        assert!(is_create_child_request(&header(36, 0x00)));
+        assert!(!is_create_child_request(&header(36, 0x20)), "a response");
+        assert!(!is_create_child_request(&header(36, 0x28)), "a response");
+        assert!(!is_create_child_request(&header(37, 0x08)), "INFORMATIONAL");
+        assert!(!is_create_child_request(&[0; 19]), "truncated");
+    }
+
+    #[test]
+    fn driver_defaults_retry_with_backoff() {
+        let c = DriverConfig::default();
+        assert!(c.retry_initial < c.retry_max);
+        assert_eq!(
+            Tunnel::new(isthmus_ike::TunnelConfig::new(
+                "t",
+                "192.0.2.1:500".parse().unwrap(),
+                "192.0.2.2:500".parse().unwrap(),
+                isthmus_ike::Psk::new(b"k".to_vec()),
+                vec!["10.0.0.0/8".parse().unwrap()],
+                vec!["10.1.0.0/16".parse().unwrap()],
+            ))
+            .close_action,
+            CloseAction::None
+        );
     }
 }

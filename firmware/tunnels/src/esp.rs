@@ -3,10 +3,13 @@
 //! - CHILD SAs become an `isthmus-esp` inbound SA (found by SPI, checked against the negotiated
 //!   selectors after decryption, RFC 4301 §5.2) and an outbound SA bound to the tunnel's CHILD
 //!   SA name, which the SPD's `Protect` entries point to.
-//! - Rekeys are make-before-break: the successor's outbound SA replaces the old one atomically,
-//!   its inbound SA is added while the old inbound SA is *retired* (it keeps decrypting what the
-//!   peer sent before switching, until the successor carries traffic or a grace time passes). The
-//!   old SA's removal after a rekey therefore leaves its inbound half to the dataplane.
+//! - Rekeys are make-before-break: the successor's inbound SA is added while the old inbound SA
+//!   is *retired* (it keeps decrypting what the peer sent before switching, until the successor
+//!   carries traffic or a grace time passes), and the successor's outbound SA replaces the old
+//!   one atomically: at once when we requested the rekey (the peer installed the SA before
+//!   answering), but only when the peer deletes the old SA when we answered its request (RFC
+//!   7296 §2.8; the peer installs the SA when our answer arrives, as strongSwan does). The old
+//!   SA's removal after a rekey therefore leaves its inbound half to the dataplane.
 //! - For every configured CHILD SA the SPD gets `Protect` entries for each local × remote
 //!   selector pair as soon as the tunnel is added, so matching traffic is never sent in clear
 //!   and, while no SA exists, raises the acquire that starts an on-traffic tunnel.
@@ -75,9 +78,11 @@ pub struct EspDataplane {
     policies: BTreeMap<String, Vec<SpdEntry>>,
     /// The outbound SA currently installed per (tunnel, child).
     outbound: HashMap<(String, String), Current>,
-    /// Outbound SAs of a second successor in a simultaneous rekey (RFC 7296 §2.8.1), held back
-    /// until the loser is deleted. Never used, so installing one later reuses no nonce.
-    standby: HashMap<(String, String), Vec<HeldOutbound>>,
+    /// Outbound SAs of successors not sending yet: one we created answering the peer's rekey
+    /// (waits for the peer to delete the old SA), or the second successor of a simultaneous
+    /// rekey (RFC 7296 §2.8.1, waits for the loser's deletion). Never used, so installing one
+    /// later reuses no nonce.
+    standby: HashMap<(String, String), Vec<Held>>,
     /// The missing keepalive support was logged.
     keepalive_warned: std::cell::Cell<bool>,
 }
@@ -91,8 +96,13 @@ impl std::fmt::Debug for EspDataplane {
     }
 }
 
-/// An outbound SA held back, with its SPI and binding.
-type HeldOutbound = (u32, OutboundBinding, OutboundSa);
+/// An outbound SA held back.
+struct Held {
+    spi_out: u32,
+    rekey_of: Option<u32>,
+    binding: OutboundBinding,
+    sa: OutboundSa,
+}
 
 /// The installed outbound SA of a CHILD SA.
 #[derive(Debug, Clone, Copy)]
@@ -230,12 +240,16 @@ impl Dataplane for EspDataplane {
             if sa.encap { Encap::Udp { peer: sa.peer } } else { Encap::Esp { peer: sa.peer.ip() } };
         let b = OutboundBinding { tunnel: sa.tunnel.to_owned(), child: sa.child.to_owned(), encap };
         let key = (sa.tunnel.to_owned(), sa.child.to_owned());
-        if let (Some(old), Some(cur)) = (sa.rekey_of, self.outbound.get(&key))
-            && cur.rekey_of == Some(old)
-        {
-            // Both sides rekeyed the same SA: keep sending on the first successor until the
-            // endpoint deletes the redundant one.
-            self.standby.entry(key).or_default().push((sa.outbound.spi, b, outbound));
+        let current = self.outbound.get(&key);
+        // Keep sending on the old SA while the peer may not have installed this one yet; keep
+        // sending on the first successor when both sides rekeyed the same SA.
+        let hold = sa.rekey_of.is_some()
+            && current.is_some()
+            && (sa.answered || current.is_some_and(|c| c.rekey_of == sa.rekey_of));
+        if hold {
+            let held =
+                Held { spi_out: sa.outbound.spi, rekey_of: sa.rekey_of, binding: b, sa: outbound };
+            self.standby.entry(key).or_default().push(held);
             return Ok(());
         }
         if let Err(e) = self.dp.install_outbound(b, outbound) {
@@ -260,7 +274,7 @@ impl Dataplane for EspDataplane {
         }
         let key = (tunnel.to_owned(), child.to_owned());
         if let Some(held) = self.standby.get_mut(&key)
-            && let Some(i) = held.iter().position(|(s, ..)| *s == spi_out)
+            && let Some(i) = held.iter().position(|h| h.spi_out == spi_out)
         {
             held.remove(i);
             return;
@@ -270,15 +284,20 @@ impl Dataplane for EspDataplane {
             return;
         }
         self.outbound.remove(&key);
-        // The collision's loser was the one sending: switch to the held-back winner at once.
-        if let Some((spi, b, sa)) = self.standby.get_mut(&key).and_then(Vec::pop) {
-            match self.dp.install_outbound(b, sa) {
+        // Switch at once to a held successor: this SA's own, else a collision's winner.
+        let held = self.standby.get_mut(&key).and_then(|list| {
+            let i = list.iter().position(|h| h.rekey_of == Some(spi_in)).unwrap_or(0);
+            (i < list.len()).then(|| list.remove(i))
+        });
+        if let Some(h) = held {
+            let (spi, rekey_of) = (h.spi_out, h.rekey_of);
+            match self.dp.install_outbound(h.binding, h.sa) {
                 Ok(_) => {
-                    self.outbound.insert(key, Current { spi_out: spi, rekey_of: None });
+                    self.outbound.insert(key, Current { spi_out: spi, rekey_of });
                     return;
                 }
                 Err(e) => {
-                    tracing::warn!(%tunnel, %child, error = %e, "installing the rekey winner failed")
+                    tracing::warn!(%tunnel, %child, error = %e, "installing the successor SA failed")
                 }
             }
         }
