@@ -26,6 +26,12 @@
 //! chain inside  { oifname LAN|TUNNEL accept }   (regular chain: 2n rules, not n² pairs)
 //! ```
 //!
+//! What the WAN admits follows the protocols: IKE on UDP 500 and NAT traversal on UDP 4500
+//! (RFC 7296 §2.23, RFC 3948), ESP as IP protocol 50 (RFC 4303), and the ICMP messages path MTU
+//! discovery depends on (RFC 1191 "fragmentation needed", RFC 8201 "packet too big"); IPv6
+//! neighbour discovery (RFC 4861, types 133–136) is admitted everywhere since IPv6 fails without
+//! it. Everything else arriving on the WAN is dropped and counted.
+//!
 //! Every rule carries a comment (`NFTA_RULE_USERDATA`, the `nft` comment format) naming what it
 //! does and a hash of its expressions; drift detection compares those comments with the kernel's,
 //! so a rule added, removed or changed by hand shows up as drift.

@@ -4,9 +4,9 @@
 //! # Model
 //!
 //! The daemon derives a [`DesiredState`] from the configuration. [`Reconciler::plan`] reads the
-//! kernel (rtnetlink dumps, `rtnetlink(7)`; the nftables table over `nfnetlink`) and returns a
-//! [`Plan`]: the adds, deletes and modifications that would make the kernel match, printable as a
-//! dry run. [`Reconciler::apply`] carries a plan out and returns a [`Report`];
+//! kernel (rtnetlink dumps, RFC 3549 and `rtnetlink(7)`; the nftables table over `nfnetlink`)
+//! and returns a [`Plan`]: the adds, deletes and modifications that would make the kernel match,
+//! printable as a dry run. [`Reconciler::apply`] carries a plan out and returns a [`Report`];
 //! [`Reconciler::reconcile`] is both. Reconciling twice changes nothing the second time.
 //! [`Reconciler::drift`] tells what differs (someone deleted a route by hand, a link went
 //! down), and reconciling repairs it.

@@ -1,7 +1,8 @@
 //! A small synchronous netlink transport shared by the rtnetlink and nftables halves.
 //!
 //! Requests are pipelined: many messages go out in one `sendmsg` (the kernel processes them in
-//! order inside that call, RFC 3549 §2.3.2 / `netlink(7)`), every one asks for an ACK, and the
+//! order inside that call; message format in RFC 3549 §2.3 and `netlink(7)`), every one asks
+//! for an ACK (`NLM_F_ACK`, with `NETLINK_CAP_ACK` and extended ACK messages), and the
 //! ACKs are matched back to their requests by sequence number. That is what lets ten thousand
 //! routes go in with a few dozen system calls instead of ten thousand round trips.
 //!
