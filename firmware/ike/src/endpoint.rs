@@ -2308,6 +2308,23 @@ impl Endpoint {
     ) {
         let mut resp = Vec::new();
         let mut delete_ike = false;
+        if payloads
+            .iter()
+            .any(|p| matches!(p, Payload::Notify(n) if n.ty == NotifyType::AUTHENTICATION_FAILED))
+        {
+            // §2.21.2: the initiator could not verify our AUTH; the SA is void.
+            let cfg = sa.tunnel.and_then(|t| self.tunnel_ref(t)).map(|t| t.cfg.clone());
+            self.fail(Explanation {
+                tunnel: cfg.as_ref().map(|c| c.name.clone()).unwrap_or_default(),
+                peer: sa.remote,
+                exchange: ExchangeType::IKE_AUTH,
+                cause: Cause::PeerRefused(NotifyType::AUTHENTICATION_FAILED),
+                ours: cfg.map(|c| format!("identity {} with a pre-shared key", c.local_id)).unwrap_or_default(),
+                theirs: None,
+                suggestion: Some("the peer could not verify our AUTH: the pre-shared keys differ or the peer expects another identity".into()),
+            });
+            delete_ike = true;
+        }
         let mut ours_deleted = Vec::new();
         for p in &payloads {
             let Payload::Delete(d) = p else { continue };
@@ -2529,6 +2546,7 @@ impl Endpoint {
                 Some(format!("identity {peer_s}")),
                 Some(format!("set remote_id to {peer_s} or %any")),
             ));
+            self.tell_auth_failed(sa);
             self.abandon(sa);
             return;
         }
@@ -2547,6 +2565,7 @@ impl Endpoint {
                 Some(format!("auth method {method} from {peer_s}")),
                 Some("the pre-shared keys differ; set the same psk on both sides".into()),
             ));
+            self.tell_auth_failed(sa);
             self.abandon(sa);
             return;
         }
@@ -2572,6 +2591,16 @@ impl Endpoint {
                 ExchangeType::IKE_AUTH,
             );
         }
+    }
+
+    /// §2.21.2: the responder's AUTH did not verify; tell it in a separate INFORMATIONAL
+    /// (sent once, not retransmitted) so that it drops the SA it believes established.
+    fn tell_auth_failed(&mut self, sa: &mut IkeSa) {
+        let id = sa.next_req_id;
+        sa.next_req_id = sa.next_req_id.wrapping_add(1);
+        let n = [Payload::Notify(Notify::new(NotifyType::AUTHENTICATION_FAILED, vec![]))];
+        let data = self.seal(sa, ExchangeType::INFORMATIONAL, false, id, &n);
+        self.send(sa, data);
     }
 
     /// Gives up an IKE SA that never came up.
