@@ -29,10 +29,11 @@
 //! # Which AES-GCM backend
 //!
 //! [`Backend::Ring`] is the default. Measured here (`cargo bench -p isthmus-esp`, AES-256-GCM,
-//! one core, thread CPU time), raw seal+open: ring 2.8 / 14.4 / 20.4 / 32.2 Gbit/s at 64 / 512 /
-//! 1400 / 8900 bytes, `aes-gcm` 0.11 1.1 / 5.1 / 6.4 / 9.3 Gbit/s: ring's VAES/VPCLMULQDQ
+//! one core, thread CPU time), raw seal+open: ring 2.8 / 14.4 / 20.5 / 32.5 Gbit/s at 64 / 512 /
+//! 1400 / 8900 bytes, `aes-gcm` 0.11 1.3 / 5.5 / 6.4 / 9.0 Gbit/s: ring's VAES/VPCLMULQDQ
 //! assembly is about three times faster at every size on this CPU. `aes-gcm` stays as the
-//! second, pure-Rust implementation (both pass the same vectors), selectable per SA.
+//! second, pure-Rust implementation (both pass the same vectors), selectable per SA. The crate's
+//! README has the full table.
 #![forbid(unsafe_code)]
 
 pub mod aead;

@@ -211,4 +211,72 @@ mod tests {
         assert_eq!(w.check(far), Ok(()));
         assert_eq!(w.infer_esn(4), (1 << 32) | 4);
     }
+
+    mod model {
+        use super::*;
+        use proptest::prelude::*;
+        use std::collections::BTreeSet;
+
+        /// RFC 4303 §3.4.3 stated directly: a set of accepted numbers and the highest one.
+        struct Model {
+            size: u64,
+            top: u64,
+            seen: BTreeSet<u64>,
+        }
+
+        impl Model {
+            fn check(&self, seq: u64) -> Result<(), DropReason> {
+                if seq == 0 {
+                    return Err(DropReason::OutsideWindow);
+                }
+                if self.size == 0 || seq > self.top {
+                    return Ok(());
+                }
+                if self.top - seq >= self.size {
+                    return Err(DropReason::OutsideWindow);
+                }
+                if self.seen.contains(&seq) { Err(DropReason::Replay) } else { Ok(()) }
+            }
+
+            fn accept(&mut self, seq: u64) -> Result<(), DropReason> {
+                self.check(seq)?;
+                self.seen.insert(seq);
+                self.top = self.top.max(seq);
+                Ok(())
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(200))]
+
+            /// The bitmap window answers exactly like the set-based model over random walks
+            /// with duplicates, stragglers, edges and long jumps, for odd window sizes too.
+            #[test]
+            fn bitmap_window_matches_the_rfc_model(
+                size in prop_oneof![Just(0u32), 1u32..200, Just(4096u32), 4000u32..4200],
+                steps in proptest::collection::vec((0u8..10, any::<u32>()), 1..400),
+            ) {
+                let mut w = ReplayWindow::new(size).unwrap();
+                let mut m = Model { size: u64::from(size), top: 0, seen: BTreeSet::new() };
+                let span = u64::from(size.max(1));
+                for (kind, r) in steps {
+                    let r = u64::from(r);
+                    let seq = match kind {
+                        // Just ahead, or a little or far ahead.
+                        0..=2 => m.top + 1 + r % 3,
+                        3 => m.top + r % (3 * span),
+                        4 => m.top + r % (1 << 20),
+                        // Inside or around the left edge, or a duplicate of the top.
+                        5 | 6 => m.top.saturating_sub(r % (span + 2)),
+                        7 => m.top.saturating_sub(span - 1 + r % 3),
+                        8 => m.top,
+                        _ => r % 8,
+                    };
+                    prop_assert_eq!(w.check(seq), m.check(seq), "check {} top {}", seq, m.top);
+                    prop_assert_eq!(w.accept(seq), m.accept(seq), "accept {}", seq);
+                    prop_assert_eq!(w.top(), m.top);
+                }
+            }
+        }
+    }
 }
