@@ -78,11 +78,14 @@ fn reconciles_links_addresses_routes_rules_and_repairs_drift() {
 
     let desired = base_state();
     let d = desired.clone();
-    let (plan_text, report) = with(&gw, move |r| {
-        let plan = r.plan(&d).unwrap();
-        (plan.to_string(), r.apply(&plan).unwrap())
-    });
+    // A plan is a dry run: printable, and the kernel is untouched until it is applied.
+    let plan = with(&gw, move |r| r.plan(&d).unwrap());
+    let plan_text = plan.to_string();
     assert!(plan_text.contains("+ link ist0 (tun)"), "{plan_text}");
+    assert!(plan_text.contains("+ route 10.61.3.0/24 dev ist0 table 100 metric 0"), "{plan_text}");
+    assert!(gw.sh("ip route show table all proto 181").is_empty());
+    assert!(!gw.sh_output("ip link show ist0").status.success());
+    let report = with(&gw, move |r| r.apply(&plan).unwrap());
     assert_eq!(report.routes, 5, "{report}");
     assert_eq!(report.rules, 1, "{report}");
 
@@ -310,6 +313,8 @@ fn host_firewall_admits_ike_and_esp_on_wan_api_on_mgmt_and_no_clear_forwarding()
     wan.sh("ip route add 10.60.41.0/24 via 10.60.40.1");
     mgmt.sh("ip route add default via 10.60.42.1");
 
+    // Another nftables table (someone else's) must survive everything Isthmus does.
+    gw.sh("nft add table inet other && nft add chain inet other c '{ type filter hook input priority 10; }'");
     let ike = gw.run(|| UdpSocket::bind("0.0.0.0:500").unwrap());
     let _api = tcp_listener(&gw, 8443);
     let _other = tcp_listener(&gw, 2222);
@@ -409,7 +414,9 @@ fn host_firewall_admits_ike_and_esp_on_wan_api_on_mgmt_and_no_clear_forwarding()
     let mut none = desired;
     none.firewall = None;
     with(&gw, move |r| r.reconcile(&none).unwrap());
-    assert!(!gw.sh("nft list tables").contains("isthmus"));
+    let tables = gw.sh("nft list tables");
+    assert!(!tables.contains("isthmus"), "{tables}");
+    assert!(tables.contains("table inet other"), "foreign table untouched: {tables}");
 }
 
 #[test]
