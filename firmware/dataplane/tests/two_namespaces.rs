@@ -24,8 +24,18 @@ fn payload(len: usize) -> Vec<u8> {
 
 /// Sends `data` from host-a to host-b over TCP (port 5001) and returns what host-b received.
 fn tcp_transfer(lab: &Lab, data: Vec<u8>, during: impl FnOnce() + Send + 'static) -> Vec<u8> {
-    let server = lab.host_b.spawn_thread(|| {
-        let l = TcpListener::bind("10.32.2.2:5001").expect("listen on host-b");
+    tcp_transfer_to(lab, "10.32.2.2:5001", data, during)
+}
+
+fn tcp_transfer_to(
+    lab: &Lab,
+    to: &str,
+    data: Vec<u8>,
+    during: impl FnOnce() + Send + 'static,
+) -> Vec<u8> {
+    let to: SocketAddr = to.parse().unwrap();
+    let server = lab.host_b.spawn_thread(move || {
+        let l = TcpListener::bind(to).expect("listen on host-b");
         let (mut s, _) = l.accept().expect("accept");
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         let mut got = Vec::new();
@@ -33,7 +43,6 @@ fn tcp_transfer(lab: &Lab, data: Vec<u8>, during: impl FnOnce() + Send + 'static
         got
     });
     let client = lab.host_a.spawn_thread(move || {
-        let to: SocketAddr = "10.32.2.2:5001".parse().unwrap();
         let mut s = (0..50)
             .find_map(|_| {
                 TcpStream::connect_timeout(&to, Duration::from_secs(2)).ok().or_else(|| {
@@ -314,4 +323,32 @@ fn plain_esp_rekey_mid_transfer_and_selector_check() {
         lab.b.counters().drops
     );
     assert!(lab.a.counters().io.wan_tx > 1000);
+}
+
+#[test]
+fn ipv6_lans_through_an_ipv4_tunnel() {
+    if !require_root() {
+        return;
+    }
+    let lab = lab::build(Options { ipv6: true, tun_mtu: Some(1500), ..Options::default() });
+    let out = lab.host_a.sh_output("ping -6 -c 3 -i 0.2 -W 2 fd32:2::2");
+    assert!(
+        out.status.success(),
+        "ping6 through the tunnel failed: {}\ngw-a: {:?}\ngw-b: {:?}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        lab.a.counters(),
+        lab.b.counters(),
+        lab.gw_a.sh("ip -6 route; ip -6 addr; sysctl net.ipv6.conf.ist0.disable_ipv6")
+    );
+    let data = payload(2 << 20);
+    let got = tcp_transfer_to(&lab, "[fd32:2::2]:5002", data.clone(), || {});
+    assert!(got == data, "IPv6 TCP transfer corrupted or truncated");
+    // ICMPv6 "packet too big" (RFC 4443 §3.2) for a packet that cannot fit once encapsulated.
+    let out = lab.host_a.sh_output("ping -6 -M do -s 1452 -c 1 -W 2 fd32:2::2");
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success() && text.contains("mtu"), "no packet-too-big: {text}");
+    assert!(lab.a.counters().io.icmp_too_big >= 1);
+    let out = lab.host_a.sh_output("ping -6 -M do -s 1200 -c 1 -W 2 fd32:2::2");
+    assert!(out.status.success(), "a ping6 that fits failed");
 }

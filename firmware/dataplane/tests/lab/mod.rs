@@ -28,6 +28,9 @@ pub const LAN_B: &str = "10.32.2.0/24";
 /// A remote prefix gw-a protects through a CHILD SA that has no SA.
 pub const NO_SA_NET: &str = "10.33.9.0/24";
 
+pub const LAN6_A: &str = "fd32:1::/64";
+pub const LAN6_B: &str = "fd32:2::/64";
+
 pub const SPI_AB: u32 = 0x0000_1001;
 pub const SPI_BA: u32 = 0x0000_2001;
 
@@ -40,11 +43,14 @@ pub struct Options {
     pub wan_mtu: u32,
     /// TUN MTU (None: the dataplane's default, below the tunnel MTU).
     pub tun_mtu: Option<u32>,
+    /// Also number the LANs with IPv6 (fd32:1::/64, fd32:2::/64) and protect them through the
+    /// same CHILD SA; IPv6 then stays on in the namespaces.
+    pub ipv6: bool,
 }
 
 impl Default for Options {
     fn default() -> Options {
-        Options { raw: false, wan_mtu: 1500, tun_mtu: None }
+        Options { raw: false, wan_mtu: 1500, tun_mtu: None, ipv6: false }
     }
 }
 
@@ -110,11 +116,11 @@ pub fn install_out(
 }
 
 pub fn inbound_binding(local: &str, remote: &str) -> InboundBinding {
-    InboundBinding {
-        tunnel: "t1".into(),
-        child: "c1".into(),
-        selectors: vec![selector(local, remote)],
-    }
+    let mut selectors = vec![selector(local, remote)];
+    // The IPv6 LANs ride the same CHILD SA (harmless when they are not numbered).
+    let (l6, r6) = if local == LAN_A { (LAN6_A, LAN6_B) } else { (LAN6_B, LAN6_A) };
+    selectors.push(selector(l6, r6));
+    InboundBinding { tunnel: "t1".into(), child: "c1".into(), selectors }
 }
 
 pub fn inbound_sa(spi: u32, key_byte: u8) -> InboundSa {
@@ -136,8 +142,14 @@ pub fn build(opts: Options) -> Lab {
     let gw_b = Netns::new("dpgb");
     let host_b = Netns::new("dphb");
     for ns in [&host_a, &gw_a, &gw_b, &host_b] {
-        // Quiet links: no IPv6 autoconfiguration chatter in the captures.
-        ns.sh("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1");
+        if opts.ipv6 {
+            ns.sh("sysctl -qw net.ipv6.conf.all.forwarding=1 net.ipv6.conf.default.accept_dad=0");
+        } else {
+            // Quiet links: no IPv6 autoconfiguration chatter in the captures.
+            ns.sh(
+                "sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1",
+            );
+        }
     }
     veth(&host_a, "ha", "10.32.1.2/24", &gw_a, "la", "10.32.1.1/24");
     veth(&gw_a, "wa", "10.32.0.1/24", &gw_b, "wb", "10.32.0.2/24");
@@ -146,6 +158,12 @@ pub fn build(opts: Options) -> Lab {
     gw_b.sh(&format!("ip link set wb mtu {}", opts.wan_mtu));
     host_a.sh("ip route add default via 10.32.1.1");
     host_b.sh("ip route add default via 10.32.2.1");
+    if opts.ipv6 {
+        host_a.sh("ip addr add fd32:1::2/64 dev ha nodad && ip -6 route add default via fd32:1::1");
+        gw_a.sh("ip addr add fd32:1::1/64 dev la nodad");
+        gw_b.sh("ip addr add fd32:2::1/64 dev lb nodad");
+        host_b.sh("ip addr add fd32:2::2/64 dev hb nodad && ip -6 route add default via fd32:2::1");
+    }
     for gw in [&gw_a, &gw_b] {
         gw.sh("sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.rp_filter=0");
     }
@@ -153,13 +171,17 @@ pub fn build(opts: Options) -> Lab {
     let (b, events_b) = gateway(&gw_b, WAN_B, &opts);
     gw_a.sh(&format!("ip route add {LAN_B} dev ist0 && ip route add {NO_SA_NET} dev ist0"));
     gw_b.sh(&format!("ip route add {LAN_A} dev ist0"));
-
-    a.publish_spd(SpdTable::new(
-        1,
-        vec![protect("lan-b", LAN_A, LAN_B, "c1"), protect("no-sa", LAN_A, NO_SA_NET, "c2")],
-    ))
-    .unwrap();
-    b.publish_spd(SpdTable::new(1, vec![protect("lan-a", LAN_B, LAN_A, "c1")])).unwrap();
+    let mut spd_a =
+        vec![protect("lan-b", LAN_A, LAN_B, "c1"), protect("no-sa", LAN_A, NO_SA_NET, "c2")];
+    let mut spd_b = vec![protect("lan-a", LAN_B, LAN_A, "c1")];
+    if opts.ipv6 {
+        gw_a.sh(&format!("ip -6 route add {LAN6_B} dev ist0"));
+        gw_b.sh(&format!("ip -6 route add {LAN6_A} dev ist0"));
+        spd_a.push(protect("lan6-b", LAN6_A, LAN6_B, "c1"));
+        spd_b.push(protect("lan6-a", LAN6_B, LAN6_A, "c1"));
+    }
+    a.publish_spd(SpdTable::new(1, spd_a)).unwrap();
+    b.publish_spd(SpdTable::new(1, spd_b)).unwrap();
     install_out(&a, &opts, WAN_B, SPI_AB, 0x11);
     install_out(&b, &opts, WAN_A, SPI_BA, 0x22);
     a.add_inbound(inbound_binding(LAN_A, LAN_B), inbound_sa(SPI_BA, 0x22)).unwrap();
