@@ -314,7 +314,8 @@ fn host_firewall_admits_ike_and_esp_on_wan_api_on_mgmt_and_no_clear_forwarding()
     mgmt.sh("ip route add default via 10.60.42.1");
 
     // Another nftables table (someone else's) must survive everything Isthmus does.
-    gw.sh("nft add table inet other && nft add chain inet other c '{ type filter hook input priority 10; }'");
+    gw.sh("nft add table inet other");
+    gw.sh("nft add chain inet other c '{ type filter hook input priority 10; }'");
     let ike = gw.run(|| UdpSocket::bind("0.0.0.0:500").unwrap());
     let _api = tcp_listener(&gw, 8443);
     let _other = tcp_listener(&gw, 2222);
