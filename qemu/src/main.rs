@@ -3,7 +3,7 @@
 //! reach each appliance, and stays up until Ctrl-C. `--check` prints PASS/FAIL and exits instead.
 //!
 //! ```text
-//! isthmus-lab [--check] [--no-build] [--delay MS] [--loss PERCENT] [--tcg|--kvm] [--mem MIB]
+//! isthmus-lab [--check] [--no-build | --daemon PATH] [--delay MS] [--loss PERCENT] [--tcg|--kvm] [--mem MIB]
 //! ```
 
 use std::process::ExitCode;
@@ -14,7 +14,7 @@ use isthmus_lab::lab::{API_PORT, DaemonMode, Lab, LabOptions, SITES};
 use isthmus_lab::vm::{Accel, qemu_binary};
 use isthmus_lab::wan::Impairment;
 
-const USAGE: &str = "usage: isthmus-lab [--check] [--no-build] [--delay MS] [--loss PERCENT] [--tcg|--kvm] [--mem MIB]";
+const USAGE: &str = "usage: isthmus-lab [--check] [--no-build | --daemon PATH] [--delay MS] [--loss PERCENT] [--tcg|--kvm] [--mem MIB]";
 
 /// Fixed management ports for the interactive lab, so the printed commands stay the same.
 const LAB_API_PORTS: [u16; 2] = [18443, 28443];
@@ -22,6 +22,7 @@ const LAB_API_PORTS: [u16; 2] = [18443, 28443];
 struct Args {
     check: bool,
     build: bool,
+    daemon: Option<std::path::PathBuf>,
     impairment: Impairment,
     accel: Accel,
     mem_mib: u32,
@@ -31,6 +32,7 @@ fn parse() -> Result<Args, String> {
     let mut a = Args {
         check: false,
         build: true,
+        daemon: None,
         impairment: Impairment::default(),
         accel: Accel::detect(),
         mem_mib: 512,
@@ -44,6 +46,7 @@ fn parse() -> Result<Args, String> {
         match arg.as_str() {
             "--check" => a.check = true,
             "--no-build" => a.build = false,
+            "--daemon" => a.daemon = Some(it.next().ok_or("--daemon needs a path")?.into()),
             "--delay" => {
                 a.impairment.delay = Duration::from_secs_f64(num("--delay")?.max(0.0) / 1000.0)
             }
@@ -111,7 +114,9 @@ fn main() -> ExitCode {
 
     let image = if args.build {
         println!("isthmus-lab: building the image (make image)");
-        match isthmus_image::build(&isthmus_image::Options::new(&root)) {
+        let mut opts = isthmus_image::Options::new(&root);
+        opts.daemon = args.daemon.clone();
+        match isthmus_image::build(&opts) {
             Ok(m) => m,
             Err(e) => {
                 eprintln!("isthmus-lab: image build failed: {e}");

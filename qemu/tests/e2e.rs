@@ -48,8 +48,11 @@ fn image(name: &str, tweak: fn(&mut Options)) -> Manifest {
     opts.out = root.join("build").join(name);
     // The daemon is built once; the variants reuse it.
     static DAEMON: OnceLock<PathBuf> = OnceLock::new();
-    let daemon = DAEMON
-        .get_or_init(|| isthmus_image::build_daemon(&root).expect("build the static isthmusd"));
+    // ISTHMUS_DAEMON: a prebuilt static isthmusd to test instead of building one.
+    let daemon = DAEMON.get_or_init(|| match std::env::var_os("ISTHMUS_DAEMON") {
+        Some(path) => PathBuf::from(path),
+        None => isthmus_image::build_daemon(&root).expect("build the static isthmusd"),
+    });
     opts.daemon = Some(daemon.clone());
     tweak(&mut opts);
     let m = isthmus_image::build(&opts).unwrap_or_else(|e| panic!("image {name}: {e}"));
