@@ -18,7 +18,7 @@ use isthmus_esp::{
     max_overhead,
 };
 
-const ROUNDS: usize = 25;
+const ROUNDS: usize = 15;
 const ROUND_TIME: Duration = Duration::from_millis(30);
 
 fn config(backend: Backend) -> SaConfig {
