@@ -244,6 +244,28 @@ impl Plan {
     pub fn len(&self) -> usize {
         self.changes.len()
     }
+
+    /// One line for a dry run's footer: `3 to add, 1 to change, 2 to delete`.
+    pub fn summary(&self) -> String {
+        let (mut add, mut change, mut delete) = (0, 0, 0);
+        for c in &self.changes {
+            match c {
+                Change::CreateLink { .. }
+                | Change::AddAddress(_)
+                | Change::AddRoute(_)
+                | Change::AddRule { .. } => add += 1,
+                Change::ConfigureLink { .. }
+                | Change::ReplaceRoute { .. }
+                | Change::ReplaceFirewall { .. } => change += 1,
+                Change::DeleteLink { .. }
+                | Change::DeleteAddress(_)
+                | Change::DeleteRoute { .. }
+                | Change::DeleteRule { .. }
+                | Change::RemoveFirewall => delete += 1,
+            }
+        }
+        format!("{add} to add, {change} to change, {delete} to delete")
+    }
 }
 
 impl fmt::Display for Plan {
@@ -441,6 +463,21 @@ mod tests {
 
     fn kroute(r: &Route) -> KRoute {
         KRoute { key: r.key(), via: Some(r.via.clone()) }
+    }
+
+    #[test]
+    fn summary_counts_by_kind() {
+        let desired = DesiredState {
+            routes: vec![route("10.61.1.0/24", NextHop::Blackhole)],
+            ..Default::default()
+        };
+        let kernel = Observed {
+            routes: vec![kroute(&route("10.61.2.0/24", NextHop::Blackhole))],
+            ..Default::default()
+        };
+        let p = diff(&Inputs { desired: &desired, kernel: &kernel, table: None }).unwrap();
+        assert_eq!(p.summary(), "1 to add, 0 to change, 1 to delete");
+        assert_eq!(Plan::default().to_string(), "no changes\n");
     }
 
     fn plan(desired: &DesiredState, kernel: &Observed) -> Vec<String> {
