@@ -51,6 +51,8 @@ pub struct Endpoint {
     rng: ChaCha20Rng,
     tunnels: Vec<Option<Tunnel>>,
     names: HashMap<String, usize>,
+    /// Tunnels by the peer's address (the unspecified address for "any peer").
+    by_remote: HashMap<IpAddr, Vec<usize>>,
     /// IKE SAs by our own SPI (SPIi when we initiated the SA, SPIr otherwise).
     sas: HashMap<u64, IkeSa>,
     /// Half-open responder SAs by (peer, SPIi), to spot retransmitted IKE_SA_INIT requests.
@@ -69,6 +71,8 @@ struct Tunnel {
     ike: Option<u64>,
     /// CHILD SA configurations asked for (acquire) before the IKE SA was up.
     wanted: Vec<usize>,
+    /// Every IKE SA of this tunnel (our SPIs), whatever its state.
+    sas: Vec<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -228,6 +232,7 @@ impl Endpoint {
             rng,
             tunnels: Vec::new(),
             names: HashMap::new(),
+            by_remote: HashMap::new(),
             sas: HashMap::new(),
             half_open: HashMap::new(),
             child_index: HashMap::new(),
@@ -251,7 +256,8 @@ impl Endpoint {
             return Err(Error::DuplicateTunnel(cfg.name));
         }
         self.names.insert(cfg.name.clone(), self.tunnels.len());
-        self.tunnels.push(Some(Tunnel { cfg, ike: None, wanted: Vec::new() }));
+        self.by_remote.entry(cfg.remote.ip()).or_default().push(self.tunnels.len());
+        self.tunnels.push(Some(Tunnel { cfg, ike: None, wanted: Vec::new(), sas: Vec::new() }));
         Ok(())
     }
 
@@ -259,8 +265,7 @@ impl Endpoint {
     /// `ChildSaDown`/`IkeSaDown` events follow at once).
     pub fn remove_tunnel(&mut self, name: &str, now: Instant) -> Result<(), Error> {
         let t = self.tunnel_index(name)?;
-        let mut spis: Vec<u64> =
-            self.sas.iter().filter(|(_, sa)| sa.tunnel == Some(t)).map(|(k, _)| *k).collect();
+        let mut spis: Vec<u64> = self.tunnel_ref(t).map(|tun| tun.sas.clone()).unwrap_or_default();
         // Hash map order is random; events must not be.
         spis.sort_unstable();
         for spi in spis {
@@ -275,7 +280,11 @@ impl Endpoint {
                 self.destroy(sa, DownReason::Terminated, now);
             }
         }
-        self.tunnels[t] = None;
+        if let Some(tun) = self.tunnels[t].take()
+            && let Some(v) = self.by_remote.get_mut(&tun.cfg.remote.ip())
+        {
+            v.retain(|x| *x != t);
+        }
         self.names.remove(name);
         Ok(())
     }
@@ -736,6 +745,13 @@ impl Endpoint {
             self.remove_finished(sa);
             return;
         }
+        if let Some(tun) = sa.tunnel.and_then(|t| self.tunnels.get_mut(t)).and_then(|t| t.as_mut())
+        {
+            let spi = sa.our_spi();
+            if !tun.sas.contains(&spi) {
+                tun.sas.push(spi);
+            }
+        }
         let next = self.next_deadline(&sa);
         if sa.timer != next {
             if let Some(old) = sa.timer {
@@ -782,11 +798,19 @@ impl Endpoint {
         d.into_iter().min()
     }
 
+    fn unlist(&mut self, sa: &IkeSa) {
+        let spi = sa.our_spi();
+        if let Some(tun) = sa.tunnel.and_then(|t| self.tunnel_mut(t)) {
+            tun.sas.retain(|s| *s != spi);
+        }
+    }
+
     /// Drops a finished SA: its timer, indexes and any CHILD SAs still attached.
     fn remove_finished(&mut self, sa: IkeSa) {
         if let Some(t) = sa.timer {
             self.timers.remove(&(t, sa.our_spi()));
         }
+        self.unlist(&sa);
         if sa.state == State::HalfOpen
             || self.half_open.get(&(sa.remote, sa.spi_i)) == Some(&sa.our_spi())
         {
@@ -810,6 +834,7 @@ impl Endpoint {
         if let Some(t) = sa.timer {
             self.timers.remove(&(t, sa.our_spi()));
         }
+        self.unlist(&sa);
         self.half_open.remove(&(sa.remote, sa.spi_i));
         if sa.state == State::HalfOpen {
             // Also keyed by the original address if the peer moved.
@@ -1219,8 +1244,9 @@ impl Endpoint {
         );
         let mut p = vec![Payload::IdI(idi)];
         // INITIAL_CONTACT when no other IKE SA with this peer exists (§2.4).
-        let others =
-            self.sas.values().any(|o| o.tunnel == sa.tunnel && o.state == State::Established);
+        let others = sa
+            .tunnel
+            .is_some_and(|t| !self.tunnel_sas(t, sa.our_spi(), State::Established).is_empty());
         if !others {
             p.push(Payload::Notify(Notify::new(NotifyType::INITIAL_CONTACT, vec![])));
         }
@@ -1248,16 +1274,32 @@ impl Endpoint {
     // ----- IKE_SA_INIT, responder ----------------------------------------------------------
 
     fn candidates(&self, local: SocketAddr, remote: SocketAddr) -> Vec<usize> {
-        self.tunnels
-            .iter()
-            .enumerate()
-            .filter_map(|(i, t)| t.as_ref().map(|t| (i, t)))
-            .filter(|(_, t)| {
-                (t.cfg.remote.ip() == remote.ip() || t.cfg.remote.ip().is_unspecified())
-                    && (t.cfg.local.ip() == local.ip() || t.cfg.local.ip().is_unspecified())
+        let any = match remote.ip() {
+            IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+        };
+        let exact = self.by_remote.get(&remote.ip()).into_iter().flatten();
+        let wild = self.by_remote.get(&any).into_iter().flatten();
+        exact
+            .chain(wild)
+            .copied()
+            .filter(|&i| {
+                self.tunnel_ref(i).is_some_and(|t| {
+                    t.cfg.local.ip() == local.ip() || t.cfg.local.ip().is_unspecified()
+                })
             })
-            .map(|(i, _)| i)
             .collect()
+    }
+
+    /// Our SPIs of the tunnel's other IKE SAs that are in `state`, in SPI order.
+    fn tunnel_sas(&self, t: usize, except: u64, state: State) -> Vec<u64> {
+        let mut v: Vec<u64> = self
+            .tunnel_ref(t)
+            .map(|tun| tun.sas.iter().copied().filter(|s| *s != except).collect())
+            .unwrap_or_default();
+        v.retain(|s| self.sas.get(s).is_some_and(|o| o.state == state));
+        v.sort_unstable();
+        v
     }
 
     fn cookie_for(&self, ni: &[u8], remote: SocketAddr, spi_i: u64) -> Vec<u8> {
@@ -1722,18 +1764,12 @@ impl Endpoint {
             // §2.4: the peer lost its state; SAs established before this one began are stale.
             let created = sa.created;
             let stale: Vec<u64> = self
-                .sas
-                .iter()
-                .filter(|(k, o)| {
-                    **k != mine
-                        && o.tunnel == Some(t)
-                        && o.state == State::Established
-                        && o.established_at.is_some_and(|e| e <= created)
+                .tunnel_sas(t, mine, State::Established)
+                .into_iter()
+                .filter(|k| {
+                    self.sas.get(k).is_some_and(|o| o.established_at.is_some_and(|e| e <= created))
                 })
-                .map(|(k, _)| *k)
                 .collect();
-            let mut stale = stale;
-            stale.sort_unstable();
             for s in stale {
                 if let Some(o) = self.sas.remove(&s) {
                     self.destroy(o, DownReason::Replaced, now);
@@ -1746,13 +1782,10 @@ impl Endpoint {
         let mut winner = mine;
         let mut win_key = sa.nonce_key.clone();
         let others: Vec<(u64, Vec<u8>)> = self
-            .sas
-            .iter()
-            .filter(|(k, o)| **k != mine && o.tunnel == Some(t) && o.state == State::Established)
-            .map(|(k, o)| (*k, o.nonce_key.clone()))
+            .tunnel_sas(t, mine, State::Established)
+            .into_iter()
+            .filter_map(|k| self.sas.get(&k).map(|o| (k, o.nonce_key.clone())))
             .collect();
-        let mut others = others;
-        others.sort_unstable();
         for (other, key) in others {
             let loser = if key > win_key {
                 let l = winner;
