@@ -42,8 +42,13 @@ fn iperf(lab: &lab::Lab) -> f64 {
 /// The receiver's bits per second in iperf3's JSON, in Gbit/s.
 fn gbits(json: &str) -> f64 {
     let v: serde_json::Value = serde_json::from_str(json).expect("iperf3 JSON");
+    if let Some(r) = v["end"]["sum_sent"]["retransmits"].as_u64() {
+        RETRANSMITS.fetch_add(r, std::sync::atomic::Ordering::Relaxed);
+    }
     v["end"]["sum_received"]["bits_per_second"].as_f64().expect("sum_received") / 1e9
 }
+
+static RETRANSMITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 fn main() {
     if !nix_is_root() {
@@ -57,15 +62,19 @@ fn main() {
     let lab = lab::build(Options::default());
 
     let (mut plain, mut tunnel) = (Vec::new(), Vec::new());
+    let (mut plain_rtx, mut tunnel_rtx) = (0, 0);
+    let rtx = || RETRANSMITS.swap(0, std::sync::atomic::Ordering::Relaxed);
     for _ in 0..ROUNDS {
         // Plain routing: the LAN routes go over the WAN veth directly.
         lab.gw_a.sh(&format!("ip route replace {LAN_B} via 10.32.0.2 dev wa"));
         lab.gw_b.sh(&format!("ip route replace {LAN_A} via 10.32.0.1 dev wb"));
         plain.push(iperf(&lab));
+        plain_rtx += rtx();
         // Through the dataplanes.
         lab.gw_a.sh(&format!("ip route replace {LAN_B} dev ist0"));
         lab.gw_b.sh(&format!("ip route replace {LAN_A} dev ist0"));
         tunnel.push(iperf(&lab));
+        tunnel_rtx += rtx();
     }
     let c = lab.a.counters();
     let (p, t) = (median(&plain), median(&tunnel));
@@ -83,6 +92,7 @@ fn main() {
         "  gw-a: {} reads from TUN, {} ESP packets to the WAN, drops {:?}; {ROUNDS} x {SECONDS} s per path",
         c.io.tun_rx, c.io.wan_tx, c.drops
     );
+    println!("  TCP retransmits: tunnel {tunnel_rtx}, plain {plain_rtx}");
 }
 
 fn median(v: &[f64]) -> f64 {

@@ -302,6 +302,9 @@ impl RawAddr {
     }
 }
 
+/// Socket buffer size asked for on the WAN sockets.
+const SOCKET_BUFFER: libc::c_int = 8 << 20;
+
 /// A datagram socket on the WAN: the UDP 4500 socket or the raw ESP socket.
 #[derive(Debug)]
 pub struct WanSocket {
@@ -362,9 +365,16 @@ impl WanSocket {
                 libc::IP_PMTUDISC_DONT,
             )?;
         }
-        // Large buffers absorb bursts between worker wake-ups.
-        let _ = setsockopt_int(s.raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, 4 << 20);
-        let _ = setsockopt_int(s.raw_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF, 4 << 20);
+        // Large buffers absorb bursts between worker wake-ups: a coalesced (GRO) receive holds
+        // 64 KiB, so the default cap (`net.core.rmem_max`, ~208 KiB) would drop bursts. The
+        // FORCE variants (CAP_NET_ADMIN) pass the cap; without the capability, ask normally.
+        for (force, plain) in
+            [(libc::SO_RCVBUFFORCE, libc::SO_RCVBUF), (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF)]
+        {
+            if setsockopt_int(s.raw_fd(), libc::SOL_SOCKET, force, SOCKET_BUFFER).is_err() {
+                let _ = setsockopt_int(s.raw_fd(), libc::SOL_SOCKET, plain, SOCKET_BUFFER);
+            }
+        }
         Ok(s)
     }
 
