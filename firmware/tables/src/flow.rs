@@ -162,7 +162,7 @@ pub struct FlowCounters {
 enum State {
     /// Allowed by the security group; `rule` and `direction` name why.
     Allowed { direction: Direction, rule: RuleRef },
-    /// Decided by the plugin (the rule it named is in [`Entry::punt_rule`]).
+    /// Decided by the plugin (the rule it named is in [`FlowTable`]'s `punt_rules`).
     Punted { allow: bool },
     /// Timed out or refused at the punt queue.
     PuntDefault { allow: bool, reason_full: bool },
@@ -184,7 +184,6 @@ struct Entry {
     direction: Direction,
     attachment: AttachmentId,
     key: FlowKey,
-    punt_rule: Option<Arc<str>>,
 }
 
 /// An IPv4 flow key with its attachment: 24 bytes, so the IPv4 map stays small in the cache.
@@ -383,6 +382,8 @@ pub struct FlowTable {
     live: usize,
     sweep_at: usize,
     punts: VecDeque<PuntRequest>,
+    /// The rule names of plugin decisions, by slot (cold: kept out of the entries).
+    punt_rules: HashMap<u32, Arc<str>>,
     counters: FlowCounters,
 }
 
@@ -407,6 +408,7 @@ impl FlowTable {
             live: 0,
             sweep_at: 0,
             punts: VecDeque::new(),
+            punt_rules: HashMap::new(),
             counters: FlowCounters::default(),
             cfg,
         }
@@ -460,7 +462,7 @@ impl FlowTable {
                 if !matches!(e.state, State::Pending { .. }) {
                     self.counters.hits += 1;
                     e.expires = now + e.idle;
-                    return verdict_of(e);
+                    return verdict_of(e, &self.punt_rules, slot);
                 }
             }
             return self.slow_known(table, slot, reply, now);
@@ -471,6 +473,8 @@ impl FlowTable {
 
     /// A known flow whose cached verdict cannot be used as is: expired, older generation, first
     /// reply (its network ACL not evaluated yet) or pending.
+    #[cold]
+    #[inline(never)]
     fn slow_known(&mut self, table: &SgTable, slot: usize, reply: bool, now: u64) -> PacketVerdict {
         self.counters.misses += 1;
         let Some(e) = self.slots[slot].clone() else {
@@ -556,9 +560,10 @@ impl FlowTable {
             };
         }
         x.expires = now + x.idle;
-        verdict_of(x)
+        verdict_of(x, &self.punt_rules, slot)
     }
 
+    #[inline(never)]
     fn new_flow(
         &mut self,
         table: &SgTable,
@@ -630,7 +635,6 @@ impl FlowTable {
             idle,
             state,
             nacl: [Some(nacl), None],
-            punt_rule: None,
         };
         let slot = match self.free.pop() {
             Some(s) => {
@@ -650,7 +654,7 @@ impl FlowTable {
             self.map.insert(rk, slot << 1 | 1);
         }
         match &self.slots[slot as usize] {
-            Some(e) => verdict_of(e),
+            Some(e) => verdict_of(e, &self.punt_rules, slot as usize),
             None => PacketVerdict { outcome: Outcome::Deny, reason: Reason::TableFull },
         }
     }
@@ -665,6 +669,7 @@ impl FlowTable {
     }
 
     fn remove(&mut self, slot: usize) {
+        self.punt_rules.remove(&(slot as u32));
         if let Some(e) = self.slots[slot].take() {
             self.map.remove(&Fk::new(e.attachment, &e.key));
             self.map.remove(&Fk::new(e.attachment, &e.key.reversed()));
@@ -711,7 +716,7 @@ impl FlowTable {
         match self.slots[slot].as_mut() {
             Some(e) if matches!(e.state, State::Pending { .. }) && e.key == req.key => {
                 e.state = State::Punted { allow };
-                e.punt_rule = Some(rule.into());
+                self.punt_rules.insert(slot as u32, rule.into());
                 e.idle = idle;
                 e.expires = now + idle;
                 true
@@ -721,7 +726,7 @@ impl FlowTable {
     }
 }
 
-fn verdict_of(e: &Entry) -> PacketVerdict {
+fn verdict_of(e: &Entry, punt_rules: &HashMap<u32, Arc<str>>, slot: usize) -> PacketVerdict {
     match &e.state {
         State::Allowed { direction, rule } => PacketVerdict {
             outcome: Outcome::Allow,
@@ -729,7 +734,9 @@ fn verdict_of(e: &Entry) -> PacketVerdict {
         },
         State::Punted { allow } => PacketVerdict {
             outcome: if *allow { Outcome::Allow } else { Outcome::Deny },
-            reason: Reason::Punt(e.punt_rule.clone().unwrap_or_else(|| "punt".into())),
+            reason: Reason::Punt(
+                punt_rules.get(&(slot as u32)).cloned().unwrap_or_else(|| "punt".into()),
+            ),
         },
         State::PuntDefault { allow, reason_full } => PacketVerdict {
             outcome: if *allow { Outcome::Allow } else { Outcome::Deny },
@@ -975,6 +982,7 @@ mod tests {
     fn a_cache_hit_reads_one_cache_line() {
         assert_eq!(std::mem::offset_of!(Entry, direction), 64);
         assert_eq!(std::mem::align_of::<Entry>(), 64);
+        assert_eq!(std::mem::size_of::<Entry>(), 128);
     }
 
     #[test]
