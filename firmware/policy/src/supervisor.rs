@@ -442,7 +442,8 @@ impl Supervisor {
         if !p.has_punt() || reqs.is_empty() {
             return none();
         }
-        let table = self.tables.sg();
+        // An owned snapshot: the plugin call may take a while, and a guard is meant to be short.
+        let table = Guard::into_inner(self.tables.sg());
         let att = |r: &PuntRequest| table.attachment_name(r.attachment).unwrap_or("?").to_owned();
         let rule = |r: &PuntRequest| {
             table.rule_name(r.attachment, ChainKind::SecurityGroup, r.direction, r.rule).to_owned()
