@@ -199,6 +199,14 @@ impl Core {
             if p.net.is_none() {
                 p.net = Some(isthmus_net::Reconciler::new().map_err(|e| format!("netlink: {e}"))?);
             }
+            // A gateway forwards between its LANs and its tunnels (the firewall decides what).
+            for f in ["/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forwarding"] {
+                if std::fs::read_to_string(f).is_ok_and(|v| v.trim() != "1") {
+                    std::fs::write(f, "1")
+                        .map_err(|e| format!("enabling forwarding ({f}): {e}"))?;
+                    lines.push(format!("kernel: {f} = 1"));
+                }
+            }
             let net = p.net.as_mut().expect("just set");
             let desired = plan::desired_state(&cfg, p.driver.is_some() || !self.opts.run_tunnels);
             let plan = net.plan(&desired).map_err(|e| format!("planning kernel changes: {e}"))?;

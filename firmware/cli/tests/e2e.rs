@@ -1,0 +1,372 @@
+//! The CLI end to end against real daemons in network namespaces: two gateways joined by a WAN
+//! link, a host behind each; the CLI applies configurations, lists tunnels (tables and JSON),
+//! and a tunnel carries LAN-to-LAN traffic. Stopping one daemon raises a tunnel-down alarm on the
+//! other that a webhook receiver on its loopback gets, and it clears when the peer returns.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use isthmus_testkit::{Netns, require_root, veth};
+
+const ADMIN: &str = "ist_e2e-admin-token";
+const PSK: &str = "e2e-pre-shared-key-0123456789abcdef";
+const API_PORT: u16 = 18080;
+const HOOK_PORT: u16 = 18099;
+
+/// The binaries under test; `isthmusd` belongs to another package, so make sure it is current.
+fn bin(name: &str) -> PathBuf {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    BUILT.call_once(|| {
+        let st =
+            Command::new(env!("CARGO")).args(["build", "-q", "-p", "isthmusd"]).status().unwrap();
+        assert!(st.success(), "building isthmusd");
+    });
+    PathBuf::from(env!("CARGO_BIN_EXE_isthmus")).with_file_name(name)
+}
+
+fn sha(s: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(s.as_bytes()))
+}
+
+/// A gateway's configuration: WAN 10.70.0.N, LAN 10.71.N.0/24, peer the other one. Gateway 1
+/// initiates; gateway 2 waits for it, as a customer-facing VPC gateway usually does.
+fn config(me: u8, peer: u8, extra: &str) -> String {
+    let start = if me == 1 { "start" } else { "none" };
+    format!(
+        r#"
+[gateway]
+name = "gw{me}"
+[gateway.wan]
+interface = "wan0"
+address = "10.70.0.{me}/24"
+next_hop = "10.70.0.254"
+[[gateway.lan]]
+name = "lan"
+interface = "lan0"
+addresses = ["10.71.{me}.1/24"]
+
+[[customer_gateway]]
+name = "gw{peer}"
+address = "10.70.0.{peer}"
+
+[[tunnel]]
+name = "to-gw{peer}"
+customer_gateway = "gw{peer}"
+psk = "{PSK}"
+start_action = "{start}"
+[tunnel.dpd]
+delay = "2s"
+timeout = "6s"
+[[tunnel.spd]]
+local = ["10.71.{me}.0/24"]
+remote = ["10.71.{peer}.0/24"]
+
+[[api_token]]
+name = "ops"
+role = "admin"
+token_hash = "sha256:{}"
+{extra}
+"#,
+        sha(ADMIN)
+    )
+}
+
+struct Site {
+    gw: Netns,
+    host: Netns,
+    dir: PathBuf,
+    daemon: Option<Child>,
+}
+
+impl Site {
+    fn new(n: u8) -> Site {
+        let gw = Netns::new("e2g");
+        let host = Netns::new("e2h");
+        veth(&host, "eth0", &format!("10.71.{n}.10/24"), &gw, "lan0", &format!("10.71.{n}.1/24"));
+        host.sh(&format!("ip route add default via 10.71.{n}.1"));
+        // The daemon adds the LAN address itself; take the test's away so it owns it.
+        gw.sh(&format!("ip addr del 10.71.{n}.1/24 dev lan0"));
+        let dir = std::env::temp_dir().join(format!("isthmus-e2e-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Site { gw, host, dir, daemon: None }
+    }
+
+    fn start(&mut self, cfg: &str) {
+        let file = self.dir.join("gw.toml");
+        std::fs::write(&file, cfg).unwrap();
+        let log = self.dir.join("isthmusd.log");
+        let line = format!(
+            "{} --config {} --data-dir {} --api 127.0.0.1:{API_PORT} 2>>{}",
+            bin("isthmusd").display(),
+            file.display(),
+            self.dir.join("data").display(),
+            log.display()
+        );
+        self.daemon = Some(self.gw.spawn(&format!("sh -c '{line}'")));
+        let t0 = Instant::now();
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("management API listening")
+        {
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "isthmusd did not start: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("isthmusd.log")).unwrap_or_default()
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        let mut c = self.gw.command(bin("isthmus").to_str().unwrap());
+        c.args(args)
+            .env("ISTHMUS_ENDPOINT", format!("http://127.0.0.1:{API_PORT}"))
+            .env("ISTHMUS_TOKEN", ADMIN)
+            .env("ISTHMUS_CONFIG_DIR", self.dir.join("cli"));
+        c.output().unwrap()
+    }
+
+    fn signal(&self, sig: &str) {
+        // `ip netns exec` runs `sh -c`, which runs isthmusd as its child: signal the daemon by name
+        // inside this namespace only (pids in /proc of processes in the namespace).
+        let pid = self.daemon_pid();
+        let st = Command::new("kill").args([sig, &pid.to_string()]).status().unwrap();
+        assert!(st.success());
+    }
+
+    fn daemon_pid(&self) -> u32 {
+        let root = self.daemon.as_ref().unwrap().id();
+        // The shell's child is the daemon.
+        let kids = std::fs::read_to_string(format!("/proc/{root}/task/{root}/children"))
+            .unwrap_or_default();
+        kids.split_whitespace().next().and_then(|p| p.parse().ok()).unwrap_or(root)
+    }
+}
+
+impl Drop for Site {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.daemon.take() {
+            let pid = self.daemon_pid_of(&c);
+            let _ = Command::new("kill")
+                .args(["-CONT", &pid.to_string()])
+                .stderr(std::process::Stdio::null())
+                .status();
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .stderr(std::process::Stdio::null())
+                .status();
+            let t0 = Instant::now();
+            while t0.elapsed() < Duration::from_secs(5) {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .stderr(std::process::Stdio::null())
+                .status();
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::env::var_os("ISTHMUS_KEEP_LOGS").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+impl Site {
+    fn daemon_pid_of(&self, c: &Child) -> u32 {
+        let root = c.id();
+        let kids = std::fs::read_to_string(format!("/proc/{root}/task/{root}/children"))
+            .unwrap_or_default();
+        kids.split_whitespace().next().and_then(|p| p.parse().ok()).unwrap_or(root)
+    }
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool, ctx: impl Fn() -> String) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < timeout, "timed out waiting for {what}\n{}", ctx());
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// A minimal HTTP server on the gateway's loopback that records POST bodies.
+fn webhook_receiver(ns: &Netns) -> Arc<Mutex<Vec<String>>> {
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let g = got.clone();
+    let listener = ns.run(|| std::net::TcpListener::bind(("127.0.0.1", HOOK_PORT)).unwrap());
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut s) = conn else { continue };
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut len = 0usize;
+            loop {
+                let mut l = String::new();
+                if r.read_line(&mut l).unwrap_or(0) == 0 || l == "\r\n" {
+                    break;
+                }
+                if let Some(v) = l.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; len];
+            let _ = r.read_exact(&mut body);
+            g.lock().unwrap().push(String::from_utf8_lossy(&body).into_owned());
+            let _ = s.write_all(
+                b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+            );
+        }
+    });
+    got
+}
+
+#[test]
+fn two_gateways_tunnel_cli_and_tunnel_down_alarm() {
+    if !require_root() {
+        return;
+    }
+    let mut a = Site::new(1);
+    let mut b = Site::new(2);
+    veth(&a.gw, "wan0", "10.70.0.1/24", &b.gw, "wan0", "10.70.0.2/24");
+    a.gw.sh("ip addr flush dev wan0");
+    b.gw.sh("ip addr flush dev wan0");
+    let hooks = webhook_receiver(&a.gw);
+    let alarm = format!(
+        r#"
+[[notify]]
+name = "hook"
+webhook = "http://127.0.0.1:{HOOK_PORT}/alarm"
+retries = 5
+
+[[alarm]]
+name = "tunnel-down"
+kind = "tunnel-down"
+hold = "1s"
+severity = "critical"
+notify = ["hook"]
+"#
+    );
+    a.start(&config(1, 2, &alarm));
+    b.start(&config(2, 1, ""));
+    let ctx = |a: &Site, b: &Site| format!("--- gw1 log\n{}\n--- gw2 log\n{}", a.log(), b.log());
+
+    // The tunnel comes up by itself (start action start) and carries LAN-to-LAN traffic.
+    wait_for(
+        "the tunnel to come up",
+        Duration::from_secs(30),
+        || String::from_utf8_lossy(&a.cli(&["tunnel", "list"]).stdout).contains(" up "),
+        || ctx(&a, &b),
+    );
+    wait_for(
+        "a LAN-to-LAN ping through the tunnel",
+        Duration::from_secs(15),
+        || a.host.sh_output("ping -c 1 -W 1 10.71.2.10").status.success(),
+        || {
+            format!(
+                "{}\n--- gw1 tunnel show\n{}\n--- gw1 metrics\n{}\n{}",
+                a.gw.sh("ip route; nft list chain inet isthmus forward; cat /proc/sys/net/ipv4/ip_forward"),
+                String::from_utf8_lossy(&a.cli(&["tunnel", "show", "to-gw2"]).stdout),
+                String::from_utf8_lossy(&a.gw.sh_output(&format!("wget -qO- --header 'Authorization: Bearer {ADMIN}' http://127.0.0.1:{API_PORT}/metrics")).stdout),
+                ctx(&a, &b)
+            )
+        },
+    );
+    let ping = a.host.sh_output("ping -c 3 -i 0.2 -W 2 10.71.2.10");
+    assert!(
+        ping.status.success(),
+        "LAN ping through the tunnel failed: {}\n{}",
+        String::from_utf8_lossy(&ping.stdout),
+        ctx(&a, &b)
+    );
+
+    // `--json` output parses and counts the traffic; the table shows the tunnel.
+    // Counters are sampled once a second.
+    let list = || -> serde_json::Value {
+        let out = a.cli(&["--json", "tunnel", "list"]);
+        assert!(out.status.success());
+        serde_json::from_slice(&out.stdout).expect("tunnel list --json is JSON")
+    };
+    wait_for(
+        "the counters to show the pings",
+        Duration::from_secs(5),
+        || list()[0]["counters"]["packets_in"].as_u64().unwrap_or(0) >= 3,
+        || list().to_string(),
+    );
+    let v = list();
+    assert_eq!(v[0]["name"], "to-gw2");
+    assert_eq!(v[0]["state"], "up");
+    assert!(v[0]["counters"]["packets_out"].as_u64().unwrap() >= 3, "{v}");
+    let show = String::from_utf8_lossy(&a.cli(&["tunnel", "show", "to-gw2"]).stdout).into_owned();
+    assert!(show.contains("child to-gw2: spi in"), "{show}");
+
+    // The CLI applies a change (a comment-only revision is refused as unchanged; a real change
+    // is applied) and validation errors name their paths with exit code 5.
+    let f = a.dir.join("new.toml");
+    std::fs::write(&f, config(1, 2, &alarm).replace("name = \"gw1\"", "name = \"gw1-renamed\""))
+        .unwrap();
+    let out = a.cli(&["config", "apply", f.to_str().unwrap(), "-m", "rename"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("revision 2 applied"));
+    std::fs::write(&f, "[gateway]\nname = 5\n").unwrap();
+    let out = a.cli(&["config", "validate", f.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(5));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("gateway.name"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = a.cli(&["--json", "config", "revisions"]);
+    let revs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(revs.as_array().unwrap().len(), 2);
+    let shown = a.cli(&["config", "show"]);
+    assert!(!String::from_utf8_lossy(&shown.stdout).contains(PSK), "the PSK is shown");
+    let bad =
+        a.gw.command(bin("isthmus").to_str().unwrap())
+            .args(["status"])
+            .env("ISTHMUS_ENDPOINT", format!("http://127.0.0.1:{API_PORT}"))
+            .env("ISTHMUS_TOKEN", "ist_wrong")
+            .output()
+            .unwrap();
+    assert_eq!(bad.status.code(), Some(3), "a wrong token exits 3");
+
+    // Freeze the peer: DPD declares it dead, the alarm fires and the webhook hears it.
+    b.signal("-STOP");
+    wait_for(
+        "the tunnel-down alarm at the webhook",
+        Duration::from_secs(40),
+        || {
+            hooks
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|h| h.contains("\"raised\"") && h.contains("tunnel-down"))
+        },
+        || format!("hooks: {:?}\n{}", hooks.lock().unwrap(), ctx(&a, &b)),
+    );
+    let alarms = String::from_utf8_lossy(&a.cli(&["alarm", "list"]).stdout).into_owned();
+    assert!(alarms.contains("tunnel-down"), "{alarms}");
+    // The peer returns: the tunnel comes back and the alarm clears.
+    b.signal("-CONT");
+    wait_for(
+        "the alarm to clear",
+        Duration::from_secs(60),
+        || hooks.lock().unwrap().iter().any(|h| h.contains("\"cleared\"")),
+        || format!("hooks: {:?}\n{}", hooks.lock().unwrap(), ctx(&a, &b)),
+    );
+    let ping = a.host.sh_output("ping -c 2 -i 0.2 -W 2 10.71.2.10");
+    assert!(ping.status.success(), "no traffic after the peer returned\n{}", ctx(&a, &b));
+    for l in a.log().lines().chain(b.log().lines()) {
+        assert!(!l.contains(PSK), "the PSK appears in a log: {l}");
+    }
+}
