@@ -559,6 +559,22 @@ impl TunnelConfig {
         if self.local.is_ipv4() != self.remote.is_ipv4() {
             return Err(bad("local and remote addresses are of different families"));
         }
+        let year = Duration::from_secs(366 * 24 * 3600);
+        let lifetimes = std::iter::once(("IKE SA", &self.ike_lifetime))
+            .chain(self.children.iter().map(|c| ("CHILD SA", &c.lifetime)));
+        for (what, l) in lifetimes {
+            if l.rekey_time > year || l.life_time > year || l.rand_time > year {
+                return Err(bad(&format!("{what} lifetime: times must be at most a year")));
+            }
+            if l.life_time < l.rekey_time {
+                return Err(bad(&format!(
+                    "{what} lifetime: life_time must not be shorter than rekey_time"
+                )));
+            }
+        }
+        if self.dpd.delay > year || self.dpd.timeout > year {
+            return Err(bad("DPD delay and timeout must be at most a year"));
+        }
         for c in &self.children {
             if c.esp_proposals.is_empty() {
                 return Err(bad(&format!("CHILD SA `{}` has no ESP proposals", c.name)));
@@ -629,5 +645,33 @@ mod tests {
         assert_eq!(all.prefixes().len(), 1);
         let all6: TrafficSelector = "::/0".parse().unwrap();
         assert_eq!(all6.to_string(), "::/0");
+    }
+
+    #[test]
+    fn validation_refuses_what_would_break_the_state_machines() {
+        let t = |f: &dyn Fn(&mut TunnelConfig)| {
+            let mut c = TunnelConfig::new(
+                "t",
+                "192.0.2.1:500".parse().unwrap(),
+                "192.0.2.2:500".parse().unwrap(),
+                Psk::new(b"k".to_vec()),
+                vec!["10.1.0.0/16".parse().unwrap()],
+                vec!["10.2.0.0/16".parse().unwrap()],
+            );
+            f(&mut c);
+            c.validate()
+        };
+        assert!(t(&|_| {}).is_ok());
+        let e = t(&|c| c.children[0].lifetime.life_time = Duration::from_secs(1)).unwrap_err();
+        assert!(e.to_string().contains("life_time must not be shorter than rekey_time"), "{e}");
+        let e = t(&|c| c.ike_lifetime.rekey_time = Duration::MAX).unwrap_err();
+        assert!(e.to_string().contains("at most a year"), "{e}");
+        let e = t(&|c| c.psk = Psk::new(Vec::new())).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid tunnel configuration for `t`: the pre-shared key is empty"
+        );
+        assert!(t(&|c| c.ike_proposals[0].dh.clear()).is_err());
+        assert!(t(&|c| c.children.push(c.children[0].clone())).is_err());
     }
 }

@@ -41,6 +41,8 @@ use crate::proposal::{DhGroup, EspProposal, EspSuite, IkeProposal, IkeSuite};
 const NAT_T_PORT: u16 = 4500;
 const AUTH_PSK: u8 = 2;
 const NONCE_LEN: usize = 32;
+/// Retransmission waits are capped (and a nonsensical backoff factor cannot panic).
+const MAX_RETRANSMIT_WAIT: Duration = Duration::from_secs(3600);
 
 /// A sans-IO IKEv2 endpoint holding many IKE SAs, keyed by their SPIs.
 ///
@@ -3159,10 +3161,12 @@ impl Endpoint {
             let expired = out.tries > self.config.retransmit_tries
                 || dpd_limit.is_some_and(|l| now.duration_since(out.first_sent) >= l);
             if !expired {
-                let wait = self
-                    .config
-                    .retransmit_timeout
-                    .mul_f64(self.config.retransmit_base.powi(out.tries as i32));
+                let wait = Duration::try_from_secs_f64(
+                    self.config.retransmit_timeout.as_secs_f64()
+                        * self.config.retransmit_base.powi(out.tries as i32),
+                )
+                .unwrap_or(MAX_RETRANSMIT_WAIT)
+                .min(MAX_RETRANSMIT_WAIT);
                 out.tries += 1;
                 out.next_retx = now + wait;
                 let data = out.data.clone();
