@@ -282,10 +282,11 @@ fn tcp_probe(ns: &Netns, to: &str) -> bool {
 }
 
 fn udp_probe(from: &Netns, listener: &UdpSocket, to: &str) -> bool {
-    let to = to.to_owned();
+    let to: SocketAddr = to.parse().unwrap();
     from.run(move || {
-        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
-        s.send_to(b"ike probe", to.as_str()).unwrap();
+        let any = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+        let s = UdpSocket::bind(any).unwrap();
+        s.send_to(b"ike probe", to).unwrap();
     });
     listener.set_read_timeout(Some(Duration::from_millis(800))).unwrap();
     let mut buf = [0u8; 64];
@@ -316,9 +317,14 @@ fn host_firewall_admits_ike_and_esp_on_wan_api_on_mgmt_and_no_clear_forwarding()
     // Another nftables table (someone else's) must survive everything Isthmus does.
     gw.sh("nft add table inet other");
     gw.sh("nft add chain inet other c '{ type filter hook input priority 10; }'");
+    gw.sh("ip -6 addr add fd60:40::1/64 dev wan0 nodad");
+    wan.sh("ip -6 addr add fd60:40::2/64 dev wpeer nodad");
     let ike = gw.run(|| UdpSocket::bind("0.0.0.0:500").unwrap());
+    let ike6 = gw.run(|| UdpSocket::bind("[fd60:40::1]:500").unwrap());
     let _api = tcp_listener(&gw, 8443);
     let _other = tcp_listener(&gw, 2222);
+    let _other6 = gw.run(|| TcpListener::bind("[fd60:40::1]:2224").unwrap());
+    assert!(tcp_probe(&wan, "[fd60:40::1]:2224"), "IPv6 works before the firewall");
     // Without the firewall everything gets through, including clear LAN->WAN forwarding.
     assert!(ping(&lan, "10.60.40.2"), "forwarding works before the firewall");
     assert!(tcp_probe(&wan, "10.60.40.1:2222"));
@@ -339,7 +345,7 @@ fn host_firewall_admits_ike_and_esp_on_wan_api_on_mgmt_and_no_clear_forwarding()
         routes: vec![route(TABLE_MAIN, "10.61.40.0/24", dev("ist0"), 0)],
         firewall: Some(FirewallSpec {
             wan_if: "wan0".into(),
-            wan_addrs: vec!["10.60.40.1".parse().unwrap()],
+            wan_addrs: vec!["10.60.40.1".parse().unwrap(), "fd60:40::1".parse().unwrap()],
             mgmt_if: Some("mgmt0".into()),
             mgmt_port: 8443,
             lan_ifs: vec!["lan0".into()],
@@ -359,6 +365,7 @@ fn host_firewall_admits_ike_and_esp_on_wan_api_on_mgmt_and_no_clear_forwarding()
         "type filter hook forward priority filter; policy drop;",
         "iifname \"wan0\" ip daddr 10.60.40.1 udp dport 500 accept",
         "iifname \"wan0\" ip daddr 10.60.40.1 udp dport 4500 accept",
+        "iifname \"wan0\" ip6 daddr fd60:40::1 udp dport 500 accept",
         "ct state established,related accept",
         "iifname \"mgmt0\" tcp dport 8443 accept",
         "iifname \"lan0\" oifname \"wan0\" counter packets",
@@ -370,6 +377,9 @@ fn host_firewall_admits_ike_and_esp_on_wan_api_on_mgmt_and_no_clear_forwarding()
 
     assert!(udp_probe(&wan, &ike, "10.60.40.1:500"), "IKE reaches the gateway from the WAN");
     assert!(!tcp_probe(&wan, "10.60.40.1:2222"), "a random TCP port is closed on the WAN");
+    // IPv6: neighbour discovery still works, IKE gets in, other ports do not.
+    assert!(udp_probe(&wan, &ike6, "[fd60:40::1]:500"), "IKE over IPv6 reaches the gateway");
+    assert!(!tcp_probe(&wan, "[fd60:40::1]:2224"), "a random TCP port is closed over IPv6");
     assert!(!tcp_probe(&wan, "10.60.40.1:8443"), "the API is not reachable from the WAN");
     assert!(tcp_probe(&mgmt, "10.60.42.1:8443"), "the API is reachable on management");
     assert!(!tcp_probe(&mgmt, "10.60.42.1:2222"), "only the API port on management");
