@@ -221,6 +221,18 @@ impl IkeSa {
     }
 }
 
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Counts only: SAs hold keys.
+        f.debug_struct("Endpoint")
+            .field("tunnels", &self.names.len())
+            .field("ike_sas", &self.sas.len())
+            .field("half_open", &self.half_open.len())
+            .field("child_sas", &self.child_index.len())
+            .finish()
+    }
+}
+
 impl Endpoint {
     /// An endpoint with no tunnels. `rng_seed` seeds the CSPRNG used for SPIs, nonces and
     /// key-exchange secrets: the driver passes 32 bytes from the OS (getrandom), tests pass a

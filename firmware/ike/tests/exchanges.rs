@@ -605,3 +605,17 @@ fn other_major_versions_are_refused() {
     );
     assert_eq!(p.b.ike_sa_count(), 0);
 }
+
+#[test]
+fn same_seed_same_inputs_same_bytes() {
+    let run = || {
+        let (a, b) = configs();
+        let mut p = Pair::new(a, b);
+        p.handshake();
+        p.a.rekey_ike("t1", p.now).unwrap();
+        p.drive();
+        p.run_for(Duration::from_secs(120));
+        p.wire.iter().map(|s| s.t.data.clone()).collect::<Vec<_>>()
+    };
+    assert_eq!(run(), run());
+}
