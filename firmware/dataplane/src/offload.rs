@@ -93,29 +93,56 @@ impl VnetHdr {
 /// independent lanes (which the compiler vectorises), then folded and byte-swapped once:
 /// RFC 1071 §2(B), the sum is independent of byte order up to a final swap.
 pub fn sum(acc: u64, data: &[u8]) -> u64 {
-    #[inline(always)]
-    fn lanes(lane: &mut [u64; 4], c: &[u8]) {
-        for (k, l) in lane.iter_mut().enumerate() {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(&c[k * 8..k * 8 + 8]);
-            let w = u64::from_ne_bytes(w);
-            *l += (w >> 32) + (w & 0xffff_ffff);
-        }
-    }
     let mut lane = [0u64; 4];
     let mut chunks = data.chunks_exact(32);
     for c in &mut chunks {
         lanes(&mut lane, c);
     }
-    let rest = chunks.remainder();
+    tail(&mut lane, chunks.remainder());
+    acc + finish(&lane)
+}
+
+/// Copies `src` into `dst` (same length) and returns the sum of the bytes, as [`sum`] with
+/// `acc` 0, in one pass over the data.
+pub fn copy_and_sum(dst: &mut [u8], src: &[u8]) -> u64 {
+    let mut lane = [0u64; 4];
+    let mut d = dst.chunks_exact_mut(32);
+    let mut s = src.chunks_exact(32);
+    for (dc, sc) in (&mut d).zip(&mut s) {
+        dc.copy_from_slice(sc);
+        lanes(&mut lane, sc);
+    }
+    let (dr, sr) = (d.into_remainder(), s.remainder());
+    dr.copy_from_slice(sr);
+    tail(&mut lane, sr);
+    finish(&lane)
+}
+
+#[inline(always)]
+fn lanes(lane: &mut [u64; 4], c: &[u8]) {
+    for (k, l) in lane.iter_mut().enumerate() {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&c[k * 8..k * 8 + 8]);
+        let w = u64::from_ne_bytes(w);
+        *l += (w >> 32) + (w & 0xffff_ffff);
+    }
+}
+
+#[inline(always)]
+fn tail(lane: &mut [u64; 4], rest: &[u8]) {
     if !rest.is_empty() {
         let mut pad = [0u8; 32];
         pad[..rest.len()].copy_from_slice(rest);
-        lanes(&mut lane, &pad);
+        lanes(lane, &pad);
     }
-    // Each lane holds at most 2^33 per 32 bytes: no overflow below 2^30 bytes.
+}
+
+/// Folds the lanes and converts from native to network byte order. Each lane holds at most
+/// 2^33 per 32 bytes: no overflow below 2^30 bytes.
+#[inline(always)]
+fn finish(lane: &[u64; 4]) -> u64 {
     let native = fold(lane.iter().map(|&l| u64::from(fold(l))).sum());
-    acc + u64::from(u16::from_be_bytes(native.to_ne_bytes()))
+    u64::from(u16::from_be_bytes(native.to_ne_bytes()))
 }
 
 /// Folds a sum to 16 bits (not inverted).
@@ -190,7 +217,7 @@ pub fn segment_tcp(pkt: &[u8], lay: &TcpLayout, i: usize, dst: &mut [u8]) -> Opt
     let total = lay.payload + chunk.len();
     let dst = dst.get_mut(..total)?;
     dst[..lay.payload].copy_from_slice(&pkt[..lay.payload]);
-    dst[lay.payload..].copy_from_slice(chunk);
+    let payload_sum = copy_and_sum(&mut dst[lay.payload..], chunk);
     let last = i + 1 == lay.count;
     if dst[0] >> 4 == 4 {
         dst[2..4].copy_from_slice(&(total as u16).to_be_bytes());
@@ -215,8 +242,9 @@ pub fn segment_tcp(pkt: &[u8], lay: &TcpLayout, i: usize, dst: &mut [u8]) -> Opt
     }
     dst[t + 16] = 0;
     dst[t + 17] = 0;
-    let acc = pseudo_sum(dst, 6, total - t);
-    let c = !fold(sum(acc, &dst[t..]));
+    // The TCP header is a multiple of 4 bytes long, so the payload's sum adds on directly.
+    let acc = pseudo_sum(dst, 6, total - t) + payload_sum;
+    let c = !fold(sum(acc, &dst[t..lay.payload]));
     dst[t + 16..t + 18].copy_from_slice(&c.to_be_bytes());
     Some(total)
 }
@@ -453,6 +481,11 @@ mod tests {
             );
         }
         assert_eq!(fold(sum(0, &[0xff; 64])), 0xffff);
+        for len in [0, 1, 31, 33, 1448] {
+            let mut dst = vec![0u8; len];
+            assert_eq!(fold(copy_and_sum(&mut dst, &data[..len])), reference_sum(&data[..len]));
+            assert_eq!(dst, &data[..len]);
+        }
     }
 
     #[test]
