@@ -619,3 +619,32 @@ fn same_seed_same_inputs_same_bytes() {
     };
     assert_eq!(run(), run());
 }
+
+#[test]
+fn responder_picks_the_tunnel_by_identity_for_any_peer() {
+    let (mut a, mut b) = configs();
+    a.local_id = "@branch-7.example".parse().unwrap();
+    a.remote_id = "hq@example.net".parse().unwrap();
+    // B accepts peers from anywhere and tells them apart by identity.
+    b.name = "other".into();
+    b.remote = "0.0.0.0:500".parse().unwrap();
+    b.remote_id = "@branch-1.example".parse().unwrap();
+    b.local_id = "hq@example.net".parse().unwrap();
+    let mut b7 = b.clone();
+    b7.name = "t1".into();
+    b7.remote_id = "@branch-7.example".parse().unwrap();
+    let mut p = Pair::new(a, b);
+    p.b.add_tunnel(b7).unwrap();
+    p.handshake();
+    let tunnels: Vec<&str> = p
+        .b_events
+        .iter()
+        .filter_map(|e| match e {
+            Event::ChildSaUp { tunnel, .. } => Some(tunnel.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(tunnels, ["t1"]);
+    assert_paired(&p);
+    assert!(p.b.status("other").unwrap().ike.is_none());
+}
