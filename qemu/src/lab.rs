@@ -208,31 +208,27 @@ impl Lab {
             site.lan_host_pid = Some(pid);
 
             mode = daemon_mode(vm)?;
-            match mode {
-                DaemonMode::WaitsForConfig => {
-                    let config = std::fs::read(root.join(s.config))
-                        .map_err(|e| Error::io(&root.join(s.config), e))?;
-                    vm.sh_ok(
-                        &format!(
-                            "mkdir -p /data/isthmus && echo {} | base64 -d > /data/isthmus/config.toml.tmp && \
-                             mv /data/isthmus/config.toml.tmp /data/isthmus/config.toml && sync",
-                            base64(&config)
-                        ),
-                        CMD,
-                    )?;
-                }
-                DaemonMode::Stub => {
-                    vm.sh_ok("ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0", CMD)?;
-                    vm.sh_ok(
-                        &format!("ip link set eth1 up && ip addr add {} dev eth1", s.wan),
-                        CMD,
-                    )?;
-                    vm.sh_ok(
-                        &format!("ip addr add {} dev lan0 && ip link set lan0 up", s.lan),
-                        CMD,
-                    )?;
-                    vm.sh_ok("sysctl -qw net.ipv4.ip_forward=1", CMD)?;
-                }
+            if mode == DaemonMode::Stub {
+                vm.sh_ok("ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0", CMD)?;
+                vm.sh_ok(&format!("ip link set eth1 up && ip addr add {} dev eth1", s.wan), CMD)?;
+                vm.sh_ok(&format!("ip addr add {} dev lan0 && ip link set lan0 up", s.lan), CMD)?;
+                vm.sh_ok("sysctl -qw net.ipv4.ip_forward=1", CMD)?;
+            }
+        }
+        if mode == DaemonMode::WaitsForConfig {
+            // The answering site first, so the initiator's first IKE_SA_INIT finds its peer ready
+            // (no retransmission backoff).
+            for site in self.sites.iter_mut().rev() {
+                let path = root.join(site.spec.config);
+                let config = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+                site.vm.sh_ok(
+                    &format!(
+                        "mkdir -p /data/isthmus && echo {} | base64 -d > /data/isthmus/config.toml.tmp && \
+                         mv /data/isthmus/config.toml.tmp /data/isthmus/config.toml && sync",
+                        base64(&config)
+                    ),
+                    CMD,
+                )?;
             }
         }
         Ok(mode)
