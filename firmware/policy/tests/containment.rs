@@ -279,3 +279,40 @@ fn hot_swap_under_continuous_lookups_never_tears_or_fails() {
     reader.join().expect("the reader saw no failed or torn lookup");
     assert!(lookups.load(Ordering::Relaxed) > 1000);
 }
+
+#[test]
+fn a_faulting_alarm_plugin_falls_back_to_the_builtin_so_alarms_still_go_out() {
+    use isthmus_policy::{AlarmAction, AlarmEvent, Severity};
+    let k = keys();
+    let host = host();
+    let sup = Supervisor::new(Arc::new(PolicyTables::new()), Limits::default());
+    sup.install(load(&host, "test_alarm_trap", Hook::Alarm, &k));
+    let ev = |subject: &str, at_ms| AlarmEvent {
+        kind: EventKind::TunnelDown,
+        subject: subject.into(),
+        raised: true,
+        severity: Severity::Major,
+        message: "peer unreachable".into(),
+        at_ms,
+    };
+    let t0 = Instant::now();
+    // The plugin answers normally.
+    let a = sup.on_event(&ev("dc1", 0), t0);
+    assert!(matches!(&a[..], [AlarmAction::Notify(n)] if n.channel == "plugin"), "{a:?}");
+    // It traps: the built-in alarm-notify answers instead, and the fault is itself an alarm.
+    let a = sup.on_event(&ev("boom", 10), t0);
+    assert!(
+        matches!(&a[..], [AlarmAction::Notify(n)] if n.channel == "default" && n.message.contains("boom")),
+        "{a:?}"
+    );
+    let faults = sup.take_alarms();
+    assert_eq!(faults.len(), 1);
+    assert_eq!(faults[0].kind, EventKind::PluginFault);
+    assert_eq!(faults[0].subject, "test-alarm-trap");
+    // While quarantined, the built-in keeps answering.
+    let a = sup.on_event(&ev("dc2", 20), t0 + Duration::from_millis(100));
+    assert!(matches!(&a[..], [AlarmAction::Notify(n)] if n.channel == "default"), "{a:?}");
+    // After the quarantine the plugin is back, with a fresh instance.
+    let a = sup.on_event(&ev("dc3", 30), t0 + Duration::from_secs(2));
+    assert!(matches!(&a[..], [AlarmAction::Notify(n)] if n.channel == "plugin"), "{a:?}");
+}
