@@ -35,7 +35,8 @@ fn sha(s: &str) -> String {
 /// A gateway's configuration: WAN 10.70.0.N, LAN 10.71.N.0/24, peer the other one. Gateway 1
 /// initiates; gateway 2 waits for it, as a customer-facing VPC gateway usually does.
 fn config(me: u8, peer: u8, extra: &str) -> String {
-    let start = if me == 1 { "start" } else { "none" };
+    let start =
+        if me == 1 || std::env::var_os("E2E_BOTH_START").is_some() { "start" } else { "none" };
     format!(
         r#"
 [gateway]

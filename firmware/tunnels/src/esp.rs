@@ -242,10 +242,14 @@ impl Dataplane for EspDataplane {
         let key = (sa.tunnel.to_owned(), sa.child.to_owned());
         let current = self.outbound.get(&key);
         // Keep sending on the old SA while the peer may not have installed this one yet; keep
-        // sending on the first successor when both sides rekeyed the same SA.
-        let hold = sa.rekey_of.is_some()
-            && current.is_some()
-            && (sa.answered || current.is_some_and(|c| c.rekey_of == sa.rekey_of));
+        // sending on the first successor when both sides rekeyed the same SA; and keep the first
+        // of two CHILD SAs that simultaneous initiation created (one of the two IKE SAs is deleted
+        // right after, and with it its CHILD SA: switching to the second would leave nothing to
+        // send on when that one is the deleted duplicate).
+        let hold = current.is_some()
+            && (sa.rekey_of.is_none()
+                || sa.answered
+                || current.is_some_and(|c| c.rekey_of == sa.rekey_of));
         if hold {
             let held =
                 Held { spi_out: sa.outbound.spi, rekey_of: sa.rekey_of, binding: b, sa: outbound };
