@@ -352,3 +352,22 @@ fn ipv6_lans_through_an_ipv4_tunnel() {
     let out = lab.host_a.sh_output("ping -6 -M do -s 1200 -c 1 -W 2 fd32:2::2");
     assert!(out.status.success(), "a ping6 that fits failed");
 }
+
+#[test]
+fn ipv4_and_ipv6_lans_over_an_ipv6_wan_in_udp_and_plain_esp() {
+    if !require_root() {
+        return;
+    }
+    for raw in [false, true] {
+        let lab = lab::build(Options { ipv6: true, wan6: true, raw, ..Options::default() });
+        for (ping, to) in [("ping", HOST_B), ("ping -6", "fd32:2::2")] {
+            let out = lab.host_a.sh_output(&format!("{ping} -c 2 -i 0.2 -W 2 {to}"));
+            assert!(out.status.success(), "{ping} {to} over the IPv6 WAN (raw={raw}) failed");
+        }
+        let data = payload(1 << 20);
+        let got = tcp_transfer_to(&lab, "10.32.2.2:5003", data.clone(), || {});
+        assert!(got == data, "TCP over the IPv6 WAN (raw={raw}) corrupted or truncated");
+        let c = lab.b.counters();
+        assert!(c.io.wan_rx > 100 && c.drops.total() == 0, "gw-b (raw={raw}): {c:?}");
+    }
+}

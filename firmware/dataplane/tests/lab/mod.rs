@@ -23,6 +23,8 @@ pub const HOST_A: &str = "10.32.1.2";
 pub const HOST_B: &str = "10.32.2.2";
 pub const WAN_A: &str = "10.32.0.1";
 pub const WAN_B: &str = "10.32.0.2";
+pub const WAN6_A: &str = "fd32:ff::1";
+pub const WAN6_B: &str = "fd32:ff::2";
 pub const LAN_A: &str = "10.32.1.0/24";
 pub const LAN_B: &str = "10.32.2.0/24";
 /// A remote prefix gw-a protects through a CHILD SA that has no SA.
@@ -43,6 +45,8 @@ pub struct Options {
     pub wan_mtu: u32,
     /// TUN MTU (None: the dataplane's default, below the tunnel MTU).
     pub tun_mtu: Option<u32>,
+    /// Run the WAN (outer headers) over IPv6 (fd32:ff::1 and fd32:ff::2); needs `ipv6`.
+    pub wan6: bool,
     /// Also number the LANs with IPv6 (fd32:1::/64, fd32:2::/64) and protect them through the
     /// same CHILD SA; IPv6 then stays on in the namespaces.
     pub ipv6: bool,
@@ -50,7 +54,7 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Options {
-        Options { raw: false, wan_mtu: 1500, tun_mtu: None, ipv6: false }
+        Options { raw: false, wan_mtu: 1500, tun_mtu: None, ipv6: false, wan6: false }
     }
 }
 
@@ -167,8 +171,15 @@ pub fn build(opts: Options) -> Lab {
     for gw in [&gw_a, &gw_b] {
         gw.sh("sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.rp_filter=0");
     }
-    let (a, events_a) = gateway(&gw_a, WAN_A, &opts);
-    let (b, events_b) = gateway(&gw_b, WAN_B, &opts);
+    let (wan_a, wan_b) = if opts.wan6 {
+        gw_a.sh(&format!("ip addr add {WAN6_A}/64 dev wa nodad"));
+        gw_b.sh(&format!("ip addr add {WAN6_B}/64 dev wb nodad"));
+        (WAN6_A, WAN6_B)
+    } else {
+        (WAN_A, WAN_B)
+    };
+    let (a, events_a) = gateway(&gw_a, wan_a, &opts);
+    let (b, events_b) = gateway(&gw_b, wan_b, &opts);
     gw_a.sh(&format!("ip route add {LAN_B} dev ist0 && ip route add {NO_SA_NET} dev ist0"));
     gw_b.sh(&format!("ip route add {LAN_A} dev ist0"));
     let mut spd_a =
@@ -182,8 +193,8 @@ pub fn build(opts: Options) -> Lab {
     }
     a.publish_spd(SpdTable::new(1, spd_a)).unwrap();
     b.publish_spd(SpdTable::new(1, spd_b)).unwrap();
-    install_out(&a, &opts, WAN_B, SPI_AB, 0x11);
-    install_out(&b, &opts, WAN_A, SPI_BA, 0x22);
+    install_out(&a, &opts, wan_b, SPI_AB, 0x11);
+    install_out(&b, &opts, wan_a, SPI_BA, 0x22);
     a.add_inbound(inbound_binding(LAN_A, LAN_B), inbound_sa(SPI_BA, 0x22)).unwrap();
     b.add_inbound(inbound_binding(LAN_B, LAN_A), inbound_sa(SPI_AB, 0x11)).unwrap();
     Lab { a, b, events_a, events_b, host_a, gw_a, gw_b, host_b, opts }
