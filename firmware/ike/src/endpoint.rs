@@ -403,6 +403,19 @@ impl Endpoint {
         Ok(())
     }
 
+    /// The dataplane decrypted traffic on the CHILD SA with inbound SPI `spi`: the peer is
+    /// alive, so the liveness check (DPD) waits, as strongSwan's does, for `dpd.delay` without
+    /// any inbound traffic. Unknown SPIs are ignored. Cheap enough to call once per second per
+    /// SA.
+    pub fn traffic_seen(&mut self, spi: u32, now: Instant) {
+        let Some(&ike) = self.child_index.get(&spi) else { return };
+        let Some(mut sa) = self.sas.remove(&ike) else { return };
+        if sa.state == State::Established && now > sa.last_rx {
+            sa.last_rx = now;
+        }
+        self.put(sa, now);
+    }
+
     /// Feeds one received IKE message (without the non-ESP marker) that arrived on `local`
     /// from `remote`. Garbage is dropped silently (after, where the RFC asks for it, an error
     /// notify); it never panics.

@@ -648,3 +648,27 @@ fn responder_picks_the_tunnel_by_identity_for_any_peer() {
     assert_paired(&p);
     assert!(p.b.status("other").unwrap().ike.is_none());
 }
+
+#[test]
+fn traffic_defers_liveness_checks() {
+    let (mut a, b) = configs();
+    a.dpd.delay = Duration::from_secs(10);
+    let mut p = Pair::new(a, b);
+    p.handshake();
+    let spi = first_child_spi(&p);
+    let sent = p.wire.len();
+    for _ in 0..12 {
+        p.run_for(Duration::from_secs(5));
+        p.a.traffic_seen(spi, p.now);
+    }
+    let probes = |p: &Pair, from: usize| {
+        p.wire[from..]
+            .iter()
+            .filter(|s| s.from_a && !s.response && s.exchange == Some(ExchangeType::INFORMATIONAL))
+            .count()
+    };
+    assert_eq!(probes(&p, sent), 0, "no DPD while ESP traffic arrives");
+    let sent = p.wire.len();
+    p.run_for(Duration::from_secs(11));
+    assert_eq!(probes(&p, sent), 1, "a probe once the traffic stops");
+}
