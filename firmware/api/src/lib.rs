@@ -282,6 +282,82 @@ pub struct Status {
     pub active_alarms: usize,
 }
 
+/// How one stage of a traced packet's path decides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StageVerdict {
+    /// The packet goes on.
+    Pass,
+    /// The packet is dropped here.
+    Drop,
+    /// It goes on, but something is wrong (e.g. a one-way SA, a packet that will be fragmented).
+    Warn,
+    /// The stage does not apply to this packet.
+    Skip,
+}
+
+/// One stage of `diagnose path`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathStage {
+    /// `ingress`, `network-acl`, `route`, `spd`, `child-sa`, `security-group`, `mtu`, `egress`.
+    pub stage: String,
+    /// What the stage does with the packet.
+    pub verdict: StageVerdict,
+    /// The configuration or table entry that decided, e.g. `route main 10.2.0.0/16 -> ist0`.
+    pub entry: String,
+    /// More words, when useful.
+    pub detail: String,
+}
+
+/// `GET /api/v1/diagnose/path`: a packet followed through the gateway and back.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathReport {
+    /// The packet traced, e.g. `tcp 10.1.0.5:40000 -> 10.2.0.5:443 (1400 bytes)`.
+    pub packet: String,
+    /// The way out, stage by stage, up to the first drop.
+    pub forward: Vec<PathStage>,
+    /// The reply's way back (empty when the packet does not get out).
+    pub reply: Vec<PathStage>,
+    /// `pass` when both directions pass, `drop` otherwise.
+    pub verdict: StageVerdict,
+    /// What to change, most likely first.
+    pub advice: Vec<String>,
+    /// How the stages were evaluated (which tables are the dataplane's own).
+    pub notes: Vec<String>,
+}
+
+/// One failed negotiation of a tunnel, explained.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NegotiationFailure {
+    /// The exchange that failed (`IKE_AUTH`, `CREATE_CHILD_SA`, ...).
+    pub exchange: String,
+    /// What happened.
+    pub cause: String,
+    /// What we offered.
+    pub ours: String,
+    /// What the peer offered or answered, when known.
+    pub theirs: Option<String>,
+    /// The smallest configuration change that would make both sides agree.
+    pub suggestion: Option<String>,
+}
+
+/// `GET /api/v1/diagnose/tunnel/NAME`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TunnelDiagnosis {
+    /// The tunnel.
+    pub tunnel: String,
+    /// `up`, `connecting`, `down`, `disabled`.
+    pub state: String,
+    /// The last failure the driver recorded, if any.
+    pub last_failure: Option<NegotiationFailure>,
+    /// Why the IKE SA last went down, if it did.
+    pub last_down_reason: Option<String>,
+    /// Recent `negotiation-failed` (and other) events about the tunnel, oldest first.
+    pub events: Vec<Event>,
+    /// What to change.
+    pub advice: Vec<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

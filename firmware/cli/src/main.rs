@@ -50,6 +50,9 @@ enum Cmd {
     Alarm(AlarmCmd),
     /// Follow the event stream (tunnel changes, negotiation failures, alarms).
     Events,
+    /// Explain why traffic does not pass: trace a packet, or a tunnel's failed negotiations.
+    #[command(subcommand)]
+    Diagnose(DiagnoseCmd),
     /// Make an API token and the hash to put in the configuration's `[[api_token]]`.
     Token {
         /// The token's name (recorded as the author of commits).
@@ -63,6 +66,33 @@ enum Cmd {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(Subcommand)]
+enum DiagnoseCmd {
+    /// Follow a packet through the gateway (ACL, route, SPD, SA, security group, MTU) and back.
+    Path {
+        /// Source address (on a LAN of this gateway).
+        #[arg(long)]
+        src: String,
+        /// Destination address.
+        #[arg(long)]
+        dst: String,
+        /// Protocol: tcp, udp, icmp, icmpv6, gre, esp or a number (default icmp, tcp with --dport).
+        #[arg(long)]
+        proto: Option<String>,
+        /// Source port (ICMP: type).
+        #[arg(long)]
+        sport: Option<u16>,
+        /// Destination port (ICMP: code).
+        #[arg(long)]
+        dport: Option<u16>,
+        /// Packet size in bytes, IP header included (default 100).
+        #[arg(long)]
+        size: Option<u32>,
+    },
+    /// A tunnel's last failed negotiations: our proposals and selectors beside the peer's.
+    Tunnel { name: String },
 }
 
 #[derive(Subcommand)]
@@ -290,7 +320,90 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
+        Cmd::Diagnose(d) => diagnose(&cli, &c, d)?,
         Cmd::Completions { .. } | Cmd::Token { .. } => {}
+    }
+    Ok(())
+}
+
+fn verdict_word(v: api::StageVerdict) -> &'static str {
+    match v {
+        api::StageVerdict::Pass => "pass",
+        api::StageVerdict::Drop => "DROP",
+        api::StageVerdict::Warn => "WARN",
+        api::StageVerdict::Skip => "skip",
+    }
+}
+
+fn print_stages(stages: &[api::PathStage]) {
+    for s in stages {
+        let detail = if s.detail.is_empty() { String::new() } else { format!("  ({})", s.detail) };
+        println!("  {:<15} {:<5} {}{detail}", s.stage, verdict_word(s.verdict), s.entry);
+    }
+}
+
+fn diagnose(cli: &Cli, c: &Client, d: &DiagnoseCmd) -> anyhow::Result<()> {
+    match d {
+        DiagnoseCmd::Path { src, dst, proto, sport, dport, size } => {
+            let mut q = format!("/diagnose/path?src={src}&dst={dst}");
+            if let Some(p) = proto {
+                q.push_str(&format!("&proto={p}"));
+            }
+            for (k, v) in
+                [("sport", sport.map(u32::from)), ("dport", dport.map(u32::from)), ("size", *size)]
+            {
+                if let Some(v) = v {
+                    q.push_str(&format!("&{k}={v}"));
+                }
+            }
+            let r: api::PathReport = c.get(&q)?;
+            if cli.json {
+                print_json(&r);
+                return Ok(());
+            }
+            println!("packet   {}", r.packet);
+            println!("forward:");
+            print_stages(&r.forward);
+            if !r.reply.is_empty() {
+                println!("reply:");
+                print_stages(&r.reply);
+            }
+            println!("verdict  {}", verdict_word(r.verdict));
+            for a in &r.advice {
+                println!("advice   {a}");
+            }
+        }
+        DiagnoseCmd::Tunnel { name } => {
+            let r: api::TunnelDiagnosis = c.get(&format!("/diagnose/tunnel/{name}"))?;
+            if cli.json {
+                print_json(&r);
+                return Ok(());
+            }
+            println!("tunnel   {}  ({})", r.tunnel, r.state);
+            match &r.last_failure {
+                Some(f) => {
+                    println!("last failure: {} failed: {}", f.exchange, f.cause);
+                    println!("  ours     {}", f.ours);
+                    println!("  theirs   {}", f.theirs.as_deref().unwrap_or("(not known)"));
+                    if let Some(s) = &f.suggestion {
+                        println!("  change   {s}");
+                    }
+                }
+                None => println!("last failure: none recorded"),
+            }
+            if let Some(d) = &r.last_down_reason {
+                println!("last down: {d}");
+            }
+            if !r.events.is_empty() {
+                println!("recent events:");
+                for e in &r.events {
+                    println!("  {} {:<20} {}", e.time, e.kind, e.message);
+                }
+            }
+            for a in &r.advice {
+                println!("advice   {a}");
+            }
+        }
     }
     Ok(())
 }

@@ -5,6 +5,7 @@
 pub mod alarms;
 pub mod auth;
 pub mod core;
+pub mod diagnose;
 pub mod diff;
 pub mod events;
 pub mod monitor;

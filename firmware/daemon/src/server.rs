@@ -103,6 +103,8 @@ pub fn router(core: Arc<Core>) -> Router {
         )
         .route("/plugins/{id}/{op}", post(plugin_op))
         .route("/alarms", get(alarms))
+        .route("/diagnose/path", get(diagnose_path))
+        .route("/diagnose/tunnel/{name}", get(diagnose_tunnel))
         .route("/events", get(crate::events::stream))
         .route("/actions", post(action))
         .layer(DefaultBodyLimit::max(MAX_BODY));
@@ -336,6 +338,71 @@ async fn action(State(st): State<AppState>, req: Request) -> Result<Response, Fa
         .map_err(|e| Failure::bad_request(e.to_string()))?;
     let a: Action = parse(&body)?;
     st.core.act(a, &who).await
+}
+
+/// `GET /diagnose/path` query parameters (strings, so that a bad value gets a message naming it).
+#[derive(Deserialize)]
+struct PathQuery {
+    src: Option<String>,
+    dst: Option<String>,
+    proto: Option<String>,
+    sport: Option<String>,
+    dport: Option<String>,
+    size: Option<String>,
+}
+
+fn diagnose_failure(e: crate::diagnose::DiagnoseError) -> Failure {
+    use crate::diagnose::DiagnoseError as E;
+    match e {
+        E::NoConfig | E::UnknownTunnel(_) => Failure::not_found(e.to_string()),
+        E::BadQuery(m) => Failure::bad_request(m),
+    }
+}
+
+async fn diagnose_path(
+    State(st): State<AppState>,
+    axum::extract::Query(q): axum::extract::Query<PathQuery>,
+) -> Reply<isthmus_api::PathReport> {
+    fn num<T: std::str::FromStr>(what: &str, v: &Option<String>) -> Result<Option<T>, Failure> {
+        v.as_deref()
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.trim().parse::<T>().map_err(|_| {
+                    Failure::bad_request(format!("{what} `{s}` is not a number in range"))
+                })
+            })
+            .transpose()
+    }
+    let need = |what: &str, v: &Option<String>| {
+        v.clone().filter(|s| !s.is_empty()).ok_or_else(|| {
+            Failure::bad_request(format!("the query parameter `{what}` is required"))
+        })
+    };
+    let query = crate::diagnose::Query::parse(
+        &need("src", &q.src)?,
+        &need("dst", &q.dst)?,
+        q.proto.as_deref(),
+        num("sport", &q.sport)?,
+        num("dport", &q.dport)?,
+        num("size", &q.size)?,
+    )
+    .map_err(diagnose_failure)?;
+    let core = st.core.clone();
+    let r = tokio::task::spawn_blocking(move || crate::diagnose::diagnose_path(&core, &query))
+        .await
+        .map_err(|e| Failure::internal(format!("the diagnosis did not complete: {e}")))?;
+    Ok(axum::Json(r.map_err(diagnose_failure)?))
+}
+
+async fn diagnose_tunnel(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> Reply<isthmus_api::TunnelDiagnosis> {
+    let core = st.core.clone();
+    let r = tokio::task::spawn_blocking(move || crate::diagnose::diagnose_tunnel(&core, &name))
+        .await
+        .map_err(|e| Failure::internal(format!("the diagnosis did not complete: {e}")))?;
+    Ok(axum::Json(r.map_err(diagnose_failure)?))
 }
 
 async fn metrics(State(st): State<AppState>) -> Response {
