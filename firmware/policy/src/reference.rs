@@ -306,14 +306,14 @@ impl AlarmNotify {
             t.flips.push_back(e.at_ms);
         }
         t.state = Some(problem);
-        t.flips.retain(|&f| f + s.flap_window_ms > e.at_ms);
+        t.flips.retain(|&f| f.saturating_add(s.flap_window_ms) > e.at_ms);
         if e.at_ms < t.quiet_until {
             return vec![];
         }
         if t.flips.len() >= s.flap_threshold {
             let n = t.flips.len();
             t.flips.clear();
-            t.quiet_until = e.at_ms + s.flap_hold_ms;
+            t.quiet_until = e.at_ms.saturating_add(s.flap_hold_ms);
             return vec![
                 AlarmAction::Notify(Notification {
                     channel: s.channel.clone(),

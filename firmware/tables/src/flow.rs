@@ -461,7 +461,7 @@ impl FlowTable {
                 }
                 if !matches!(e.state, State::Pending { .. }) {
                     self.counters.hits += 1;
-                    e.expires = now + e.idle;
+                    e.expires = now.saturating_add(e.idle);
                     return verdict_of(e, &self.punt_rules, slot);
                 }
             }
@@ -500,7 +500,7 @@ impl FlowTable {
                 if let Some(x) = self.slots[slot].as_mut() {
                     x.state = State::PuntDefault { allow, reason_full: false };
                     x.idle = idle;
-                    x.expires = now + idle;
+                    x.expires = now.saturating_add(idle);
                 }
             } else {
                 return PacketVerdict { outcome: Outcome::Pending, reason: Reason::PuntPending };
@@ -559,7 +559,7 @@ impl FlowTable {
                 },
             };
         }
-        x.expires = now + x.idle;
+        x.expires = now.saturating_add(x.idle);
         verdict_of(x, &self.punt_rules, slot)
     }
 
@@ -631,7 +631,7 @@ impl FlowTable {
             key: *key,
             direction,
             generation: table.generation(),
-            expires: now + idle,
+            expires: now.saturating_add(idle),
             idle,
             state,
             nacl: [Some(nacl), None],
@@ -718,7 +718,7 @@ impl FlowTable {
                 e.state = State::Punted { allow };
                 self.punt_rules.insert(slot as u32, rule.into());
                 e.idle = idle;
-                e.expires = now + idle;
+                e.expires = now.saturating_add(idle);
                 true
             }
             _ => false,

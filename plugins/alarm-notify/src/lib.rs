@@ -153,7 +153,7 @@ fn handle(st: &mut State, e: &Event) -> Vec<Action> {
         sub.changes.push_back(e.at_ms);
     }
     sub.problem = Some(problem);
-    while sub.changes.front().is_some_and(|t| t + s.flap_window_ms <= e.at_ms) {
+    while sub.changes.front().is_some_and(|t| t.saturating_add(s.flap_window_ms) <= e.at_ms) {
         sub.changes.pop_front();
     }
     if e.at_ms < sub.held_until {
@@ -162,7 +162,7 @@ fn handle(st: &mut State, e: &Event) -> Vec<Action> {
     if sub.changes.len() >= s.flap_threshold {
         let n = sub.changes.len();
         sub.changes.clear();
-        sub.held_until = e.at_ms + s.flap_hold_ms;
+        sub.held_until = e.at_ms.saturating_add(s.flap_hold_ms);
         return vec![
             Action::Notify(Notification {
                 channel: s.channel.clone(),
