@@ -158,7 +158,7 @@ pub struct FlowCounters {
     pub revalidated: u64,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
 enum State {
     /// Allowed by the security group; `rule` and `direction` name why.
     Allowed { direction: Direction, rule: RuleRef },
@@ -440,14 +440,27 @@ impl FlowTable {
         now: u64,
     ) -> PacketVerdict {
         let fk = Fk::new(att, key);
-        if let Some(v) = self.map.get(&fk) {
+        let found = match &fk {
+            Fk::V4(k) => self.map.v4.get(k).copied(),
+            Fk::V6(k) => self.map.v6.get(k).copied(),
+        };
+        if let Some(v) = found {
             let slot = (v >> 1) as usize;
             let reply = v & 1 == 1;
-            if let Some(e) = self.slots[slot].as_mut()
+            if let Some(e) = self.slots.get_mut(slot).and_then(Option::as_mut)
                 && e.generation == table.generation()
                 && now < e.expires
                 && let Some(nacl) = e.nacl[usize::from(reply)]
             {
+                if let (Action::Allow, State::Allowed { direction, rule }) = (nacl.action, e.state)
+                {
+                    self.counters.hits += 1;
+                    e.expires = now.saturating_add(e.idle);
+                    return PacketVerdict {
+                        outcome: Outcome::Allow,
+                        reason: Reason::Established { direction, rule },
+                    };
+                }
                 if nacl.action != Action::Allow {
                     self.counters.hits += 1;
                     return PacketVerdict {
