@@ -72,6 +72,12 @@ pub struct Core {
     pub monitor: Monitor,
     /// Alarm evaluation and delivery.
     pub alarms: Arc<Alarms>,
+    /// Signed policy plugin packages, on their own sled database under `<data_dir>/plugins`.
+    plugins: isthmus_policy::PluginStore,
+    /// The same tree, read for a stored package's signer.
+    plugin_tree: sled::Tree,
+    /// The wasmtime host uploads are compiled with (their world checked); made on first upload.
+    plugin_host: std::sync::OnceLock<isthmus_policy::PluginHost>,
 }
 
 fn unix(t: SystemTime) -> u64 {
@@ -100,6 +106,26 @@ fn store_failure(e: isthmus_config::Error) -> Failure {
             Failure::new(StatusCode::CONFLICT, "conflict", e.to_string())
         }
         e => Failure::internal(e.to_string()),
+    }
+}
+
+/// Policy library errors as API failures: a refused package is 422 with the library's message
+/// (unsigned, tampered, untrusted, wrong world); an unknown plugin 404; a store conflict 409.
+fn plugin_failure(e: isthmus_policy::PolicyError) -> Failure {
+    use isthmus_policy::PolicyError as E;
+    match e {
+        E::Store(m) if m.starts_with("no plugin named") => Failure::not_found(m),
+        E::Store(m) if m.contains("no version") || m.contains("no previous version") => {
+            Failure::new(StatusCode::CONFLICT, "conflict", m)
+        }
+        e @ E::Store(_) if e.to_string().contains("hook") || e.to_string().contains("active") => {
+            Failure::new(StatusCode::CONFLICT, "conflict", e.to_string())
+        }
+        E::Store(m) => Failure::internal(format!("plugin store: {m}")),
+        e @ (E::Engine(_) | E::Fault { .. } | E::Quarantined { .. }) => {
+            Failure::internal(e.to_string())
+        }
+        e => Failure::new(StatusCode::UNPROCESSABLE_ENTITY, "plugin-refused", e.to_string()),
     }
 }
 
@@ -149,6 +175,9 @@ impl Core {
                 tracing::warn!("{w}");
             }
         }
+        let plugin_tree = sled::open(opts.data_dir.join("plugins"))
+            .and_then(|db| db.open_tree("plugins"))
+            .map_err(|e| anyhow::anyhow!("opening the plugin store: {e}"))?;
         let core = Arc::new(Core {
             opts,
             started: Instant::now(),
@@ -159,6 +188,9 @@ impl Core {
             planes: Mutex::new(Planes::default()),
             monitor: Monitor::default(),
             alarms: Arc::new(Alarms::default()),
+            plugins: isthmus_policy::PluginStore::new(plugin_tree.clone()),
+            plugin_tree,
+            plugin_host: std::sync::OnceLock::new(),
         });
         let rev = core.store.active_revision()?;
         let cfg = rev.config()?;
@@ -498,13 +530,36 @@ impl Core {
                     )))
                 }
             }
-            Action::PluginActivate { .. }
-            | Action::PluginRollback { .. }
-            | Action::PluginRemove { .. } => Err(Failure::new(
-                StatusCode::NOT_IMPLEMENTED,
-                "not-implemented",
-                "plugins are not managed by this daemon yet",
-            )),
+            Action::PluginActivate { digest } => {
+                let (name, version) = self.plugin_by_digest(&digest)?;
+                self.plugins.activate(&name, &digest).map_err(plugin_failure)?;
+                let m = format!("activated plugin `{name}` {version} ({digest})");
+                self.events.emit(
+                    "plugin-activated",
+                    &name,
+                    Severity::Info,
+                    format!("{m} by {who}"),
+                );
+                Ok(message(m))
+            }
+            Action::PluginRollback { name } => {
+                let digest = self.plugins.rollback(&name).map_err(plugin_failure)?;
+                let m = format!("plugin `{name}` rolled back to {digest}");
+                self.events.emit(
+                    "plugin-rolled-back",
+                    &name,
+                    Severity::Info,
+                    format!("{m} by {who}"),
+                );
+                Ok(message(m))
+            }
+            Action::PluginRemove { digest } => {
+                let (name, version) = self.plugin_by_digest(&digest)?;
+                self.plugins.remove(&name, Some(&digest)).map_err(plugin_failure)?;
+                let m = format!("removed version {version} ({digest}) of plugin `{name}`");
+                self.events.emit("plugin-removed", &name, Severity::Info, format!("{m} by {who}"));
+                Ok(message(m))
+            }
         }
     }
 
@@ -662,18 +717,125 @@ impl Core {
         Ok(self.monitor.detail(self, &cfg, name))
     }
 
-    /// `GET /plugins`.
+    /// `GET /plugins`: every stored version of every plugin.
     pub async fn plugins(&self) -> Result<Vec<api::Plugin>, Failure> {
-        Ok(vec![])
+        let list = self.plugins.list().map_err(plugin_failure)?;
+        Ok(list
+            .into_iter()
+            .flat_map(|p| {
+                let active = p.active.clone();
+                p.versions.into_iter().map(move |v| api::Plugin {
+                    name: p.name.clone(),
+                    version: v.version,
+                    hook: v.hook.name().to_owned(),
+                    active: active.as_deref() == Some(v.digest.as_str()),
+                    signer: self.plugin_signer(&v.digest),
+                    digest: v.digest,
+                    quarantined: None,
+                })
+            })
+            .collect())
     }
 
-    /// `POST /plugins`.
-    pub async fn plugin_upload(&self, _bytes: &[u8], _who: &str) -> Result<api::Plugin, Failure> {
-        Err(Failure::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "not-implemented",
-            "plugins are not managed by this daemon yet",
-        ))
+    /// `POST /plugins`: verifies the package against the applied configuration's trusted keys,
+    /// compiles it with the policy host (imports, exports: the hook's world), and stores it. It
+    /// is not activated.
+    pub async fn plugin_upload(&self, bytes: &[u8], who: &str) -> Result<api::Plugin, Failure> {
+        if bytes.len() > isthmus_policy::package::MAX_PACKAGE {
+            return Err(Failure::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too-large",
+                format!(
+                    "plugin package larger than {} MiB",
+                    isthmus_policy::package::MAX_PACKAGE >> 20
+                ),
+            ));
+        }
+        let trusted = self.trusted_keys();
+        let refuse = |e: isthmus_policy::PolicyError| {
+            self.events.emit("plugin-refused", "plugins", Severity::Warning, e.to_string());
+            plugin_failure(e)
+        };
+        let verified = isthmus_policy::verify(bytes, &trusted).map_err(refuse)?;
+        let host = match self.plugin_host.get() {
+            Some(h) => h,
+            None => {
+                let h = isthmus_policy::PluginHost::new(isthmus_policy::HostConfig::default())
+                    .map_err(|e| Failure::internal(e.to_string()))?;
+                self.plugin_host.get_or_init(|| h)
+            }
+        };
+        let clock: Arc<dyn isthmus_policy::Clock> =
+            Arc::new(isthmus_policy::SystemClock::default());
+        let t0 = Instant::now();
+        host.load(&verified, "", Some(clock)).map_err(refuse)?;
+        let compile_ms = t0.elapsed().as_millis();
+        let digest = self.plugins.put(&verified).map_err(plugin_failure)?;
+        let m = verified.manifest();
+        let active = self
+            .plugins
+            .list()
+            .map_err(plugin_failure)?
+            .iter()
+            .any(|p| p.name == m.name && p.active.as_deref() == Some(digest.as_str()));
+        let signer = verified.package().signer().map(|k| k.to_string()).unwrap_or_default();
+        self.events.emit(
+            "plugin-uploaded",
+            &m.name,
+            Severity::Info,
+            format!(
+                "plugin `{}` {} ({} hook, signed by {signer}) uploaded by {who}; digest {digest}, \
+                 compiled in {compile_ms} ms",
+                m.name,
+                m.version,
+                m.hook.name()
+            ),
+        );
+        Ok(api::Plugin {
+            name: m.name.clone(),
+            version: m.version.clone(),
+            hook: m.hook.name().to_owned(),
+            digest,
+            signer,
+            active,
+            quarantined: None,
+        })
+    }
+
+    /// The trusted plugin signing keys of the applied configuration (malformed ones skipped:
+    /// validation reports them).
+    fn trusted_keys(&self) -> Vec<isthmus_policy::PublicKey> {
+        let Some((_, cfg)) = self.applied() else { return vec![] };
+        cfg.trusted_keys
+            .iter()
+            .filter_map(|k| k.key_bytes())
+            .filter_map(|b| {
+                isthmus_policy::PublicKey::parse(&format!("ed25519:{}", hex::encode(b))).ok()
+            })
+            .collect()
+    }
+
+    /// The key that signed stored package `digest` (empty if unreadable).
+    fn plugin_signer(&self, digest: &str) -> String {
+        self.plugin_tree
+            .get(format!("pkg/{digest}"))
+            .ok()
+            .flatten()
+            .and_then(|b| isthmus_policy::Package::parse(&b).ok())
+            .and_then(|p| p.signer().map(|k| k.to_string()))
+            .unwrap_or_default()
+    }
+
+    /// The plugin name and version a stored digest belongs to.
+    fn plugin_by_digest(&self, digest: &str) -> Result<(String, String), Failure> {
+        for p in self.plugins.list().map_err(plugin_failure)? {
+            if let Some(v) = p.versions.iter().find(|v| v.digest == digest) {
+                return Ok((p.name, v.version.clone()));
+            }
+        }
+        Err(Failure::not_found(format!(
+            "no stored plugin version has digest `{digest}` (see `isthmus plugin list`)"
+        )))
     }
 
     /// `GET /alarms`.
