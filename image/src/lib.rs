@@ -392,8 +392,44 @@ pub fn build_daemon(root: &Path) -> Result<PathBuf> {
     {
         cmd.env(musl_cc, "gcc");
     }
-    run(&mut cmd)?;
+    if let Err(musl) = run(&mut cmd) {
+        // The image's userland is musl. If some crate does not build there, a statically linked
+        // glibc build still boots (the daemon resolves no names through NSS); say so loudly.
+        eprintln!(
+            "isthmus-image: WARNING: isthmusd does not build for {MUSL_TARGET}: {musl}\n\
+             isthmus-image: WARNING: falling back to {GNU_TARGET} with +crt-static"
+        );
+        return build_daemon_gnu_static(root, &base);
+    }
     let bin = target_dir.join(MUSL_TARGET).join("release/isthmusd");
+    if !bin.exists() {
+        return Err(Error::Input(format!("cargo built no {}", bin.display())));
+    }
+    Ok(bin)
+}
+
+/// The fallback target for [`build_daemon`].
+pub const GNU_TARGET: &str = "x86_64-unknown-linux-gnu";
+
+fn build_daemon_gnu_static(root: &Path, base: &Path) -> Result<PathBuf> {
+    let target_dir = base.join("image-gnu-static");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    run(Command::new(cargo)
+        .current_dir(root)
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "isthmusd",
+            "--bin",
+            "isthmusd",
+            "--target",
+            GNU_TARGET,
+        ])
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .env("RUSTFLAGS", "-C target-feature=+crt-static"))?;
+    let bin = target_dir.join(GNU_TARGET).join("release/isthmusd");
     if !bin.exists() {
         return Err(Error::Input(format!("cargo built no {}", bin.display())));
     }

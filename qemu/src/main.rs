@@ -260,6 +260,9 @@ fn main() -> ExitCode {
     );
 
     if daemon {
+        println!(
+            "isthmus-lab: asking site-a with the CLI (the first run builds it: cargo run -p isthmus)"
+        );
         // The tunnel as the operator sees it (the CLI pins each lab appliance's certificate in a
         // lab-only HOME: the appliances get new certificates on every lab run).
         for args in [vec!["status"], vec!["tunnel", "show", "to-site-b"]] {
