@@ -586,18 +586,15 @@ pub fn trace(cfg: &Config, live: &Live, q: &Query) -> api::PathReport {
             .route_tables
             .iter()
             .find(|rt| rt.lans.contains(&lan.name))
-            .map(|rt| rt.name.clone())
-            .unwrap_or_else(|| "main".into());
+            .map(|rt| format!("route table {}", rt.name))
+            .unwrap_or_else(|| format!("a route table bound to lan {}", lan.name));
         if !is_private(f.dst) {
             advice.push(format!(
                 "the gateway gives no Internet access: {} is outside every tunnel's remote networks",
                 f.dst
             ));
         } else if let Some(t) = route_mode.first() {
-            advice.push(format!(
-                "no route for {} points to tunnel {t}: add one to route table {table}",
-                f.dst
-            ));
+            advice.push(format!("no route for {} points to tunnel {t}: add one to {table}", f.dst));
         } else {
             let all: Vec<Prefix> =
                 cfg.tunnels.iter().filter(|t| t.enabled).flat_map(plan::remote_prefixes).collect();
@@ -1043,7 +1040,7 @@ remote = ["172.20.1.0/24"]
 "#;
 
     fn cfg(extra: &str) -> Config {
-        Config::from_toml(&format!("{BASE}{extra}")).expect("test config parses")
+        Config::check(&format!("{BASE}{extra}")).expect("test config is valid").config
     }
 
     fn up(packets_out: u64, packets_in: u64, idle_in: Option<u64>) -> Live {
@@ -1118,8 +1115,9 @@ remote = ["172.20.1.0/24"]
         // A route sends 172.20.0.0/16 into the tunnel, but the SPD only covers 172.20.1.0/24.
         let c = cfg(r#"
 [[route_table]]
-name = "main"
-id = 254
+name = "office-out"
+id = 100
+lans = ["office"]
 [[route_table.route]]
 prefix = "172.20.0.0/16"
 tunnel = "to-idc"
@@ -1161,7 +1159,9 @@ psk = "another-long-pre-shared-key-0123"
         let r = trace(&c, &up(0, 0, None), &q("10.81.1.5", "172.30.0.7", None, None, None));
         assert_eq!(
             r.advice,
-            ["no route for 172.30.0.7 points to tunnel to-dc2: add one to route table main"]
+            [
+                "no route for 172.30.0.7 points to tunnel to-dc2: add one to a route table bound to lan office"
+            ]
         );
     }
 
