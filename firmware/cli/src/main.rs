@@ -260,8 +260,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             return Ok(());
         }
-        Cmd::Plugin(PluginCmd::Keygen { .. }) | Cmd::Plugin(PluginCmd::Sign { .. }) => {
-            return plugin_offline(&cli);
+        Cmd::Plugin(p @ (PluginCmd::Keygen { .. } | PluginCmd::Sign { .. })) => {
+            return plugin_offline(&cli, p);
         }
         _ => {}
     }
@@ -605,7 +605,7 @@ fn plugin(cli: &Cli, c: &Client, p: &PluginCmd) -> anyhow::Result<()> {
         PluginCmd::Remove { digest } => {
             act(cli, c, &format!("/plugins/{digest}/remove"), json!({}))?
         }
-        PluginCmd::Keygen { .. } | PluginCmd::Sign { .. } => plugin_offline(cli)?,
+        PluginCmd::Keygen { .. } | PluginCmd::Sign { .. } => plugin_offline(cli, p)?,
     }
     Ok(())
 }
@@ -623,8 +623,93 @@ impl<R: Read> Read for Progress<R> {
     }
 }
 
-fn plugin_offline(_cli: &Cli) -> anyhow::Result<()> {
-    anyhow::bail!("plugin keygen and sign are not built into this CLI yet")
+/// `plugin keygen` and `plugin sign`: local, no daemon needed.
+fn plugin_offline(cli: &Cli, p: &PluginCmd) -> anyhow::Result<()> {
+    let invalid = |e: isthmus_policy::PolicyError| CliError {
+        code: exit::INVALID,
+        message: e.to_string(),
+        details: vec![],
+    };
+    match p {
+        PluginCmd::Keygen { dir, name } => {
+            let (sk, pk) = isthmus_policy::generate_key().map_err(invalid)?;
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            let key = dir.join(format!("{name}.key"));
+            let public = dir.join(format!("{name}.pub"));
+            anyhow::ensure!(
+                !key.exists(),
+                "{} exists; refusing to overwrite a signing key",
+                key.display()
+            );
+            write_private(&key, format!("{}\n", sk.to_text()).as_bytes())?;
+            std::fs::write(&public, format!("{pk}\n"))
+                .with_context(|| format!("writing {}", public.display()))?;
+            if cli.json {
+                print_json(&json!({
+                    "key": key, "public_key_file": public, "public_key": pk.to_string()
+                }));
+            } else {
+                println!("private key  {} (keep it secret)", key.display());
+                println!("public key   {} : {pk}", public.display());
+                println!(
+                    "\ntrust it in the configuration:\n[[trusted_key]]\nname = \"{name}\"\n\
+                     public_key = \"{pk}\""
+                );
+            }
+        }
+        PluginCmd::Sign { component, manifest, key, out } => {
+            let text = std::fs::read_to_string(manifest)
+                .with_context(|| format!("reading {}", manifest.display()))?;
+            let m: isthmus_policy::Manifest = toml::from_str(&text).map_err(|e| CliError {
+                code: exit::INVALID,
+                message: format!("bad plugin manifest {}: {e}", manifest.display()),
+                details: vec![],
+            })?;
+            let wasm = std::fs::read(component)
+                .with_context(|| format!("reading {}", component.display()))?;
+            let sk_text = std::fs::read_to_string(key)
+                .with_context(|| format!("reading {}", key.display()))?;
+            let sk = isthmus_policy::SecretKey::parse(&sk_text).map_err(invalid)?;
+            let pkg = isthmus_policy::Package::unsigned(m, wasm).map_err(invalid)?;
+            let pkg = isthmus_policy::sign(pkg, &sk).map_err(invalid)?;
+            let bytes = pkg.to_bytes();
+            std::fs::write(out, &bytes).with_context(|| format!("writing {}", out.display()))?;
+            let signer = pkg.signer().map(|k| k.to_string()).unwrap_or_default();
+            if cli.json {
+                print_json(&json!({
+                    "package": out, "name": pkg.manifest.name, "version": pkg.manifest.version,
+                    "hook": pkg.manifest.hook.name(), "digest": pkg.digest(), "signer": signer,
+                    "bytes": bytes.len(),
+                }));
+            } else {
+                println!(
+                    "signed {} {} ({} hook) with {signer}\nwrote {} ({} bytes), digest {}",
+                    pkg.manifest.name,
+                    pkg.manifest.version,
+                    pkg.manifest.hook.name(),
+                    out.display(),
+                    bytes.len(),
+                    pkg.digest()
+                );
+            }
+        }
+        _ => unreachable!("only keygen and sign run offline"),
+    }
+    Ok(())
+}
+
+/// Creates `path` with mode 0600 (a secret key), failing if it exists.
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(bytes).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
 }
 
 fn new_token() -> String {

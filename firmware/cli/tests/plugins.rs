@@ -1,0 +1,255 @@
+//! The plugin workflow as an operator runs it, against a real `isthmusd` (API and store only, on
+//! loopback, no root): `isthmus plugin keygen`, `sign` the built `spd_selectors` component, trust
+//! the key in the configuration, `upload`, `list`, `activate`, `rollback`, `remove`; tampered,
+//! foreign-signed and wrong-world packages are refused with exit code 5 and the reason.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+const ADMIN: &str = "ist_plugin-test-admin-token";
+
+fn bin(name: &str) -> PathBuf {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    BUILT.call_once(|| {
+        let st =
+            Command::new(env!("CARGO")).args(["build", "-q", "-p", "isthmusd"]).status().unwrap();
+        assert!(st.success(), "building isthmusd");
+    });
+    PathBuf::from(env!("CARGO_BIN_EXE_isthmus")).with_file_name(name)
+}
+
+fn sha(s: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(s.as_bytes()))
+}
+
+/// A built plugin component, or a failure that says how to build it.
+fn component(file: &str) -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../plugins/target/wasm32-wasip2/release")
+        .join(file);
+    assert!(p.exists(), "{} is missing: run `make plugins` first", p.display());
+    p
+}
+
+/// The test's directory and daemon; both cleaned up on drop (also on panic).
+struct Fixture {
+    dir: PathBuf,
+    daemon: Option<Child>,
+    endpoint: String,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.daemon.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let dir = std::env::temp_dir().join(format!("isthmus-plugins-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Fixture { dir, daemon: None, endpoint: String::new() }
+    }
+
+    fn start(&mut self, trusted_pub: &str) {
+        let cfg = format!(
+            r#"
+[gateway]
+name = "gw1"
+[gateway.wan]
+interface = "lo"
+address = "127.0.0.1/8"
+next_hop = "127.0.0.2"
+
+[[api_token]]
+name = "ops"
+role = "admin"
+token_hash = "sha256:{}"
+
+[[trusted_key]]
+name = "ops-signing"
+public_key = "{trusted_pub}"
+"#,
+            sha(ADMIN)
+        );
+        let file = self.dir.join("gw.toml");
+        std::fs::write(&file, cfg).unwrap();
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut child = Command::new(bin("isthmusd"))
+            .args(["--config", file.to_str().unwrap()])
+            .args(["--data-dir", self.dir.join("data").to_str().unwrap()])
+            .args(["--no-net", "--no-tunnels", "--api", &format!("127.0.0.1:{port}")])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let err = child.stderr.take().unwrap();
+        self.daemon = Some(child);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(err).lines().map_while(Result::ok) {
+                if l.contains("management API listening") {
+                    let _ = tx.send(());
+                }
+                eprintln!("isthmusd: {l}");
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(30)).expect("isthmusd did not start listening");
+        self.endpoint = format!("http://127.0.0.1:{port}");
+    }
+
+    /// Runs `isthmus ARGS`; returns (exit code, stdout + stderr).
+    fn cli(&self, args: &[&str]) -> (i32, String) {
+        let out = Command::new(bin("isthmus"))
+            .args(args)
+            .env("ISTHMUS_ENDPOINT", &self.endpoint)
+            .env("ISTHMUS_TOKEN", ADMIN)
+            .env("ISTHMUS_CONFIG_DIR", self.dir.join("cli"))
+            .current_dir(&self.dir)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        println!("$ isthmus {}\n{text}", args.join(" "));
+        (out.status.code().unwrap_or(-1), text)
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let (code, out) = self.cli(args);
+        assert_eq!(code, 0, "isthmus {args:?} failed: {out}");
+        out
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.join(name).to_str().unwrap().to_owned()
+    }
+
+    fn sign(&self, wasm: &Path, version: &str, key: &str, out: &str) -> Value {
+        let manifest = self.path(&format!("manifest-{version}.toml"));
+        std::fs::write(
+            &manifest,
+            format!(
+                "name = \"spd-selectors\"\nversion = \"{version}\"\nhook = \"spd\"\n\
+                 description = \"SPD from tunnel selectors\"\n"
+            ),
+        )
+        .unwrap();
+        let text = self.ok(&[
+            "--json",
+            "plugin",
+            "sign",
+            wasm.to_str().unwrap(),
+            "--manifest",
+            &manifest,
+            "--key",
+            &self.path(key),
+            "-o",
+            &self.path(out),
+        ]);
+        serde_json::from_str(&text).unwrap()
+    }
+
+    fn list(&self) -> Vec<Value> {
+        serde_json::from_str(&self.ok(&["--json", "plugin", "list"])).unwrap()
+    }
+}
+
+#[test]
+fn keygen_sign_upload_activate_rollback_and_refusals() {
+    let spd = component("spd_selectors.wasm");
+    let mut f = Fixture::new();
+
+    // keygen: NAME.key (0600, secret) and NAME.pub (the text for the configuration).
+    let dir = f.dir.to_str().unwrap().to_owned();
+    let out = f.ok(&["plugin", "keygen", "--dir", &dir, "--name", "ops"]);
+    assert!(out.contains("[[trusted_key]]"), "{out}");
+    f.ok(&["plugin", "keygen", "--dir", &dir, "--name", "stranger"]);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(f.dir.join("ops.key")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the secret key must be private");
+    let public = std::fs::read_to_string(f.dir.join("ops.pub")).unwrap().trim().to_owned();
+    assert!(public.starts_with("ed25519:") && public.len() == 8 + 64, "{public}");
+    assert!(!out.contains("ed25519-secret:"), "keygen must not print the secret key");
+    let (code, out) = f.cli(&["plugin", "keygen", "--dir", &dir, "--name", "ops"]);
+    assert_ne!(code, 0, "keygen must not overwrite a key: {out}");
+
+    // sign: v1 and v2 with the trusted key, one with a stranger's key.
+    let v1 = f.sign(&spd, "1.0.0", "ops.key", "v1.pkg");
+    let v2 = f.sign(&spd, "1.1.0", "ops.key", "v2.pkg");
+    f.sign(&spd, "1.0.0", "stranger.key", "foreign.pkg");
+    assert_eq!(v1["signer"], public.as_str());
+    let (d1, d2) = (v1["digest"].as_str().unwrap(), v2["digest"].as_str().unwrap());
+    assert_ne!(d1, d2);
+    let mut tampered = std::fs::read(f.dir.join("v1.pkg")).unwrap();
+    let n = tampered.len();
+    tampered[n - 100] ^= 0x01;
+    std::fs::write(f.dir.join("tampered.pkg"), tampered).unwrap();
+
+    f.start(&public);
+    assert!(f.list().is_empty());
+
+    // upload
+    let out = f.ok(&["plugin", "upload", &f.path("v1.pkg")]);
+    assert!(out.contains("uploaded spd-selectors 1.0.0 (spd hook)") && out.contains(d1), "{out}");
+    let l = f.list();
+    assert_eq!(l.len(), 1, "{l:?}");
+    assert_eq!(l[0]["name"], "spd-selectors");
+    assert_eq!(l[0]["version"], "1.0.0");
+    assert_eq!(l[0]["hook"], "spd");
+    assert_eq!(l[0]["digest"], d1);
+    assert_eq!(l[0]["signer"], public.as_str());
+    assert_eq!(l[0]["active"], false);
+
+    // refusals: exit code 5 and the library's reason; nothing is stored.
+    let (code, out) = f.cli(&["plugin", "upload", &f.path("tampered.pkg")]);
+    assert_eq!(code, 5, "{out}");
+    assert!(out.contains("bad signature: the package was modified after it was signed"), "{out}");
+    let (code, out) = f.cli(&["plugin", "upload", &f.path("foreign.pkg")]);
+    assert_eq!(code, 5, "{out}");
+    assert!(out.contains("which is not a trusted key"), "{out}");
+    let wrong = f.sign(&component("test_wrong_world.wasm"), "9.9.9", "ops.key", "wrong.pkg");
+    assert_eq!(wrong["hook"], "spd");
+    let (code, out) = f.cli(&["plugin", "upload", &f.path("wrong.pkg")]);
+    assert_eq!(code, 5, "{out}");
+    assert!(out.contains("plugin `spd-selectors` refused"), "{out}");
+    std::fs::write(f.dir.join("junk.pkg"), b"not a package at all").unwrap();
+    let (code, out) = f.cli(&["plugin", "upload", &f.path("junk.pkg")]);
+    assert_eq!(code, 5, "{out}");
+    assert!(out.contains("not an Isthmus plugin package"), "{out}");
+    assert_eq!(f.list().len(), 1);
+
+    // activate v1, then v2; rollback returns to v1; v2 can then be removed.
+    f.ok(&["plugin", "activate", d1]);
+    f.ok(&["plugin", "upload", &f.path("v2.pkg")]);
+    f.ok(&["plugin", "activate", d2]);
+    let active = |l: &[Value]| {
+        l.iter().filter(|p| p["active"] == true).map(|p| p["version"].clone()).collect::<Vec<_>>()
+    };
+    assert_eq!(active(&f.list()), ["1.1.0"]);
+    let out = f.ok(&["plugin", "rollback", "spd-selectors"]);
+    assert!(out.contains(d1), "{out}");
+    assert_eq!(active(&f.list()), ["1.0.0"]);
+    let (code, out) = f.cli(&["plugin", "rollback", "spd-selectors"]);
+    assert_eq!(code, 5, "{out}");
+    assert!(out.contains("no previous version"), "{out}");
+    let (code, out) = f.cli(&["plugin", "remove", d1]);
+    assert_eq!(code, 5, "removing the active version must be refused: {out}");
+    f.ok(&["plugin", "remove", d2]);
+    let l = f.list();
+    assert_eq!(l.len(), 1, "{l:?}");
+    assert_eq!(l[0]["digest"], d1);
+    let (code, out) = f.cli(&["plugin", "activate", &"0".repeat(64)]);
+    assert_eq!(code, 4, "{out}");
+    let (code, out) = f.cli(&["plugin", "rollback", "no-such-plugin"]);
+    assert_eq!(code, 4, "{out}");
+}
