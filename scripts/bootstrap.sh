@@ -22,7 +22,7 @@ PKGS=(
     libstrongswan-standard-plugins libstrongswan-extra-plugins
     ovmf mtools dosfstools gdisk e2fsprogs cpio systemd-boot-efi busybox-static
     qemu-system-data seabios ipxe-qemu
-    zstd binutils kmod
+    zstd binutils kmod musl-tools
 )
 
 missing=()
@@ -60,9 +60,10 @@ if [ ! -x "$QEMU_DIR/usr/bin/qemu-system-x86_64" ]; then
     mkdir -p "$QEMU_DIR"
     for deb in "$tmp"/*.deb; do dpkg-deb -x "$deb" "$QEMU_DIR"; done
     rm -rf "$tmp"
-    # QEMU looks for its firmware in ../share/qemu relative to the binary.
-    mkdir -p "$QEMU_DIR/usr/share"
-    ln -sfn /usr/share/qemu "$QEMU_DIR/usr/share/qemu"
+    # QEMU looks for its firmware in ../share/qemu relative to the binary; the unpacked package
+    # may already hold that folder, so link the installed firmware files into it one by one.
+    mkdir -p "$QEMU_DIR/usr/share/qemu"
+    cp -rsn /usr/share/qemu/. "$QEMU_DIR/usr/share/qemu/" 2>/dev/null || true
     ln -sfn /usr/share/seabios "$QEMU_DIR/usr/share/seabios"
 fi
 # Its shared libraries come from Debian normally (they do not touch qemu-utils).

@@ -140,15 +140,15 @@ pub fn set_mtu_and_up(name: &str, mtu: u32) -> io::Result<()> {
     req.ifr_ifru.ifru_mtu = i32::try_from(mtu)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "MTU out of range"))?;
     // SAFETY: SIOCSIFMTU reads an `ifreq` that lives across the call.
-    cvt(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFMTU, &mut req) })?;
+    cvt(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFMTU as _, &mut req) })?;
     let mut req = ifreq(name)?;
     // SAFETY: SIOCGIFFLAGS fills the `ifreq` that lives across the call.
-    cvt(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) })?;
+    cvt(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS as _, &mut req) })?;
     // SAFETY: SIOCGIFFLAGS just initialised the `ifru_flags` member of the union.
     let flags = unsafe { req.ifr_ifru.ifru_flags };
     req.ifr_ifru.ifru_flags = flags | libc::IFF_UP as libc::c_short;
     // SAFETY: SIOCSIFFLAGS reads the `ifreq` that lives across the call.
-    cvt(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &mut req) })?;
+    cvt(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS as _, &mut req) })?;
     Ok(())
 }
 
@@ -431,7 +431,7 @@ impl WanSocket {
             h.msg_hdr.msg_iov = &mut iov[i];
             h.msg_hdr.msg_iovlen = 1;
             h.msg_hdr.msg_control = batch.cmsgs[i].as_mut_ptr().cast();
-            h.msg_hdr.msg_controllen = mem::size_of::<CmsgBuf>();
+            h.msg_hdr.msg_controllen = mem::size_of::<CmsgBuf>() as _;
         }
         // SAFETY: `hdrs` has `n` entries whose iovecs and names point into `batch` and `iov`,
         // which all outlive the call; MSG_DONTWAIT never blocks.
@@ -440,7 +440,7 @@ impl WanSocket {
                 self.raw_fd(),
                 hdrs.as_mut_ptr(),
                 n as libc::c_uint,
-                libc::MSG_DONTWAIT,
+                libc::MSG_DONTWAIT as _,
                 std::ptr::null_mut(),
             )
         };
@@ -510,18 +510,18 @@ impl WanSocket {
             h.msg_hdr.msg_name = (&a.storage as *const libc::sockaddr_storage) as *mut libc::c_void;
             h.msg_hdr.msg_namelen = a.len;
             h.msg_hdr.msg_iov = &mut iov[first - start];
-            h.msg_hdr.msg_iovlen = *count;
+            h.msg_hdr.msg_iovlen = *count as _;
             if *count > 1 {
                 h.msg_hdr.msg_control = cmsgs[k].as_mut_ptr().cast();
                 // SAFETY: CMSG_SPACE is a pure size computation.
-                h.msg_hdr.msg_controllen = unsafe { libc::CMSG_SPACE(2) } as usize;
+                h.msg_hdr.msg_controllen = unsafe { libc::CMSG_SPACE(2) } as _;
                 // SAFETY: the control buffer is aligned, zeroed and at least CMSG_SPACE(2)
                 // bytes, so the first header and its 2 data bytes lie inside it.
                 unsafe {
                     let c = libc::CMSG_FIRSTHDR(&h.msg_hdr);
                     (*c).cmsg_level = libc::SOL_UDP;
                     (*c).cmsg_type = libc::UDP_SEGMENT;
-                    (*c).cmsg_len = libc::CMSG_LEN(2) as usize;
+                    (*c).cmsg_len = libc::CMSG_LEN(2) as _;
                     std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), *size as u16);
                 }
             }
