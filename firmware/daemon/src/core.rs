@@ -420,7 +420,8 @@ impl Core {
             .map_err(|e| Failure::internal(format!("the action did not complete: {e}")))?
     }
 
-    fn act_blocking(&self, a: Action, who: &str) -> Result<Response, Failure> {
+    /// Carries out an action on the calling thread (it blocks on netlink and the driver).
+    pub fn act_blocking(&self, a: Action, who: &str) -> Result<Response, Failure> {
         let now = SystemTime::now();
         match a {
             Action::ConfigValidate { text } => {

@@ -1,0 +1,127 @@
+//! The whole apply pipeline at scale, in a network namespace: validate, commit and apply a
+//! configuration with 1,000 tunnels and 10,000 routes (kernel routes, firewall, the dataplane's
+//! policies and the IKE driver's tunnels), then a one-route change.
+//!
+//! - `commit_apply_10k_routes_1k_tunnels_sec`: from a gateway with no tunnels to all of them;
+//! - `commit_small_change_ms`: one route's metric changed, validated, committed and applied.
+//!
+//! Needs root (it creates its own namespace); prints a note and no figures otherwise.
+
+use std::fmt::Write;
+use std::time::Instant;
+
+use isthmus_api::Action;
+use isthmus_testkit::{Netns, require_root, veth};
+use isthmusd::core::{Core, Options};
+
+const TUNNELS: usize = 1000;
+const ROUTES_PER_TUNNEL: usize = 10;
+
+fn block(i: usize, j: usize) -> String {
+    let n = 16 * i + j;
+    format!("100.{}.{}.0", 64 + n / 256, n % 256)
+}
+
+fn base() -> String {
+    r#"[gateway]
+name = "bench"
+[gateway.wan]
+interface = "wan0"
+address = "198.18.255.1/16"
+next_hop = "198.18.255.254"
+[[gateway.lan]]
+name = "app"
+interface = "lan0"
+addresses = ["10.0.0.1/16"]
+"#
+    .to_owned()
+}
+
+fn big(changed_metric: u32) -> String {
+    let mut s = base();
+    for i in 0..TUNNELS {
+        let _ = write!(
+            s,
+            "[[customer_gateway]]\nname = \"cg{i:04}\"\naddress = \"198.18.{}.{}\"\n\n",
+            i / 250,
+            i % 250 + 1
+        );
+    }
+    for i in 0..TUNNELS {
+        let _ = write!(
+            s,
+            "[[tunnel]]\nname = \"t{i:04}\"\ncustomer_gateway = \"cg{i:04}\"\npsk = \"bench-psk-{i:04}-0123456789abcdef\"\n\
+             start_action = \"none\"\n[[tunnel.spd]]\nlocal = \"10.0.0.0/16\"\nremote = \"{}/20\"\n\n",
+            block(i, 0)
+        );
+    }
+    s.push_str("[[route_table]]\nname = \"vpn\"\nid = 100\nlans = [\"app\"]\n");
+    for i in 0..TUNNELS {
+        for j in 0..ROUTES_PER_TUNNEL {
+            let metric = if i == 0 && j == 0 { changed_metric } else { 100 };
+            let _ = write!(
+                s,
+                "[[route_table.route]]\nprefix = \"{}/24\"\ntunnel = \"t{i:04}\"\nmetric = {metric}\n",
+                block(i, j)
+            );
+        }
+    }
+    s
+}
+
+fn commit(core: &Core, text: String) -> f64 {
+    let t = Instant::now();
+    let r = core.act_blocking(
+        Action::ConfigCommit { text, comment: "bench".into(), confirm_secs: None, dry_run: false },
+        "bench",
+    );
+    let secs = t.elapsed().as_secs_f64();
+    if let Err(e) = r {
+        panic!("commit failed: {}", e.0.message);
+    }
+    secs
+}
+
+fn main() {
+    if !require_root() {
+        return;
+    }
+    let gw = Netns::new("bca");
+    let peer = Netns::new("bcb");
+    veth(&gw, "wan0", "198.18.255.1/16", &peer, "wan0", "198.18.255.2/16");
+    veth(&gw, "lan0", "10.0.0.1/16", &peer, "lan0", "10.0.0.2/16");
+    gw.sh("ip addr flush dev wan0; ip addr flush dev lan0");
+    let dir = std::env::temp_dir().join(format!("isthmus-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("base.toml"), base()).unwrap();
+    let d = dir.clone();
+    let (full, small) = gw.run(move || {
+        let core = Core::start(Options {
+            data_dir: d.join("data"),
+            config_file: Some(d.join("base.toml")),
+            manage_net: true,
+            run_tunnels: true,
+        })
+        .expect("the daemon starts");
+        let full = commit(&core, big(100));
+        let mut small = Vec::new();
+        for k in 0..5 {
+            small.push(commit(&core, big(200 + k)) * 1000.0);
+        }
+        core.shutdown();
+        small.sort_by(f64::total_cmp);
+        (full, small[small.len() / 2])
+    });
+    let routes = gw.sh("ip route show table 100 | wc -l");
+    let _ = std::fs::remove_dir_all(&dir);
+    println!("BENCH commit_apply_10k_routes_1k_tunnels_sec {full:.3} s");
+    println!(
+        "  {} routes in table 100 after the commit; {TUNNELS} tunnels in the IKE driver",
+        routes.trim()
+    );
+    println!("BENCH commit_small_change_ms {small:.1} ms");
+    println!(
+        "  median of 5 one-route changes, each: parse + validate + commit + kernel plan/apply + tunnel diff"
+    );
+}
