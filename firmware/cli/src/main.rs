@@ -255,7 +255,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 println!("token (give it to its holder; it is shown only now): {token}");
                 println!(
-                    "\nadd to the configuration:\n[[api_token]]\nname = \"{name}\"\nrole = \"{role}\"\nsha256 = \"{hash}\""
+                    "\nadd to the configuration:\n[[api_token]]\nname = \"{name}\"\nrole = \"{role}\"\ntoken_hash = \"sha256:{hash}\""
                 );
             }
             return Ok(());

@@ -104,16 +104,14 @@ pub fn desired_state(cfg: &Config, with_tunnel_routes: bool) -> DesiredState {
             for r in &rt.routes {
                 let via = match r.next_hop() {
                     Some(CfgNextHop::Tunnel(_)) => NextHop::Interface(TUN_NAME.into()),
-                    Some(CfgNextHop::Interface(i, Some(g))) => {
-                        let _ = i;
-                        NextHop::Gateway(g)
-                    }
+                    // A router on a LAN: the kernel finds the interface it is reachable on.
+                    Some(CfgNextHop::Interface(_, Some(g))) => NextHop::Gateway(g),
                     Some(CfgNextHop::Interface(i, None)) => NextHop::Interface(lan_ifname(cfg, i)),
                     Some(CfgNextHop::Address(a)) => NextHop::Gateway(a),
                     None => continue,
                 };
-                let table = if rt.id == 0 { TABLE_MAIN } else { rt.id };
-                s.routes.push(Route { table, dst: r.prefix, via, metric: r.metric });
+                // Validation refuses the reserved ids (0, 253–255): `id` is the kernel table.
+                s.routes.push(Route { table: rt.id, dst: r.prefix, via, metric: r.metric });
             }
             // LANs bound to a table look it up first (RFC-free: plain Linux policy routing).
             for (i, lan) in rt.lans.iter().enumerate() {
