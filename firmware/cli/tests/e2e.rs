@@ -4,32 +4,32 @@
 //! other that a webhook receiver on its loopback gets, and it clears when the peer returns.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::PathBuf;
-use std::process::{Child, Command, Output};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use isthmus_testkit::{Netns, require_root, veth};
+use isthmus_testkit::site::{Binaries, Site, SiteSpec, link_wans, token_hash, wait_for};
+use isthmus_testkit::{Netns, require_root};
 
 const ADMIN: &str = "ist_e2e-admin-token";
 const PSK: &str = "e2e-pre-shared-key-0123456789abcdef";
 const API_PORT: u16 = 18080;
 const HOOK_PORT: u16 = 18099;
 
-/// The binaries under test; `isthmusd` belongs to another package, so make sure it is current.
-fn bin(name: &str) -> PathBuf {
-    static BUILT: std::sync::Once = std::sync::Once::new();
-    BUILT.call_once(|| {
-        let st =
-            Command::new(env!("CARGO")).args(["build", "-q", "-p", "isthmusd"]).status().unwrap();
-        assert!(st.success(), "building isthmusd");
-    });
-    PathBuf::from(env!("CARGO_BIN_EXE_isthmus")).with_file_name(name)
+fn bins() -> Binaries {
+    Binaries::next_to_cli(env!("CARGO_BIN_EXE_isthmus"))
 }
 
-fn sha(s: &str) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(s.as_bytes()))
+fn site(n: u8) -> Site {
+    Site::new(
+        SiteSpec {
+            tag: "e2".into(),
+            lan_gw: format!("10.71.{n}.1/24"),
+            lan_host: format!("10.71.{n}.10/24"),
+            api_port: API_PORT,
+            token: ADMIN.into(),
+        },
+        &bins(),
+    )
 }
 
 /// A gateway's configuration: WAN 10.70.0.N, LAN 10.71.N.0/24, peer the other one. Gateway 1
@@ -72,134 +72,8 @@ role = "admin"
 token_hash = "sha256:{}"
 {extra}
 "#,
-        sha(ADMIN)
+        token_hash(ADMIN)
     )
-}
-
-struct Site {
-    gw: Netns,
-    host: Netns,
-    dir: PathBuf,
-    daemon: Option<Child>,
-}
-
-impl Site {
-    fn new(n: u8) -> Site {
-        let gw = Netns::new("e2g");
-        let host = Netns::new("e2h");
-        veth(&host, "eth0", &format!("10.71.{n}.10/24"), &gw, "lan0", &format!("10.71.{n}.1/24"));
-        host.sh(&format!("ip route add default via 10.71.{n}.1"));
-        // The daemon adds the LAN address itself; take the test's away so it owns it.
-        gw.sh(&format!("ip addr del 10.71.{n}.1/24 dev lan0"));
-        let dir = std::env::temp_dir().join(format!("isthmus-e2e-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Site { gw, host, dir, daemon: None }
-    }
-
-    fn start(&mut self, cfg: &str) {
-        let file = self.dir.join("gw.toml");
-        std::fs::write(&file, cfg).unwrap();
-        let log = self.dir.join("isthmusd.log");
-        let line = format!(
-            "{} --config {} --data-dir {} --api 127.0.0.1:{API_PORT} 2>>{}",
-            bin("isthmusd").display(),
-            file.display(),
-            self.dir.join("data").display(),
-            log.display()
-        );
-        self.daemon = Some(self.gw.spawn(&format!("sh -c '{line}'")));
-        let t0 = Instant::now();
-        while !std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .contains("management API listening")
-        {
-            assert!(
-                t0.elapsed() < Duration::from_secs(20),
-                "isthmusd did not start: {}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("isthmusd.log")).unwrap_or_default()
-    }
-
-    fn cli(&self, args: &[&str]) -> Output {
-        let mut c = self.gw.command(bin("isthmus").to_str().unwrap());
-        c.args(args)
-            .env("ISTHMUS_ENDPOINT", format!("http://127.0.0.1:{API_PORT}"))
-            .env("ISTHMUS_TOKEN", ADMIN)
-            .env("ISTHMUS_CONFIG_DIR", self.dir.join("cli"));
-        c.output().unwrap()
-    }
-
-    fn signal(&self, sig: &str) {
-        // `ip netns exec` runs `sh -c`, which runs isthmusd as its child: signal the daemon by name
-        // inside this namespace only (pids in /proc of processes in the namespace).
-        let pid = self.daemon_pid();
-        let st = Command::new("kill").args([sig, &pid.to_string()]).status().unwrap();
-        assert!(st.success());
-    }
-
-    fn daemon_pid(&self) -> u32 {
-        let root = self.daemon.as_ref().unwrap().id();
-        // The shell's child is the daemon.
-        let kids = std::fs::read_to_string(format!("/proc/{root}/task/{root}/children"))
-            .unwrap_or_default();
-        kids.split_whitespace().next().and_then(|p| p.parse().ok()).unwrap_or(root)
-    }
-}
-
-impl Drop for Site {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.daemon.take() {
-            let pid = self.daemon_pid_of(&c);
-            let _ = Command::new("kill")
-                .args(["-CONT", &pid.to_string()])
-                .stderr(std::process::Stdio::null())
-                .status();
-            let _ = Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .stderr(std::process::Stdio::null())
-                .status();
-            let t0 = Instant::now();
-            while t0.elapsed() < Duration::from_secs(5) {
-                if let Ok(Some(_)) = c.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .stderr(std::process::Stdio::null())
-                .status();
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        if std::env::var_os("ISTHMUS_KEEP_LOGS").is_none() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-}
-
-impl Site {
-    fn daemon_pid_of(&self, c: &Child) -> u32 {
-        let root = c.id();
-        let kids = std::fs::read_to_string(format!("/proc/{root}/task/{root}/children"))
-            .unwrap_or_default();
-        kids.split_whitespace().next().and_then(|p| p.parse().ok()).unwrap_or(root)
-    }
-}
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool, ctx: impl Fn() -> String) {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(t0.elapsed() < timeout, "timed out waiting for {what}\n{}", ctx());
-        std::thread::sleep(Duration::from_millis(250));
-    }
 }
 
 /// A minimal HTTP server on the gateway's loopback that records POST bodies.
@@ -237,11 +111,9 @@ fn two_gateways_tunnel_cli_and_tunnel_down_alarm() {
     if !require_root() {
         return;
     }
-    let mut a = Site::new(1);
-    let mut b = Site::new(2);
-    veth(&a.gw, "wan0", "10.70.0.1/24", &b.gw, "wan0", "10.70.0.2/24");
-    a.gw.sh("ip addr flush dev wan0");
-    b.gw.sh("ip addr flush dev wan0");
+    let mut a = site(1);
+    let mut b = site(2);
+    link_wans(&a, &b);
     let hooks = webhook_receiver(&a.gw);
     let alarm = format!(
         r#"
@@ -332,13 +204,7 @@ notify = ["hook"]
     assert_eq!(revs.as_array().unwrap().len(), 2);
     let shown = a.cli(&["config", "show"]);
     assert!(!String::from_utf8_lossy(&shown.stdout).contains(PSK), "the PSK is shown");
-    let bad =
-        a.gw.command(bin("isthmus").to_str().unwrap())
-            .args(["status"])
-            .env("ISTHMUS_ENDPOINT", format!("http://127.0.0.1:{API_PORT}"))
-            .env("ISTHMUS_TOKEN", "ist_wrong")
-            .output()
-            .unwrap();
+    let bad = a.cli_command(&["status"]).env("ISTHMUS_TOKEN", "ist_wrong").output().unwrap();
     assert_eq!(bad.status.code(), Some(3), "a wrong token exits 3");
 
     // Freeze the peer: DPD declares it dead, the alarm fires and the webhook hears it.

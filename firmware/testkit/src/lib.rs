@@ -1,10 +1,12 @@
 //! Test support for root-only tests: network namespaces that delete themselves, veth links between
-//! them, and commands or closures run inside them.
+//! them, and commands or closures run inside them; [`site`] runs a real gateway (`isthmusd`
+//! with a LAN host) in them, [`strongswan`] an independent IKEv2 peer.
 //!
 //! Tests that need root call [`require_root`] first and return early (saying so) when not root;
 //! `make test` runs as root in CI, so they always run there. Traffic stays inside the namespaces.
 #![forbid(unsafe_code)]
 
+pub mod site;
 pub mod strongswan;
 
 use std::fs::File;
@@ -122,6 +124,16 @@ pub fn veth(a: &Netns, a_if: &str, a_addr: &str, b: &Netns, b_if: &str, b_addr: 
     ]));
     a.sh(&format!("ip addr add {a_addr} dev {a_if} && ip link set {a_if} up"));
     b.sh(&format!("ip addr add {b_addr} dev {b_if} && ip link set {b_if} up"));
+}
+
+/// Joins two namespaces with a veth pair, both ends up and without addresses.
+pub fn veth_bare(a: &Netns, a_if: &str, b: &Netns, b_if: &str) {
+    run_ok(Command::new("ip").args([
+        "link", "add", a_if, "netns", &a.name, "type", "veth", "peer", "name", b_if, "netns",
+        &b.name,
+    ]));
+    a.sh(&format!("ip link set {a_if} up"));
+    b.sh(&format!("ip link set {b_if} up"));
 }
 
 fn run_ok(cmd: &mut Command) -> Output {
