@@ -198,6 +198,65 @@ pub struct TunnelDetail {
     pub rekeys: u64,
     /// Recent events, newest last.
     pub events: Vec<Event>,
+    /// Health-check results, when the tunnel has a health check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
+    /// Dataplane drops attributed to this tunnel, by stage and reason.
+    #[serde(default)]
+    pub drops: Vec<StageDrop>,
+}
+
+/// Whether a tunnel's health check passes, by the configured consecutive thresholds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HealthState {
+    /// Not enough probes yet to say.
+    Unknown,
+    /// `recovery_threshold` good probes in a row.
+    Healthy,
+    /// `failure_threshold` failed (lost or too slow) probes in a row.
+    Unhealthy,
+}
+
+/// Health-check results of one tunnel: ICMP echo probes sent through it from a local address to
+/// a remote one, summarised over the last `window` probes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Health {
+    /// Where probes come from (a LAN address of this gateway).
+    pub source: String,
+    /// Where they go (an address behind the peer).
+    pub destination: String,
+    /// Healthy or not.
+    pub state: HealthState,
+    /// Probes in the window.
+    pub sent: u32,
+    /// Answers received in the window.
+    pub received: u32,
+    /// Lost probes in the window, 0 to 1.
+    pub loss_ratio: f64,
+    /// Mean round trip in the window, milliseconds (None: no answer).
+    pub latency_avg_ms: Option<f64>,
+    /// Shortest round trip in the window, milliseconds.
+    pub latency_min_ms: Option<f64>,
+    /// Longest round trip in the window, milliseconds.
+    pub latency_max_ms: Option<f64>,
+    /// Mean difference between consecutive round trips (RFC 3550 §6.4.1), milliseconds.
+    pub jitter_ms: Option<f64>,
+    /// Probes sent since the check started.
+    pub probes_total: u64,
+    /// Why the last probe failed, when it did (e.g. `no answer within 2s`).
+    pub last_error: Option<String>,
+}
+
+/// Packets the dataplane dropped at one stage for one reason.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageDrop {
+    /// Where: `esp-in`, `esp-out`, `spd`, `nacl-in`, `sg-out`, ...
+    pub stage: String,
+    /// Why: `replay`, `icv_failure`, `no_sa`, `deny`, ...
+    pub reason: String,
+    /// Packets dropped.
+    pub packets: u64,
 }
 
 /// Severity of an alarm or event.
@@ -280,6 +339,9 @@ pub struct Status {
     pub tunnels: Vec<TunnelSummary>,
     /// Alarms not cleared.
     pub active_alarms: usize,
+    /// Every dataplane drop of the gateway, by stage and reason (non-zero ones).
+    #[serde(default)]
+    pub drops: Vec<StageDrop>,
 }
 
 /// How one stage of a traced packet's path decides.

@@ -1,28 +1,73 @@
 //! Alarms: conditions from the configuration evaluated every second against live state, raised
-//! after they hold for `hold`, cleared when they end, and delivered to webhooks (JSON POST with
-//! retries from a bounded queue, optionally HMAC-signed) and to the log and event stream.
+//! after they hold for `hold`, cleared when they end, passed through the alarm hook (the `alarm`
+//! plugin, when one is active), and delivered to webhooks (JSON POST with retries from a bounded
+//! queue, optionally HMAC-signed, RFC 2104) and to the log and event stream.
+//!
+//! Conditions come from three places: live state (tunnel down, one-way traffic), health-check
+//! results (loss and latency over a threshold, see [`crate::health`]), and typed driver signals
+//! that latch until the opposite signal ([`Signal`]: a dead peer until the tunnel is up again, a
+//! failed rekey until a rekey succeeds; plugin faults until the plugin recovers).
+//!
+//! The hook sees every raise and clear as an [`AlarmEvent`] and answers with [`AlarmAction`]s:
+//! `Notify` sends to the named notification target (or, when no target has that name, to the
+//! alarm's own targets), `SetSeverity` re-grades the alarm (raise or lower), `Suppress` silences
+//! that kind of event about that subject for a while. An empty answer delivers nothing. Without
+//! a hook every event goes to the alarm's own targets at its configured severity.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use isthmus_api::{self as api, Severity};
 use isthmus_config::{AlarmKind, AlarmSeverity, Config};
+use isthmus_policy::{AlarmAction, AlarmEvent, EventKind};
 use tokio::sync::mpsc;
 
 use crate::core::Core;
-use crate::events::unix_now;
+use crate::events::{EventBus, unix_now};
 
-/// How many notifications may wait for delivery; beyond that the oldest are dropped (counted).
+/// How many notifications may wait for delivery; beyond that new ones are dropped (counted).
 const QUEUE: usize = 256;
 
-#[derive(Clone, Debug)]
+/// How many cleared alarms `alarm list` keeps.
+const KEEP_CLEARED: usize = 100;
+
+/// The alarm hook: sees each raise and clear, says what to deliver (the alarm plugin's
+/// `on-event`; the policy supervisor provides it).
+pub type AlarmHook = Arc<dyn Fn(&AlarmEvent) -> Vec<AlarmAction> + Send + Sync>;
+
+/// A typed condition the IKE driver reports about a tunnel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    /// A new IKE SA is up (not a rekey): a dead-peer condition ends.
+    Up,
+    /// Dead peer detection (or another exchange) found the peer not answering.
+    DeadPeer,
+    /// A rekey failed: CREATE_CHILD_SA was refused or timed out, or a lifetime ran out first.
+    RekeyFailed,
+    /// A rekey succeeded: a rekey-failure condition ends.
+    Rekeyed,
+}
+
+#[derive(Clone)]
 struct Target {
     name: String,
     url: String,
     retries: u32,
     timeout: Duration,
     secret: Option<String>,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("name", &self.name)
+            .field("url", &self.url)
+            .field("retries", &self.retries)
+            .field("timeout", &self.timeout)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// One notification on its way.
@@ -44,7 +89,24 @@ pub struct Notification {
     pub gateway: String,
 }
 
-#[derive(Default)]
+/// What latches: a condition set by one signal and ended by another.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Latch {
+    DpdTimeout,
+    RekeyFailure,
+    PluginFault,
+}
+
+/// A raise or a clear on its way through the hook.
+#[derive(Debug)]
+struct Transition {
+    raised: bool,
+    kind: EventKind,
+    key: (String, String),
+    alarm: api::Alarm,
+    notify: Vec<String>,
+}
+
 struct State {
     gateway: String,
     rules: Vec<isthmus_config::Alarm>,
@@ -54,10 +116,34 @@ struct State {
     /// Raised alarms by (alarm, subject), and recently cleared ones.
     active: BTreeMap<(String, String), api::Alarm>,
     cleared: Vec<api::Alarm>,
-    /// One-shot conditions set by events, per (kind, tunnel), cleared by later events.
-    latched: HashMap<(&'static str, String), String>,
+    /// Conditions set by signals, per (latch, subject), with their message.
+    latched: HashMap<(Latch, String), String>,
+    /// Events the hook asked to silence, per (kind, subject), until when.
+    suppressed: HashMap<(EventKind, String), Instant>,
+    hook: Option<AlarmHook>,
     queue: Option<mpsc::Sender<(Target, Notification)>>,
     dropped: u64,
+    /// The origin of the hook's millisecond clock.
+    epoch: Instant,
+}
+
+impl Default for State {
+    fn default() -> State {
+        State {
+            gateway: String::new(),
+            rules: Vec::new(),
+            targets: BTreeMap::new(),
+            since: HashMap::new(),
+            active: BTreeMap::new(),
+            cleared: Vec::new(),
+            latched: HashMap::new(),
+            suppressed: HashMap::new(),
+            hook: None,
+            queue: None,
+            dropped: 0,
+            epoch: Instant::now(),
+        }
+    }
 }
 
 /// The alarm engine.
@@ -74,9 +160,45 @@ fn sev(s: AlarmSeverity) -> Severity {
     }
 }
 
+fn to_policy(s: Severity) -> isthmus_policy::Severity {
+    match s {
+        Severity::Info => isthmus_policy::Severity::Info,
+        Severity::Warning => isthmus_policy::Severity::Warning,
+        Severity::Critical => isthmus_policy::Severity::Critical,
+    }
+}
+
+/// The API has three grades; a plugin's `major` ("service affected") is the API's `critical`
+/// ("traffic is affected").
+fn from_policy(s: isthmus_policy::Severity) -> Severity {
+    match s {
+        isthmus_policy::Severity::Info => Severity::Info,
+        isthmus_policy::Severity::Warning => Severity::Warning,
+        isthmus_policy::Severity::Major | isthmus_policy::Severity::Critical => Severity::Critical,
+    }
+}
+
+fn event_kind(k: AlarmKind) -> EventKind {
+    match k {
+        AlarmKind::TunnelDown => EventKind::TunnelDown,
+        AlarmKind::DpdTimeout => EventKind::DpdTimeout,
+        AlarmKind::RekeyFailure => EventKind::RekeyFailed,
+        AlarmKind::HealthLoss => EventKind::HealthCheckLoss,
+        AlarmKind::HealthLatency => EventKind::HealthCheckLatency,
+        AlarmKind::OneWayTraffic => EventKind::OneWayTraffic,
+        AlarmKind::PluginFault => EventKind::PluginFault,
+    }
+}
+
 impl Alarms {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.st.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sets (or, with `None`, removes) the hook every raise and clear passes through before
+    /// delivery.
+    pub fn set_hook(&self, hook: Option<AlarmHook>) {
+        self.lock().hook = hook;
     }
 
     /// Takes the alarm rules and notification targets of a new configuration.
@@ -102,14 +224,14 @@ impl Alarms {
                 (n.name.clone(), t)
             })
             .collect();
-        // Alarms whose rule is gone clear.
+        // Alarms whose rule is gone clear (without notification: nobody is configured to hear).
         let names: Vec<String> = st.rules.iter().map(|r| r.name.clone()).collect();
         let gone: Vec<(String, String)> =
             st.active.keys().filter(|(a, _)| !names.contains(a)).cloned().collect();
         for k in gone {
             if let Some(mut a) = st.active.remove(&k) {
                 a.cleared = Some(unix_now());
-                st.cleared.push(a);
+                push_cleared(&mut st, a);
             }
         }
     }
@@ -132,61 +254,85 @@ impl Alarms {
         });
     }
 
-    /// Notes an event that some alarm kinds latch on (DPD timeouts, rekey failures).
-    pub fn on_event(&self, kind: &str, tunnel: &str, message: &str) {
+    /// Notes a typed signal from the IKE driver about `tunnel`.
+    pub fn signal(&self, tunnel: &str, s: Signal, message: &str) {
         let mut st = self.lock();
-        let t = tunnel.to_owned();
-        match kind {
-            "tunnel-down"
-                if message.contains("DPD")
-                    || message.contains("dead")
-                    || message.contains("liveness") =>
-            {
-                st.latched.insert(("dpd-timeout", t), message.to_owned());
+        let subject = format!("tunnel/{tunnel}");
+        match s {
+            Signal::DeadPeer => {
+                st.latched.insert((Latch::DpdTimeout, subject), message.to_owned());
             }
-            "negotiation-failed" if message.contains("CREATE_CHILD_SA") => {
-                st.latched.insert(("rekey-failure", t), message.to_owned());
+            Signal::RekeyFailed => {
+                st.latched.insert((Latch::RekeyFailure, subject), message.to_owned());
             }
-            "tunnel-up" => {
-                st.latched.remove(&("dpd-timeout", t));
+            Signal::Up => {
+                st.latched.remove(&(Latch::DpdTimeout, subject));
             }
-            "child-rekeyed" | "ike-rekeyed" => {
-                st.latched.remove(&("rekey-failure", t));
+            Signal::Rekeyed => {
+                st.latched.remove(&(Latch::RekeyFailure, subject));
             }
-            "plugin-fault" => {
-                st.latched.insert(("plugin-fault", t), message.to_owned());
-            }
-            _ => {}
         }
     }
 
-    /// A commit-confirm timed out and the configuration was reverted: always worth telling.
+    /// A plugin trapped, ran out of time or memory, or was quarantined: `plugin-fault` alarms
+    /// about `plugin/NAME` hold until [`Alarms::plugin_recovered`].
+    pub fn plugin_fault(&self, plugin: &str, message: &str) {
+        self.lock()
+            .latched
+            .insert((Latch::PluginFault, format!("plugin/{plugin}")), message.into());
+    }
+
+    /// Notes an event by kind name: `plugin-fault` about a plugin latches a plugin fault (as
+    /// [`Alarms::plugin_fault`]); tunnel conditions come typed through [`Alarms::signal`].
+    pub fn on_event(&self, kind: &str, subject: &str, message: &str) {
+        if kind == "plugin-fault" {
+            self.plugin_fault(subject.strip_prefix("plugin/").unwrap_or(subject), message);
+        }
+    }
+
+    /// The plugin runs again (replaced, rolled back, or out of quarantine).
+    pub fn plugin_recovered(&self, plugin: &str) {
+        self.lock().latched.remove(&(Latch::PluginFault, format!("plugin/{plugin}")));
+    }
+
+    /// A commit-confirm timed out and the configuration was reverted: always worth telling, to
+    /// every target (the core reports it on the event stream itself).
     pub fn confirm_reverted(&self, message: &str) {
-        let mut st = self.lock();
+        let now = unix_now();
         let a = api::Alarm {
             name: "confirm-timeout".into(),
             subject: "config".into(),
             severity: Severity::Warning,
             message: message.to_owned(),
-            raised: unix_now(),
-            cleared: Some(unix_now()),
+            raised: now,
+            cleared: Some(now),
         };
-        let targets: Vec<Target> = st.targets.values().cloned().collect();
-        let gw = st.gateway.clone();
-        for t in targets {
-            enqueue(&mut st, t, notification("raised", &a, &gw));
-        }
-        st.cleared.push(a);
+        let notify: Vec<String> = self.lock().targets.keys().cloned().collect();
+        let key = (a.name.clone(), a.subject.clone());
+        self.lock().cleared.push(a.clone());
+        self.dispatch(
+            vec![Transition { raised: true, kind: EventKind::Other, key, alarm: a, notify }],
+            None,
+        );
     }
 
     /// Evaluates every rule against live state; raises and clears.
     pub fn evaluate(&self, core: &Core) {
         let Some((_, cfg)) = core.applied() else { return };
         let tunnels = futures_util::FutureExt::now_or_never(core.tunnels()).unwrap_or_default();
-        let mut st = self.lock();
-        let now = Instant::now();
-        let rules = st.rules.clone();
-        for r in &rules {
+        let rules = self.lock().rules.clone();
+        let mut conds: Vec<(usize, String, Option<String>)> = Vec::new();
+        for (i, r) in rules.iter().enumerate() {
+            if r.kind == AlarmKind::PluginFault {
+                // About plugins, not tunnels: every plugin with a latched fault.
+                let st = self.lock();
+                for ((l, subject), msg) in &st.latched {
+                    if *l == Latch::PluginFault {
+                        conds.push((i, subject.clone(), Some(msg.clone())));
+                    }
+                }
+                continue;
+            }
             let watched =
                 cfg.tunnels.iter().filter(|t| r.tunnels.is_empty() || r.tunnels.contains(&t.name));
             for t in watched {
@@ -211,73 +357,209 @@ impl Alarms {
                             _ => None,
                         }
                     }
-                    AlarmKind::DpdTimeout => {
-                        st.latched.get(&("dpd-timeout", t.name.clone())).cloned()
-                    }
-                    AlarmKind::RekeyFailure => {
-                        st.latched.get(&("rekey-failure", t.name.clone())).cloned()
-                    }
-                    AlarmKind::PluginFault => {
-                        st.latched.get(&("plugin-fault", t.name.clone())).cloned()
-                    }
-                    // Health checks feed these; without probes they never hold.
-                    AlarmKind::HealthLoss | AlarmKind::HealthLatency => None,
+                    AlarmKind::DpdTimeout => self.latched(Latch::DpdTimeout, &subject),
+                    AlarmKind::RekeyFailure => self.latched(Latch::RekeyFailure, &subject),
+                    AlarmKind::PluginFault => None,
+                    AlarmKind::HealthLoss => core
+                        .health
+                        .report(&t.name)
+                        .and_then(|h| health_loss(&t.name, &h, r.threshold.unwrap_or(100))),
+                    AlarmKind::HealthLatency => core
+                        .health
+                        .report(&t.name)
+                        .and_then(|h| health_latency(&t.name, &h, r.threshold.unwrap_or(u32::MAX))),
                 };
-                let key = (r.name.clone(), subject.clone());
-                match cond {
-                    Some(msg) => {
-                        let since = *st.since.entry(key.clone()).or_insert(now);
-                        if now.duration_since(since) >= r.hold.as_duration()
-                            && !st.active.contains_key(&key)
-                        {
-                            let a = api::Alarm {
-                                name: r.name.clone(),
-                                subject: subject.clone(),
-                                severity: sev(r.severity),
-                                message: msg,
-                                raised: unix_now(),
-                                cleared: None,
-                            };
-                            core.events().emit(
-                                "alarm-raised",
-                                &subject,
-                                a.severity,
-                                format!("alarm {}: {}", a.name, a.message),
-                            );
-                            let gw = st.gateway.clone();
-                            for n in &r.notify {
-                                if let Some(t) = st.targets.get(n).cloned() {
-                                    enqueue(&mut st, t, notification("raised", &a, &gw));
-                                }
-                            }
-                            st.active.insert(key, a);
-                        }
+                conds.push((i, subject, cond));
+            }
+        }
+        let transitions = self.update(&rules, conds, Instant::now());
+        self.dispatch(transitions, Some(core.events()));
+    }
+
+    fn latched(&self, l: Latch, subject: &str) -> Option<String> {
+        self.lock().latched.get(&(l, subject.to_owned())).cloned()
+    }
+
+    /// Applies conditions (rule index, subject, what is wrong or None) at `now`: starts hold
+    /// timers, raises the alarms whose condition held long enough, clears the ones whose
+    /// condition ended (or whose subject is no longer evaluated). Returns what changed.
+    fn update(
+        &self,
+        rules: &[isthmus_config::Alarm],
+        conds: Vec<(usize, String, Option<String>)>,
+        now: Instant,
+    ) -> Vec<Transition> {
+        let mut st = self.lock();
+        let mut out = Vec::new();
+        let mut seen: BTreeSet<(String, String)> = BTreeSet::new();
+        let mut ended: Vec<(usize, (String, String))> = Vec::new();
+        for (i, subject, cond) in conds {
+            let Some(r) = rules.get(i) else { continue };
+            let key = (r.name.clone(), subject.clone());
+            seen.insert(key.clone());
+            match cond {
+                Some(msg) => {
+                    let since = *st.since.entry(key.clone()).or_insert(now);
+                    if now.duration_since(since) >= r.hold.as_duration()
+                        && !st.active.contains_key(&key)
+                    {
+                        let a = api::Alarm {
+                            name: r.name.clone(),
+                            subject,
+                            severity: sev(r.severity),
+                            message: msg,
+                            raised: unix_now(),
+                            cleared: None,
+                        };
+                        st.active.insert(key.clone(), a.clone());
+                        out.push(Transition {
+                            raised: true,
+                            kind: event_kind(r.kind),
+                            key,
+                            alarm: a,
+                            notify: r.notify.clone(),
+                        });
                     }
+                }
+                None => ended.push((i, key)),
+            }
+        }
+        // Raised alarms of a rule whose subject was not evaluated (a removed tunnel, a plugin
+        // that recovered) ended too.
+        for (k, _) in st.active.iter() {
+            if !seen.contains(k)
+                && let Some(i) = rules.iter().position(|r| r.name == k.0)
+            {
+                ended.push((i, k.clone()));
+            }
+        }
+        for (i, key) in ended {
+            st.since.remove(&key);
+            if let Some(mut a) = st.active.remove(&key) {
+                a.cleared = Some(unix_now());
+                push_cleared(&mut st, a.clone());
+                let r = &rules[i];
+                out.push(Transition {
+                    raised: false,
+                    kind: event_kind(r.kind),
+                    key,
+                    alarm: a,
+                    notify: r.notify.clone(),
+                });
+            }
+        }
+        out
+    }
+
+    /// Passes each transition through the hook (outside the lock: a plugin call may take a
+    /// while), honours its answer, and queues the notifications.
+    fn dispatch(&self, transitions: Vec<Transition>, events: Option<&EventBus>) {
+        for mut t in transitions {
+            let (hook, epoch) = {
+                let st = self.lock();
+                (st.hook.clone(), st.epoch)
+            };
+            let now = Instant::now();
+            let subject = t.alarm.subject.clone();
+            let suppressed = {
+                let mut st = self.lock();
+                st.suppressed.retain(|_, until| *until > now);
+                st.suppressed.contains_key(&(t.kind, subject.clone()))
+            };
+            // (target, severity, message) to send.
+            let mut sends: Vec<(Vec<String>, Severity, String)> = Vec::new();
+            if !suppressed {
+                match hook {
                     None => {
-                        st.since.remove(&key);
-                        if let Some(mut a) = st.active.remove(&key) {
-                            a.cleared = Some(unix_now());
-                            core.events().emit(
-                                "alarm-cleared",
-                                &subject,
-                                Severity::Info,
-                                format!("alarm {} cleared", a.name),
-                            );
-                            let gw = st.gateway.clone();
-                            for n in &r.notify {
-                                if let Some(t) = st.targets.get(n).cloned() {
-                                    enqueue(&mut st, t, notification("cleared", &a, &gw));
+                        sends.push((t.notify.clone(), t.alarm.severity, t.alarm.message.clone()))
+                    }
+                    Some(h) => {
+                        let ev = AlarmEvent {
+                            kind: t.kind,
+                            subject: subject.clone(),
+                            raised: t.raised,
+                            severity: to_policy(t.alarm.severity),
+                            message: t.alarm.message.clone(),
+                            at_ms: u64::try_from(now.duration_since(epoch).as_millis())
+                                .unwrap_or(u64::MAX),
+                        };
+                        for a in h(&ev) {
+                            match a {
+                                AlarmAction::SetSeverity(s) => t.alarm.severity = from_policy(s),
+                                AlarmAction::Notify(n) => {
+                                    let st = self.lock();
+                                    let to = if st.targets.contains_key(&n.channel) {
+                                        vec![n.channel.clone()]
+                                    } else {
+                                        t.notify.clone()
+                                    };
+                                    sends.push((to, from_policy(n.severity), n.message));
                                 }
-                            }
-                            st.cleared.push(a);
-                            if st.cleared.len() > 100 {
-                                st.cleared.remove(0);
+                                AlarmAction::Suppress(s) => {
+                                    let until = now + Duration::from_millis(s.for_ms);
+                                    self.lock().suppressed.insert((s.kind, s.subject), until);
+                                }
                             }
                         }
                     }
                 }
             }
+            let mut st = self.lock();
+            // A re-graded alarm shows its new severity in `alarm list` too.
+            if let Some(a) = st.active.get_mut(&t.key) {
+                a.severity = t.alarm.severity;
+            } else if let Some(a) = st
+                .cleared
+                .iter_mut()
+                .rev()
+                .find(|a| a.name == t.alarm.name && a.subject == t.alarm.subject)
+            {
+                a.severity = t.alarm.severity;
+            }
+            let gw = st.gateway.clone();
+            let state = if t.raised { "raised" } else { "cleared" };
+            for (to, severity, message) in sends {
+                for name in to {
+                    if let Some(target) = st.targets.get(&name).cloned() {
+                        let mut n = notification(state, &t.alarm, &gw);
+                        n.severity = severity;
+                        n.message = message.clone();
+                        enqueue(&mut st, target, n);
+                    }
+                }
+            }
+            drop(st);
+            if suppressed {
+                tracing::info!(alarm = %t.alarm.name, %subject, state, "suppressed by the alarm plugin");
+            }
+            if let Some(ev) = events
+                && t.kind != EventKind::Other
+            {
+                if t.raised {
+                    ev.emit(
+                        "alarm-raised",
+                        &subject,
+                        t.alarm.severity,
+                        format!("alarm {}: {}", t.alarm.name, t.alarm.message),
+                    );
+                } else {
+                    ev.emit(
+                        "alarm-cleared",
+                        &subject,
+                        Severity::Info,
+                        format!("alarm {} cleared", t.alarm.name),
+                    );
+                }
+            }
         }
+    }
+
+    /// A queue the tests read notifications from instead of webhooks.
+    #[cfg(test)]
+    fn test_queue(&self) -> mpsc::Receiver<(Target, Notification)> {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        self.lock().queue = Some(tx);
+        rx
     }
 
     /// Active alarms, then recently cleared ones.
@@ -295,6 +577,37 @@ impl Alarms {
     pub fn dropped(&self) -> u64 {
         self.lock().dropped
     }
+}
+
+fn push_cleared(st: &mut State, a: api::Alarm) {
+    st.cleared.push(a);
+    if st.cleared.len() > KEEP_CLEARED {
+        st.cleared.remove(0);
+    }
+}
+
+/// The health-loss condition: more than `percent` of the window's probes lost.
+fn health_loss(tunnel: &str, h: &api::Health, percent: u32) -> Option<String> {
+    (h.sent > 0 && h.loss_ratio * 100.0 > f64::from(percent)).then(|| {
+        format!(
+            "health check of tunnel {tunnel} ({} -> {}) lost {} of the last {} probes ({:.0} %, threshold {percent} %)",
+            h.source,
+            h.destination,
+            h.sent - h.received,
+            h.sent,
+            h.loss_ratio * 100.0
+        )
+    })
+}
+
+/// The health-latency condition: the window's mean round trip over `ms`.
+fn health_latency(tunnel: &str, h: &api::Health, ms: u32) -> Option<String> {
+    h.latency_avg_ms.filter(|avg| *avg > f64::from(ms)).map(|avg| {
+        format!(
+            "health check of tunnel {tunnel} ({} -> {}): mean round trip {avg:.1} ms over the last {} answers (threshold {ms} ms)",
+            h.source, h.destination, h.received
+        )
+    })
 }
 
 fn notification(state: &'static str, a: &api::Alarm, gateway: &str) -> Notification {
@@ -363,6 +676,280 @@ fn hmac_sha256(key: &[u8], msg: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::monitor::signal_of;
+    use isthmus_config::Dur;
+    use isthmus_ike::codec::ExchangeType;
+    use isthmus_ike::{Cause, DownReason, Explanation};
+    use isthmus_policy::{Notification as PluginNote, Suppression};
+    use isthmus_tunnels::TunnelEvent;
+
+    fn rule(name: &str, kind: AlarmKind, notify: &[&str]) -> isthmus_config::Alarm {
+        isthmus_config::Alarm {
+            name: name.into(),
+            kind,
+            tunnels: vec![],
+            hold: Dur::secs(0),
+            threshold: None,
+            severity: AlarmSeverity::Warning,
+            notify: notify.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn engine(rules: Vec<isthmus_config::Alarm>, targets: &[&str]) -> Alarms {
+        let a = Alarms::default();
+        {
+            let mut st = a.lock();
+            st.gateway = "gw".into();
+            st.rules = rules;
+            for t in targets {
+                st.targets.insert(
+                    t.to_string(),
+                    Target {
+                        name: t.to_string(),
+                        url: format!("http://127.0.0.1:9/{t}"),
+                        retries: 0,
+                        timeout: Duration::from_secs(1),
+                        secret: None,
+                    },
+                );
+            }
+        }
+        a
+    }
+
+    /// One evaluation round of the latched kinds for tunnel `t`, as `evaluate` does it.
+    fn round(a: &Alarms, t: &str) {
+        let rules = a.lock().rules.clone();
+        let subject = format!("tunnel/{t}");
+        let conds = rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let l = match r.kind {
+                    AlarmKind::DpdTimeout => Latch::DpdTimeout,
+                    _ => Latch::RekeyFailure,
+                };
+                (i, subject.clone(), a.latched(l, &subject))
+            })
+            .collect();
+        let tr = a.update(&rules, conds, Instant::now());
+        a.dispatch(tr, None);
+    }
+
+    fn forward(a: &Alarms, ev: &TunnelEvent) {
+        if let Some(s) = signal_of(ev) {
+            a.signal("to-idc", s, &ev.to_string());
+        }
+    }
+
+    fn drain(rx: &mut mpsc::Receiver<(Target, Notification)>) -> Vec<(String, Notification)> {
+        std::iter::from_fn(|| rx.try_recv().ok()).map(|(t, n)| (t.name, n)).collect()
+    }
+
+    #[test]
+    fn typed_dead_peer_event_latches_dpd_timeout_until_the_tunnel_is_up() {
+        let a = engine(vec![rule("dpd", AlarmKind::DpdTimeout, &["ops"])], &["ops"]);
+        let mut rx = a.test_queue();
+        // Down for another reason: no DPD alarm, whatever the words say.
+        forward(
+            &a,
+            &TunnelEvent::IkeDown {
+                tunnel: "to-idc".into(),
+                reason: "DPD dead liveness".into(),
+                cause: DownReason::DeletedByPeer,
+            },
+        );
+        round(&a, "to-idc");
+        assert!(drain(&mut rx).is_empty());
+        assert_eq!(a.active_count(), 0);
+        // Down because the peer stopped answering (the driver's DownReason::DeadPeer).
+        forward(
+            &a,
+            &TunnelEvent::IkeDown {
+                tunnel: "to-idc".into(),
+                reason: DownReason::DeadPeer.to_string(),
+                cause: DownReason::DeadPeer,
+            },
+        );
+        round(&a, "to-idc");
+        let sent = drain(&mut rx);
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        assert_eq!(sent[0].0, "ops");
+        assert_eq!(sent[0].1.state, "raised");
+        assert_eq!(sent[0].1.subject, "tunnel/to-idc");
+        assert!(sent[0].1.message.contains("the peer stopped answering"), "{}", sent[0].1.message);
+        assert_eq!(a.list()[0].name, "dpd");
+        // Latched: still raised a round later, and not sent twice.
+        round(&a, "to-idc");
+        assert!(drain(&mut rx).is_empty());
+        assert_eq!(a.active_count(), 1);
+        // A new IKE SA clears it.
+        forward(
+            &a,
+            &TunnelEvent::IkeUp {
+                tunnel: "to-idc".into(),
+                peer: "192.0.2.1:500".parse().unwrap(),
+                suite: "aes256gcm16-prfsha256-x25519".into(),
+                encap: false,
+                rekeyed: false,
+            },
+        );
+        round(&a, "to-idc");
+        let sent = drain(&mut rx);
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].1.state, "cleared");
+        assert_eq!(a.active_count(), 0);
+        assert!(a.list()[0].cleared.is_some());
+    }
+
+    #[test]
+    fn failed_create_child_sa_latches_rekey_failure_until_a_rekey_succeeds() {
+        let a = engine(vec![rule("rekey", AlarmKind::RekeyFailure, &["ops"])], &["ops"]);
+        let mut rx = a.test_queue();
+        let failed = |exchange| {
+            TunnelEvent::Failed(Explanation {
+                tunnel: "to-idc".into(),
+                peer: "192.0.2.1:500".parse().unwrap(),
+                exchange,
+                cause: Cause::Timeout { tries: 5 },
+                ours: "ESP aes256gcm16".into(),
+                theirs: None,
+                suggestion: None,
+            })
+        };
+        forward(&a, &failed(ExchangeType::IKE_AUTH));
+        round(&a, "to-idc");
+        assert_eq!(a.active_count(), 0, "an IKE_AUTH failure is not a rekey failure");
+        forward(&a, &failed(ExchangeType::CREATE_CHILD_SA));
+        round(&a, "to-idc");
+        assert_eq!(drain(&mut rx).len(), 1);
+        assert_eq!(a.active_count(), 1);
+        forward(
+            &a,
+            &TunnelEvent::ChildUp {
+                tunnel: "to-idc".into(),
+                child: "net".into(),
+                spi_in: 1,
+                spi_out: 2,
+                esp: "aes256gcm16".into(),
+                rekey_of: Some(3),
+            },
+        );
+        round(&a, "to-idc");
+        assert_eq!(a.active_count(), 0);
+        assert_eq!(drain(&mut rx)[0].1.state, "cleared");
+    }
+
+    #[test]
+    fn the_hook_regrades_redirects_suppresses_and_silences() {
+        let a = engine(vec![rule("dpd", AlarmKind::DpdTimeout, &["ops"])], &["ops", "pager"]);
+        let mut rx = a.test_queue();
+        let seen: Arc<Mutex<Vec<AlarmEvent>>> = Arc::default();
+        let log = seen.clone();
+        a.set_hook(Some(Arc::new(move |e: &AlarmEvent| {
+            log.lock().unwrap().push(e.clone());
+            if e.raised {
+                vec![
+                    AlarmAction::SetSeverity(isthmus_policy::Severity::Critical),
+                    AlarmAction::Notify(PluginNote {
+                        channel: "pager".into(),
+                        severity: isthmus_policy::Severity::Critical,
+                        message: format!("[CRITICAL] {}", e.message),
+                    }),
+                    AlarmAction::Suppress(Suppression {
+                        kind: e.kind,
+                        subject: e.subject.clone(),
+                        for_ms: 60_000,
+                    }),
+                ]
+            } else {
+                // The plugin decides a clear is not worth telling.
+                vec![]
+            }
+        })));
+        a.signal("to-idc", Signal::DeadPeer, "IKE SA down: the peer stopped answering");
+        round(&a, "to-idc");
+        let sent = drain(&mut rx);
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        assert_eq!(sent[0].0, "pager", "the plugin's channel, not the rule's target");
+        assert_eq!(sent[0].1.severity, Severity::Critical);
+        assert!(sent[0].1.message.starts_with("[CRITICAL] IKE SA down"));
+        assert_eq!(a.list()[0].severity, Severity::Critical, "re-graded in the list too");
+        {
+            let seen = seen.lock().unwrap();
+            assert_eq!(seen.len(), 1);
+            assert_eq!(seen[0].kind, EventKind::DpdTimeout);
+            assert_eq!(seen[0].subject, "tunnel/to-idc");
+            assert_eq!(seen[0].severity, isthmus_policy::Severity::Warning);
+        }
+        // The plugin suppressed this kind about this subject: the clear and a new raise reach
+        // neither the hook nor a target, but the list still shows them.
+        a.signal("to-idc", Signal::Up, "up");
+        round(&a, "to-idc");
+        assert_eq!(a.active_count(), 0);
+        a.signal("to-idc", Signal::DeadPeer, "down again");
+        round(&a, "to-idc");
+        assert_eq!(a.active_count(), 1, "suppressed alarms are still listed");
+        assert!(drain(&mut rx).is_empty());
+        assert_eq!(seen.lock().unwrap().len(), 1);
+        // Once the suppression is over: the hook sees the clear and answers nothing, so nothing
+        // is delivered.
+        a.lock().suppressed.clear();
+        a.signal("to-idc", Signal::Up, "up");
+        round(&a, "to-idc");
+        assert_eq!(seen.lock().unwrap().len(), 2);
+        assert!(!seen.lock().unwrap()[1].raised);
+        assert!(drain(&mut rx).is_empty());
+        // Without a hook: the rule's own target at the rule's severity.
+        a.set_hook(None);
+        a.signal("to-idc", Signal::DeadPeer, "down");
+        round(&a, "to-idc");
+        let sent = drain(&mut rx);
+        assert_eq!(sent.len(), 1);
+        assert_eq!((sent[0].0.as_str(), sent[0].1.severity), ("ops", Severity::Warning));
+    }
+
+    #[test]
+    fn health_conditions_read_the_window() {
+        let h = api::Health {
+            source: "10.63.1.1".into(),
+            destination: "10.63.2.1".into(),
+            state: api::HealthState::Unhealthy,
+            sent: 10,
+            received: 6,
+            loss_ratio: 0.4,
+            latency_avg_ms: Some(35.0),
+            latency_min_ms: Some(20.0),
+            latency_max_ms: Some(50.0),
+            jitter_ms: Some(4.0),
+            probes_total: 10,
+            last_error: None,
+        };
+        let m = health_loss("to-idc", &h, 30).unwrap();
+        assert!(m.contains("lost 4 of the last 10 probes (40 %, threshold 30 %)"), "{m}");
+        assert_eq!(health_loss("to-idc", &h, 40), None);
+        assert!(health_latency("to-idc", &h, 30).unwrap().contains("mean round trip 35.0 ms"));
+        assert_eq!(health_latency("to-idc", &h, 35), None);
+        let none = api::Health { sent: 0, received: 0, latency_avg_ms: None, ..h };
+        assert_eq!(health_loss("to-idc", &none, 0), None);
+        assert_eq!(health_latency("to-idc", &none, 0), None);
+    }
+
+    #[test]
+    fn debug_output_redacts_the_webhook_secret() {
+        let t = Target {
+            name: "ops".into(),
+            url: "https://example.net/hook".into(),
+            retries: 1,
+            timeout: Duration::from_secs(1),
+            secret: Some("s3cr3t-hmac-key".into()),
+        };
+        let d = format!("{t:?}");
+        assert!(!d.contains("s3cr3t"), "{d}");
+        assert!(d.contains("<redacted>"));
+    }
+
     #[test]
     fn hmac_matches_rfc4231_test_case_2() {
         // RFC 4231 §4.3: key "Jefe", data "what do ya want for nothing?".

@@ -72,6 +72,8 @@ pub struct Core {
     pub monitor: Monitor,
     /// Alarm evaluation and delivery.
     pub alarms: Arc<Alarms>,
+    /// Per-tunnel health checks (ICMP probes through the tunnels).
+    pub health: crate::health::Health,
     /// Signed policy plugin packages, on their own sled database under `<data_dir>/plugins`.
     plugins: isthmus_policy::PluginStore,
     /// The same tree, read for a stored package's signer.
@@ -188,6 +190,7 @@ impl Core {
             planes: Mutex::new(Planes::default()),
             monitor: Monitor::default(),
             alarms: Arc::new(Alarms::default()),
+            health: crate::health::Health::default(),
             plugins: isthmus_policy::PluginStore::new(plugin_tree.clone()),
             plugin_tree,
             plugin_host: std::sync::OnceLock::new(),
@@ -336,6 +339,9 @@ impl Core {
             .collect();
         *self.tokens.write().unwrap_or_else(|p| p.into_inner()) = Tokens::new(tokens);
         self.alarms.configure(&cfg);
+        if self.opts.run_tunnels {
+            self.health.configure(&cfg, self.events.clone());
+        }
         *self.applied.write().unwrap_or_else(|p| p.into_inner()) = Some((rev, Arc::new(cfg)));
         self.events.emit(
             "config-applied",
@@ -699,6 +705,7 @@ impl Core {
             }),
             tunnels: self.tunnels().await,
             active_alarms: self.alarms.active_count(),
+            drops: Vec::new(),
         }
     }
 
@@ -851,6 +858,7 @@ impl Core {
 
     /// Stops the driver and the dataplane.
     pub fn shutdown(&self) {
+        self.health.stop_all();
         if let Some(d) = lock(&self.planes).driver.take() {
             d.tunnels.shutdown();
         }

@@ -8,6 +8,7 @@ pub mod core;
 pub mod diagnose;
 pub mod diff;
 pub mod events;
+pub mod health;
 pub mod monitor;
 pub mod openapi;
 pub mod plan;

@@ -11,9 +11,11 @@ use isthmus_api::{self as api, Severity};
 use isthmus_config::Config;
 use isthmus_dataplane::Direction;
 use isthmus_esp::DropReason;
+use isthmus_ike::DownReason;
+use isthmus_ike::codec::ExchangeType;
 use isthmus_tunnels::{TunnelEvent, TunnelState, TunnelStatus};
 
-use crate::alarms::Alarms;
+use crate::alarms::{Alarms, Signal};
 use crate::core::Core;
 use crate::events::EventBus;
 
@@ -236,6 +238,8 @@ impl Monitor {
             children,
             rekeys,
             events: core.events().recent(&format!("tunnel/{name}"), 20),
+            health: core.health.report(name),
+            drops: Vec::new(),
         }
     }
 }
@@ -262,7 +266,24 @@ fn state(st: Option<&TunnelStatus>, enabled: bool) -> api::TunnelState {
     }
 }
 
-/// Turns the driver's events into the daemon's events (and alarm inputs), on a thread.
+/// The typed alarm signal a driver event carries, if any: read from the driver's types (the
+/// IKE SA's [`DownReason`], the failed exchange), never from message text.
+pub fn signal_of(ev: &TunnelEvent) -> Option<Signal> {
+    match ev {
+        TunnelEvent::IkeUp { rekeyed: false, .. } => Some(Signal::Up),
+        TunnelEvent::IkeUp { rekeyed: true, .. } => Some(Signal::Rekeyed),
+        TunnelEvent::ChildUp { rekey_of: Some(_), .. } => Some(Signal::Rekeyed),
+        TunnelEvent::IkeDown { cause: DownReason::DeadPeer, .. } => Some(Signal::DeadPeer),
+        // The hard lifetime ran out: every rekey attempt before it failed.
+        TunnelEvent::IkeDown { cause: DownReason::Expired, .. } => Some(Signal::RekeyFailed),
+        TunnelEvent::Failed(e) if e.exchange == ExchangeType::CREATE_CHILD_SA => {
+            Some(Signal::RekeyFailed)
+        }
+        _ => None,
+    }
+}
+
+/// Turns the driver's events into the daemon's events (and alarm signals), on a thread.
 pub fn forward_tunnel_events(
     tunnels: &isthmus_tunnels::Tunnels,
     bus: Arc<EventBus>,
@@ -281,7 +302,7 @@ pub fn forward_tunnel_events(
                         if *encap { ", UDP-encapsulated" } else { "" }
                     ),
                 ),
-                TunnelEvent::IkeDown { tunnel, reason } => (
+                TunnelEvent::IkeDown { tunnel, reason, .. } => (
                     "tunnel-down",
                     tunnel.clone(),
                     Severity::Warning,
@@ -315,7 +336,9 @@ pub fn forward_tunnel_events(
                 #[allow(unreachable_patterns)]
                 other => ("tunnel-event", String::new(), Severity::Info, format!("{other:?}")),
             };
-            alarms.on_event(kind, &tunnel, &msg);
+            if let Some(s) = signal_of(&ev) {
+                alarms.signal(&tunnel, s, &msg);
+            }
             bus.emit(kind, &format!("tunnel/{tunnel}"), sev, msg);
         }
     });

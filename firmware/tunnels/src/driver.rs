@@ -588,6 +588,7 @@ impl Driver {
                 self.emit(TunnelEvent::IkeDown {
                     tunnel: tunnel.clone(),
                     reason: reason.to_string(),
+                    cause: reason.clone(),
                 });
                 if successor {
                     return;

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::SystemTime;
 
-use isthmus_ike::event::Explanation;
+use isthmus_ike::event::{DownReason, Explanation};
 
 /// Where a tunnel stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,6 +99,8 @@ pub enum TunnelEvent {
         tunnel: String,
         /// Why, in words.
         reason: String,
+        /// Why, typed: what alarms latch on (a dead peer, a lifetime that ran out before a rekey).
+        cause: DownReason,
     },
     /// A CHILD SA is installed in the dataplane.
     ChildUp {
@@ -150,7 +152,7 @@ impl std::fmt::Display for TunnelEvent {
                 if *rekeyed { "rekeyed" } else { "established" },
                 if *encap { ", UDP-encapsulated" } else { "" }
             ),
-            TunnelEvent::IkeDown { tunnel, reason } => {
+            TunnelEvent::IkeDown { tunnel, reason, .. } => {
                 write!(f, "tunnel `{tunnel}`: IKE SA down: {reason}")
             }
             TunnelEvent::ChildUp { tunnel, child, spi_in, spi_out, esp, rekey_of } => {
