@@ -22,8 +22,13 @@
 //!   the control plane as [`Event::Ike`]), anything else is ESP. ESP is matched to its inbound
 //!   SA by SPI, decrypted and replay-checked by `isthmus-esp`, and the inner packet must lie
 //!   inside the SA's traffic selectors (else `selector_mismatch`) before it is written to TUN.
-//! - Control: [`Dataplane`] adds, replaces and removes SAs, publishes SPD tables, reads
-//!   counters, and sends IKE out of the shared 4500 socket. Workers read an immutable snapshot
+//! - Security groups and network ACLs ([`filter`]): LAN to tunnel after the SPD chose the
+//!   tunnel, tunnel to LAN after the selector check, each packet passes the network ACL and the
+//!   stateful security group of the tunnel (and of its LAN, when bound) from the published
+//!   [`SgTable`]; an empty table allows everything. Drops are counted by stage and reason
+//!   ([`StageDrops`]) and by the rule that decided ([`RuleDrop`]).
+//! - Control: [`Dataplane`] adds, replaces and removes SAs, publishes SPD and security-group
+//!   tables, reads counters, and sends IKE out of the shared 4500 socket. Workers read an immutable snapshot
 //!   swapped atomically ([`arc_swap`]), so rekeys and new tables take effect between packets.
 //!
 //! - Offloads ([`offload`]): with `IFF_VNET_HDR` the kernel hands TCP super-segments of up to
@@ -34,6 +39,7 @@
 //!
 //! Measured on the project's 2-core machine: see `benches/tunnel.rs` and the crate README.
 
+pub mod filter;
 pub mod flow;
 pub mod offload;
 pub mod pmtu;
@@ -53,8 +59,12 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use isthmus_esp::{DropCounters, DropReason, DropSnapshot, InboundSa, OutboundSa, SaCounters};
 pub use isthmus_tables::FlowKey;
+pub use isthmus_tables::flow::{FlowConfig, FlowCounters, PuntRequest};
+pub use isthmus_tables::sg::SgTable;
 pub use isthmus_tables::spd::{Selector, SpdAction, SpdEntry, SpdTable};
 
+use crate::filter::{Filter, SgState};
+pub use crate::filter::{LanBinding, RuleDrop, StageDrops, state_key};
 use crate::sad::{Inbound, Outbound, Sad, Snapshot};
 use crate::sys::{Tun, WanSocket};
 
@@ -98,6 +108,11 @@ pub struct Config {
     pub worker_nice: Option<i32>,
     /// Capacity of the event channel; events beyond it are counted as lost, never block.
     pub event_capacity: usize,
+    /// Limits and timeouts of the flow table of stateful security groups (its capacity is the
+    /// total over the shards).
+    pub flow: FlowConfig,
+    /// Shards of the flow table (rounded up to a power of two), each with its own lock.
+    pub flow_shards: usize,
 }
 
 impl Config {
@@ -119,6 +134,8 @@ impl Config {
             tun_offload: true,
             udp_offload: true,
             worker_nice: Some(-10),
+            flow: FlowConfig::default(),
+            flow_shards: 64,
         }
     }
 
@@ -256,6 +273,16 @@ pub enum DataplaneError {
         /// The published table's generation.
         current: u64,
     },
+    /// A security-group table older than (or as old as) the published one.
+    #[error(
+        "security-group table generation {new} is not newer than the published generation {current}"
+    )]
+    StaleSg {
+        /// The refused table's generation.
+        new: u64,
+        /// The published table's generation.
+        current: u64,
+    },
     /// An inbound SA with the same SPI is installed.
     #[error("an inbound SA with SPI {0:#010x} is already installed")]
     DuplicateSpi(u32),
@@ -346,6 +373,19 @@ pub struct SaStats {
 pub struct Counters {
     /// The published SPD's generation.
     pub spd_generation: u64,
+    /// The published security-group table's generation.
+    pub sg_generation: u64,
+    /// Every drop by stage of the packet path and reason.
+    pub stage_drops: StageDrops,
+    /// Security-group and network-ACL drops by deciding rule, most drops first (at most
+    /// [`filter::MAX_RULE_DROPS`] rules).
+    pub rule_drops: Vec<RuleDrop>,
+    /// Drops of rules evicted from `rule_drops` to keep it bounded.
+    pub rule_drops_evicted: u64,
+    /// The flow table of stateful security groups, summed over its shards.
+    pub flows: FlowCounters,
+    /// Flows tracked now.
+    pub flows_live: u64,
     /// Every drop by reason (SA-level drops included).
     pub drops: DropSnapshot,
     /// IO counts.
@@ -378,6 +418,11 @@ struct Shared {
     cfg: Config,
     state: ArcSwap<Snapshot>,
     sad: Mutex<Sad>,
+    /// The security-group table and LAN bindings the workers use.
+    sg: ArcSwap<SgState>,
+    /// The control side of `sg` (serialises publishers).
+    sg_ctl: Mutex<(Arc<SgTable>, Vec<LanBinding>)>,
+    filter: Filter,
     drops: DropCounters,
     io: AtomicIo,
     events: SyncSender<Event>,
@@ -480,10 +525,15 @@ impl Dataplane {
         let (tx, rx) = std::sync::mpsc::sync_channel(cfg.event_capacity.max(1));
         let udp_gso = cfg.udp_offload;
         let buf_size = (tun_mtu.max(cfg.tunnel_mtu) as usize + 256).max(2048);
+        let empty = Arc::new(SgTable::empty(0));
+        let filter = Filter::new(&cfg.flow, cfg.flow_shards);
         let shared = Arc::new(Shared {
             cfg,
             state: ArcSwap::from_pointee(Snapshot::default()),
             sad: Mutex::new(Sad::default()),
+            sg: ArcSwap::from_pointee(SgState::new(empty.clone(), &[])),
+            sg_ctl: Mutex::new((empty, Vec::new())),
+            filter,
             drops: DropCounters::new(),
             io: AtomicIo::default(),
             events: tx,
@@ -540,6 +590,56 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Publishes a new security-group table (security groups and network ACLs of every
+    /// attachment, see [`filter`]); its generation must be newer than the current one's (the
+    /// initial empty table has generation 0). Workers switch to it between two packets; flows
+    /// admitted under an older generation are re-evaluated on their next packet.
+    pub fn publish_sg(&self, table: SgTable) -> Result<(), DataplaneError> {
+        let mut ctl = self.shared.sg_ctl.lock().unwrap_or_else(|p| p.into_inner());
+        let current = ctl.0.generation();
+        if table.generation() <= current && current != 0 {
+            return Err(DataplaneError::StaleSg { new: table.generation(), current });
+        }
+        ctl.0 = Arc::new(table);
+        self.shared.sg.store(Arc::new(SgState::new(ctl.0.clone(), &ctl.1)));
+        Ok(())
+    }
+
+    /// Binds LAN prefixes to LAN attachment names, so that the chains bound to a LAN apply to
+    /// the traffic of its hosts (see [`filter`]). Replaces the previous bindings.
+    pub fn publish_lans(&self, lans: Vec<LanBinding>) {
+        let mut ctl = self.shared.sg_ctl.lock().unwrap_or_else(|p| p.into_inner());
+        ctl.1 = lans;
+        self.shared.sg.store(Arc::new(SgState::new(ctl.0.clone(), &ctl.1)));
+    }
+
+    /// The SPD table the workers use now (for the path tracer: one truth).
+    pub fn spd(&self) -> Arc<SpdTable> {
+        self.shared.state.load().spd.clone()
+    }
+
+    /// The security-group table the workers use now (for the path tracer: one truth).
+    pub fn sg(&self) -> Arc<SgTable> {
+        self.shared.sg.load().table.clone()
+    }
+
+    /// The LAN bindings the workers use now.
+    pub fn lans(&self) -> Vec<LanBinding> {
+        self.shared.sg_ctl.lock().unwrap_or_else(|p| p.into_inner()).1.clone()
+    }
+
+    /// Takes up to `max` flows waiting for the security-group plugin's decision (their
+    /// packets are dropped and counted as `punt-pending` meanwhile).
+    pub fn take_punts(&self, max: usize) -> Vec<PuntRequest> {
+        self.shared.filter.take_punts(max)
+    }
+
+    /// Applies the plugin's decision for a punted flow; `rule` names the rule it decided by.
+    /// False when the flow no longer waits (it timed out or expired).
+    pub fn resolve_punt(&self, req: &PuntRequest, allow: bool, rule: &str) -> bool {
+        self.shared.filter.resolve(req, allow, rule, Instant::now())
+    }
+
     fn outbound_entry(
         &self,
         b: OutboundBinding,
@@ -560,6 +660,7 @@ impl Dataplane {
         }
         Ok(Outbound {
             sa: Arc::new(sa),
+            att: isthmus_tables::sg::AttachmentId::of(&b.tunnel),
             tunnel: b.tunnel,
             child: b.child,
             encap: b.encap,
@@ -599,6 +700,7 @@ impl Dataplane {
         let mut sad = self.shared.lock_sad();
         sad.add_inbound(Inbound {
             sa: Arc::new(sa),
+            att: isthmus_tables::sg::AttachmentId::of(&binding.tunnel),
             tunnel: binding.tunnel,
             child: binding.child,
             selectors: binding.selectors,
@@ -618,6 +720,7 @@ impl Dataplane {
         let mut sad = self.shared.lock_sad();
         let new = Inbound {
             sa: Arc::new(sa),
+            att: isthmus_tables::sg::AttachmentId::of(&binding.tunnel),
             tunnel: binding.tunnel,
             child: binding.child,
             selectors: binding.selectors,
@@ -661,9 +764,34 @@ impl Dataplane {
         });
         let a = &self.shared.io;
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let drops = self.shared.drops.snapshot();
+        let mut stage_drops = StageDrops {
+            spd_no_policy: g(&a.no_policy),
+            spd_discard: g(&a.policy_discard),
+            spd_bypass: g(&a.bypass),
+            no_sa: drops.get(DropReason::NoSa),
+            sa_expired: drops.get(DropReason::Expired),
+            selector_mismatch: drops.get(DropReason::SelectorMismatch),
+            too_big: drops.get(DropReason::TooBig),
+            replay: drops.get(DropReason::Replay),
+            outside_window: drops.get(DropReason::OutsideWindow),
+            icv: drops.get(DropReason::IcvFailure),
+            bad_padding: drops.get(DropReason::BadPadding),
+            unknown_spi: drops.get(DropReason::UnknownSpi),
+            malformed: drops.get(DropReason::Malformed),
+            ..StageDrops::default()
+        };
+        let (rule_drops, rule_drops_evicted) = self.shared.filter.read(&mut stage_drops);
+        let (flows, flows_live) = self.shared.filter.flow_counters();
         Counters {
             spd_generation: sad.generation(),
-            drops: self.shared.drops.snapshot(),
+            sg_generation: self.shared.sg.load().table.generation(),
+            stage_drops,
+            rule_drops,
+            rule_drops_evicted,
+            flows,
+            flows_live,
+            drops,
             io: IoCounters {
                 tun_rx: g(&a.tun_rx),
                 tun_tx: g(&a.tun_tx),

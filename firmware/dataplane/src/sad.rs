@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use isthmus_esp::{InboundSa, LifetimeState, OutboundSa};
+use isthmus_tables::sg::AttachmentId;
 use isthmus_tables::spd::{Selector, SpdAction, SpdTable};
 
 use crate::{DataplaneError, Direction, Encap, Event};
@@ -26,6 +27,8 @@ use crate::{DataplaneError, Direction, Encap, Event};
 pub struct Outbound {
     pub(crate) sa: Arc<OutboundSa>,
     pub(crate) tunnel: String,
+    /// The tunnel's security-group attachment.
+    pub(crate) att: AttachmentId,
     pub(crate) child: String,
     pub(crate) encap: Encap,
     /// The peer's socket address (port ignored for raw ESP).
@@ -39,6 +42,8 @@ pub struct Outbound {
 pub struct Inbound {
     pub(crate) sa: Arc<InboundSa>,
     pub(crate) tunnel: String,
+    /// The tunnel's security-group attachment.
+    pub(crate) att: AttachmentId,
     pub(crate) child: String,
     pub(crate) selectors: Vec<Selector>,
 }
@@ -247,6 +252,7 @@ mod tests {
         Outbound {
             sa: Arc::new(OutboundSa::new(cfg(spi, Lifetime::default()), now).unwrap()),
             tunnel: "t1".into(),
+            att: AttachmentId::of("t1"),
             child: child.into(),
             encap: Encap::Udp { peer: "192.0.2.2:4500".parse().unwrap() },
             dest: "192.0.2.2:4500".parse().unwrap(),
@@ -258,6 +264,7 @@ mod tests {
         Inbound {
             sa: Arc::new(InboundSa::new(cfg(spi, lifetime), now).unwrap()),
             tunnel: "t1".into(),
+            att: AttachmentId::of("t1"),
             child: "c".into(),
             selectors: vec![Selector::between(
                 "10.1.0.0/16".parse().unwrap(),

@@ -13,8 +13,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use isthmus_esp::{DropReason, HEADER_LEN, max_overhead, peek_spi};
+use isthmus_tables::sg::{AttachmentId, Direction as SgDir};
 use isthmus_tables::spd::SpdAction;
 
+use crate::filter::{LocalDrops, SgState};
 use crate::offload::{self, Coalescer, VNET_HDR_LEN, VnetHdr};
 use crate::sad::{Outbound, Snapshot};
 use crate::sys::{RecvBatch, SendBatch, WanSocket, poll_readable};
@@ -77,12 +79,14 @@ pub(crate) fn outbound(sh: &Shared) {
         filled: 0,
         icmp: vec![0u8; 1400],
         local: Local::default(),
+        drops: LocalDrops::default(),
     };
     let vnet = sh.tun.vnet();
     // Room for the largest super-segment the kernel hands over with offloads.
     let mut scratch = vec![0u8; VNET_HDR_LEN + 65_536];
     while !sh.stop.load(Ordering::Relaxed) {
         let snap = sh.state.load();
+        let sg = sh.sg.load();
         let now = Instant::now();
         let mut got = 0;
         while got < cap {
@@ -104,9 +108,10 @@ pub(crate) fn outbound(sh: &Shared) {
             } else {
                 (VnetHdr::default(), &mut scratch[..n])
             };
-            outbound_one(sh, &snap, hdr, pkt, now, &mut out);
+            outbound_one(sh, &snap, &sg, hdr, pkt, now, &mut out);
         }
         out.flush(sh);
+        sh.filter.flush(&sg, &mut out.drops);
         if got == 0 {
             let _ = poll_readable(sh.tun.raw_fd(), POLL_MS);
         }
@@ -119,6 +124,8 @@ struct Out {
     filled: usize,
     icmp: Vec<u8>,
     local: Local,
+    /// Security-group and network-ACL drops of the batch.
+    drops: LocalDrops,
 }
 
 impl Out {
@@ -178,6 +185,7 @@ fn flush(sh: &Shared, batch: &SendBatch, filled: usize, local: &mut Local) {
 fn outbound_one(
     sh: &Shared,
     snap: &Snapshot,
+    sg: &SgState,
     hdr: VnetHdr,
     pkt: &mut [u8],
     now: Instant,
@@ -210,7 +218,14 @@ fn outbound_one(
             return;
         }
     };
-    let Some(ob) = snap.resolved.get(idx).and_then(Option::as_ref) else {
+    let ob = snap.resolved.get(idx).and_then(Option::as_ref);
+    // Network ACL and security group of the tunnel (and LAN) before the SA: denied traffic
+    // neither leaves nor asks for an SA.
+    let att = ob.map_or_else(|| AttachmentId::of(tunnel), |o| o.att);
+    if !sh.filter.check(sg, att, SgDir::Outbound, &flow, now, &mut out.drops) {
+        return;
+    }
+    let Some(ob) = ob else {
         // Never in clear: no SA, no packet; ask the control plane for one.
         sh.drop_packet(DropReason::NoSa);
         sh.acquire(tunnel, child, flow, now);
@@ -294,6 +309,7 @@ pub(crate) fn inbound(sh: &Shared, udp: bool) {
         if gro { (sh.cfg.batch.clamp(1, 16), 65_536) } else { (sh.cfg.batch.max(1), sh.buf_size) };
     let mut rb = RecvBatch::new(cap, size);
     let mut local = Local::default();
+    let mut drops = LocalDrops::default();
     let mut co = sh.tun.offload().then(Coalescer::default);
     while !sh.stop.load(Ordering::Relaxed) {
         let n = match sock.recv_batch(&mut rb) {
@@ -312,18 +328,28 @@ pub(crate) fn inbound(sh: &Shared, udp: bool) {
             }
         };
         let snap = sh.state.load();
+        let sg = sh.sg.load();
         let now = Instant::now();
+        let mut ctx = InCtx { sg: &sg, local: &mut local, drops: &mut drops };
         for i in 0..n {
             let (d, from, seg) = rb.get_mut(i);
             for dgram in d.chunks_mut(seg) {
-                inbound_one(sh, &snap, dgram, from, udp, now, &mut local, co.as_mut());
+                inbound_one(sh, &snap, dgram, from, udp, now, &mut ctx, co.as_mut());
             }
         }
         if let Some(co) = co.as_mut() {
             co.flush(&mut |h, p| to_tun(sh, h, p, &mut local));
         }
         local.flush(sh);
+        sh.filter.flush(&sg, &mut drops);
     }
+}
+
+/// The inbound worker's per-batch state.
+struct InCtx<'a> {
+    sg: &'a SgState,
+    local: &'a mut Local,
+    drops: &'a mut LocalDrops,
 }
 
 #[allow(clippy::too_many_arguments)] // the per-packet state of one worker, kept on its stack
@@ -334,9 +360,10 @@ fn inbound_one(
     from: Option<SocketAddr>,
     udp: bool,
     now: Instant,
-    local: &mut Local,
+    ctx: &mut InCtx<'_>,
     co: Option<&mut Coalescer>,
 ) {
+    let local = &mut *ctx.local;
     local.wan_rx += 1;
     if udp {
         // RFC 3948 §2.3: a single 0xff octet is a NAT keepalive, ignored.
@@ -378,17 +405,19 @@ fn inbound_one(
     };
     // RFC 4301 §5.2 step 4: the inner packet must be one this SA may carry.
     match flow::flow_key(inner) {
-        Some(f) if ib.admits(&f) => match co {
+        Some(f) if !ib.admits(&f) => {
+            sh.drop_packet(DropReason::SelectorMismatch);
+            ib.sa.count_drop(DropReason::SelectorMismatch);
+        }
+        // Network ACL and security group of the tunnel (and LAN), inbound.
+        Some(f) if !sh.filter.check(ctx.sg, ib.att, SgDir::Inbound, &f, now, ctx.drops) => {}
+        Some(_) => match co {
             Some(co) => co.push(inner, &mut |h, p| to_tun(sh, h, p, local)),
             None => match sh.tun.write(inner) {
                 Ok(_) => local.tun_tx += 1,
                 Err(_) => local.io_errors += 1,
             },
         },
-        Some(_) => {
-            sh.drop_packet(DropReason::SelectorMismatch);
-            ib.sa.count_drop(DropReason::SelectorMismatch);
-        }
         None => {
             sh.drop_packet(DropReason::Malformed);
             ib.sa.count_drop(DropReason::Malformed);
@@ -416,6 +445,7 @@ pub(crate) fn housekeeping(sh: &Shared) {
             sh.publish(&sad);
         }
         drop(sad);
+        sh.filter.sweep(now);
         for e in events {
             sh.emit(e);
         }

@@ -1,0 +1,507 @@
+//! Security groups and network ACLs on the packet path.
+//!
+//! The control plane publishes a compiled [`SgTable`] (see `isthmus_tables::sg`) with
+//! [`crate::Dataplane::publish_sg`]; the workers evaluate it through a flow table
+//! (`isthmus_tables::flow`) that makes security groups stateful.
+//!
+//! # Attachments and directions
+//!
+//! A chain is bound to an *attachment* by name. The dataplane evaluates, for each packet that
+//! crosses it:
+//!
+//! - the **tunnel** attachment, named exactly as the tunnel in the SPD's `Protect` action (and in
+//!   the inbound SA's binding);
+//! - a **LAN** attachment, when [`crate::Dataplane::publish_lans`] bound the packet's LAN-side
+//!   address (source going out, destination coming in) to a LAN name: the longest prefix wins.
+//!
+//! Directions are relative to the attachment's protected side, as the `security-group` plugin
+//! compiles them: a packet from the LAN into a tunnel is [`Direction::Outbound`] (after the SPD
+//! chose the tunnel, before the SA is looked up: denied traffic never triggers an acquire); a
+//! decrypted packet from a tunnel to the LAN is [`Direction::Inbound`] (after the SA's selector
+//! check). For each attachment the network ACL of that direction is evaluated first
+//! (stateless), then the security group (stateful: an allowed flow's replies pass it without
+//! evaluation).
+//!
+//! # Defaults
+//!
+//! An empty table, or an attachment without a chain of a kind and direction, **allows**: a
+//! gateway without security groups forwards what its SPD protects, and costs nothing here (the
+//! flow table is skipped while no attachment the packet crosses has a chain).
+//!
+//! # State
+//!
+//! Flows are tracked in a table sharded by a hash that is symmetric in the two endpoints, so a
+//! flow and its reply always land in the same shard whichever worker sees them; each shard has
+//! its own lock (no global lock on the packet path). ICMP echo requests and replies (RFC 792, RFC 4443
+//! §4) are keyed with their counterpart's type in the code field so that they pair
+//! ([`state_key`]). Entries of an older table generation are re-evaluated on their next packet.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use isthmus_tables::flow::{
+    FlowConfig, FlowCounters, FlowTable, Outcome, PacketVerdict, PuntRequest, Reason,
+};
+use isthmus_tables::sg::{AttachmentId, ChainKind, Direction, RuleRef, SgTable};
+use isthmus_tables::{FlowKey, Prefix};
+
+/// Most rules whose drops are counted by name; beyond, the rule with the fewest drops is evicted
+/// (its count moves to [`Counters`](crate::Counters)'s `rule_drops_evicted`).
+pub const MAX_RULE_DROPS: usize = 256;
+
+/// A LAN: the prefix of its hosts and the attachment name its security groups and network ACLs
+/// are bound to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LanBinding {
+    /// Addresses of the LAN's hosts.
+    pub prefix: Prefix,
+    /// The LAN's attachment name.
+    pub name: String,
+}
+
+/// What the workers read: the table and the LANs, swapped together.
+#[derive(Debug)]
+pub(crate) struct SgState {
+    pub(crate) table: Arc<SgTable>,
+    /// Longest prefix first.
+    lans: Vec<(Prefix, AttachmentId)>,
+    /// False when the table binds nothing: the filter is skipped.
+    active: bool,
+}
+
+impl SgState {
+    pub(crate) fn new(table: Arc<SgTable>, lans: &[LanBinding]) -> SgState {
+        let mut l: Vec<(Prefix, AttachmentId)> =
+            lans.iter().map(|b| (b.prefix, AttachmentId::of(&b.name))).collect();
+        l.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+        let active = table.attachments().next().is_some();
+        SgState { table, lans: l, active }
+    }
+
+    /// The LAN attachment of a LAN-side address, if it is bound and has a chain.
+    fn lan_of(&self, addr: IpAddr) -> Option<AttachmentId> {
+        let (_, att) = self.lans.iter().find(|(p, _)| p.contains(addr))?;
+        self.table.attachment_name(*att).map(|_| *att)
+    }
+}
+
+/// Drops by stage of the packet path and reason: what a drop counter page shows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StageDrops {
+    /// Network ACL, tunnel to LAN (`nacl-in`).
+    pub nacl_in: u64,
+    /// Network ACL, LAN to tunnel (`nacl-out`).
+    pub nacl_out: u64,
+    /// Security group, tunnel to LAN (`sg-in`).
+    pub sg_in: u64,
+    /// Security group, LAN to tunnel (`sg-out`).
+    pub sg_out: u64,
+    /// New flows dropped because the flow table was full (`flow-table-full`).
+    pub flow_table_full: u64,
+    /// Packets of a flow waiting for the security-group plugin's decision (`punt-pending`).
+    pub punt_pending: u64,
+    /// No SPD entry matched (`spd-no-policy`).
+    pub spd_no_policy: u64,
+    /// A `discard` SPD entry matched (`spd-discard`).
+    pub spd_discard: u64,
+    /// A `bypass` SPD entry matched inside the tunnel device (`spd-bypass`).
+    pub spd_bypass: u64,
+    /// Protected traffic without a usable outbound SA (`no-sa`).
+    pub no_sa: u64,
+    /// Outbound SA expired (`sa-expired`).
+    pub sa_expired: u64,
+    /// Decrypted packet outside its SA's traffic selectors (`selector-mismatch`).
+    pub selector_mismatch: u64,
+    /// Packet too big for the tunnel MTU (`too-big`).
+    pub too_big: u64,
+    /// Replayed sequence number (`replay`).
+    pub replay: u64,
+    /// Sequence number left of the anti-replay window (`outside-window`).
+    pub outside_window: u64,
+    /// ICV verification failed (`icv`).
+    pub icv: u64,
+    /// Bad ESP padding (`bad-padding`).
+    pub bad_padding: u64,
+    /// No inbound SA with the packet's SPI (`unknown-spi`).
+    pub unknown_spi: u64,
+    /// Malformed packet (`malformed`).
+    pub malformed: u64,
+}
+
+impl StageDrops {
+    /// Every counter as `(stage, reason, count)`, with the names used in metrics labels.
+    pub fn entries(&self) -> [(&'static str, &'static str, u64); 19] {
+        [
+            ("nacl", "nacl-in", self.nacl_in),
+            ("nacl", "nacl-out", self.nacl_out),
+            ("sg", "sg-in", self.sg_in),
+            ("sg", "sg-out", self.sg_out),
+            ("flow", "flow-table-full", self.flow_table_full),
+            ("flow", "punt-pending", self.punt_pending),
+            ("spd", "spd-no-policy", self.spd_no_policy),
+            ("spd", "spd-discard", self.spd_discard),
+            ("spd", "spd-bypass", self.spd_bypass),
+            ("sa", "no-sa", self.no_sa),
+            ("sa", "sa-expired", self.sa_expired),
+            ("selector", "selector-mismatch", self.selector_mismatch),
+            ("mtu", "too-big", self.too_big),
+            ("esp", "replay", self.replay),
+            ("esp", "outside-window", self.outside_window),
+            ("esp", "icv", self.icv),
+            ("esp", "bad-padding", self.bad_padding),
+            ("esp", "unknown-spi", self.unknown_spi),
+            ("parse", "malformed", self.malformed),
+        ]
+    }
+
+    /// The sum of every counter.
+    pub fn total(&self) -> u64 {
+        self.entries().iter().map(|e| e.2).sum()
+    }
+}
+
+/// Drops decided by one security-group or network-ACL rule (or chain default).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RuleDrop {
+    /// The attachment (tunnel or LAN name).
+    pub attachment: String,
+    /// Security group or network ACL.
+    pub kind: ChainKind,
+    /// The chain's direction.
+    pub direction: Direction,
+    /// The rule's identifier as compiled (`sg:web/3`, `acl:lan/default-deny`).
+    pub rule: String,
+    /// Packets it dropped.
+    pub packets: u64,
+}
+
+/// The filter's own drop counters, shared by the workers.
+#[derive(Default)]
+pub(crate) struct FilterAtomics {
+    nacl_in: AtomicU64,
+    nacl_out: AtomicU64,
+    sg_in: AtomicU64,
+    sg_out: AtomicU64,
+    table_full: AtomicU64,
+    punt_pending: AtomicU64,
+}
+
+/// Counted during one batch by one worker, added to the shared counters once per batch.
+#[derive(Default)]
+pub(crate) struct LocalDrops {
+    nacl_in: u64,
+    nacl_out: u64,
+    sg_in: u64,
+    sg_out: u64,
+    table_full: u64,
+    punt_pending: u64,
+    rules: Vec<(AttachmentId, ChainKind, Direction, RuleRef, u64)>,
+}
+
+/// The rules' drop counts by name, bounded.
+#[derive(Default)]
+struct RuleDrops {
+    map: HashMap<(String, ChainKind, Direction, String), u64>,
+    evicted: u64,
+}
+
+/// The sharded flow table and the filter's counters.
+pub(crate) struct Filter {
+    shards: Box<[Mutex<FlowTable>]>,
+    seed: u64,
+    epoch: Instant,
+    atomics: FilterAtomics,
+    rules: Mutex<RuleDrops>,
+}
+
+impl Filter {
+    pub(crate) fn new(cfg: &FlowConfig, shards: usize) -> Filter {
+        let n = shards.clamp(1, 1024).next_power_of_two();
+        let per = FlowConfig { capacity: cfg.capacity.div_ceil(n).max(1), ..cfg.clone() };
+        let seed = std::collections::hash_map::RandomState::new().hash_one(0x5367_u64);
+        Filter {
+            shards: (0..n).map(|_| Mutex::new(FlowTable::new(per.clone()))).collect(),
+            seed,
+            epoch: Instant::now(),
+            atomics: FilterAtomics::default(),
+            rules: Mutex::new(RuleDrops::default()),
+        }
+    }
+
+    /// Milliseconds since the dataplane started: the flow table's clock.
+    pub(crate) fn now_ms(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn shard(&self, att: AttachmentId, key: &FlowKey) -> MutexGuard<'_, FlowTable> {
+        // Symmetric in the endpoints (XOR), so a flow and its reply share a shard.
+        let a = addr_bits(key.src) ^ addr_bits(key.dst);
+        let p = u64::from(key.src_port ^ key.dst_port) << 8 | u64::from(key.proto);
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        h.write_u64(self.seed ^ att.0);
+        h.write_u128(a);
+        h.write_u64(p);
+        let i = (h.finish() as usize) & (self.shards.len() - 1);
+        self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Filters one packet crossing `tunnel` in `direction`. True when it may pass; a drop is
+    /// counted in `local`.
+    #[inline]
+    pub(crate) fn check(
+        &self,
+        st: &SgState,
+        tunnel: AttachmentId,
+        direction: Direction,
+        key: &FlowKey,
+        now: Instant,
+        local: &mut LocalDrops,
+    ) -> bool {
+        if !st.active {
+            return true;
+        }
+        let lan_addr = match direction {
+            Direction::Outbound => key.src,
+            Direction::Inbound => key.dst,
+        };
+        let lan = st.lan_of(lan_addr);
+        let tun = st.table.attachment_name(tunnel).map(|_| tunnel);
+        if lan.is_none() && tun.is_none() {
+            return true;
+        }
+        let key = state_key(key);
+        let now = self.now_ms(now);
+        for att in [tun, lan].into_iter().flatten() {
+            let v = self.shard(att, &key).process(&st.table, att, direction, &key, now);
+            if v.outcome != Outcome::Allow {
+                local.count(att, direction, &v);
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Adds a worker's batch of drops; rule names are resolved against `st`, the table the
+    /// batch was evaluated with.
+    pub(crate) fn flush(&self, st: &SgState, local: &mut LocalDrops) {
+        let a = &self.atomics;
+        for (c, v) in [
+            (&a.nacl_in, local.nacl_in),
+            (&a.nacl_out, local.nacl_out),
+            (&a.sg_in, local.sg_in),
+            (&a.sg_out, local.sg_out),
+            (&a.table_full, local.table_full),
+            (&a.punt_pending, local.punt_pending),
+        ] {
+            if v != 0 {
+                c.fetch_add(v, Ordering::Relaxed);
+            }
+        }
+        if !local.rules.is_empty() {
+            let mut r = self.rules.lock().unwrap_or_else(|p| p.into_inner());
+            for (att, kind, dir, rule, n) in local.rules.drain(..) {
+                let name = st.table.attachment_name(att).unwrap_or("?").to_owned();
+                let rule = st.table.rule_name(att, kind, dir, rule).to_owned();
+                r.add((name, kind, dir, rule), n);
+            }
+        }
+        *local = LocalDrops { rules: std::mem::take(&mut local.rules), ..LocalDrops::default() };
+    }
+
+    /// The filter's stage counters (into `s`), the rule counts (most drops first) and how many
+    /// drops were evicted from the rule map.
+    pub(crate) fn read(&self, s: &mut StageDrops) -> (Vec<RuleDrop>, u64) {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let a = &self.atomics;
+        s.nacl_in = g(&a.nacl_in);
+        s.nacl_out = g(&a.nacl_out);
+        s.sg_in = g(&a.sg_in);
+        s.sg_out = g(&a.sg_out);
+        s.flow_table_full = g(&a.table_full);
+        s.punt_pending = g(&a.punt_pending);
+        let r = self.rules.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<RuleDrop> = r
+            .map
+            .iter()
+            .map(|((att, kind, dir, rule), n)| RuleDrop {
+                attachment: att.clone(),
+                kind: *kind,
+                direction: *dir,
+                rule: rule.clone(),
+                packets: *n,
+            })
+            .collect();
+        v.sort_by(|a, b| {
+            b.packets
+                .cmp(&a.packets)
+                .then_with(|| (&a.attachment, &a.rule).cmp(&(&b.attachment, &b.rule)))
+        });
+        (v, r.evicted)
+    }
+
+    /// Flow-table counters summed over the shards, and the number of live flows.
+    pub(crate) fn flow_counters(&self) -> (FlowCounters, u64) {
+        let mut c = FlowCounters::default();
+        let mut live = 0u64;
+        for s in self.shards.iter() {
+            let t = s.lock().unwrap_or_else(|p| p.into_inner());
+            let x = t.counters();
+            live += t.len() as u64;
+            c.hits += x.hits;
+            c.misses += x.misses;
+            c.created += x.created;
+            c.expired += x.expired;
+            c.table_full_drops += x.table_full_drops;
+            c.punted += x.punted;
+            c.punt_timeouts += x.punt_timeouts;
+            c.punt_queue_full += x.punt_queue_full;
+            c.revalidated += x.revalidated;
+        }
+        (c, live)
+    }
+
+    /// Removes expired flows, a bounded amount of work per shard (housekeeping thread).
+    pub(crate) fn sweep(&self, now: Instant) {
+        let now = self.now_ms(now);
+        for s in self.shards.iter() {
+            s.lock().unwrap_or_else(|p| p.into_inner()).sweep(now, 256);
+        }
+    }
+
+    /// Takes up to `max` punt requests from every shard.
+    pub(crate) fn take_punts(&self, max: usize) -> Vec<PuntRequest> {
+        let mut out = Vec::new();
+        for s in self.shards.iter() {
+            if out.len() >= max {
+                break;
+            }
+            let mut t = s.lock().unwrap_or_else(|p| p.into_inner());
+            out.extend(t.take_punts(max - out.len()));
+        }
+        out
+    }
+
+    /// Applies a plugin decision to a punted flow.
+    pub(crate) fn resolve(&self, req: &PuntRequest, allow: bool, rule: &str, now: Instant) -> bool {
+        let now = self.now_ms(now);
+        self.shard(req.attachment, &req.key).resolve(req, allow, rule, now)
+    }
+}
+
+impl LocalDrops {
+    #[cold]
+    fn count(&mut self, att: AttachmentId, direction: Direction, v: &PacketVerdict) {
+        match &v.reason {
+            Reason::Rule { kind, direction: d, rule } => {
+                match (kind, direction) {
+                    (ChainKind::NetworkAcl, Direction::Inbound) => self.nacl_in += 1,
+                    (ChainKind::NetworkAcl, Direction::Outbound) => self.nacl_out += 1,
+                    (ChainKind::SecurityGroup, Direction::Inbound) => self.sg_in += 1,
+                    (ChainKind::SecurityGroup, Direction::Outbound) => self.sg_out += 1,
+                }
+                let k = (att, *kind, *d, *rule);
+                match self.rules.iter_mut().find(|r| (r.0, r.1, r.2, r.3) == k) {
+                    Some(r) => r.4 += 1,
+                    None => self.rules.push((att, *kind, *d, *rule, 1)),
+                }
+            }
+            Reason::TableFull => self.table_full += 1,
+            Reason::PuntPending => self.punt_pending += 1,
+            // A plugin's or a default punt verdict: counted as the security group's.
+            Reason::Punt(_)
+            | Reason::PuntTimeout
+            | Reason::PuntQueueFull
+            | Reason::Established { .. } => match direction {
+                Direction::Inbound => self.sg_in += 1,
+                Direction::Outbound => self.sg_out += 1,
+            },
+        }
+    }
+}
+
+impl RuleDrops {
+    fn add(&mut self, k: (String, ChainKind, Direction, String), n: u64) {
+        if let Some(c) = self.map.get_mut(&k) {
+            *c += n;
+            return;
+        }
+        if self.map.len() >= MAX_RULE_DROPS {
+            // Keep the top rules: the one with the fewest drops makes room.
+            if let Some(min) = self.map.iter().min_by_key(|(_, c)| **c).map(|(k, _)| k.clone())
+                && let Some(c) = self.map.remove(&min)
+            {
+                self.evicted += c;
+            }
+        }
+        self.map.insert(k, n);
+    }
+}
+
+fn addr_bits(a: IpAddr) -> u128 {
+    match a {
+        IpAddr::V4(a) => u128::from(u32::from(a)),
+        IpAddr::V6(a) => u128::from(a),
+    }
+}
+
+/// The key the flow table tracks a packet under: its flow key, except that an ICMP echo request
+/// or reply (ICMP types 8 and 0, RFC 792; ICMPv6 types 128 and 129, RFC 4443 §4) carries its
+/// counterpart's type in the code field, so that a reply's key is the reverse of its request's
+/// and passes as return traffic. The type (in the source-port field, as security-group rules
+/// match it) is kept. The path tracer must use the same key to give the dataplane's answer.
+pub fn state_key(key: &FlowKey) -> FlowKey {
+    let mut k = *key;
+    match (k.proto, k.src_port) {
+        (1, 8) => k.dst_port = 0,
+        (1, 0) => k.dst_port = 8,
+        (58, 128) => k.dst_port = 129,
+        (58, 129) => k.dst_port = 128,
+        _ => {}
+    }
+    k
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(s: &str, d: &str, proto: u8, sp: u16, dp: u16) -> FlowKey {
+        FlowKey {
+            src: s.parse().unwrap(),
+            dst: d.parse().unwrap(),
+            proto,
+            src_port: sp,
+            dst_port: dp,
+        }
+    }
+
+    #[test]
+    fn echo_reply_pairs_with_its_request_rfc792() {
+        let req = state_key(&key("10.61.1.2", "10.61.2.2", 1, 8, 0));
+        let rep = state_key(&key("10.61.2.2", "10.61.1.2", 1, 0, 0));
+        assert_eq!(rep, req.reversed());
+        let req6 = state_key(&key("fd61::1", "fd61::2", 58, 128, 0));
+        let rep6 = state_key(&key("fd61::2", "fd61::1", 58, 129, 0));
+        assert_eq!(rep6, req6.reversed());
+        // Other ICMP types are left alone.
+        let unreach = key("10.61.2.2", "10.61.1.2", 1, 3, 4);
+        assert_eq!(state_key(&unreach), unreach);
+    }
+
+    #[test]
+    fn rule_drops_keep_the_top_rules() {
+        let mut r = RuleDrops::default();
+        for i in 0..MAX_RULE_DROPS as u64 + 10 {
+            let k = ("t".into(), ChainKind::SecurityGroup, Direction::Inbound, format!("r{i}"));
+            r.add(k, i + 1);
+        }
+        assert_eq!(r.map.len(), MAX_RULE_DROPS);
+        // The ten smallest counts (1..=10) were evicted.
+        assert_eq!(r.evicted, (1..=10).sum::<u64>());
+        assert!(r.map.keys().all(|k| k.3 != "r0"));
+    }
+}
