@@ -468,6 +468,8 @@ pub fn state_key(key: &FlowKey) -> FlowKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use isthmus_tables::PortRange;
+    use isthmus_tables::sg::{Action, ChainSpec, Rule};
 
     fn key(s: &str, d: &str, proto: u8, sp: u16, dp: u16) -> FlowKey {
         FlowKey {
@@ -490,6 +492,149 @@ mod tests {
         // Other ICMP types are left alone.
         let unreach = key("10.61.2.2", "10.61.1.2", 1, 3, 4);
         assert_eq!(state_key(&unreach), unreach);
+    }
+
+    fn rule(id: &str, src: &str, dst: &str, proto: Option<u8>, action: Action) -> Rule {
+        Rule {
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            proto,
+            src_ports: PortRange::ANY,
+            dst_ports: PortRange::ANY,
+            action,
+            id: id.into(),
+        }
+    }
+
+    fn chain(
+        att: &str,
+        kind: ChainKind,
+        dir: Direction,
+        rules: Vec<Rule>,
+        def: Action,
+    ) -> ChainSpec {
+        ChainSpec {
+            attachment: att.into(),
+            kind,
+            direction: dir,
+            rules,
+            default_action: def,
+            default_rule: format!("{att}/default"),
+        }
+    }
+
+    fn state(specs: &[ChainSpec], generation: u64, lans: &[LanBinding]) -> SgState {
+        SgState::new(Arc::new(SgTable::build(generation, specs).unwrap()), lans)
+    }
+
+    #[test]
+    fn stateful_group_admits_replies_and_names_the_denying_rule() {
+        let f = Filter::new(&FlowConfig::default(), 4);
+        let sg = state(
+            &[chain("t1", ChainKind::SecurityGroup, Direction::Inbound, vec![], Action::Deny)],
+            1,
+            &[],
+        );
+        let t1 = AttachmentId::of("t1");
+        let now = Instant::now();
+        let mut d = LocalDrops::default();
+        let out = key("10.61.1.2", "10.61.2.2", 6, 40000, 22);
+        // Outbound is unbound (allowed); its reply passes the inbound default deny as state.
+        assert!(f.check(&sg, t1, Direction::Outbound, &out, now, &mut d));
+        assert!(f.check(&sg, t1, Direction::Inbound, &out.reversed(), now, &mut d));
+        // The second reply is a cache hit.
+        assert!(f.check(&sg, t1, Direction::Inbound, &out.reversed(), now, &mut d));
+        // An unsolicited inbound flow is denied by the chain default, named.
+        let syn = key("10.61.2.2", "10.61.1.2", 6, 40001, 22);
+        assert!(!f.check(&sg, t1, Direction::Inbound, &syn, now, &mut d));
+        f.flush(&sg, &mut d);
+        let mut s = StageDrops::default();
+        let (rules, evicted) = f.read(&mut s);
+        assert_eq!((s.sg_in, s.sg_out, s.total(), evicted), (1, 0, 1, 0));
+        assert_eq!(rules.len(), 1);
+        assert_eq!(rules[0].attachment, "t1");
+        assert_eq!(rules[0].rule, "t1/default");
+        assert_eq!(rules[0].packets, 1);
+        let (c, live) = f.flow_counters();
+        assert_eq!((c.created, c.hits, live), (1, 1, 1));
+    }
+
+    #[test]
+    fn empty_table_and_unbound_tunnels_allow_without_state() {
+        let f = Filter::new(&FlowConfig::default(), 4);
+        let mut d = LocalDrops::default();
+        let k = key("10.61.2.2", "10.61.1.2", 1, 8, 0);
+        let empty = SgState::new(Arc::new(SgTable::empty(0)), &[]);
+        let t1 = AttachmentId::of("t1");
+        assert!(f.check(&empty, t1, Direction::Inbound, &k, Instant::now(), &mut d));
+        let other = state(
+            &[chain("t2", ChainKind::SecurityGroup, Direction::Inbound, vec![], Action::Deny)],
+            1,
+            &[],
+        );
+        assert!(f.check(&other, t1, Direction::Inbound, &k, Instant::now(), &mut d));
+        assert_eq!(f.flow_counters().1, 0);
+    }
+
+    #[test]
+    fn lan_acl_applies_to_its_hosts_by_longest_prefix() {
+        let f = Filter::new(&FlowConfig::default(), 2);
+        let lans = [
+            LanBinding { prefix: "10.61.0.0/16".parse().unwrap(), name: "campus".into() },
+            LanBinding { prefix: "10.61.1.0/24".parse().unwrap(), name: "lab".into() },
+        ];
+        let no_icmp = rule("acl:lab/1", "0.0.0.0/0", "0.0.0.0/0", Some(1), Action::Deny);
+        let sg = state(
+            &[chain(
+                "lab",
+                ChainKind::NetworkAcl,
+                Direction::Outbound,
+                vec![no_icmp],
+                Action::Allow,
+            )],
+            7,
+            &lans,
+        );
+        let t1 = AttachmentId::of("t1");
+        let mut d = LocalDrops::default();
+        let now = Instant::now();
+        let ping_lab = key("10.61.1.2", "10.62.0.1", 1, 8, 0);
+        let ping_campus = key("10.61.5.2", "10.62.0.1", 1, 8, 0);
+        assert!(!f.check(&sg, t1, Direction::Outbound, &ping_lab, now, &mut d));
+        assert!(f.check(&sg, t1, Direction::Outbound, &ping_campus, now, &mut d));
+        // Stateless: the same packet is denied every time, in its own direction only.
+        assert!(!f.check(&sg, t1, Direction::Outbound, &ping_lab, now, &mut d));
+        assert!(f.check(&sg, t1, Direction::Inbound, &ping_lab.reversed(), now, &mut d));
+        f.flush(&sg, &mut d);
+        let mut s = StageDrops::default();
+        let (rules, _) = f.read(&mut s);
+        assert_eq!(s.nacl_out, 2);
+        assert_eq!((rules[0].attachment.as_str(), rules[0].rule.as_str()), ("lab", "acl:lab/1"));
+        assert_eq!(rules[0].packets, 2);
+    }
+
+    #[test]
+    fn a_new_generation_revokes_established_flows() {
+        let f = Filter::new(&FlowConfig::default(), 1);
+        let t1 = AttachmentId::of("t1");
+        let allow = rule("sg:t1/ssh", "0.0.0.0/0", "0.0.0.0/0", Some(6), Action::Allow);
+        let g1 = state(
+            &[chain("t1", ChainKind::SecurityGroup, Direction::Inbound, vec![allow], Action::Deny)],
+            1,
+            &[],
+        );
+        let g2 = state(
+            &[chain("t1", ChainKind::SecurityGroup, Direction::Inbound, vec![], Action::Deny)],
+            2,
+            &[],
+        );
+        let k = key("10.61.2.2", "10.61.1.2", 6, 40000, 22);
+        let mut d = LocalDrops::default();
+        let now = Instant::now();
+        assert!(f.check(&g1, t1, Direction::Inbound, &k, now, &mut d));
+        assert!(f.check(&g1, t1, Direction::Inbound, &k, now, &mut d));
+        assert!(!f.check(&g2, t1, Direction::Inbound, &k, now, &mut d));
+        assert_eq!(d.sg_in, 1);
     }
 
     #[test]
