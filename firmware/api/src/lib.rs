@@ -322,6 +322,34 @@ pub struct Plugin {
     pub quarantined: Option<String>,
 }
 
+/// `GET /plugins/hooks`: what runs for one policy hook and what it last published.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginHook {
+    /// `spd`, `security-group` or `alarm`.
+    pub hook: String,
+    /// The plugin in force (`name@version`), or `builtin`.
+    pub plugin: String,
+    /// `uploaded` (active in the plugin store), `bundled` (the default shipped with the
+    /// firmware) or `builtin` (the native implementation of the defaults).
+    pub source: String,
+    /// Package digest of the plugin in force.
+    pub digest: Option<String>,
+    /// Generation of the table it last published (none for the alarm hook).
+    pub generation: Option<u64>,
+    /// Entries of that table: SPD entries, or security-group and ACL rules.
+    pub entries: Option<usize>,
+    /// Security-group and ACL chains of that table.
+    pub chains: Option<usize>,
+    /// Set while the plugin is quarantined: the fault and the time left.
+    pub quarantined: Option<String>,
+    /// Faults within the last ten minutes.
+    pub recent_faults: u32,
+    /// Why the last compilation or load failed (the previous table stays in force).
+    pub last_error: Option<String>,
+    /// Anything else the operator should know (several active plugins for the hook).
+    pub note: Option<String>,
+}
+
 /// `status`: the gateway at a glance.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Status {

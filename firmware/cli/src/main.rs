@@ -171,8 +171,11 @@ enum PluginCmd {
     },
     /// Upload a signed package (it is verified against the configuration's trusted keys).
     Upload { package: PathBuf },
-    /// Stored plugin versions.
+    /// Stored plugin versions, then what runs for each hook (plugin, table generation and
+    /// size, quarantine). With `--json`: the versions only (see `plugin hooks`).
     List,
+    /// What runs for each hook: plugin, source, table generation and size, quarantine, last error.
+    Hooks,
     /// Activate a stored version.
     Activate { digest: String },
     /// Go back to the previously active version of a plugin.
@@ -594,6 +597,17 @@ fn plugin(cli: &Cli, c: &Client, p: &PluginCmd) -> anyhow::Result<()> {
                 print_json(&v);
             } else {
                 table::plugins(&v);
+                let h: Vec<api::PluginHook> = c.get("/plugins/hooks")?;
+                println!();
+                table::plugin_hooks(&h);
+            }
+        }
+        PluginCmd::Hooks => {
+            let h: Vec<api::PluginHook> = c.get("/plugins/hooks")?;
+            if cli.json {
+                print_json(&h);
+            } else {
+                table::plugin_hooks(&h);
             }
         }
         PluginCmd::Activate { digest } => {

@@ -146,6 +146,42 @@ pub fn alarms(v: &[api::Alarm]) {
     print(rows);
 }
 
+/// `plugin hooks` (and the second half of `plugin list`).
+pub fn plugin_hooks(v: &[api::PluginHook]) {
+    let mut rows = vec![
+        vec!["HOOK", "PLUGIN", "SOURCE", "GENERATION", "ENTRIES", "STATE"]
+            .into_iter()
+            .map(String::from)
+            .collect(),
+    ];
+    let opt = |v: Option<u64>| v.map_or("-".to_owned(), |v| v.to_string());
+    for h in v {
+        let state = match (&h.quarantined, &h.last_error) {
+            (Some(q), _) => format!("quarantined: {q}"),
+            (None, Some(e)) => format!("error: {e}"),
+            (None, None) => "ok".into(),
+        };
+        let entries = match (h.entries, h.chains) {
+            (Some(e), Some(c)) => format!("{e} in {c} chains"),
+            (e, _) => opt(e.map(|e| e as u64)),
+        };
+        rows.push(vec![
+            h.hook.clone(),
+            h.plugin.clone(),
+            h.source.clone(),
+            opt(h.generation),
+            entries,
+            state,
+        ]);
+    }
+    print(rows);
+    for h in v {
+        if let Some(n) = &h.note {
+            println!("note ({}): {n}", h.hook);
+        }
+    }
+}
+
 /// `plugin list`.
 pub fn plugins(v: &[api::Plugin]) {
     let mut rows = vec![

@@ -12,5 +12,6 @@ pub mod health;
 pub mod monitor;
 pub mod openapi;
 pub mod plan;
+pub mod policy;
 pub mod server;
 pub mod tls;

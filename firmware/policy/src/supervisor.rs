@@ -374,6 +374,18 @@ impl Supervisor {
         attachments: &[String],
         now: Instant,
     ) -> Result<u64> {
+        self.compile_sg_chains(groups, acls, attachments, now).map(|(g, _)| g)
+    }
+
+    /// [`Supervisor::compile_sg`], also returning the validated chains it published, for a
+    /// caller that builds its own copy of the table (a dataplane that takes tables by value).
+    pub fn compile_sg_chains(
+        &self,
+        groups: &[SgGroup],
+        acls: &[SgGroup],
+        attachments: &[String],
+        now: Instant,
+    ) -> Result<(u64, Vec<ChainSpec>)> {
         let (name, punt, chains) = match self.ready(Hook::SecurityGroup, now)? {
             Some(p) => {
                 let c = self.call(&p, now, |p| p.call_sg(groups, acls))?;
@@ -393,7 +405,7 @@ impl Supervisor {
         let table = SgTable::build(generation, &chains)
             .map_err(|e| self.invalid(&name, e.to_string(), now))?;
         self.tables.publish_sg(table);
-        Ok(generation)
+        Ok((generation, chains))
     }
 
     fn validate_sg(

@@ -1,0 +1,36 @@
+//! Embeds the release builds of the default policy plugins (`make plugins`) into `isthmusd`, so
+//! an appliance always has them (see `src/policy.rs`). A plugin that was not built is embedded
+//! as empty, and the daemon falls back to the native implementation of its semantics.
+//! `ISTHMUS_PLUGINS_WASM_DIR` overrides where the builds are looked for.
+
+use std::path::PathBuf;
+
+fn main() {
+    println!("cargo:rerun-if-env-changed=ISTHMUS_PLUGINS_WASM_DIR");
+    let dir = match std::env::var_os("ISTHMUS_PLUGINS_WASM_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => {
+            let manifest = std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it");
+            PathBuf::from(manifest).join("../../plugins/target/wasm32-wasip2/release")
+        }
+    };
+    let mut out = String::new();
+    for (konst, file) in
+        [("SPD", "spd_selectors"), ("SECURITY_GROUP", "security_group"), ("ALARM", "alarm_notify")]
+    {
+        let p = dir.join(format!("{file}.wasm"));
+        println!("cargo:rerun-if-changed={}", p.display());
+        match p.canonicalize() {
+            Ok(abs) => out.push_str(&format!(
+                "/// The release build of `{file}`.\npub const {konst}: &[u8] = include_bytes!({:?});\n",
+                abs.display().to_string()
+            )),
+            Err(_) => out.push_str(&format!(
+                "/// `{file}` was not built.\npub const {konst}: &[u8] = &[];\n"
+            )),
+        }
+    }
+    let target = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets it"))
+        .join("bundled_plugins.rs");
+    std::fs::write(target, out).expect("writing bundled_plugins.rs");
+}

@@ -1,0 +1,836 @@
+//! The daemon runs the policy plugins: one [`isthmus_policy::Supervisor`] compiles the
+//! configuration's SPD policies, security groups and network ACLs through the plugin installed
+//! for each hook and publishes the resulting tables into the dataplane; the alarm hook turns
+//! alarm events into actions.
+//!
+//! Which plugin runs for a hook, in order of preference:
+//!
+//! 1. the **active uploaded** plugin of that hook in the plugin store (when several plugins of a
+//!    hook are active, the one a `[[plugin]]` binding of the configuration names; otherwise the
+//!    first by name, and the hook's status says so);
+//! 2. the **bundled** default plugin (`spd-selectors`, `security-group`, `alarm-notify`): their
+//!    release builds (`make plugins`) are embedded into `isthmusd` at compile time by
+//!    `build.rs`, so an appliance always has them. The firmware image is what vouches for them;
+//!    they are signed with a key made at start so they pass the same verification and loading
+//!    path as uploads;
+//! 3. the **builtin** native implementation of the defaults' documented semantics
+//!    ([`isthmus_policy::reference`]), when the daemon was built without the plugin builds.
+//!
+//! One owner for the SPD (RFC 4301 §4.4.1): the IKE driver no longer publishes its own table.
+//! The daemon hands the driver a [`Dataplane`] adapter that keeps the userspace ESP engine for
+//! SAs but, when a tunnel is added or removed, asks this module to recompile the SPD from every
+//! tunnel's CHILD SA selectors through the `spd` hook and publishes that table.
+//!
+//! Containment: a table is validated before it is published; a trap, a deadline or memory
+//! exhaustion quarantines the plugin (exponential back-off, see the supervisor), raises a
+//! `plugin-fault` event and alarm naming the plugin, the hook and the reason, and leaves the last
+//! good tables in force. A compilation that failed because of a fault is retried once the
+//! quarantine ends, so a crash loop costs one call per quarantine period.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use isthmus_api::{self as api, Severity};
+use isthmus_config::Config;
+use isthmus_ike::TunnelConfig;
+use isthmus_policy::{
+    AlarmAction, AlarmEvent, Hook, Limits, Manifest, Package, PluginHost, PluginStore, PolicyError,
+    PolicyTables, PublicKey, SgGroup, SgRule, SpdPolicy, Supervisor,
+};
+use isthmus_tables::sg::{Action, ChainKind, Direction};
+use isthmus_tables::spd::{SpdAction, SpdTable};
+use isthmus_tables::{PortRange, Prefix};
+use isthmus_tunnels::{ChildInstall, Dataplane, EspDataplane};
+
+use crate::alarms::Alarms;
+use crate::events::EventBus;
+
+/// The release builds of the default plugins, embedded by `build.rs` (empty when they were not
+/// built).
+mod bundled {
+    include!(concat!(env!("OUT_DIR"), "/bundled_plugins.rs"));
+}
+
+const HOOKS: [Hook; 3] = [Hook::Spd, Hook::SecurityGroup, Hook::Alarm];
+
+fn idx(h: Hook) -> usize {
+    match h {
+        Hook::Spd => 0,
+        Hook::SecurityGroup => 1,
+        Hook::Alarm => 2,
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Where the plugin of a hook comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Source {
+    Uploaded,
+    Bundled,
+    Builtin,
+}
+
+impl Source {
+    fn name(self) -> &'static str {
+        match self {
+            Source::Uploaded => "uploaded",
+            Source::Bundled => "bundled",
+            Source::Builtin => "builtin",
+        }
+    }
+}
+
+/// What runs for one hook, and how its last compilation went.
+#[derive(Clone, Debug)]
+struct HookState {
+    source: Source,
+    /// `name@version`.
+    plugin: String,
+    digest: Option<String>,
+    /// Generation, table entries (SPD entries or SG/ACL rules) and chains of the last table
+    /// this hook published.
+    published: Option<(u64, usize, usize)>,
+    last_error: Option<String>,
+    /// A note for the operator (for example: several plugins of this hook are active).
+    note: Option<String>,
+    /// A compilation failed on a fault: retry when the quarantine ends.
+    retry: bool,
+}
+
+impl Default for HookState {
+    fn default() -> HookState {
+        HookState {
+            source: Source::Builtin,
+            plugin: "builtin".into(),
+            digest: None,
+            published: None,
+            last_error: None,
+            note: None,
+            retry: false,
+        }
+    }
+}
+
+/// What the tables are compiled from.
+#[derive(Default)]
+struct Inputs {
+    /// Per tunnel the driver runs: its SPD policies and CHILD SA names.
+    spd: BTreeMap<String, (Vec<SpdPolicy>, Vec<String>)>,
+    groups: Vec<SgGroup>,
+    acls: Vec<SgGroup>,
+    attachments: Vec<String>,
+    /// LAN prefixes by LAN name, so LAN-bound chains apply to their hosts.
+    lans: Vec<isthmus_dataplane::LanBinding>,
+}
+
+/// The dataplane the tables are published into.
+type Sink = Arc<isthmus_dataplane::Dataplane>;
+
+/// The daemon's plugin runner. See the module documentation.
+pub struct Policy {
+    sup: Supervisor,
+    host: PluginHost,
+    store: PluginStore,
+    events: Arc<EventBus>,
+    alarms: Arc<Alarms>,
+    /// Held while compiling and publishing, so tables reach the dataplane in generation order.
+    inputs: Mutex<Inputs>,
+    hooks: Mutex<[HookState; 3]>,
+    sink: Mutex<Option<Sink>>,
+    /// The key the bundled components are signed with at start.
+    bundled_key: (isthmus_policy::SecretKey, PublicKey),
+}
+
+impl std::fmt::Debug for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policy").finish_non_exhaustive()
+    }
+}
+
+fn bundled_component(h: Hook) -> (&'static str, &'static [u8]) {
+    match h {
+        Hook::Spd => ("spd-selectors", bundled::SPD),
+        Hook::SecurityGroup => ("security-group", bundled::SECURITY_GROUP),
+        Hook::Alarm => ("alarm-notify", bundled::ALARM),
+    }
+}
+
+impl Policy {
+    /// A runner over the plugin `store`, reporting to `events` and `alarms`. Starts a thread
+    /// that retries faulted compilations when their quarantine ends (it stops with the runner).
+    pub fn start(
+        store: PluginStore,
+        events: Arc<EventBus>,
+        alarms: Arc<Alarms>,
+    ) -> anyhow::Result<Arc<Policy>> {
+        let host = PluginHost::new(isthmus_policy::HostConfig::default())?;
+        let bundled_key = isthmus_policy::generate_key()?;
+        let p = Arc::new(Policy {
+            sup: Supervisor::new(Arc::new(PolicyTables::new()), Limits::default()),
+            host,
+            store,
+            events,
+            alarms,
+            inputs: Mutex::new(Inputs::default()),
+            hooks: Mutex::new(Default::default()),
+            sink: Mutex::new(None),
+            bundled_key,
+        });
+        // The alarm engine passes every raise and clear through the alarm hook.
+        let hook = Arc::downgrade(&p);
+        p.alarms.set_hook(Some(Arc::new(move |e: &AlarmEvent| {
+            hook.upgrade().map(|p| p.on_event(e)).unwrap_or_default()
+        })));
+        let weak: Weak<Policy> = Arc::downgrade(&p);
+        std::thread::Builder::new().name("policy-retry".into()).spawn(move || {
+            loop {
+                std::thread::sleep(Duration::from_millis(500));
+                match weak.upgrade() {
+                    Some(p) => p.tick(),
+                    None => return,
+                }
+            }
+        })?;
+        Ok(p)
+    }
+
+    /// The wasmtime host plugins run in (uploads are compiled with it to check their world).
+    pub fn host(&self) -> &PluginHost {
+        &self.host
+    }
+
+    /// The supervisor (tables, hook status, punt decisions).
+    pub fn supervisor(&self) -> &Supervisor {
+        &self.sup
+    }
+
+    /// Runs the alarm hook on `event`: the alarm plugin's actions, or the built-in
+    /// `alarm-notify` semantics when it is absent, faulted or quarantined. For the alarm engine.
+    pub fn on_event(&self, event: &AlarmEvent) -> Vec<AlarmAction> {
+        let actions = self.sup.on_event(event, Instant::now());
+        self.report_faults(Hook::Alarm);
+        actions
+    }
+
+    /// Starts the IKE driver on a new userspace ESP dataplane whose SPD this runner owns.
+    pub fn start_tunnels(
+        self: &Arc<Self>,
+        driver: isthmus_tunnels::DriverConfig,
+        dataplane: isthmus_dataplane::Config,
+        options: isthmus_tunnels::EspOptions,
+    ) -> Result<(isthmus_tunnels::Tunnels, Sink), isthmus_tunnels::Error> {
+        let (dp, events) = isthmus_dataplane::Dataplane::start(dataplane)
+            .map_err(|e| isthmus_tunnels::Error::Dataplane(String::new(), e.to_string()))?;
+        let dp = Arc::new(dp);
+        let local = dp.udp_addr();
+        // The SAs of the old dataplane are gone with it; so are the tunnels' policies.
+        lock(&self.inputs).spd.clear();
+        *lock(&self.sink) = Some(dp.clone());
+        let adapter = PolicyDataplane {
+            esp: EspDataplane::new(dp.clone(), options),
+            policy: Arc::downgrade(self),
+        };
+        let tunnels = isthmus_tunnels::Tunnels::start(driver, Box::new(adapter))?;
+        isthmus_tunnels::forward_events(events, tunnels.dataplane_events(), local)
+            .map_err(isthmus_tunnels::Error::Io)?;
+        self.compile(true, true);
+        Ok((tunnels, dp))
+    }
+
+    /// Takes a new configuration (or a changed plugin store): selects and loads the plugin of
+    /// each hook, then recompiles and publishes the security-group table and the SPD. Returns
+    /// what changed, for the apply report. Failures do not fail the apply: the last good tables
+    /// stay and the hook's status and a `plugin-fault` event say why.
+    pub fn refresh(&self, cfg: &Config, trusted: &[PublicKey]) -> Vec<String> {
+        let mut lines = self.select(cfg, trusted);
+        {
+            let mut i = lock(&self.inputs);
+            let (groups, acls) = sg_inputs(cfg);
+            i.groups = groups;
+            i.acls = acls;
+            i.attachments = cfg
+                .tunnels
+                .iter()
+                .map(|t| t.name.clone())
+                .chain(cfg.gateway.lans.iter().map(|l| l.name.clone()))
+                .collect();
+            i.lans = cfg
+                .gateway
+                .lans
+                .iter()
+                .flat_map(|l| {
+                    l.all_networks().map(|prefix| isthmus_dataplane::LanBinding {
+                        prefix,
+                        name: l.name.clone(),
+                    })
+                })
+                .collect();
+        }
+        let before = self.generations();
+        self.compile(true, true);
+        let after = self.generations();
+        for (h, (b, a)) in HOOKS.iter().zip(before.iter().zip(after.iter())) {
+            if let Some((g, n, _)) = a
+                && b.map(|x| x.0) != Some(*g)
+            {
+                lines.push(format!("policy: {} table generation {g} ({n} entries)", h.name()));
+            }
+        }
+        lines
+    }
+
+    fn generations(&self) -> [Option<(u64, usize, usize)>; 3] {
+        let h = lock(&self.hooks);
+        [h[0].published, h[1].published, h[2].published]
+    }
+
+    /// Chooses and loads the plugin of each hook; returns lines for what changed.
+    fn select(&self, cfg: &Config, trusted: &[PublicKey]) -> Vec<String> {
+        let mut lines = Vec::new();
+        let listed = match self.store.list() {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!("listing the plugin store: {e}");
+                Vec::new()
+            }
+        };
+        for h in HOOKS {
+            let mut active: Vec<(String, String)> = listed
+                .iter()
+                .filter_map(|p| {
+                    let d = p.active.as_ref()?;
+                    let v = p.versions.iter().find(|v| &v.digest == d)?;
+                    (v.hook == h).then(|| (p.name.clone(), d.clone()))
+                })
+                .collect();
+            active.sort();
+            let bound = cfg
+                .plugins
+                .iter()
+                .filter(|b| b.enabled && config_hook(b.hook) == h)
+                .find_map(|b| active.iter().find(|(n, _)| *n == b.plugin).cloned());
+            let note = (active.len() > 1 && bound.is_none()).then(|| {
+                format!(
+                    "{} plugins of this hook are active ({}); `{}` runs. Bind one with a \
+                     [[plugin]] entry in the configuration",
+                    active.len(),
+                    active.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", "),
+                    active[0].0
+                )
+            });
+            let chosen = bound.or_else(|| active.first().cloned());
+            let current = lock(&self.hooks)[idx(h)].clone();
+            let result = match &chosen {
+                Some((name, digest)) => {
+                    if current.digest.as_deref() == Some(digest) {
+                        lock(&self.hooks)[idx(h)].note = note;
+                        continue;
+                    }
+                    self.load_uploaded(h, name, cfg, trusted)
+                }
+                None => {
+                    let (_, wasm) = bundled_component(h);
+                    if wasm.is_empty() {
+                        if current.source == Source::Builtin {
+                            continue;
+                        }
+                        self.sup.uninstall(h);
+                        Ok(HookState::default())
+                    } else {
+                        if current.source == Source::Bundled {
+                            continue;
+                        }
+                        self.load_bundled(h, cfg)
+                    }
+                }
+            };
+            match result {
+                Ok(mut st) => {
+                    st.note = note;
+                    st.published = current.published;
+                    lines.push(format!(
+                        "policy: hook {} runs {} ({})",
+                        h.name(),
+                        st.plugin,
+                        st.source.name()
+                    ));
+                    lock(&self.hooks)[idx(h)] = st;
+                    // Replaced or rolled back: a fault of the one before no longer holds.
+                    self.alarms.plugin_recovered(plugin_name(&current.plugin));
+                }
+                Err(e) => {
+                    let msg = format!(
+                        "plugin for hook `{}` could not be loaded, {} stays in force: {e}",
+                        h.name(),
+                        current.plugin
+                    );
+                    self.fault_event(chosen.as_ref().map_or("bundled", |c| c.0.as_str()), &msg);
+                    let mut hooks = lock(&self.hooks);
+                    hooks[idx(h)].last_error = Some(msg.clone());
+                    hooks[idx(h)].note = note;
+                    lines.push(format!("policy: {msg}"));
+                }
+            }
+        }
+        lines
+    }
+
+    fn plugin_config(cfg: &Config, name: &str) -> String {
+        cfg.plugins
+            .iter()
+            .find(|b| b.enabled && b.plugin == name)
+            .map(|b| b.config.to_string())
+            .unwrap_or_default()
+    }
+
+    fn load_uploaded(
+        &self,
+        h: Hook,
+        name: &str,
+        cfg: &Config,
+        trusted: &[PublicKey],
+    ) -> Result<HookState, PolicyError> {
+        let v = self
+            .store
+            .load(name, trusted)?
+            .ok_or_else(|| PolicyError::Store(format!("plugin `{name}` has no active version")))?;
+        let clock: Arc<dyn isthmus_policy::Clock> =
+            Arc::new(isthmus_policy::SystemClock::default());
+        let loaded = self.host.load(&v, &Self::plugin_config(cfg, name), Some(clock))?;
+        let st = HookState {
+            source: Source::Uploaded,
+            plugin: format!("{}@{}", v.manifest().name, v.manifest().version),
+            digest: Some(v.digest().to_owned()),
+            ..HookState::default()
+        };
+        tracing::info!(
+            hook = h.name(),
+            plugin = st.plugin,
+            compile_ms = loaded.compile_time().as_millis() as u64,
+            "plugin loaded"
+        );
+        self.sup.install(loaded);
+        Ok(st)
+    }
+
+    fn load_bundled(&self, h: Hook, cfg: &Config) -> Result<HookState, PolicyError> {
+        let (name, wasm) = bundled_component(h);
+        let m = Manifest {
+            name: name.to_owned(),
+            version: format!("{}-bundled", env!("CARGO_PKG_VERSION")),
+            hook: h,
+            capabilities: vec![],
+            description: format!("the default {} plugin bundled with isthmusd", h.name()),
+        };
+        let pkg = isthmus_policy::sign(Package::unsigned(m, wasm.to_vec())?, &self.bundled_key.0)?;
+        let v = isthmus_policy::verify(&pkg.to_bytes(), std::slice::from_ref(&self.bundled_key.1))?;
+        let loaded = self.host.load(&v, &Self::plugin_config(cfg, name), None)?;
+        let st = HookState {
+            source: Source::Bundled,
+            plugin: format!("{}@{}", v.manifest().name, v.manifest().version),
+            digest: Some(v.digest().to_owned()),
+            ..HookState::default()
+        };
+        self.sup.install(loaded);
+        Ok(st)
+    }
+
+    /// Compiles and publishes the SPD and/or the security-group table from the current inputs.
+    fn compile(&self, spd: bool, sg: bool) {
+        let inputs = lock(&self.inputs);
+        let now = Instant::now();
+        if sg {
+            let r = self
+                .sup
+                .compile_sg_chains(&inputs.groups, &inputs.acls, &inputs.attachments, now)
+                .and_then(|(g, chains)| {
+                    let (rules, n) = count_sg(&self.sup.tables().sg());
+                    self.publish_sg(g, &chains, &inputs.lans).map_err(|why| {
+                        PolicyError::InvalidTable { name: "dataplane".into(), why }
+                    })?;
+                    Ok((g, rules, n))
+                });
+            self.record(Hook::SecurityGroup, r);
+        }
+        if spd {
+            let policies: Vec<SpdPolicy> =
+                inputs.spd.values().flat_map(|(p, _)| p.iter().cloned()).collect();
+            let tunnels: Vec<(String, Vec<String>)> =
+                inputs.spd.iter().map(|(t, (_, c))| (t.clone(), c.clone())).collect();
+            let r = self.sup.compile_spd(&policies, &tunnels, now).and_then(|g| {
+                let t = self.sup.tables().spd();
+                let n = t.entries.len();
+                self.publish_spd(&t)
+                    .map_err(|why| PolicyError::InvalidTable { name: "dataplane".into(), why })?;
+                Ok((g, n, 0))
+            });
+            self.record(Hook::Spd, r);
+        }
+    }
+
+    fn publish_spd(&self, t: &SpdTable) -> Result<(), String> {
+        match lock(&self.sink).as_ref() {
+            Some(dp) => dp.publish_spd(t.clone()).map_err(|e| e.to_string()),
+            None => Ok(()),
+        }
+    }
+
+    /// The dataplane takes tables by value: it gets its own build of the chains the supervisor
+    /// validated and published, at the same generation.
+    fn publish_sg(
+        &self,
+        generation: u64,
+        chains: &[isthmus_tables::sg::ChainSpec],
+        lans: &[isthmus_dataplane::LanBinding],
+    ) -> Result<(), String> {
+        let Some(dp) = lock(&self.sink).clone() else { return Ok(()) };
+        let t =
+            isthmus_tables::sg::SgTable::build(generation, chains).map_err(|e| e.to_string())?;
+        dp.publish_lans(lans.to_vec());
+        dp.publish_sg(t).map_err(|e| e.to_string())
+    }
+
+    fn record(&self, h: Hook, r: Result<(u64, usize, usize), PolicyError>) {
+        let plugin = lock(&self.hooks)[idx(h)].plugin.clone();
+        match r {
+            Ok(p) => {
+                let recovered = {
+                    let mut hooks = lock(&self.hooks);
+                    let s = &mut hooks[idx(h)];
+                    s.published = Some(p);
+                    s.retry = false;
+                    s.last_error.take().is_some()
+                };
+                if recovered {
+                    self.alarms.plugin_recovered(plugin_name(&plugin));
+                }
+            }
+            Err(e) => {
+                let retry =
+                    matches!(e, PolicyError::Fault { .. } | PolicyError::Quarantined { .. });
+                let msg = format!(
+                    "hook `{}` ({plugin}): {e}; the last good {} table stays in force",
+                    h.name(),
+                    if h == Hook::Spd { "SPD" } else { "security-group" }
+                );
+                if !matches!(e, PolicyError::Quarantined { .. }) {
+                    tracing::warn!("{msg}");
+                }
+                let mut hooks = lock(&self.hooks);
+                let s = &mut hooks[idx(h)];
+                s.last_error = Some(msg);
+                s.retry = retry;
+            }
+        }
+        self.report_faults(h);
+    }
+
+    /// Turns the supervisor's queued fault alarms into events and alarms that name the hook.
+    fn report_faults(&self, h: Hook) {
+        for a in self.sup.take_alarms() {
+            let msg = format!("plugin `{}` (hook {}): {}", a.subject, h.name(), a.message);
+            self.fault_event(&a.subject, &msg);
+        }
+    }
+
+    /// A `plugin-fault` event, and the fault latched for the alarm engine (a `plugin-fault`
+    /// alarm rule raises it until the plugin recovers).
+    fn fault_event(&self, plugin: &str, msg: &str) {
+        self.events.emit("plugin-fault", plugin, Severity::Critical, msg.to_owned());
+        self.alarms.plugin_fault(plugin, msg);
+    }
+
+    /// Retries compilations that failed on a fault once the quarantine is over.
+    fn tick(&self) {
+        let now = Instant::now();
+        let retry: Vec<Hook> = {
+            let hooks = lock(&self.hooks);
+            [Hook::Spd, Hook::SecurityGroup].into_iter().filter(|h| hooks[idx(*h)].retry).collect()
+        };
+        for h in retry {
+            if self.sup.status(h, now).quarantined_for.is_none() {
+                self.compile(h == Hook::Spd, h == Hook::SecurityGroup);
+            }
+        }
+        self.report_faults(Hook::Alarm);
+    }
+
+    /// The driver added a tunnel: its CHILD SAs' selectors join the SPD.
+    fn tunnel_added(&self, cfg: &TunnelConfig) {
+        let (policies, children) = spd_policies(cfg);
+        lock(&self.inputs).spd.insert(cfg.name.clone(), (policies, children));
+        self.compile(true, false);
+    }
+
+    fn tunnel_removed(&self, tunnel: &str) {
+        if lock(&self.inputs).spd.remove(tunnel).is_some() {
+            self.compile(true, false);
+        }
+    }
+
+    /// The status of each hook, for `GET /plugins/hooks`.
+    pub fn hooks(&self) -> Vec<api::PluginHook> {
+        let now = Instant::now();
+        let hooks = lock(&self.hooks).clone();
+        HOOKS
+            .iter()
+            .map(|&h| {
+                let s = &hooks[idx(h)];
+                let sup = self.sup.status(h, now);
+                api::PluginHook {
+                    hook: h.name().to_owned(),
+                    plugin: s.plugin.clone(),
+                    source: s.source.name().to_owned(),
+                    digest: s.digest.clone(),
+                    generation: s.published.map(|p| p.0),
+                    entries: s.published.map(|p| p.1),
+                    chains: s.published.filter(|_| h == Hook::SecurityGroup).map(|p| p.2),
+                    quarantined: sup.quarantined_for.map(|d| {
+                        format!(
+                            "{} (for another {} s)",
+                            sup.last_fault.clone().unwrap_or_default(),
+                            d.as_secs().max(1)
+                        )
+                    }),
+                    recent_faults: sup.recent_faults as u32,
+                    last_error: s.last_error.clone(),
+                    note: s.note.clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// The quarantine reason of the uploaded plugin version `digest`, if it runs and is
+    /// quarantined.
+    pub fn quarantined(&self, digest: &str) -> Option<String> {
+        let hooks = self.hooks();
+        let hooks_state = lock(&self.hooks).clone();
+        HOOKS.iter().zip(hooks).find_map(|(h, st)| {
+            (hooks_state[idx(*h)].digest.as_deref() == Some(digest)).then_some(st.quarantined)?
+        })
+    }
+}
+
+/// `name` of `name@version`.
+fn plugin_name(p: &str) -> &str {
+    p.split('@').next().unwrap_or(p)
+}
+
+/// The SG/ACL chains and their rule count of a table.
+fn count_sg(t: &isthmus_tables::sg::SgTable) -> (usize, usize) {
+    let mut rules = 0;
+    let mut chains = 0;
+    for a in t.attachments() {
+        let id = isthmus_tables::sg::AttachmentId::of(a);
+        for k in [ChainKind::SecurityGroup, ChainKind::NetworkAcl] {
+            for d in [Direction::Inbound, Direction::Outbound] {
+                if let Some(c) = t.chain(id, k, d) {
+                    chains += 1;
+                    rules += c.len();
+                }
+            }
+        }
+    }
+    (rules, chains)
+}
+
+fn config_hook(h: isthmus_config::Hook) -> Hook {
+    match h {
+        isthmus_config::Hook::Spd => Hook::Spd,
+        isthmus_config::Hook::SecurityGroup => Hook::SecurityGroup,
+        isthmus_config::Hook::Alarm => Hook::Alarm,
+    }
+}
+
+/// The `spd` hook's input for one tunnel: a `protect` policy per local × remote selector pair of
+/// each CHILD SA (RFC 4301 §4.4.1.1), named `tunnel/child#i` as the driver names them, no
+/// explicit priority (the plugin orders them).
+fn spd_policies(cfg: &TunnelConfig) -> (Vec<SpdPolicy>, Vec<String>) {
+    let mut out = Vec::new();
+    for c in &cfg.children {
+        for (i, s) in
+            isthmus_tunnels::esp::selectors(&c.local_ts, &c.remote_ts).into_iter().enumerate()
+        {
+            out.push(SpdPolicy {
+                id: format!("{}/{}#{i}", cfg.name, c.name),
+                selector: s,
+                action: SpdAction::Protect { tunnel: cfg.name.clone(), child: c.name.clone() },
+                priority: None,
+            });
+        }
+    }
+    (out, cfg.children.iter().map(|c| c.name.clone()).collect())
+}
+
+fn any_prefixes() -> [Prefix; 2] {
+    [
+        Prefix::new(std::net::Ipv4Addr::UNSPECIFIED.into(), 0)
+            .unwrap_or(Prefix::host(std::net::Ipv4Addr::UNSPECIFIED.into())),
+        Prefix::new(std::net::Ipv6Addr::UNSPECIFIED.into(), 0)
+            .unwrap_or(Prefix::host(std::net::Ipv6Addr::UNSPECIFIED.into())),
+    ]
+}
+
+/// One configuration rule in the hook's cloud form: one rule per peer prefix (the source of an
+/// `in` rule, the destination of an `out` rule; any IPv4 and any IPv6 when none is given). The
+/// prefixes on the bound side (an `in` rule's destination, an `out` rule's source) have no place
+/// in that form: traffic there is the attachment's own by construction, so they are not used.
+fn cloud_rules(r: &isthmus_config::Rule, out: &mut Vec<SgRule>) {
+    let direction = match r.direction {
+        isthmus_config::Direction::In => Direction::Inbound,
+        isthmus_config::Direction::Out => Direction::Outbound,
+    };
+    let peers: Vec<Prefix> = match direction {
+        Direction::Inbound => r.source.clone(),
+        Direction::Outbound => r.destination.clone(),
+    };
+    let peers = if peers.is_empty() { any_prefixes().to_vec() } else { peers };
+    let single = peers.len() == 1;
+    for (k, peer) in peers.into_iter().enumerate() {
+        out.push(SgRule {
+            id: if single { r.priority.to_string() } else { format!("{}#{k}", r.priority) },
+            priority: r.priority,
+            direction,
+            action: match r.action {
+                isthmus_config::Action::Allow => Action::Allow,
+                isthmus_config::Action::Deny => Action::Deny,
+            },
+            protocol: r.protocol.number(),
+            peer,
+            ports: if r.protocol.has_ports() { r.ports } else { PortRange::ANY },
+        });
+    }
+}
+
+/// Rules that give a group the configuration's `default_action` where the hook's cloud defaults
+/// (security groups: inbound deny, outbound allow; ACLs: deny) differ: catch-alls after every
+/// other rule.
+fn defaults(
+    default: isthmus_config::Action,
+    cloud_in: Action,
+    cloud_out: Action,
+    out: &mut Vec<SgRule>,
+) {
+    let want = match default {
+        isthmus_config::Action::Allow => Action::Allow,
+        isthmus_config::Action::Deny => Action::Deny,
+    };
+    for (dir, cloud, tag) in
+        [(Direction::Inbound, cloud_in, "in"), (Direction::Outbound, cloud_out, "out")]
+    {
+        if cloud == want {
+            continue;
+        }
+        for (k, peer) in any_prefixes().into_iter().enumerate() {
+            out.push(SgRule {
+                id: format!("default-{tag}#{k}"),
+                priority: u32::MAX,
+                direction: dir,
+                action: want,
+                protocol: None,
+                peer,
+                ports: PortRange::ANY,
+            });
+        }
+    }
+}
+
+/// The `security-group` hook's input from the configuration.
+fn sg_inputs(cfg: &Config) -> (Vec<SgGroup>, Vec<SgGroup>) {
+    let groups = cfg
+        .security_groups
+        .iter()
+        .map(|g| {
+            let mut rules = Vec::new();
+            for r in &g.rules {
+                cloud_rules(r, &mut rules);
+            }
+            defaults(g.default_action, Action::Deny, Action::Allow, &mut rules);
+            SgGroup {
+                name: g.name.clone(),
+                attach: g.tunnels.iter().chain(g.lans.iter()).cloned().collect(),
+                rules,
+            }
+        })
+        .collect();
+    let acls = cfg
+        .network_acls
+        .iter()
+        .map(|a| {
+            let mut rules = Vec::new();
+            for r in &a.rules {
+                cloud_rules(r, &mut rules);
+            }
+            defaults(a.default_action, Action::Deny, Action::Deny, &mut rules);
+            SgGroup { name: a.name.clone(), attach: a.lans.clone(), rules }
+        })
+        .collect();
+    (groups, acls)
+}
+
+/// The driver's dataplane: SAs go to the userspace ESP engine; tunnels added or removed change
+/// the SPD, which [`Policy`] compiles through the `spd` hook and publishes (one owner).
+struct PolicyDataplane {
+    esp: EspDataplane,
+    policy: Weak<Policy>,
+}
+
+impl Dataplane for PolicyDataplane {
+    fn install_child(&mut self, sa: &ChildInstall<'_>) -> Result<(), String> {
+        self.esp.install_child(sa)
+    }
+
+    fn remove_child(
+        &mut self,
+        tunnel: &str,
+        child: &str,
+        spi_in: u32,
+        spi_out: u32,
+        reason: &isthmus_ike::DownReason,
+    ) {
+        self.esp.remove_child(tunnel, child, spi_in, spi_out, reason)
+    }
+
+    fn tunnel_added(&mut self, cfg: &TunnelConfig) -> Result<(), String> {
+        if let Some(p) = self.policy.upgrade() {
+            p.tunnel_added(cfg);
+        }
+        Ok(())
+    }
+
+    fn tunnel_removed(&mut self, tunnel: &str) {
+        if let Some(p) = self.policy.upgrade() {
+            p.tunnel_removed(tunnel);
+        }
+    }
+
+    fn owns_nat_t(&self) -> bool {
+        self.esp.owns_nat_t()
+    }
+
+    fn send_nat_t(
+        &self,
+        local: std::net::SocketAddr,
+        remote: std::net::SocketAddr,
+        data: &[u8],
+        marker: bool,
+    ) -> std::io::Result<()> {
+        self.esp.send_nat_t(local, remote, data, marker)
+    }
+}
+
+/// The trusted plugin signing keys of `cfg` (malformed ones skipped: validation reports them).
+pub fn trusted_keys(cfg: &Config) -> Vec<PublicKey> {
+    cfg.trusted_keys
+        .iter()
+        .filter_map(|k| k.key_bytes())
+        .filter_map(|b| {
+            let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+            PublicKey::parse(&format!("ed25519:{hex}")).ok()
+        })
+        .collect()
+}
