@@ -78,8 +78,8 @@ pub struct Core {
     plugins: isthmus_policy::PluginStore,
     /// The same tree, read for a stored package's signer.
     plugin_tree: sled::Tree,
-    /// The wasmtime host uploads are compiled with (their world checked); made on first upload.
-    plugin_host: std::sync::OnceLock<isthmus_policy::PluginHost>,
+    /// Runs the policy plugins and publishes their tables (see [`crate::policy`]).
+    pub policy: Arc<crate::policy::Policy>,
 }
 
 fn unix(t: SystemTime) -> u64 {
@@ -180,20 +180,27 @@ impl Core {
         let plugin_tree = sled::open(opts.data_dir.join("plugins"))
             .and_then(|db| db.open_tree("plugins"))
             .map_err(|e| anyhow::anyhow!("opening the plugin store: {e}"))?;
+        let events = Arc::new(EventBus::default());
+        let alarms = Arc::new(Alarms::default());
+        let policy = crate::policy::Policy::start(
+            isthmus_policy::PluginStore::new(plugin_tree.clone()),
+            events.clone(),
+            alarms.clone(),
+        )?;
         let core = Arc::new(Core {
             opts,
             started: Instant::now(),
             store,
-            events: Arc::new(EventBus::default()),
+            events,
             tokens: RwLock::new(Tokens::default()),
             applied: RwLock::new(None),
             planes: Mutex::new(Planes::default()),
             monitor: Monitor::default(),
-            alarms: Arc::new(Alarms::default()),
+            alarms,
             health: crate::health::Health::default(),
             plugins: isthmus_policy::PluginStore::new(plugin_tree.clone()),
             plugin_tree,
-            plugin_host: std::sync::OnceLock::new(),
+            policy,
         });
         let rev = core.store.active_revision()?;
         let cfg = rev.config()?;
@@ -253,7 +260,9 @@ impl Core {
             );
             net.apply(&plan).map_err(|e| format!("applying kernel changes: {e}"))?;
         }
-        // 2. The dataplane and the IKE driver (restarted only when the WAN address changes).
+        // 2. Policy plugins compile the security groups and ACLs (the SPD follows the tunnels).
+        lines.extend(self.policy.refresh(&cfg, &crate::policy::trusted_keys(&cfg)));
+        // 3. The dataplane and the IKE driver (restarted only when the WAN address changes).
         if self.opts.run_tunnels {
             let wan = cfg.gateway.wan.address.addr;
             if p.driver.as_ref().is_some_and(|d| d.wan != wan) {
@@ -264,12 +273,14 @@ impl Core {
                 lines.push(format!("dataplane: restart on the new WAN address {wan}"));
             }
             if p.driver.is_none() {
-                let (tunnels, dataplane) = isthmus_tunnels::start_with_dataplane(
-                    isthmus_tunnels::DriverConfig::default(),
-                    plan::dataplane_config(&cfg),
-                    isthmus_tunnels::EspOptions::default(),
-                )
-                .map_err(|e| format!("starting the dataplane: {e}"))?;
+                let (tunnels, dataplane) = self
+                    .policy
+                    .start_tunnels(
+                        isthmus_tunnels::DriverConfig::default(),
+                        plan::dataplane_config(&cfg),
+                        isthmus_tunnels::EspOptions::default(),
+                    )
+                    .map_err(|e| format!("starting the dataplane: {e}"))?;
                 lines.push(format!("dataplane: started on {wan}, TUN {}", plan::TUN_NAME));
                 crate::monitor::forward_tunnel_events(
                     &tunnels,
@@ -286,7 +297,7 @@ impl Core {
                     lines.push(format!("kernel: {report}"));
                 }
             }
-            // 3. Tunnels: remove the ones gone or changed, add the new and changed ones.
+            // 4. Tunnels: remove the ones gone or changed, add the new and changed ones.
             let wanted = plan::ike_tunnels(&cfg).map_err(|e| e.to_string())?;
             let driver = p.driver.as_ref().expect("started above");
             let fps: BTreeMap<String, String> = wanted
@@ -316,7 +327,7 @@ impl Core {
             }
         }
         drop(planes);
-        // 4. Who may use the API.
+        // 5. Who may use the API.
         let tokens = cfg
             .api_tokens
             .iter()
@@ -540,7 +551,8 @@ impl Core {
             Action::PluginActivate { digest } => {
                 let (name, version) = self.plugin_by_digest(&digest)?;
                 self.plugins.activate(&name, &digest).map_err(plugin_failure)?;
-                let m = format!("activated plugin `{name}` {version} ({digest})");
+                let mut m = format!("activated plugin `{name}` {version} ({digest})");
+                self.policy_refresh(&mut m);
                 self.events.emit(
                     "plugin-activated",
                     &name,
@@ -551,7 +563,8 @@ impl Core {
             }
             Action::PluginRollback { name } => {
                 let digest = self.plugins.rollback(&name).map_err(plugin_failure)?;
-                let m = format!("plugin `{name}` rolled back to {digest}");
+                let mut m = format!("plugin `{name}` rolled back to {digest}");
+                self.policy_refresh(&mut m);
                 self.events.emit(
                     "plugin-rolled-back",
                     &name,
@@ -563,9 +576,21 @@ impl Core {
             Action::PluginRemove { digest } => {
                 let (name, version) = self.plugin_by_digest(&digest)?;
                 self.plugins.remove(&name, Some(&digest)).map_err(plugin_failure)?;
-                let m = format!("removed version {version} ({digest}) of plugin `{name}`");
+                let mut m = format!("removed version {version} ({digest}) of plugin `{name}`");
+                self.policy_refresh(&mut m);
                 self.events.emit("plugin-removed", &name, Severity::Info, format!("{m} by {who}"));
                 Ok(message(m))
+            }
+        }
+    }
+
+    /// After a plugin change: the plugin of each hook is selected again and the tables
+    /// recompiled; what changed is appended to `m`.
+    fn policy_refresh(&self, m: &mut String) {
+        if let Some((_, cfg)) = self.applied() {
+            for l in self.policy.refresh(&cfg, &crate::policy::trusted_keys(&cfg)) {
+                m.push('\n');
+                m.push_str(&l);
             }
         }
     }
@@ -738,8 +763,8 @@ impl Core {
                     hook: v.hook.name().to_owned(),
                     active: active.as_deref() == Some(v.digest.as_str()),
                     signer: self.plugin_signer(&v.digest),
+                    quarantined: self.policy.quarantined(&v.digest),
                     digest: v.digest,
-                    quarantined: None,
                 })
             })
             .collect())
@@ -765,14 +790,7 @@ impl Core {
             plugin_failure(e)
         };
         let verified = isthmus_policy::verify(bytes, &trusted).map_err(refuse)?;
-        let host = match self.plugin_host.get() {
-            Some(h) => h,
-            None => {
-                let h = isthmus_policy::PluginHost::new(isthmus_policy::HostConfig::default())
-                    .map_err(|e| Failure::internal(e.to_string()))?;
-                self.plugin_host.get_or_init(|| h)
-            }
-        };
+        let host = self.policy.host();
         let clock: Arc<dyn isthmus_policy::Clock> =
             Arc::new(isthmus_policy::SystemClock::default());
         let t0 = Instant::now();
@@ -808,6 +826,11 @@ impl Core {
             active,
             quarantined: None,
         })
+    }
+
+    /// `GET /plugins/hooks`: what runs for each policy hook.
+    pub async fn plugin_hooks(&self) -> Vec<api::PluginHook> {
+        self.policy.hooks()
     }
 
     /// The trusted plugin signing keys of the applied configuration (malformed ones skipped:

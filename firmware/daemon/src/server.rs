@@ -101,6 +101,7 @@ pub fn router(core: Arc<Core>) -> Router {
             "/plugins",
             get(plugins).post(plugin_upload).layer(DefaultBodyLimit::max(MAX_PLUGIN)),
         )
+        .route("/plugins/hooks", get(plugin_hooks))
         .route("/plugins/{id}/{op}", post(plugin_op))
         .route("/alarms", get(alarms))
         .route("/diagnose/path", get(diagnose_path))
@@ -293,6 +294,10 @@ async fn tunnel_op(
 
 async fn plugins(State(st): State<AppState>) -> Reply<Vec<isthmus_api::Plugin>> {
     Ok(axum::Json(st.core.plugins().await?))
+}
+
+async fn plugin_hooks(State(st): State<AppState>) -> Reply<Vec<isthmus_api::PluginHook>> {
+    Ok(axum::Json(st.core.plugin_hooks().await))
 }
 
 async fn plugin_upload(State(st): State<AppState>, req: Request) -> Result<Response, Failure> {
