@@ -5,14 +5,70 @@
 //!
 //! Plain routing: gw-a and gw-b route the LANs to each other over the WAN veth in clear
 //! (kernel forwarding, no TUN). Tunnel: the same routes point into the TUN devices and the
-//! dataplanes carry the traffic as ESP in UDP 4500.
+//! dataplanes carry the traffic as ESP in UDP 4500, with no security-group table (the
+//! default). `BENCH tunnel_sg_tcp_vs_plain_ratio`: the same tunnel with a stateful security
+//! group and network ACLs of 1,000 rules each bound to the tunnel on both gateways, so every
+//! packet also passes the flow table (and the ACLs) in both directions.
 
 #[path = "../tests/lab/mod.rs"]
 mod lab;
 
 use std::time::Duration;
 
+use isthmus_dataplane::SgTable;
+use isthmus_tables::PortRange;
+use isthmus_tables::sg::{Action, ChainKind, ChainSpec, Direction, Rule};
 use lab::{ChildGuard, LAN_A, LAN_B, Options};
+
+/// Rules per chain of the security-group table.
+const RULES: usize = 1_000;
+
+/// A stateful group and network ACLs on tunnel `t1`: `RULES` deny rules for other networks,
+/// then the rule that admits the benchmark's traffic.
+fn sg_table(generation: u64) -> SgTable {
+    let rules = |tag: &str, allow: Rule| {
+        let mut v: Vec<Rule> = (0..RULES - 1)
+            .map(|i| Rule {
+                src: format!("10.{}.{}.0/24", 100 + i / 256, i % 256).parse().unwrap(),
+                dst: "0.0.0.0/0".parse().unwrap(),
+                proto: Some(6),
+                src_ports: PortRange::ANY,
+                dst_ports: PortRange { first: 1 + i as u16, last: 1 + i as u16 },
+                action: Action::Deny,
+                id: format!("{tag}/deny-{i}"),
+            })
+            .collect();
+        v.push(allow);
+        v
+    };
+    let allow = |id: &str| Rule {
+        src: "10.32.0.0/16".parse().unwrap(),
+        dst: "10.32.0.0/16".parse().unwrap(),
+        proto: Some(6),
+        src_ports: PortRange::ANY,
+        dst_ports: PortRange::ANY,
+        action: Action::Allow,
+        id: id.into(),
+    };
+    let chain = |kind, direction, tag: &str| ChainSpec {
+        attachment: "t1".into(),
+        kind,
+        direction,
+        rules: rules(tag, allow(&format!("{tag}/allow-lan"))),
+        default_action: Action::Deny,
+        default_rule: format!("{tag}/default"),
+    };
+    SgTable::build(
+        generation,
+        &[
+            chain(ChainKind::SecurityGroup, Direction::Inbound, "sg:in"),
+            chain(ChainKind::SecurityGroup, Direction::Outbound, "sg:out"),
+            chain(ChainKind::NetworkAcl, Direction::Inbound, "acl:in"),
+            chain(ChainKind::NetworkAcl, Direction::Outbound, "acl:out"),
+        ],
+    )
+    .expect("benchmark SG table")
+}
 
 /// Seconds per iperf3 run.
 const SECONDS: u32 = 5;
@@ -61,8 +117,16 @@ fn main() {
     }
     let lab = lab::build(Options::default());
 
-    let (mut plain, mut tunnel) = (Vec::new(), Vec::new());
-    let (mut plain_rtx, mut tunnel_rtx) = (0, 0);
+    let (mut plain, mut tunnel, mut tunnel_sg) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut plain_rtx, mut tunnel_rtx, mut sg_rtx) = (0, 0, 0);
+    let mut generation = 0;
+    let mut publish = |sg: bool| {
+        generation += 1;
+        for dp in [&lab.a, &lab.b] {
+            let t = if sg { sg_table(generation) } else { SgTable::empty(generation) };
+            dp.publish_sg(t).expect("publish SG table");
+        }
+    };
     let rtx = || RETRANSMITS.swap(0, std::sync::atomic::Ordering::Relaxed);
     for _ in 0..ROUNDS {
         // Plain routing: the LAN routes go over the WAN veth directly.
@@ -73,13 +137,23 @@ fn main() {
         // Through the dataplanes.
         lab.gw_a.sh(&format!("ip route replace {LAN_B} dev ist0"));
         lab.gw_b.sh(&format!("ip route replace {LAN_A} dev ist0"));
+        publish(false);
         tunnel.push(iperf(&lab));
         tunnel_rtx += rtx();
+        // And with security groups and network ACLs on the tunnel.
+        publish(true);
+        tunnel_sg.push(iperf(&lab));
+        sg_rtx += rtx();
     }
     let c = lab.a.counters();
-    let (p, t) = (median(&plain), median(&tunnel));
+    let (p, t, ts) = (median(&plain), median(&tunnel), median(&tunnel_sg));
 
     println!("BENCH tunnel_tcp_vs_plain_ratio {:.3} ratio", t / p);
+    println!("BENCH tunnel_sg_tcp_vs_plain_ratio {:.3} ratio", ts / p);
+    println!(
+        "  tunnel with SG + NACL ({RULES} rules per chain, 4 chains): {ts:.2} Gbit/s (median; runs {})",
+        list(&tunnel_sg)
+    );
     println!(
         "  tunnel (ESP in UDP, AES-128-GCM, ring): {t:.2} Gbit/s (median; runs {})",
         list(&tunnel)
@@ -92,7 +166,15 @@ fn main() {
         "  gw-a: {} reads from TUN, {} ESP packets to the WAN, drops {:?}; {ROUNDS} x {SECONDS} s per path",
         c.io.tun_rx, c.io.wan_tx, c.drops
     );
-    println!("  TCP retransmits: tunnel {tunnel_rtx}, plain {plain_rtx}");
+    println!(
+        "  gw-a flow table: {} hits, {} misses, {} flows created, {} re-evaluated after swaps; SG/NACL drops {}",
+        c.flows.hits,
+        c.flows.misses,
+        c.flows.created,
+        c.flows.revalidated,
+        c.stage_drops.nacl_in + c.stage_drops.nacl_out + c.stage_drops.sg_in + c.stage_drops.sg_out
+    );
+    println!("  TCP retransmits: tunnel {tunnel_rtx}, tunnel+SG {sg_rtx}, plain {plain_rtx}");
 }
 
 fn median(v: &[f64]) -> f64 {

@@ -2,8 +2,8 @@
 //! policy and flow tables in between, on plain OS threads.
 //!
 //! ```text
-//!  LAN ─ kernel route ─▶ TUN ─▶ [outbound worker] flow key → SPD → SA → ESP ─▶ UDP 4500 / raw ESP ─▶ WAN
-//!  LAN ◀─────────────── TUN ◀─ [inbound workers]  selectors ← decap ← SPI  ◀─ UDP 4500 / raw ESP ◀─ WAN
+//!  LAN ─ kernel route ─▶ TUN ─▶ [outbound worker] flow key → SPD → NACL/SG → SA → ESP ─▶ UDP 4500 / raw ESP ─▶ WAN
+//!  LAN ◀─────────────── TUN ◀─ [inbound workers]  NACL/SG ← selectors ← decap ← SPI  ◀─ UDP 4500 / raw ESP ◀─ WAN
 //! ```
 //!
 //! - Outbound (RFC 4301 §5.1): each packet read from the TUN device is classified by the
@@ -40,7 +40,6 @@
 //! Measured on the project's 2-core machine: see `benches/tunnel.rs` and the crate README.
 
 pub mod filter;
-pub mod flow;
 pub mod offload;
 pub mod pmtu;
 mod sad;
@@ -70,6 +69,9 @@ use crate::sys::{Tun, WanSocket};
 
 /// UDP port of ESP-in-UDP and IKE after NAT detection (RFC 3948 §2, RFC 7296 §2.23).
 pub const NAT_T_PORT: u16 = 4500;
+
+/// Default time between NAT-keepalives when nothing else was sent (RFC 3948 §4: 20 s).
+pub const NAT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
 
 /// Everything the dataplane needs to start.
 #[derive(Clone, Debug)]
@@ -307,6 +309,14 @@ pub enum DataplaneError {
         peer: IpAddr,
         /// The WAN address.
         wan: IpAddr,
+    },
+    /// Sending a NAT-keepalive failed.
+    #[error("cannot send a NAT-keepalive to {to}: {source}")]
+    SendKeepalive {
+        /// The destination.
+        to: SocketAddr,
+        /// The system's reason.
+        source: io::Error,
     },
     /// Sending an IKE message failed.
     #[error("cannot send IKE message to {to}: {source}")]
@@ -811,6 +821,18 @@ impl Dataplane {
             },
             sas,
         }
+    }
+
+    /// Sends a NAT-keepalive (one `0xff` octet, RFC 3948 §2.3) from the shared UDP 4500
+    /// socket to `to`, keeping a NAT mapping in front of this gateway open. The driver calls it
+    /// when NAT was detected in front of this gateway and nothing was sent to the peer for the
+    /// keepalive interval ([`NAT_KEEPALIVE_INTERVAL`] by default).
+    pub fn send_keepalive(&self, to: SocketAddr) -> Result<(), DataplaneError> {
+        self.shared
+            .udp
+            .send_to(&isthmus_wire::natt::KEEPALIVE, to)
+            .map(|_| ())
+            .map_err(|source| DataplaneError::SendKeepalive { to, source })
     }
 
     /// Sends an IKE message from the shared UDP socket, behind the non-ESP marker

@@ -20,7 +20,7 @@ use crate::filter::{LocalDrops, SgState};
 use crate::offload::{self, Coalescer, VNET_HDR_LEN, VnetHdr};
 use crate::sad::{Outbound, Snapshot};
 use crate::sys::{RecvBatch, SendBatch, WanSocket, poll_readable};
-use crate::{Encap, Event, Shared, flow, pmtu};
+use crate::{Encap, Event, Shared, pmtu};
 
 /// How long a worker waits for packets before checking for a stop request.
 const POLL_MS: i32 = 100;
@@ -199,7 +199,7 @@ fn outbound_one(
         sh.drop_packet(DropReason::Malformed);
         return;
     }
-    let Some(flow) = flow::flow_key(pkt) else {
+    let Ok(flow) = isthmus_wire::flow_key(pkt) else {
         sh.drop_packet(DropReason::Malformed);
         return;
     };
@@ -248,8 +248,7 @@ fn outbound_one(
     let advice = pmtu::inner_mtu(mtu, ob.outer_len + max_overhead(), flow.dst);
     let seg_len = layout.map_or(pkt.len(), |l| (l.payload + l.mss).min(pkt.len()));
     if seg_len + ob.outer_len + ob.sa.overhead(seg_len) > mtu as usize && pmtu::dont_fragment(pkt) {
-        if let Some(n) = pmtu::build_too_big(pkt, flow.proto, flow.src_port, advice, &mut out.icmp)
-        {
+        if let Some(n) = pmtu::build_too_big(pkt, advice, &mut out.icmp) {
             match sh.tun.write(&out.icmp[..n]) {
                 Ok(_) => {
                     out.local.icmp_too_big += 1;
@@ -265,7 +264,7 @@ fn outbound_one(
     if sh.cfg.mss_clamp && flow.proto == 6 && !gso {
         let ip_len = if flow.dst.is_ipv4() { 20 } else { 40 };
         let mss = advice.saturating_sub(ip_len + 20).min(u32::from(u16::MAX)) as u16;
-        if pmtu::clamp_mss(pkt, mss) {
+        if isthmus_wire::tcp::clamp_mss(pkt, mss).unwrap_or(false) {
             out.local.mss_clamped += 1;
         }
     }
@@ -404,7 +403,7 @@ fn inbound_one(
         return;
     };
     // RFC 4301 §5.2 step 4: the inner packet must be one this SA may carry.
-    match flow::flow_key(inner) {
+    match isthmus_wire::flow_key(inner).ok() {
         Some(f) if !ib.admits(&f) => {
             sh.drop_packet(DropReason::SelectorMismatch);
             ib.sa.count_drop(DropReason::SelectorMismatch);

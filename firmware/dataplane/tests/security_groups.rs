@@ -2,7 +2,8 @@
 //! namespaces (10.61.0.0/16), as a user sees them: a denied ping fails and the drop counter names
 //! the rule, TCP still passes; a stateful group that allows only outbound TCP lets the replies
 //! back in and drops an unsolicited inbound SYN; a network ACL denies one port and names its
-//! rule; swapping tables under a running ping loses nothing.
+//! rule; swapping tables under a running ping loses nothing. Also: NAT-keepalives sent by
+//! `send_keepalive` reach the peer.
 //!
 //! ```text
 //!  host-a 10.61.1.2 ─ 10.61.1.1 gw-a [ist0] 10.61.0.1 ══ WAN ══ 10.61.0.2 [ist0] gw-b 10.61.2.1 ─ 10.61.2.2 host-b
@@ -344,4 +345,21 @@ fn swapping_tables_under_a_running_ping_loses_nothing() {
     assert_eq!(ca.stage_drops.total() + cb.stage_drops.total(), 0, "{ca:?} {cb:?}");
     assert!(ca.flows.revalidated > 0 && cb.flows.revalidated > 0, "flows were re-evaluated");
     assert!(ca.sg_generation >= 20 && cb.sg_generation >= 20);
+}
+
+/// RFC 3948 §2.3: the keepalive the driver sends arrives as one `0xff` octet on the peer's
+/// port 4500, where it is counted and ignored (not mistaken for ESP or IKE).
+#[test]
+fn nat_keepalive_reaches_the_peer_rfc3948_2_3() {
+    if !require_root() {
+        return;
+    }
+    let lab = build();
+    let to = lab.b.udp_addr();
+    for _ in 0..3 {
+        lab.a.send_keepalive(to).unwrap();
+    }
+    assert!(lab::wait_for(Duration::from_secs(3), || lab.b.counters().io.keepalives == 3));
+    let c = lab.b.counters();
+    assert_eq!((c.io.ike_rx, c.stage_drops.total()), (0, 0));
 }

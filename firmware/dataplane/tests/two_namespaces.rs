@@ -257,6 +257,7 @@ fn plain_esp_rekey_mid_transfer_and_selector_check() {
     let (a, b) = (&lab.a, &lab.b);
     let got = std::thread::scope(|scope| {
         let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
         let h = scope.spawn(move || {
             rx.recv().unwrap();
             b.rekey_inbound(
@@ -265,9 +266,16 @@ fn plain_esp_rekey_mid_transfer_and_selector_check() {
                 lab::inbound_sa(0x1002, 0x33),
             )
             .unwrap();
-            lab::install_out(a, &opts, WAN_B, 0x1002, 0x33)
+            let old = lab::install_out(a, &opts, WAN_B, 0x1002, 0x33);
+            done_tx.send(()).unwrap();
+            old
         });
-        let got = tcp_transfer(&lab, data.clone(), move || tx.send(()).unwrap());
+        // The second half is written only once the rekey is done, so the new SA carries it
+        // however the threads are scheduled.
+        let got = tcp_transfer(&lab, data.clone(), move || {
+            tx.send(()).unwrap();
+            done_rx.recv().unwrap();
+        });
         *a_ctl.lock().unwrap() = h.join().unwrap();
         got
     });
