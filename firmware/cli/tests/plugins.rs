@@ -253,3 +253,229 @@ fn keygen_sign_upload_activate_rollback_and_refusals() {
     let (code, out) = f.cli(&["plugin", "rollback", "no-such-plugin"]);
     assert_eq!(code, 4, "{out}");
 }
+
+mod through_the_tunnel {
+    //! Plugins decide what crosses a real tunnel (root, two daemons in namespaces, 10.62.0.0/16):
+    //! the bundled `security-group` plugin compiles gateway 2's security group, which denies
+    //! ICMP from the tunnel while TCP passes; an uploaded plugin that binds nothing lets ping
+    //! through once activated, and rolling it back stops it again; a trapping SPD plugin is
+    //! quarantined, traffic keeps flowing on the last good SPD, and the plugin-fault alarm is
+    //! listed.
+
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    use std::time::Duration;
+
+    use isthmus_testkit::require_root;
+    use isthmus_testkit::site::{Binaries, Site, SiteSpec, link_wans, logs, token_hash, wait_for};
+
+    const TOKEN: &str = "ist_policy-e2e-admin-token";
+    const PSK: &str = "policy-e2e-pre-shared-key-0123456789";
+    const PORT: u16 = 5201;
+
+    fn site(n: u8) -> Site {
+        Site::new(
+            SiteSpec {
+                tag: format!("pl{n}"),
+                lan_gw: format!("10.62.{n}.1/24"),
+                lan_host: format!("10.62.{n}.10/24"),
+                api_port: 18180,
+                token: TOKEN.into(),
+            },
+            &Binaries::next_to_cli(env!("CARGO_BIN_EXE_isthmus")),
+        )
+    }
+
+    fn config(me: u8, peer: u8, public: &str, extra: &str) -> String {
+        format!(
+            r#"
+[gateway]
+name = "pl{me}"
+[gateway.wan]
+interface = "wan0"
+address = "10.62.0.{me}/24"
+next_hop = "10.62.0.254"
+[[gateway.lan]]
+name = "lan"
+interface = "lan0"
+addresses = ["10.62.{me}.1/24"]
+
+[[customer_gateway]]
+name = "pl{peer}"
+address = "10.62.0.{peer}"
+
+[[tunnel]]
+name = "to-pl{peer}"
+customer_gateway = "pl{peer}"
+psk = "{PSK}"
+start_action = "{start}"
+[[tunnel.spd]]
+local = ["10.62.{me}.0/24"]
+remote = ["10.62.{peer}.0/24"]
+
+[[trusted_key]]
+name = "ops"
+public_key = "{public}"
+
+[[api_token]]
+name = "ops"
+role = "admin"
+token_hash = "sha256:{hash}"
+{extra}
+"#,
+            start = if me == 1 { "start" } else { "none" },
+            hash = token_hash(TOKEN)
+        )
+    }
+
+    /// Gateway 2's security group on the tunnel: TCP to port 5201 in, no ICMP in, all out.
+    const SG: &str = r#"
+[[security_group]]
+name = "from-pl1"
+tunnels = ["to-pl1"]
+
+[[security_group.rule]]
+priority = 10
+action = "allow"
+direction = "in"
+protocol = "tcp"
+ports = 5201
+
+[[security_group.rule]]
+priority = 20
+action = "deny"
+direction = "in"
+protocol = "icmp"
+
+[[security_group.rule]]
+priority = 30
+action = "allow"
+direction = "out"
+
+[[alarm]]
+name = "plugin-fault"
+kind = "plugin-fault"
+hold = "1s"
+severity = "critical"
+"#;
+
+    fn ping(a: &Site) -> bool {
+        a.host.sh_output("ping -c 2 -i 0.3 -W 1 10.62.2.10").status.success()
+    }
+
+    fn tcp(a: &Site) -> bool {
+        a.host.run(|| {
+            let to: SocketAddr = ([10, 62, 2, 10], PORT).into();
+            let Ok(mut s) = TcpStream::connect_timeout(&to, Duration::from_secs(2)) else {
+                return false;
+            };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut b = [0u8; 5];
+            s.write_all(b"hello").is_ok() && s.read_exact(&mut b).is_ok() && &b == b"hello"
+        })
+    }
+
+    /// Signs `wasm` as `name` `version` for `hook` with the site's `ops.key`; uploads it;
+    /// returns its digest.
+    fn upload(b: &Site, wasm: &str, name: &str, version: &str, hook: &str) -> String {
+        let manifest = b.path(&format!("{name}-{version}.toml"));
+        std::fs::write(
+            &manifest,
+            format!("name = \"{name}\"\nversion = \"{version}\"\nhook = \"{hook}\"\n"),
+        )
+        .unwrap();
+        let out = b.path(&format!("{name}-{version}.pkg"));
+        let wasm = super::component(wasm);
+        let key = b.path("ops.key");
+        b.show(&[
+            "plugin",
+            "sign",
+            wasm.to_str().unwrap(),
+            "--manifest",
+            manifest.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        let v = b.json(&["plugin", "upload", out.to_str().unwrap()]);
+        v["digest"].as_str().unwrap().to_owned()
+    }
+
+    fn hook(b: &Site, name: &str) -> serde_json::Value {
+        let v = b.json(&["plugin", "hooks"]);
+        v.as_array().unwrap().iter().find(|h| h["hook"] == name).cloned().unwrap()
+    }
+
+    #[test]
+    fn plugins_decide_tunnel_traffic_and_faults_are_contained() {
+        if !require_root() {
+            return;
+        }
+        let mut a = site(1);
+        let mut b = site(2);
+        link_wans(&a, &b);
+        let dir = b.dir.to_str().unwrap().to_owned();
+        b.show(&["plugin", "keygen", "--dir", &dir, "--name", "ops"]);
+        let public = std::fs::read_to_string(b.path("ops.pub")).unwrap().trim().to_owned();
+        a.start(&config(1, 2, &public, ""));
+        b.start(&config(2, 1, &public, SG));
+        // An echo server on gateway 2's LAN host.
+        let listener =
+            b.host.run(|| TcpListener::bind(("0.0.0.0", PORT)).expect("bind the echo port"));
+        std::thread::spawn(move || {
+            for c in listener.incoming() {
+                let Ok(mut c) = c else { continue };
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 64];
+                    while let Ok(n) = c.read(&mut buf) {
+                        if n == 0 || c.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        let ctx = || logs(&[&a, &b]);
+
+        // The bundled default compiled the group: TCP passes, ping does not.
+        wait_for("TCP through the tunnel", Duration::from_secs(40), || tcp(&a), ctx);
+        let sg = hook(&b, "security-group");
+        assert_eq!(sg["source"], "bundled", "{sg}");
+        // Each rule and the default deny out, for IPv4 and IPv6.
+        assert_eq!(sg["entries"], 8, "{sg}");
+        assert!(!ping(&a), "the security group must stop ICMP from the tunnel\n{}", ctx());
+        let listed = b.show(&["plugin", "list"]);
+        assert!(listed.contains("security-group") && listed.contains("bundled"), "{listed}");
+
+        // An uploaded default, then a variant that binds nothing: ping passes.
+        let v1 = upload(&b, "security_group.wasm", "tenant-sg", "1.0.0", "security-group");
+        b.show(&["plugin", "activate", &v1]);
+        assert_eq!(hook(&b, "security-group")["plugin"], "tenant-sg@1.0.0");
+        assert!(!ping(&a), "the uploaded default denies ICMP too");
+        let open = upload(&b, "test_sg_open.wasm", "tenant-sg", "1.1.0", "security-group");
+        b.show(&["plugin", "activate", &open]);
+        assert_eq!(hook(&b, "security-group")["entries"], 0);
+        wait_for("ping once the open plugin is active", Duration::from_secs(5), || ping(&a), ctx);
+
+        // A trapping SPD plugin: quarantined, traffic flows on the last good SPD, alarm listed.
+        let trap = upload(&b, "test_trap.wasm", "spd-trap", "0.0.1", "spd");
+        let (_, out) = b.cli_text(&["plugin", "activate", &trap]);
+        assert!(out.contains("trapped"), "the activation reports the fault: {out}");
+        let spd = hook(&b, "spd");
+        assert!(spd["quarantined"].as_str().is_some_and(|q| q.contains("trapped")), "{spd}");
+        assert!(ping(&a) && tcp(&a), "traffic must keep flowing\n{}", ctx());
+        wait_for(
+            "the plugin-fault alarm",
+            Duration::from_secs(10),
+            || b.show(&["alarm", "list"]).contains("spd-trap"),
+            ctx,
+        );
+
+        // Rolling the security-group plugin back restores the verdicts.
+        b.show(&["plugin", "rollback", "tenant-sg"]);
+        assert_eq!(hook(&b, "security-group")["plugin"], "tenant-sg@1.0.0");
+        wait_for("ping to stop again", Duration::from_secs(5), || !ping(&a), ctx);
+        assert!(tcp(&a), "TCP still passes\n{}", ctx());
+    }
+}

@@ -280,6 +280,12 @@ impl Policy {
                 lines.push(format!("policy: {} table generation {g} ({n} entries)", h.name()));
             }
         }
+        let hooks = lock(&self.hooks);
+        for h in [Hook::SecurityGroup, Hook::Spd] {
+            if let Some(e) = &hooks[idx(h)].last_error {
+                lines.push(format!("policy: {e}"));
+            }
+        }
         lines
     }
 
