@@ -267,6 +267,9 @@ pub fn set_pe_timestamp(pe: &mut [u8], stamp: u32) -> Result<()> {
 pub struct DiskInputs<'a> {
     /// (path on the ESP, source file) for the kernel images.
     pub esp_files: &'a [(String, PathBuf)],
+    /// (path in the data partition, content, mode): files seeded at build time, such as the lab's
+    /// first-boot configurations and its `rc.local`.
+    pub data_files: &'a [(String, Vec<u8>, u32)],
     /// ESP size in MiB.
     pub esp_mib: u64,
     /// Data partition size in MiB.
@@ -390,6 +393,34 @@ fn make_data(data: &Path, inp: &DiskInputs<'_>) -> Result<()> {
     )
     .map_err(io_err(&readme))?;
     set_mtime(&readme, inp.epoch)?;
+    let mut pinned: Vec<String> =
+        ["/", "/lost+found", "/isthmus", "/README"].iter().map(|s| s.to_string()).collect();
+    for (rel, content, mode) in inp.data_files {
+        let rel = rel.trim_start_matches('/');
+        if rel.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+            return Err(Error::Input(format!(
+                "data file path {rel:?} is not a plain relative path"
+            )));
+        }
+        let path = root.join(rel);
+        let mut dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| root.clone());
+        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        fs::write(&path, content).map_err(io_err(&path))?;
+        fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(*mode))
+            .map_err(io_err(&path))?;
+        set_mtime(&path, inp.epoch)?;
+        pinned.push(format!("/{rel}"));
+        // Every folder created on the way gets the fixed times too.
+        while dir != root {
+            let r =
+                dir.strip_prefix(&root).map(|p| format!("/{}", p.display())).unwrap_or_default();
+            if !pinned.contains(&r) {
+                pinned.push(r);
+            }
+            set_mtime(&dir, inp.epoch)?;
+            dir = dir.parent().map(Path::to_path_buf).unwrap_or_else(|| root.clone());
+        }
+    }
     set_mtime(&root, inp.epoch)?;
     let _ = fs::remove_file(data);
     run(Command::new("mke2fs")
@@ -404,7 +435,7 @@ fn make_data(data: &Path, inp: &DiskInputs<'_>) -> Result<()> {
     // mke2fs -d copies each file's ctime, which no one can set: pin every inode's times.
     let at = format!("@{}", inp.epoch);
     let mut script = String::new();
-    for path in ["/", "/lost+found", "/isthmus", "/README"] {
+    for path in &pinned {
         for field in ["atime", "ctime", "mtime", "crtime"] {
             script.push_str(&format!("set_inode_field {path} {field} {at}\n"));
         }

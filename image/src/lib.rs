@@ -164,6 +164,15 @@ pub struct Options {
     pub esp_mib: u64,
     /// Data partition size in MiB.
     pub data_mib: u64,
+    /// The firmware version stamped into the kernel images (`IMAGE_VERSION`, which systemd-boot
+    /// sorts slots by). Default: the crate version. An upgrade must carry a newer one.
+    pub version: Option<String>,
+    /// Kernel modules left out of the initramfs (e.g. `tun`, to build a firmware that cannot bring
+    /// its tunnels up and so fails its health gate after an upgrade).
+    pub omit_modules: Vec<String>,
+    /// Files seeded into the data partition: (path in it, content, mode). The lab puts its
+    /// first-boot configurations and an `rc.local` there.
+    pub data_files: Vec<(String, Vec<u8>, u32)>,
 }
 
 impl Options {
@@ -181,6 +190,9 @@ impl Options {
             source_date_epoch: None,
             esp_mib: 128,
             data_mib: 64,
+            version: None,
+            omit_modules: Vec::new(),
+            data_files: Vec::new(),
         }
     }
 }
@@ -229,6 +241,10 @@ pub struct Manifest {
     pub esp_files: Vec<String>,
     /// `SOURCE_DATE_EPOCH` the build used.
     pub source_date_epoch: u64,
+    /// The upgrade file: the firmware as one unified kernel image (`isthmus-VERSION.efi`), what
+    /// `isthmus system upgrade` uploads. Its `.sha256` sits next to it.
+    #[serde(default)]
+    pub upgrade: PathBuf,
 }
 
 /// The firmware version stamped into the image.
@@ -250,7 +266,17 @@ pub fn build(opts: &Options) -> Result<Manifest> {
         None => build_daemon(&opts.root)?,
     };
     let kernel = kernel::fetch(cache, &cache.join("kernel"), opts.flavour, opts.refresh)?;
-    let modules = kernel::resolve_modules(&kernel, &kernel::wanted_modules(opts.flavour))?;
+    let wanted: Vec<&str> = kernel::wanted_modules(opts.flavour)
+        .into_iter()
+        .filter(|m| !opts.omit_modules.iter().any(|o| o == m))
+        .collect();
+    let mut modules = kernel::resolve_modules(&kernel, &wanted)?;
+    // An omitted module stays out even when another one depends on it.
+    modules.retain(|m| {
+        let file = m.rel.rsplit('/').next().unwrap_or("").trim_end_matches(".ko");
+        !opts.omit_modules.iter().any(|o| o.replace('-', "_") == file.replace('-', "_"))
+    });
+    let version = opts.version.clone().unwrap_or_else(|| VERSION.to_string());
     let plugins = default_plugins(&opts.root)?;
 
     let initrd_path = out.join("initrd.img");
@@ -260,7 +286,7 @@ pub fn build(opts: &Options) -> Result<Manifest> {
         kernel: &kernel,
         modules: &modules,
         plugins: &plugins,
-        version: VERSION,
+        version: &version,
         epoch,
         out: &initrd_path,
     })?;
@@ -272,8 +298,17 @@ pub fn build(opts: &Options) -> Result<Manifest> {
     let cmdline_a = format!("{BASE_CMDLINE} isthmus.slot=a");
     let mut esp_files = vec![];
     let uki_a = work.join("fw-a.efi");
-    disk::make_uki(&vmlinuz, &initrd_path, &cmdline_a, &os_release(VERSION, "a"), epoch, &uki_a)?;
-    esp_files.push(("EFI/Linux/fw-a.efi".to_string(), uki_a));
+    disk::make_uki(&vmlinuz, &initrd_path, &cmdline_a, &os_release(&version, "a"), epoch, &uki_a)?;
+    esp_files.push(("EFI/Linux/fw-a.efi".to_string(), uki_a.clone()));
+    // The upgrade file is slot A's image: the daemon retargets its `isthmus.slot=` when it writes
+    // it into the other slot.
+    let upgrade = out.join(format!("isthmus-{version}.efi"));
+    fs::copy(&uki_a, &upgrade).map_err(io_err(&upgrade))?;
+    let digest = run(Command::new("sha256sum").arg(&upgrade))?;
+    let digest = String::from_utf8_lossy(&digest);
+    let digest = digest.split_whitespace().next().unwrap_or("");
+    let sum = out.join(format!("isthmus-{version}.efi.sha256"));
+    fs::write(&sum, format!("{digest}  isthmus-{version}.efi\n")).map_err(io_err(&sum))?;
     if let Some(tries) = opts.slot_b_tries {
         let mut cmdline_b = format!("{BASE_CMDLINE} isthmus.slot=b");
         if opts.slot_b_blesses {
@@ -285,7 +320,7 @@ pub fn build(opts: &Options) -> Result<Manifest> {
             &vmlinuz,
             &initrd_path,
             &cmdline_b,
-            &os_release(&format!("{VERSION}.1"), "b"),
+            &os_release(&format!("{version}.1"), "b"),
             epoch,
             &uki_b,
         )?;
@@ -296,6 +331,7 @@ pub fn build(opts: &Options) -> Result<Manifest> {
     let qcow2 = out.join("isthmus.qcow2");
     disk::assemble(&disk::DiskInputs {
         esp_files: &esp_files,
+        data_files: &opts.data_files,
         data_mib: opts.data_mib,
         esp_mib: opts.esp_mib,
         epoch,
@@ -306,7 +342,7 @@ pub fn build(opts: &Options) -> Result<Manifest> {
 
     let size = |p: &Path| fs::metadata(p).map(|m| m.len()).map_err(io_err(p));
     let manifest = Manifest {
-        version: VERSION.to_string(),
+        version: version.clone(),
         flavour: opts.flavour,
         kernel_release: kernel.release.clone(),
         vmlinuz,
@@ -320,6 +356,7 @@ pub fn build(opts: &Options) -> Result<Manifest> {
         modules: module_list,
         esp_files: esp_files.iter().map(|(n, _)| n.clone()).collect(),
         source_date_epoch: epoch,
+        upgrade,
     };
     let path = out.join("manifest.json");
     let json = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Input(e.to_string()))?;

@@ -3,6 +3,7 @@
 //! ```text
 //! isthmus-image [--flavour cloud|generic] [--out DIR] [--daemon PATH] [--refresh]
 //!               [--slot-b-tries N [--slot-b-blesses]] [--esp-mib N] [--data-mib N]
+//!               [--version V] [--omit-module NAME]...
 //! ```
 
 use std::path::PathBuf;
@@ -12,7 +13,8 @@ use isthmus_image::{Options, build, workspace_root};
 
 const USAGE: &str =
     "usage: isthmus-image [--flavour cloud|generic] [--out DIR] [--daemon PATH] [--refresh]
-                     [--slot-b-tries N [--slot-b-blesses]] [--esp-mib N] [--data-mib N]";
+                     [--slot-b-tries N [--slot-b-blesses]] [--esp-mib N] [--data-mib N]
+                     [--version V] [--omit-module NAME]...";
 
 fn parse(args: &[String]) -> Result<Options, String> {
     let mut opts = Options::new(&workspace_root());
@@ -33,6 +35,8 @@ fn parse(args: &[String]) -> Result<Options, String> {
             "--slot-b-blesses" => opts.slot_b_blesses = true,
             "--esp-mib" => opts.esp_mib = number(value(arg)?, arg)?,
             "--data-mib" => opts.data_mib = number(value(arg)?, arg)?,
+            "--version" => opts.version = Some(value(arg)?),
+            "--omit-module" => opts.omit_modules.push(value(arg)?),
             "-h" | "--help" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
@@ -67,6 +71,7 @@ fn main() -> ExitCode {
                 mib(m.qcow2_bytes)
             );
             println!("  ESP: {}", m.esp_files.join(", "));
+            println!("  upgrade   {} (isthmus system upgrade FILE)", m.upgrade.display());
             println!(
                 "  built in {:.1} s (SOURCE_DATE_EPOCH={})",
                 started.elapsed().as_secs_f64(),

@@ -16,7 +16,13 @@ fn main() {
     }
     let image = match isthmus_image::read_manifest(&root.join("build")) {
         Ok(m) if m.raw.exists() => m,
-        _ => match isthmus_image::build(&isthmus_image::Options::new(&root)) {
+        _ => match isthmus_lab::lab::lab_data_files(&root).map_err(|e| e.to_string()).and_then(
+            |files| {
+                let mut o = isthmus_image::Options::new(&root);
+                o.data_files = files;
+                isthmus_image::build(&o).map_err(|e| e.to_string())
+            },
+        ) {
             Ok(m) => m,
             Err(e) => {
                 eprintln!("boot bench: image build failed: {e}");
@@ -33,6 +39,7 @@ fn main() {
         impairment: Impairment::default(),
         api_ports: [None, None],
         mem_mib: 512,
+        uefi: [false, false],
     };
     let t0 = Instant::now();
     let mut lab = match Lab::boot(&opts) {

@@ -89,6 +89,9 @@ pub struct LabOptions {
     pub api_ports: [Option<u16>; 2],
     /// Memory per appliance in MiB.
     pub mem_mib: u32,
+    /// Boot each site under UEFI (OVMF, systemd-boot picks the A/B slot) instead of direct kernel
+    /// boot: slower, but what upgrades need.
+    pub uefi: [bool; 2],
 }
 
 /// A running appliance of the lab.
@@ -138,15 +141,22 @@ impl Lab {
             let disk = opts.dir.join(format!("{}.qcow2", spec.name));
             overlay(&opts.image.raw, "raw", &disk)?;
             let wan_netdev = if i == 0 { wan.netdev_a() } else { wan.netdev_b() };
+            let boot = if opts.uefi[i] {
+                let vars = opts.dir.join(format!("{}.vars.fd", spec.name));
+                fresh_vars(&vars)?;
+                Boot::Uefi { vars }
+            } else {
+                Boot::Direct {
+                    kernel: opts.image.vmlinuz.clone(),
+                    initrd: opts.image.initrd.clone(),
+                    cmdline: lab_cmdline(spec.name),
+                }
+            };
             let vm = Vm::start(&VmSpec {
                 name: spec.name.to_string(),
                 qemu: opts.qemu.clone(),
                 accel: opts.accel,
-                boot: Boot::Direct {
-                    kernel: opts.image.vmlinuz.clone(),
-                    initrd: opts.image.initrd.clone(),
-                    cmdline: lab_cmdline(spec.name),
-                },
+                boot,
                 disk,
                 disk_format: "qcow2".into(),
                 nics: vec![
@@ -178,10 +188,19 @@ impl Lab {
     /// from then on; without one (the stub), the lab sets the addresses through the console.
     pub fn wire(&mut self, root: &Path) -> Result<DaemonMode> {
         let mut mode = DaemonMode::Stub;
+        let mut seeded = true;
         for site in &mut self.sites {
             let s = site.spec.clone();
             let vm = &mut site.vm;
             vm.wait_for_shell(Duration::from_secs(30))?;
+            // The image's boot hook (`/data/rc.local`, see [`lab_data_files`]) may have wired the LAN
+            // host and installed the first-boot configuration already.
+            if let Some(pid) = vm.lan_host_pid()? {
+                site.lan_host_pid = Some(pid);
+                mode = DaemonMode::WaitsForConfig;
+                continue;
+            }
+            seeded = false;
             // BusyBox names the peer veth0; it moves into the host's namespace.
             vm.sh_ok("ip link add lan0 type veth", CMD)?;
             let pid =
@@ -215,7 +234,7 @@ impl Lab {
                 vm.sh_ok("sysctl -qw net.ipv4.ip_forward=1", CMD)?;
             }
         }
-        if mode == DaemonMode::WaitsForConfig {
+        if mode == DaemonMode::WaitsForConfig && !seeded {
             // The answering site first, so the initiator's first IKE_SA_INIT finds its peer ready
             // (no retransmission backoff).
             for site in self.sites.iter_mut().rev() {
@@ -232,6 +251,21 @@ impl Lab {
             }
         }
         Ok(mode)
+    }
+
+    /// After site `i` rebooted (its readiness line seen): takes its console shell again and finds
+    /// the LAN host its boot hook created.
+    pub fn rewire_site(&mut self, i: usize) -> Result<()> {
+        let site = &mut self.sites[i];
+        site.vm.wait_for_shell(Duration::from_secs(30))?;
+        site.lan_host_pid = site.vm.lan_host_pid()?;
+        if site.lan_host_pid.is_none() {
+            return Err(Error::Guest(format!(
+                "{}: no LAN host after the reboot (the image has no lab boot hook?)",
+                site.spec.name
+            )));
+        }
+        Ok(())
     }
 
     /// Waits until both daemons listen on the API port; returns whether each does.
@@ -310,6 +344,82 @@ impl Lab {
             site.vm.shutdown(Duration::from_secs(15).saturating_sub(started.elapsed()));
         }
     }
+}
+
+/// The lab's boot hook, seeded into the data partition as `/data/rc.local` (PID 1 runs it before
+/// the daemon, on every boot, so it also survives reboots and upgrades): it tells the site by its
+/// NIC's MAC address, sets the hostname, creates the LAN host (a namespace on the veth pair whose
+/// appliance end is `lan0`), and on first boot installs the site's configuration from
+/// `/data/isthmus/first-boot/`. This saves the console round trips of [`Lab::wire`] at boot.
+pub fn rc_local() -> String {
+    let mut cases = String::new();
+    for s in &SITES {
+        cases.push_str(&format!(
+            "  {}:*) site={} host={} gw={} ;;\n",
+            s.mac,
+            s.name,
+            s.host,
+            addr(s.lan)
+        ));
+    }
+    format!(
+        r#"#!/bin/sh
+# Isthmus lab boot hook (qemu/src/lab.rs): wires this appliance's LAN host and, on first boot,
+# installs its configuration. PID 1 runs it before isthmusd on every boot.
+mac=$(cat /sys/class/net/eth0/address 2>/dev/null)
+case "$mac" in
+{cases}  *) exit 0 ;;
+esac
+hostname "$site"
+ip link add lan0 type veth || exit 1
+unshare -n sleep 2147483647 </dev/null >/dev/null 2>&1 &
+pid=$!
+i=0
+while [ "$(readlink /proc/$pid/ns/net)" = "$(readlink /proc/self/ns/net)" ] && [ $i -lt 200 ]; do
+  sleep 0.02; i=$((i+1))
+done
+ip link set veth0 netns "$pid"
+nsenter -t "$pid" -n sh -c "ip link set lo up && ip link set veth0 up && ip addr add $host dev veth0 && ip route add default via $gw"
+echo "$pid" > /run/lan-host.pid
+if [ ! -e /data/isthmus/config ] && [ ! -e /data/isthmus/config.toml ]; then
+  cp "/data/isthmus/first-boot/$site.toml" /data/isthmus/config.toml
+fi
+echo "lab: $site LAN host $host (pid $pid)"
+"#
+    )
+}
+
+/// What the lab seeds into the image's data partition: the boot hook and both sites' first-boot
+/// configurations.
+pub fn lab_data_files(root: &Path) -> Result<Vec<(String, Vec<u8>, u32)>> {
+    let mut v = vec![("rc.local".to_string(), rc_local().into_bytes(), 0o755)];
+    for s in &SITES {
+        let path = root.join(s.config);
+        let text = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        v.push((format!("isthmus/first-boot/{}.toml", s.name), text, 0o600));
+    }
+    Ok(v)
+}
+
+/// Builds the operator CLI (`cargo build --release -p isthmus`, once; quick when built) and
+/// returns its path. `ISTHMUS_CLI=PATH` uses a prebuilt one instead.
+pub fn cli_binary(root: &Path) -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("ISTHMUS_CLI") {
+        return Ok(PathBuf::from(p));
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .current_dir(root)
+        .args(["build", "-q", "--release", "-p", "isthmus", "--bin", "isthmus"])
+        .status()
+        .map_err(|e| Error::io(Path::new("cargo"), e))?;
+    if !status.success() {
+        return Err(Error::Guest(format!("building the CLI failed ({status})")));
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    Ok(target.join("release/isthmus"))
 }
 
 /// What the appliance's daemon does after boot.

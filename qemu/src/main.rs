@@ -116,6 +116,15 @@ fn main() -> ExitCode {
         println!("isthmus-lab: building the image (make image)");
         let mut opts = isthmus_image::Options::new(&root);
         opts.daemon = args.daemon.clone();
+        // The boot hook and first-boot configurations: each site wires its LAN host and applies
+        // its configuration as it boots, without console round trips.
+        opts.data_files = match isthmus_lab::lab::lab_data_files(&root) {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("isthmus-lab: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
         match isthmus_image::build(&opts) {
             Ok(m) => m,
             Err(e) => {
@@ -148,6 +157,7 @@ fn main() -> ExitCode {
         impairment: args.impairment,
         api_ports: if args.check { [None, None] } else { LAB_API_PORTS.map(Some) },
         mem_mib: args.mem_mib,
+        uefi: [false, false],
     };
 
     let mut report = Report(Vec::new());
@@ -180,7 +190,7 @@ fn main() -> ExitCode {
         report.step(
             Outcome::Pass,
             "configure",
-            "qemu/configs/site-a.toml and site-b.toml written to /data/isthmus/config.toml",
+            "qemu/configs/site-a.toml and site-b.toml installed as /data/isthmus/config.toml (by the boot hook /data/rc.local seeded in the image, or through the console)",
         );
         // First the tunnel (timed from power-on), then the rest.
         let tunnel = lab.wait_tunnel(Duration::from_secs(90));

@@ -367,6 +367,12 @@ impl Vm {
         let _ = self.input.shutdown(std::net::Shutdown::Both);
     }
 
+    /// The LAN host's anchor process, if the boot hook (or the lab) created one.
+    pub fn lan_host_pid(&mut self) -> Result<Option<u32>> {
+        let (_, out) = self.sh("cat /run/lan-host.pid 2>/dev/null", Duration::from_secs(30))?;
+        Ok(out.lines().last().and_then(|l| l.trim().parse().ok()))
+    }
+
     /// True while QEMU runs.
     pub fn running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))

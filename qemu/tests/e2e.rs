@@ -4,9 +4,10 @@
 //! with a message when QEMU, OVMF or a kernel source is missing. The images are built once per run
 //! into `build/e2e*`; every boot uses a fresh qcow2 overlay and OVMF variable store.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::{Mutex, MutexGuard, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use isthmus_image::{Manifest, Options, workspace_root};
 use isthmus_lab::lab::{BOOT_TIMEOUT, DaemonMode, Lab, LabOptions, boot_uefi, isthmus_ready};
@@ -60,8 +61,11 @@ fn image(name: &str, tweak: fn(&mut Options)) -> Manifest {
     m
 }
 
+/// The lab image: its data partition carries the lab's boot hook and first-boot configurations.
 fn default_image() -> Manifest {
-    image("e2e", |_| {})
+    image("e2e", |o| {
+        o.data_files = isthmus_lab::lab::lab_data_files(&workspace_root()).expect("lab files");
+    })
 }
 
 /// Direct kernel boot of one appliance on `disk` (a qcow2 overlay that persists across boots).
@@ -119,6 +123,7 @@ fn two_appliances_ping_each_other_over_the_wan() {
         impairment: Impairment { delay: Duration::from_millis(20), loss: 0.0 },
         api_ports: [None, None],
         mem_mib: 512,
+        uefi: [false, false],
     };
     let mut lab = Lab::boot(&opts).expect("boot both appliances");
     for s in &lab.sites {
@@ -249,4 +254,155 @@ fn a_slot_that_blesses_itself_stays() {
     let line = vm.wait_for(isthmus_ready(), BOOT_TIMEOUT).unwrap();
     assert!(line.contains("slot b"), "a blessed slot keeps booting: {line}");
     vm.shutdown(Duration::from_secs(20));
+}
+
+/// The operator CLI against a lab appliance's forwarded API; returns (success, stdout + stderr).
+fn cli(bin: &Path, home: &Path, port: u16, args: &[&str]) -> (bool, String) {
+    let out = Command::new(bin)
+        .args(args)
+        .env("HOME", home)
+        .env("ISTHMUS_ENDPOINT", format!("https://127.0.0.1:{port}"))
+        .env("ISTHMUS_TOKEN", "isthmus-lab-token")
+        .output()
+        .expect("run the CLI");
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    println!("$ isthmus {}\n{text}", args.join(" "));
+    (out.status.success(), text)
+}
+
+/// The JSON object in the CLI's output (stderr may add a line such as the certificate pin).
+fn json_of(text: &str) -> &str {
+    let start = text.find('{').unwrap_or(0);
+    let end = text.rfind('}').map_or(text.len(), |i| i + 1);
+    text.get(start..end).unwrap_or("")
+}
+
+fn system_status(bin: &Path, home: &Path, port: u16) -> isthmus_api::SystemStatus {
+    let (ok, text) = cli(bin, home, port, &["--json", "system", "status"]);
+    assert!(ok, "system status: {text}");
+    serde_json::from_str(json_of(&text))
+        .unwrap_or_else(|e| panic!("system status JSON: {e}: {text}"))
+}
+
+/// Polls `system status` until `pred` holds (the API comes back after a reboot).
+fn wait_status(
+    bin: &Path,
+    home: &Path,
+    port: u16,
+    timeout: Duration,
+    pred: impl Fn(&isthmus_api::SystemStatus) -> bool,
+) -> isthmus_api::SystemStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (ok, text) = cli(bin, home, port, &["--json", "system", "status"]);
+        if ok {
+            if let Ok(s) = serde_json::from_str::<isthmus_api::SystemStatus>(json_of(&text))
+                && (pred(&s) || Instant::now() >= deadline)
+            {
+                return s;
+            }
+        }
+        assert!(Instant::now() < deadline, "system status within {timeout:?}: {text}");
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+#[test]
+fn an_upgrade_that_fails_its_health_gate_falls_back_and_a_good_one_stays() {
+    let Some(env) = env() else { return };
+    let _one = serial();
+    let root = workspace_root();
+    let base = default_image();
+    // The good upgrade: the same firmware with a newer version. The bad one: a newer version
+    // built without the `tun` module, so the daemon cannot apply its configuration.
+    let good = image("e2e-up-good", |o| {
+        o.version = Some(format!("{}.1", isthmus_image::VERSION));
+    });
+    let bad = image("e2e-up-bad", |o| {
+        o.version = Some(format!("{}.2", isthmus_image::VERSION));
+        o.omit_modules = vec!["tun".into()];
+    });
+    let bin = isthmus_lab::lab::cli_binary(&root).expect("build the CLI");
+    let dir = env.dir.join("upgrade");
+    let home = dir.join("home");
+    let _ = std::fs::remove_dir_all(&home);
+    std::fs::create_dir_all(&home).unwrap();
+    let opts = LabOptions {
+        qemu: env.qemu.clone(),
+        accel: env.accel,
+        image: base,
+        dir,
+        impairment: Impairment::default(),
+        api_ports: [None, None],
+        mem_mib: 512,
+        // Site A boots through OVMF and systemd-boot: the slots are what this test is about.
+        uefi: [true, false],
+    };
+    let mut lab = Lab::boot(&opts).expect("boot both appliances");
+    assert!(lab.sites[0].ready_line.contains("slot a"), "{}", lab.sites[0].ready_line);
+    let mode = lab.wire(&root).expect("wire");
+    assert_eq!(mode, DaemonMode::WaitsForConfig, "the image carries the daemon");
+    assert!(lab.wait_tunnel(Duration::from_secs(90)).unwrap().is_some(), "tunnel before upgrading");
+    let port = lab.sites[0].api_port;
+    let s = system_status(&bin, &home, port);
+    assert_eq!(s.booted_slot.as_deref(), Some("a"));
+    assert!(s.slots[0].blessed && s.slots[1].file.is_empty(), "{s:?}");
+
+    // 1. The bad upgrade: one try, a 20 s gate. Slot B boots, cannot apply its configuration,
+    //    PID 1 reboots at the deadline, the try is used up, systemd-boot falls back to slot A.
+    let bad_file = bad.upgrade.to_string_lossy().into_owned();
+    let (ok, out) =
+        cli(&bin, &home, port, &["system", "upgrade", &bad_file, "--tries", "1", "--gate", "20s"]);
+    assert!(ok, "upgrade accepted: {out}");
+    assert!(out.contains(&format!("wrote firmware {} to slot b", bad.version)), "{out}");
+    assert!(out.contains("to-site-b"), "the gate waits for the tunnel that is up: {out}");
+    let vm = &mut lab.sites[0].vm;
+    vm.wait_for("isthmus: rebooting", Duration::from_secs(60)).unwrap();
+    let line = vm.wait_for(isthmus_ready(), BOOT_TIMEOUT).unwrap();
+    assert!(line.contains("slot b"), "systemd-boot tries the upgrade: {line}");
+    vm.wait_for("did not pass its health gate in time", Duration::from_secs(120)).unwrap();
+    let line = vm.wait_for(isthmus_ready(), BOOT_TIMEOUT).unwrap();
+    assert!(line.contains("slot a"), "tries used up: back on the old firmware: {line}");
+    lab.rewire_site(0).expect("LAN host after the fallback");
+    assert!(
+        lab.wait_tunnel(Duration::from_secs(90)).unwrap().is_some(),
+        "the old firmware brings the tunnel back"
+    );
+    let s = wait_status(&bin, &home, port, Duration::from_secs(60), |s| {
+        s.upgrade.as_ref().is_some_and(|u| u.state == "fell-back")
+    });
+    assert_eq!(s.booted_slot.as_deref(), Some("a"), "{s:?}");
+    let u = s.upgrade.clone().unwrap();
+    assert_eq!(u.state, "fell-back", "{u:?}");
+    assert!(u.detail.contains("configuration not applied"), "the record says why: {u:?}");
+    let (_, events) = cli(&bin, &home, port, &["config", "revisions"]);
+    assert!(events.contains("initial configuration"), "configuration preserved: {events}");
+
+    // 2. The good upgrade stays: the gate sees the tunnel back and blesses slot B.
+    let good_file = good.upgrade.to_string_lossy().into_owned();
+    let (ok, out) =
+        cli(&bin, &home, port, &["system", "upgrade", &good_file, "--gate", "90s", "--tries", "2"]);
+    assert!(ok, "upgrade accepted: {out}");
+    let vm = &mut lab.sites[0].vm;
+    vm.wait_for("isthmus: rebooting", Duration::from_secs(60)).unwrap();
+    let line = vm.wait_for(isthmus_ready(), BOOT_TIMEOUT).unwrap();
+    assert!(line.contains("slot b"), "{line}");
+    let s = wait_status(&bin, &home, port, Duration::from_secs(150), |s| {
+        s.upgrade.as_ref().is_some_and(|u| u.state != "trial" && u.state != "gate-failed")
+    });
+    let u = s.upgrade.clone().unwrap();
+    assert_eq!(u.state, "blessed", "{u:?}");
+    assert_eq!(s.booted_slot.as_deref(), Some("b"));
+    assert_eq!(s.version, good.version);
+    assert!(s.slots[1].blessed && s.slots[1].file == "EFI/Linux/fw-b.efi", "{s:?}");
+    lab.rewire_site(0).expect("LAN host after the upgrade");
+    let (ok, ping) = lab.lan_ping().unwrap();
+    assert!(ok, "LAN to LAN through the tunnel on the new firmware: {ping}");
+    // Blessed: the next boot stays on slot B.
+    let vm = &mut lab.sites[0].vm;
+    vm.send("reboot").unwrap();
+    let line = vm.wait_for(isthmus_ready(), BOOT_TIMEOUT).unwrap();
+    assert!(line.contains("slot b"), "a blessed upgrade keeps booting: {line}");
+    lab.shutdown();
 }

@@ -448,6 +448,88 @@ pub struct TunnelDiagnosis {
     pub advice: Vec<String>,
 }
 
+/// One A/B slot of the firmware, as `isthmus system status` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Slot {
+    /// `a` or `b`.
+    pub slot: String,
+    /// Its unified kernel image on the ESP, e.g. `EFI/Linux/fw-b+2-1.efi` (empty: the slot is empty).
+    pub file: String,
+    /// The firmware version it holds (`IMAGE_VERSION`).
+    pub version: Option<String>,
+    /// The running firmware was booted from it.
+    pub booted: bool,
+    /// Marked good (no boot counter in its file name).
+    pub blessed: bool,
+    /// Boots left before systemd-boot falls back to the other slot (on trial only).
+    pub tries_left: Option<u32>,
+}
+
+/// The last firmware upgrade and what became of it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpgradeRecord {
+    /// The slot that ran when the upgrade was written (the fallback).
+    pub from_slot: String,
+    /// The slot the upgrade was written to.
+    pub to_slot: String,
+    /// Version before.
+    pub from_version: String,
+    /// Version of the upgrade.
+    pub to_version: String,
+    /// SHA-256 of the uploaded image.
+    pub sha256: String,
+    /// Who asked for it.
+    pub requested_by: String,
+    /// Seconds since the Unix epoch.
+    pub time: u64,
+    /// Tunnels that were up before the reboot: the health gate waits for them.
+    pub tunnels: Vec<String>,
+    /// How long the new firmware has to pass its health gate.
+    pub gate_secs: u64,
+    /// Boots the new slot gets.
+    pub tries: u32,
+    /// `trial`, `gate-failed`, `blessed` or `fell-back`.
+    pub state: String,
+    /// What the health gate found.
+    pub detail: String,
+}
+
+/// `GET /system`: the firmware slots and the last upgrade.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SystemStatus {
+    /// The running firmware's version.
+    pub version: String,
+    /// The slot the running firmware was booted from (`None` outside the appliance image).
+    pub booted_slot: Option<String>,
+    /// Both slots (empty outside the appliance image).
+    pub slots: Vec<Slot>,
+    /// The last upgrade, if any.
+    pub upgrade: Option<UpgradeRecord>,
+}
+
+/// The answer to `POST /system/upgrade`: what was written before the reboot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpgradeResponse {
+    /// The slot written.
+    pub slot: String,
+    /// The file written on the ESP.
+    pub file: String,
+    /// The version written.
+    pub version: String,
+    /// SHA-256 of the image as received.
+    pub sha256: String,
+    /// Bytes received.
+    pub bytes: u64,
+    /// Tunnels the health gate will wait for.
+    pub tunnels: Vec<String>,
+    /// Health gate time limit.
+    pub gate_secs: u64,
+    /// Boots the new slot gets before the firmware falls back.
+    pub tries: u32,
+    /// The appliance reboots into the new slot now.
+    pub rebooting: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

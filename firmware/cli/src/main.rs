@@ -50,6 +50,9 @@ enum Cmd {
     Alarm(AlarmCmd),
     /// Follow the event stream (tunnel changes, negotiation failures, alarms).
     Events,
+    /// The firmware: A/B slots, upgrades.
+    #[command(subcommand)]
+    System(SystemCmd),
     /// Explain why traffic does not pass: trace a packet, or a tunnel's failed negotiations.
     #[command(subcommand)]
     Diagnose(DiagnoseCmd),
@@ -185,6 +188,25 @@ enum PluginCmd {
 }
 
 #[derive(Subcommand)]
+enum SystemCmd {
+    /// Booted slot, the other slot, whether each is blessed, and the last upgrade.
+    Status,
+    /// Write a firmware image (`build/isthmus-VERSION.efi` from `make image`) to the other slot and
+    /// reboot into it on trial; it stays only if its health gate passes.
+    Upgrade {
+        /// The firmware image (a unified kernel image).
+        image: PathBuf,
+        /// Boots the new slot gets before the firmware falls back (1-9).
+        #[arg(long, default_value_t = 3)]
+        tries: u32,
+        /// Health gate: how long the new firmware has to apply its configuration and bring back
+        /// the tunnels that are up now (e.g. 120s, 5m).
+        #[arg(long, value_parser = parse_duration, default_value = "120s")]
+        gate: Duration,
+    },
+}
+
+#[derive(Subcommand)]
 enum AlarmCmd {
     /// Active and recently cleared alarms.
     List,
@@ -295,6 +317,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Tunnel(t) => tunnel(&cli, &c, t)?,
         Cmd::Config(cc) => config(&cli, &c, cc)?,
         Cmd::Plugin(p) => plugin(&cli, &c, p)?,
+        Cmd::System(sc) => system(&cli, &c, sc)?,
         Cmd::Alarm(AlarmCmd::List) => {
             let a: Vec<api::Alarm> = c.get("/alarms")?;
             if cli.json {
@@ -620,6 +643,93 @@ fn plugin(cli: &Cli, c: &Client, p: &PluginCmd) -> anyhow::Result<()> {
             act(cli, c, &format!("/plugins/{digest}/remove"), json!({}))?
         }
         PluginCmd::Keygen { .. } | PluginCmd::Sign { .. } => plugin_offline(cli, p)?,
+    }
+    Ok(())
+}
+
+fn system(cli: &Cli, c: &Client, sc: &SystemCmd) -> anyhow::Result<()> {
+    match sc {
+        SystemCmd::Status => {
+            let s: api::SystemStatus = c.get("/system")?;
+            if cli.json {
+                print_json(&s);
+                return Ok(());
+            }
+            println!(
+                "firmware  {}  (booted from slot {})",
+                s.version,
+                s.booted_slot.as_deref().unwrap_or("- (not the appliance image)")
+            );
+            for sl in &s.slots {
+                let state = match (sl.file.is_empty(), sl.blessed, sl.tries_left) {
+                    (true, _, _) => "empty".to_string(),
+                    (false, true, _) => "blessed".to_string(),
+                    (false, false, Some(n)) => format!("on trial, {n} tries left"),
+                    (false, false, None) => "not blessed".to_string(),
+                };
+                println!(
+                    "slot {}{}  {:<10} {:<28} {}",
+                    sl.slot,
+                    if sl.booted { "*" } else { " " },
+                    sl.version.as_deref().unwrap_or("-"),
+                    state,
+                    sl.file
+                );
+            }
+            if let Some(u) = &s.upgrade {
+                println!(
+                    "last upgrade  {} (slot {}) -> {} (slot {}) by {}: {}\n              {}",
+                    u.from_version,
+                    u.from_slot,
+                    u.to_version,
+                    u.to_slot,
+                    u.requested_by,
+                    u.state,
+                    u.detail
+                );
+            }
+        }
+        SystemCmd::Upgrade { image, tries, gate } => {
+            let bytes =
+                std::fs::read(image).with_context(|| format!("reading {}", image.display()))?;
+            let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+            let len = bytes.len() as u64;
+            let bar = indicatif::ProgressBar::new(len);
+            if cli.json {
+                bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+            } else {
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "uploading firmware {bytes}/{total_bytes} {wide_bar} {bytes_per_sec}",
+                    )
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                );
+            }
+            let reader = Progress { inner: std::io::Cursor::new(bytes), bar: bar.clone() };
+            let path =
+                format!("/system/upgrade?sha256={sha}&tries={tries}&gate_secs={}", gate.as_secs());
+            let r: api::UpgradeResponse = c.post_bytes(&path, reader, len)?;
+            bar.finish_and_clear();
+            if cli.json {
+                print_json(&r);
+            } else {
+                println!(
+                    "wrote firmware {} to slot {} ({}, {} bytes, sha256 {})",
+                    r.version, r.slot, r.file, r.bytes, r.sha256
+                );
+                println!(
+                    "rebooting into it on trial ({} tries); it stays once its configuration is applied{} within {} s, else the appliance falls back to the running firmware",
+                    r.tries,
+                    if r.tunnels.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" and tunnels {} are up", r.tunnels.join(", "))
+                    },
+                    r.gate_secs
+                );
+                println!("then: isthmus system status");
+            }
+        }
     }
     Ok(())
 }

@@ -211,6 +211,11 @@ impl Core {
         Ok(core)
     }
 
+    /// Where the store, the API certificate, plugins and the upgrade record live.
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.opts.data_dir
+    }
+
     /// The event bus.
     pub fn events(&self) -> &Arc<EventBus> {
         &self.events

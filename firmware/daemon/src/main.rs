@@ -5,8 +5,6 @@
 //! arguments: the data partition holds the store, and on first boot the configuration is read from
 //! `/data/isthmus/config.toml` once it appears there.
 
-mod pid1;
-
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,6 +12,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use isthmusd::core::{Core, Options};
+use isthmusd::pid1;
 
 #[derive(Parser, Debug)]
 #[command(name = "isthmusd", version, about = "The Isthmus VPN gateway daemon")]
@@ -78,7 +77,11 @@ fn run(args: Args) -> anyhow::Result<()> {
         config_file: Some(args.config.clone()),
         manage_net: !args.no_net,
         run_tunnels: !args.no_tunnels,
-    })?;
+    })
+    .inspect_err(|e| isthmusd::upgrade::note_start_failure(&args.data_dir, &format!("{e:#}")))?;
+    // After an upgrade: bless the slot once the health gate passes, or reboot.
+    let gate = core.clone();
+    std::thread::spawn(move || isthmusd::upgrade::run_gate(&gate));
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(serve(core, args))
 }

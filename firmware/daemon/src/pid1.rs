@@ -12,7 +12,8 @@
 //!    `/sys/class/block/*/uevent`, so disk naming does not matter) and mounts it (ext4) on
 //!    [`DATA_DIR`];
 //! 4. brings up `lo`, sets the hostname (`isthmus.hostname=` on the kernel command line, else
-//!    `/etc/hostname`) and prints the readiness line `isthmus: ready` on the console;
+//!    `/etc/hostname`), runs the site's boot hook [`RC_LOCAL`] if the data partition has one, and
+//!    prints the readiness line `isthmus: ready` on the console;
 //! 5. forks. The child returns from [`boot`] and runs the daemon (the rest of `main`). The parent
 //!    stays PID 1 for good: it reaps every orphan, restarts the daemon with a backoff when it exits,
 //!    keeps a shell on the serial console, and shuts down cleanly on the signals BusyBox's
@@ -27,7 +28,11 @@
 //! A/B slots: the unified kernel image of each slot carries `isthmus.slot=a|b` on its command line;
 //! [`booted_slot`] reads it and [`bless_booted_slot`] marks the booted slot good for systemd-boot's
 //! boot counting (renames `EFI/Linux/fw-X+L-D.efi` to `fw-X.efi` on the ESP). Until something blesses
-//! it, a slot on trial falls back to the other slot once its tries run out.
+//! it, a slot on trial falls back to the other slot once its tries run out. While the booted slot is
+//! on trial after an upgrade (`/data/isthmus/upgrade.json`, see [`crate::upgrade`]), PID 1 also
+//! keeps a deadline: if the daemon's health gate has not blessed the slot by then (the daemon could
+//! not apply its configuration, or keeps crashing), PID 1 reboots, so the boot counter runs down and
+//! the firmware falls back by itself.
 
 use std::ffi::CString;
 use std::fs;
@@ -36,6 +41,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// The module list shipped in the initramfs: one absolute `.ko` path per line (optionally followed by
@@ -49,11 +55,20 @@ pub const ESP_PARTNAME: &str = "isthmus-esp";
 pub const DATA_DIR: &str = "/data";
 /// The line printed on the console once PID 1 duties are done (the lab waits for it).
 pub const READY_LINE: &str = "isthmus: ready";
+/// The site's boot hook, run by PID 1 before the daemon starts (the lab wires its LAN hosts there).
+pub const RC_LOCAL: &str = "/data/rc.local";
 
 const SHELL: &str = "/bin/sh";
 const BUSYBOX: &str = "/bin/busybox";
 const PATH_ENV: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
 const ESP_DIR: &str = "/run/esp";
+
+static IN_IMAGE: AtomicBool = AtomicBool::new(false);
+
+/// True in the daemon process that PID 1 forked (the daemon runs as the appliance's firmware).
+pub fn in_image() -> bool {
+    IN_IMAGE.load(Ordering::Relaxed)
+}
 
 /// What can go wrong in PID 1 duties.
 #[derive(Debug, thiserror::Error)]
@@ -132,8 +147,10 @@ pub fn boot() {
     if let Err(e) = link_up("lo") {
         say(&format!("lo: {e}"));
     }
+    run_rc_local(Path::new(RC_LOCAL), Duration::from_secs(20));
     let slot = booted_slot().unwrap_or_else(|_| "-".to_string());
-    // Until the daemon's health gates bless a slot, `isthmus.bless=boot` marks it good at boot.
+    // `isthmus.bless=boot` marks a slot good at boot (images built with `--slot-b-blesses`);
+    // otherwise the daemon's health gate does after an upgrade.
     if cmdline_value(&cmdline, "isthmus.bless") == Some("boot") {
         match bless_booted_slot() {
             Ok(()) => say(&format!("slot {slot} blessed")),
@@ -148,7 +165,56 @@ pub fn boot() {
         "{READY_LINE} (slot {slot}, {loaded} modules, {failed} failed, data {data}, init {} ms, up {uptime} s)",
         started.elapsed().as_millis()
     );
-    supervise();
+    let trial = crate::upgrade::trial_deadline(Path::new(crate::upgrade::IMAGE_RECORD), &slot);
+    if let Some(d) = trial {
+        say(&format!(
+            "slot {slot} is on trial after an upgrade: rebooting in {} s unless its health gate passes",
+            d.as_secs()
+        ));
+    }
+    supervise(trial.map(|d| (Instant::now() + d, slot)));
+}
+
+/// Runs the site's boot hook (a shell script on the data partition, so it survives upgrades)
+/// before the daemon starts; stops it after `limit`.
+fn run_rc_local(script: &Path, limit: Duration) {
+    if !script.exists() || !Path::new(BUSYBOX).exists() {
+        return;
+    }
+    let mut child = match Command::new(BUSYBOX)
+        .arg("sh")
+        .arg(script)
+        .current_dir("/")
+        .stdin(std::process::Stdio::null())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            say(&format!("{}: {e}", script.display()));
+            return;
+        }
+    };
+    let deadline = Instant::now() + limit;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) if status.success() => return,
+            Ok(Some(status)) => {
+                say(&format!("{} ended with {status}", script.display()));
+                return;
+            }
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                say(&format!(
+                    "{} ran longer than {} s: stopped",
+                    script.display(),
+                    limit.as_secs()
+                ));
+                return;
+            }
+        }
+    }
 }
 
 /// Parses `key=value` from a kernel command line.
@@ -334,22 +400,46 @@ fn link_up(name: &str) -> Result<(), BootError> {
 /// The daemon calls this once its health gates pass.
 pub fn bless_booted_slot() -> Result<(), BootError> {
     let slot = booted_slot()?;
-    if find_partition(ESP_PARTNAME).is_none() {
-        return Err(BootError::NoPartition(ESP_PARTNAME.to_string()));
+    let esp = EspMount::mount()?;
+    bless_in(&esp.path().join("EFI/Linux"), &slot)
+}
+
+/// The ESP, mounted (by GPT partition name) for as long as this lives; synced and unmounted on
+/// drop unless it was mounted already.
+#[derive(Debug)]
+pub struct EspMount {
+    ours: bool,
+}
+
+impl EspMount {
+    /// Mounts the ESP on `/run/esp` unless it is mounted there already.
+    pub fn mount() -> Result<EspMount, BootError> {
+        if find_partition(ESP_PARTNAME).is_none() {
+            return Err(BootError::NoPartition(ESP_PARTNAME.to_string()));
+        }
+        let mounted = Path::new(ESP_DIR).join("EFI").exists();
+        if !mounted {
+            mount_by_partname(ESP_PARTNAME, ESP_DIR, "vfat", Duration::from_secs(1))?;
+        }
+        Ok(EspMount { ours: !mounted })
     }
-    let mounted = Path::new(ESP_DIR).join("EFI").exists();
-    if !mounted {
-        mount_by_partname(ESP_PARTNAME, ESP_DIR, "vfat", Duration::from_secs(1))?;
+
+    /// Where it is mounted.
+    pub fn path(&self) -> &Path {
+        Path::new(ESP_DIR)
     }
-    let result = bless_in(&Path::new(ESP_DIR).join("EFI/Linux"), &slot);
-    // SAFETY: sync(2) has no preconditions.
-    unsafe { libc::sync() };
-    if !mounted {
-        let dir = cstr(ESP_DIR);
-        // SAFETY: valid NUL-terminated path.
-        unsafe { libc::umount(dir.as_ptr()) };
+}
+
+impl Drop for EspMount {
+    fn drop(&mut self) {
+        // SAFETY: sync(2) has no preconditions.
+        unsafe { libc::sync() };
+        if self.ours {
+            let dir = cstr(ESP_DIR);
+            // SAFETY: valid NUL-terminated path.
+            unsafe { libc::umount(dir.as_ptr()) };
+        }
     }
-    result
 }
 
 fn bless_in(dir: &Path, slot: &str) -> Result<(), BootError> {
@@ -389,8 +479,13 @@ fn signal_set(signals: &[libc::c_int]) -> libc::sigset_t {
 const HANDLED: [libc::c_int; 6] =
     [libc::SIGCHLD, libc::SIGTERM, libc::SIGINT, libc::SIGUSR1, libc::SIGUSR2, libc::SIGHUP];
 
-/// The PID 1 loop. Returns only in a freshly forked daemon process.
-fn supervise() {
+/// The PID 1 loop. Returns only in a freshly forked daemon process. `trial`: when to reboot if
+/// the named slot is still on trial by then.
+fn supervise(trial: Option<(Instant, String)>) {
+    let (mut trial_due, trial_slot) = match trial {
+        Some((t, s)) => (Some(t), s),
+        None => (None, String::new()),
+    };
     let set = signal_set(&HANDLED);
     // SAFETY: blocks the signals we take synchronously with sigtimedwait; single-threaded here.
     unsafe { libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
@@ -417,6 +512,7 @@ fn supervise() {
                     unsafe { libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
                     // SAFETY: setsid has no preconditions.
                     unsafe { libc::setsid() };
+                    IN_IMAGE.store(true, Ordering::Relaxed);
                     return;
                 }
                 pid if pid > 0 => {
@@ -437,7 +533,17 @@ fn supervise() {
             }
         }
 
-        let next = [daemon_due, shell_due].into_iter().flatten().min();
+        if trial_due.is_some_and(|t| t <= now) {
+            trial_due = None;
+            let record = Path::new(crate::upgrade::IMAGE_RECORD);
+            if crate::upgrade::still_on_trial(record, &trial_slot) {
+                say(&format!(
+                    "slot {trial_slot} did not pass its health gate in time: rebooting (the firmware falls back once its tries run out)"
+                ));
+                shutdown(Stop::Reboot);
+            }
+        }
+        let next = [daemon_due, shell_due, trial_due].into_iter().flatten().min();
         let wait =
             next.map_or(Duration::from_secs(60), |t| t.saturating_duration_since(Instant::now()));
         // SAFETY: timespec is plain old data; all-zero is valid. (Built field by field because

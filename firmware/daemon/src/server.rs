@@ -107,6 +107,11 @@ pub fn router(core: Arc<Core>) -> Router {
         .route("/diagnose/path", get(diagnose_path))
         .route("/diagnose/tunnel/{name}", get(diagnose_tunnel))
         .route("/events", get(crate::events::stream))
+        .route("/system", get(system_status))
+        .route(
+            "/system/upgrade",
+            post(system_upgrade).layer(DefaultBodyLimit::max(crate::upgrade::MAX_IMAGE)),
+        )
         .route("/actions", post(action))
         .layer(DefaultBodyLimit::max(MAX_BODY));
     Router::new()
@@ -330,6 +335,73 @@ async fn plugin_op(
         }
     };
     st.core.act(a, &who).await
+}
+
+async fn system_status(State(st): State<AppState>) -> Reply<isthmus_api::SystemStatus> {
+    let core = st.core.clone();
+    let s = tokio::task::spawn_blocking(move || crate::upgrade::status(&core))
+        .await
+        .map_err(|e| Failure::internal(format!("reading the slots did not complete: {e}")))?;
+    Ok(axum::Json(s))
+}
+
+/// `POST /system/upgrade?sha256=HEX&tries=N&gate_secs=S`: the body is the firmware image.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpgradeQuery {
+    sha256: Option<String>,
+    tries: Option<u32>,
+    gate_secs: Option<u64>,
+}
+
+async fn system_upgrade(
+    State(st): State<AppState>,
+    axum::extract::Query(q): axum::extract::Query<UpgradeQuery>,
+    req: Request,
+) -> Result<Response, Failure> {
+    use crate::upgrade::{self as up, UpgradeError as E};
+    let who = caller(req.extensions());
+    let body = axum::body::to_bytes(req.into_body(), up::MAX_IMAGE).await.map_err(|_| {
+        Failure::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-large",
+            format!("firmware image larger than {} MiB", up::MAX_IMAGE >> 20),
+        )
+    })?;
+    let core = st.core.clone();
+    let r = tokio::task::spawn_blocking(move || {
+        up::stage(
+            &core,
+            up::Request {
+                image: &body,
+                sha256: q.sha256.as_deref(),
+                gate_secs: q.gate_secs.unwrap_or(up::DEFAULT_GATE_SECS),
+                tries: q.tries.unwrap_or(up::DEFAULT_TRIES),
+                who: &who,
+            },
+        )
+    })
+    .await
+    .map_err(|e| Failure::internal(format!("the upgrade did not complete: {e}")))?;
+    match r {
+        Ok(resp) => {
+            up::reboot_soon(Duration::from_secs(1));
+            Ok(axum::Json(resp).into_response())
+        }
+        Err(e @ (E::Format(_) | E::Checksum { .. } | E::NotNewer { .. } | E::Invalid(_))) => {
+            st.core.events().emit(
+                "upgrade-refused",
+                "system",
+                isthmus_api::Severity::Warning,
+                e.to_string(),
+            );
+            Err(Failure::new(StatusCode::UNPROCESSABLE_ENTITY, "upgrade-refused", e.to_string()))
+        }
+        Err(e @ E::NotAppliance(_)) => {
+            Err(Failure::new(StatusCode::CONFLICT, "conflict", e.to_string()))
+        }
+        Err(e) => Err(Failure::internal(format!("upgrade failed: {e}"))),
+    }
 }
 
 async fn alarms(State(st): State<AppState>) -> Reply<Vec<isthmus_api::Alarm>> {
