@@ -310,7 +310,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         table::secs(p)
                     );
                 }
-                println!("alarms    {} active\n", s.active_alarms);
+                println!("alarms    {} active", s.active_alarms);
+                println!("drops     {}\n", table::stage_drops(&s.drops));
                 table::tunnels(&s.tunnels);
             }
         }

@@ -76,11 +76,32 @@ pub fn tunnel_detail(d: &api::TunnelDetail) {
         "traffic    out {} pkts / {} B, in {} pkts / {} B (since start, across rekeys)",
         s.counters.packets_out, s.counters.bytes_out, s.counters.packets_in, s.counters.bytes_in
     );
-    let drops: Vec<String> =
-        s.counters.drops.iter().filter(|(_, n)| *n > 0).map(|(r, n)| format!("{r}={n}")).collect();
-    println!("drops      {}", if drops.is_empty() { "none".into() } else { drops.join(" ") });
+    println!("drops      {}", stage_drops(&d.drops));
     if let Some(e) = &s.last_error {
         println!("last error {e}");
+    }
+    if let Some(h) = &d.health {
+        let ms = |v: Option<f64>| v.map(|v| format!("{v:.1} ms")).unwrap_or("-".into());
+        println!(
+            "health     {} ({} -> {}): loss {:.0} % ({} of {} probes), latency avg {} min {} max {}, jitter {}",
+            match h.state {
+                api::HealthState::Healthy => "healthy",
+                api::HealthState::Unhealthy => "UNHEALTHY",
+                api::HealthState::Unknown => "unknown",
+            },
+            h.source,
+            h.destination,
+            h.loss_ratio * 100.0,
+            h.sent - h.received,
+            h.sent,
+            ms(h.latency_avg_ms),
+            ms(h.latency_min_ms),
+            ms(h.latency_max_ms),
+            ms(h.jitter_ms),
+        );
+        if let Some(e) = &h.last_error {
+            println!("           last probe: {e}");
+        }
     }
     for c in &d.children {
         println!(
@@ -206,4 +227,15 @@ pub fn plugins(v: &[api::Plugin]) {
         ]);
     }
     print(rows);
+}
+
+/// Drops as `stage/reason=n`, or `none`.
+pub fn stage_drops(v: &[api::StageDrop]) -> String {
+    if v.is_empty() {
+        return "none".into();
+    }
+    v.iter()
+        .map(|d| format!("{}/{}={}", d.stage, d.reason, d.packets))
+        .collect::<Vec<_>>()
+        .join(" ")
 }

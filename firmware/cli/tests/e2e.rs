@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use isthmus_testkit::site::{Binaries, Site, SiteSpec, link_wans, token_hash, wait_for};
+use isthmus_testkit::site::{Binaries, Site, SiteSpec, link_wans, logs, token_hash, wait_for};
 use isthmus_testkit::{Netns, require_root};
 
 const ADMIN: &str = "ist_e2e-admin-token";
@@ -236,4 +236,169 @@ notify = ["hook"]
     for l in a.log().lines().chain(b.log().lines()) {
         assert!(!l.contains(PSK), "the PSK appears in a log: {l}");
     }
+}
+
+/// Health checks through a tunnel between two gateways (10.63.0.0/16): probes report no loss and
+/// a round trip while the tunnel carries traffic; when the host behind the peer stops answering
+/// (its route back is blackholed, the tunnel itself stays up) the health-loss alarm reaches the
+/// webhook receiver, and it clears once answers come back.
+#[test]
+fn health_check_reports_and_its_loss_alarm_raises_and_clears() {
+    if !require_root() {
+        return;
+    }
+    let hc_site = |n: u8| {
+        Site::new(
+            SiteSpec {
+                tag: "hc".into(),
+                lan_gw: format!("10.63.{}.1/24", 10 + n),
+                lan_host: format!("10.63.{}.10/24", 10 + n),
+                api_port: API_PORT,
+                token: ADMIN.into(),
+            },
+            &bins(),
+        )
+    };
+    let hc_config = |me: u8, peer: u8, extra: &str| {
+        format!(
+            r#"
+[gateway]
+name = "hc{me}"
+[gateway.wan]
+interface = "wan0"
+address = "10.63.0.{me}/24"
+next_hop = "10.63.0.254"
+[[gateway.lan]]
+name = "lan"
+interface = "lan0"
+addresses = ["10.63.{l}.1/24"]
+
+[[customer_gateway]]
+name = "hc{peer}"
+address = "10.63.0.{peer}"
+
+[[tunnel]]
+name = "to-hc{peer}"
+customer_gateway = "hc{peer}"
+psk = "{PSK}"
+start_action = "{start}"
+[[tunnel.spd]]
+local = ["10.63.{l}.0/24"]
+remote = ["10.63.{r}.0/24"]
+{extra}
+
+[[api_token]]
+name = "ops"
+role = "admin"
+token_hash = "sha256:{hash}"
+"#,
+            l = 10 + me,
+            r = 10 + peer,
+            start = if me == 1 { "start" } else { "none" },
+            hash = token_hash(ADMIN),
+        )
+    };
+    let mut a = hc_site(1);
+    let mut b = hc_site(2);
+    link_wans(&a, &b);
+    let hooks = webhook_receiver(&a.gw);
+    let check = format!(
+        r#"[tunnel.health_check]
+source = "10.63.11.1"
+destination = "10.63.12.10"
+interval = "1s"
+timeout = "700ms"
+failure_threshold = 3
+recovery_threshold = 2
+
+[[notify]]
+name = "hook"
+webhook = "http://127.0.0.1:{HOOK_PORT}/alarm"
+retries = 5
+
+[[alarm]]
+name = "probe-loss"
+kind = "health-loss"
+threshold = 30
+hold = "1s"
+notify = ["hook"]"#
+    );
+    a.start(&hc_config(1, 2, &check));
+    b.start(&hc_config(2, 1, ""));
+    let ctx = || logs(&[&a, &b]);
+    let health = || a.json(&["tunnel", "show", "to-hc2"])["health"].clone();
+
+    // Up: answers come back through the tunnel, no loss, a real round trip.
+    wait_for(
+        "answered health probes",
+        Duration::from_secs(60),
+        || {
+            let h = health();
+            h["received"].as_u64().unwrap_or(0) >= 3 && h["loss_ratio"].as_f64() == Some(0.0)
+        },
+        || format!("health: {}\n{}", health(), ctx()),
+    );
+    let h = health();
+    assert_eq!(h["source"], "10.63.11.1");
+    assert_eq!(h["destination"], "10.63.12.10");
+    assert_eq!(h["loss_ratio"].as_f64(), Some(0.0), "{h}");
+    assert!(h["latency_avg_ms"].as_f64().unwrap() > 0.0, "{h}");
+    assert!(h["latency_max_ms"].as_f64() >= h["latency_min_ms"].as_f64(), "{h}");
+    assert!(h["jitter_ms"].as_f64().is_some(), "{h}");
+    assert_eq!(h["state"], "healthy", "{h}");
+    let show = a.show(&["tunnel", "show", "to-hc2"]);
+    assert!(show.contains("health     healthy (10.63.11.1 -> 10.63.12.10): loss 0 %"), "{show}");
+    let metrics = String::from_utf8_lossy(
+        &a.gw
+            .sh_output(&format!(
+                "wget -qO- --header 'Authorization: Bearer {ADMIN}' http://127.0.0.1:{API_PORT}/metrics"
+            ))
+            .stdout,
+    )
+    .into_owned();
+    assert!(metrics.contains("isthmus_tunnel_health_loss_ratio{tunnel=\"to-hc2\"} 0"), "{metrics}");
+    assert!(
+        metrics.contains("isthmus_tunnel_health_latency_seconds{tunnel=\"to-hc2\"} 0."),
+        "{metrics}"
+    );
+    assert!(metrics.contains("isthmus_drops_total{stage=\"esp\",reason=\"replay\"}"), "{metrics}");
+
+    // The host behind the peer stops answering (the tunnel stays up): loss climbs over 30 %.
+    // Probes run only while the tunnel is up, so the alarm was never raised before.
+    assert!(hooks.lock().unwrap().is_empty(), "{:?}", hooks.lock().unwrap());
+    b.host.sh("ip route add blackhole 10.63.11.0/24");
+    wait_for(
+        "the health-loss alarm at the webhook",
+        Duration::from_secs(40),
+        || {
+            hooks.lock().unwrap().iter().any(|h| {
+                h.contains("\"raised\"") && h.contains("probe-loss") && h.contains("tunnel/to-hc2")
+            })
+        },
+        || format!("hooks: {:?}\nhealth: {}\n{}", hooks.lock().unwrap(), health(), ctx()),
+    );
+    let h = health();
+    assert!(h["loss_ratio"].as_f64().unwrap() > 0.3, "{h}");
+    assert_eq!(h["state"], "unhealthy", "{h}");
+    assert!(h["last_error"].as_str().unwrap().contains("no answer within 700 ms"), "{h}");
+    let alarms = a.show(&["alarm", "list"]);
+    assert!(alarms.contains("probe-loss"), "{alarms}");
+    let list = a.json(&["tunnel", "list"]);
+    assert_eq!(list[0]["state"], "up", "the tunnel itself stays up: {list}");
+
+    // Answers return: loss falls back under the threshold and the alarm clears.
+    b.host.sh("ip route del blackhole 10.63.11.0/24");
+    wait_for(
+        "the health-loss alarm to clear",
+        Duration::from_secs(40),
+        || {
+            hooks
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|h| h.contains("\"cleared\"") && h.contains("probe-loss"))
+        },
+        || format!("hooks: {:?}\nhealth: {}\n{}", hooks.lock().unwrap(), health(), ctx()),
+    );
+    assert_eq!(health()["state"], "healthy");
 }

@@ -735,7 +735,7 @@ impl Core {
             }),
             tunnels: self.tunnels().await,
             active_alarms: self.alarms.active_count(),
-            drops: Vec::new(),
+            drops: crate::monitor::gateway_drops(self),
         }
     }
 

@@ -8,6 +8,10 @@
 //! datagram socket when raw sockets are not allowed. Probes are sequential: one is answered or
 //! times out before the next goes, so an interval shorter than the timeout is stretched.
 //!
+//! Probes run only while the tunnel is up: a down tunnel is the tunnel-down alarm's business, and
+//! its lost probes would only echo it. Each time the tunnel comes up the window starts afresh, so
+//! the results describe the tunnel as it is now.
+//!
 //! Results are kept over a sliding window of the last [`WINDOW`] probes: loss ratio, round-trip
 //! average, minimum and maximum, and jitter as the mean difference between consecutive round trips
 //! (the quantity the RFC 3550 §6.4.1 estimator `J += (|D| - J) / 16` tracks, without its slow
@@ -289,6 +293,8 @@ struct Checker {
     spec: HealthCheck,
     window: Arc<Mutex<Window>>,
     stop: Arc<AtomicBool>,
+    /// The tunnel is up: probe.
+    up: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -346,6 +352,17 @@ impl Health {
         drop(stopped);
     }
 
+    /// Tells `tunnel`'s check whether the tunnel is up: probes pause while it is not, and the
+    /// window starts afresh when it comes up.
+    pub fn set_up(&self, tunnel: &str, up: bool) {
+        if let Some(c) = lock(&self.checks).get(tunnel) {
+            let was = c.up.swap(up, Ordering::Relaxed);
+            if was != up {
+                *lock(&c.window) = Window::new(c.spec.clone());
+            }
+        }
+    }
+
     /// The results of `tunnel`'s check, if it has one.
     pub fn report(&self, tunnel: &str) -> Option<api::Health> {
         lock(&self.checks).get(tunnel).map(|c| lock(&c.window).report())
@@ -364,10 +381,12 @@ impl Health {
 fn start(tunnel: &str, spec: HealthCheck, events: Arc<EventBus>) -> Checker {
     let window = Arc::new(Mutex::new(Window::new(spec.clone())));
     let stop = Arc::new(AtomicBool::new(false));
-    let (w, s, sp, name) = (window.clone(), stop.clone(), spec.clone(), tunnel.to_owned());
+    let up = Arc::new(AtomicBool::new(false));
+    let (w, s, u, sp, name) =
+        (window.clone(), stop.clone(), up.clone(), spec.clone(), tunnel.to_owned());
     let thread = std::thread::Builder::new()
         .name(format!("health-{tunnel}"))
-        .spawn(move || run(&name, &sp, &w, &s, &events));
+        .spawn(move || run(&name, &sp, &w, &s, &u, &events));
     let thread = match thread {
         Ok(t) => Some(t),
         Err(e) => {
@@ -375,7 +394,7 @@ fn start(tunnel: &str, spec: HealthCheck, events: Arc<EventBus>) -> Checker {
             None
         }
     };
-    Checker { spec, window, stop, thread }
+    Checker { spec, window, stop, up, thread }
 }
 
 fn run(
@@ -383,6 +402,7 @@ fn run(
     spec: &HealthCheck,
     window: &Mutex<Window>,
     stop: &AtomicBool,
+    up: &AtomicBool,
     events: &EventBus,
 ) {
     let (src, dst) = (spec.source, spec.destination);
@@ -395,6 +415,10 @@ fn run(
     let mut seq: u16 = 0;
     while !stop.load(Ordering::Relaxed) {
         let t0 = Instant::now();
+        if !up.load(Ordering::Relaxed) {
+            sleep_unless(TICK, stop);
+            continue;
+        }
         seq = seq.wrapping_add(1);
         if sock.is_none() {
             // The source address may appear later (the reconciler adds it): retried each round.
@@ -411,6 +435,10 @@ fn run(
         let result = probe(s, *raw, v6, ident, seq, timeout, stop);
         if stop.load(Ordering::Relaxed) {
             break;
+        }
+        // The tunnel went down meanwhile: the probe measured nothing about it.
+        if !up.load(Ordering::Relaxed) {
+            continue;
         }
         let changed = lock(window).record(result);
         match changed {

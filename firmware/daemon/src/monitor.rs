@@ -13,6 +13,7 @@ use isthmus_dataplane::Direction;
 use isthmus_esp::DropReason;
 use isthmus_ike::DownReason;
 use isthmus_ike::codec::ExchangeType;
+use isthmus_tables::sg::{ChainKind, Direction as SgDirection};
 use isthmus_tunnels::{TunnelEvent, TunnelState, TunnelStatus};
 
 use crate::alarms::{Alarms, Signal};
@@ -102,6 +103,16 @@ impl Monitor {
     /// Reads the dataplane's counters; SAs that disappeared are added to their tunnel's retired
     /// totals so that tunnel counters never go backwards.
     pub fn sample(&self, core: &Core) {
+        // Health checks probe only through tunnels that are up.
+        if let Some((_, cfg)) = core.applied() {
+            for t in &cfg.tunnels {
+                let up = core
+                    .with_driver(|d| d.tunnels.tunnel(&t.name))
+                    .flatten()
+                    .is_some_and(|s| s.state == TunnelState::Up && !s.children.is_empty());
+                core.health.set_up(&t.name, up);
+            }
+        }
         let Some(c) = core.with_driver(|d| d.dataplane.counters()) else { return };
         let now = Instant::now();
         let mut m = self.lock();
@@ -239,9 +250,65 @@ impl Monitor {
             rekeys,
             events: core.events().recent(&format!("tunnel/{name}"), 20),
             health: core.health.report(name),
-            drops: Vec::new(),
+            drops: tunnel_drops(core, name),
         }
     }
+}
+
+/// The stage a security-group or network-ACL rule drop is counted at: `sg-in`, `nacl-out`, ...
+fn rule_stage(kind: ChainKind, dir: SgDirection) -> &'static str {
+    match (kind, dir) {
+        (ChainKind::SecurityGroup, SgDirection::Inbound) => "sg-in",
+        (ChainKind::SecurityGroup, SgDirection::Outbound) => "sg-out",
+        (ChainKind::NetworkAcl, SgDirection::Inbound) => "nacl-in",
+        (ChainKind::NetworkAcl, SgDirection::Outbound) => "nacl-out",
+    }
+}
+
+/// The drops attributed to `tunnel`: its SAs' ESP drops (stage `esp`, across rekeys), and the
+/// security-group and ACL drops of its attachment by deciding rule (stage `sg-in`, ...).
+pub fn tunnel_drops(core: &Core, tunnel: &str) -> Vec<api::StageDrop> {
+    let mut v: Vec<api::StageDrop> = core
+        .monitor
+        .totals(tunnel)
+        .drops
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(r, n)| api::StageDrop { stage: "esp".into(), reason: (*r).to_owned(), packets: *n })
+        .collect();
+    if let Some(c) = core.with_driver(|d| d.dataplane.counters()) {
+        v.extend(c.rule_drops.iter().filter(|r| r.attachment == tunnel && r.packets > 0).map(
+            |r| api::StageDrop {
+                stage: rule_stage(r.kind, r.direction).into(),
+                reason: r.rule.clone(),
+                packets: r.packets,
+            },
+        ));
+    }
+    v
+}
+
+/// Every drop of the gateway: each stage's non-zero counters (stage and reason as in
+/// `isthmus_drops_total`), then security-group and ACL drops by rule, `rule (attachment)`.
+pub fn gateway_drops(core: &Core) -> Vec<api::StageDrop> {
+    let Some(c) = core.with_driver(|d| d.dataplane.counters()) else { return vec![] };
+    let mut v: Vec<api::StageDrop> = c
+        .stage_drops
+        .entries()
+        .iter()
+        .filter(|e| e.2 > 0)
+        .map(|(stage, reason, n)| api::StageDrop {
+            stage: (*stage).into(),
+            reason: (*reason).into(),
+            packets: *n,
+        })
+        .collect();
+    v.extend(c.rule_drops.iter().filter(|r| r.packets > 0).map(|r| api::StageDrop {
+        stage: rule_stage(r.kind, r.direction).into(),
+        reason: format!("{} ({})", r.rule, r.attachment),
+        packets: r.packets,
+    }));
+    v
 }
 
 fn totals_locked(m: &Inner, tunnel: &str) -> Totals {
@@ -432,10 +499,80 @@ pub fn metrics(core: &Core) -> String {
             let _ = writeln!(o, "isthmus_dataplane_packets_total{{path=\"{k}\"}} {v}");
         }
     }
+    health_metrics(&mut o, core, &cfg);
+    if let Some(c) = core.with_driver(|d| d.dataplane.counters()) {
+        let _ = writeln!(
+            o,
+            "# HELP isthmus_drops_total Dataplane drops by stage of the packet path and reason.\n# TYPE isthmus_drops_total counter"
+        );
+        for (stage, reason, n) in c.stage_drops.entries() {
+            let _ = writeln!(o, "isthmus_drops_total{{stage=\"{stage}\",reason=\"{reason}\"}} {n}");
+        }
+        let _ = writeln!(
+            o,
+            "# HELP isthmus_rule_drops_total Security-group and network-ACL drops by deciding rule.\n# TYPE isthmus_rule_drops_total counter"
+        );
+        for r in &c.rule_drops {
+            let _ = writeln!(
+                o,
+                "isthmus_rule_drops_total{{attachment=\"{}\",stage=\"{}\",rule=\"{}\"}} {}",
+                esc(&r.attachment),
+                rule_stage(r.kind, r.direction),
+                esc(&r.rule),
+                r.packets
+            );
+        }
+    }
     let _ = writeln!(
         o,
         "# HELP isthmus_alarms_active Alarms raised and not cleared.\n# TYPE isthmus_alarms_active gauge"
     );
     let _ = writeln!(o, "isthmus_alarms_active {}", core.alarms.active_count());
     o
+}
+
+/// Health-check gauges per tunnel that has a check: loss ratio, mean round trip and jitter over
+/// the window (absent until an answer came), and 1/0 for healthy/unhealthy.
+fn health_metrics(o: &mut String, core: &Core, cfg: &Config) {
+    let reports: Vec<(String, api::Health)> = cfg
+        .tunnels
+        .iter()
+        .filter_map(|t| core.health.report(&t.name).map(|h| (esc(&t.name), h)))
+        .collect();
+    if reports.is_empty() {
+        return;
+    }
+    type Get = fn(&api::Health) -> Option<f64>;
+    let gauges: [(&str, &str, Get); 4] = [
+        (
+            "isthmus_tunnel_health_loss_ratio",
+            "Health-check probes lost over the window, 0 to 1.",
+            |h| (h.sent > 0).then_some(h.loss_ratio),
+        ),
+        (
+            "isthmus_tunnel_health_latency_seconds",
+            "Mean health-check round trip over the window.",
+            |h| h.latency_avg_ms.map(|v| v / 1e3),
+        ),
+        (
+            "isthmus_tunnel_health_jitter_seconds",
+            "Mean difference between consecutive health-check round trips (RFC 3550 6.4.1).",
+            |h| h.jitter_ms.map(|v| v / 1e3),
+        ),
+        ("isthmus_tunnel_healthy", "1 when the health check passes, 0 when it fails.", |h| match h
+            .state
+        {
+            api::HealthState::Healthy => Some(1.0),
+            api::HealthState::Unhealthy => Some(0.0),
+            api::HealthState::Unknown => None,
+        }),
+    ];
+    for (metric, help, get) in gauges {
+        let _ = writeln!(o, "# HELP {metric} {help}\n# TYPE {metric} gauge");
+        for (n, h) in &reports {
+            if let Some(v) = get(h) {
+                let _ = writeln!(o, "{metric}{{tunnel=\"{n}\"}} {v}");
+            }
+        }
+    }
 }
