@@ -840,3 +840,185 @@ pub fn trusted_keys(cfg: &Config) -> Vec<PublicKey> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use isthmus_tables::FlowKey;
+    use isthmus_tables::sg::{AttachmentId, SgTable};
+
+    const BASE: &str = r#"
+[gateway]
+name = "gw"
+[gateway.wan]
+interface = "wan0"
+address = "10.62.0.1/24"
+next_hop = "10.62.0.254"
+[[gateway.lan]]
+name = "lan"
+interface = "lan0"
+addresses = ["10.62.1.1/24"]
+[[customer_gateway]]
+name = "dc"
+address = "10.62.0.2"
+[[tunnel]]
+name = "to-dc"
+customer_gateway = "dc"
+psk = "a-long-enough-pre-shared-key-0123456789"
+[[tunnel.spd]]
+local = ["10.62.1.0/24"]
+remote = ["10.62.2.0/24", "10.62.3.0/24"]
+"#;
+
+    fn cfg(extra: &str) -> Config {
+        Config::from_toml(&format!("{BASE}{extra}")).expect("valid configuration")
+    }
+
+    fn key(src: &str, dst: &str, proto: u8, dst_port: u16) -> FlowKey {
+        FlowKey {
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            proto,
+            src_port: 40000,
+            dst_port,
+        }
+    }
+
+    #[test]
+    fn rules_expand_per_peer_prefix_and_defaults_become_catch_alls() {
+        let c = cfg(r#"
+[[security_group]]
+name = "web"
+tunnels = ["to-dc"]
+default_action = "allow"
+[[security_group.rule]]
+priority = 5
+action = "allow"
+direction = "in"
+protocol = "tcp"
+source = ["10.62.2.0/24", "10.62.3.0/24"]
+destination = "10.62.1.0/24"
+ports = 443
+[[security_group.rule]]
+priority = 7
+action = "deny"
+direction = "out"
+protocol = "icmp"
+[[network_acl]]
+name = "edge"
+lans = ["lan"]
+"#);
+        let (groups, acls) = sg_inputs(&c);
+        let g = &groups[0];
+        assert_eq!(g.attach, ["to-dc"]);
+        let ids: Vec<&str> = g.rules.iter().map(|r| r.id.as_str()).collect();
+        // The default allow differs from the cloud default only inbound.
+        assert_eq!(ids, ["5#0", "5#1", "7#0", "7#1", "default-in#0", "default-in#1"]);
+        assert_eq!(g.rules[0].peer.to_string(), "10.62.2.0/24");
+        assert_eq!(g.rules[0].ports, PortRange { first: 443, last: 443 });
+        assert_eq!(g.rules[2].direction, Direction::Outbound);
+        assert!(g.rules[2].peer.addr().is_ipv4() && g.rules[3].peer.addr().is_ipv6());
+        assert_eq!(g.rules[4].priority, u32::MAX);
+        assert_eq!(g.rules[4].action, Action::Allow);
+        // An ACL's default deny is the cloud default: no rule added.
+        assert_eq!(acls[0].attach, ["lan"]);
+        assert!(acls[0].rules.is_empty());
+    }
+
+    /// The configuration's semantics (priority order within the group, then its default) and
+    /// the default plugin's compiled table agree, for one group per attachment.
+    #[test]
+    fn compiled_verdicts_follow_the_configuration() {
+        let c = cfg(r#"
+[[security_group]]
+name = "app"
+lans = ["lan"]
+[[security_group.rule]]
+priority = 10
+action = "allow"
+direction = "in"
+protocol = "tcp"
+source = "10.62.2.0/24"
+ports = "8000-8099"
+[[security_group.rule]]
+priority = 20
+action = "deny"
+direction = "in"
+protocol = "tcp"
+[[security_group.rule]]
+priority = 30
+action = "allow"
+direction = "in"
+[[security_group.rule]]
+priority = 40
+action = "allow"
+direction = "out"
+protocol = "udp"
+destination = "10.62.3.0/24"
+"#);
+        let (groups, acls) = sg_inputs(&c);
+        let chains = isthmus_policy::reference::sg_compile(&groups, &acls, false).unwrap();
+        let t = SgTable::build(1, &chains).unwrap();
+        let lan = AttachmentId::of("lan");
+        let v = |d, k: FlowKey| {
+            let v = t.evaluate(lan, ChainKind::SecurityGroup, d, &k);
+            (v.action, t.rule_name(lan, ChainKind::SecurityGroup, d, v.rule).to_owned())
+        };
+        let inb = Direction::Inbound;
+        assert_eq!(
+            v(inb, key("10.62.2.9", "10.62.1.5", 6, 8080)),
+            (Action::Allow, "sg:app/10".into())
+        );
+        assert_eq!(
+            v(inb, key("10.62.3.9", "10.62.1.5", 6, 8080)),
+            (Action::Deny, "sg:app/20#0".into())
+        );
+        assert_eq!(
+            v(inb, key("10.62.3.9", "10.62.1.5", 17, 53)),
+            (Action::Allow, "sg:app/30#0".into())
+        );
+        let out = Direction::Outbound;
+        assert_eq!(
+            v(out, key("10.62.1.5", "10.62.3.9", 17, 53)),
+            (Action::Allow, "sg:app/40".into())
+        );
+        // Nothing else goes out: the group's default (deny) and not the cloud default (allow).
+        assert_eq!(
+            v(out, key("10.62.1.5", "10.62.2.9", 6, 443)),
+            (Action::Deny, "sg:app/default-out#0".into())
+        );
+    }
+
+    #[test]
+    fn spd_policies_name_each_selector_pair_and_protect_through_its_child() {
+        let c = cfg("");
+        let t = crate::plan::ike_tunnels(&c).unwrap().remove(0);
+        let (policies, children) = spd_policies(&t.ike);
+        assert_eq!(children.len(), 1);
+        let child = &children[0];
+        assert_eq!(policies.len(), 2, "one local x two remote prefixes");
+        for (i, p) in policies.iter().enumerate() {
+            assert_eq!(p.id, format!("to-dc/{child}#{i}"));
+            assert_eq!(
+                p.action,
+                SpdAction::Protect { tunnel: "to-dc".into(), child: child.clone() }
+            );
+            assert_eq!(p.priority, None);
+        }
+        assert_eq!(policies[1].selector.remote.to_string(), "10.62.3.0/24");
+    }
+
+    #[test]
+    fn trusted_keys_accept_hex_and_skip_malformed() {
+        let c = cfg(r#"
+[[trusted_key]]
+name = "ops"
+public_key = "ed25519:ab3a4348d857ca512479e5169d9405c1708788db8f5f925e59c001ab6f220dea"
+"#);
+        let k = trusted_keys(&c);
+        assert_eq!(
+            k[0].to_string(),
+            "ed25519:ab3a4348d857ca512479e5169d9405c1708788db8f5f925e59c001ab6f220dea"
+        );
+    }
+}
