@@ -296,12 +296,11 @@ fn wait_status(
     let deadline = Instant::now() + timeout;
     loop {
         let (ok, text) = cli(bin, home, port, &["--json", "system", "status"]);
-        if ok {
-            if let Ok(s) = serde_json::from_str::<isthmus_api::SystemStatus>(json_of(&text))
-                && (pred(&s) || Instant::now() >= deadline)
-            {
-                return s;
-            }
+        if ok
+            && let Ok(s) = serde_json::from_str::<isthmus_api::SystemStatus>(json_of(&text))
+            && (pred(&s) || Instant::now() >= deadline)
+        {
+            return s;
         }
         assert!(Instant::now() < deadline, "system status within {timeout:?}: {text}");
         std::thread::sleep(Duration::from_secs(2));
