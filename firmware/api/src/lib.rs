@@ -414,6 +414,14 @@ pub struct PathReport {
     pub advice: Vec<String>,
     /// How the stages were evaluated (which tables are the dataplane's own).
     pub notes: Vec<String>,
+    /// The dataplane drop counter that counts a packet dropped where the trace ends (`sg-out`,
+    /// `no-sa`, `spd-no-policy`, ...); none when it passes or the kernel drops it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drop_counter: Option<String>,
+    /// The dataplane's drop counters by reason when the trace was made (`sg-out` -> packets),
+    /// and `rule <id>` -> packets for the rule that decided a security-group or ACL drop.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub counters: std::collections::BTreeMap<String, u64>,
 }
 
 /// One failed negotiation of a tunnel, explained.
@@ -446,6 +454,10 @@ pub struct TunnelDiagnosis {
     pub events: Vec<Event>,
     /// What to change.
     pub advice: Vec<String>,
+    /// How ESP travels while the tunnel is up: plain ESP, or ESP in UDP 4500 because a NAT was
+    /// detected on the path (RFC 7296 §2.23) or NAT-T is forced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transport: Option<String>,
 }
 
 /// One A/B slot of the firmware, as `isthmus system status` shows it.

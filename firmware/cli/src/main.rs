@@ -396,6 +396,10 @@ fn diagnose(cli: &Cli, c: &Client, d: &DiagnoseCmd) -> anyhow::Result<()> {
                 print_stages(&r.reply);
             }
             println!("verdict  {}", verdict_word(r.verdict));
+            if let Some(c) = &r.drop_counter {
+                let n = r.counters.get(c).copied().unwrap_or(0);
+                println!("counted  {c}: {n} packets dropped there so far");
+            }
             for a in &r.advice {
                 println!("advice   {a}");
             }
@@ -417,6 +421,9 @@ fn diagnose(cli: &Cli, c: &Client, d: &DiagnoseCmd) -> anyhow::Result<()> {
                     }
                 }
                 None => println!("last failure: none recorded"),
+            }
+            if let Some(t) = &r.transport {
+                println!("transport {t}");
             }
             if let Some(d) = &r.last_down_reason {
                 println!("last down: {d}");

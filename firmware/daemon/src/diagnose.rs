@@ -1,30 +1,40 @@
 //! Why does traffic not pass? A packet-path tracer and a negotiation explainer.
 //!
-//! [`diagnose_path`] follows one packet through the gateway the way the planes handle it —
-//! ingress LAN, network ACL, route lookup, SPD (RFC 4301 §4.4.1, first match), CHILD SA, security
-//! group, tunnel MTU, egress — and then its reply back, giving each stage a verdict and the entry
-//! that decided it, and ends with advice an operator can act on. [`diagnose_tunnel`] explains the
+//! [`diagnose_path`] follows one packet through the gateway in the order the planes handle it —
+//! ingress LAN, the kernel's route lookup, the SPD (RFC 4301 §4.4.1, first match), network ACLs
+//! and security groups, the CHILD SA's outbound SA, the tunnel MTU, egress — then its reply back
+//! (inbound SA, the selector check of RFC 4301 §5.2 step 4, ACLs and the stateful security
+//! groups), giving each stage a verdict and the entry that decided it, the dataplane counter
+//! that counts such a drop, and advice an operator can act on. [`diagnose_tunnel`] explains the
 //! last failed negotiations of a tunnel (RFC 7296 §2.9 TS_UNACCEPTABLE, NO_PROPOSAL_CHOSEN, ...)
 //! from the driver's status and the event log.
 //!
-//! Sources of truth, stage by stage:
-//! - routes: the same rules `plan::desired_state` gives the kernel (every tunnel's remote
-//!   prefixes to the TUN device, LAN networks, route tables bound to LANs looked up first);
-//! - SPD: the dataplane does not expose the table it runs, so the tracer builds it the way the
-//!   driver does before publishing it (`isthmus_tunnels::esp::selectors` over each CHILD SA's
-//!   traffic selectors, tunnels in name order) and looks it up with the table's own
-//!   [`SpdTable::lookup`];
-//! - CHILD SAs: the driver's live status, with the monitor's last-packet readings;
-//! - network ACLs and security groups: the configuration's rules in priority order.
+//! One truth: every verdict comes from what forwards the packets, never from a second model.
+//! - routes: the kernel's own lookup (`RTM_GETROUTE` with `RTM_F_FIB_MATCH`, the packet's
+//!   source and ingress interface, so policy rules of route tables bound to LANs apply), which
+//!   names the FIB entry it forwards by;
+//! - SPD: the table the dataplane's workers use now ([`isthmus_dataplane::Dataplane::spd`]),
+//!   looked up with its own first-match [`SpdTable::lookup`];
+//! - network ACLs and security groups: the compiled table the workers use
+//!   ([`isthmus_dataplane::Dataplane::sg`] and its LAN bindings), evaluated by the flow table
+//!   code of the packet path ([`FlowTable::process`]) on a scratch table: attachments in the
+//!   dataplane's order (the tunnel, then the source's LAN), each network ACL before its security
+//!   group, the reply through the state the request created;
+//! - CHILD SAs: the outbound SAs installed in the dataplane (no SA: the dataplane drops and
+//!   counts `no-sa`), with the driver's status and the monitor's last-packet readings;
+//! - drops that happened: the dataplane's counters by stage and reason, and by rule.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use isthmus_api::{self as api, PathStage, StageVerdict};
-use isthmus_config::{Action, Config, Direction, Mode, NextHop, Rule};
-use isthmus_ike::TrafficSelector;
-use isthmus_tables::spd::{SpdAction, SpdEntry, SpdTable};
-use isthmus_tables::{FlowKey, PortRange, Prefix};
+use isthmus_config::{Config, Mode, NextHop};
+use isthmus_dataplane::{Dataplane, LanBinding, SgTable, SpdTable};
+use isthmus_tables::flow::{FlowConfig, FlowTable, Outcome, Reason};
+use isthmus_tables::sg::{AttachmentId, ChainKind, Direction as SgDir};
+use isthmus_tables::spd::SpdAction;
+use isthmus_tables::{FlowKey, Prefix};
 
 use crate::core::Core;
 use crate::plan;
@@ -145,21 +155,81 @@ pub struct TunnelLive {
     pub packets_in: u64,
     /// The last negotiation failure, explained.
     pub last_failure: Option<String>,
+    /// ESP travels in UDP (NAT detected, or NAT-T forced).
+    pub encap: bool,
+    /// The peer's IKE address in use (a NAT device's, when one is on the path).
+    pub peer: Option<std::net::SocketAddr>,
 }
 
-/// Live state of every tunnel, and whether the tunnel plane runs at all.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// What the dataplane's workers use right now, and its drop counters.
+#[derive(Clone, Debug)]
+pub struct DataplaneView {
+    /// The published SPD.
+    pub spd: Arc<SpdTable>,
+    /// The published security-group and network-ACL table.
+    pub sg: Arc<SgTable>,
+    /// LAN prefixes bound to LAN attachment names.
+    pub lans: Vec<LanBinding>,
+    /// Outbound SAs installed: (tunnel, child) -> SPI.
+    pub outbound: BTreeMap<(String, String), u32>,
+    /// Drops by reason (`sg-out` -> packets).
+    pub drops: BTreeMap<String, u64>,
+    /// Security-group and ACL drops by `attachment/rule`.
+    pub rule_drops: BTreeMap<String, u64>,
+}
+
+impl DataplaneView {
+    /// Reads the snapshots and counters of `dp`.
+    pub fn read(dp: &Dataplane) -> DataplaneView {
+        let c = dp.counters();
+        DataplaneView {
+            spd: dp.spd(),
+            sg: dp.sg(),
+            lans: dp.lans(),
+            outbound: c
+                .sas
+                .iter()
+                .filter(|s| s.direction == isthmus_dataplane::Direction::Outbound)
+                .map(|s| ((s.tunnel.clone(), s.child.clone()), s.spi))
+                .collect(),
+            drops: c.stage_drops.entries().iter().map(|(_, r, n)| ((*r).to_owned(), *n)).collect(),
+            rule_drops: c
+                .rule_drops
+                .iter()
+                .map(|r| (format!("{}/{}", r.attachment, r.rule), r.packets))
+                .collect(),
+        }
+    }
+
+    /// Tables that bind nothing and no SA (a dataplane that has just started).
+    pub fn empty() -> DataplaneView {
+        DataplaneView {
+            spd: Arc::new(SpdTable::new(0, Vec::new())),
+            sg: Arc::new(SgTable::empty(0)),
+            lans: Vec::new(),
+            outbound: BTreeMap::new(),
+            drops: BTreeMap::new(),
+            rule_drops: BTreeMap::new(),
+        }
+    }
+}
+
+/// Live state of every tunnel and the dataplane's (None: the tunnel plane does not run).
+#[derive(Clone, Debug, Default)]
 pub struct Live {
-    /// Whether the dataplane and the IKE driver run.
-    pub running: bool,
+    /// The dataplane's tables and counters.
+    pub dataplane: Option<DataplaneView>,
     /// By tunnel name.
     pub tunnels: BTreeMap<String, TunnelLive>,
 }
 
 impl Live {
-    /// Reads the driver's status and the monitor's readings.
+    /// Reads the dataplane, the driver's status and the monitor's readings.
     pub fn read(core: &Core, cfg: &Config) -> Live {
-        let mut live = Live { running: core.with_driver(|_| ()).is_some(), ..Live::default() };
+        let mut live = Live {
+            dataplane: core.with_driver(|d| DataplaneView::read(&d.dataplane)),
+            ..Live::default()
+        };
         for t in &cfg.tunnels {
             let st = core.with_driver(|d| d.tunnels.tunnel(&t.name)).flatten();
             let (idle_out, idle_in) = core.monitor.idle(&t.name);
@@ -195,6 +265,8 @@ impl Live {
                         .map(|e| e.to_string())
                         .or_else(|| s.last_down_reason.clone())
                 }),
+                encap: st.as_ref().is_some_and(|s| s.encap),
+                peer: st.as_ref().map(|s| s.peer),
             };
             live.tunnels.insert(t.name.clone(), l);
         }
@@ -202,57 +274,347 @@ impl Live {
     }
 }
 
+/// What kind of FIB entry the kernel found (`rtm_type`, rtnetlink(7)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RouteKind {
+    /// A forwarding route.
+    Unicast,
+    /// An address of the gateway itself.
+    Local,
+    /// Silently dropped.
+    Blackhole,
+    /// Dropped with ICMP unreachable.
+    Unreachable,
+    /// Dropped with ICMP administratively prohibited.
+    Prohibit,
+    /// Another type (broadcast, multicast, ...).
+    Other(u8),
+}
+
+/// The kernel's answer for the packet's destination.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KernelRoute {
+    /// The FIB entry the kernel forwards the packet by.
+    Found {
+        /// Routing table id (254 main, 255 local).
+        table: u32,
+        /// The entry's destination prefix.
+        prefix: Prefix,
+        /// Output interface.
+        oif: Option<String>,
+        /// Next-hop router.
+        gateway: Option<IpAddr>,
+        /// Its type.
+        kind: RouteKind,
+    },
+    /// The kernel refuses to forward it, in its words (`Network is unreachable`).
+    Refused(String),
+}
+
+/// Asks the kernel how it forwards a packet from `src` arriving on `iif` to `dst`.
+pub fn kernel_route(src: IpAddr, dst: IpAddr, iif: &str) -> KernelRoute {
+    let Some(index) = rtnl::if_index(iif) else {
+        return KernelRoute::Refused(format!("interface {iif} does not exist"));
+    };
+    match rtnl::get_route(Some(src), dst, Some(index)) {
+        Ok(a) => a.into_route(),
+        // Lookups answer EINVAL when the entry found drops (blackhole, prohibit).
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => KernelRoute::Refused(
+            "the route found is a blackhole or prohibit route (the kernel answers Invalid argument)"
+                .into(),
+        ),
+        Err(e) => KernelRoute::Refused(
+            e.to_string().split(" (os error").next().unwrap_or_default().to_owned(),
+        ),
+    }
+}
+
+/// `RTM_GETROUTE` over a netlink socket (rtnetlink(7)); no crate of the daemon speaks it.
+mod rtnl {
+    use std::io;
+    use std::net::IpAddr;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    use isthmus_tables::Prefix;
+
+    use super::{KernelRoute, RouteKind};
+
+    const NLMSG_ERROR: u16 = 2;
+    const RTM_NEWROUTE: u16 = 24;
+    const RTM_GETROUTE: u16 = 26;
+    const NLM_F_REQUEST: u16 = 1;
+    /// Answer with the FIB entry that matched, not a cloned host route (Linux 4.13).
+    const RTM_F_FIB_MATCH: u32 = 0x2000;
+    /// Report the table the lookup found the entry in (else the kernel says main).
+    const RTM_F_LOOKUP_TABLE: u32 = 0x1000;
+    const RTA_DST: u16 = 1;
+    const RTA_SRC: u16 = 2;
+    const RTA_IIF: u16 = 3;
+    const RTA_OIF: u16 = 4;
+    const RTA_GATEWAY: u16 = 5;
+    const RTA_TABLE: u16 = 15;
+
+    /// The parts of an `RTM_NEWROUTE` answer the tracer uses.
+    #[derive(Debug)]
+    pub(super) struct Answer {
+        pub(super) table: u32,
+        pub(super) dst: Option<IpAddr>,
+        pub(super) dst_len: u8,
+        pub(super) v4: bool,
+        pub(super) oif: Option<u32>,
+        pub(super) gateway: Option<IpAddr>,
+        pub(super) kind: u8,
+    }
+
+    impl Answer {
+        pub(super) fn into_route(self) -> KernelRoute {
+            let any = if self.v4 { IpAddr::from([0u8; 4]) } else { IpAddr::from([0u16; 8]) };
+            let prefix = Prefix::new(self.dst.unwrap_or(any), self.dst_len)
+                .unwrap_or_else(|_| Prefix::host(any));
+            KernelRoute::Found {
+                table: self.table,
+                prefix,
+                oif: self.oif.and_then(if_name),
+                gateway: self.gateway,
+                kind: match self.kind {
+                    1 => RouteKind::Unicast,
+                    2 => RouteKind::Local,
+                    6 => RouteKind::Blackhole,
+                    7 => RouteKind::Unreachable,
+                    8 => RouteKind::Prohibit,
+                    n => RouteKind::Other(n),
+                },
+            }
+        }
+    }
+
+    /// The index of interface `name` in the daemon's namespace.
+    pub(super) fn if_index(name: &str) -> Option<u32> {
+        let c = std::ffi::CString::new(name).ok()?;
+        // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
+        let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+        (i != 0).then_some(i)
+    }
+
+    fn if_name(index: u32) -> Option<String> {
+        let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+        // SAFETY: `buf` has the IF_NAMESIZE bytes if_indextoname(3) may write.
+        let p = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };
+        if p.is_null() {
+            return None;
+        }
+        // SAFETY: on success the buffer holds a NUL-terminated name.
+        let s = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+        Some(s.to_string_lossy().into_owned())
+    }
+
+    fn attr(buf: &mut Vec<u8>, kind: u16, data: &[u8]) {
+        let len = 4 + data.len();
+        buf.extend_from_slice(&(len as u16).to_ne_bytes());
+        buf.extend_from_slice(&kind.to_ne_bytes());
+        buf.extend_from_slice(data);
+        buf.resize(buf.len().next_multiple_of(4), 0);
+    }
+
+    fn ip_bytes(ip: IpAddr) -> Vec<u8> {
+        match ip {
+            IpAddr::V4(a) => a.octets().to_vec(),
+            IpAddr::V6(a) => a.octets().to_vec(),
+        }
+    }
+
+    fn ip_of(v: &[u8]) -> Option<IpAddr> {
+        match v.len() {
+            4 => Some(IpAddr::from(<[u8; 4]>::try_from(v).ok()?)),
+            16 => Some(IpAddr::from(<[u8; 16]>::try_from(v).ok()?)),
+            _ => None,
+        }
+    }
+
+    /// The request: `nlmsghdr`, `rtmsg`, then attributes.
+    fn request(src: Option<IpAddr>, dst: IpAddr, iif: Option<u32>, seq: u32) -> Vec<u8> {
+        let v4 = dst.is_ipv4();
+        let (family, bits) = if v4 { (libc::AF_INET, 32) } else { (libc::AF_INET6, 128) };
+        let mut b = vec![0u8; 16];
+        b.extend_from_slice(&[
+            family as u8,
+            bits,
+            if src.is_some() { bits } else { 0 },
+            0, // tos
+            0, // table
+            0, // protocol
+            0, // scope
+            0, // type
+        ]);
+        b.extend_from_slice(&(RTM_F_FIB_MATCH | RTM_F_LOOKUP_TABLE).to_ne_bytes());
+        attr(&mut b, RTA_DST, &ip_bytes(dst));
+        if let Some(s) = src {
+            attr(&mut b, RTA_SRC, &ip_bytes(s));
+        }
+        if let Some(i) = iif {
+            attr(&mut b, RTA_IIF, &i.to_ne_bytes());
+        }
+        let len = b.len() as u32;
+        b[0..4].copy_from_slice(&len.to_ne_bytes());
+        b[4..6].copy_from_slice(&RTM_GETROUTE.to_ne_bytes());
+        b[6..8].copy_from_slice(&NLM_F_REQUEST.to_ne_bytes());
+        b[8..12].copy_from_slice(&seq.to_ne_bytes());
+        b
+    }
+
+    /// Parses the kernel's reply to request `seq`.
+    fn parse(buf: &[u8], seq: u32, v4: bool) -> Option<io::Result<Answer>> {
+        let mut off = 0;
+        while let Some(h) = buf.get(off..off + 16) {
+            let len = u32::from_ne_bytes(h[0..4].try_into().ok()?) as usize;
+            let kind = u16::from_ne_bytes(h[4..6].try_into().ok()?);
+            let s = u32::from_ne_bytes(h[8..12].try_into().ok()?);
+            if len < 16 {
+                return None;
+            }
+            let body = buf.get(off + 16..off + len)?;
+            off += len.next_multiple_of(4);
+            if s != seq {
+                continue;
+            }
+            match kind {
+                NLMSG_ERROR => {
+                    let err = i32::from_ne_bytes(body.get(0..4)?.try_into().ok()?);
+                    return Some(Err(io::Error::from_raw_os_error(err.saturating_neg())));
+                }
+                RTM_NEWROUTE => {
+                    let r = body.get(0..12)?;
+                    let mut a = Answer {
+                        table: u32::from(r[4]),
+                        dst: None,
+                        dst_len: r[1],
+                        v4,
+                        oif: None,
+                        gateway: None,
+                        kind: r[7],
+                    };
+                    let mut at = body.get(12..)?;
+                    while at.len() >= 4 {
+                        let l = usize::from(u16::from_ne_bytes([at[0], at[1]]));
+                        let t = u16::from_ne_bytes([at[2], at[3]]) & 0x3fff;
+                        if l < 4 || l > at.len() {
+                            break;
+                        }
+                        let v = &at[4..l];
+                        let u =
+                            || v.get(..4).and_then(|b| b.try_into().ok()).map(u32::from_ne_bytes);
+                        match t {
+                            RTA_DST => a.dst = ip_of(v),
+                            RTA_GATEWAY => a.gateway = ip_of(v),
+                            RTA_OIF => a.oif = u(),
+                            RTA_TABLE => a.table = u().unwrap_or(a.table),
+                            _ => {}
+                        }
+                        at = at.get(l.next_multiple_of(4)..).unwrap_or_default();
+                    }
+                    return Some(Ok(a));
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+
+    /// One `RTM_GETROUTE` round trip (2 s at most).
+    pub(super) fn get_route(
+        src: Option<IpAddr>,
+        dst: IpAddr,
+        iif: Option<u32>,
+    ) -> io::Result<Answer> {
+        // SAFETY: socket(2) with constant arguments; the descriptor is owned right below.
+        let fd = unsafe {
+            libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE)
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh descriptor nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let tv = libc::timeval { tv_sec: 2, tv_usec: 0 };
+        // SAFETY: `tv` is a valid timeval for the duration of the call, its size is passed.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let seq = std::process::id() ^ 0x6973_7468;
+        let req = request(src, dst, iif, seq);
+        // SAFETY: `req` is a valid buffer of `req.len()` bytes; an unconnected netlink socket
+        // sends to the kernel.
+        let n = unsafe { libc::send(fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            // SAFETY: `buf` is a writable buffer of `buf.len()` bytes.
+            let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let got = buf.get(..n as usize).unwrap_or_default();
+            if let Some(r) = parse(got, seq, dst.is_ipv4()) {
+                return r;
+            }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn the_request_is_an_rtmsg_with_aligned_attributes() {
+            let r = request(
+                Some("10.65.1.10".parse().unwrap()),
+                "10.65.2.10".parse().unwrap(),
+                Some(7),
+                1,
+            );
+            // 16 header + 12 rtmsg + 3 attributes of 8 bytes.
+            assert_eq!(r.len(), 52);
+            assert_eq!(u32::from_ne_bytes(r[0..4].try_into().unwrap()), 52);
+            assert_eq!(&r[16..19], &[libc::AF_INET as u8, 32, 32]);
+            assert_eq!(&r[32..36], &[10, 65, 2, 10]);
+        }
+
+        #[test]
+        fn errors_and_truncated_replies_are_not_panics() {
+            let mut e = vec![0u8; 20];
+            e[0..4].copy_from_slice(&20u32.to_ne_bytes());
+            e[4..6].copy_from_slice(&NLMSG_ERROR.to_ne_bytes());
+            e[8..12].copy_from_slice(&5u32.to_ne_bytes());
+            e[16..20].copy_from_slice(&(-libc::ENETUNREACH).to_ne_bytes());
+            let err = parse(&e, 5, true).unwrap().unwrap_err();
+            assert_eq!(err.raw_os_error(), Some(libc::ENETUNREACH));
+            for n in 0..e.len() {
+                let _ = parse(&e[..n], 5, true);
+            }
+            assert!(parse(&e, 6, true).is_none(), "another request's answer");
+        }
+    }
+}
+
 /// `GET /diagnose/path`: traces `q` through the applied configuration and live state.
 pub fn diagnose_path(core: &Core, q: &Query) -> Result<api::PathReport, DiagnoseError> {
     let (_, cfg) = core.applied().ok_or(DiagnoseError::NoConfig)?;
     let live = Live::read(core, &cfg);
-    Ok(trace(&cfg, &live, q))
-}
-
-/// The SPD the driver publishes for `cfg`: per enabled tunnel (in name order) one CHILD SA per
-/// `spd` entry (route mode: one any <-> any), each expanded by `esp::selectors`.
-pub fn spd_table(cfg: &Config) -> SpdTable {
-    let mut per_tunnel: BTreeMap<String, Vec<SpdEntry>> = BTreeMap::new();
-    for t in cfg.tunnels.iter().filter(|t| t.enabled) {
-        let ts = |p: &Prefix, proto: Option<u8>, ports: PortRange| {
-            let mut s = TrafficSelector::from_prefix(*p);
-            s.proto = proto.unwrap_or(0);
-            s.ports = ports;
-            s
-        };
-        let children: Vec<(String, Vec<TrafficSelector>, Vec<TrafficSelector>)> = match t.mode {
-            Mode::Route => {
-                let any4 = Prefix::new(IpAddr::from([0, 0, 0, 0]), 0).expect("/0 is valid");
-                let any = vec![TrafficSelector::from_prefix(any4)];
-                vec![(t.name.clone(), any.clone(), any)]
-            }
-            Mode::Policy => t
-                .spd
-                .iter()
-                .enumerate()
-                .map(|(i, e)| {
-                    let proto = e.protocol.number();
-                    (
-                        if i == 0 { t.name.clone() } else { format!("{}-{i}", t.name) },
-                        e.local.iter().map(|p| ts(p, proto, e.local_ports)).collect(),
-                        e.remote.iter().map(|p| ts(p, proto, e.remote_ports)).collect(),
-                    )
-                })
-                .collect(),
-        };
-        let mut entries = Vec::new();
-        for (child, l, r) in children {
-            for (i, s) in isthmus_tunnels::esp::selectors(&l, &r).into_iter().enumerate() {
-                entries.push(SpdEntry {
-                    id: format!("{}/{child}#{i}", t.name),
-                    selector: s,
-                    action: SpdAction::Protect { tunnel: t.name.clone(), child: child.clone() },
-                });
-            }
-        }
-        per_tunnel.insert(t.name.clone(), entries);
-    }
-    SpdTable::new(1, per_tunnel.into_values().flatten().collect())
+    let route = lan_of(&cfg, q.flow.src)
+        .map(|(lan, _)| kernel_route(q.flow.src, q.flow.dst, &lan.interface))
+        .unwrap_or_else(|| KernelRoute::Refused("the source is on no LAN".into()));
+    Ok(trace(&cfg, &live, &route, q))
 }
 
 fn proto_name(p: u8) -> String {
@@ -343,141 +705,92 @@ fn is_private(ip: IpAddr) -> bool {
     }
 }
 
-fn rule_matches(r: &Rule, f: &FlowKey) -> bool {
-    r.protocol.number().is_none_or(|p| p == f.proto)
-        && (r.source.is_empty() || r.source.iter().any(|p| p.contains(f.src)))
-        && (r.destination.is_empty() || r.destination.iter().any(|p| p.contains(f.dst)))
-        && (!has_ports(f.proto) || r.ports.contains(f.dst_port))
-}
-
-/// The first rule of `dir` in priority order that matches, else the default action.
-/// Returns (allowed, entry).
-fn evaluate(
-    kind: &str,
-    name: &str,
-    rules: &[Rule],
-    default: Action,
-    dir: Direction,
-    f: &FlowKey,
-) -> (bool, String, Option<u32>) {
-    let mut sorted: Vec<&Rule> = rules.iter().filter(|r| r.direction == dir).collect();
-    sorted.sort_by_key(|r| r.priority);
-    for r in sorted {
-        if rule_matches(r, f) {
-            let what = match r.action {
-                Action::Allow => "allows",
-                Action::Deny => "denies",
-            };
-            let desc = r.description.as_deref().map(|d| format!(" ({d})")).unwrap_or_default();
-            return (
-                r.action == Action::Allow,
-                format!("{kind} {name} rule {}{desc} {what}", r.priority),
-                Some(r.priority),
-            );
-        }
-    }
-    let what = match default {
-        Action::Allow => "allows",
-        Action::Deny => "denies",
-    };
-    (
-        default == Action::Allow,
-        format!("{kind} {name} default_action {what} (no rule matches)"),
-        None,
-    )
-}
-
-fn dir_name(d: Direction) -> &'static str {
-    match d {
-        Direction::In => "in",
-        Direction::Out => "out",
-    }
-}
-
-/// Where a route sends a packet.
+/// Where the kernel sends a packet.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Target {
-    /// The TUN device; the tunnel a route names, if it names one.
+    /// The TUN device; the tunnel a configured route names, if one does.
     Tun(Option<String>),
     /// Out of a LAN.
     Lan(String),
     /// Through a router.
     Via(IpAddr),
-    /// Out of the WAN to a customer gateway's public address.
-    Wan(String),
+    /// Out of the WAN, to a customer gateway's public address when it is one.
+    Wan(Option<String>),
+    /// To another interface.
+    Dev(String),
+    /// To the gateway itself.
+    Local,
 }
 
-struct RouteHit {
-    table: String,
-    prefix: Prefix,
-    target: Target,
-}
-
-impl RouteHit {
-    fn entry(&self) -> String {
-        let to = match &self.target {
-            Target::Tun(Some(t)) => format!("{} (tunnel {t})", plan::TUN_NAME),
-            Target::Tun(None) => format!("{} (tunnel remote network)", plan::TUN_NAME),
-            Target::Lan(l) => format!("lan {l}"),
-            Target::Via(a) => format!("via {a}"),
-            Target::Wan(cg) => format!("wan (customer gateway {cg})"),
-        };
-        format!("table {}: {} -> {to}", self.table, self.prefix)
+/// `main`, `local`, or the configured route table of that id.
+fn table_name(cfg: &Config, id: u32) -> String {
+    match id {
+        254 => "main".into(),
+        255 => "local".into(),
+        _ => cfg
+            .route_tables
+            .iter()
+            .find(|rt| rt.id == id)
+            .map(|rt| rt.name.clone())
+            .unwrap_or_else(|| id.to_string()),
     }
 }
 
-/// Longest-prefix lookup: tables bound to the ingress LAN first, then main (as the kernel's
-/// policy rules do: a table without a match falls through to the next rule).
-fn route_lookup(cfg: &Config, lan: Option<&str>, dst: IpAddr) -> Option<RouteHit> {
-    let mut main: Vec<RouteHit> = Vec::new();
-    for l in &cfg.gateway.lans {
-        for n in l.all_networks() {
-            main.push(RouteHit {
-                table: "main".into(),
-                prefix: n,
-                target: Target::Lan(l.name.clone()),
-            });
+/// What the kernel's FIB entry means for the packet.
+fn route_target(
+    cfg: &Config,
+    route: &KernelRoute,
+    dst: IpAddr,
+) -> Result<(String, Target), String> {
+    let (table, prefix, oif, gateway, kind) = match route {
+        KernelRoute::Refused(why) => return Err(why.clone()),
+        KernelRoute::Found { table, prefix, oif, gateway, kind } => {
+            (table, prefix, oif, gateway, kind)
         }
-    }
-    for cg in &cfg.customer_gateways {
-        main.push(RouteHit {
-            table: "main".into(),
-            prefix: Prefix::host(cg.address),
-            target: Target::Wan(cg.name.clone()),
-        });
-    }
-    for t in cfg.tunnels.iter().filter(|t| t.enabled) {
-        for p in plan::remote_prefixes(t) {
-            main.push(RouteHit { table: "main".into(), prefix: p, target: Target::Tun(None) });
-        }
-    }
-    let mut bound: Vec<RouteHit> = Vec::new();
-    for rt in &cfg.route_tables {
-        let is_main = rt.id == 0 || rt.id == isthmus_net::TABLE_MAIN;
-        let is_bound = lan.is_some_and(|l| rt.lans.iter().any(|x| x == l));
-        for r in &rt.routes {
-            let target = match r.next_hop() {
-                Some(NextHop::Tunnel(t)) => Target::Tun(Some(t.to_owned())),
-                Some(NextHop::Interface(_, Some(g))) => Target::Via(g),
-                Some(NextHop::Interface(i, None)) => Target::Lan(i.to_owned()),
-                Some(NextHop::Address(a)) => Target::Via(a),
-                None => continue,
-            };
-            let hit = RouteHit { table: rt.name.clone(), prefix: r.prefix, target };
-            if is_main {
-                main.push(hit);
-            } else if is_bound {
-                bound.push(hit);
-            }
-        }
-    }
-    let best = |v: Vec<RouteHit>| {
-        v.into_iter().filter(|h| h.prefix.contains(dst)).max_by_key(|h| {
-            // Configured routes beat the implicit tunnel routes of the same length (lower metric).
-            (h.prefix.len(), !matches!(h.target, Target::Tun(None)))
-        })
     };
-    best(bound).or_else(|| best(main))
+    let tname = table_name(cfg, *table);
+    match kind {
+        RouteKind::Unicast => {}
+        RouteKind::Local => {
+            return Ok((format!("table {tname}: {prefix} local"), Target::Local));
+        }
+        k => return Err(format!("table {tname}: {prefix} is a {k:?} route").to_lowercase()),
+    }
+    let cg = cfg.customer_gateways.iter().find(|c| c.address == dst).map(|c| c.name.clone());
+    let oif = oif.clone().unwrap_or_default();
+    let target = if oif == plan::TUN_NAME {
+        // The tunnel a configured route of this table names for this prefix.
+        let named = cfg
+            .route_tables
+            .iter()
+            .filter(|rt| rt.id == *table || (*table == isthmus_net::TABLE_MAIN && rt.id == 0))
+            .flat_map(|rt| rt.routes.iter())
+            .find(|r| r.prefix == *prefix)
+            .and_then(|r| match r.next_hop() {
+                Some(NextHop::Tunnel(t)) => Some(t.to_owned()),
+                _ => None,
+            });
+        Target::Tun(named)
+    } else if oif == cfg.gateway.wan.interface {
+        Target::Wan(cg)
+    } else if let Some(g) = gateway {
+        Target::Via(*g)
+    } else if let Some(l) = cfg.gateway.lans.iter().find(|l| l.interface == oif) {
+        Target::Lan(l.name.clone())
+    } else {
+        Target::Dev(oif.clone())
+    };
+    let to = match &target {
+        Target::Tun(Some(t)) => format!("{} (tunnel {t})", plan::TUN_NAME),
+        Target::Tun(None) => format!("{} (tunnel remote network)", plan::TUN_NAME),
+        Target::Lan(l) => format!("lan {l}"),
+        Target::Via(a) => format!("via {a} dev {oif}"),
+        Target::Wan(Some(c)) => format!("wan {oif} (customer gateway {c})"),
+        Target::Wan(None) => format!("wan {oif}"),
+        Target::Dev(d) => format!("dev {d}"),
+        Target::Local => "local".into(),
+    };
+    Ok((format!("table {tname}: {prefix} -> {to}"), target))
 }
 
 /// The LAN whose networks contain `ip` (longest prefix).
@@ -490,23 +803,261 @@ fn lan_of(cfg: &Config, ip: IpAddr) -> Option<(&isthmus_config::Lan, Prefix)> {
         .max_by_key(|(_, n)| n.len())
 }
 
-/// Traces `q` through `cfg` and `live` (pure: unit tests call it with a config from TOML).
-pub fn trace(cfg: &Config, live: &Live, q: &Query) -> api::PathReport {
+/// A security-group or ACL drop the filter predicts.
+struct FilterDrop {
+    counter: &'static str,
+    advice: String,
+}
+
+/// How one rule's name reads in advice: `sg:web/3` is rule 3 of security group web.
+fn rule_advice(
+    kind: ChainKind,
+    att: &str,
+    rule: &str,
+    f: &FlowKey,
+    dir: SgDir,
+    reply: bool,
+) -> String {
+    let what = if reply {
+        format!("the reply {} from {} to {}", service(f), f.src, f.dst)
+    } else {
+        format!("{} from {}", service(f), f.src)
+    };
+    let d = match dir {
+        SgDir::Inbound => "in",
+        SgDir::Outbound => "out",
+    };
+    let (kind_word, rest) = match kind {
+        ChainKind::SecurityGroup => ("security group", rule.strip_prefix("sg:")),
+        ChainKind::NetworkAcl => ("network ACL", rule.strip_prefix("acl:")),
+    };
+    let parsed = rest.and_then(|r| r.split_once('/'));
+    let stateless = if kind == ChainKind::NetworkAcl && reply {
+        " (ACLs are stateless: replies need their own allow rule)"
+    } else {
+        ""
+    };
+    match parsed {
+        Some((group, id)) if id.starts_with("default") => format!(
+            "{kind_word} {group} denies {what} by its default_action: add an allow rule (direction {d}){stateless}"
+        ),
+        Some((group, id)) => {
+            let prio = id.split('#').next().unwrap_or(id);
+            match (kind, reply) {
+                (ChainKind::SecurityGroup, _) => {
+                    format!("{kind_word} {group} rule {prio} denies {what}")
+                }
+                (ChainKind::NetworkAcl, false) => format!(
+                    "{kind_word} {group} rule {prio} denies {what} (direction {d}): change the rule or add an allow rule with a lower priority"
+                ),
+                (ChainKind::NetworkAcl, true) => format!(
+                    "{kind_word} {group} rule {prio} denies {what}: ACLs are stateless, add an allow rule (direction {d}) for the replies"
+                ),
+            }
+        }
+        None => format!(
+            "{kind_word} rule `{rule}` bound to {att} denies {what} (direction {d}){stateless}"
+        ),
+    }
+}
+
+/// Runs the packet through the dataplane's security-group table as its filter does
+/// (`isthmus_dataplane::filter`): the tunnel's attachment, then the LAN attachment of the
+/// LAN-side address; per attachment the flow table evaluates the network ACL, then the stateful
+/// security group. `ft` carries the state from the request to its reply.
+#[allow(clippy::too_many_arguments)]
+fn filter(
+    view: &DataplaneView,
+    ft: &mut FlowTable,
+    now: u64,
+    tunnel: &str,
+    dir: SgDir,
+    key: &FlowKey,
+    reply: bool,
+    stages: &mut Vec<PathStage>,
+) -> Option<FilterDrop> {
+    let t = &view.sg;
+    let d = match dir {
+        SgDir::Inbound => "in",
+        SgDir::Outbound => "out",
+    };
+    let lan_addr = match dir {
+        SgDir::Outbound => key.src,
+        SgDir::Inbound => key.dst,
+    };
+    let mut lans: Vec<&LanBinding> = view.lans.iter().collect();
+    lans.sort_by_key(|b| std::cmp::Reverse(b.prefix.len()));
+    let lan = lans
+        .iter()
+        .find(|b| b.prefix.contains(lan_addr))
+        .filter(|b| t.attachment_name(AttachmentId::of(&b.name)).is_some())
+        .map(|b| b.name.clone());
+    let tun = t.attachment_name(AttachmentId::of(tunnel)).map(|_| tunnel.to_owned());
+    let atts: Vec<String> = [tun, lan].into_iter().flatten().collect();
+    if atts.is_empty() {
+        let lan_name = lans
+            .iter()
+            .find(|b| b.prefix.contains(lan_addr))
+            .map(|b| format!(" or lan {}", b.name))
+            .unwrap_or_default();
+        if !reply {
+            stages.push(stage(
+                "network-acl",
+                StageVerdict::Pass,
+                format!("none bound to tunnel {tunnel}{lan_name}"),
+                "",
+            ));
+        }
+        stages.push(stage(
+            "security-group",
+            StageVerdict::Pass,
+            format!("none bound to tunnel {tunnel}{lan_name}"),
+            if reply { "direction in" } else { "direction out" },
+        ));
+        return None;
+    }
+    let k = isthmus_dataplane::state_key(key);
+    for att in atts {
+        let id = AttachmentId::of(&att);
+        let v = ft.process(t, id, dir, &k, now);
+        let nacl_bound = t.chain(id, ChainKind::NetworkAcl, dir).is_some();
+        let nacl_pass = |stages: &mut Vec<PathStage>| {
+            if nacl_bound {
+                let n = t.evaluate(id, ChainKind::NetworkAcl, dir, &k);
+                let name = t.rule_name(id, ChainKind::NetworkAcl, dir, n.rule);
+                stages.push(stage(
+                    "network-acl",
+                    StageVerdict::Pass,
+                    format!("{name} allows"),
+                    format!("bound to {att}, direction {d}"),
+                ));
+            }
+        };
+        match (v.outcome, &v.reason) {
+            (Outcome::Allow, reason) => {
+                nacl_pass(stages);
+                let entry = match reason {
+                    Reason::Established { rule, direction } => format!(
+                        "{} allowed the request (stateful: its replies pass)",
+                        t.rule_name(id, ChainKind::SecurityGroup, *direction, *rule)
+                    ),
+                    Reason::Rule { kind: ChainKind::SecurityGroup, direction, rule } => {
+                        format!(
+                            "{} allows",
+                            t.rule_name(id, ChainKind::SecurityGroup, *direction, *rule)
+                        )
+                    }
+                    Reason::Punt(r) => format!("the plugin allowed the flow ({r})"),
+                    other => format!("allowed ({other:?})"),
+                };
+                stages.push(stage(
+                    "security-group",
+                    StageVerdict::Pass,
+                    entry,
+                    format!("bound to {att}, direction {d}"),
+                ));
+            }
+            (Outcome::Deny, Reason::Rule { kind, direction, rule }) => {
+                if *kind == ChainKind::SecurityGroup {
+                    nacl_pass(stages);
+                }
+                let name = t.rule_name(id, *kind, *direction, *rule).to_owned();
+                let (sname, counter) = match (kind, dir) {
+                    (ChainKind::NetworkAcl, SgDir::Inbound) => ("network-acl", "nacl-in"),
+                    (ChainKind::NetworkAcl, SgDir::Outbound) => ("network-acl", "nacl-out"),
+                    (ChainKind::SecurityGroup, SgDir::Inbound) => ("security-group", "sg-in"),
+                    (ChainKind::SecurityGroup, SgDir::Outbound) => ("security-group", "sg-out"),
+                };
+                let seen = view.rule_drops.get(&format!("{att}/{name}")).copied().unwrap_or(0);
+                stages.push(stage(
+                    sname,
+                    StageVerdict::Drop,
+                    format!("{name} denies"),
+                    format!(
+                        "bound to {att}, direction {d}; this rule has dropped {} packets",
+                        thousands(seen)
+                    ),
+                ));
+                return Some(FilterDrop {
+                    counter,
+                    advice: rule_advice(*kind, &att, &name, key, *direction, reply),
+                });
+            }
+            (Outcome::Pending, _) | (Outcome::Deny, Reason::PuntPending) => {
+                nacl_pass(stages);
+                stages.push(stage(
+                    "security-group",
+                    StageVerdict::Drop,
+                    "a punt rule: the security-group plugin decides this flow",
+                    format!("bound to {att}; packets wait (and are dropped) until it answers"),
+                ));
+                return Some(FilterDrop {
+                    counter: "punt-pending",
+                    advice: format!(
+                        "the security-group plugin decides {} per flow: see `isthmus plugin list` for its state",
+                        service(key)
+                    ),
+                });
+            }
+            (Outcome::Deny, Reason::TableFull) => {
+                stages.push(stage(
+                    "security-group",
+                    StageVerdict::Drop,
+                    "the flow table is full",
+                    format!("bound to {att}"),
+                ));
+                return Some(FilterDrop {
+                    counter: "flow-table-full",
+                    advice: "the flow table of stateful security groups is full: new flows are dropped until flows expire".into(),
+                });
+            }
+            (Outcome::Deny, reason) => {
+                let counter = if dir == SgDir::Inbound { "sg-in" } else { "sg-out" };
+                stages.push(stage(
+                    "security-group",
+                    StageVerdict::Drop,
+                    format!("denied ({reason:?})"),
+                    format!("bound to {att}, direction {d}"),
+                ));
+                return Some(FilterDrop {
+                    counter,
+                    advice: format!("the security group of {att} denies {}", service(key)),
+                });
+            }
+        }
+    }
+    None
+}
+
+/// Traces `q` through `cfg`, the dataplane's tables and live state in `live`, and the kernel's
+/// answer `route` (pure: unit tests call it with tables built by hand).
+pub fn trace(cfg: &Config, live: &Live, route: &KernelRoute, q: &Query) -> api::PathReport {
     let f = q.flow;
     let mut fwd = Vec::new();
     let mut reply = Vec::new();
     let mut advice = Vec::new();
     let notes = vec![
-        "spd: rebuilt from the applied configuration exactly as the tunnel driver builds the table it publishes to the dataplane (the dataplane does not expose its table); looked up first-match with isthmus_tables::spd::SpdTable::lookup".to_owned(),
-        "network-acl, security-group: the configuration's rules evaluated in priority order (not the tables crate's classifier)".to_owned(),
+        "route: the kernel's own lookup (RTM_GETROUTE, FIB match, from the source on the ingress interface)".to_owned(),
+        "spd, network-acl, security-group, child-sa: the tables and SAs the dataplane's workers use now, evaluated with the packet path's own code".to_owned(),
     ];
-    let report = |fwd, reply, advice, verdict| api::PathReport {
-        packet: describe(&f, q.size),
-        forward: fwd,
-        reply,
-        verdict,
-        advice,
-        notes: notes.clone(),
+    let empty = DataplaneView::empty();
+    let view = live.dataplane.as_ref().unwrap_or(&empty);
+    let counters: BTreeMap<String, u64> = view.drops.clone();
+    let report = |fwd, reply, advice, verdict, counter: Option<&str>| {
+        let mut counters = counters.clone();
+        for (k, v) in &view.rule_drops {
+            counters.insert(format!("rule {k}"), *v);
+        }
+        api::PathReport {
+            packet: describe(&f, q.size),
+            forward: fwd,
+            reply,
+            verdict,
+            advice,
+            notes: notes.clone(),
+            drop_counter: counter.map(str::to_owned),
+            counters,
+        }
     };
 
     // 1. Ingress LAN.
@@ -528,7 +1079,7 @@ pub fn trace(cfg: &Config, live: &Live, q: &Query) -> api::PathReport {
             f.src,
             lans.join("; ")
         ));
-        return report(fwd, reply, advice, StageVerdict::Drop);
+        return report(fwd, reply, advice, StageVerdict::Drop, None);
     };
     fwd.push(stage(
         "ingress",
@@ -537,77 +1088,56 @@ pub fn trace(cfg: &Config, live: &Live, q: &Query) -> api::PathReport {
         "",
     ));
 
-    // 2. Network ACLs bound to the LAN: the packet leaves the LAN's network (`out`).
-    let acls: Vec<_> = cfg.network_acls.iter().filter(|a| a.lans.contains(&lan.name)).collect();
-    if acls.is_empty() {
-        fwd.push(stage(
-            "network-acl",
-            StageVerdict::Pass,
-            format!("none bound to lan {}", lan.name),
-            "",
-        ));
-    }
-    for a in &acls {
-        let (ok, entry, prio) =
-            evaluate("network ACL", &a.name, &a.rules, a.default_action, Direction::Out, &f);
-        if ok {
-            fwd.push(stage("network-acl", StageVerdict::Pass, entry, "direction out"));
-        } else {
-            fwd.push(stage("network-acl", StageVerdict::Drop, entry, "direction out"));
-            advice.push(match prio {
-                Some(p) => format!(
-                    "network ACL {} rule {p} denies {} from {} (direction out): change the rule or add an allow rule with a lower priority",
-                    a.name, service(&f), f.src
-                ),
-                None => format!(
-                    "network ACL {} denies {} from {} by its default_action: add an allow rule (direction out)",
-                    a.name, service(&f), f.src
-                ),
-            });
-            return report(fwd, reply, advice, StageVerdict::Drop);
-        }
-    }
-
-    // 3. Route lookup.
-    let Some(hit) = route_lookup(cfg, Some(&lan.name), f.dst) else {
-        fwd.push(stage(
-            "route",
-            StageVerdict::Drop,
-            format!("no route for {}", f.dst),
-            "the kernel answers ICMP net unreachable",
-        ));
-        let route_mode: Vec<&str> = cfg
-            .tunnels
-            .iter()
-            .filter(|t| t.enabled && t.mode == Mode::Route)
-            .map(|t| t.name.as_str())
-            .collect();
-        let table = cfg
-            .route_tables
-            .iter()
-            .find(|rt| rt.lans.contains(&lan.name))
-            .map(|rt| format!("route table {}", rt.name))
-            .unwrap_or_else(|| format!("a route table bound to lan {}", lan.name));
-        if !is_private(f.dst) {
-            advice.push(format!(
-                "the gateway gives no Internet access: {} is outside every tunnel's remote networks",
-                f.dst
+    // 2. The kernel's route.
+    let (entry, target) = match route_target(cfg, route, f.dst) {
+        Ok(x) => x,
+        Err(why) => {
+            fwd.push(stage(
+                "route",
+                StageVerdict::Drop,
+                format!("no route for {}", f.dst),
+                format!("the kernel: {why}"),
             ));
-        } else if let Some(t) = route_mode.first() {
-            advice.push(format!("no route for {} points to tunnel {t}: add one to {table}", f.dst));
-        } else {
-            let all: Vec<Prefix> =
-                cfg.tunnels.iter().filter(|t| t.enabled).flat_map(plan::remote_prefixes).collect();
-            advice.push(format!(
-                "no route for {}: it is outside every tunnel's remote networks ({}); add it to the spd remote of the tunnel that reaches it (and to the peer's local)",
-                f.dst,
-                list(&all)
-            ));
+            let route_mode: Vec<&str> = cfg
+                .tunnels
+                .iter()
+                .filter(|t| t.enabled && t.mode == Mode::Route)
+                .map(|t| t.name.as_str())
+                .collect();
+            let table = cfg
+                .route_tables
+                .iter()
+                .find(|rt| rt.lans.contains(&lan.name))
+                .map(|rt| format!("route table {}", rt.name))
+                .unwrap_or_else(|| format!("a route table bound to lan {}", lan.name));
+            if !is_private(f.dst) {
+                advice.push(format!(
+                    "the gateway gives no Internet access: {} is outside every tunnel's remote networks",
+                    f.dst
+                ));
+            } else if let Some(t) = route_mode.first() {
+                advice.push(format!(
+                    "no route for {} points to tunnel {t}: add one to {table}",
+                    f.dst
+                ));
+            } else {
+                let all: Vec<Prefix> = cfg
+                    .tunnels
+                    .iter()
+                    .filter(|t| t.enabled)
+                    .flat_map(plan::remote_prefixes)
+                    .collect();
+                advice.push(format!(
+                    "no route for {}: it is outside every tunnel's remote networks ({}); add it to the spd remote of the tunnel that reaches it (and to the peer's local)",
+                    f.dst,
+                    list(&all)
+                ));
+            }
+            return report(fwd, reply, advice, StageVerdict::Drop, None);
         }
-        return report(fwd, reply, advice, StageVerdict::Drop);
     };
-    fwd.push(stage("route", StageVerdict::Pass, hit.entry(), ""));
-    let route_tunnel = match &hit.target {
+    fwd.push(stage("route", StageVerdict::Pass, entry, ""));
+    let route_tunnel = match &target {
         Target::Tun(t) => t.clone(),
         Target::Lan(l) => {
             fwd.push(stage("spd", StageVerdict::Skip, "not routed into a tunnel", ""));
@@ -623,12 +1153,22 @@ pub fn trace(cfg: &Config, live: &Live, q: &Query) -> api::PathReport {
                 format!("lan {}", lan.name),
                 "reply LAN to LAN",
             ));
-            return report(fwd, reply, advice, StageVerdict::Pass);
+            return report(fwd, reply, advice, StageVerdict::Pass, None);
+        }
+        Target::Local => {
+            fwd.push(stage("spd", StageVerdict::Skip, "not routed into a tunnel", ""));
+            fwd.push(stage("egress", StageVerdict::Pass, "the gateway itself", "not forwarded"));
+            return report(fwd, reply, advice, StageVerdict::Pass, None);
         }
         Target::Via(a) => {
             fwd.push(stage("spd", StageVerdict::Skip, "not routed into a tunnel", ""));
             fwd.push(stage("egress", StageVerdict::Pass, format!("via {a}"), "not protected"));
-            return report(fwd, reply, advice, StageVerdict::Pass);
+            return report(fwd, reply, advice, StageVerdict::Pass, None);
+        }
+        Target::Dev(d) => {
+            fwd.push(stage("spd", StageVerdict::Skip, "not routed into a tunnel", ""));
+            fwd.push(stage("egress", StageVerdict::Pass, format!("dev {d}"), "not protected"));
+            return report(fwd, reply, advice, StageVerdict::Pass, None);
         }
         Target::Wan(cg) => {
             fwd.push(stage("spd", StageVerdict::Skip, "not routed into a tunnel", ""));
@@ -636,25 +1176,44 @@ pub fn trace(cfg: &Config, live: &Live, q: &Query) -> api::PathReport {
                 "egress",
                 StageVerdict::Warn,
                 format!("wan {}", cfg.gateway.wan.interface),
-                format!("to customer gateway {cg}'s public address, in clear"),
+                "in clear: the host firewall's forward chain decides",
             ));
-            advice.push(format!(
-                "{} is customer gateway {cg}'s public address: traffic to it is not protected; trace to an address behind it",
-                f.dst
-            ));
-            return report(fwd, reply, advice, StageVerdict::Pass);
+            match cg {
+                Some(cg) => advice.push(format!(
+                    "{} is customer gateway {cg}'s public address: traffic to it is not protected; trace to an address behind it",
+                    f.dst
+                )),
+                None => advice.push(format!(
+                    "{} is on the WAN network: the gateway does not protect traffic to it",
+                    f.dst
+                )),
+            }
+            return report(fwd, reply, advice, StageVerdict::Pass, None);
         }
     };
 
-    // 4. SPD.
-    let spd = spd_table(cfg);
+    // 3. SPD: the dataplane's table.
+    if live.dataplane.is_none() {
+        fwd.push(stage(
+            "spd",
+            StageVerdict::Drop,
+            "the dataplane does not run",
+            "tunnels are not running on this daemon",
+        ));
+        advice.push(
+            "tunnels are not running on this daemon: nothing is forwarded into a tunnel".into(),
+        );
+        return report(fwd, reply, advice, StageVerdict::Drop, None);
+    }
+    let spd = &view.spd;
     let Some((_, entry)) = spd.lookup(&f) else {
         fwd.push(stage(
             "spd",
             StageVerdict::Drop,
             "no entry matches",
             format!(
-                "the dataplane drops it (no_policy); the table has {} entries",
+                "the dataplane drops it (spd-no-policy); its table (generation {}) has {} entries",
+                spd.generation,
                 spd.entries.len()
             ),
         ));
@@ -699,18 +1258,25 @@ pub fn trace(cfg: &Config, live: &Live, q: &Query) -> api::PathReport {
             }
             None => advice.push(format!("no tunnel's SPD covers {} -> {}", f.src, f.dst)),
         }
-        return report(fwd, reply, advice, StageVerdict::Drop);
+        return report(fwd, reply, advice, StageVerdict::Drop, Some("spd-no-policy"));
     };
     let (tunnel, child) = match &entry.action {
         SpdAction::Protect { tunnel, child } => (tunnel.clone(), child.clone()),
         SpdAction::Bypass | SpdAction::Discard => {
+            let counter =
+                if entry.action == SpdAction::Bypass { "spd-bypass" } else { "spd-discard" };
             fwd.push(stage(
                 "spd",
                 StageVerdict::Drop,
                 entry.id.clone(),
-                format!("{:?}", entry.action),
+                format!("{:?}: the dataplane drops it ({counter})", entry.action),
             ));
-            return report(fwd, reply, advice, StageVerdict::Drop);
+            advice.push(format!(
+                "SPD entry {} {} it: change the spd policy (or its plugin) to protect it",
+                entry.id,
+                if entry.action == SpdAction::Bypass { "bypasses" } else { "discards" }
+            ));
+            return report(fwd, reply, advice, StageVerdict::Drop, Some(counter));
         }
     };
     let sel = &entry.selector;
@@ -743,34 +1309,39 @@ pub fn trace(cfg: &Config, live: &Live, q: &Query) -> api::PathReport {
         )),
     }
 
-    // 5. CHILD SA.
+    // 4. Network ACLs and security groups, before the SA (denied traffic asks for no SA).
+    let mut ft = FlowTable::new(FlowConfig { capacity: 16, ..FlowConfig::default() });
+    if let Some(d) = filter(view, &mut ft, 0, &tunnel, SgDir::Outbound, &f, false, &mut fwd) {
+        advice.push(d.advice);
+        return report(fwd, reply, advice, StageVerdict::Drop, Some(d.counter));
+    }
+
+    // 5. CHILD SA: the outbound SA installed in the dataplane.
     let tl = live.tunnels.get(&tunnel).cloned().unwrap_or_default();
+    let spi_out = view.outbound.get(&(tunnel.clone(), child.clone())).copied();
     let sa = tl.children.iter().find(|c| c.name == child);
-    let Some(sa) = sa.filter(|_| live.running && tl.state == "up") else {
-        let why = if !live.running {
-            "tunnels are not running on this daemon".to_owned()
-        } else {
-            format!(
-                "tunnel {tunnel} is {}, no CHILD SA {child}",
-                if tl.state.is_empty() { "down" } else { &tl.state }
-            )
-        };
+    let (Some(spi_out), Some(sa)) = (spi_out, sa) else {
+        let why = format!(
+            "tunnel {tunnel} is {}, no outbound SA for CHILD SA {child} in the dataplane",
+            if tl.state.is_empty() { "down" } else { &tl.state }
+        );
         fwd.push(stage(
             "child-sa",
             StageVerdict::Drop,
             why.clone(),
-            tl.last_failure
-                .clone()
-                .unwrap_or_else(|| "dropped (never sent in clear) until an SA exists".into()),
+            tl.last_failure.clone().unwrap_or_else(|| {
+                "dropped (never sent in clear) until an SA exists; the packet asks the driver for one"
+                    .into()
+            }),
         ));
         advice.push(format!("{why}: the packet is dropped, never sent in clear; see `isthmus diagnose tunnel {tunnel}`"));
         if let Some(e) = &tl.last_failure {
             advice.push(format!("last failure: {e}"));
         }
-        return report(fwd, reply, advice, StageVerdict::Drop);
+        return report(fwd, reply, advice, StageVerdict::Drop, Some("no-sa"));
     };
     let ago = |s: Option<u64>| s.map(|s| format!("{s} s ago")).unwrap_or_else(|| "never".into());
-    let sa_entry = format!("{tunnel}/{child} SPI in 0x{:08x} out 0x{:08x}", sa.spi_in, sa.spi_out);
+    let sa_entry = format!("{tunnel}/{child} SPI in 0x{:08x} out 0x{spi_out:08x}", sa.spi_in);
     let sa_detail = format!(
         "up; last packet out {}, in {} ({} out, {} in)",
         ago(tl.idle_out),
@@ -798,39 +1369,7 @@ pub fn trace(cfg: &Config, live: &Live, q: &Query) -> api::PathReport {
         fwd.push(stage("child-sa", StageVerdict::Pass, sa_entry.clone(), sa_detail.clone()));
     }
 
-    // 6. Security groups bound to the tunnel or the ingress LAN (the packet leaves: `out`).
-    let sgs: Vec<_> = cfg
-        .security_groups
-        .iter()
-        .filter(|g| g.tunnels.contains(&tunnel) || g.lans.contains(&lan.name))
-        .collect();
-    if sgs.is_empty() {
-        fwd.push(stage(
-            "security-group",
-            StageVerdict::Pass,
-            format!("none bound to tunnel {tunnel} or lan {}", lan.name),
-            "",
-        ));
-    }
-    for g in &sgs {
-        let (ok, entry, prio) =
-            evaluate("security group", &g.name, &g.rules, g.default_action, Direction::Out, &f);
-        if ok {
-            fwd.push(stage("security-group", StageVerdict::Pass, entry, "direction out"));
-        } else {
-            fwd.push(stage("security-group", StageVerdict::Drop, entry, "direction out"));
-            advice.push(match prio {
-                Some(p) => format!("security group {} rule {p} denies {} from {}", g.name, service(&f), f.src),
-                None => format!(
-                    "security group {} denies {} from {} by its default_action: add an allow rule (direction out)",
-                    g.name, service(&f), f.src
-                ),
-            });
-            return report(fwd, reply, advice, StageVerdict::Drop);
-        }
-    }
-
-    // 7. MTU.
+    // 6. MTU.
     let mtu = cfg.tunnel(&tunnel).map(|t| t.mtu).unwrap_or(1400);
     if q.size > mtu {
         let clamp = cfg.tunnel(&tunnel).and_then(|t| t.effective_mss());
@@ -838,7 +1377,7 @@ pub fn trace(cfg: &Config, live: &Live, q: &Query) -> api::PathReport {
             "mtu",
             StageVerdict::Warn,
             format!("tunnel {tunnel} mtu {mtu} < {} bytes", q.size),
-            "with DF set the packet is dropped and ICMP fragmentation-needed returned (path MTU discovery); without DF it is fragmented",
+            "with DF set the packet is dropped (too-big) and ICMP fragmentation-needed returned (path MTU discovery); without DF it is fragmented",
         ));
         advice.push(format!(
             "a {}-byte packet exceeds tunnel {tunnel}'s MTU {mtu}: senders must use path MTU discovery or an MTU of at most {mtu}{}",
@@ -857,91 +1396,66 @@ pub fn trace(cfg: &Config, live: &Live, q: &Query) -> api::PathReport {
         ));
     }
 
-    // 8. Egress.
+    // 7. Egress.
     let peer = cfg
         .tunnel(&tunnel)
         .and_then(|t| cfg.customer_gateway(&t.customer_gateway))
-        .map(|c| format!("{} ({})", c.name, c.address))
+        .map(|c| {
+            format!("{} ({})", c.name, tl.peer.map_or(c.address.to_string(), |p| p.to_string()))
+        })
         .unwrap_or_default();
+    let (how, why) = match (tl.encap, cfg.tunnel(&tunnel).map(|t| t.nat_t)) {
+        (true, Some(isthmus_config::NatT::Force)) => {
+            ("ESP in UDP 4500", "nat_t = force".to_owned())
+        }
+        (true, _) => (
+            "ESP in UDP 4500",
+            "NAT detected on the path (RFC 7296 §2.23): ESP is encapsulated in UDP (RFC 3948)"
+                .to_owned(),
+        ),
+        (false, _) => ("ESP (IP protocol 50)", "no NAT detected".to_owned()),
+    };
     fwd.push(stage(
         "egress",
         StageVerdict::Pass,
-        format!("ESP SPI 0x{:08x} to {peer} via wan {}", sa.spi_out, cfg.gateway.wan.interface),
-        "",
+        format!("{how}, SPI 0x{spi_out:08x}, to {peer} via wan {}", cfg.gateway.wan.interface),
+        why,
     ));
 
-    // The reply: out of the tunnel, the inbound selector check, SGs (stateful), ACLs (stateless).
+    // The reply: the inbound SA, its selector check, then ACLs and security groups inbound
+    // through the state the request created.
     let r = f.reversed();
-    let inbound_ok =
-        spd.entries_for(&tunnel, &child).any(|i| spd.entries[i].selector.matches_inbound(&r));
-    let mut verdict = StageVerdict::Pass;
     reply.push(stage(
         "child-sa",
         if one_way { StageVerdict::Warn } else { StageVerdict::Pass },
         format!("{tunnel}/{child} SPI in 0x{:08x}", sa.spi_in),
         if one_way { "nothing arrives from the peer".to_owned() } else { sa_detail },
     ));
-    if inbound_ok {
-        reply.push(stage(
-            "spd",
-            StageVerdict::Pass,
-            format!("{} inbound {sel_text}", entry.id),
-            "",
-        ));
-    } else {
+    if !entry.selector.matches_inbound(&r) {
         reply.push(stage(
             "spd",
             StageVerdict::Drop,
             format!("{} inbound", entry.id),
-            "the reply is outside the CHILD SA's selectors",
+            "the reply is outside the CHILD SA's selectors (selector-mismatch)",
         ));
         advice.push(format!(
             "the reply {} -> {} is outside the selectors of {tunnel}/{child}",
             r.src, r.dst
         ));
-        verdict = StageVerdict::Drop;
+        return report(fwd, reply, advice, StageVerdict::Drop, Some("selector-mismatch"));
     }
-    if verdict == StageVerdict::Pass {
-        reply.push(stage(
-            "security-group",
-            StageVerdict::Pass,
-            "reply of the flow allowed above (stateful)",
-            "",
-        ));
-        let mut acl_ok = true;
-        for a in &acls {
-            let (ok, entry, _) =
-                evaluate("network ACL", &a.name, &a.rules, a.default_action, Direction::In, &r);
-            reply.push(stage(
-                "network-acl",
-                if ok { StageVerdict::Pass } else { StageVerdict::Drop },
-                entry,
-                format!("direction {}", dir_name(Direction::In)),
-            ));
-            if !ok {
-                acl_ok = false;
-                advice.push(format!(
-                    "network ACL {} denies the reply {} from {} to {}: ACLs are stateless, add an allow rule (direction in) for the replies",
-                    a.name,
-                    service(&r),
-                    r.src,
-                    r.dst
-                ));
-                break;
-            }
-        }
-        if acl_ok {
-            reply.push(stage(
-                "egress",
-                StageVerdict::Pass,
-                format!("lan {} ({})", lan.name, lan.interface),
-                "",
-            ));
-        } else {
-            verdict = StageVerdict::Drop;
-        }
+    reply.push(stage("spd", StageVerdict::Pass, format!("{} inbound {sel_text}", entry.id), ""));
+    if let Some(d) = filter(view, &mut ft, 1, &tunnel, SgDir::Inbound, &r, true, &mut reply) {
+        advice.push(d.advice);
+        return report(fwd, reply, advice, StageVerdict::Drop, Some(d.counter));
     }
-    report(fwd, reply, advice, verdict)
+    reply.push(stage(
+        "egress",
+        StageVerdict::Pass,
+        format!("lan {} ({})", lan.name, lan.interface),
+        "",
+    ));
+    report(fwd, reply, advice, StageVerdict::Pass, None)
 }
 
 /// `GET /diagnose/tunnel/NAME`: the last failure the driver recorded and recent events.
@@ -1000,7 +1514,20 @@ pub fn diagnose_tunnel(core: &Core, name: &str) -> Result<api::TunnelDiagnosis, 
             None => advice.push("the customer gateway is not configured".into()),
         }
     }
+    let transport = st.as_ref().filter(|s| s.state == isthmus_tunnels::TunnelState::Up).map(|s| {
+        match (s.encap, t.nat_t) {
+            (true, isthmus_config::NatT::Force) => {
+                format!("ESP in UDP 4500 to {} (nat_t = force)", s.peer)
+            }
+            (true, _) => format!(
+                "ESP in UDP 4500 to {}: NAT detected on the path (RFC 7296 §2.23); the NAT device must pass UDP 500 and 4500",
+                s.peer
+            ),
+            (false, _) => format!("ESP (IP protocol 50) to {}: no NAT detected", s.peer),
+        }
+    });
     Ok(api::TunnelDiagnosis {
+        transport,
         tunnel: name.to_owned(),
         state,
         last_failure,
@@ -1013,29 +1540,32 @@ pub fn diagnose_tunnel(core: &Core, name: &str) -> Result<api::TunnelDiagnosis, 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use isthmus_tables::PortRange;
+    use isthmus_tables::sg::{Action, ChainSpec, Rule as SgRule};
+    use isthmus_tables::spd::{Selector, SpdEntry};
 
     const BASE: &str = r#"
 [gateway]
 name = "gw1"
 [gateway.wan]
 interface = "wan0"
-address = "10.80.0.1/24"
-next_hop = "10.80.0.254"
+address = "10.65.100.1/24"
+next_hop = "10.65.100.254"
 [[gateway.lan]]
 name = "office"
 interface = "lan0"
-addresses = ["10.81.1.1/24"]
+addresses = ["10.65.1.1/24"]
 
 [[customer_gateway]]
 name = "idc"
-address = "10.80.0.2"
+address = "10.65.100.2"
 
 [[tunnel]]
 name = "to-idc"
 customer_gateway = "idc"
 psk = "a-long-enough-pre-shared-key-0123"
 [[tunnel.spd]]
-local = ["10.81.1.0/24"]
+local = ["10.65.1.0/24"]
 remote = ["172.20.1.0/24"]
 "#;
 
@@ -1043,8 +1573,32 @@ remote = ["172.20.1.0/24"]
         Config::check(&format!("{BASE}{extra}")).expect("test config is valid").config
     }
 
+    fn p(s: &str) -> Prefix {
+        s.parse().unwrap()
+    }
+
+    /// The dataplane as the daemon publishes it for BASE: one SPD entry, the outbound SA
+    /// installed, `chains` as the security-group plugin compiles them.
+    fn view(chains: &[ChainSpec], sa: bool) -> DataplaneView {
+        let mut v = DataplaneView::empty();
+        v.spd = Arc::new(SpdTable::new(
+            1,
+            vec![SpdEntry {
+                id: "to-idc/to-idc#0".into(),
+                selector: Selector::between(p("10.65.1.0/24"), p("172.20.1.0/24")),
+                action: SpdAction::Protect { tunnel: "to-idc".into(), child: "to-idc".into() },
+            }],
+        ));
+        v.sg = Arc::new(SgTable::build(1, chains).unwrap());
+        v.lans = vec![LanBinding { prefix: p("10.65.1.0/24"), name: "office".into() }];
+        if sa {
+            v.outbound.insert(("to-idc".into(), "to-idc".into()), 0xc2);
+        }
+        v
+    }
+
     fn up(packets_out: u64, packets_in: u64, idle_in: Option<u64>) -> Live {
-        let mut l = Live { running: true, ..Live::default() };
+        let mut l = Live { dataplane: Some(view(&[], true)), ..Live::default() };
         l.tunnels.insert(
             "to-idc".into(),
             TunnelLive {
@@ -1056,9 +1610,30 @@ remote = ["172.20.1.0/24"]
                 packets_out,
                 packets_in,
                 last_failure: None,
+                encap: false,
+                peer: None,
             },
         );
         l
+    }
+
+    /// The kernel's answer: `prefix` in `table` out of `oif`.
+    fn found(table: u32, prefix: &str, oif: &str) -> KernelRoute {
+        KernelRoute::Found {
+            table,
+            prefix: p(prefix),
+            oif: Some(oif.into()),
+            gateway: None,
+            kind: RouteKind::Unicast,
+        }
+    }
+
+    fn tun() -> KernelRoute {
+        found(254, "172.20.1.0/24", "ist0")
+    }
+
+    fn unreachable() -> KernelRoute {
+        KernelRoute::Refused("Network is unreachable".into())
     }
 
     fn q(
@@ -1075,12 +1650,43 @@ remote = ["172.20.1.0/24"]
         r.forward.iter().find(|s| s.stage == name).unwrap_or_else(|| panic!("no {name}: {r:#?}"))
     }
 
+    fn rule(id: &str, action: Action, proto: Option<u8>, dst_ports: PortRange) -> SgRule {
+        SgRule {
+            src: p("0.0.0.0/0"),
+            dst: p("0.0.0.0/0"),
+            proto,
+            src_ports: PortRange::ANY,
+            dst_ports,
+            action,
+            id: id.into(),
+        }
+    }
+
+    fn chain(
+        att: &str,
+        kind: ChainKind,
+        direction: SgDir,
+        rules: Vec<SgRule>,
+        default_action: Action,
+        default_rule: &str,
+    ) -> ChainSpec {
+        ChainSpec {
+            attachment: att.into(),
+            kind,
+            direction,
+            rules,
+            default_action,
+            default_rule: default_rule.into(),
+        }
+    }
+
     #[test]
     fn a_good_packet_passes_every_stage_and_comes_back() {
         let r = trace(
             &cfg(""),
             &up(10, 10, Some(0)),
-            &q("10.81.1.5", "172.20.1.9", Some("tcp"), Some(443), None),
+            &tun(),
+            &q("10.65.1.5", "172.20.1.9", Some("tcp"), Some(443), None),
         );
         assert_eq!(r.verdict, StageVerdict::Pass, "{r:#?}");
         let names: Vec<&str> = r.forward.iter().map(|s| s.stage.as_str()).collect();
@@ -1088,11 +1694,11 @@ remote = ["172.20.1.0/24"]
             names,
             [
                 "ingress",
-                "network-acl",
                 "route",
                 "spd",
-                "child-sa",
+                "network-acl",
                 "security-group",
+                "child-sa",
                 "mtu",
                 "egress"
             ]
@@ -1102,12 +1708,13 @@ remote = ["172.20.1.0/24"]
             "table main: 172.20.1.0/24 -> ist0 (tunnel remote network)"
         );
         assert!(
-            stage_of(&r, "spd").entry.starts_with("to-idc/to-idc#0 10.81.1.0/24 <-> 172.20.1.0/24"),
+            stage_of(&r, "spd").entry.starts_with("to-idc/to-idc#0 10.65.1.0/24 <-> 172.20.1.0/24"),
             "{r:#?}"
         );
         assert!(stage_of(&r, "child-sa").entry.contains("SPI in 0x000000c1 out 0x000000c2"));
         assert!(r.reply.iter().all(|s| s.verdict == StageVerdict::Pass), "{r:#?}");
         assert!(r.advice.is_empty(), "{:?}", r.advice);
+        assert_eq!(r.drop_counter, None);
     }
 
     #[test]
@@ -1122,9 +1729,19 @@ lans = ["office"]
 prefix = "172.20.0.0/16"
 tunnel = "to-idc"
 "#);
-        let r = trace(&c, &up(1, 1, Some(0)), &q("10.81.1.5", "172.20.2.5", None, None, None));
+        let r = trace(
+            &c,
+            &up(1, 1, Some(0)),
+            &found(100, "172.20.0.0/16", "ist0"),
+            &q("10.65.1.5", "172.20.2.5", None, None, None),
+        );
         assert_eq!(r.verdict, StageVerdict::Drop);
+        assert_eq!(
+            stage_of(&r, "route").entry,
+            "table office-out: 172.20.0.0/16 -> ist0 (tunnel to-idc)"
+        );
         assert_eq!(stage_of(&r, "spd").verdict, StageVerdict::Drop);
+        assert_eq!(r.drop_counter.as_deref(), Some("spd-no-policy"));
         assert!(
             r.advice[0].starts_with("SPD of tunnel to-idc covers 172.20.1.0/24, not 172.20.2.5"),
             "{:?}",
@@ -1134,14 +1751,21 @@ tunnel = "to-idc"
 
     #[test]
     fn the_internet_is_outside_every_tunnel() {
-        let r = trace(&cfg(""), &up(0, 0, None), &q("10.81.1.5", "8.8.8.8", None, None, None));
+        let r = trace(
+            &cfg(""),
+            &up(0, 0, None),
+            &unreachable(),
+            &q("10.65.1.5", "8.8.8.8", None, None, None),
+        );
         assert_eq!(stage_of(&r, "route").verdict, StageVerdict::Drop);
+        assert_eq!(stage_of(&r, "route").detail, "the kernel: Network is unreachable");
         assert_eq!(
             r.advice,
             [
                 "the gateway gives no Internet access: 8.8.8.8 is outside every tunnel's remote networks"
             ]
         );
+        assert_eq!(r.drop_counter, None, "the kernel drops it, not the dataplane");
     }
 
     #[test]
@@ -1149,14 +1773,19 @@ tunnel = "to-idc"
         let c = cfg(r#"
 [[customer_gateway]]
 name = "dc2"
-address = "10.80.0.3"
+address = "10.65.100.3"
 [[tunnel]]
 name = "to-dc2"
 customer_gateway = "dc2"
 mode = "route"
 psk = "another-long-pre-shared-key-0123"
 "#);
-        let r = trace(&c, &up(0, 0, None), &q("10.81.1.5", "172.30.0.7", None, None, None));
+        let r = trace(
+            &c,
+            &up(0, 0, None),
+            &unreachable(),
+            &q("10.65.1.5", "172.30.0.7", None, None, None),
+        );
         assert_eq!(
             r.advice,
             [
@@ -1167,15 +1796,24 @@ psk = "another-long-pre-shared-key-0123"
 
     #[test]
     fn a_source_off_every_lan_is_refused_at_ingress() {
-        let r = trace(&cfg(""), &up(0, 0, None), &q("192.168.9.9", "172.20.1.9", None, None, None));
+        let r = trace(
+            &cfg(""),
+            &up(0, 0, None),
+            &tun(),
+            &q("192.168.9.9", "172.20.1.9", None, None, None),
+        );
         assert_eq!(r.forward.len(), 1);
         assert!(r.forward[0].detail.starts_with("src 192.168.9.9 is not on any LAN"), "{r:#?}");
     }
 
     #[test]
     fn a_one_way_sa_advises_to_check_the_peer() {
-        let r =
-            trace(&cfg(""), &up(5000, 0, None), &q("10.81.1.5", "172.20.1.9", None, None, None));
+        let r = trace(
+            &cfg(""),
+            &up(5000, 0, None),
+            &tun(),
+            &q("10.65.1.5", "172.20.1.9", None, None, None),
+        );
         assert_eq!(stage_of(&r, "child-sa").verdict, StageVerdict::Warn);
         assert_eq!(
             r.advice,
@@ -1186,55 +1824,90 @@ psk = "another-long-pre-shared-key-0123"
     }
 
     #[test]
-    fn a_down_tunnel_drops_and_points_to_diagnose_tunnel() {
+    fn no_outbound_sa_in_the_dataplane_drops_and_points_to_diagnose_tunnel() {
         let mut l = up(0, 0, None);
+        l.dataplane = Some(view(&[], false));
         let t = l.tunnels.get_mut("to-idc").unwrap();
         t.state = "connecting".into();
         t.children.clear();
         t.last_failure =
             Some("tunnel `to-idc`: IKE_AUTH failed: the peer answered TS_UNACCEPTABLE".into());
-        let r = trace(&cfg(""), &l, &q("10.81.1.5", "172.20.1.9", None, None, None));
+        let r = trace(&cfg(""), &l, &tun(), &q("10.65.1.5", "172.20.1.9", None, None, None));
         assert_eq!(stage_of(&r, "child-sa").verdict, StageVerdict::Drop);
+        assert_eq!(r.drop_counter.as_deref(), Some("no-sa"));
         assert!(r.advice[0].contains("isthmus diagnose tunnel to-idc"), "{:?}", r.advice);
         assert!(r.advice[1].contains("TS_UNACCEPTABLE"), "{:?}", r.advice);
     }
 
     #[test]
-    fn security_group_and_acl_rules_are_named() {
-        let sg = r#"
-[[security_group]]
-name = "sg-vpc"
-tunnels = ["to-idc"]
-default_action = "allow"
-[[security_group.rule]]
-priority = 3
-action = "deny"
-direction = "out"
-protocol = "tcp"
-ports = "443"
-"#;
-        let r = trace(
-            &cfg(sg),
-            &up(1, 1, Some(0)),
-            &q("10.81.1.5", "172.20.1.9", Some("tcp"), Some(443), None),
+    fn security_group_and_acl_rules_of_the_dataplane_table_are_named() {
+        // Security group sg-vpc on the tunnel: rule 3 denies tcp/443 going out.
+        let sg = chain(
+            "to-idc",
+            ChainKind::SecurityGroup,
+            SgDir::Outbound,
+            vec![rule("sg:sg-vpc/3", Action::Deny, Some(6), PortRange::single(443))],
+            Action::Allow,
+            "sg:default-allow-outbound",
         );
-        assert_eq!(r.advice, ["security group sg-vpc rule 3 denies tcp/443 from 10.81.1.5"]);
-        // A stateless ACL that lets the request out but not the reply in.
-        let acl = r#"
-[[network_acl]]
-name = "acl-office"
-lans = ["office"]
-[[network_acl.rule]]
-priority = 10
-action = "allow"
-direction = "out"
-"#;
+        let mut l = up(1, 1, Some(0));
+        l.dataplane = Some(view(&[sg], true));
         let r = trace(
-            &cfg(acl),
-            &up(1, 1, Some(0)),
-            &q("10.81.1.5", "172.20.1.9", Some("udp"), Some(53), None),
+            &cfg(""),
+            &l,
+            &tun(),
+            &q("10.65.1.5", "172.20.1.9", Some("tcp"), Some(443), None),
         );
+        assert_eq!(r.advice, ["security group sg-vpc rule 3 denies tcp/443 from 10.65.1.5"]);
+        assert_eq!(r.drop_counter.as_deref(), Some("sg-out"));
+        // Other traffic passes, and its reply passes statefully although inbound denies all.
+        let sg_in = chain(
+            "to-idc",
+            ChainKind::SecurityGroup,
+            SgDir::Inbound,
+            vec![],
+            Action::Deny,
+            "sg:default-deny-inbound",
+        );
+        let sg = chain(
+            "to-idc",
+            ChainKind::SecurityGroup,
+            SgDir::Outbound,
+            vec![rule("sg:sg-vpc/3", Action::Deny, Some(6), PortRange::single(443))],
+            Action::Allow,
+            "sg:default-allow-outbound",
+        );
+        l.dataplane = Some(view(&[sg, sg_in], true));
+        let r =
+            trace(&cfg(""), &l, &tun(), &q("10.65.1.5", "172.20.1.9", Some("udp"), Some(53), None));
+        assert_eq!(r.verdict, StageVerdict::Pass, "{r:#?}");
+        assert!(
+            r.reply.iter().any(|s| s.stage == "security-group" && s.entry.contains("stateful")),
+            "{r:#?}"
+        );
+
+        // A stateless ACL on the LAN that lets the request out but not the reply in.
+        let out = chain(
+            "office",
+            ChainKind::NetworkAcl,
+            SgDir::Outbound,
+            vec![rule("acl:acl-office/10", Action::Allow, None, PortRange::ANY)],
+            Action::Deny,
+            "acl:acl-office/default-deny",
+        );
+        let inn = chain(
+            "office",
+            ChainKind::NetworkAcl,
+            SgDir::Inbound,
+            vec![],
+            Action::Deny,
+            "acl:acl-office/default-deny",
+        );
+        l.dataplane = Some(view(&[out, inn], true));
+        let r =
+            trace(&cfg(""), &l, &tun(), &q("10.65.1.5", "172.20.1.9", Some("udp"), Some(53), None));
         assert_eq!(r.verdict, StageVerdict::Drop);
+        assert_eq!(r.drop_counter.as_deref(), Some("nacl-in"));
         assert!(
             r.reply.iter().any(|s| s.stage == "network-acl" && s.verdict == StageVerdict::Drop)
         );
@@ -1246,17 +1919,55 @@ direction = "out"
         let r = trace(
             &cfg(""),
             &up(1, 1, Some(0)),
-            &q("10.81.1.5", "172.20.1.9", None, None, Some(1450)),
+            &tun(),
+            &q("10.65.1.5", "172.20.1.9", None, None, Some(1450)),
         );
         assert_eq!(stage_of(&r, "mtu").verdict, StageVerdict::Warn);
         assert!(r.advice[0].contains("exceeds tunnel to-idc's MTU 1400"), "{:?}", r.advice);
     }
 
     #[test]
-    fn the_spd_table_matches_the_driver_layout() {
-        let t = spd_table(&cfg(""));
-        assert_eq!(t.entries.len(), 1);
-        assert_eq!(t.entries[0].id, "to-idc/to-idc#0");
+    fn the_kernel_answers_with_the_fib_entry_policy_rules_included() {
+        use isthmus_testkit::{Netns, require_root, veth};
+        assert_eq!(
+            kernel_route("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap(), "no-such-if0"),
+            KernelRoute::Refused("interface no-such-if0 does not exist".into())
+        );
+        if !require_root() {
+            return;
+        }
+        let a = Netns::new("dkr");
+        let b = Netns::new("dkr");
+        veth(&a, "d0", "10.65.201.1/24", &b, "p0", "10.65.201.10/24");
+        veth(&a, "d1", "10.65.202.1/24", &b, "p1", "10.65.202.2/24");
+        a.sh("sysctl -qw net.ipv4.ip_forward=1 \
+              && ip route add 10.65.210.0/24 via 10.65.202.2 table 100 \
+              && ip rule add from 10.65.201.0/24 lookup 100 pref 1100 \
+              && ip route add blackhole 10.65.211.0/24");
+        let ask = |dst: &'static str| {
+            a.run(move || kernel_route("10.65.201.10".parse().unwrap(), dst.parse().unwrap(), "d0"))
+        };
+        assert_eq!(
+            ask("10.65.210.5"),
+            KernelRoute::Found {
+                table: 100,
+                prefix: p("10.65.210.0/24"),
+                oif: Some("d1".into()),
+                gateway: Some("10.65.202.2".parse().unwrap()),
+                kind: RouteKind::Unicast,
+            }
+        );
+        assert_eq!(ask("8.8.8.8"), KernelRoute::Refused("Network is unreachable".into()));
+        match ask("10.65.211.1") {
+            KernelRoute::Refused(why) => assert!(why.contains("blackhole"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        match ask("10.65.201.1") {
+            KernelRoute::Found { kind, table, .. } => {
+                assert_eq!((kind, table), (RouteKind::Local, 255))
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
