@@ -30,6 +30,7 @@
 #![forbid(unsafe_code)]
 
 mod error;
+mod incremental;
 mod parse;
 mod schema;
 pub mod secret;
@@ -91,6 +92,40 @@ impl Config {
         let config = Config::from_toml(text)?;
         let mut report = config.validate();
         if !report.errors.is_empty() || !report.warnings.is_empty() {
+            report.locate(text);
+        }
+        let warnings = report.into_result()?;
+        Ok(Checked { config, warnings, text: text.to_owned() })
+    }
+
+    /// [`Config::check`] of `text`, an edit of the `previous` document: when the edit lies
+    /// inside one list element (one route, one tunnel with its sub-tables, ...), only that
+    /// element is parsed again, and the whole configuration is validated. The result is the
+    /// same as [`Config::check`]'s (which it falls back to for any other edit).
+    pub fn check_incremental(text: &str, previous: &Checked) -> Result<Checked, Errors> {
+        let Some(config) = incremental::reparse(previous.text(), &previous.config, text) else {
+            return Config::check(text);
+        };
+        let mut report = config.validate();
+        // Warnings the previous document had too keep their lines (moved by the lines the edit
+        // added or removed): locating issues anew means parsing the whole document.
+        let old = previous.text().as_bytes();
+        let same = old.iter().zip(text.as_bytes()).take_while(|(a, b)| a == b).count();
+        let edit_line = incremental::line_count(&text[..same]) + 1;
+        let delta =
+            incremental::line_count(text) as i64 - incremental::line_count(previous.text()) as i64;
+        let mut new_issues = !report.errors.is_empty();
+        for i in report.warnings.iter_mut() {
+            match previous.warnings.iter().find(|p| p.path == i.path && p.message == i.message) {
+                Some(p) => {
+                    i.line = p
+                        .line
+                        .map(|l| if l < edit_line { l } else { (l as i64 + delta).max(1) as usize })
+                }
+                None => new_issues = true,
+            }
+        }
+        if new_issues {
             report.locate(text);
         }
         let warnings = report.into_result()?;

@@ -301,6 +301,27 @@ pub(crate) fn observe(sock: &mut NlSocket) -> Result<Observed, Error> {
     Ok(Observed { links, addresses, routes, rules })
 }
 
+/// Links and addresses only (routes and rules are taken from a desired state instead, see
+/// [`assume`]).
+pub(crate) fn observe_links_and_addresses(sock: &mut NlSocket) -> Result<Observed, Error> {
+    let links = dump_links(sock)?;
+    let names: HashMap<u32, String> = links.iter().map(|l| (l.index, l.name.clone())).collect();
+    let addresses = dump_addresses(sock, &names)?;
+    Ok(Observed { links, addresses, routes: Vec::new(), rules: Vec::new() })
+}
+
+/// Fills in the routes and rules that the kernel has when it is at `state` (what the last apply
+/// installed), in the shape a dump would report them.
+pub(crate) fn assume(k: &mut Observed, state: &crate::DesiredState) {
+    k.routes =
+        state.routes.iter().map(|r| KRoute { key: r.key(), via: Some(r.via.clone()) }).collect();
+    k.rules = state
+        .rules
+        .iter()
+        .flat_map(|r| r.families().into_iter().map(|v4| KRule { v4, rule: r.clone() }))
+        .collect();
+}
+
 // ---- requests -------------------------------------------------------------------------------
 
 /// Creates a dummy link.

@@ -112,6 +112,33 @@ impl Reconciler {
         }
     }
 
+    /// What would change to go from `old` to `new`, for a kernel that is at `old`: links,
+    /// addresses and the firewall table are read from the kernel (a handful of objects), routes
+    /// and rules are taken from `old` instead of dumped, so a one-route change costs one route
+    /// message rather than a dump of every route. Should the kernel have drifted from `old`,
+    /// applying the plan fails on the drifted objects (the route already exists, or is gone):
+    /// then fall back to [`Reconciler::plan`] against the kernel.
+    pub fn plan_change(&mut self, old: &DesiredState, new: &DesiredState) -> Result<Plan, Error> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let seen = kernel::observe_links_and_addresses(&mut self.rt)
+                .and_then(|k| Ok((k, firewall::observe(&mut self.nft)?)));
+            match seen {
+                Ok((mut kernel, table)) => {
+                    kernel::assume(&mut kernel, old);
+                    return plan::diff(&Inputs {
+                        desired: new,
+                        kernel: &kernel,
+                        table: table.as_ref(),
+                    });
+                }
+                Err(Error::DumpInterrupted(_)) if attempt < 5 => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// How the kernel differs from `desired`; empty when it matches.
     pub fn drift(&mut self, desired: &DesiredState) -> Result<Vec<Drift>, Error> {
         Ok(self.plan(desired)?.changes().iter().map(Change::as_drift).collect())
