@@ -282,6 +282,9 @@ name = "to-hc{peer}"
 customer_gateway = "hc{peer}"
 psk = "{PSK}"
 start_action = "{start}"
+[tunnel.dpd]
+delay = "2s"
+timeout = "6s"
 [[tunnel.spd]]
 local = ["10.63.{l}.0/24"]
 remote = ["10.63.{r}.0/24"]
@@ -321,6 +324,11 @@ name = "probe-loss"
 kind = "health-loss"
 threshold = 30
 hold = "1s"
+notify = ["hook"]
+
+[[alarm]]
+name = "peer-dead"
+kind = "dpd-timeout"
 notify = ["hook"]"#
     );
     a.start(&hc_config(1, 2, &check));
@@ -401,4 +409,40 @@ notify = ["hook"]"#
         || format!("hooks: {:?}\nhealth: {}\n{}", hooks.lock().unwrap(), health(), ctx()),
     );
     assert_eq!(health()["state"], "healthy");
+
+    // The peer freezes: dead peer detection (the driver's typed DeadPeer reason, not message
+    // text) raises the dpd-timeout alarm; the health check pauses with the tunnel rather than
+    // raising its own alarm again.
+    let raised_loss = |hooks: &[String]| {
+        hooks.iter().filter(|h| h.contains("\"raised\"") && h.contains("probe-loss")).count()
+    };
+    let before = raised_loss(&hooks.lock().unwrap());
+    b.signal("-STOP");
+    wait_for(
+        "the dpd-timeout alarm at the webhook",
+        Duration::from_secs(40),
+        || {
+            hooks
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|h| h.contains("\"raised\"") && h.contains("peer-dead"))
+        },
+        || format!("hooks: {:?}\n{}", hooks.lock().unwrap(), ctx()),
+    );
+    assert_eq!(health()["sent"], 0, "probes pause while the tunnel is down: {}", health());
+    b.signal("-CONT");
+    wait_for(
+        "the dpd-timeout alarm to clear when the tunnel is back",
+        Duration::from_secs(60),
+        || {
+            hooks
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|h| h.contains("\"cleared\"") && h.contains("peer-dead"))
+        },
+        || format!("hooks: {:?}\n{}", hooks.lock().unwrap(), ctx()),
+    );
+    assert_eq!(raised_loss(&hooks.lock().unwrap()), before, "{:?}", hooks.lock().unwrap());
 }
