@@ -4,10 +4,13 @@
 //! never sent). Each case asserts on what the CLI prints. The outputs are printed too (run with
 //! `--nocapture`): `docs/troubleshooting.md` quotes them.
 
-use std::time::Duration;
+use std::net::UdpSocket;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
-use isthmus_testkit::require_root;
 use isthmus_testkit::site::{Binaries, Site, SiteSpec, link_wans, token_hash, wait_for};
+use isthmus_testkit::{Netns, require_root};
 
 const ADMIN: &str = "ist_diag-admin-token";
 const PSK: &str = "diag-pre-shared-key-0123456789abcdef";
@@ -34,15 +37,45 @@ fn site(tag: &str, n: u8) -> Site {
 /// Gateway `me`: WAN 10.65.100.me, LAN 10.65.me.0/24, one tunnel to the peer protecting
 /// `local` <-> `remote`. Gateway 1 initiates.
 fn config(me: u8, peer: u8, local: &str, remote: &str, extra: &str) -> String {
+    let spd = format!("[[tunnel.spd]]\nlocal = [\"{local}\"]\nremote = [\"{remote}\"]\n");
+    render(me, peer, &Wan::direct(me, peer), &spd, extra)
+}
+
+/// How a gateway reaches its peer.
+struct Wan {
+    /// Our WAN address (CIDR).
+    address: String,
+    next_hop: String,
+    /// Where the peer's IKE packets come from (its address, or a NAT device's).
+    peer_address: String,
+    /// The peer's IKE identity when it differs from `peer_address`.
+    peer_id: Option<String>,
+}
+
+impl Wan {
+    /// Both WANs on 10.65.100.0/24.
+    fn direct(me: u8, peer: u8) -> Wan {
+        Wan {
+            address: format!("10.65.100.{me}/24"),
+            next_hop: "10.65.100.254".into(),
+            peer_address: format!("10.65.100.{peer}"),
+            peer_id: None,
+        }
+    }
+}
+
+/// A gateway's whole configuration; `spd` holds the tunnel's `[[tunnel.spd]]` tables.
+fn render(me: u8, peer: u8, wan: &Wan, spd: &str, extra: &str) -> String {
     let start = if me == 1 { "start" } else { "none" };
+    let id = wan.peer_id.as_ref().map(|i| format!("ike_id = \"{i}\"\n")).unwrap_or_default();
     format!(
         r#"
 [gateway]
 name = "gw{me}"
 [gateway.wan]
 interface = "wan0"
-address = "10.65.100.{me}/24"
-next_hop = "10.65.100.254"
+address = "{}"
+next_hop = "{}"
 [[gateway.lan]]
 name = "lan"
 interface = "lan0"
@@ -50,16 +83,14 @@ addresses = ["10.65.{me}.1/24"]
 
 [[customer_gateway]]
 name = "gw{peer}"
-address = "10.65.100.{peer}"
-
+address = "{}"
+{id}
 [[tunnel]]
 name = "to-gw{peer}"
 customer_gateway = "gw{peer}"
 psk = "{PSK}"
 start_action = "{start}"
-[[tunnel.spd]]
-local = ["{local}"]
-remote = ["{remote}"]
+{spd}
 
 [[api_token]]
 name = "ops"
@@ -67,6 +98,9 @@ role = "admin"
 token_hash = "sha256:{}"
 {extra}
 "#,
+        wan.address,
+        wan.next_hop,
+        wan.peer_address,
         token_hash(ADMIN)
     )
 }
@@ -203,4 +237,505 @@ tunnel = "to-gw2"
     );
     // And it really is not delivered.
     assert!(!a.host.sh_output("ping -c 1 -W 1 10.65.2.10").status.success());
+}
+
+/// UDP echo servers on `ports` in `ns` (every address), until the returned guard drops.
+struct Echo {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Echo {
+    fn start(ns: &Netns, ports: &[u16]) -> Echo {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = ports
+            .iter()
+            .map(|&port| {
+                let stop = stop.clone();
+                ns.spawn_thread(move || {
+                    let s = UdpSocket::bind(("0.0.0.0", port)).expect("bind the echo port");
+                    s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+                    let mut buf = [0u8; 2048];
+                    while !stop.load(Ordering::Relaxed) {
+                        if let Ok((n, from)) = s.recv_from(&mut buf) {
+                            let _ = s.send_to(&buf[..n], from);
+                        }
+                    }
+                })
+            })
+            .collect();
+        Echo { stop, threads }
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A flow a LAN host sends: UDP (answered by an echo server) or an ICMP echo.
+#[derive(Clone, Debug)]
+struct Flow {
+    src: String,
+    dst: String,
+    /// `None`: ICMP echo.
+    udp: Option<(u16, u16)>,
+}
+
+impl Flow {
+    fn diagnose_args(&self) -> Vec<String> {
+        let mut v: Vec<String> =
+            ["diagnose", "path", "--src", &self.src, "--dst", &self.dst].map(String::from).into();
+        match self.udp {
+            Some((sport, dport)) => v.extend(
+                ["--proto", "udp", "--sport", &sport.to_string(), "--dport", &dport.to_string()]
+                    .map(String::from),
+            ),
+            None => v.extend(["--proto", "icmp"].map(String::from)),
+        }
+        v
+    }
+
+    /// Sends it from `host`; true when the answer came back.
+    fn send(&self, host: &Netns) -> bool {
+        match self.udp {
+            Some((sport, dport)) => {
+                let (src, dst) = (self.src.clone(), self.dst.clone());
+                host.run(move || {
+                    let Ok(s) = UdpSocket::bind((src.as_str(), sport)) else { return false };
+                    s.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
+                    if s.send_to(b"isthmus-probe", (dst.as_str(), dport)).is_err() {
+                        return false;
+                    }
+                    let mut buf = [0u8; 64];
+                    matches!(s.recv_from(&mut buf), Ok((13, _)))
+                })
+            }
+            None => host
+                .sh_output(&format!("ping -c 1 -W 1 -I {} {}", self.src, self.dst))
+                .status
+                .success(),
+        }
+    }
+}
+
+/// `isthmus --json diagnose path` for `flow`.
+fn diagnose(site: &Site, flow: &Flow) -> serde_json::Value {
+    let args = flow.diagnose_args();
+    site.json(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// The dataplane drop counters (by reason) that grew between two reports.
+fn grown(before: &serde_json::Value, after: &serde_json::Value) -> Vec<String> {
+    let empty = serde_json::Map::new();
+    let b = before["counters"].as_object().unwrap_or(&empty);
+    let a = after["counters"].as_object().unwrap_or(&empty);
+    a.iter()
+        .filter(|(k, _)| !k.starts_with("rule "))
+        .filter(|(k, v)| v.as_u64() > b.get(*k).and_then(|x| x.as_u64()).or(Some(0)))
+        .map(|(k, _)| k.clone())
+        .collect()
+}
+
+/// Traces `flow`, sends it, and asserts that what happened is what the tracer said: delivered
+/// (the answer came back) when it passes, else not delivered and the dataplane counter it
+/// named grew (none for a drop by the kernel's routing). Returns the report.
+fn one_truth(a: &Site, flow: &Flow, ctx: &dyn Fn() -> String) -> serde_json::Value {
+    let before = diagnose(a, flow);
+    let delivered = flow.send(&a.host);
+    let verdict = before["verdict"].as_str().unwrap_or_default().to_owned();
+    let counter = before["drop_counter"].as_str().map(str::to_owned);
+    // Workers add their counts once per batch: give them a moment.
+    let t0 = Instant::now();
+    let mut moved = Vec::new();
+    while t0.elapsed() < Duration::from_secs(2) {
+        moved = grown(&before, &diagnose(a, flow));
+        if counter.as_ref().is_none_or(|c| moved.contains(c)) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let why = || {
+        format!(
+            "flow {flow:?}: the tracer said {verdict} (counter {counter:?}); delivered {delivered}, counters grown {moved:?}\n{}\n{}",
+            serde_json::to_string_pretty(&before).unwrap_or_default(),
+            ctx()
+        )
+    };
+    match verdict.as_str() {
+        "pass" => assert!(delivered, "{}", why()),
+        "drop" => {
+            assert!(!delivered, "{}", why());
+            match &counter {
+                Some(c) => assert!(moved.contains(c), "{}", why()),
+                None => assert!(
+                    moved.iter().all(|m| m == "unknown-spi"),
+                    "a kernel drop moved dataplane counters: {}",
+                    why()
+                ),
+            }
+        }
+        v => panic!("verdict {v}: {}", why()),
+    }
+    before
+}
+
+/// A tiny deterministic generator (xorshift64*), seeded from `ISTHMUS_SEED` or the clock; the
+/// seed is printed so a failure can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn from_env() -> Rng {
+        let seed =
+            std::env::var("ISTHMUS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(1)
+            });
+        println!("ISTHMUS_SEED={seed}");
+        Rng(seed | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
+        &v[self.below(v.len())]
+    }
+
+    fn chance(&mut self, percent: u64) -> bool {
+        self.next() % 100 < percent
+    }
+
+    /// A non-empty random subset of `v`.
+    fn some<T: Clone>(&mut self, v: &[T]) -> Vec<T> {
+        let mut out: Vec<T> = v.iter().filter(|_| self.chance(40)).cloned().collect();
+        if out.is_empty() {
+            out.push(self.pick(v).clone());
+        }
+        out
+    }
+}
+
+const PORTS: [u16; 4] = [53, 443, 5000, 8080];
+
+fn quoted(v: &[&str]) -> String {
+    v.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ")
+}
+
+/// One random rule of a security group or network ACL (`in` or `out`).
+fn random_rule(rng: &mut Rng, priority: u32, direction: &str) -> String {
+    let action = rng.pick(&["allow", "deny"]);
+    let mut r =
+        format!("priority = {priority}\naction = \"{action}\"\ndirection = \"{direction}\"\n");
+    match *rng.pick(&["udp", "udp", "icmp", "any"]) {
+        "udp" => {
+            r.push_str("protocol = \"udp\"\n");
+            let ports = rng.pick(&["53", "443", "5000-8080", "1-1024"]);
+            r.push_str(&format!("ports = \"{ports}\"\n"));
+        }
+        "icmp" => r.push_str("protocol = \"icmp\"\n"),
+        _ => {}
+    }
+    if rng.chance(40) {
+        let peer = rng.pick(&["10.65.2.0/25", "10.65.2.128/25", "10.65.2.0/24"]);
+        let field = if direction == "out" { "destination" } else { "source" };
+        r.push_str(&format!("{field} = [\"{peer}\"]\n"));
+    }
+    r
+}
+
+/// A random configuration for gateway 1: its SPD (inside what gateway 2 accepts, so the
+/// tunnel comes up), a route table bound to the LAN, a security group, a network ACL.
+fn random_gw1(rng: &mut Rng) -> String {
+    let local = rng.some(&["10.65.1.0/24", "10.65.1.0/25", "10.65.1.128/25"]);
+    let remote = rng.some(&["10.65.2.0/24", "10.65.2.0/25", "10.65.2.128/25", "10.65.2.0/28"]);
+    let mut spd =
+        format!("[[tunnel.spd]]\nlocal = [{}]\nremote = [{}]\n", quoted(&local), quoted(&remote));
+    match *rng.pick(&["any", "any", "udp", "icmp"]) {
+        "udp" => {
+            spd.push_str("protocol = \"udp\"\n");
+            if rng.chance(50) {
+                spd.push_str("remote_ports = \"443-8080\"\n");
+            }
+        }
+        "icmp" => spd.push_str("protocol = \"icmp\"\n"),
+        _ => {}
+    }
+    let mut extra = String::new();
+    if rng.chance(50) {
+        extra.push_str("[[route_table]]\nname = \"lan-out\"\nid = 100\nlans = [\"lan\"]\n");
+        for p in rng.some(&["10.65.2.0/24", "10.65.2.128/25", "10.65.3.0/24"]) {
+            extra.push_str(&format!(
+                "[[route_table.route]]\nprefix = \"{p}\"\ntunnel = \"to-gw2\"\n"
+            ));
+        }
+    }
+    if rng.chance(60) {
+        let bind = if rng.chance(70) { "tunnels = [\"to-gw2\"]" } else { "lans = [\"lan\"]" };
+        let default = rng.pick(&["allow", "deny"]);
+        extra.push_str(&format!(
+            "[[security_group]]\nname = \"sg-rand\"\n{bind}\ndefault_action = \"{default}\"\n"
+        ));
+        for i in 0..1 + rng.below(3) {
+            let dir = if rng.chance(80) { "out" } else { "in" };
+            extra.push_str("[[security_group.rule]]\n");
+            extra.push_str(&random_rule(rng, 10 * (i as u32 + 1), dir));
+        }
+    }
+    if rng.chance(40) {
+        let default = rng.pick(&["allow", "deny"]);
+        extra.push_str(&format!(
+            "[[network_acl]]\nname = \"acl-rand\"\nlans = [\"lan\"]\ndefault_action = \"{default}\"\n"
+        ));
+        for i in 0..1 + rng.below(4) {
+            let dir = if rng.chance(50) { "out" } else { "in" };
+            extra.push_str("[[network_acl.rule]]\n");
+            extra.push_str(&random_rule(rng, 10 * (i as u32 + 1), dir));
+        }
+    }
+    render(1, 2, &Wan::direct(1, 2), &spd, &extra)
+}
+
+fn random_flow(rng: &mut Rng) -> Flow {
+    let src = rng.pick(&["10.65.1.10", "10.65.1.20", "10.65.1.130"]).to_string();
+    let dst = rng
+        .pick(&[
+            "10.65.2.10",
+            "10.65.2.10",
+            "10.65.2.20",
+            "10.65.2.130",
+            "10.65.2.200",
+            "10.65.3.5",
+            "10.65.9.9",
+            "8.8.8.8",
+        ])
+        .to_string();
+    let udp = rng.chance(70).then(|| (20000 + rng.below(40000) as u16, *rng.pick(&PORTS)));
+    Flow { src, dst, udp }
+}
+
+/// One truth, randomized: random configurations of gateway 1 (SPD selectors, route tables,
+/// security groups, network ACLs) and random flows from its LAN. For every flow the tracer's
+/// verdict is taken, then a real packet is sent: it must be delivered (and answered) exactly
+/// when the tracer says pass, and when it says drop, the dataplane counter of the stage it
+/// named must be the one that grew.
+#[test]
+fn one_truth_randomized_configurations_and_flows() {
+    if !require_root() {
+        return;
+    }
+    let mut rng = Rng::from_env();
+    let rounds: usize =
+        std::env::var("ISTHMUS_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(6);
+    let (mut a, b) = pair(
+        "dt",
+        &config(1, 2, "10.65.1.0/24", "10.65.2.0/24", ""),
+        &config(2, 1, "10.65.2.0/24", "10.65.1.0/24", ""),
+    );
+    a.host.sh("ip addr add 10.65.1.20/24 dev eth0 && ip addr add 10.65.1.130/24 dev eth0");
+    b.host.sh("ip addr add 10.65.2.20/24 dev eth0 && ip addr add 10.65.2.130/24 dev eth0 \
+         && ip addr add 10.65.2.200/24 dev eth0");
+    let _echo = Echo::start(&b.host, &PORTS);
+    let ctx = || format!("--- gw1 log\n{}\n--- gw2 log\n{}", a.log(), b.log());
+    wait_for(
+        "a LAN-to-LAN ping through the tunnel",
+        Duration::from_secs(40),
+        || a.host.sh_output("ping -c 1 -W 1 10.65.2.10").status.success(),
+        ctx,
+    );
+    let mut seen: std::collections::BTreeMap<String, usize> = Default::default();
+    for round in 0..rounds {
+        let cfg = random_gw1(&mut rng);
+        let file = a.path(&format!("round{round}.toml"));
+        std::fs::write(&file, &cfg).unwrap();
+        let (ok, out) = a.cli_text(&["config", "apply", file.to_str().unwrap(), "-m", "random"]);
+        assert!(ok || out.contains("unchanged"), "round {round}: apply failed: {out}\n{cfg}");
+        // Let the tunnel renegotiate whatever the change touched.
+        wait_for(
+            "the tunnel to be up with a CHILD SA",
+            Duration::from_secs(40),
+            || a.cli_text(&["tunnel", "show", "to-gw2"]).1.contains("child to-gw2: spi in"),
+            || format!("{cfg}\n{}", ctx()),
+        );
+        let ctx_round = || format!("round {round} configuration:\n{cfg}\n{}", ctx());
+        for _ in 0..8 {
+            let flow = random_flow(&mut rng);
+            let r = one_truth(&a, &flow, &ctx_round);
+            let key = match r["drop_counter"].as_str() {
+                Some(c) => format!("drop {c}"),
+                None if r["verdict"] == "drop" => "drop route".to_owned(),
+                None => "pass".to_owned(),
+            };
+            *seen.entry(key).or_default() += 1;
+        }
+    }
+    println!("outcomes over {rounds} rounds: {seen:?}");
+    assert!(seen.contains_key("pass"), "no flow passed: {seen:?}");
+    assert!(seen.keys().any(|k| k.starts_with("drop")), "no flow dropped: {seen:?}");
+    a.stop();
+}
+
+/// A security group that denies a service and a stateless network ACL that forgets the replies:
+/// each diagnosed with the rule that decided and the counter that counts it, and each verdict
+/// checked against a real packet.
+#[test]
+fn security_group_deny_and_network_acl_deny() {
+    if !require_root() {
+        return;
+    }
+    let sg = r#"
+[[security_group]]
+name = "sg-vpc"
+tunnels = ["to-gw2"]
+default_action = "allow"
+[[security_group.rule]]
+priority = 3
+action = "deny"
+direction = "out"
+protocol = "udp"
+ports = "443"
+description = "no QUIC to the data centre"
+"#;
+    let (a, b) = pair(
+        "dg",
+        &config(1, 2, "10.65.1.0/24", "10.65.2.0/24", sg),
+        &config(2, 1, "10.65.2.0/24", "10.65.1.0/24", ""),
+    );
+    let _echo = Echo::start(&b.host, &PORTS);
+    let ctx = || format!("--- gw1 log\n{}\n--- gw2 log\n{}", a.log(), b.log());
+    wait_for(
+        "a LAN-to-LAN ping through the tunnel",
+        Duration::from_secs(40),
+        || a.host.sh_output("ping -c 1 -W 1 10.65.2.10").status.success(),
+        ctx,
+    );
+    let quic = Flow { src: "10.65.1.10".into(), dst: "10.65.2.10".into(), udp: Some((40443, 443)) };
+    let out = a.show(&quic.diagnose_args().iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.contains("security-group  DROP  sg:sg-vpc/3#0 denies"), "{out}");
+    assert!(
+        out.contains("advice   security group sg-vpc rule 3 denies udp/443 from 10.65.1.10"),
+        "{out}"
+    );
+    assert!(out.contains("counted  sg-out: "), "{out}");
+    let r = one_truth(&a, &quic, &ctx);
+    assert_eq!(r["drop_counter"], "sg-out");
+    // Other services pass, and their replies come back through the group's state.
+    let dns = Flow { src: "10.65.1.10".into(), dst: "10.65.2.10".into(), udp: Some((40053, 53)) };
+    let r = one_truth(&a, &dns, &ctx);
+    assert_eq!(r["verdict"], "pass", "{r}");
+
+    // A network ACL on the LAN that lets requests out but has no rule for the replies.
+    let acl = r#"
+[[network_acl]]
+name = "acl-lan"
+lans = ["lan"]
+default_action = "deny"
+[[network_acl.rule]]
+priority = 5
+action = "deny"
+direction = "out"
+protocol = "icmp"
+[[network_acl.rule]]
+priority = 10
+action = "allow"
+direction = "out"
+"#;
+    let file = a.path("acl.toml");
+    std::fs::write(&file, config(1, 2, "10.65.1.0/24", "10.65.2.0/24", acl)).unwrap();
+    a.show(&["config", "apply", file.to_str().unwrap(), "-m", "acl"]);
+    wait_for(
+        "the tunnel to be up",
+        Duration::from_secs(40),
+        || a.cli_text(&["tunnel", "show", "to-gw2"]).1.contains("child to-gw2: spi in"),
+        ctx,
+    );
+    let out = a.show(&dns.diagnose_args().iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.contains("reply:"), "{out}");
+    assert!(out.contains("network-acl     DROP  acl:acl-lan/default-deny denies"), "{out}");
+    assert!(out.contains("ACLs are stateless"), "{out}");
+    let r = one_truth(&a, &dns, &ctx);
+    assert_eq!(r["drop_counter"], "nacl-in");
+    let ping = Flow { src: "10.65.1.10".into(), dst: "10.65.2.10".into(), udp: None };
+    let out = a.show(&ping.diagnose_args().iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        out.contains(
+            "advice   network ACL acl-lan rule 5 denies icmp from 10.65.1.10 (direction out)"
+        ),
+        "{out}"
+    );
+    let r = one_truth(&a, &ping, &ctx);
+    assert_eq!(r["drop_counter"], "nacl-out");
+}
+
+/// A NAT device between the two WANs (an nftables masquerade namespace): the gateways detect
+/// it (RFC 7296 §2.23), float to UDP 4500 and encapsulate ESP (RFC 3948); both `diagnose`
+/// commands say so, and traffic passes as the tracer says.
+#[test]
+fn a_nat_device_in_the_path() {
+    if !require_root() {
+        return;
+    }
+    let mut a = site("dn", 1);
+    let mut b = site("dn", 2);
+    let nat = Netns::new("dnn");
+    isthmus_testkit::veth_bare(&a.gw, "wan0", &nat, "n1");
+    isthmus_testkit::veth_bare(&nat, "n2", &b.gw, "wan0");
+    nat.sh("ip addr add 10.65.100.254/24 dev n1 && ip addr add 10.65.101.254/24 dev n2 \
+         && sysctl -qw net.ipv4.ip_forward=1 \
+         && nft add table ip nat \
+         && nft add chain ip nat post '{ type nat hook postrouting priority 100; }' \
+         && nft add rule ip nat post oifname n2 masquerade");
+    let spd = |l: &str, r: &str| format!("[[tunnel.spd]]\nlocal = [\"{l}\"]\nremote = [\"{r}\"]\n");
+    // gw1 sits behind the NAT; gw2 sees it as the NAT's outside address, with gw1's identity.
+    let gw1 = Wan {
+        address: "10.65.100.1/24".into(),
+        next_hop: "10.65.100.254".into(),
+        peer_address: "10.65.101.2".into(),
+        peer_id: None,
+    };
+    let gw2 = Wan {
+        address: "10.65.101.2/24".into(),
+        next_hop: "10.65.101.254".into(),
+        peer_address: "10.65.101.254".into(),
+        peer_id: Some("10.65.100.1".into()),
+    };
+    b.start(&render(2, 1, &gw2, &spd("10.65.2.0/24", "10.65.1.0/24"), ""));
+    a.start(&render(1, 2, &gw1, &spd("10.65.1.0/24", "10.65.2.0/24"), ""));
+    let _echo = Echo::start(&b.host, &PORTS);
+    let ctx = || format!("--- gw1 log\n{}\n--- gw2 log\n{}", a.log(), b.log());
+    wait_for(
+        "a LAN-to-LAN ping through the tunnel across the NAT",
+        Duration::from_secs(40),
+        || a.host.sh_output("ping -c 1 -W 1 10.65.2.10").status.success(),
+        ctx,
+    );
+    let out = a.show(&["diagnose", "tunnel", "to-gw2"]);
+    assert!(out.contains("NAT detected"), "{out}");
+    assert!(out.contains("UDP 4500"), "{out}");
+    let flow =
+        Flow { src: "10.65.1.10".into(), dst: "10.65.2.10".into(), udp: Some((41000, 5000)) };
+    let out = a.show(&flow.diagnose_args().iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.contains("ESP in UDP 4500"), "{out}");
+    assert!(out.contains("NAT detected"), "{out}");
+    let r = one_truth(&a, &flow, &ctx);
+    assert_eq!(r["verdict"], "pass");
+    // The NAT really is there: gw2 sees gw1 at the NAT's outside address.
+    let out = b.show(&["diagnose", "tunnel", "to-gw1"]);
+    assert!(out.contains("NAT detected"), "{out}");
+    a.stop();
+    b.stop();
 }
