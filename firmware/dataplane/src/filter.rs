@@ -46,7 +46,7 @@ use std::time::Instant;
 use isthmus_tables::flow::{
     FlowConfig, FlowCounters, FlowTable, Outcome, PacketVerdict, PuntRequest, Reason,
 };
-use isthmus_tables::sg::{AttachmentId, ChainKind, Direction, RuleRef, SgTable};
+use isthmus_tables::sg::{Action, AttachmentId, ChainKind, Direction, RuleRef, SgTable};
 use isthmus_tables::{FlowKey, Prefix};
 
 /// Most rules whose drops are counted by name; beyond, the rule with the fewest drops is evicted
@@ -448,6 +448,103 @@ fn addr_bits(a: IpAddr) -> u128 {
     }
 }
 
+/// One chain's answer in a [`trace`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChainVerdict {
+    /// The attachment (tunnel or LAN name).
+    pub attachment: String,
+    /// Security group or network ACL.
+    pub kind: ChainKind,
+    /// The direction the chain filters.
+    pub direction: Direction,
+    /// What it does with the packet; `None` for a reply that passes a security group as return
+    /// traffic of the allowed flow (not evaluated, as the flow table does).
+    pub action: Option<Action>,
+    /// The rule that decided (`established` for return traffic).
+    pub rule: String,
+}
+
+/// What the workers would do with a new flow crossing `tunnel` in `direction`, and with its
+/// reply, under `table` and `lans`: every bound chain in evaluation order, stopping at the first
+/// that does not allow. This is the dataplane's own evaluation (same tables, same order, same
+/// [`state_key`]), for the path tracer; it changes no state. `reply` is empty when the forward
+/// packet is refused.
+pub fn trace(
+    table: &SgTable,
+    lans: &[LanBinding],
+    tunnel: &str,
+    direction: Direction,
+    key: &FlowKey,
+) -> (Vec<ChainVerdict>, Vec<ChainVerdict>) {
+    let st = SgState::new(Arc::new(SgTable::empty(0)), lans);
+    let lan_addr = |d: Direction, k: &FlowKey| match d {
+        Direction::Outbound => k.src,
+        Direction::Inbound => k.dst,
+    };
+    let lan_name = |addr: IpAddr| {
+        st.lans
+            .iter()
+            .find(|(p, _)| p.contains(addr))
+            .and_then(|(_, att)| table.attachment_name(*att).map(str::to_owned))
+    };
+    let key = state_key(key);
+    let atts: Vec<String> = [
+        table.attachment_name(AttachmentId::of(tunnel)).map(str::to_owned),
+        lan_name(lan_addr(direction, &key)),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let mut fwd = Vec::new();
+    let chain_verdict = |att: &str, kind: ChainKind, dir: Direction, k: &FlowKey| {
+        let id = AttachmentId::of(att);
+        table.chain(id, kind, dir).map(|c| {
+            let v = c.evaluate(k);
+            ChainVerdict {
+                attachment: att.to_owned(),
+                kind,
+                direction: dir,
+                action: Some(v.action),
+                rule: c.rule_name(v.rule).to_owned(),
+            }
+        })
+    };
+    for att in &atts {
+        for kind in [ChainKind::NetworkAcl, ChainKind::SecurityGroup] {
+            if let Some(v) = chain_verdict(att, kind, direction, &key) {
+                let pass = v.action == Some(Action::Allow);
+                fwd.push(v);
+                if !pass {
+                    return (fwd, Vec::new());
+                }
+            }
+        }
+    }
+    let mut reply = Vec::new();
+    let (rdir, rkey) = (direction.reversed(), key.reversed());
+    for att in &atts {
+        if let Some(v) = chain_verdict(att, ChainKind::NetworkAcl, rdir, &rkey) {
+            let pass = v.action == Some(Action::Allow);
+            reply.push(v);
+            if !pass {
+                return (fwd, reply);
+            }
+        }
+        if table.chain(AttachmentId::of(att), ChainKind::SecurityGroup, direction).is_some()
+            || table.chain(AttachmentId::of(att), ChainKind::SecurityGroup, rdir).is_some()
+        {
+            reply.push(ChainVerdict {
+                attachment: att.clone(),
+                kind: ChainKind::SecurityGroup,
+                direction: rdir,
+                action: None,
+                rule: "established".into(),
+            });
+        }
+    }
+    (fwd, reply)
+}
+
 /// The key the flow table tracks a packet under: its flow key, except that an ICMP echo request
 /// or reply (ICMP types 8 and 0, RFC 792; ICMPv6 types 128 and 129, RFC 4443 §4) carries its
 /// counterpart's type in the code field, so that a reply's key is the reverse of its request's
@@ -469,7 +566,7 @@ pub fn state_key(key: &FlowKey) -> FlowKey {
 mod tests {
     use super::*;
     use isthmus_tables::PortRange;
-    use isthmus_tables::sg::{Action, ChainSpec, Rule};
+    use isthmus_tables::sg::{ChainSpec, Rule};
 
     fn key(s: &str, d: &str, proto: u8, sp: u16, dp: u16) -> FlowKey {
         FlowKey {
@@ -635,6 +732,107 @@ mod tests {
         assert!(f.check(&g1, t1, Direction::Inbound, &k, now, &mut d));
         assert!(!f.check(&g2, t1, Direction::Inbound, &k, now, &mut d));
         assert_eq!(d.sg_in, 1);
+    }
+
+    #[test]
+    fn trace_agrees_with_the_packet_path() {
+        let lans = [LanBinding { prefix: "10.61.1.0/24".parse().unwrap(), name: "lab".into() }];
+        let specs = [
+            chain("t1", ChainKind::SecurityGroup, Direction::Inbound, vec![], Action::Deny),
+            chain(
+                "lab",
+                ChainKind::NetworkAcl,
+                Direction::Inbound,
+                vec![rule("acl:lab/no-icmp", "0.0.0.0/0", "0.0.0.0/0", Some(1), Action::Deny)],
+                Action::Allow,
+            ),
+        ];
+        let table = SgTable::build(3, &specs).unwrap();
+        let out = key("10.61.1.2", "10.61.2.2", 6, 40000, 443);
+        let (fwd, reply) = trace(&table, &lans, "t1", Direction::Outbound, &out);
+        // Outbound: nothing bound in that direction. Reply: the lab ACL inbound allows TCP, the
+        // group passes it as established.
+        assert!(fwd.is_empty());
+        assert_eq!(reply.len(), 2);
+        assert_eq!((reply[0].attachment.as_str(), reply[0].rule.as_str()), ("t1", "established"));
+        assert_eq!((reply[1].attachment.as_str(), reply[1].rule.as_str()), ("lab", "lab/default"));
+        // A new inbound ping is refused by the tunnel's group default, as the workers do.
+        let ping = key("10.61.2.2", "10.61.1.2", 1, 8, 0);
+        let (fwd, reply) = trace(&table, &lans, "t1", Direction::Inbound, &ping);
+        assert_eq!(fwd.len(), 1);
+        assert_eq!((fwd[0].action, fwd[0].rule.as_str()), (Some(Action::Deny), "t1/default"));
+        assert!(reply.is_empty());
+        let f = Filter::new(&FlowConfig::default(), 2);
+        let st = SgState::new(Arc::new(table), &lans);
+        let mut d = LocalDrops::default();
+        let t1 = AttachmentId::of("t1");
+        assert!(!f.check(&st, t1, Direction::Inbound, &ping, Instant::now(), &mut d));
+        assert!(f.check(&st, t1, Direction::Outbound, &out, Instant::now(), &mut d));
+        assert!(f.check(&st, t1, Direction::Inbound, &out.reversed(), Instant::now(), &mut d));
+    }
+
+    /// Randomized tables, LAN bindings and flows: the trace's verdicts for a new flow and its
+    /// reply are what the packet path decides.
+    #[test]
+    fn trace_equals_check_on_random_tables() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut rnd = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let lans = [
+            LanBinding { prefix: "10.61.0.0/16".parse().unwrap(), name: "campus".into() },
+            LanBinding { prefix: "10.61.1.0/24".parse().unwrap(), name: "lab".into() },
+        ];
+        let addr = |r: u64| format!("10.61.{}.{}", r % 4, 1 + r / 4 % 4);
+        for round in 0..40u64 {
+            let mut specs = Vec::new();
+            for att in ["t1", "campus", "lab"] {
+                for kind in [ChainKind::NetworkAcl, ChainKind::SecurityGroup] {
+                    for dir in [Direction::Inbound, Direction::Outbound] {
+                        if rnd(3) == 0 {
+                            continue;
+                        }
+                        let rules = (0..rnd(6))
+                            .map(|i| Rule {
+                                src: format!("10.61.{}.0/{}", rnd(4), [16, 24][rnd(2) as usize])
+                                    .parse::<Prefix>()
+                                    .map(|p| Prefix::new(p.addr(), p.len()).unwrap())
+                                    .unwrap_or_else(|_| "0.0.0.0/0".parse().unwrap()),
+                                dst: "0.0.0.0/0".parse().unwrap(),
+                                proto: [None, Some(1), Some(6)][rnd(3) as usize],
+                                src_ports: PortRange::ANY,
+                                dst_ports: PortRange::ANY,
+                                action: [Action::Allow, Action::Deny][rnd(2) as usize],
+                                id: format!("{att}/{i}"),
+                            })
+                            .collect();
+                        let def = [Action::Allow, Action::Deny][rnd(2) as usize];
+                        specs.push(chain(att, kind, dir, rules, def));
+                    }
+                }
+            }
+            let table = Arc::new(SgTable::build(round + 1, &specs).unwrap());
+            let st = SgState::new(table.clone(), &lans);
+            let f = Filter::new(&FlowConfig::default(), 4);
+            let t1 = AttachmentId::of("t1");
+            let dir = [Direction::Inbound, Direction::Outbound][rnd(2) as usize];
+            let (p, sp, dp) = [(1u8, 8u16, 0u16), (6, 40000, 443)][rnd(2) as usize];
+            let k = key(&addr(rnd(16)), &addr(rnd(16)), p, sp, dp);
+            let (fwd, reply) = trace(&table, &lans, "t1", dir, &k);
+            let mut d = LocalDrops::default();
+            let now = Instant::now();
+            let passed = f.check(&st, t1, dir, &k, now, &mut d);
+            let traced = fwd.iter().all(|v| v.action == Some(Action::Allow));
+            assert_eq!(passed, traced, "round {round}: {k:?} {dir:?} {fwd:?}");
+            if passed {
+                let back = f.check(&st, t1, dir.reversed(), &k.reversed(), now, &mut d);
+                let traced = reply.iter().all(|v| v.action != Some(Action::Deny));
+                assert_eq!(back, traced, "round {round} reply: {k:?} {dir:?} {reply:?}");
+            }
+        }
     }
 
     #[test]

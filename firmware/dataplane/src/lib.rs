@@ -62,8 +62,8 @@ pub use isthmus_tables::flow::{FlowConfig, FlowCounters, PuntRequest};
 pub use isthmus_tables::sg::SgTable;
 pub use isthmus_tables::spd::{Selector, SpdAction, SpdEntry, SpdTable};
 
+pub use crate::filter::{ChainVerdict, LanBinding, RuleDrop, StageDrops, state_key, trace};
 use crate::filter::{Filter, SgState};
-pub use crate::filter::{LanBinding, RuleDrop, StageDrops, state_key};
 use crate::sad::{Inbound, Outbound, Sad, Snapshot};
 use crate::sys::{Tun, WanSocket};
 
@@ -631,6 +631,18 @@ impl Dataplane {
     /// The security-group table the workers use now (for the path tracer: one truth).
     pub fn sg(&self) -> Arc<SgTable> {
         self.shared.sg.load().table.clone()
+    }
+
+    /// What the workers would do now with a new flow crossing `tunnel` in `direction`, and
+    /// with its reply: [`filter::trace`] over the published table and LAN bindings.
+    pub fn trace_filter(
+        &self,
+        tunnel: &str,
+        direction: isthmus_tables::sg::Direction,
+        key: &FlowKey,
+    ) -> (Vec<ChainVerdict>, Vec<ChainVerdict>) {
+        let ctl = self.shared.sg_ctl.lock().unwrap_or_else(|p| p.into_inner());
+        filter::trace(&ctl.0, &ctl.1, tunnel, direction, key)
     }
 
     /// The LAN bindings the workers use now.
