@@ -405,3 +405,56 @@ fn an_upgrade_that_fails_its_health_gate_falls_back_and_a_good_one_stays() {
     assert!(line.contains("slot b"), "a blessed upgrade keeps booting: {line}");
     lab.shutdown();
 }
+
+#[test]
+fn a_security_group_applied_with_the_cli_stops_the_lan_ping_and_rollback_restores_it() {
+    let Some(env) = env() else { return };
+    let _one = serial();
+    let root = workspace_root();
+    let bin = isthmus_lab::lab::cli_binary(&root).expect("build the CLI");
+    let dir = env.dir.join("sg");
+    let home = dir.join("home");
+    let _ = std::fs::remove_dir_all(&home);
+    std::fs::create_dir_all(&home).unwrap();
+    let opts = LabOptions {
+        qemu: env.qemu.clone(),
+        accel: env.accel,
+        image: default_image(),
+        dir: dir.clone(),
+        impairment: Impairment::default(),
+        api_ports: [None, None],
+        mem_mib: 512,
+        uefi: [false, false],
+    };
+    let mut lab = Lab::boot(&opts).expect("boot both appliances");
+    assert_eq!(lab.wire(&root).expect("wire"), DaemonMode::WaitsForConfig);
+    assert!(lab.wait_tunnel(Duration::from_secs(90)).unwrap().is_some(), "tunnel up");
+    let port = lab.sites[0].api_port;
+
+    // Site A's configuration plus a security group on the tunnel that denies ICMP both ways.
+    let base = std::fs::read_to_string(root.join(SITES_A_CONFIG)).unwrap();
+    let deny = format!(
+        "{base}\n[[security_group]]\nname = \"no-icmp\"\ntunnels = [\"to-site-b\"]\n\
+         default_action = \"allow\"\n\n[[security_group.rule]]\npriority = 10\naction = \"deny\"\n\
+         direction = \"out\"\nprotocol = \"icmp\"\n\n[[security_group.rule]]\npriority = 20\n\
+         action = \"deny\"\ndirection = \"in\"\nprotocol = \"icmp\"\n"
+    );
+    let file = dir.join("site-a-no-icmp.toml");
+    std::fs::write(&file, deny).unwrap();
+    let (ok, out) = cli(
+        &bin,
+        &home,
+        port,
+        &["config", "apply", &file.to_string_lossy(), "-m", "deny ICMP on the tunnel"],
+    );
+    assert!(ok, "apply: {out}");
+    let (ok, ping) = lab.lan_ping().unwrap();
+    assert!(!ok, "the security group stops LAN to LAN ICMP: {ping}");
+    let (ok, out) = cli(&bin, &home, port, &["config", "rollback"]);
+    assert!(ok, "rollback: {out}");
+    let (ok, ping) = lab.lan_ping().unwrap();
+    assert!(ok, "rolling back restores the ping: {ping}");
+    lab.shutdown();
+}
+
+const SITES_A_CONFIG: &str = "qemu/configs/site-a.toml";

@@ -409,11 +409,16 @@ pub fn bless_booted_slot() -> Result<(), BootError> {
 #[derive(Debug)]
 pub struct EspMount {
     ours: bool,
+    // One user of the ESP at a time: a status read must not unmount it under an upgrade or a bless.
+    _one: std::sync::MutexGuard<'static, ()>,
 }
+
+static ESP_USE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl EspMount {
     /// Mounts the ESP on `/run/esp` unless it is mounted there already.
     pub fn mount() -> Result<EspMount, BootError> {
+        let one = ESP_USE.lock().unwrap_or_else(|p| p.into_inner());
         if find_partition(ESP_PARTNAME).is_none() {
             return Err(BootError::NoPartition(ESP_PARTNAME.to_string()));
         }
@@ -421,7 +426,7 @@ impl EspMount {
         if !mounted {
             mount_by_partname(ESP_PARTNAME, ESP_DIR, "vfat", Duration::from_secs(1))?;
         }
-        Ok(EspMount { ours: !mounted })
+        Ok(EspMount { ours: !mounted, _one: one })
     }
 
     /// Where it is mounted.
