@@ -360,10 +360,12 @@ impl Alarms {
                     AlarmKind::DpdTimeout => self.latched(Latch::DpdTimeout, &subject),
                     AlarmKind::RekeyFailure => self.latched(Latch::RekeyFailure, &subject),
                     AlarmKind::PluginFault => None,
-                    AlarmKind::HealthLoss => core
-                        .health
-                        .report(&t.name)
-                        .and_then(|h| health_loss(&t.name, &h, r.threshold.unwrap_or(100))),
+                    AlarmKind::HealthLoss => {
+                        let min = t.health_check.as_ref().map_or(1, |h| h.failure_threshold);
+                        core.health
+                            .report(&t.name)
+                            .and_then(|h| health_loss(&t.name, &h, r.threshold.unwrap_or(100), min))
+                    }
                     AlarmKind::HealthLatency => core
                         .health
                         .report(&t.name)
@@ -586,9 +588,11 @@ fn push_cleared(st: &mut State, a: api::Alarm) {
     }
 }
 
-/// The health-loss condition: more than `percent` of the window's probes lost.
-fn health_loss(tunnel: &str, h: &api::Health, percent: u32) -> Option<String> {
-    (h.sent > 0 && h.loss_ratio * 100.0 > f64::from(percent)).then(|| {
+/// The health-loss condition: more than `percent` of the window's probes lost, once the window
+/// holds at least `min_probes` (the check's failure threshold: one lost probe of one is no
+/// verdict yet).
+fn health_loss(tunnel: &str, h: &api::Health, percent: u32, min_probes: u32) -> Option<String> {
+    (h.sent >= min_probes.max(1) && h.loss_ratio * 100.0 > f64::from(percent)).then(|| {
         format!(
             "health check of tunnel {tunnel} ({} -> {}) lost {} of the last {} probes ({:.0} %, threshold {percent} %)",
             h.source,
@@ -926,13 +930,14 @@ mod tests {
             probes_total: 10,
             last_error: None,
         };
-        let m = health_loss("to-idc", &h, 30).unwrap();
+        let m = health_loss("to-idc", &h, 30, 3).unwrap();
         assert!(m.contains("lost 4 of the last 10 probes (40 %, threshold 30 %)"), "{m}");
-        assert_eq!(health_loss("to-idc", &h, 40), None);
+        assert_eq!(health_loss("to-idc", &h, 40, 3), None);
+        assert_eq!(health_loss("to-idc", &h, 30, 11), None, "fewer probes than the threshold");
         assert!(health_latency("to-idc", &h, 30).unwrap().contains("mean round trip 35.0 ms"));
         assert_eq!(health_latency("to-idc", &h, 35), None);
         let none = api::Health { sent: 0, received: 0, latency_avg_ms: None, ..h };
-        assert_eq!(health_loss("to-idc", &none, 0), None);
+        assert_eq!(health_loss("to-idc", &none, 0, 0), None);
         assert_eq!(health_latency("to-idc", &none, 0), None);
     }
 
