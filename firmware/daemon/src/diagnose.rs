@@ -32,7 +32,7 @@ use isthmus_api::{self as api, PathStage, StageVerdict};
 use isthmus_config::{Config, Mode, NextHop};
 use isthmus_dataplane::{Dataplane, LanBinding, SgTable, SpdTable};
 use isthmus_tables::flow::{FlowConfig, FlowTable, Outcome, Reason};
-use isthmus_tables::sg::{AttachmentId, ChainKind, Direction as SgDir};
+use isthmus_tables::sg::{AttachmentId, ChainKind, Direction as SgDir, RuleRef};
 use isthmus_tables::spd::SpdAction;
 use isthmus_tables::{FlowKey, Prefix};
 
@@ -937,6 +937,10 @@ fn filter(
             (Outcome::Allow, reason) => {
                 nacl_pass(stages);
                 let entry = match reason {
+                    Reason::Established { rule: RuleRef::Unbound, .. }
+                    | Reason::Rule { rule: RuleRef::Unbound, .. } => {
+                        format!("none bound to {att}")
+                    }
                     Reason::Established { rule, direction } => format!(
                         "{} allowed the request (stateful: its replies pass)",
                         t.rule_name(id, ChainKind::SecurityGroup, *direction, *rule)
@@ -1400,8 +1404,10 @@ pub fn trace(cfg: &Config, live: &Live, route: &KernelRoute, q: &Query) -> api::
     let peer = cfg
         .tunnel(&tunnel)
         .and_then(|t| cfg.customer_gateway(&t.customer_gateway))
-        .map(|c| {
-            format!("{} ({})", c.name, tl.peer.map_or(c.address.to_string(), |p| p.to_string()))
+        .map(|c| match (tl.encap, tl.peer) {
+            (true, Some(p)) => format!("{} ({p})", c.name),
+            (false, Some(p)) => format!("{} ({})", c.name, p.ip()),
+            (_, None) => format!("{} ({})", c.name, c.address),
         })
         .unwrap_or_default();
     let (how, why) = match (tl.encap, cfg.tunnel(&tunnel).map(|t| t.nat_t)) {
