@@ -575,6 +575,11 @@ fn one_truth_randomized_configurations_and_flows() {
         for _ in 0..8 {
             let flow = random_flow(&mut rng);
             let r = one_truth(&a, &flow, &ctx_round);
+            println!(
+                "round {round}: {flow:?} -> {} {}",
+                r["verdict"].as_str().unwrap_or("?"),
+                r["drop_counter"].as_str().unwrap_or("")
+            );
             let key = match r["drop_counter"].as_str() {
                 Some(c) => format!("drop {c}"),
                 None if r["verdict"] == "drop" => "drop route".to_owned(),
