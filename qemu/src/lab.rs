@@ -402,10 +402,21 @@ pub fn lab_data_files(root: &Path) -> Result<Vec<(String, Vec<u8>, u32)>> {
 }
 
 /// Builds the operator CLI (`cargo build --release -p isthmus`, once; quick when built) and
-/// returns its path. `ISTHMUS_CLI=PATH` uses a prebuilt one instead.
+/// returns its path. `ISTHMUS_CLI=PATH` uses a prebuilt one instead; debug builds (the tests)
+/// use the debug CLI that `cargo test --workspace` put beside them when there is one.
 pub fn cli_binary(root: &Path) -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("ISTHMUS_CLI") {
         return Ok(PathBuf::from(p));
+    }
+    // Under `cargo test --workspace` the debug CLI was built beside the test binary
+    // (target/debug/deps/..): use it rather than a release build of wasmtime for the host.
+    if cfg!(debug_assertions)
+        && let Some(p) = std::env::current_exe()
+            .ok()
+            .and_then(|exe| Some(exe.parent()?.parent()?.join("isthmus")))
+            .filter(|p| p.is_file())
+    {
+        return Ok(p);
     }
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = std::process::Command::new(cargo)
