@@ -37,7 +37,7 @@
 //! ([`state_key`]). Entries of an older table generation are re-evaluated on their next packet.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hasher};
+use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -238,14 +238,14 @@ impl Filter {
     }
 
     fn shard(&self, att: AttachmentId, key: &FlowKey) -> MutexGuard<'_, FlowTable> {
-        // Symmetric in the endpoints (XOR), so a flow and its reply share a shard.
+        // Symmetric in the endpoints (XOR), so a flow and its reply share a shard; one seeded
+        // multiply-fold, as the flow table's own hash (a skewed spread only costs contention).
         let a = addr_bits(key.src) ^ addr_bits(key.dst);
         let p = u64::from(key.src_port ^ key.dst_port) << 8 | u64::from(key.proto);
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        h.write_u64(self.seed ^ att.0);
-        h.write_u128(a);
-        h.write_u64(p);
-        let i = (h.finish() as usize) & (self.shards.len() - 1);
+        let x = (a as u64) ^ ((a >> 64) as u64).rotate_left(23) ^ p.rotate_left(47) ^ att.0;
+        let m = u128::from(x ^ self.seed).wrapping_mul(0x9e37_79b9_7f4a_7c15_d1b5_4a32_d192_ed03);
+        let h = (m as u64) ^ ((m >> 64) as u64);
+        let i = (h as usize) & (self.shards.len() - 1);
         self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -445,6 +445,61 @@ fn addr_bits(a: IpAddr) -> u128 {
     match a {
         IpAddr::V4(a) => u128::from(u32::from(a)),
         IpAddr::V6(a) => u128::from(a),
+    }
+}
+
+/// The workers' filter as a standalone object (one table, the sharded flow table, drop counts):
+/// what the benchmarks measure, and a way to replay flows through the packet path's exact
+/// evaluation outside a running dataplane.
+pub struct PacketFilter {
+    filter: Filter,
+    state: SgState,
+    drops: LocalDrops,
+}
+
+impl PacketFilter {
+    /// A filter over `table` and `lans`, with a flow table of `cfg` in `shards` shards.
+    pub fn new(table: SgTable, lans: &[LanBinding], cfg: &FlowConfig, shards: usize) -> Self {
+        PacketFilter {
+            filter: Filter::new(cfg, shards),
+            state: SgState::new(Arc::new(table), lans),
+            drops: LocalDrops::default(),
+        }
+    }
+
+    /// True when a packet of `key` crossing `tunnel` in `direction` at `now` passes, exactly as
+    /// a worker decides it (flow state updated).
+    #[inline]
+    pub fn check(
+        &mut self,
+        tunnel: AttachmentId,
+        direction: Direction,
+        key: &FlowKey,
+        now: Instant,
+    ) -> bool {
+        self.filter.check(&self.state, tunnel, direction, key, now, &mut self.drops)
+    }
+
+    /// The drops so far by stage, and by rule.
+    pub fn drops(&mut self) -> (StageDrops, Vec<RuleDrop>) {
+        self.filter.flush(&self.state, &mut self.drops);
+        let mut s = StageDrops::default();
+        let (r, _) = self.filter.read(&mut s);
+        (s, r)
+    }
+
+    /// The flow table's counters, summed over the shards, and its live flows.
+    pub fn flows(&self) -> (FlowCounters, u64) {
+        self.filter.flow_counters()
+    }
+}
+
+impl std::fmt::Debug for PacketFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PacketFilter")
+            .field("generation", &self.state.table.generation())
+            .field("shards", &self.filter.shards.len())
+            .finish_non_exhaustive()
     }
 }
 

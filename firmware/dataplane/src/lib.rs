@@ -62,7 +62,9 @@ pub use isthmus_tables::flow::{FlowConfig, FlowCounters, PuntRequest};
 pub use isthmus_tables::sg::SgTable;
 pub use isthmus_tables::spd::{Selector, SpdAction, SpdEntry, SpdTable};
 
-pub use crate::filter::{ChainVerdict, LanBinding, RuleDrop, StageDrops, state_key, trace};
+pub use crate::filter::{
+    ChainVerdict, LanBinding, PacketFilter, RuleDrop, StageDrops, state_key, trace,
+};
 use crate::filter::{Filter, SgState};
 use crate::sad::{Inbound, Outbound, Sad, Snapshot};
 use crate::sys::{Tun, WanSocket};
