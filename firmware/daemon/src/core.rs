@@ -41,11 +41,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// What runs, and with which configuration.
+/// What runs, and with which configuration. Locked only briefly (never across netlink or driver
+/// calls), so status reads do not wait for an apply.
 #[derive(Default)]
 struct Planes {
-    net: Option<isthmus_net::Reconciler>,
-    driver: Option<Driver>,
+    driver: Option<Arc<Driver>>,
     /// Fingerprints of the tunnels the driver runs.
     running: BTreeMap<String, String>,
 }
@@ -68,6 +68,12 @@ pub struct Core {
     tokens: RwLock<Tokens>,
     applied: RwLock<Option<(u64, Arc<Config>)>>,
     planes: Mutex<Planes>,
+    /// The kernel side; held for the whole of an apply, which makes applies run one at a time.
+    net: Mutex<plan::NetPlane>,
+    /// The last configuration text checked, so that an edit of it is parsed incrementally.
+    checked: Mutex<Option<Arc<isthmus_config::Checked>>>,
+    /// Where the time of the last commit went.
+    stages: Mutex<plan::Stages>,
     /// Per-tunnel counters that survive rekeys, and liveness readings.
     pub monitor: Monitor,
     /// Alarm evaluation and delivery.
@@ -195,6 +201,9 @@ impl Core {
             tokens: RwLock::new(Tokens::default()),
             applied: RwLock::new(None),
             planes: Mutex::new(Planes::default()),
+            net: Mutex::new(plan::NetPlane::default()),
+            checked: Mutex::new(None),
+            stages: Mutex::new(plan::Stages::default()),
             monitor: Monitor::default(),
             alarms,
             health: crate::health::Health::default(),
@@ -231,21 +240,63 @@ impl Core {
         self.applied.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Runs `f` with the driver, if tunnels run.
+    /// Runs `f` with the driver, if tunnels run (without waiting for an apply in progress).
     pub fn with_driver<R>(&self, f: impl FnOnce(&Driver) -> R) -> Option<R> {
-        lock(&self.planes).driver.as_ref().map(f)
+        let driver = lock(&self.planes).driver.clone();
+        driver.as_deref().map(f)
+    }
+
+    /// Where the time of the last commit went (parse, store, kernel, tunnels, ...).
+    pub fn last_commit_stages(&self) -> plan::Stages {
+        lock(&self.stages).clone()
+    }
+
+    /// Compares the kernel with the applied configuration and repairs what differs (an owned
+    /// route deleted by hand, a link set down); each difference is reported as a `drift` event.
+    /// Returns the differences found.
+    pub fn repair_drift(&self) -> Vec<String> {
+        let found = lock(&self.net).repair_drift();
+        match found {
+            Ok(lines) => {
+                if !lines.is_empty() {
+                    self.events.emit(
+                        "drift",
+                        "kernel",
+                        Severity::Warning,
+                        format!("the kernel had drifted, repaired: {}", lines.join("; ")),
+                    );
+                }
+                lines
+            }
+            Err(e) => {
+                self.events.emit("drift", "kernel", Severity::Critical, e.clone());
+                vec![e]
+            }
+        }
     }
 
     /// Brings every plane to `cfg`. Returns the plan lines (what changed).
+    ///
+    /// Applies run one at a time (the net lock); the planes lock is taken only to read or
+    /// record what runs, never across netlink or driver calls. Only what changed is touched:
+    /// the kernel plan is the difference from the last applied state, and tunnels whose
+    /// settings did not change keep running.
     fn apply(&self, rev: u64, cfg: Config) -> Result<Vec<String>, String> {
+        let mut st = plan::Stages::start();
+        let r = self.apply_planes(&cfg, &mut st);
+        *lock(&self.stages) = st;
+        let lines = r?;
+        self.apply_rest(rev, cfg);
+        Ok(lines)
+    }
+
+    fn apply_planes(&self, cfg: &Config, st: &mut plan::Stages) -> Result<Vec<String>, String> {
         let mut lines = Vec::new();
-        let mut planes = lock(&self.planes);
-        let p = &mut *planes;
+        let mut net = lock(&self.net);
+        let old = self.applied().map(|(_, c)| c);
+        let have_driver = lock(&self.planes).driver.is_some();
         // 1. Kernel: links and addresses first, so the WAN address exists for the sockets.
         if self.opts.manage_net {
-            if p.net.is_none() {
-                p.net = Some(isthmus_net::Reconciler::new().map_err(|e| format!("netlink: {e}"))?);
-            }
             // A gateway forwards between its LANs and its tunnels (the firewall decides what).
             for f in ["/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forwarding"] {
                 if std::fs::read_to_string(f).is_ok_and(|v| v.trim() != "1") {
@@ -254,35 +305,40 @@ impl Core {
                     lines.push(format!("kernel: {f} = 1"));
                 }
             }
-            let net = p.net.as_mut().expect("just set");
-            let desired = plan::desired_state(&cfg, p.driver.is_some() || !self.opts.run_tunnels);
-            let plan = net.plan(&desired).map_err(|e| format!("planning kernel changes: {e}"))?;
-            lines.extend(
-                plan.to_string()
-                    .lines()
-                    .filter(|l| *l != "no changes")
-                    .map(|l| format!("kernel: {l}")),
-            );
-            net.apply(&plan).map_err(|e| format!("applying kernel changes: {e}"))?;
+            let desired = plan::desired_state(cfg, have_driver || !self.opts.run_tunnels);
+            st.mark("desired state");
+            lines.extend(net.apply(desired)?);
+            st.mark("kernel");
         }
         // 2. Policy plugins compile the security groups and ACLs (the SPD follows the tunnels).
-        lines.extend(self.policy.refresh(&cfg, &crate::policy::trusted_keys(&cfg)));
+        lines.extend(self.policy.refresh(cfg, &crate::policy::trusted_keys(cfg)));
+        st.mark("policy");
         // 3. The dataplane and the IKE driver (restarted only when the WAN address changes).
         if self.opts.run_tunnels {
             let wan = cfg.gateway.wan.address.addr;
-            if p.driver.as_ref().is_some_and(|d| d.wan != wan) {
-                if let Some(d) = p.driver.take() {
-                    d.tunnels.shutdown();
+            let moved = {
+                let mut p = lock(&self.planes);
+                if p.driver.as_ref().is_some_and(|d| d.wan != wan) {
+                    p.running.clear();
+                    p.driver.take()
+                } else {
+                    None
                 }
-                p.running.clear();
+            };
+            if let Some(d) = moved {
+                match Arc::try_unwrap(d) {
+                    Ok(d) => d.tunnels.shutdown(),
+                    // A reader still holds it: the driver stops when the reader is done.
+                    Err(d) => drop(d),
+                }
                 lines.push(format!("dataplane: restart on the new WAN address {wan}"));
             }
-            if p.driver.is_none() {
+            if lock(&self.planes).driver.is_none() {
                 let (tunnels, dataplane) = self
                     .policy
                     .start_tunnels(
                         isthmus_tunnels::DriverConfig::default(),
-                        plan::dataplane_config(&cfg),
+                        plan::dataplane_config(cfg),
                         isthmus_tunnels::EspOptions::default(),
                     )
                     .map_err(|e| format!("starting the dataplane: {e}"))?;
@@ -292,46 +348,60 @@ impl Core {
                     self.events.clone(),
                     self.alarms.clone(),
                 );
-                p.driver = Some(Driver { tunnels, dataplane, wan });
+                lock(&self.planes).driver = Some(Arc::new(Driver { tunnels, dataplane, wan }));
+                st.mark("dataplane");
                 // Now that the TUN device exists, route protected traffic into it.
-                if let Some(net) = p.net.as_mut() {
-                    let desired = plan::desired_state(&cfg, true);
-                    let report = net
-                        .reconcile(&desired)
+                if net.rec.is_some() {
+                    let desired = plan::desired_state(cfg, true);
+                    let more = net
+                        .apply(desired)
                         .map_err(|e| format!("routing into the tunnel device: {e}"))?;
-                    lines.push(format!("kernel: {report}"));
+                    lines.extend(more);
+                    st.mark("kernel");
                 }
             }
-            // 4. Tunnels: remove the ones gone or changed, add the new and changed ones.
-            let wanted = plan::ike_tunnels(&cfg).map_err(|e| e.to_string())?;
-            let driver = p.driver.as_ref().expect("started above");
-            let fps: BTreeMap<String, String> = wanted
-                .iter()
-                .map(|t| (t.ike.name.clone(), plan::tunnel_fingerprint(&cfg, &t.ike.name)))
-                .collect();
-            let stale: Vec<String> = p
-                .running
+            // 4. Tunnels: remove the ones gone or changed, add the new and changed ones. A
+            // tunnel whose settings are the same as in the applied configuration is not even
+            // fingerprinted.
+            let (driver, running) = {
+                let p = lock(&self.planes);
+                (p.driver.clone().expect("started above"), p.running.clone())
+            };
+            let same = old.as_ref().map(|o| plan::unchanged_tunnels(o, cfg)).unwrap_or_default();
+            let mut fps: BTreeMap<String, String> = BTreeMap::new();
+            for t in cfg.tunnels.iter().filter(|t| t.enabled) {
+                let fp = match running.get(&t.name) {
+                    Some(fp) if same.contains(t.name.as_str()) => fp.clone(),
+                    _ => plan::tunnel_fingerprint(cfg, &t.name),
+                };
+                fps.insert(t.name.clone(), fp);
+            }
+            let stale: Vec<String> = running
                 .iter()
                 .filter(|(n, fp)| fps.get(*n) != Some(*fp))
                 .map(|(n, _)| n.clone())
                 .collect();
             for name in stale {
                 let _ = driver.tunnels.terminate(&name);
-                driver.tunnels.remove_tunnel(&name).map_err(|e| e.to_string())?;
-                p.running.remove(&name);
+                let r = driver.tunnels.remove_tunnel(&name);
+                lock(&self.planes).running.remove(&name);
+                r.map_err(|e| e.to_string())?;
                 lines.push(format!("tunnel {name}: removed"));
             }
-            for t in wanted {
-                let name = t.ike.name.clone();
-                if p.running.contains_key(&name) {
-                    continue;
-                }
-                driver.tunnels.add_tunnel(t).map_err(|e| e.to_string())?;
-                lines.push(format!("tunnel {name}: added"));
-                p.running.insert(name.clone(), fps[&name].clone());
+            let running = lock(&self.planes).running.clone();
+            for t in cfg.tunnels.iter().filter(|t| t.enabled && !running.contains_key(&t.name)) {
+                let ike = plan::ike_tunnel(cfg, t).map_err(|e| e.to_string())?;
+                driver.tunnels.add_tunnel(ike).map_err(|e| e.to_string())?;
+                lines.push(format!("tunnel {}: added", t.name));
+                lock(&self.planes).running.insert(t.name.clone(), fps[&t.name].clone());
             }
+            st.mark("tunnels");
         }
-        drop(planes);
+        Ok(lines)
+    }
+
+    /// The planes are in place: tokens, alarms, and the applied revision.
+    fn apply_rest(&self, rev: u64, cfg: Config) {
         // 5. Who may use the API.
         let tokens = cfg
             .api_tokens
@@ -365,7 +435,6 @@ impl Core {
             Severity::Info,
             format!("revision {rev} applied"),
         );
-        Ok(lines)
     }
 
     /// Applies revision `rev`; if that fails, rolls the store back to `previous` and applies
@@ -375,8 +444,12 @@ impl Core {
         rev: u64,
         previous: Option<u64>,
         who: &str,
+        parsed: Option<Config>,
     ) -> Result<Vec<String>, Failure> {
-        let cfg = self.store.get(rev).and_then(|r| r.config()).map_err(store_failure)?;
+        let cfg = match parsed {
+            Some(c) => c,
+            None => self.store.get(rev).and_then(|r| r.config()).map_err(store_failure)?,
+        };
         match self.apply(rev, cfg) {
             Ok(lines) => Ok(lines),
             Err(e) => {
@@ -414,7 +487,8 @@ impl Core {
         }
     }
 
-    /// Reverts an unconfirmed commit whose time is up (called every second).
+    /// Reverts an unconfirmed commit whose time is up (called every second); every
+    /// [`plan::DRIFT_EVERY`], also repairs drift ([`Core::repair_drift`]) unless an apply runs.
     pub fn poll_confirm(&self) {
         match self.store.poll(SystemTime::now()) {
             Ok(Some(r)) => {
@@ -424,12 +498,16 @@ impl Core {
                 );
                 self.events.emit("confirm-timeout", "config", Severity::Warning, msg.clone());
                 self.alarms.confirm_reverted(&msg);
-                if let Err(e) = self.apply_or_roll_back(r.rev, None, "isthmusd") {
+                if let Err(e) = self.apply_or_roll_back(r.rev, None, "isthmusd", None) {
                     tracing::error!("{}", e.0.message);
                 }
             }
             Ok(None) => {}
             Err(e) => tracing::error!("polling the commit-confirm deadline: {e}"),
+        }
+        let due = self.net.try_lock().is_ok_and(|n| n.drift_check_due());
+        if due {
+            self.repair_drift();
         }
     }
 
@@ -454,8 +532,16 @@ impl Core {
                     .into_response())
             }
             Action::ConfigCommit { text, comment, confirm_secs, dry_run } => {
-                let checked = Config::check(&text)
-                    .map_err(|e| store_failure(isthmus_config::Error::Invalid(e)))?;
+                let mut st = plan::Stages::start();
+                let previous_text = lock(&self.checked).clone();
+                let checked = match &previous_text {
+                    Some(p) => Config::check_incremental(&text, p),
+                    None => Config::check(&text),
+                }
+                .map_err(|e| store_failure(isthmus_config::Error::Invalid(e)))?;
+                let checked = Arc::new(checked);
+                *lock(&self.checked) = Some(checked.clone());
+                st.mark("parse+validate");
                 let secrets = checked.config.check_secrets();
                 if !secrets.is_empty() {
                     let mut f = Failure::new(
@@ -477,17 +563,24 @@ impl Core {
                 }
                 let previous = self.store.active().map_err(store_failure)?;
                 let c = match confirm_secs {
-                    Some(s) => self.store.commit_confirmed(
-                        &text,
+                    Some(s) => self.store.commit_confirmed_checked(
+                        &checked,
                         who,
                         &comment,
                         Duration::from_secs(s),
                         now,
                     ),
-                    None => self.store.commit(&text, who, &comment, now),
+                    None => self.store.commit_checked(&checked, who, &comment, now),
                 }
                 .map_err(store_failure)?;
-                let plan = self.apply_or_roll_back(c.rev, previous, who)?;
+                st.mark("store");
+                let plan =
+                    self.apply_or_roll_back(c.rev, previous, who, Some(checked.config.clone()));
+                let mut applied = lock(&self.stages).clone();
+                applied.mark("rest");
+                st.extend(&applied);
+                *lock(&self.stages) = st;
+                let plan = plan?;
                 Ok(axum::Json(api::CommitResponse {
                     revision: Some(c.rev),
                     plan,
@@ -511,7 +604,7 @@ impl Core {
                     .store
                     .rollback(revision, who, &format!("rollback to revision {revision}"), now)
                     .map_err(store_failure)?;
-                let plan = self.apply_or_roll_back(c.rev, previous, who)?;
+                let plan = self.apply_or_roll_back(c.rev, previous, who, None)?;
                 Ok(axum::Json(api::CommitResponse {
                     revision: Some(c.rev),
                     plan,
@@ -625,18 +718,15 @@ impl Core {
 
     fn dry_run(&self, cfg: &Config) -> Result<Vec<String>, Failure> {
         let mut lines = Vec::new();
-        let mut planes = lock(&self.planes);
-        if let Some(net) = planes.net.as_mut() {
-            let plan = net
-                .plan(&plan::desired_state(cfg, true))
-                .map_err(|e| Failure::internal(format!("planning kernel changes: {e}")))?;
-            lines.extend(
-                plan.to_string()
-                    .lines()
-                    .filter(|l| *l != "no changes")
-                    .map(|l| format!("kernel: {l}")),
-            );
-        }
+        lines.extend(
+            lock(&self.net)
+                .dry_run(&plan::desired_state(
+                    cfg,
+                    self.with_driver(|_| ()).is_some() || !self.opts.run_tunnels,
+                ))
+                .map_err(Failure::internal)?,
+        );
+        let planes = lock(&self.planes);
         let wanted = plan::ike_tunnels(cfg).map_err(|e| Failure::bad_request(e.to_string()))?;
         for t in &wanted {
             let fp = plan::tunnel_fingerprint(cfg, &t.ike.name);
@@ -887,8 +977,13 @@ impl Core {
     /// Stops the driver and the dataplane.
     pub fn shutdown(&self) {
         self.health.stop_all();
-        if let Some(d) = lock(&self.planes).driver.take() {
-            d.tunnels.shutdown();
+        let driver = lock(&self.planes).driver.take();
+        if let Some(d) = driver {
+            match Arc::try_unwrap(d) {
+                Ok(d) => d.tunnels.shutdown(),
+                // A reader still holds it: the driver stops when the last one is done.
+                Err(d) => drop(d),
+            }
         }
     }
 }

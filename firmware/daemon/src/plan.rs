@@ -189,9 +189,16 @@ pub struct PlanError {
 /// The IKE driver's tunnels: one CHILD SA per SPD entry (route mode: one for any <-> any).
 /// Secrets are resolved here, and only here.
 pub fn ike_tunnels(cfg: &Config) -> Result<Vec<isthmus_tunnels::Tunnel>, PlanError> {
+    cfg.tunnels.iter().filter(|t| t.enabled).map(|t| ike_tunnel(cfg, t)).collect()
+}
+
+/// The IKE driver's configuration of one tunnel (see [`ike_tunnels`]).
+pub fn ike_tunnel(
+    cfg: &Config,
+    t: &isthmus_config::Tunnel,
+) -> Result<isthmus_tunnels::Tunnel, PlanError> {
     let wan = cfg.gateway.wan.address.addr;
-    let mut out = Vec::new();
-    for t in cfg.tunnels.iter().filter(|t| t.enabled) {
+    {
         let err = |why: String| PlanError { tunnel: t.name.clone(), why };
         let cg = cfg.customer_gateway(&t.customer_gateway).ok_or_else(|| {
             err(format!("customer gateway `{}` is not configured", t.customer_gateway))
@@ -280,9 +287,86 @@ pub fn ike_tunnels(cfg: &Config) -> Result<Vec<isthmus_tunnels::Tunnel>, PlanErr
             StartAction::Start => isthmus_tunnels::CloseAction::Restart,
             _ => isthmus_tunnels::CloseAction::None,
         };
-        out.push(isthmus_tunnels::Tunnel { ike, close_action });
+        Ok(isthmus_tunnels::Tunnel { ike, close_action })
     }
-    Ok(out)
+}
+
+/// The tunnels that run the same in `old` and `new`, found without looking at secrets: same
+/// settings, same customer gateway, same WAN address, and a PSK written inline (a PSK in a file
+/// or the environment can change behind the text, so those tunnels are fingerprinted instead).
+pub fn unchanged_tunnels<'a>(old: &Config, new: &'a Config) -> std::collections::HashSet<&'a str> {
+    use std::collections::HashMap;
+    let mut out = std::collections::HashSet::new();
+    if old.gateway.wan.address != new.gateway.wan.address {
+        return out;
+    }
+    let tunnels: HashMap<&str, &isthmus_config::Tunnel> =
+        old.tunnels.iter().map(|t| (t.name.as_str(), t)).collect();
+    let old_cgs: HashMap<&str, &isthmus_config::CustomerGateway> =
+        old.customer_gateways.iter().map(|g| (g.name.as_str(), g)).collect();
+    let new_cgs: HashMap<&str, &isthmus_config::CustomerGateway> =
+        new.customer_gateways.iter().map(|g| (g.name.as_str(), g)).collect();
+    for t in &new.tunnels {
+        let same = tunnels.get(t.name.as_str()).is_some_and(|o| *o == t)
+            && matches!(t.psk, isthmus_config::Secret::Inline(_))
+            && old_cgs.get(t.customer_gateway.as_str()) == new_cgs.get(t.customer_gateway.as_str());
+        if same {
+            out.insert(t.name.as_str());
+        }
+    }
+    out
+}
+
+/// Where the time of a commit went, stage by stage.
+#[derive(Debug, Clone, Default)]
+pub struct Stages {
+    stages: Vec<(&'static str, Duration)>,
+    last: Option<std::time::Instant>,
+}
+
+impl Stages {
+    /// Starts the clock.
+    pub fn start() -> Stages {
+        Stages { stages: Vec::new(), last: Some(std::time::Instant::now()) }
+    }
+
+    /// Ends stage `name` (it ran since the previous mark).
+    pub fn mark(&mut self, name: &'static str) {
+        let now = std::time::Instant::now();
+        if let Some(l) = self.last {
+            self.stages.push((name, now - l));
+        }
+        self.last = Some(now);
+    }
+
+    /// Appends the stages of `other` (which ran after these).
+    pub fn extend(&mut self, other: &Stages) {
+        self.stages.extend(other.stages.iter().copied());
+        self.last = other.last.or(self.last);
+    }
+
+    /// The stages in order, with their durations (a stage marked twice is summed).
+    pub fn list(&self) -> Vec<(&'static str, Duration)> {
+        let mut out: Vec<(&'static str, Duration)> = Vec::new();
+        for (n, d) in &self.stages {
+            match out.iter_mut().find(|(m, _)| m == n) {
+                Some((_, t)) => *t += *d,
+                None => out.push((n, *d)),
+            }
+        }
+        out
+    }
+}
+
+impl std::fmt::Display for Stages {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts: Vec<String> = self
+            .list()
+            .iter()
+            .map(|(n, d)| format!("{n} {:.1} ms", d.as_secs_f64() * 1000.0))
+            .collect();
+        f.write_str(&parts.join(", "))
+    }
 }
 
 /// A fingerprint of what the driver runs for a tunnel, to tell which tunnels a commit changed
@@ -294,4 +378,94 @@ pub fn tunnel_fingerprint(cfg: &Config, name: &str) -> String {
     let psk = t.psk.resolve().map(|v| v.fingerprint()).unwrap_or_default();
     let text = format!("{t:?}|{cg:?}|{psk}|{}", cfg.gateway.wan.address.addr);
     hex::encode(Sha256::digest(text.as_bytes()))
+}
+
+/// The kernel side of the apply pipeline: the reconciler and the state it last brought the
+/// kernel to, so that the next apply sends only what changed.
+#[derive(Debug, Default)]
+pub struct NetPlane {
+    /// The netlink reconciler (opened on the first apply).
+    pub rec: Option<isthmus_net::Reconciler>,
+    /// What the kernel was last brought to; `None` when unknown (never applied, or an apply
+    /// failed half-way), and the next apply then plans against a full dump of the kernel.
+    pub desired: Option<DesiredState>,
+    /// When the kernel was last compared with `desired`.
+    pub checked: Option<std::time::Instant>,
+}
+
+/// How often the daemon compares the kernel with the applied state.
+pub const DRIFT_EVERY: Duration = Duration::from_secs(5);
+
+fn kernel_lines(plan: &isthmus_net::Plan) -> Vec<String> {
+    plan.changes().iter().map(|c| format!("kernel: {c}")).collect()
+}
+
+impl NetPlane {
+    /// Brings the kernel to `desired` and returns the changes made, one line each.
+    ///
+    /// Incremental: the plan is the difference between the last applied state and `desired`
+    /// (links, addresses and the firewall are read from the kernel, routes and rules are not
+    /// dumped), so one changed route is one netlink message. Should that plan fail (someone
+    /// changed the kernel since), the kernel is read in full and planned against.
+    pub fn apply(&mut self, desired: DesiredState) -> Result<Vec<String>, String> {
+        let rec = match &mut self.rec {
+            Some(r) => r,
+            None => self
+                .rec
+                .insert(isthmus_net::Reconciler::new().map_err(|e| format!("netlink: {e}"))?),
+        };
+        let old = self.desired.take();
+        if let Some(old) = &old {
+            let plan = rec
+                .plan_change(old, &desired)
+                .map_err(|e| format!("planning kernel changes: {e}"))?;
+            match rec.apply(&plan) {
+                Ok(_) => {
+                    self.desired = Some(desired);
+                    return Ok(kernel_lines(&plan));
+                }
+                Err(e) => tracing::info!(
+                    "the kernel differs from the last applied state ({e}); planning against it"
+                ),
+            }
+        }
+        let plan = rec.plan(&desired).map_err(|e| format!("planning kernel changes: {e}"))?;
+        rec.apply(&plan).map_err(|e| format!("applying kernel changes: {e}"))?;
+        self.desired = Some(desired);
+        self.checked = Some(std::time::Instant::now());
+        Ok(kernel_lines(&plan))
+    }
+
+    /// What differs between the kernel and the last applied state (someone deleted a route by
+    /// hand, a link went down), repaired; one line per difference. Objects Isthmus does not own
+    /// are not looked at.
+    pub fn repair_drift(&mut self) -> Result<Vec<String>, String> {
+        self.checked = Some(std::time::Instant::now());
+        let (Some(rec), Some(desired)) = (self.rec.as_mut(), self.desired.as_ref()) else {
+            return Ok(Vec::new());
+        };
+        let plan = rec.plan(desired).map_err(|e| format!("reading the kernel: {e}"))?;
+        if plan.is_empty() {
+            return Ok(Vec::new());
+        }
+        let lines = plan.changes().iter().map(|c| c.as_drift().to_string()).collect();
+        rec.apply(&plan).map_err(|e| format!("repairing drift: {e}"))?;
+        Ok(lines)
+    }
+
+    /// Whether [`DRIFT_EVERY`] has passed since the last comparison (or apply).
+    pub fn drift_check_due(&self) -> bool {
+        self.checked.is_none_or(|t| t.elapsed() >= DRIFT_EVERY)
+    }
+
+    /// What applying `desired` would change, against the kernel as it is (a dry run).
+    pub fn dry_run(&mut self, desired: &DesiredState) -> Result<Vec<String>, String> {
+        match self.rec.as_mut() {
+            Some(rec) => rec
+                .plan(desired)
+                .map(|p| kernel_lines(&p))
+                .map_err(|e| format!("planning kernel changes: {e}")),
+            None => Ok(Vec::new()),
+        }
+    }
 }

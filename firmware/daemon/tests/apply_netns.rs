@@ -1,0 +1,318 @@
+//! The apply pipeline against a real kernel (root): a real `isthmusd` in a gateway namespace,
+//! driven through its management API, observed with `ip` and `nft` as an operator would.
+//! Commit → routes, addresses, rules and the firewall in the kernel; a one-route change touches
+//! that route only; dry runs change nothing; rollback and an unconfirmed commit (also across a
+//! daemon killed inside the window) restore the kernel; drift is repaired and reported while
+//! foreign routes stay; a failed apply rolls back and names what failed; the WAN admits none of
+//! what it should not, from a peer namespace. Address block 10.64.0.0/16.
+//!
+//! The reconciler's own rules (ownership, every firewall rule with listeners) are tested in
+//! `firmware/net/tests/netns.rs`; the API's store semantics without a kernel in `tests/api.rs`.
+
+use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use isthmus_testkit::site::{Binaries, Site, SiteSpec, token_hash, wait_for};
+use isthmus_testkit::{Netns, require_root, veth_bare};
+use serde_json::{Value, json};
+
+const TOKEN: &str = "ist_apply-netns-admin-token";
+
+/// A gateway site (`gw` with `lan0` to a host) plus a WAN peer namespace on `wan0`.
+struct Lab {
+    site: Site,
+    peer: Netns,
+}
+
+fn lab(tag: &str, port: u16) -> Lab {
+    let bins = Binaries {
+        isthmusd: PathBuf::from(env!("CARGO_BIN_EXE_isthmusd")),
+        isthmus: PathBuf::from("/nonexistent/isthmus"),
+    };
+    let site = Site::new(
+        SiteSpec {
+            tag: tag.into(),
+            lan_gw: "10.64.10.1/24".into(),
+            lan_host: "10.64.10.2/24".into(),
+            api_port: port,
+            token: TOKEN.into(),
+        },
+        &bins,
+    );
+    let peer = Netns::new(&format!("{tag}p"));
+    veth_bare(&site.gw, "wan0", &peer, "wan0");
+    peer.sh("ip addr add 10.64.1.2/24 dev wan0");
+    Lab { site, peer }
+}
+
+/// The gateway: WAN 10.64.1.1, LAN 10.64.10.1, one tunnel to 10.64.1.2, a route table bound
+/// to the LAN with a tunnel route and a route via a LAN router (metric `metric`), plus `extra`.
+fn config(metric: u32, extra: &str) -> String {
+    format!(
+        r#"[gateway]
+name = "netns-gw"
+[gateway.wan]
+interface = "wan0"
+address = "10.64.1.1/24"
+next_hop = "10.64.1.254"
+[[gateway.lan]]
+name = "app"
+interface = "lan0"
+addresses = ["10.64.10.1/24"]
+
+[[customer_gateway]]
+name = "peer"
+address = "10.64.1.2"
+
+[[tunnel]]
+name = "t1"
+customer_gateway = "peer"
+psk = "apply-netns-psk-0123456789abcdef"
+start_action = "none"
+[[tunnel.spd]]
+local = "10.64.10.0/24"
+remote = "10.64.100.0/24"
+
+[[route_table]]
+name = "vpn"
+id = 164
+lans = ["app"]
+[[route_table.route]]
+prefix = "10.64.100.0/24"
+tunnel = "t1"
+[[route_table.route]]
+prefix = "10.64.200.0/24"
+via = "10.64.10.9"
+metric = {metric}
+{extra}
+[[api_token]]
+name = "ops"
+role = "admin"
+token_hash = "sha256:{}"
+"#,
+        token_hash(TOKEN)
+    )
+}
+
+/// Calls the API from inside the gateway's namespace (it listens on the namespace's loopback).
+fn api(site: &Site, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let url = format!("{}/api/v1{path}", site.endpoint());
+    let method = method.to_owned();
+    site.gw.run(move || {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let c = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .expect("a client");
+        let mut r = if method == "GET" { c.get(url) } else { c.post(url) };
+        r = r.bearer_auth(TOKEN);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let resp = r.send().expect("the API answers");
+        let status = resp.status().as_u16();
+        let text = resp.text().unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    })
+}
+
+fn commit(site: &Site, text: String, confirm: Option<u64>, dry_run: bool) -> (u16, Value) {
+    api(
+        site,
+        "POST",
+        "/config/commit",
+        Some(json!({"text": text, "comment": "test", "confirm_secs": confirm, "dry_run": dry_run})),
+    )
+}
+
+fn plan_lines(b: &Value) -> Vec<String> {
+    b["plan"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|l| l.as_str().map(String::from)).collect())
+        .unwrap_or_default()
+}
+
+/// Isthmus's routes in table 164, as `ip` prints them.
+fn routes(site: &Site) -> String {
+    site.gw.sh("ip route show table 164 proto 181")
+}
+
+fn revision(site: &Site) -> u64 {
+    api(site, "GET", "/status", None).1["revision"].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn apply_change_one_route_dry_run_and_roll_back() {
+    if !require_root() {
+        return;
+    }
+    let mut l = lab("apa", 18641);
+    l.site.start(&config(100, ""));
+    let gw = &l.site.gw;
+    // Applied: addresses, both routes, the LAN's rule, the blackhole behind the tunnel prefix,
+    // the firewall table.
+    assert!(gw.sh("ip -4 addr show dev wan0").contains("10.64.1.1/24"));
+    assert!(gw.sh("ip -4 addr show dev lan0").contains("10.64.10.1/24"));
+    let r = routes(&l.site);
+    assert!(r.contains("10.64.100.0/24 dev ist0"), "{r}");
+    assert!(r.contains("10.64.200.0/24 via 10.64.10.9 dev lan0 metric 100"), "{r}");
+    assert!(gw.sh("ip rule show").contains("from 10.64.10.0/24 lookup 164"));
+    assert!(gw.sh("ip route show proto 181").contains("blackhole 10.64.100.0/24"));
+    assert!(gw.sh("nft list table inet isthmus").contains("wan0"));
+
+    // A dry run prints the plan and changes nothing.
+    let (s, b) = commit(&l.site, config(150, ""), None, true);
+    assert_eq!(s, 200, "{b}");
+    let plan = plan_lines(&b);
+    assert!(
+        plan.iter().any(|p| p.contains("+ route 10.64.200.0/24") && p.contains("metric 150")),
+        "{plan:?}"
+    );
+    assert_eq!(b["revision"], Value::Null);
+    assert_eq!(routes(&l.site), r, "a dry run changed the kernel");
+    assert_eq!(revision(&l.site), 1);
+
+    // The change: that route only (deleted at metric 100, added at 150), no tunnel touched.
+    let (s, b) = commit(&l.site, config(150, ""), None, false);
+    assert_eq!(s, 200, "{b}");
+    let plan = plan_lines(&b);
+    let kernel: Vec<&String> = plan.iter().filter(|p| p.starts_with("kernel:")).collect();
+    assert_eq!(kernel.len(), 2, "only the changed route: {plan:?}");
+    assert!(kernel.iter().all(|p| p.contains("10.64.200.0/24")), "{plan:?}");
+    assert!(!plan.iter().any(|p| p.starts_with("tunnel")), "no tunnel touched: {plan:?}");
+    let after = routes(&l.site);
+    assert!(after.contains("10.64.200.0/24 via 10.64.10.9 dev lan0 metric 150"), "{after}");
+    assert!(!after.contains("10.64.200.0/24 via 10.64.10.9 dev lan0 metric 100"), "{after}");
+    assert!(after.contains("10.64.100.0/24 dev ist0"), "{after}");
+
+    // Rollback to revision 1 restores the kernel.
+    let (s, b) = api(&l.site, "POST", "/config/rollback", Some(json!({"revision": 1})));
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(routes(&l.site), r);
+    assert_eq!(revision(&l.site), 3);
+}
+
+#[test]
+fn a_failed_apply_rolls_back_and_says_what_failed() {
+    if !require_root() {
+        return;
+    }
+    let mut l = lab("apb", 18642);
+    l.site.start(&config(100, ""));
+    let before = routes(&l.site);
+    // Valid as a document, but the LAN's interface does not exist in the kernel.
+    let bad = config(
+        100,
+        "[[gateway.lan]]\nname = \"ghost\"\ninterface = \"nosuch0\"\naddresses = [\"10.64.20.1/24\"]\n",
+    );
+    let (s, b) = commit(&l.site, bad, None, false);
+    assert_eq!(s, 422, "{b}");
+    let msg = b["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("applying revision 2 failed"), "{b}");
+    assert!(msg.contains("nosuch0"), "the failure names the interface: {msg}");
+    assert!(msg.contains("rolled back to revision 1"), "{msg}");
+    assert_eq!(routes(&l.site), before, "the kernel is back at revision 1");
+    assert_eq!(revision(&l.site), 3, "the rollback is a new revision");
+}
+
+#[test]
+fn an_unconfirmed_commit_reverts_the_kernel_also_after_a_restart() {
+    if !require_root() {
+        return;
+    }
+    let mut l = lab("apc", 18643);
+    l.site.start(&config(100, ""));
+    let before = routes(&l.site);
+    let extra = "[[route_table.route]]\nprefix = \"10.64.202.0/24\"\nvia = \"10.64.10.9\"\n";
+
+    // Not confirmed: the daemon reverts the kernel by itself.
+    let (s, b) = commit(&l.site, config(100, extra), Some(2), false);
+    assert_eq!(s, 200, "{b}");
+    assert!(routes(&l.site).contains("10.64.202.0/24"));
+    wait_for(
+        "the revert",
+        Duration::from_secs(15),
+        || !routes(&l.site).contains("10.64.202.0/24"),
+        || l.site.log(),
+    );
+    assert_eq!(routes(&l.site), before);
+
+    // Killed inside the window: the route stays in the kernel while nobody runs...
+    let (s, b) = commit(&l.site, config(100, extra), Some(3), false);
+    assert_eq!(s, 200, "{b}");
+    l.site.signal("-KILL");
+    l.site.stop();
+    assert!(routes(&l.site).contains("10.64.202.0/24"));
+    std::thread::sleep(Duration::from_secs(4));
+    // ... and the restarted daemon finds the deadline passed and reverts it.
+    l.site.start(&config(100, ""));
+    assert_eq!(routes(&l.site), before, "{}", l.site.log());
+    assert!(l.site.log().contains("expired while the daemon was down"), "{}", l.site.log());
+}
+
+#[test]
+fn drift_is_repaired_and_reported_and_foreign_routes_stay() {
+    if !require_root() {
+        return;
+    }
+    let mut l = lab("apd", 18644);
+    l.site.start(&config(100, ""));
+    let before = routes(&l.site);
+    let gw = &l.site.gw;
+    gw.sh("ip route del 10.64.200.0/24 table 164 metric 100");
+    gw.sh("ip route add 10.64.77.0/24 via 10.64.10.9 table 164");
+    assert!(!routes(&l.site).contains("10.64.200.0/24"));
+    wait_for(
+        "the owned route to come back",
+        Duration::from_secs(20),
+        || routes(&l.site) == before,
+        || l.site.log(),
+    );
+    let log = l.site.log();
+    assert!(
+        log.contains("drift") && log.contains("route 10.64.200.0/24 table 164 metric 100"),
+        "drift is reported: {log}"
+    );
+    // The operator's own route in the same table is left alone.
+    assert!(gw.sh("ip route show table 164").contains("10.64.77.0/24 via 10.64.10.9"));
+}
+
+/// Whether a TCP connection from `ns` to `to` completes within a second.
+fn tcp_from(ns: &Netns, to: &'static str) -> bool {
+    ns.run(move || {
+        TcpStream::connect_timeout(&to.parse().expect("an address"), Duration::from_secs(1)).is_ok()
+    })
+}
+
+#[test]
+fn the_wan_admits_only_what_it_should_from_a_peer_namespace() {
+    if !require_root() {
+        return;
+    }
+    let mut l = lab("ape", 18645);
+    l.site.start(&config(100, ""));
+    // Services a careless gateway would expose: the API port and ssh, on every address.
+    // (Connections complete in the kernel's backlog; nothing needs to accept them.)
+    let _listeners: Vec<TcpListener> = l.site.gw.run(|| {
+        ["0.0.0.0:8443", "0.0.0.0:22"].iter().map(|a| TcpListener::bind(a).expect("bind")).collect()
+    });
+    let udp: UdpSocket = l.site.gw.run(|| UdpSocket::bind("0.0.0.0:5353").expect("bind"));
+    // They listen (from the gateway itself, over loopback).
+    assert!(tcp_from(&l.site.gw, "10.64.1.1:8443"));
+    // From the WAN: no management API, no ssh, no other UDP; echo is answered (configured).
+    assert!(!tcp_from(&l.peer, "10.64.1.1:8443"), "the management API is reachable from the WAN");
+    assert!(!tcp_from(&l.peer, "10.64.1.1:22"));
+    l.peer.run(|| {
+        let s = UdpSocket::bind("0.0.0.0:0").expect("bind");
+        for _ in 0..3 {
+            let _ = s.send_to(b"probe", "10.64.1.1:5353");
+        }
+    });
+    udp.set_read_timeout(Some(Duration::from_millis(500))).ok();
+    let mut buf = [0u8; 64];
+    assert!(udp.recv_from(&mut buf).is_err(), "UDP 5353 is open on the WAN");
+    assert!(l.peer.sh_output("ping -c1 -W1 10.64.1.1").status.success());
+    // No clear forwarding between the LAN and the WAN.
+    assert!(!l.site.host.sh_output("ping -c1 -W1 10.64.1.2").status.success());
+}
