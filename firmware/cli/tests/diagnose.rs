@@ -240,21 +240,24 @@ tunnel = "to-gw2"
     assert!(!a.host.sh_output("ping -c 1 -W 1 10.65.2.10").status.success());
 }
 
-/// UDP echo servers on `ports` in `ns` (every address), until the returned guard drops.
+/// UDP echo servers on every address × port in `ns`, until the returned guard drops. One socket
+/// per address: a socket bound to the wildcard address would answer from the interface's
+/// primary address, which is another flow than the request's.
 struct Echo {
     stop: Arc<AtomicBool>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Echo {
-    fn start(ns: &Netns, ports: &[u16]) -> Echo {
+    fn start(ns: &Netns, addrs: &[&str], ports: &[u16]) -> Echo {
         let stop = Arc::new(AtomicBool::new(false));
-        let threads = ports
+        let threads = addrs
             .iter()
-            .map(|&port| {
+            .flat_map(|a| ports.iter().map(move |p| (a.to_string(), *p)))
+            .map(|(addr, port)| {
                 let stop = stop.clone();
                 ns.spawn_thread(move || {
-                    let s = UdpSocket::bind(("0.0.0.0", port)).expect("bind the echo port");
+                    let s = UdpSocket::bind((addr.as_str(), port)).expect("bind the echo port");
                     s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
                     let mut buf = [0u8; 2048];
                     while !stop.load(Ordering::Relaxed) {
@@ -431,6 +434,8 @@ impl Rng {
 }
 
 const PORTS: [u16; 4] = [53, 443, 5000, 8080];
+/// The addresses of gateway 2's LAN host in the randomized test.
+const B_HOSTS: [&str; 4] = ["10.65.2.10", "10.65.2.20", "10.65.2.130", "10.65.2.200"];
 
 fn quoted(v: &[&str]) -> String {
     v.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ")
@@ -549,7 +554,7 @@ fn one_truth_randomized_configurations_and_flows() {
     a.host.sh("ip addr add 10.65.1.20/24 dev eth0 && ip addr add 10.65.1.130/24 dev eth0");
     b.host.sh("ip addr add 10.65.2.20/24 dev eth0 && ip addr add 10.65.2.130/24 dev eth0 \
          && ip addr add 10.65.2.200/24 dev eth0");
-    let _echo = Echo::start(&b.host, &PORTS);
+    let _echo = Echo::start(&b.host, &B_HOSTS, &PORTS);
     let ctx = || format!("--- gw1 log\n{}\n--- gw2 log\n{}", a.log(), b.log());
     wait_for(
         "a LAN-to-LAN ping through the tunnel",
@@ -620,7 +625,7 @@ description = "no QUIC to the data centre"
         &config(1, 2, "10.65.1.0/24", "10.65.2.0/24", sg),
         &config(2, 1, "10.65.2.0/24", "10.65.1.0/24", ""),
     );
-    let _echo = Echo::start(&b.host, &PORTS);
+    let _echo = Echo::start(&b.host, &["10.65.2.10"], &PORTS);
     let ctx = || format!("--- gw1 log\n{}\n--- gw2 log\n{}", a.log(), b.log());
     wait_for(
         "a LAN-to-LAN ping through the tunnel",
@@ -720,7 +725,7 @@ fn a_nat_device_in_the_path() {
     };
     b.start(&render(2, 1, &gw2, &spd("10.65.2.0/24", "10.65.1.0/24"), ""));
     a.start(&render(1, 2, &gw1, &spd("10.65.1.0/24", "10.65.2.0/24"), ""));
-    let _echo = Echo::start(&b.host, &PORTS);
+    let _echo = Echo::start(&b.host, &["10.65.2.10"], &PORTS);
     let ctx = || format!("--- gw1 log\n{}\n--- gw2 log\n{}", a.log(), b.log());
     wait_for(
         "a LAN-to-LAN ping through the tunnel across the NAT",
