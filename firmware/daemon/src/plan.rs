@@ -469,3 +469,70 @@ impl NetPlane {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(psk: &str, remote: &str) -> Config {
+        Config::from_toml(&format!(
+            r#"[gateway]
+name = "gw"
+[gateway.wan]
+interface = "wan0"
+address = "192.0.2.1/24"
+next_hop = "192.0.2.254"
+[[gateway.lan]]
+name = "app"
+interface = "lan0"
+addresses = ["10.1.0.1/24"]
+[[customer_gateway]]
+name = "a"
+address = "198.51.100.1"
+[[customer_gateway]]
+name = "b"
+address = "198.51.100.2"
+[[tunnel]]
+name = "ta"
+customer_gateway = "a"
+psk = {psk}
+[[tunnel.spd]]
+local = "10.1.0.0/24"
+remote = "10.2.0.0/24"
+[[tunnel]]
+name = "tb"
+customer_gateway = "b"
+psk = "0123456789abcdef0123456789abcdef"
+[[tunnel.spd]]
+local = "10.1.0.0/24"
+remote = "{remote}"
+"#
+        ))
+        .expect("parses")
+    }
+
+    #[test]
+    fn only_changed_tunnels_and_those_with_outside_secrets_are_fingerprinted() {
+        let inline = "\"0123456789abcdef0123456789abcdef\"";
+        let old = cfg(inline, "10.3.0.0/24");
+        let new = cfg(inline, "10.4.0.0/24");
+        let same = unchanged_tunnels(&old, &new);
+        assert!(same.contains("ta") && !same.contains("tb"), "{same:?}");
+        // A PSK from the environment can change behind the same text.
+        let env = "{ env = \"ISTHMUS_TEST_PSK\" }";
+        let (a, b) = (cfg(env, "10.3.0.0/24"), cfg(env, "10.3.0.0/24"));
+        let same = unchanged_tunnels(&a, &b);
+        assert!(!same.contains("ta") && same.contains("tb"), "{same:?}");
+    }
+
+    #[test]
+    fn stages_sum_repeated_marks_in_order() {
+        let mut s = Stages::start();
+        s.mark("kernel");
+        s.mark("tunnels");
+        s.mark("kernel");
+        let names: Vec<&str> = s.list().iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, ["kernel", "tunnels"]);
+        assert!(s.to_string().starts_with("kernel ") && s.to_string().contains(" ms, tunnels "));
+    }
+}
