@@ -15,7 +15,9 @@
 //!   and, while no SA exists, raises the acquire that starts an on-traffic tunnel.
 //! - Port 4500 belongs to the dataplane: IKE after the non-ESP marker comes back as
 //!   [`DataplaneEvent::Ike`] through [`forward_events`], and the driver's IKE messages for 4500
-//!   leave through [`isthmus_dataplane::Dataplane::send_ike`].
+//!   leave through [`isthmus_dataplane::Dataplane::send_ike`]; the NAT-T keepalives the endpoint
+//!   schedules while NAT is detected in front of this gateway (RFC 3948 §2.3, §4; RFC 7296
+//!   §2.23) through [`isthmus_dataplane::Dataplane::send_keepalive`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -83,8 +85,6 @@ pub struct EspDataplane {
     /// rekey (RFC 7296 §2.8.1, waits for the loser's deletion). Never used, so installing one
     /// later reuses no nonce.
     standby: HashMap<(String, String), Vec<Held>>,
-    /// The missing keepalive support was logged.
-    keepalive_warned: std::cell::Cell<bool>,
 }
 
 impl std::fmt::Debug for EspDataplane {
@@ -122,7 +122,6 @@ impl EspDataplane {
             policies: BTreeMap::new(),
             outbound: HashMap::new(),
             standby: HashMap::new(),
-            keepalive_warned: std::cell::Cell::new(false),
         }
     }
 
@@ -320,15 +319,9 @@ impl Dataplane for EspDataplane {
         marker: bool,
     ) -> std::io::Result<()> {
         if !marker {
-            // NAT-T keepalives (RFC 3948 §2.3): the dataplane has no call for bare datagrams.
-            // Said once, not every 20 s.
-            if !self.keepalive_warned.replace(true) {
-                tracing::warn!(
-                    %remote,
-                    "NAT-T keepalives are not sent: the dataplane cannot send bare datagrams from port 4500"
-                );
-            }
-            return Ok(());
+            // A NAT-T keepalive (RFC 3948 §2.3): the endpoint schedules one every interval only
+            // while NAT was detected in front of this gateway (RFC 7296 §2.23), so pass it on.
+            return self.dp.send_keepalive(remote).map_err(std::io::Error::other);
         }
         self.dp.send_ike(remote, data).map_err(std::io::Error::other)
     }

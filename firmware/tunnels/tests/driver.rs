@@ -367,3 +367,75 @@ fn two_isthmus_gateways_negotiate_over_ipv6() {
     assert_eq!(sa.children[0].remote_ts, ["fd42:33::/64"]);
     assert!(tb.tunnel("v6").unwrap().state == TunnelState::Up);
 }
+
+/// Gateway a sits behind a masquerading NAT, gateway b in front of it: both detect the NAT
+/// (RFC 7296 §2.23) and float to UDP 4500, but only a, the one behind it, sends NAT-T keepalives
+/// (RFC 3948 §2.3, §4) out of its dataplane's 4500 socket, and b's dataplane counts them.
+#[test]
+fn only_the_gateway_behind_a_nat_sends_keepalives() {
+    if !require_root() {
+        return;
+    }
+    let (gw_a, host_a) = site("itk", 41);
+    let (gw_b, host_b) = site("itk", 42);
+    let nat = Netns::new("itk");
+    isthmus_testkit::veth_bare(&gw_a, "wan", &nat, "n1");
+    isthmus_testkit::veth_bare(&nat, "n2", &gw_b, "wan");
+    nat.sh("ip link set n1 up && ip link set n2 up \
+         && ip addr add 10.40.36.254/24 dev n1 && ip addr add 10.40.37.254/24 dev n2 \
+         && sysctl -qw net.ipv4.ip_forward=1 \
+         && nft add table ip nat \
+         && nft add chain ip nat post '{ type nat hook postrouting priority 100; }' \
+         && nft add rule ip nat post oifname n2 masquerade");
+    gw_a.sh("ip link set wan up && ip addr add 10.40.36.1/24 dev wan \
+           && ip route add default via 10.40.36.254");
+    gw_b.sh("ip link set wan up && ip addr add 10.40.37.2/24 dev wan");
+    let interval = Duration::from_millis(200);
+    let start = |gw: Netns, host: Netns, wan: &str, remote_lan: u8| {
+        let wan_ip = wan.parse().unwrap();
+        let (tunnels, dp) = gw.run(move || {
+            let mut cfg = DriverConfig::default();
+            cfg.endpoint.nat_keepalive = interval;
+            isthmus_tunnels::start_with_dataplane(
+                cfg,
+                isthmus_dataplane::Config::new("ist0", wan_ip),
+                isthmus_tunnels::EspOptions::default(),
+            )
+            .unwrap()
+        });
+        gw.sh(&format!("ip route add 10.{remote_lan}.32.0/24 dev ist0"));
+        Site { tunnels, dp, host, gw }
+    };
+    let a = start(gw_a, host_a, "10.40.36.1", 42);
+    let b = start(gw_b, host_b, "10.40.37.2", 41);
+    let ev_a = a.tunnels.subscribe();
+    let ev_b = b.tunnels.subscribe();
+
+    // b sees a at the NAT's outside address, with a's own address as its identity.
+    let mut cb = tunnel("ab", "10.40.37.2", "10.40.37.254", "10.42.32.0/24", "10.41.32.0/24");
+    cb.remote_id = isthmus_ike::Identity::Ipv4("10.40.36.1".parse().unwrap());
+    b.tunnels.add_tunnel(Tunnel::new(cb)).unwrap();
+    let mut ca = tunnel("ab", "10.40.36.1", "10.40.37.2", "10.41.32.0/24", "10.42.32.0/24");
+    ca.start_action = StartAction::Start;
+    a.tunnels.add_tunnel(Tunnel::new(ca)).unwrap();
+    wait_child(&ev_a, "a", false);
+    wait_child(&ev_b, "b", false);
+
+    // Traffic crosses the NAT encapsulated.
+    let out = a.host.sh_output("ping -n -q -c 3 -i 0.2 -W 2 10.42.32.2");
+    assert!(out.status.success(), "no LAN traffic across the NAT: {out:?}");
+
+    let at_b = b.dp.counters().io.keepalives;
+    std::thread::sleep(interval * 10);
+    let received_by_b = b.dp.counters().io.keepalives - at_b;
+    let received_by_a = a.dp.counters().io.keepalives;
+    assert!(
+        received_by_b >= 5,
+        "the gateway behind the NAT sent {received_by_b} keepalives in 10 intervals"
+    );
+    assert_eq!(received_by_a, 0, "the gateway in front of the NAT sent keepalives");
+
+    a.tunnels.shutdown();
+    b.tunnels.shutdown();
+    drop(nat);
+}
