@@ -14,6 +14,7 @@ pub mod openapi;
 pub mod pid1;
 pub mod plan;
 pub mod policy;
+pub mod punt;
 pub mod server;
 pub mod tls;
 pub mod upgrade;
