@@ -99,6 +99,8 @@ struct HookState {
     note: Option<String>,
     /// A compilation failed on a fault: retry when the quarantine ends.
     retry: bool,
+    /// How long wasmtime took to compile the component when it was loaded.
+    compile: Option<Duration>,
 }
 
 impl Default for HookState {
@@ -111,6 +113,7 @@ impl Default for HookState {
             last_error: None,
             note: None,
             retry: false,
+            compile: None,
         }
     }
 }
@@ -411,6 +414,7 @@ impl Policy {
             source: Source::Uploaded,
             plugin: format!("{}@{}", v.manifest().name, v.manifest().version),
             digest: Some(v.digest().to_owned()),
+            compile: Some(loaded.compile_time()),
             ..HookState::default()
         };
         tracing::info!(
@@ -439,6 +443,7 @@ impl Policy {
             source: Source::Bundled,
             plugin: format!("{}@{}", v.manifest().name, v.manifest().version),
             digest: Some(v.digest().to_owned()),
+            compile: Some(loaded.compile_time()),
             ..HookState::default()
         };
         self.sup.install(loaded);
@@ -576,6 +581,12 @@ impl Policy {
         if lock(&self.inputs).spd.remove(tunnel).is_some() {
             self.compile(true, false);
         }
+    }
+
+    /// How long wasmtime took to compile the component of `hook`'s plugin when it was loaded
+    /// (`None` for the builtin).
+    pub fn compile_time(&self, hook: Hook) -> Option<Duration> {
+        lock(&self.hooks)[idx(hook)].compile
     }
 
     /// The status of each hook, for `GET /plugins/hooks`.
