@@ -12,7 +12,7 @@
 //! The thread holds only weak references between batches, and ends when the dataplane or the
 //! policy runner is gone (a restarted dataplane gets a new thread).
 
-use std::sync::{Arc, Weak};
+use std::sync::Weak;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -42,18 +42,36 @@ fn decided(
     reqs.iter().zip(decisions).filter_map(|(r, d)| d.map(|d| (r, d)))
 }
 
+/// Where punted flows wait: the dataplane's flow table.
+pub trait PuntQueue: Send + Sync + 'static {
+    /// Takes up to `max` flows waiting for a decision.
+    fn take_punts(&self, max: usize) -> Vec<PuntRequest>;
+    /// Applies a decision; false when the flow no longer waits.
+    fn resolve_punt(&self, req: &PuntRequest, allow: bool, rule: &str) -> bool;
+}
+
+impl PuntQueue for Dataplane {
+    fn take_punts(&self, max: usize) -> Vec<PuntRequest> {
+        Dataplane::take_punts(self, max)
+    }
+
+    fn resolve_punt(&self, req: &PuntRequest, allow: bool, rule: &str) -> bool {
+        Dataplane::resolve_punt(self, req, allow, rule)
+    }
+}
+
 /// What one batch did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 struct Round {
-    /// Requests taken from the dataplane.
+    /// Requests taken from the queue.
     taken: usize,
     /// Decisions applied to flows still waiting.
     resolved: usize,
 }
 
 /// Takes one batch, asks the plugin, applies the decisions.
-fn round(dp: &Dataplane, sup: &Supervisor) -> Round {
-    let reqs = dp.take_punts(BATCH);
+fn round(q: &dyn PuntQueue, sup: &Supervisor) -> Round {
+    let reqs = q.take_punts(BATCH);
     let taken = reqs.len();
     if taken == 0 {
         return Round::default();
@@ -67,19 +85,28 @@ fn round(dp: &Dataplane, sup: &Supervisor) -> Round {
     }
     let decisions = sup.decide(&current, Instant::now());
     let resolved =
-        decided(&current, decisions).filter(|(r, d)| dp.resolve_punt(r, d.allow, &d.rule)).count();
+        decided(&current, decisions).filter(|(r, d)| q.resolve_punt(r, d.allow, &d.rule)).count();
     Round { taken, resolved }
 }
 
 /// Starts the thread that decides punted flows of `dp` with `policy`'s security-group plugin.
 /// It ends when either is dropped.
 pub fn spawn(dp: Weak<Dataplane>, policy: Weak<Policy>) -> std::io::Result<JoinHandle<()>> {
+    spawn_with(dp, policy, Policy::supervisor)
+}
+
+/// [`spawn`] for any queue and any owner of a supervisor (`supervisor` finds it in `owner`).
+pub fn spawn_with<Q: PuntQueue, O: Send + Sync + 'static>(
+    queue: Weak<Q>,
+    owner: Weak<O>,
+    supervisor: fn(&O) -> &Supervisor,
+) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new().name("punt".into()).spawn(move || {
         loop {
-            let (Some(d), Some(p)) = (dp.upgrade(), policy.upgrade()) else { return };
-            let r = round(&d, p.supervisor());
+            let (Some(q), Some(o)) = (queue.upgrade(), owner.upgrade()) else { return };
+            let r = round(&*q, supervisor(&o));
             // No strong reference while waiting, so dropping either ends the loop.
-            drop((d, p));
+            drop((q, o));
             if r.taken > 0 {
                 tracing::trace!(taken = r.taken, resolved = r.resolved, "punt batch");
             }
@@ -90,17 +117,13 @@ pub fn spawn(dp: Weak<Dataplane>, policy: Weak<Policy>) -> std::io::Result<JoinH
     })
 }
 
-/// Convenience for callers holding strong references.
-pub fn spawn_for(dp: &Arc<Dataplane>, policy: &Arc<Policy>) -> std::io::Result<JoinHandle<()>> {
-    spawn(Arc::downgrade(dp), Arc::downgrade(policy))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use isthmus_dataplane::FlowKey;
     use isthmus_policy::{Limits, PolicyTables};
     use isthmus_tables::sg::{AttachmentId, Direction, RuleRef};
+    use std::sync::{Arc, Mutex};
 
     fn req(port: u16, generation: u64) -> PuntRequest {
         PuntRequest {
@@ -149,5 +172,123 @@ mod tests {
         let decisions = sup.decide(&reqs, Instant::now());
         assert_eq!(decisions, [None, None]);
         assert_eq!(decided(&reqs, decisions).count(), 0);
+    }
+
+    /// The real flow table the dataplane's workers shard, behind a lock, with a clock in ms.
+    struct Flows {
+        table: Mutex<isthmus_tables::flow::FlowTable>,
+        start: Instant,
+    }
+
+    impl Flows {
+        fn now(&self) -> u64 {
+            self.start.elapsed().as_millis() as u64
+        }
+    }
+
+    impl PuntQueue for Flows {
+        fn take_punts(&self, max: usize) -> Vec<PuntRequest> {
+            self.table.lock().unwrap().take_punts(max)
+        }
+
+        fn resolve_punt(&self, req: &PuntRequest, allow: bool, rule: &str) -> bool {
+            let now = self.now();
+            self.table.lock().unwrap().resolve(req, allow, rule, now)
+        }
+    }
+
+    struct Monday0930;
+
+    impl isthmus_policy::Clock for Monday0930 {
+        fn now_unix(&self) -> u64 {
+            // 2024-01-01 was a Monday; 09:30 UTC.
+            1_704_067_200 + 9 * 3600 + 1800
+        }
+        fn utc_offset_minutes(&self) -> i32 {
+            0
+        }
+    }
+
+    /// The time-of-day plugin (built by `make plugins`), signed with a fresh key and loaded.
+    fn time_of_day() -> Option<isthmus_policy::LoadedPlugin> {
+        use isthmus_policy::{Capability, Hook, Manifest, Package, PluginHost};
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../..")
+            .join(isthmus_policy::PLUGINS_DIR)
+            .join("time_of_day.wasm");
+        let Ok(wasm) = std::fs::read(&path) else {
+            eprintln!("skipped: {} not built (make plugins)", path.display());
+            return None;
+        };
+        let (secret, public) = isthmus_policy::generate_key().unwrap();
+        let m = Manifest {
+            name: "time-of-day".into(),
+            version: "1.0.0".into(),
+            hook: Hook::SecurityGroup,
+            capabilities: vec![Capability::Clock],
+            description: String::new(),
+        };
+        let signed = isthmus_policy::sign(Package::unsigned(m, wasm).unwrap(), &secret).unwrap();
+        let verified = isthmus_policy::verify(&signed.to_bytes(), &[public]).unwrap();
+        let host = PluginHost::new(isthmus_policy::HostConfig::default()).unwrap();
+        let clock: Arc<dyn isthmus_policy::Clock> = Arc::new(Monday0930);
+        let config = "open = \"08:00\"\nclose = \"18:00\"\ndays = \"mon-fri\"\n";
+        Some(host.load(&verified, config, Some(clock)).unwrap())
+    }
+
+    /// A flow matching a punt rule waits; the thread asks the time-of-day plugin (open on a
+    /// Monday morning), the flow table then passes the flow by the plugin's rule, and the thread
+    /// ends once the flow table is dropped.
+    #[test]
+    fn the_thread_applies_the_plugins_decision_and_ends_with_the_queue() {
+        use isthmus_policy::{SgGroup, SgRule};
+        use isthmus_tables::PortRange;
+        use isthmus_tables::flow::{FlowConfig, FlowTable, Outcome, Reason};
+        use isthmus_tables::sg::Action;
+
+        let Some(plugin) = time_of_day() else { return };
+        let sup = Arc::new(Supervisor::new(Arc::new(PolicyTables::new()), Limits::default()));
+        assert!(plugin.has_punt());
+        sup.install(plugin);
+        let groups = vec![SgGroup {
+            name: "ssh".into(),
+            attach: vec!["lan0".into()],
+            rules: vec![SgRule {
+                id: "office-hours".into(),
+                priority: 10,
+                direction: Direction::Inbound,
+                action: Action::Punt,
+                protocol: Some(6),
+                peer: "0.0.0.0/0".parse().unwrap(),
+                ports: PortRange::single(22),
+            }],
+        }];
+        sup.compile_sg(&groups, &[], &["lan0".into()], Instant::now()).unwrap();
+        let table = sup.tables().sg();
+        let flows = Arc::new(Flows {
+            table: Mutex::new(FlowTable::new(FlowConfig::default())),
+            start: Instant::now(),
+        });
+        let key = req(22, 0).key;
+        let lan0 = AttachmentId::of("lan0");
+        let first = flows.table.lock().unwrap().process(&table, lan0, Direction::Inbound, &key, 0);
+        assert_eq!(first.outcome, Outcome::Pending, "the flow waits for the plugin");
+
+        let thread = spawn_with(Arc::downgrade(&flows), Arc::downgrade(&sup), |s| s).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let verdict = loop {
+            let now = flows.now();
+            let v =
+                flows.table.lock().unwrap().process(&table, lan0, Direction::Inbound, &key, now);
+            if v.outcome != Outcome::Pending || Instant::now() > deadline {
+                break v;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert_eq!(verdict.outcome, Outcome::Allow, "{verdict:?}");
+        assert_eq!(verdict.reason, Reason::Punt("time-of-day:open".into()));
+
+        drop(flows);
+        thread.join().unwrap();
     }
 }
