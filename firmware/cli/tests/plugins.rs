@@ -440,6 +440,10 @@ severity = "critical"
 
         // The bundled default compiled the group: TCP passes, ping does not.
         wait_for("TCP through the tunnel", Duration::from_secs(40), || tcp(&a), ctx);
+        // The bundled plugins compile in the background after start (builtin tables meanwhile).
+        let bundled =
+            || ["security-group", "spd"].iter().all(|h| hook(&b, h)["source"] == "bundled");
+        wait_for("the bundled plugins", Duration::from_secs(60), bundled, ctx);
         let sg = hook(&b, "security-group");
         assert_eq!(sg["source"], "bundled", "{sg}");
         // Each rule and the default deny out, for IPv4 and IPv6.

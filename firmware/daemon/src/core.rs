@@ -376,6 +376,8 @@ impl Core {
                 };
                 fps.insert(t.name.clone(), fp);
             }
+            // One SPD compilation for all the tunnel changes below, when `batch` drops.
+            let batch = self.policy.batch();
             let stale: Vec<String> = running
                 .iter()
                 .filter(|(n, fp)| fps.get(*n) != Some(*fp))
@@ -395,6 +397,7 @@ impl Core {
                 lines.push(format!("tunnel {}: added", t.name));
                 lock(&self.planes).running.insert(t.name.clone(), fps[&t.name].clone());
             }
+            drop(batch);
             st.mark("tunnels");
         }
         Ok(lines)

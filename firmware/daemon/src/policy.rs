@@ -28,6 +28,7 @@
 //! quarantine ends, so a crash loop costs one call per quarantine period.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -146,6 +147,26 @@ pub struct Policy {
     sink: Mutex<Option<Sink>>,
     /// The key the bundled components are signed with at start.
     bundled_key: (isthmus_policy::SecretKey, PublicKey),
+    /// Per hook: a bundled component is being compiled in the background.
+    loading: [AtomicBool; 3],
+    /// Applies in progress ([`Policy::batch`]): tunnel changes only update the SPD inputs.
+    batch: AtomicUsize,
+    /// A tunnel changed during a batch: the SPD is compiled when the batch ends.
+    spd_dirty: AtomicBool,
+    me: Weak<Policy>,
+}
+
+/// Holds back SPD compilations while an apply adds or removes tunnels (see [`Policy::batch`]).
+pub struct SpdBatch<'a>(&'a Policy);
+
+impl Drop for SpdBatch<'_> {
+    fn drop(&mut self) {
+        if self.0.batch.fetch_sub(1, Ordering::AcqRel) == 1
+            && self.0.spd_dirty.swap(false, Ordering::AcqRel)
+        {
+            self.0.compile(true, false);
+        }
+    }
 }
 
 impl std::fmt::Debug for Policy {
@@ -172,7 +193,7 @@ impl Policy {
     ) -> anyhow::Result<Arc<Policy>> {
         let host = PluginHost::new(isthmus_policy::HostConfig::default())?;
         let bundled_key = isthmus_policy::generate_key()?;
-        let p = Arc::new(Policy {
+        let p = Arc::new_cyclic(|me| Policy {
             sup: Supervisor::new(Arc::new(PolicyTables::new()), Limits::default()),
             host,
             store,
@@ -182,6 +203,10 @@ impl Policy {
             hooks: Mutex::new(Default::default()),
             sink: Mutex::new(None),
             bundled_key,
+            loading: Default::default(),
+            batch: AtomicUsize::new(0),
+            spd_dirty: AtomicBool::new(false),
+            me: me.clone(),
         });
         // The alarm engine passes every raise and clear through the alarm hook.
         let hook = Arc::downgrade(&p);
@@ -239,6 +264,8 @@ impl Policy {
         };
         let tunnels = isthmus_tunnels::Tunnels::start(driver, Box::new(adapter))?;
         isthmus_tunnels::forward_events(events, tunnels.dataplane_events(), local)
+            .map_err(isthmus_tunnels::Error::Io)?;
+        crate::punt::spawn(Arc::downgrade(&dp), Arc::downgrade(self))
             .map_err(isthmus_tunnels::Error::Io)?;
         self.compile(true, true);
         Ok((tunnels, dp))
@@ -353,7 +380,24 @@ impl Policy {
                         if current.source == Source::Bundled {
                             continue;
                         }
-                        self.load_bundled(h, cfg)
+                        // Compiling a component takes 0.2 s here and seconds under QEMU's
+                        // TCG: the builtin tables (same semantics) serve until it is done.
+                        if current.source != Source::Builtin {
+                            // An uploaded plugin was removed: builtin until the bundled loads.
+                            self.sup.uninstall(h);
+                            lock(&self.hooks)[idx(h)] =
+                                HookState { published: current.published, ..HookState::default() };
+                        }
+                        if !self.loading[idx(h)].swap(true, Ordering::AcqRel) {
+                            self.load_bundled_in_background(h, cfg.clone());
+                            lines.push(format!(
+                                "policy: hook {} compiles the bundled {} in the background \
+                                 (builtin tables meanwhile)",
+                                h.name(),
+                                bundled_component(h).0
+                            ));
+                        }
+                        continue;
                     }
                 }
             };
@@ -427,7 +471,65 @@ impl Policy {
         Ok(st)
     }
 
-    fn load_bundled(&self, h: Hook, cfg: &Config) -> Result<HookState, PolicyError> {
+    /// Loads the bundled plugin of `h` on a thread and installs it unless an uploaded plugin
+    /// took the hook meanwhile; then recompiles that hook's table.
+    fn load_bundled_in_background(&self, h: Hook, cfg: Config) {
+        let me = self.me.clone();
+        let spawned = std::thread::Builder::new().name("policy-load".into()).spawn(move || {
+            let Some(p) = me.upgrade() else { return };
+            let r = p.load_bundled(h, &cfg);
+            let mut hooks = lock(&p.hooks);
+            let installed = match r {
+                Ok((st, loaded)) if hooks[idx(h)].source == Source::Builtin => {
+                    tracing::info!(hook = h.name(), plugin = st.plugin, "bundled plugin loaded");
+                    let published = hooks[idx(h)].published;
+                    hooks[idx(h)] = HookState { published, ..st };
+                    p.sup.install(loaded);
+                    true
+                }
+                Ok(_) => false,
+                Err(e) => {
+                    let msg = format!(
+                        "the bundled plugin for hook `{}` could not be loaded, builtin stays in \
+                         force: {e}",
+                        h.name()
+                    );
+                    hooks[idx(h)].last_error = Some(msg.clone());
+                    drop(hooks);
+                    p.fault_event(bundled_component(h).0, &msg);
+                    p.loading[idx(h)].store(false, Ordering::Release);
+                    return;
+                }
+            };
+            drop(hooks);
+            if installed {
+                p.compile(h == Hook::Spd, h == Hook::SecurityGroup);
+            }
+            p.loading[idx(h)].store(false, Ordering::Release);
+        });
+        if let Err(e) = spawned {
+            tracing::error!("starting the plugin loader: {e}");
+            self.loading[idx(h)].store(false, Ordering::Release);
+        }
+    }
+
+    /// True while a bundled plugin is still being compiled (its hook runs the builtin tables).
+    pub fn loading(&self) -> bool {
+        self.loading.iter().any(|l| l.load(Ordering::Acquire))
+    }
+
+    /// Holds back SPD compilations until the returned guard drops, so an apply that adds a
+    /// thousand tunnels compiles the SPD once, not once per tunnel.
+    pub fn batch(&self) -> SpdBatch<'_> {
+        self.batch.fetch_add(1, Ordering::AcqRel);
+        SpdBatch(self)
+    }
+
+    fn load_bundled(
+        &self,
+        h: Hook,
+        cfg: &Config,
+    ) -> Result<(HookState, isthmus_policy::LoadedPlugin), PolicyError> {
         let (name, wasm) = bundled_component(h);
         let m = Manifest {
             name: name.to_owned(),
@@ -446,8 +548,7 @@ impl Policy {
             compile: Some(loaded.compile_time()),
             ..HookState::default()
         };
-        self.sup.install(loaded);
-        Ok(st)
+        Ok((st, loaded))
     }
 
     /// Compiles and publishes the SPD and/or the security-group table from the current inputs.
@@ -574,11 +675,19 @@ impl Policy {
     fn tunnel_added(&self, cfg: &TunnelConfig) {
         let (policies, children) = spd_policies(cfg);
         lock(&self.inputs).spd.insert(cfg.name.clone(), (policies, children));
-        self.compile(true, false);
+        self.spd_changed();
     }
 
     fn tunnel_removed(&self, tunnel: &str) {
         if lock(&self.inputs).spd.remove(tunnel).is_some() {
+            self.spd_changed();
+        }
+    }
+
+    fn spd_changed(&self) {
+        if self.batch.load(Ordering::Acquire) > 0 {
+            self.spd_dirty.store(true, Ordering::Release);
+        } else {
             self.compile(true, false);
         }
     }

@@ -132,6 +132,12 @@ fn plugins_compile_the_configuration_swap_roll_back_and_are_contained() {
     })
     .unwrap();
 
+    // The bundled defaults compile in the background (builtin tables meanwhile).
+    let t0 = std::time::Instant::now();
+    while core.policy.loading() {
+        assert!(t0.elapsed() < std::time::Duration::from_secs(120), "bundled plugins never loaded");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     // The bundled default runs and compiles the configuration: the rules in priority order,
     // the group's default (deny) in both directions.
     let sg = hook(&core, "security-group");
