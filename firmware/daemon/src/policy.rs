@@ -591,8 +591,8 @@ impl Policy {
         }
     }
 
-    /// The dataplane takes tables by value: it gets its own build of the chains the supervisor
-    /// validated and published, at the same generation.
+    /// The dataplane gets the very table the supervisor validated and published (shared, not
+    /// rebuilt); a build of the same chains only if a newer one was published meanwhile.
     fn publish_sg(
         &self,
         generation: u64,
@@ -600,8 +600,15 @@ impl Policy {
         lans: &[isthmus_dataplane::LanBinding],
     ) -> Result<(), String> {
         let Some(dp) = lock(&self.sink).clone() else { return Ok(()) };
-        let t =
-            isthmus_tables::sg::SgTable::build(generation, chains).map_err(|e| e.to_string())?;
+        let current = Arc::clone(&*self.sup.tables().sg());
+        let t = if current.generation() == generation {
+            current
+        } else {
+            Arc::new(
+                isthmus_tables::sg::SgTable::build(generation, chains)
+                    .map_err(|e| e.to_string())?,
+            )
+        };
         dp.publish_lans(lans.to_vec());
         dp.publish_sg(t).map_err(|e| e.to_string())
     }

@@ -606,13 +606,15 @@ impl Dataplane {
     /// attachment, see [`filter`]); its generation must be newer than the current one's (the
     /// initial empty table has generation 0). Workers switch to it between two packets; flows
     /// admitted under an older generation are re-evaluated on their next packet.
-    pub fn publish_sg(&self, table: SgTable) -> Result<(), DataplaneError> {
+    pub fn publish_sg(&self, table: impl Into<Arc<SgTable>>) -> Result<(), DataplaneError> {
+        // An `Arc` lets the control plane share the table it validated instead of a second build.
+        let table: Arc<SgTable> = table.into();
         let mut ctl = self.shared.sg_ctl.lock().unwrap_or_else(|p| p.into_inner());
         let current = ctl.0.generation();
         if table.generation() <= current && current != 0 {
             return Err(DataplaneError::StaleSg { new: table.generation(), current });
         }
-        ctl.0 = Arc::new(table);
+        ctl.0 = table;
         self.shared.sg.store(Arc::new(SgState::new(ctl.0.clone(), &ctl.1)));
         Ok(())
     }
