@@ -106,7 +106,9 @@ fn image_boots_under_ovmf_to_the_readiness_line() {
     for m in ["esp4 ", "drbg ", "sha512_generic ", "tun ", "nf_tables ", "virtio_net "] {
         assert!(modules.lines().any(|l| l.starts_with(m)), "module {m}loaded: {modules}");
     }
-    assert_eq!(vm.sh_ok("cat /proc/1/comm", CMD).unwrap(), "init", "isthmusd is PID 1 (as /init)");
+    let comm = vm.sh_ok("cat /proc/1/comm", CMD).unwrap();
+    // A daemon log line can land in the output (same console).
+    assert!(comm.lines().any(|l| l.trim() == "init"), "isthmusd is PID 1 (as /init): {comm:?}");
     vm.shutdown(Duration::from_secs(20));
 }
 
@@ -183,7 +185,9 @@ fn data_partition_survives_reboot_and_power_off() {
     vm.wait_for("isthmus: rebooting", CMD).unwrap();
     vm.wait_for(isthmus_ready(), BOOT_TIMEOUT).unwrap();
     vm.wait_for_shell(Duration::from_secs(30)).unwrap();
-    assert_eq!(vm.sh_ok("cat /data/e2e-marker", CMD).unwrap(), marker, "marker after reboot");
+    // The daemon logs to the same console: a log line can land in the command's output.
+    let out = vm.sh_ok("cat /data/e2e-marker", CMD).unwrap();
+    assert!(out.lines().any(|l| l.trim() == marker), "marker after reboot: {out:?}");
     vm.send("poweroff").unwrap();
     vm.wait_for("isthmus: powering off", CMD).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -198,7 +202,8 @@ fn data_partition_survives_reboot_and_power_off() {
     let mut vm = boot_direct(&env, &m, "persist2", disk);
     vm.wait_for(isthmus_ready(), BOOT_TIMEOUT).unwrap();
     vm.wait_for_shell(Duration::from_secs(30)).unwrap();
-    assert_eq!(vm.sh_ok("cat /data/e2e-marker", CMD).unwrap(), marker, "marker after power-off");
+    let out = vm.sh_ok("cat /data/e2e-marker", CMD).unwrap();
+    assert!(out.lines().any(|l| l.trim() == marker), "marker after power-off: {out:?}");
     let dmesg = vm.sh_ok("dmesg | grep -i 'ext4' || true", CMD).unwrap();
     assert!(!dmesg.contains("recovery"), "clean unmount, no journal recovery: {dmesg}");
     vm.shutdown(Duration::from_secs(20));
