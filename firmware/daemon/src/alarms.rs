@@ -282,14 +282,6 @@ impl Alarms {
             .insert((Latch::PluginFault, format!("plugin/{plugin}")), message.into());
     }
 
-    /// Notes an event by kind name: `plugin-fault` about a plugin latches a plugin fault (as
-    /// [`Alarms::plugin_fault`]); tunnel conditions come typed through [`Alarms::signal`].
-    pub fn on_event(&self, kind: &str, subject: &str, message: &str) {
-        if kind == "plugin-fault" {
-            self.plugin_fault(subject.strip_prefix("plugin/").unwrap_or(subject), message);
-        }
-    }
-
     /// The plugin runs again (replaced, rolled back, or out of quarantine).
     pub fn plugin_recovered(&self, plugin: &str) {
         self.lock().latched.remove(&(Latch::PluginFault, format!("plugin/{plugin}")));

@@ -609,7 +609,10 @@ impl Policy {
                     .map_err(|e| e.to_string())?,
             )
         };
-        dp.publish_lans(lans.to_vec());
+        // Each publication rebuilds the workers' filter state: the LANs only when they changed.
+        if dp.lans() != lans {
+            dp.publish_lans(lans.to_vec());
+        }
         dp.publish_sg(t).map_err(|e| e.to_string())
     }
 
