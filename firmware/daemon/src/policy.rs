@@ -16,6 +16,12 @@
 //! 3. the **builtin** native implementation of the defaults' documented semantics
 //!    ([`isthmus_policy::reference`]), when the daemon was built without the plugin builds.
 //!
+//! The bundled components compile on a background thread (builtin tables meanwhile). Every
+//! change of a hook's plugin, the installation and the hook's status together, is one step
+//! under the hook lock, and the background loader installs only if the hook still runs the
+//! builtin at that moment: a plugin uploaded and activated while the bundled one compiles is
+//! never replaced by it.
+//!
 //! One owner for the SPD (RFC 4301 §4.4.1): the IKE driver no longer publishes its own table.
 //! The daemon hands the driver a [`Dataplane`] adapter that keeps the userspace ESP engine for
 //! SAs but, when a tunnel is added or removed, asks this module to recompile the SPD from every
@@ -147,14 +153,32 @@ pub struct Policy {
     sink: Mutex<Option<Sink>>,
     /// The key the bundled components are signed with at start.
     bundled_key: (isthmus_policy::SecretKey, PublicKey),
-    /// Per hook: a bundled component is being compiled in the background.
-    loading: [AtomicBool; 3],
+    /// Per hook: a background loader of the bundled component has not yet decided whether to
+    /// install it (changed only under the `hooks` lock).
+    pending: [AtomicBool; 3],
+    /// Per hook: background loaders still running (compiling the component or its table).
+    loading: [AtomicUsize; 3],
+    /// Test hooks run at [`Checkpoint`]s.
+    #[cfg(test)]
+    checkpoints: Mutex<Option<CheckpointFn>>,
     /// Applies in progress ([`Policy::batch`]): tunnel changes only update the SPD inputs.
     batch: AtomicUsize,
     /// A tunnel changed during a batch: the SPD is compiled when the batch ends.
     spd_dirty: AtomicBool,
     me: Weak<Policy>,
 }
+
+/// Points in plugin selection where a test can hold a thread (see `Policy::checkpoint`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Checkpoint {
+    /// A background loader compiled the bundled component and is about to decide.
+    BundledLoaded,
+    /// `select` loaded the chosen plugin and is about to install it.
+    UploadedLoaded,
+}
+
+#[cfg(test)]
+type CheckpointFn = Arc<dyn Fn(Hook, Checkpoint) + Send + Sync>;
 
 /// Holds back SPD compilations while an apply adds or removes tunnels (see [`Policy::batch`]).
 pub struct SpdBatch<'a>(&'a Policy);
@@ -203,7 +227,10 @@ impl Policy {
             hooks: Mutex::new(Default::default()),
             sink: Mutex::new(None),
             bundled_key,
+            pending: Default::default(),
             loading: Default::default(),
+            #[cfg(test)]
+            checkpoints: Mutex::new(None),
             batch: AtomicUsize::new(0),
             spd_dirty: AtomicBool::new(false),
             me: me.clone(),
@@ -360,13 +387,15 @@ impl Policy {
             });
             let chosen = bound.or_else(|| active.first().cloned());
             let current = lock(&self.hooks)[idx(h)].clone();
+            // What to install (`None`: the builtin). Loading runs without the hook lock (it
+            // takes seconds under TCG); installing and recording the state happen under it.
             let result = match &chosen {
                 Some((name, digest)) => {
                     if current.digest.as_deref() == Some(digest) {
                         lock(&self.hooks)[idx(h)].note = note;
                         continue;
                     }
-                    self.load_uploaded(h, name, cfg, trusted)
+                    self.load_uploaded(h, name, cfg, trusted).map(|(st, l)| (st, Some(l)))
                 }
                 None => {
                     let (_, wasm) = bundled_component(h);
@@ -374,21 +403,31 @@ impl Policy {
                         if current.source == Source::Builtin {
                             continue;
                         }
-                        self.sup.uninstall(h);
-                        Ok(HookState::default())
+                        Ok((HookState::default(), None))
                     } else {
                         if current.source == Source::Bundled {
                             continue;
                         }
                         // Compiling a component takes 0.2 s here and seconds under QEMU's
                         // TCG: the builtin tables (same semantics) serve until it is done.
-                        if current.source != Source::Builtin {
-                            // An uploaded plugin was removed: builtin until the bundled loads.
-                            self.sup.uninstall(h);
-                            lock(&self.hooks)[idx(h)] =
-                                HookState { published: current.published, ..HookState::default() };
-                        }
-                        if !self.loading[idx(h)].swap(true, Ordering::AcqRel) {
+                        let start = {
+                            let mut hooks = lock(&self.hooks);
+                            if hooks[idx(h)].source != Source::Builtin {
+                                // An uploaded plugin was removed: builtin until the bundled
+                                // loads.
+                                self.sup.uninstall(h);
+                                let published = hooks[idx(h)].published;
+                                hooks[idx(h)] = HookState { published, ..HookState::default() };
+                            }
+                            // `pending` is set and cleared under the hook lock, so a loader
+                            // either decides after this state change or a new one starts.
+                            let start = !self.pending[idx(h)].swap(true, Ordering::AcqRel);
+                            if start {
+                                self.loading[idx(h)].fetch_add(1, Ordering::AcqRel);
+                            }
+                            start
+                        };
+                        if start {
                             self.load_bundled_in_background(h, cfg.clone());
                             lines.push(format!(
                                 "policy: hook {} compiles the bundled {} in the background \
@@ -401,17 +440,29 @@ impl Policy {
                     }
                 }
             };
+            self.checkpoint(h, Checkpoint::UploadedLoaded);
             match result {
-                Ok(mut st) => {
+                Ok((mut st, loaded)) => {
                     st.note = note;
-                    st.published = current.published;
                     lines.push(format!(
                         "policy: hook {} runs {} ({})",
                         h.name(),
                         st.plugin,
                         st.source.name()
                     ));
-                    lock(&self.hooks)[idx(h)] = st;
+                    let replaced = {
+                        // One step under the hook lock: a background load of the bundled
+                        // plugin checks the hook's source under it before installing, so it
+                        // can never replace what is installed here.
+                        let mut hooks = lock(&self.hooks);
+                        st.published = hooks[idx(h)].published;
+                        hooks[idx(h)] = st;
+                        match loaded {
+                            Some(l) => self.sup.install(l),
+                            None => self.sup.uninstall(h),
+                        }
+                    };
+                    drop(replaced);
                     // Replaced or rolled back: a fault of the one before no longer holds.
                     self.alarms.plugin_recovered(plugin_name(&current.plugin));
                 }
@@ -446,7 +497,7 @@ impl Policy {
         name: &str,
         cfg: &Config,
         trusted: &[PublicKey],
-    ) -> Result<HookState, PolicyError> {
+    ) -> Result<(HookState, isthmus_policy::LoadedPlugin), PolicyError> {
         let v = self
             .store
             .load(name, trusted)?
@@ -467,18 +518,23 @@ impl Policy {
             compile_ms = loaded.compile_time().as_millis() as u64,
             "plugin loaded"
         );
-        self.sup.install(loaded);
-        Ok(st)
+        Ok((st, loaded))
     }
 
     /// Loads the bundled plugin of `h` on a thread and installs it unless an uploaded plugin
-    /// took the hook meanwhile; then recompiles that hook's table.
+    /// took the hook meanwhile; then recompiles that hook's table. The caller has set
+    /// `pending[h]` and counted the loader in `loading[h]` under the hook lock.
     fn load_bundled_in_background(&self, h: Hook, cfg: Config) {
         let me = self.me.clone();
         let spawned = std::thread::Builder::new().name("policy-load".into()).spawn(move || {
             let Some(p) = me.upgrade() else { return };
             let r = p.load_bundled(h, &cfg);
+            p.checkpoint(h, Checkpoint::BundledLoaded);
             let mut hooks = lock(&p.hooks);
+            // The decision and the install are one step under the hook lock, as is every
+            // other change of the hook's plugin (see `select`): whatever took the hook while
+            // the component compiled stays.
+            p.pending[idx(h)].store(false, Ordering::Release);
             let installed = match r {
                 Ok((st, loaded)) if hooks[idx(h)].source == Source::Builtin => {
                     tracing::info!(hook = h.name(), plugin = st.plugin, "bundled plugin loaded");
@@ -497,7 +553,7 @@ impl Policy {
                     hooks[idx(h)].last_error = Some(msg.clone());
                     drop(hooks);
                     p.fault_event(bundled_component(h).0, &msg);
-                    p.loading[idx(h)].store(false, Ordering::Release);
+                    p.loading[idx(h)].fetch_sub(1, Ordering::AcqRel);
                     return;
                 }
             };
@@ -505,17 +561,34 @@ impl Policy {
             if installed {
                 p.compile(h == Hook::Spd, h == Hook::SecurityGroup);
             }
-            p.loading[idx(h)].store(false, Ordering::Release);
+            p.loading[idx(h)].fetch_sub(1, Ordering::AcqRel);
         });
         if let Err(e) = spawned {
             tracing::error!("starting the plugin loader: {e}");
-            self.loading[idx(h)].store(false, Ordering::Release);
+            let _hooks = lock(&self.hooks);
+            self.pending[idx(h)].store(false, Ordering::Release);
+            self.loading[idx(h)].fetch_sub(1, Ordering::AcqRel);
         }
     }
 
-    /// True while a bundled plugin is still being compiled (its hook runs the builtin tables).
+    /// True while a bundled plugin is still being compiled, or its first table (its hook runs
+    /// the builtin tables until then).
     pub fn loading(&self) -> bool {
-        self.loading.iter().any(|l| l.load(Ordering::Acquire))
+        self.loading.iter().any(|l| l.load(Ordering::Acquire) > 0)
+    }
+
+    /// A point where a test may hold one thread to force an interleaving; nothing otherwise.
+    #[cfg_attr(not(test), inline(always))]
+    fn checkpoint(&self, h: Hook, at: Checkpoint) {
+        #[cfg(test)]
+        {
+            let f = lock(&self.checkpoints).clone();
+            if let Some(f) = f {
+                f(h, at);
+            }
+        }
+        #[cfg(not(test))]
+        let _ = (h, at);
     }
 
     /// Holds back SPD compilations until the returned guard drops, so an apply that adds a
@@ -1150,5 +1223,110 @@ public_key = "ed25519:ab3a4348d857ca512479e5169d9405c1708788db8f5f925e59c001ab6f
             k[0].to_string(),
             "ed25519:ab3a4348d857ca512479e5169d9405c1708788db8f5f925e59c001ab6f220dea"
         );
+    }
+
+    fn ping_verdict(p: &Policy) -> (Action, String) {
+        let t = p.supervisor().tables().sg();
+        let lan = AttachmentId::of("lan");
+        let v = t.evaluate(
+            lan,
+            ChainKind::SecurityGroup,
+            Direction::Inbound,
+            &key("10.62.2.7", "10.62.1.10", 1, 0),
+        );
+        (
+            v.action,
+            t.rule_name(lan, ChainKind::SecurityGroup, Direction::Inbound, v.rule).to_owned(),
+        )
+    }
+
+    /// The race between the background load of the bundled security-group plugin and an
+    /// uploaded one activated meanwhile, forced with checkpoints: the bundled component finishes
+    /// compiling after the upload was loaded and before it is installed (the window where the
+    /// bundled one used to replace it). The uploaded plugin's verdicts are in force once
+    /// loading is over, and the hook's status names it. Needs `make plugins`.
+    #[test]
+    fn a_plugin_activated_while_the_bundled_one_loads_stays_in_force() {
+        use std::sync::mpsc;
+        if bundled::SECURITY_GROUP.is_empty() {
+            eprintln!("skipped: the bundled plugins were not built (make plugins)");
+            return;
+        }
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../..")
+            .join(isthmus_policy::PLUGINS_DIR)
+            .join("test_sg_open.wasm");
+        let open = std::fs::read(&path).expect("test_sg_open.wasm: run `make plugins`");
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let store = PluginStore::new(db.open_tree("plugins").unwrap());
+        let (sk, pk) = isthmus_policy::generate_key().unwrap();
+        let c = cfg(&format!(
+            "[[trusted_key]]\nname = \"test\"\npublic_key = \"{pk}\"\n\
+             [[security_group]]\nname = \"web\"\nlans = [\"lan\"]\n\
+             [[security_group.rule]]\npriority = 20\naction = \"deny\"\ndirection = \"in\"\n\
+             protocol = \"icmp\"\n"
+        ));
+        let trusted = trusted_keys(&c);
+        let p = Policy::start(store.clone(), Arc::default(), Arc::default()).unwrap();
+
+        // The SG loader waits at its decision until `select` has loaded the upload; `select`
+        // then waits until the loader has decided and compiled.
+        let (release, held) = mpsc::channel::<()>();
+        let held = Mutex::new(held);
+        let weak = Arc::downgrade(&p);
+        *lock(&p.checkpoints) = Some(Arc::new(move |h, at| {
+            if h != Hook::SecurityGroup {
+                return;
+            }
+            match at {
+                Checkpoint::BundledLoaded => {
+                    let _ = lock(&held).recv_timeout(Duration::from_secs(60));
+                }
+                Checkpoint::UploadedLoaded => {
+                    let _ = release.send(());
+                    let Some(p) = weak.upgrade() else { return };
+                    let t0 = Instant::now();
+                    while p.loading[idx(Hook::SecurityGroup)].load(Ordering::Acquire) > 0 {
+                        assert!(t0.elapsed() < Duration::from_secs(60), "loader stuck");
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                }
+            }
+        }));
+
+        let lines = p.refresh(&c, &trusted);
+        assert!(
+            lines.iter().any(|l| l.contains("compiles the bundled security-group")),
+            "{lines:?}"
+        );
+        assert!(p.loading());
+        assert_eq!(ping_verdict(&p), (Action::Deny, "sg:web/20#0".into()), "builtin meanwhile");
+
+        let m = Manifest {
+            name: "tenant-sg".into(),
+            version: "1.0.0-open".into(),
+            hook: Hook::SecurityGroup,
+            capabilities: vec![],
+            description: String::new(),
+        };
+        let pkg = isthmus_policy::sign(Package::unsigned(m, open).unwrap(), &sk).unwrap();
+        let digest =
+            store.put(&isthmus_policy::verify(&pkg.to_bytes(), &trusted).unwrap()).unwrap();
+        store.activate("tenant-sg", &digest).unwrap();
+        let lines = p.refresh(&c, &trusted);
+        assert!(lines.iter().any(|l| l.contains("runs tenant-sg@1.0.0-open")), "{lines:?}");
+        let t0 = Instant::now();
+        while p.loading() {
+            assert!(t0.elapsed() < Duration::from_secs(120), "bundled plugins never loaded");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+
+        let sg = p.hooks().into_iter().find(|h| h.hook == "security-group").unwrap();
+        assert_eq!((sg.source.as_str(), sg.plugin.as_str()), ("uploaded", "tenant-sg@1.0.0-open"));
+        assert_eq!(sg.entries, Some(0), "{sg:?}");
+        // The open plugin binds nothing: ICMP passes, not by the bundled plugin's rule 20.
+        assert_eq!(ping_verdict(&p), (Action::Allow, "unbound".into()));
+        p.refresh(&c, &trusted);
+        assert_eq!(ping_verdict(&p), (Action::Allow, "unbound".into()));
     }
 }
