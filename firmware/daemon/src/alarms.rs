@@ -7,6 +7,10 @@
 //! results (loss and latency over a threshold, see [`crate::health`]), and typed driver signals
 //! that latch until the opposite signal ([`Signal`]: a dead peer until the tunnel is up again, a
 //! failed rekey until a rekey succeeds; plugin faults until the plugin recovers).
+//! Two alarms are built in and need no rule, going to every target: `confirm-timeout` (a
+//! commit-confirm reverted) and `upgrade-failed` about `system` (a firmware upgrade failed its
+//! health gate or fell back to the old slot, see [`crate::upgrade`]; raised at every start
+//! while the record says so, cleared when a later upgrade is blessed).
 //!
 //! The hook sees every raise and clear as an [`AlarmEvent`] and answers with [`AlarmAction`]s:
 //! `Notify` sends to the named notification target (or, when no target has that name, to the
@@ -31,6 +35,15 @@ const QUEUE: usize = 256;
 
 /// How many cleared alarms `alarm list` keeps.
 const KEEP_CLEARED: usize = 100;
+
+/// The built-in alarm of a failed upgrade, and what it is about.
+pub const UPGRADE_ALARM: &str = "upgrade-failed";
+/// See [`UPGRADE_ALARM`].
+pub const UPGRADE_SUBJECT: &str = "system";
+
+fn upgrade_key() -> (String, String) {
+    (UPGRADE_ALARM.to_owned(), UPGRADE_SUBJECT.to_owned())
+}
 
 /// The alarm hook: sees each raise and clear, says what to deliver (the alarm plugin's
 /// `on-event`; the policy supervisor provides it).
@@ -122,6 +135,8 @@ struct State {
     suppressed: HashMap<(EventKind, String), Instant>,
     hook: Option<AlarmHook>,
     queue: Option<mpsc::Sender<(Target, Notification)>>,
+    /// Notifications raised before delivery started; sent when it starts.
+    early: Vec<(Target, Notification)>,
     dropped: u64,
     /// The origin of the hook's millisecond clock.
     epoch: Instant,
@@ -140,6 +155,7 @@ impl Default for State {
             suppressed: HashMap::new(),
             hook: None,
             queue: None,
+            early: Vec::new(),
             dropped: 0,
             epoch: Instant::now(),
         }
@@ -226,8 +242,12 @@ impl Alarms {
             .collect();
         // Alarms whose rule is gone clear (without notification: nobody is configured to hear).
         let names: Vec<String> = st.rules.iter().map(|r| r.name.clone()).collect();
-        let gone: Vec<(String, String)> =
-            st.active.keys().filter(|(a, _)| !names.contains(a)).cloned().collect();
+        let gone: Vec<(String, String)> = st
+            .active
+            .keys()
+            .filter(|k| !names.contains(&k.0) && **k != upgrade_key())
+            .cloned()
+            .collect();
         for k in gone {
             if let Some(mut a) = st.active.remove(&k) {
                 a.cleared = Some(unix_now());
@@ -239,7 +259,15 @@ impl Alarms {
     /// Starts delivering notifications (needs a tokio runtime).
     pub fn start_delivery(&self) {
         let (tx, mut rx) = mpsc::channel::<(Target, Notification)>(QUEUE);
-        self.lock().queue = Some(tx);
+        {
+            let mut st = self.lock();
+            for n in std::mem::take(&mut st.early) {
+                if tx.try_send(n).is_err() {
+                    st.dropped += 1;
+                }
+            }
+            st.queue = Some(tx);
+        }
         tokio::spawn(async move {
             let client = match reqwest::Client::builder().build() {
                 Ok(c) => c,
@@ -285,6 +313,58 @@ impl Alarms {
     /// The plugin runs again (replaced, rolled back, or out of quarantine).
     pub fn plugin_recovered(&self, plugin: &str) {
         self.lock().latched.remove(&(Latch::PluginFault, format!("plugin/{plugin}")));
+    }
+
+    /// An upgrade failed: its health gate failed, blessing failed, or the firmware fell back to
+    /// the old slot ([`crate::upgrade`]). Raises the built-in `upgrade-failed` alarm about
+    /// `system` (critical, to every target; no rule needed: a box that does not run the
+    /// firmware its operator installed is always worth telling). It holds until
+    /// [`Alarms::upgrade_passed`]; a second failure with the same message is not sent again.
+    pub fn upgrade_failed(&self, message: &str) {
+        let key = upgrade_key();
+        let (notify, replaced) = {
+            let st = self.lock();
+            let same = st.active.get(&key).is_some_and(|a| a.message == message);
+            if same {
+                return;
+            }
+            (st.targets.keys().cloned().collect::<Vec<_>>(), st.active.contains_key(&key))
+        };
+        let a = api::Alarm {
+            name: UPGRADE_ALARM.into(),
+            subject: UPGRADE_SUBJECT.into(),
+            severity: Severity::Critical,
+            message: message.to_owned(),
+            raised: unix_now(),
+            cleared: None,
+        };
+        let mut st = self.lock();
+        if replaced && let Some(mut old) = st.active.remove(&key) {
+            old.cleared = Some(unix_now());
+            push_cleared(&mut st, old);
+        }
+        st.active.insert(key.clone(), a.clone());
+        drop(st);
+        self.dispatch(
+            vec![Transition { raised: true, kind: EventKind::Other, key, alarm: a, notify }],
+            None,
+        );
+    }
+
+    /// An upgrade passed its health gate and the slot was blessed: a raised `upgrade-failed`
+    /// alarm clears.
+    pub fn upgrade_passed(&self) {
+        let key = upgrade_key();
+        let mut st = self.lock();
+        let Some(mut a) = st.active.remove(&key) else { return };
+        a.cleared = Some(unix_now());
+        push_cleared(&mut st, a.clone());
+        let notify = st.targets.keys().cloned().collect();
+        drop(st);
+        self.dispatch(
+            vec![Transition { raised: false, kind: EventKind::Other, key, alarm: a, notify }],
+            None,
+        );
     }
 
     /// A commit-confirm timed out and the configuration was reverted: always worth telling, to
@@ -422,6 +502,7 @@ impl Alarms {
         // that recovered) ended too.
         for (k, _) in st.active.iter() {
             if !seen.contains(k)
+                && *k != upgrade_key()
                 && let Some(i) = rules.iter().position(|r| r.name == k.0)
             {
                 ended.push((i, k.clone()));
@@ -620,10 +701,15 @@ fn notification(state: &'static str, a: &api::Alarm, gateway: &str) -> Notificat
 
 fn enqueue(st: &mut State, t: Target, n: Notification) {
     tracing::warn!(alarm = %n.alarm, subject = %n.subject, state = n.state, target = %t.name, "{}", n.message);
-    if let Some(q) = &st.queue
-        && q.try_send((t, n)).is_err()
-    {
-        st.dropped += 1;
+    match &st.queue {
+        Some(q) => {
+            if q.try_send((t, n)).is_err() {
+                st.dropped += 1;
+            }
+        }
+        // Raised before delivery started (an upgrade that fell back is found at start).
+        None if st.early.len() < QUEUE => st.early.push((t, n)),
+        None => st.dropped += 1,
     }
 }
 
@@ -741,6 +827,62 @@ mod tests {
 
     fn drain(rx: &mut mpsc::Receiver<(Target, Notification)>) -> Vec<(String, Notification)> {
         std::iter::from_fn(|| rx.try_recv().ok()).map(|(t, n)| (t.name, n)).collect()
+    }
+
+    /// A failed upgrade raises the built-in alarm to every target without a rule; it survives a
+    /// new configuration and the rule rounds, is not sent twice for the same failure, and clears
+    /// when a later upgrade passes.
+    #[test]
+    fn a_failed_upgrade_raises_an_alarm_until_a_later_upgrade_passes() {
+        let a = engine(vec![rule("dpd", AlarmKind::DpdTimeout, &["ops"])], &["ops", "noc"]);
+        let mut rx = a.test_queue();
+        a.upgrade_passed();
+        assert!(drain(&mut rx).is_empty(), "nothing raised, nothing to clear");
+        let why = "firmware 1.2.0 (slot b) did not pass its health gate; the firmware fell back \
+                   to 1.1.0 (slot a)";
+        a.upgrade_failed(why);
+        let sent = drain(&mut rx);
+        let to: Vec<&str> = sent.iter().map(|(t, _)| t.as_str()).collect();
+        assert_eq!(to, ["noc", "ops"]);
+        assert!(sent.iter().all(|(_, n)| n.state == "raised" && n.alarm == UPGRADE_ALARM));
+        assert_eq!(sent[0].1.severity, Severity::Critical);
+        assert_eq!(sent[0].1.message, why);
+        let l = a.list();
+        assert_eq!((l[0].name.as_str(), l[0].subject.as_str()), ("upgrade-failed", "system"));
+        assert_eq!((l[0].message.as_str(), l[0].cleared), (why, None));
+        // The same failure found again (the next start) is not sent twice.
+        a.upgrade_failed(why);
+        assert!(drain(&mut rx).is_empty());
+        // Rule rounds and a new configuration without such a rule leave it raised.
+        round(&a, "to-idc");
+        a.configure(
+            &Config::from_toml(
+                "[gateway]\nname = \"gw\"\n[gateway.wan]\ninterface = \"wan0\"\n\
+                 address = \"10.72.0.1/24\"\nnext_hop = \"10.72.0.254\"\n",
+            )
+            .unwrap(),
+        );
+        round(&a, "to-idc");
+        assert_eq!(a.active_count(), 1);
+        // A later upgrade passes its gate: cleared (to nobody now: the configuration has no
+        // target), and listed as cleared.
+        a.upgrade_passed();
+        assert_eq!(a.active_count(), 0);
+        assert!(drain(&mut rx).is_empty());
+        let l = a.list();
+        assert_eq!(l[0].name, "upgrade-failed");
+        assert!(l[0].cleared.is_some());
+    }
+
+    /// Notifications raised before delivery starts wait for it instead of being lost.
+    #[tokio::test]
+    async fn alarms_raised_before_delivery_starts_are_delivered() {
+        let a = engine(vec![], &["ops"]);
+        a.upgrade_failed("fell back");
+        assert_eq!(a.lock().early.len(), 1);
+        a.start_delivery();
+        assert!(a.lock().early.is_empty());
+        assert_eq!(a.dropped(), 0);
     }
 
     #[test]

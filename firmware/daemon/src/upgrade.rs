@@ -514,6 +514,43 @@ pub fn status(core: &Core) -> api::SystemStatus {
     }
 }
 
+/// What the upgrade record says when the daemon starts on slot `booted`.
+#[derive(Debug, PartialEq, Eq)]
+enum GateStart {
+    /// Nothing to do: no upgrade pending, or it was blessed.
+    Done,
+    /// The upgrade fell back to the old slot (`newly`: found just now, the record was updated
+    /// with the reason; else recorded at an earlier start).
+    FellBack { newly: bool },
+    /// The booted slot is the new one, on trial: run the gate.
+    Trial,
+}
+
+/// Reads the record at start (`running`: this firmware's version); when the new slot used up
+/// its tries and systemd-boot booted the old one, records that it fell back and why.
+fn gate_start(r: &mut api::UpgradeRecord, booted: &str, running: &str) -> GateStart {
+    match r.state.as_str() {
+        "blessed" => return GateStart::Done,
+        "fell-back" => return GateStart::FellBack { newly: false },
+        _ => {}
+    }
+    if booted == r.to_slot {
+        return GateStart::Trial;
+    }
+    r.detail = format!(
+        "firmware {} (slot {}) did not pass its health gate{}; the firmware fell back to {running} (slot {booted})",
+        r.to_version,
+        r.to_slot,
+        if r.detail.is_empty() || r.state == "trial" {
+            String::new()
+        } else {
+            format!(" ({})", r.detail)
+        },
+    );
+    r.state = "fell-back".into();
+    GateStart::FellBack { newly: true }
+}
+
 /// The health gate after an upgrade; runs once per daemon start (on its own thread).
 ///
 /// Blesses the booted slot when it is on trial and every tunnel of the record is up within the
@@ -527,27 +564,20 @@ pub fn run_gate(core: &Core) {
             tracing::error!("upgrade record: {e}");
         }
     };
-    if r.state == "blessed" || r.state == "fell-back" {
-        return;
-    }
-    if booted != r.to_slot {
-        // The new slot used up its tries: systemd-boot booted the old one.
-        r.detail = format!(
-            "firmware {} (slot {}) did not pass its health gate{}; the firmware fell back to {} (slot {booted})",
-            r.to_version,
-            r.to_slot,
-            if r.detail.is_empty() || r.state == "trial" {
-                String::new()
+    match gate_start(&mut r, &booted, &running_version()) {
+        GateStart::Done => return,
+        GateStart::FellBack { newly } => {
+            // The alarm at every start, not only the first after the fallback: the box still
+            // runs the old firmware until a later upgrade passes its gate.
+            if newly {
+                save(&r);
+                failed(core, "upgrade-fell-back", &r.detail);
             } else {
-                format!(" ({})", r.detail)
-            },
-            running_version()
-        );
-        r.state = "fell-back".into();
-        save(&r);
-        core.events().emit("upgrade-fell-back", "system", Severity::Critical, r.detail.clone());
-        tracing::error!("{}", r.detail);
-        return;
+                core.alarms.upgrade_failed(&r.detail);
+            }
+            return;
+        }
+        GateStart::Trial => {}
     }
     let started = Instant::now();
     let deadline = started + Duration::from_secs(r.gate_secs);
@@ -589,17 +619,12 @@ pub fn run_gate(core: &Core) {
                 save(&r);
                 core.events().emit("upgrade-blessed", "system", Severity::Info, r.detail.clone());
                 tracing::info!("{}", r.detail);
+                core.alarms.upgrade_passed();
             }
             Err(e) => {
                 r.detail = format!("health gate passed but blessing slot {booted} failed: {e}");
                 save(&r);
-                core.events().emit(
-                    "upgrade-gate-failed",
-                    "system",
-                    Severity::Critical,
-                    r.detail.clone(),
-                );
-                tracing::error!("{}", r.detail);
+                failed(core, "upgrade-gate-failed", &r.detail);
             }
         }
         return;
@@ -611,9 +636,16 @@ pub fn run_gate(core: &Core) {
         "firmware {} (slot {booted}) failed its health gate: {}; rebooting (the firmware falls back to slot {} once the tries run out)",
         r.to_version, r.detail, r.from_slot
     );
-    core.events().emit("upgrade-gate-failed", "system", Severity::Critical, msg.clone());
-    tracing::error!("{msg}");
+    failed(core, "upgrade-gate-failed", &msg);
     reboot_soon(Duration::from_secs(2));
+}
+
+/// An upgrade failed: a critical `event` about `system`, the log, and the `upgrade-failed`
+/// alarm.
+fn failed(core: &Core, event: &str, msg: &str) {
+    core.events().emit(event, "system", Severity::Critical, msg.to_owned());
+    tracing::error!("{msg}");
+    core.alarms.upgrade_failed(msg);
 }
 
 /// Records, before the daemon exits, that it could not apply its configuration while on trial.
@@ -705,6 +737,47 @@ mod tests {
             }
             let _ = parse_uki(&mz);
         }
+    }
+
+    fn record(state: &str, detail: &str) -> api::UpgradeRecord {
+        api::UpgradeRecord {
+            from_slot: "a".into(),
+            to_slot: "b".into(),
+            from_version: "1.1.0".into(),
+            to_version: "1.2.0".into(),
+            sha256: String::new(),
+            requested_by: "ops".into(),
+            time: 0,
+            tunnels: vec!["to-dc".into()],
+            gate_secs: 120,
+            tries: 3,
+            state: state.into(),
+            detail: detail.into(),
+        }
+    }
+
+    /// Back on the old slot, a record on trial (or whose gate failed) becomes a fallback with
+    /// the reason, found once; a fallback found at a later start stands again (the alarm is
+    /// raised at every start); a blessed upgrade and the new slot on trial are not failures.
+    #[test]
+    fn a_fallback_is_recorded_once_and_stands_at_every_start() {
+        let mut r = record("gate-failed", "tunnels to-dc not up within 120 s after boot");
+        assert_eq!(gate_start(&mut r, "a", "1.1.0"), GateStart::FellBack { newly: true });
+        assert_eq!(r.state, "fell-back");
+        assert_eq!(
+            r.detail,
+            "firmware 1.2.0 (slot b) did not pass its health gate (tunnels to-dc not up within \
+             120 s after boot); the firmware fell back to 1.1.0 (slot a)"
+        );
+        let detail = r.detail.clone();
+        assert_eq!(gate_start(&mut r, "a", "1.1.0"), GateStart::FellBack { newly: false });
+        assert_eq!(r.detail, detail);
+        // The daemon never got to the gate on the new slot (PID 1 rebooted it).
+        let mut r = record("trial", "written to slot b; rebooting into it");
+        assert_eq!(gate_start(&mut r, "a", "1.1.0"), GateStart::FellBack { newly: true });
+        assert!(r.detail.ends_with("health gate; the firmware fell back to 1.1.0 (slot a)"));
+        assert_eq!(gate_start(&mut record("trial", ""), "b", "1.2.0"), GateStart::Trial);
+        assert_eq!(gate_start(&mut record("blessed", ""), "b", "1.2.0"), GateStart::Done);
     }
 
     #[test]
