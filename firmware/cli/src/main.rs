@@ -274,13 +274,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 r => anyhow::bail!("unknown role `{r}`: use admin or read-only"),
             };
             let token = new_token();
-            let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(token.as_bytes()));
+            let hash = isthmus_config::hash_token(&token);
             if cli.json {
-                print_json(&json!({"name": name, "role": role, "token": token, "sha256": hash}));
+                let hex = hash.strip_prefix("sha256:").unwrap_or(&hash);
+                print_json(
+                    &json!({"name": name, "role": role, "token": token, "sha256": hex, "token_hash": hash}),
+                );
             } else {
                 println!("token (give it to its holder; it is shown only now): {token}");
                 println!(
-                    "\nadd to the configuration:\n[[api_token]]\nname = \"{name}\"\nrole = \"{role}\"\ntoken_hash = \"sha256:{hash}\""
+                    "\nadd to the configuration:\n[[api_token]]\nname = \"{name}\"\nrole = \"{role}\"\ntoken_hash = \"{hash}\""
                 );
             }
             return Ok(());

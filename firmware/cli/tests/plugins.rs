@@ -23,11 +23,6 @@ fn bin(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_isthmus")).with_file_name(name)
 }
 
-fn sha(s: &str) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(s.as_bytes()))
-}
-
 /// A built plugin component, or a failure that says how to build it.
 fn component(file: &str) -> PathBuf {
     let p = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -75,13 +70,13 @@ next_hop = "127.0.0.2"
 [[api_token]]
 name = "ops"
 role = "admin"
-token_hash = "sha256:{}"
+token_hash = "{}"
 
 [[trusted_key]]
 name = "ops-signing"
 public_key = "{trusted_pub}"
 "#,
-            sha(ADMIN)
+            isthmus_config::hash_token(ADMIN)
         );
         let file = self.dir.join("gw.toml");
         std::fs::write(&file, cfg).unwrap();

@@ -1,11 +1,13 @@
 //! Bearer-token authentication for the management API.
 //!
 //! Tokens are random secrets handed to operators once; the daemon keeps only their SHA-256 (a token
-//! has 256 bits of entropy, so a fast hash is enough: there is nothing to brute-force). Comparison
-//! is constant-time. A token never appears in a log, an error or a response.
+//! has 256 bits of entropy, so a fast hash is enough: there is nothing to brute-force), in the
+//! configuration's `token_hash` form ([`isthmus_config::hash_token`], the one hashing the CLI's
+//! `isthmus token` uses too). Comparison is constant-time. A token never appears in a log, an
+//! error or a response.
 
 use isthmus_api::Role;
-use sha2::{Digest, Sha256};
+use isthmus_config::hash_token;
 
 /// A token as the daemon stores it: a name for audit, a role, and the hash.
 #[derive(Clone)]
@@ -14,19 +16,14 @@ pub struct TokenEntry {
     pub name: String,
     /// What it may do.
     pub role: Role,
-    /// SHA-256 of the token text.
-    pub hash: [u8; 32],
+    /// The token's hash as [`hash_token`] writes it: `sha256:` and 64 lowercase hex digits.
+    pub hash: String,
 }
 
 impl std::fmt::Debug for TokenEntry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TokenEntry").field("name", &self.name).field("role", &self.role).finish()
     }
-}
-
-/// Hashes a token as stored at rest.
-pub fn hash_token(token: &str) -> [u8; 32] {
-    Sha256::digest(token.as_bytes()).into()
 }
 
 /// Makes a new random token: `ist_` and 43 base64url characters (256 bits).
@@ -110,8 +107,9 @@ impl Tokens {
     }
 }
 
-fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
+/// Equal, in time that depends only on the lengths (hashes all have the same length).
+fn ct_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
 }
 
 #[cfg(test)]

@@ -411,12 +411,9 @@ impl Core {
             .iter()
             .filter_map(|t| {
                 let hash = match (&t.token_hash, &t.token) {
-                    (Some(h), _) => {
-                        let hex = h.strip_prefix("sha256:").unwrap_or(h);
-                        let b = hex::decode(hex).ok()?;
-                        <[u8; 32]>::try_from(b.as_slice()).ok()?
-                    }
-                    (None, Some(s)) => crate::auth::hash_token(s.resolve().ok()?.expose()),
+                    // Validation checked the form: `sha256:` and 64 hex digits.
+                    (Some(h), _) => h.to_ascii_lowercase(),
+                    (None, Some(s)) => isthmus_config::hash_token(s.resolve().ok()?.expose()),
                     (None, None) => return None,
                 };
                 let role = match t.role {
