@@ -76,7 +76,74 @@ const SECONDS: u32 = 5;
 /// load on the machine during one run does not decide the ratio.
 const ROUNDS: usize = 3;
 
-fn iperf(lab: &lab::Lab) -> f64 {
+/// One iperf3 run: throughput and the CPU it cost.
+#[derive(Clone, Copy)]
+struct Run {
+    gbits: f64,
+    /// Cores busy on the whole machine, on average over the run (all processes, kernel too).
+    busy_cores: f64,
+    /// Cores used by the dataplanes' packet threads (both gateways), on average.
+    dataplane_cores: f64,
+}
+
+impl Run {
+    /// Core-seconds the machine spent per gigabyte carried.
+    fn cpu_per_gb(&self) -> f64 {
+        self.busy_cores / (self.gbits / 8.0)
+    }
+}
+
+/// Busy and total time of all CPUs from `/proc/stat`, in clock ticks.
+fn machine_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
+    let v: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal: idle and iowait are not busy.
+    let total: u64 = v.iter().take(8).sum();
+    (total - v[3] - v[4], total)
+}
+
+/// CPU time of this process's packet threads (`isthmus-tun`, `isthmus-udp`, `isthmus-esp`), in
+/// clock ticks.
+fn worker_ticks() -> u64 {
+    let mut ticks = 0;
+    for t in std::fs::read_dir("/proc/self/task").expect("/proc/self/task").flatten() {
+        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else { continue };
+        // pid (comm) state ...: utime and stime are fields 14 and 15.
+        let Some((head, rest)) = stat.rsplit_once(") ") else { continue };
+        if !["isthmus-tun", "isthmus-udp", "isthmus-esp"].iter().any(|c| head.ends_with(c)) {
+            continue;
+        }
+        let f: Vec<u64> = rest.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+        // `rest` starts at field 3 (state, not a number), so utime/stime are f[10], f[11].
+        ticks += f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0);
+    }
+    ticks
+}
+
+fn iperf(lab: &lab::Lab) -> Run {
+    let (busy0, total0) = machine_ticks();
+    let w0 = worker_ticks();
+    let start = std::time::Instant::now();
+    let gbits = iperf_gbits(lab);
+    let wall = start.elapsed().as_secs_f64();
+    let (busy1, total1) = machine_ticks();
+    let w1 = worker_ticks();
+    let cores = (total1 - total0) as f64 / 100.0 / wall;
+    Run {
+        gbits,
+        busy_cores: (busy1 - busy0) as f64 / (total1 - total0) as f64 * cores,
+        dataplane_cores: (w1 - w0) as f64 / 100.0 / wall,
+    }
+}
+
+fn iperf_gbits(lab: &lab::Lab) -> f64 {
     let server = ChildGuard(lab.host_b.spawn("iperf3 -s -1 -B 10.32.2.2 >/dev/null 2>&1"));
     let mut last = String::new();
     for _ in 0..50 {
@@ -146,7 +213,8 @@ fn main() {
         sg_rtx += rtx();
     }
     let c = lab.a.counters();
-    let (p, t, ts) = (median(&plain), median(&tunnel), median(&tunnel_sg));
+    let (pr, tr, tsr) = (median(&plain), median(&tunnel), median(&tunnel_sg));
+    let (p, t, ts) = (pr.gbits, tr.gbits, tsr.gbits);
 
     println!("BENCH tunnel_tcp_vs_plain_ratio {:.3} ratio", t / p);
     println!("BENCH tunnel_sg_tcp_vs_plain_ratio {:.3} ratio", ts / p);
@@ -175,16 +243,33 @@ fn main() {
         c.stage_drops.nacl_in + c.stage_drops.nacl_out + c.stage_drops.sg_in + c.stage_drops.sg_out
     );
     println!("  TCP retransmits: tunnel {tunnel_rtx}, tunnel+SG {sg_rtx}, plain {plain_rtx}");
+    // Where the CPU goes: with every core busy, throughput is the cores divided by the CPU
+    // each gigabyte costs, so the ratio of the costs bounds the throughput ratio.
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!(
+        "  CPU (machine, {cores} cores): plain {:.2} cores busy, {:.3} core-s/GB; tunnel {:.2} cores busy, {:.3} core-s/GB, of which the dataplanes' packet threads {:.2} cores, {:.3} core-s/GB",
+        pr.busy_cores,
+        pr.cpu_per_gb(),
+        tr.busy_cores,
+        tr.cpu_per_gb(),
+        tr.dataplane_cores,
+        tr.dataplane_cores / (tr.gbits / 8.0)
+    );
+    println!(
+        "  CPU cost per byte, plain / tunnel: {:.3} (the ratio the tunnel reaches when both are CPU-bound)",
+        pr.cpu_per_gb() / tr.cpu_per_gb()
+    );
 }
 
-fn median(v: &[f64]) -> f64 {
+/// The run with the median throughput.
+fn median(v: &[Run]) -> Run {
     let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
+    v.sort_by(|a, b| a.gbits.total_cmp(&b.gbits));
     v[v.len() / 2]
 }
 
-fn list(v: &[f64]) -> String {
-    v.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(" ")
+fn list(v: &[Run]) -> String {
+    v.iter().map(|x| format!("{:.2}", x.gbits)).collect::<Vec<_>>().join(" ")
 }
 
 fn nix_is_root() -> bool {

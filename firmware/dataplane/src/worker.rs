@@ -84,7 +84,14 @@ pub(crate) fn outbound(sh: &Shared) {
     let vnet = sh.tun.vnet();
     // Room for the largest super-segment the kernel hands over with offloads.
     let mut scratch = vec![0u8; VNET_HDR_LEN + 65_536];
+    // When the last batch emptied the device, wait in poll (which returns at once if packets
+    // came meanwhile) instead of paying a read that fails with EAGAIN first.
+    let mut drained = false;
     while !sh.stop.load(Ordering::Relaxed) {
+        if drained && !poll_readable(sh.tun.raw_fd(), POLL_MS).unwrap_or(true) {
+            continue;
+        }
+        drained = false;
         let snap = sh.state.load();
         let sg = sh.sg.load();
         let now = Instant::now();
@@ -92,7 +99,10 @@ pub(crate) fn outbound(sh: &Shared) {
         while got < cap {
             let n = match sh.tun.read(&mut scratch) {
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    drained = true;
+                    break;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     tracing::warn!(error = %e, "reading the TUN device failed");
@@ -113,7 +123,8 @@ pub(crate) fn outbound(sh: &Shared) {
         out.flush(sh);
         sh.filter.flush(&sg, &mut out.drops);
         if got == 0 {
-            let _ = poll_readable(sh.tun.raw_fd(), POLL_MS);
+            // An error other than EAGAIN: do not spin on it.
+            drained = true;
         }
     }
 }
@@ -310,13 +321,16 @@ pub(crate) fn inbound(sh: &Shared, udp: bool) {
     let mut local = Local::default();
     let mut drops = LocalDrops::default();
     let mut co = sh.tun.offload().then(Coalescer::default);
+    // A batch that came back short emptied the socket: wait in poll before the next receive.
+    let mut drained = false;
     while !sh.stop.load(Ordering::Relaxed) {
+        if drained && !poll_readable(sock.raw_fd(), POLL_MS).unwrap_or(true) {
+            continue;
+        }
+        drained = true;
         let n = match sock.recv_batch(&mut rb) {
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                let _ = poll_readable(sock.raw_fd(), POLL_MS);
-                continue;
-            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 // ICMP errors queued on the socket (peer unreachable) surface here; go on.
@@ -326,6 +340,7 @@ pub(crate) fn inbound(sh: &Shared, udp: bool) {
                 continue;
             }
         };
+        drained = n < cap;
         let snap = sh.state.load();
         let sg = sh.sg.load();
         let now = Instant::now();
