@@ -234,6 +234,11 @@ fn main() {
         "  gw-a: {} reads from TUN, {} ESP packets to the WAN, drops {:?}; {ROUNDS} x {SECONDS} s per path",
         c.io.tun_rx, c.io.wan_tx, c.drops
     );
+    let cb = lab.b.counters();
+    println!(
+        "  gw-b (the receiver's side): {} ESP packets from the WAN, {} writes to TUN; {} reads from TUN (the ACKs), {} ESP packets back",
+        cb.io.wan_rx, cb.io.tun_tx, cb.io.tun_rx, cb.io.wan_tx
+    );
     println!(
         "  gw-a flow table: {} hits, {} misses, {} flows created, {} re-evaluated after swaps; SG/NACL drops {}",
         c.flows.hits,
