@@ -15,11 +15,11 @@
 //!   names the FIB entry it forwards by;
 //! - SPD: the table the dataplane's workers use now ([`isthmus_dataplane::Dataplane::spd`]),
 //!   looked up with its own first-match [`SpdTable::lookup`];
-//! - network ACLs and security groups: the compiled table the workers use
-//!   ([`isthmus_dataplane::Dataplane::sg`] and its LAN bindings), evaluated by the flow table
-//!   code of the packet path ([`FlowTable::process`]) on a scratch table: attachments in the
-//!   dataplane's order (the tunnel, then the source's LAN), each network ACL before its security
-//!   group, the reply through the state the request created;
+//! - network ACLs and security groups: the dataplane's own answer for a new flow and its reply
+//!   ([`Dataplane::trace_filter`], the workers' evaluation over the table and LAN bindings they
+//!   use now, tested equal to the packet path): attachments in the dataplane's order (the
+//!   tunnel, then the LAN-side address's LAN), each network ACL before its security group, the
+//!   reply as return traffic of the flow the request created;
 //! - CHILD SAs: the outbound SAs installed in the dataplane (no SA: the dataplane drops and
 //!   counts `no-sa`), with the driver's status and the monitor's last-packet readings;
 //! - drops that happened: the dataplane's counters by stage and reason, and by rule.
@@ -30,9 +30,8 @@ use std::sync::Arc;
 
 use isthmus_api::{self as api, PathStage, StageVerdict};
 use isthmus_config::{Config, Mode, NextHop};
-use isthmus_dataplane::{Dataplane, LanBinding, SgTable, SpdTable};
-use isthmus_tables::flow::{FlowConfig, FlowTable, Outcome, Reason};
-use isthmus_tables::sg::{AttachmentId, ChainKind, Direction as SgDir, RuleRef};
+use isthmus_dataplane::{ChainVerdict, Dataplane, LanBinding, SgTable, SpdTable};
+use isthmus_tables::sg::{Action, ChainKind, Direction as SgDir};
 use isthmus_tables::spd::SpdAction;
 use isthmus_tables::{FlowKey, Prefix};
 
@@ -176,11 +175,13 @@ pub struct DataplaneView {
     pub drops: BTreeMap<String, u64>,
     /// Security-group and ACL drops by `attachment/rule`.
     pub rule_drops: BTreeMap<String, u64>,
+    /// The running dataplane the view was read from (None: tables built by hand).
+    pub source: Option<Arc<Dataplane>>,
 }
 
 impl DataplaneView {
     /// Reads the snapshots and counters of `dp`.
-    pub fn read(dp: &Dataplane) -> DataplaneView {
+    pub fn read(dp: &Arc<Dataplane>) -> DataplaneView {
         let c = dp.counters();
         DataplaneView {
             spd: dp.spd(),
@@ -198,6 +199,24 @@ impl DataplaneView {
                 .iter()
                 .map(|r| (format!("{}/{}", r.attachment, r.rule), r.packets))
                 .collect(),
+            source: Some(dp.clone()),
+        }
+    }
+
+    /// What the dataplane does with a new flow `key` crossing `tunnel` in `direction`, and with
+    /// its reply: every bound chain in the workers' order, up to the first that refuses. Asks
+    /// the running dataplane ([`Dataplane::trace_filter`]: its table and LAN bindings, read
+    /// together); a view built by hand is evaluated by the same code
+    /// ([`isthmus_dataplane::trace`]) over its own tables.
+    pub fn trace_filter(
+        &self,
+        tunnel: &str,
+        direction: SgDir,
+        key: &FlowKey,
+    ) -> (Vec<ChainVerdict>, Vec<ChainVerdict>) {
+        match &self.source {
+            Some(dp) => dp.trace_filter(tunnel, direction, key),
+            None => isthmus_dataplane::trace(&self.sg, &self.lans, tunnel, direction, key),
         }
     }
 
@@ -210,6 +229,7 @@ impl DataplaneView {
             outbound: BTreeMap::new(),
             drops: BTreeMap::new(),
             rule_drops: BTreeMap::new(),
+            source: None,
         }
     }
 }
@@ -861,138 +881,90 @@ fn rule_advice(
     }
 }
 
-/// Runs the packet through the dataplane's security-group table as its filter does
-/// (`isthmus_dataplane::filter`): the tunnel's attachment, then the LAN attachment of the
-/// LAN-side address; per attachment the flow table evaluates the network ACL, then the stateful
-/// security group. `ft` carries the state from the request to its reply.
-#[allow(clippy::too_many_arguments)]
-fn filter(
+/// Renders the dataplane's chain verdicts for one direction of the flow (see
+/// [`DataplaneView::trace_filter`]) as `network-acl` and `security-group` stages, in the order
+/// the workers evaluate them. Returns the drop when a chain refuses the packet: its counter and
+/// advice. `request` holds the forward verdicts when `reply` is true (a reply that passes as
+/// return traffic names the rule that allowed its request).
+fn render_filter(
     view: &DataplaneView,
-    ft: &mut FlowTable,
-    now: u64,
     tunnel: &str,
-    dir: SgDir,
     key: &FlowKey,
+    verdicts: &[ChainVerdict],
+    request: &[ChainVerdict],
     reply: bool,
     stages: &mut Vec<PathStage>,
 ) -> Option<FilterDrop> {
-    let t = &view.sg;
+    let dir = if reply { SgDir::Inbound } else { SgDir::Outbound };
     let d = match dir {
         SgDir::Inbound => "in",
         SgDir::Outbound => "out",
     };
-    let lan_addr = match dir {
-        SgDir::Outbound => key.src,
-        SgDir::Inbound => key.dst,
-    };
-    let mut lans: Vec<&LanBinding> = view.lans.iter().collect();
-    lans.sort_by_key(|b| std::cmp::Reverse(b.prefix.len()));
-    let lan = lans
-        .iter()
-        .find(|b| b.prefix.contains(lan_addr))
-        .filter(|b| t.attachment_name(AttachmentId::of(&b.name)).is_some())
-        .map(|b| b.name.clone());
-    let tun = t.attachment_name(AttachmentId::of(tunnel)).map(|_| tunnel.to_owned());
-    let atts: Vec<String> = [tun, lan].into_iter().flatten().collect();
-    if atts.is_empty() {
-        let lan_name = lans
+    let lan_addr = if reply { key.dst } else { key.src };
+    let unbound = || {
+        let lan = view
+            .lans
             .iter()
-            .find(|b| b.prefix.contains(lan_addr))
+            .filter(|b| b.prefix.contains(lan_addr))
+            .max_by_key(|b| b.prefix.len())
             .map(|b| format!(" or lan {}", b.name))
             .unwrap_or_default();
-        if !reply {
-            stages.push(stage(
-                "network-acl",
-                StageVerdict::Pass,
-                format!("none bound to tunnel {tunnel}{lan_name}"),
-                "",
-            ));
-        }
-        stages.push(stage(
-            "security-group",
-            StageVerdict::Pass,
-            format!("none bound to tunnel {tunnel}{lan_name}"),
-            if reply { "direction in" } else { "direction out" },
-        ));
-        return None;
+        format!("none bound to tunnel {tunnel}{lan}")
+    };
+    let has = |kind: ChainKind| verdicts.iter().any(|v| v.kind == kind);
+    // An ACL stage for the request even when none is bound: the operator sees it was looked at.
+    if !reply && !has(ChainKind::NetworkAcl) {
+        stages.push(stage("network-acl", StageVerdict::Pass, unbound(), ""));
     }
-    let k = isthmus_dataplane::state_key(key);
-    for att in atts {
-        let id = AttachmentId::of(&att);
-        let v = ft.process(t, id, dir, &k, now);
-        let nacl_bound = t.chain(id, ChainKind::NetworkAcl, dir).is_some();
-        let nacl_pass = |stages: &mut Vec<PathStage>| {
-            if nacl_bound {
-                let n = t.evaluate(id, ChainKind::NetworkAcl, dir, &k);
-                let name = t.rule_name(id, ChainKind::NetworkAcl, dir, n.rule);
-                stages.push(stage(
-                    "network-acl",
-                    StageVerdict::Pass,
-                    format!("{name} allows"),
-                    format!("bound to {att}, direction {d}"),
-                ));
-            }
+    for v in verdicts {
+        let att = &v.attachment;
+        let sname = match v.kind {
+            ChainKind::NetworkAcl => "network-acl",
+            ChainKind::SecurityGroup => "security-group",
         };
-        match (v.outcome, &v.reason) {
-            (Outcome::Allow, reason) => {
-                nacl_pass(stages);
-                let entry = match reason {
-                    Reason::Established { rule: RuleRef::Unbound, .. }
-                    | Reason::Rule { rule: RuleRef::Unbound, .. } => {
-                        format!("none bound to {att}")
-                    }
-                    Reason::Established { rule, direction } => format!(
-                        "{} allowed the request (stateful: its replies pass)",
-                        t.rule_name(id, ChainKind::SecurityGroup, *direction, *rule)
-                    ),
-                    Reason::Rule { kind: ChainKind::SecurityGroup, direction, rule } => {
-                        format!(
-                            "{} allows",
-                            t.rule_name(id, ChainKind::SecurityGroup, *direction, *rule)
-                        )
-                    }
-                    Reason::Punt(r) => format!("the plugin allowed the flow ({r})"),
-                    other => format!("allowed ({other:?})"),
-                };
-                stages.push(stage(
-                    "security-group",
-                    StageVerdict::Pass,
-                    entry,
-                    format!("bound to {att}, direction {d}"),
-                ));
+        let bound = format!("bound to {att}, direction {d}");
+        match v.action {
+            Some(Action::Allow) => {
+                stages.push(stage(sname, StageVerdict::Pass, format!("{} allows", v.rule), bound))
             }
-            (Outcome::Deny, Reason::Rule { kind, direction, rule }) => {
-                if *kind == ChainKind::SecurityGroup {
-                    nacl_pass(stages);
-                }
-                let name = t.rule_name(id, *kind, *direction, *rule).to_owned();
-                let (sname, counter) = match (kind, dir) {
-                    (ChainKind::NetworkAcl, SgDir::Inbound) => ("network-acl", "nacl-in"),
-                    (ChainKind::NetworkAcl, SgDir::Outbound) => ("network-acl", "nacl-out"),
-                    (ChainKind::SecurityGroup, SgDir::Inbound) => ("security-group", "sg-in"),
-                    (ChainKind::SecurityGroup, SgDir::Outbound) => ("security-group", "sg-out"),
+            None => {
+                let entry = request
+                    .iter()
+                    .find(|r| r.kind == ChainKind::SecurityGroup && r.attachment == *att)
+                    .map(|r| {
+                        format!("{} allowed the request (stateful: its replies pass)", r.rule)
+                    })
+                    .unwrap_or_else(|| {
+                        format!(
+                            "no security group of {att} filters the request (stateful: its replies pass)"
+                        )
+                    });
+                stages.push(stage(sname, StageVerdict::Pass, entry, bound));
+            }
+            Some(Action::Deny) => {
+                let counter = match (v.kind, dir) {
+                    (ChainKind::NetworkAcl, SgDir::Inbound) => "nacl-in",
+                    (ChainKind::NetworkAcl, SgDir::Outbound) => "nacl-out",
+                    (ChainKind::SecurityGroup, SgDir::Inbound) => "sg-in",
+                    (ChainKind::SecurityGroup, SgDir::Outbound) => "sg-out",
                 };
-                let seen = view.rule_drops.get(&format!("{att}/{name}")).copied().unwrap_or(0);
+                let seen = view.rule_drops.get(&format!("{att}/{}", v.rule)).copied().unwrap_or(0);
                 stages.push(stage(
                     sname,
                     StageVerdict::Drop,
-                    format!("{name} denies"),
-                    format!(
-                        "bound to {att}, direction {d}; this rule has dropped {} packets",
-                        thousands(seen)
-                    ),
+                    format!("{} denies", v.rule),
+                    format!("{bound}; this rule has dropped {} packets", thousands(seen)),
                 ));
                 return Some(FilterDrop {
                     counter,
-                    advice: rule_advice(*kind, &att, &name, key, *direction, reply),
+                    advice: rule_advice(v.kind, att, &v.rule, key, v.direction, reply),
                 });
             }
-            (Outcome::Pending, _) | (Outcome::Deny, Reason::PuntPending) => {
-                nacl_pass(stages);
+            Some(Action::Punt) => {
                 stages.push(stage(
                     "security-group",
                     StageVerdict::Drop,
-                    "a punt rule: the security-group plugin decides this flow",
+                    format!("{}: a punt rule, the security-group plugin decides this flow", v.rule),
                     format!("bound to {att}; packets wait (and are dropped) until it answers"),
                 ));
                 return Some(FilterDrop {
@@ -1003,32 +975,15 @@ fn filter(
                     ),
                 });
             }
-            (Outcome::Deny, Reason::TableFull) => {
-                stages.push(stage(
-                    "security-group",
-                    StageVerdict::Drop,
-                    "the flow table is full",
-                    format!("bound to {att}"),
-                ));
-                return Some(FilterDrop {
-                    counter: "flow-table-full",
-                    advice: "the flow table of stateful security groups is full: new flows are dropped until flows expire".into(),
-                });
-            }
-            (Outcome::Deny, reason) => {
-                let counter = if dir == SgDir::Inbound { "sg-in" } else { "sg-out" };
-                stages.push(stage(
-                    "security-group",
-                    StageVerdict::Drop,
-                    format!("denied ({reason:?})"),
-                    format!("bound to {att}, direction {d}"),
-                ));
-                return Some(FilterDrop {
-                    counter,
-                    advice: format!("the security group of {att} denies {}", service(key)),
-                });
-            }
         }
+    }
+    if !has(ChainKind::SecurityGroup) {
+        stages.push(stage(
+            "security-group",
+            StageVerdict::Pass,
+            unbound(),
+            format!("direction {d}"),
+        ));
     }
     None
 }
@@ -1314,8 +1269,8 @@ pub fn trace(cfg: &Config, live: &Live, route: &KernelRoute, q: &Query) -> api::
     }
 
     // 4. Network ACLs and security groups, before the SA (denied traffic asks for no SA).
-    let mut ft = FlowTable::new(FlowConfig { capacity: 16, ..FlowConfig::default() });
-    if let Some(d) = filter(view, &mut ft, 0, &tunnel, SgDir::Outbound, &f, false, &mut fwd) {
+    let (chains_out, chains_in) = view.trace_filter(&tunnel, SgDir::Outbound, &f);
+    if let Some(d) = render_filter(view, &tunnel, &f, &chains_out, &[], false, &mut fwd) {
         advice.push(d.advice);
         return report(fwd, reply, advice, StageVerdict::Drop, Some(d.counter));
     }
@@ -1451,7 +1406,7 @@ pub fn trace(cfg: &Config, live: &Live, route: &KernelRoute, q: &Query) -> api::
         return report(fwd, reply, advice, StageVerdict::Drop, Some("selector-mismatch"));
     }
     reply.push(stage("spd", StageVerdict::Pass, format!("{} inbound {sel_text}", entry.id), ""));
-    if let Some(d) = filter(view, &mut ft, 1, &tunnel, SgDir::Inbound, &r, true, &mut reply) {
+    if let Some(d) = render_filter(view, &tunnel, &r, &chains_in, &chains_out, true, &mut reply) {
         advice.push(d.advice);
         return report(fwd, reply, advice, StageVerdict::Drop, Some(d.counter));
     }
@@ -1918,6 +1873,54 @@ psk = "another-long-pre-shared-key-0123"
             r.reply.iter().any(|s| s.stage == "network-acl" && s.verdict == StageVerdict::Drop)
         );
         assert!(r.advice[0].contains("ACLs are stateless"), "{:?}", r.advice);
+    }
+
+    #[test]
+    fn a_punt_rule_waits_for_the_plugin_and_an_acl_only_lan_keeps_replies_stateless() {
+        // A punt rule: the first packets of the flow wait for the plugin (punt-pending).
+        let punt = chain(
+            "to-idc",
+            ChainKind::SecurityGroup,
+            SgDir::Outbound,
+            vec![rule("sg:tod/5", Action::Punt, Some(6), PortRange::single(22))],
+            Action::Allow,
+            "sg:tod/default",
+        );
+        let mut l = up(1, 1, Some(0));
+        l.dataplane = Some(view(&[punt], true));
+        let r =
+            trace(&cfg(""), &l, &tun(), &q("10.65.1.5", "172.20.1.9", Some("tcp"), Some(22), None));
+        assert_eq!(r.drop_counter.as_deref(), Some("punt-pending"), "{r:#?}");
+        assert!(stage_of(&r, "security-group").entry.starts_with("sg:tod/5: a punt rule"));
+        // An ACL allowing both ways on the LAN and no security group: both stages pass, the
+        // reply through the inbound ACL, and the missing security group is said.
+        let out = chain(
+            "office",
+            ChainKind::NetworkAcl,
+            SgDir::Outbound,
+            vec![],
+            Action::Allow,
+            "acl:office/default-allow",
+        );
+        let inn = chain(
+            "office",
+            ChainKind::NetworkAcl,
+            SgDir::Inbound,
+            vec![],
+            Action::Allow,
+            "acl:office/default-allow",
+        );
+        l.dataplane = Some(view(&[out, inn], true));
+        let r =
+            trace(&cfg(""), &l, &tun(), &q("10.65.1.5", "172.20.1.9", Some("udp"), Some(53), None));
+        assert_eq!(r.verdict, StageVerdict::Pass, "{r:#?}");
+        assert_eq!(stage_of(&r, "network-acl").entry, "acl:office/default-allow allows");
+        assert_eq!(
+            stage_of(&r, "security-group").entry,
+            "none bound to tunnel to-idc or lan office"
+        );
+        let acl_in = r.reply.iter().find(|s| s.stage == "network-acl").expect("reply ACL stage");
+        assert_eq!(acl_in.detail, "bound to office, direction in");
     }
 
     #[test]
