@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use isthmus_testkit::plugins::component_path as component;
 use serde_json::Value;
 
 const ADMIN: &str = "ist_plugin-test-admin-token";
@@ -21,15 +22,6 @@ fn bin(name: &str) -> PathBuf {
         assert!(st.success(), "building isthmusd");
     });
     PathBuf::from(env!("CARGO_BIN_EXE_isthmus")).with_file_name(name)
-}
-
-/// A built plugin component, or a failure that says how to build it.
-fn component(file: &str) -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../plugins/target/wasm32-wasip2/release")
-        .join(file);
-    assert!(p.exists(), "{} is missing: run `make plugins` first", p.display());
-    p
 }
 
 /// The test's directory and daemon; both cleaned up on drop (also on panic).

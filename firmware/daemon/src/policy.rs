@@ -1252,11 +1252,7 @@ public_key = "ed25519:ab3a4348d857ca512479e5169d9405c1708788db8f5f925e59c001ab6f
             eprintln!("skipped: the bundled plugins were not built (make plugins)");
             return;
         }
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../..")
-            .join(isthmus_policy::PLUGINS_DIR)
-            .join("test_sg_open.wasm");
-        let open = std::fs::read(&path).expect("test_sg_open.wasm: run `make plugins`");
+        let open = isthmus_testkit::plugins::component("test_sg_open.wasm");
         let db = sled::Config::new().temporary(true).open().unwrap();
         let store = PluginStore::new(db.open_tree("plugins").unwrap());
         let (sk, pk) = isthmus_policy::generate_key().unwrap();
@@ -1302,16 +1298,14 @@ public_key = "ed25519:ab3a4348d857ca512479e5169d9405c1708788db8f5f925e59c001ab6f
         assert!(p.loading());
         assert_eq!(ping_verdict(&p), (Action::Deny, "sg:web/20#0".into()), "builtin meanwhile");
 
-        let m = Manifest {
-            name: "tenant-sg".into(),
-            version: "1.0.0-open".into(),
-            hook: Hook::SecurityGroup,
-            capabilities: vec![],
-            description: String::new(),
-        };
-        let pkg = isthmus_policy::sign(Package::unsigned(m, open).unwrap(), &sk).unwrap();
-        let digest =
-            store.put(&isthmus_policy::verify(&pkg.to_bytes(), &trusted).unwrap()).unwrap();
+        let pkg = isthmus_testkit::plugins::package(
+            "tenant-sg",
+            "1.0.0-open",
+            Hook::SecurityGroup,
+            &open,
+            &sk,
+        );
+        let digest = store.put(&isthmus_policy::verify(&pkg, &trusted).unwrap()).unwrap();
         store.activate("tenant-sg", &digest).unwrap();
         let lines = p.refresh(&c, &trusted);
         assert!(lines.iter().any(|l| l.contains("runs tenant-sg@1.0.0-open")), "{lines:?}");

@@ -8,34 +8,17 @@
 //! Needs the plugins built (`make plugins`).
 
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use isthmus_api::Action;
-use isthmus_policy::{Hook, Manifest, Package, SecretKey, generate_key, sign};
+use isthmus_policy::{Hook, generate_key};
 use isthmus_tables::FlowKey;
 use isthmus_tables::sg::{Action as Verdict, AttachmentId, ChainKind, Direction};
+use isthmus_testkit::plugins::{component, package};
 use isthmusd::core::{Core, Options};
-
-fn component(file: &str) -> Vec<u8> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../plugins/target/wasm32-wasip2/release")
-        .join(file);
-    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}: run `make plugins` first", p.display()))
-}
-
-fn package(name: &str, version: &str, hook: Hook, wasm: &[u8], key: &SecretKey) -> Vec<u8> {
-    let m = Manifest {
-        name: name.into(),
-        version: version.into(),
-        hook,
-        capabilities: vec![],
-        description: String::new(),
-    };
-    sign(Package::unsigned(m, wasm.to_vec()).unwrap(), key).unwrap().to_bytes()
-}
 
 struct Dir(PathBuf);
 impl Drop for Dir {
