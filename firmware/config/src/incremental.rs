@@ -20,6 +20,7 @@ use std::collections::BTreeMap;
 
 use serde::de::DeserializeOwned;
 
+use crate::parse::LISTS;
 use crate::schema::Config;
 
 /// A header line: `[name]` or `[[name]]` (whitespace removed from the name).
@@ -28,20 +29,6 @@ struct Header {
     name: String,
     array: bool,
 }
-
-/// Top-level lists whose elements can be replaced one by one.
-const TOP: [&str; 10] = [
-    "customer_gateway",
-    "tunnel",
-    "route_table",
-    "security_group",
-    "network_acl",
-    "plugin",
-    "trusted_key",
-    "alarm",
-    "notify",
-    "api_token",
-];
 
 /// Nested lists whose elements have no sub-tables: (parent, child).
 const LEAF: [(&str, &str); 3] =
@@ -166,7 +153,7 @@ pub(crate) fn reparse(old_text: &str, old: &Config, new_text: &str) -> Option<Co
     // Otherwise the top-level element the header belongs to, with all its sub-tables.
     let top = hs[..=at].iter().rposition(|x| {
         x.array
-            && TOP.contains(&x.name.as_str())
+            && LISTS.contains(&x.name.as_str())
             && (x.name == h.name || is_child(&h.name, &x.name))
     })?;
     let name = hs[top].name.as_str();

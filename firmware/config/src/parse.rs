@@ -21,9 +21,9 @@ use crate::secret::SECRET_SHAPE;
 /// Fields whose values are secrets: errors about them never quote what was written.
 const SECRET_FIELDS: [&str; 4] = ["psk", "secret", "token", "inline"];
 
-const SECTIONS: [&str; 12] = [
-    "schema",
-    "gateway",
+/// The document's top-level lists (arrays of tables, `[[name]]`), in schema order; the
+/// incremental re-parse replaces their elements one by one.
+pub(crate) const LISTS: [&str; 10] = [
     "customer_gateway",
     "tunnel",
     "route_table",
@@ -35,6 +35,17 @@ const SECTIONS: [&str; 12] = [
     "notify",
     "api_token",
 ];
+
+/// Every top-level section: `schema`, `[gateway]`, then the [`LISTS`].
+const SECTIONS: [&str; 12] = {
+    let mut s = ["schema", "gateway", "", "", "", "", "", "", "", "", "", ""];
+    let mut i = 0;
+    while i < LISTS.len() {
+        s[i + 2] = LISTS[i];
+        i += 1;
+    }
+    s
+};
 
 /// One step of a field path.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
