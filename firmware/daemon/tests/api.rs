@@ -44,11 +44,6 @@ mod tempdir {
     }
 }
 
-fn sha(s: &str) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(s.as_bytes()))
-}
-
 fn config(name: &str, extra: &str) -> String {
     format!(
         r#"
@@ -62,16 +57,16 @@ next_hop = "127.0.0.2"
 [[api_token]]
 name = "ops"
 role = "admin"
-token_hash = "sha256:{}"
+token_hash = "{}"
 
 [[api_token]]
 name = "grafana"
 role = "read-only"
-token_hash = "sha256:{}"
+token_hash = "{}"
 {extra}
 "#,
-        sha(ADMIN),
-        sha(RO)
+        isthmus_config::hash_token(ADMIN),
+        isthmus_config::hash_token(RO)
     )
 }
 
