@@ -305,7 +305,8 @@ impl Core {
                     lines.push(format!("kernel: {f} = 1"));
                 }
             }
-            let desired = plan::desired_state(cfg, have_driver || !self.opts.run_tunnels);
+            let tun = plan::TunnelDevice::of(self.opts.run_tunnels, have_driver);
+            let desired = plan::desired_state(cfg, tun);
             st.mark("desired state");
             lines.extend(net.apply(desired)?);
             st.mark("kernel");
@@ -352,7 +353,7 @@ impl Core {
                 st.mark("dataplane");
                 // Now that the TUN device exists, route protected traffic into it.
                 if net.rec.is_some() {
-                    let desired = plan::desired_state(cfg, true);
+                    let desired = plan::desired_state(cfg, plan::TunnelDevice::Routed);
                     let more = net
                         .apply(desired)
                         .map_err(|e| format!("routing into the tunnel device: {e}"))?;
@@ -722,7 +723,10 @@ impl Core {
             lock(&self.net)
                 .dry_run(&plan::desired_state(
                     cfg,
-                    self.with_driver(|_| ()).is_some() || !self.opts.run_tunnels,
+                    plan::TunnelDevice::of(
+                        self.opts.run_tunnels,
+                        self.with_driver(|_| ()).is_some(),
+                    ),
                 ))
                 .map_err(Failure::internal)?,
         );

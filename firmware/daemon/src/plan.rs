@@ -23,9 +23,32 @@ pub const TUN_NAME: &str = "ist0";
 /// route, so they only win when nothing else routes the prefix.
 const BLACKHOLE_METRIC: u32 = 4_000_000;
 
-/// The kernel state the configuration asks for. With `with_tunnel_routes` false, routes through
-/// the TUN device are left out (the device appears only when the dataplane starts).
-pub fn desired_state(cfg: &Config, with_tunnel_routes: bool) -> DesiredState {
+/// What the kernel's desired state holds of the TUN device, by how far the tunnel plane is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TunnelDevice {
+    /// The daemon runs no tunnels (`--no-tunnels`): no device and no route into it; the
+    /// blackholes of the tunnels' prefixes and the other routes of route tables stay.
+    Absent,
+    /// The dataplane has not started: the reconciler creates the device (persistent, its IPv6
+    /// quiet: see `isthmus_net::tun`) for the dataplane to attach to; no routes into it yet.
+    Created,
+    /// The dataplane runs: routes bring protected traffic to the device.
+    Routed,
+}
+
+impl TunnelDevice {
+    /// The state for a daemon that runs tunnels or not, whose dataplane runs or not.
+    pub fn of(run_tunnels: bool, dataplane_running: bool) -> TunnelDevice {
+        match (run_tunnels, dataplane_running) {
+            (false, _) => TunnelDevice::Absent,
+            (true, false) => TunnelDevice::Created,
+            (true, true) => TunnelDevice::Routed,
+        }
+    }
+}
+
+/// The kernel state the configuration asks for, with the TUN device as `tun` says.
+pub fn desired_state(cfg: &Config, tun: TunnelDevice) -> DesiredState {
     let gw = &cfg.gateway;
     let mut s = DesiredState::default();
     s.links.push(Link {
@@ -80,8 +103,11 @@ pub fn desired_state(cfg: &Config, with_tunnel_routes: bool) -> DesiredState {
             });
         }
     }
-    if with_tunnel_routes {
-        s.links.push(Link { name: TUN_NAME.into(), up: true, mtu: None, kind: LinkKind::Existing });
+    if tun != TunnelDevice::Absent {
+        let kind = LinkKind::Tun { multi_queue: false };
+        s.links.push(Link { name: TUN_NAME.into(), up: true, mtu: None, kind });
+    }
+    if tun != TunnelDevice::Created {
         // Every remote prefix of every tunnel goes to the TUN device (the SPD decides which SA).
         for t in cfg.tunnels.iter().filter(|t| t.enabled) {
             for p in remote_prefixes(t) {
@@ -126,6 +152,9 @@ pub fn desired_state(cfg: &Config, with_tunnel_routes: bool) -> DesiredState {
                     }
                 }
             }
+        }
+        if tun == TunnelDevice::Absent {
+            s.routes.retain(|r| r.via != NextHop::Interface(TUN_NAME.into()));
         }
         s.routes.sort_by_key(|r| (r.table, r.dst, r.metric));
         s.routes.dedup_by(|a, b| a.table == b.table && a.dst == b.dst && a.metric == b.metric);

@@ -7,6 +7,22 @@
 //! `EINVAL` otherwise); `IFF_NO_PI` and `IFF_VNET_HDR` are per-attachment choices.
 //!
 //! The device is created in the network namespace of the calling thread.
+//!
+//! # A tunnel device sends nothing of its own
+//!
+//! Everything the dataplane reads from the device must be traffic to protect. A Linux interface
+//! with IPv6 enabled talks on its own: a router joins the all-routers group ff02::2 and reports
+//! it with MLDv2 Listener Reports (RFC 3810 §6.1, to ff02::16, from the random link-local
+//! address a TUN device gets), a host sends Router Solicitations (RFC 4861 §6.3.7). The
+//! dataplane finds no SPD entry for such packets and counts them as `spd-no-policy`, drops no
+//! operator can explain. So while the new device is still down, its IPv6 settings are made
+//! quiet: MLDv1 (whose Done message is sent only by a node that has reported, RFC 2710 §4, so
+//! leaving the group while down says nothing), host behaviour on this interface (no ff02::2
+//! membership; `forwarding` per interface only selects host or router behaviour, packets are
+//! forwarded by `net.ipv6.conf.all.forwarding`), no Router Advertisements accepted or
+//! solicited, and no link-local address generated (`addr_gen_mode` 1: without one no Router
+//! Solicitation or Neighbour Discovery can be sent). IPv6 stays enabled: inner IPv6 traffic is
+//! routed into and out of the device as before.
 
 use std::fs::OpenOptions;
 use std::os::fd::AsRawFd;
@@ -53,6 +69,32 @@ pub fn create_persistent_tun(name: &str, multi_queue: bool) -> Result<(), Error>
     let r = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETPERSIST as _, 1 as libc::c_ulong) };
     if r < 0 {
         return Err(fail("TUNSETPERSIST", std::io::Error::last_os_error()));
+    }
+    quiet_ipv6(name)
+}
+
+/// The IPv6 settings (`net.ipv6.conf.DEV.*`) that keep a tunnel device from sending packets of
+/// its own, in the order they must be written (see the module documentation): the MLD version
+/// before leaving ff02::2, everything before the device comes up. The third field names the
+/// step in errors.
+pub const QUIET_IPV6: [(&str, &str, &str); 5] = [
+    ("force_mld_version", "1", "setting IPv6 force_mld_version"),
+    ("forwarding", "0", "setting IPv6 forwarding (host behaviour)"),
+    ("accept_ra", "0", "setting IPv6 accept_ra"),
+    ("router_solicitations", "0", "setting IPv6 router_solicitations"),
+    ("addr_gen_mode", "1", "setting IPv6 addr_gen_mode"),
+];
+
+/// Writes [`QUIET_IPV6`] for device `name` (in the calling thread's network namespace). A
+/// kernel without IPv6 has nothing to quiet.
+pub fn quiet_ipv6(name: &str) -> Result<(), Error> {
+    crate::state::check_ifname(name)?;
+    let dir = std::path::Path::new("/proc/sys/net/ipv6/conf").join(name);
+    if !dir.exists() {
+        return Ok(());
+    }
+    for (key, value, what) in QUIET_IPV6 {
+        std::fs::write(dir.join(key), value).map_err(|e| Error::Tun(name.to_owned(), what, e))?;
     }
     Ok(())
 }

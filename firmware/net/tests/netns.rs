@@ -220,12 +220,9 @@ fn attach_tun(name: &str) -> std::fs::File {
     f
 }
 
-#[test]
-fn routes_point_into_a_persistent_tun_that_the_dataplane_attaches_to_later() {
-    if !require_root() {
-        return;
-    }
-    let gw = Netns::new("net");
+/// Has the reconciler in `gw` create the persistent TUN device `ist0` with `address` and route
+/// `routed` into it.
+fn tun_routed(gw: &Netns, address: &str, routed: &str) {
     let desired = DesiredState {
         links: vec![Link {
             name: "ist0".into(),
@@ -233,12 +230,20 @@ fn routes_point_into_a_persistent_tun_that_the_dataplane_attaches_to_later() {
             mtu: Some(1400),
             kind: LinkKind::Tun { multi_queue: false },
         }],
-        addresses: vec![Address::new("ist0", "10.60.30.1/32").unwrap()],
-        routes: vec![route(TABLE_MAIN, "10.61.30.0/24", dev("ist0"), 0)],
+        addresses: vec![Address::new("ist0", address).unwrap()],
+        routes: vec![route(TABLE_MAIN, routed, dev("ist0"), 0)],
         ..Default::default()
     };
-    with(&gw, move |r| r.reconcile(&desired).unwrap());
-    // No process holds the device; it persists, and a late attach sees routed packets.
+    with(gw, move |r| r.reconcile(&desired).unwrap());
+}
+
+#[test]
+fn routes_point_into_a_persistent_tun_that_the_dataplane_attaches_to_later() {
+    if !require_root() {
+        return;
+    }
+    let gw = Netns::new("net");
+    tun_routed(&gw, "10.60.30.1/32", "10.61.30.0/24");
     // No process holds the device; it persists, and a late attach sees routed packets.
     let mut tun = gw.run(|| attach_tun("ist0"));
     let s = gw.run(|| UdpSocket::bind("0.0.0.0:0").unwrap());
@@ -250,6 +255,97 @@ fn routes_point_into_a_persistent_tun_that_the_dataplane_attaches_to_later() {
     assert_eq!(packet[0] >> 4, 4, "IFF_NO_PI: the frame starts with the IP header");
     assert_eq!(&packet[16..20], &[10, 61, 30, 7]);
     assert!(packet.ends_with(b"to the tunnel"));
+}
+
+/// Every packet `tun` delivers within `period`.
+fn read_for(tun: &mut std::fs::File, period: Duration) -> Vec<Vec<u8>> {
+    let end = std::time::Instant::now() + period;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 2048];
+    while let Some(left) = end.checked_duration_since(std::time::Instant::now()) {
+        let mut fds = libc::pollfd { fd: tun.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let ms = left.as_millis().clamp(1, 100) as i32;
+        // SAFETY: one valid pollfd for the duration of the call.
+        if unsafe { libc::poll(&mut fds, 1, ms) } == 1 {
+            let n = tun.read(&mut buf).unwrap();
+            out.push(buf[..n].to_vec());
+        }
+    }
+    out
+}
+
+/// A UDP datagram in IPv6 (RFC 8200 §3, RFC 768), checksum included (mandatory over IPv6,
+/// RFC 8200 §8.1).
+fn udp6(
+    src: std::net::Ipv6Addr,
+    sport: u16,
+    dst: std::net::Ipv6Addr,
+    dport: u16,
+    data: &[u8],
+) -> Vec<u8> {
+    let len = (8 + data.len()) as u16;
+    let mut udp =
+        [&sport.to_be_bytes()[..], &dport.to_be_bytes(), &len.to_be_bytes(), &[0, 0], data]
+            .concat();
+    let mut pseudo =
+        [&src.octets()[..], &dst.octets(), &u32::from(len).to_be_bytes(), &[0, 0, 0, 17]].concat();
+    pseudo.extend_from_slice(&udp);
+    if pseudo.len() % 2 == 1 {
+        pseudo.push(0);
+    }
+    let mut sum: u32 = pseudo.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], c[1]]))).sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    udp[6..8].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    let mut ip = vec![0x60, 0, 0, 0];
+    ip.extend_from_slice(&len.to_be_bytes());
+    ip.extend_from_slice(&[17, 64]);
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    ip.extend_from_slice(&udp);
+    ip
+}
+
+/// A gateway's tunnel device carries nothing but the traffic it routes: created by the
+/// reconciler in a namespace that forwards IPv6 (as isthmusd sets it up), it sends no MLD
+/// report, router solicitation or neighbour discovery of its own once the dataplane attaches
+/// and it comes up (the dataplane would count such packets as `spd-no-policy` drops), and IPv6
+/// still flows into it and out of it.
+#[test]
+fn a_tunnel_device_sends_nothing_of_its_own_and_still_carries_ipv6() {
+    if !require_root() {
+        return;
+    }
+    let gw = Netns::new("quiet");
+    gw.sh("sysctl -qw net.ipv6.conf.all.forwarding=1 net.ipv4.ip_forward=1");
+    tun_routed(&gw, "fd71:0:1::1/128", "fd71:0:2::/64");
+    let mut tun = gw.run(|| attach_tun("ist0"));
+    // The kernel's own packets come within about 2 s of the link turning ready (a random DAD
+    // delay up to rtr_solicit_delay, 1 s, then MLD reports 1 s apart): 3 s of silence.
+    let own = read_for(&mut tun, Duration::from_secs(3));
+    assert!(own.is_empty(), "the tunnel device sent packets of its own: {own:02x?}");
+    let no_ll = gw.sh_output("ip -6 addr show dev ist0 scope link");
+    assert!(String::from_utf8_lossy(&no_ll.stdout).trim().is_empty(), "{no_ll:?}");
+
+    // IPv6 into the tunnel...
+    let s = gw.run(|| UdpSocket::bind("[fd71:0:1::1]:4001").unwrap());
+    s.send_to(b"to the tunnel", "[fd71:0:2::7]:4000").unwrap();
+    let from: std::net::Ipv6Addr = "fd71:0:2::7".parse().unwrap();
+    let to: std::net::Ipv6Addr = "fd71:0:1::1".parse().unwrap();
+    let got = read_for(&mut tun, Duration::from_secs(1));
+    assert!(
+        got.iter()
+            .any(|p| p[0] >> 4 == 6 && p[24..40] == from.octets() && p.ends_with(b"to the tunnel")),
+        "no IPv6 packet to {from} on the TUN device: {got:02x?}"
+    );
+    // ... and out of it, to a socket of the gateway.
+    std::io::Write::write_all(&mut tun, &udp6(from, 4000, to, 4001, b"from the tunnel")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut buf = [0u8; 64];
+    let (n, peer) = s.recv_from(&mut buf).expect("the IPv6 datagram from the tunnel arrives");
+    assert_eq!(&buf[..n], b"from the tunnel");
+    assert_eq!(peer, "[fd71:0:2::7]:4000".parse::<SocketAddr>().unwrap());
 }
 
 /// Sends with `send` until an IPv4 packet shows up on `tun` (3 s at most). The kernel activates
