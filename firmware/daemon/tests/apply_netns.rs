@@ -316,3 +316,30 @@ fn the_wan_admits_only_what_it_should_from_a_peer_namespace() {
     // No clear forwarding between the LAN and the WAN.
     assert!(!l.site.host.sh_output("ping -c1 -W1 10.64.1.2").status.success());
 }
+
+/// `isthmusd --no-tunnels` manages the kernel without a tunnel plane: no TUN device is expected
+/// or created, nothing is routed into one (the tunnel prefix is blackholed), the route table's
+/// other routes are installed, and commits apply (they failed on the missing `ist0`).
+#[test]
+fn without_tunnels_the_kernel_is_managed_and_no_tun_device_is_expected() {
+    if !require_root() {
+        return;
+    }
+    let mut l = lab("apn", 18646);
+    l.site.start_with_args(&config(100, ""), &["--no-tunnels"]);
+    let gw = &l.site.gw;
+    assert!(gw.sh("ip -4 addr show dev lan0").contains("10.64.10.1/24"));
+    assert!(gw.sh("nft list table inet isthmus").contains("wan0"));
+    assert!(!gw.sh("ip link show").contains("ist0"), "no tunnel device without tunnels");
+    let r = routes(&l.site);
+    assert!(r.contains("10.64.200.0/24 via 10.64.10.9 dev lan0 metric 100"), "{r}");
+    assert!(!r.contains("ist0"), "{r}");
+    // The tunnel's prefix still never leaves in clear.
+    assert!(gw.sh("ip route show proto 181").contains("blackhole 10.64.100.0/24"));
+    // A commit applies (200) and changes the route it names.
+    let (s, b) = commit(&l.site, config(150, ""), None, false);
+    assert_eq!(s, 200, "{b}\n{}", l.site.log());
+    let after = routes(&l.site);
+    assert!(after.contains("10.64.200.0/24 via 10.64.10.9 dev lan0 metric 150"), "{after}");
+    assert_eq!(revision(&l.site), 2);
+}

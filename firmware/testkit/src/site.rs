@@ -104,17 +104,23 @@ impl Site {
 
     /// Writes `cfg` and starts `isthmusd` on it; waits (20 s at most) until its API listens.
     pub fn start(&mut self, cfg: &str) {
+        self.start_with_args(cfg, &[]);
+    }
+
+    /// [`Site::start`] with more `isthmusd` options (`--no-tunnels`, ...).
+    pub fn start_with_args(&mut self, cfg: &str, args: &[&str]) {
         assert!(self.daemon.is_none(), "the site's daemon already runs");
         let file = self.dir.join("gw.toml");
         std::fs::write(&file, cfg).expect("write the configuration");
         let log = self.log_path();
         let mark = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0) as usize;
         let line = format!(
-            "{} --config {} --data-dir {} --api 127.0.0.1:{} 2>>{}",
+            "{} --config {} --data-dir {} --api 127.0.0.1:{} {} 2>>{}",
             self.bins.isthmusd.display(),
             file.display(),
             self.dir.join("data").display(),
             self.spec.api_port,
+            args.join(" "),
             log.display()
         );
         self.daemon = Some(self.gw.spawn(&format!("sh -c '{line}'")));
