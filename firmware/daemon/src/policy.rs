@@ -5,9 +5,13 @@
 //!
 //! Which plugin runs for a hook, in order of preference:
 //!
-//! 1. the **active uploaded** plugin of that hook in the plugin store (when several plugins of a
-//!    hook are active, the one a `[[plugin]]` binding of the configuration names; otherwise the
-//!    first by name, and the hook's status says so);
+//! 1. an **uploaded** plugin from the plugin store. A hook the configuration binds (an enabled
+//!    `[[plugin]]` entry of that hook) runs only a build a binding pins: the first binding whose
+//!    `digest` is stored and whose signer its `signed_by` allows (any trusted key when empty),
+//!    whether that build is active or not; the committed configuration, not `plugin activate`,
+//!    decides. With no such build the hook runs its default (2 or 3), never an unpinned upload,
+//!    and its status note and a `plugin-pin` event say why. An unbound hook runs the active
+//!    upload of that hook (the first by name when several are, and the status says so);
 //! 2. the **bundled** default plugin (`spd-selectors`, `security-group`, `alarm-notify`): their
 //!    release builds (`make plugins`) are embedded into `isthmusd` at compile time by
 //!    `build.rs`, so an appliance always has them. The firmware image is what vouches for them;
@@ -362,50 +366,38 @@ impl Policy {
             }
         };
         for h in HOOKS {
-            let mut active: Vec<(String, String)> = listed
-                .iter()
-                .filter_map(|p| {
-                    let d = p.active.as_ref()?;
-                    let v = p.versions.iter().find(|v| &v.digest == d)?;
-                    (v.hook == h).then(|| (p.name.clone(), d.clone()))
-                })
-                .collect();
-            active.sort();
-            let bound = cfg
-                .plugins
-                .iter()
-                .filter(|b| b.enabled && config_hook(b.hook) == h)
-                .find_map(|b| active.iter().find(|(n, _)| *n == b.plugin).cloned());
-            let note = (active.len() > 1 && bound.is_none()).then(|| {
-                format!(
-                    "{} plugins of this hook are active ({}); `{}` runs. Bind one with a \
-                     [[plugin]] entry in the configuration",
-                    active.len(),
-                    active.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", "),
-                    active[0].0
-                )
-            });
-            let chosen = bound.or_else(|| active.first().cloned());
+            let pick = self.pick(h, cfg, &listed, trusted);
             let current = lock(&self.hooks)[idx(h)].clone();
+            // A pin that cannot be honoured is said once, when the hook's note changes.
+            if !pick.refused.is_empty() && current.note != pick.note {
+                for why in &pick.refused {
+                    tracing::warn!(hook = h.name(), "{why}");
+                    self.events.emit("plugin-pin", h.name(), Severity::Warning, why.clone());
+                    lines.push(format!("policy: {why}"));
+                }
+            }
+            let Pick { chosen, note, .. } = pick;
             // What to install (`None`: the builtin). Loading runs without the hook lock (it
             // takes seconds under TCG); installing and recording the state happen under it.
             let result = match &chosen {
-                Some((name, digest)) => {
-                    if current.digest.as_deref() == Some(digest) {
+                Some(c) => {
+                    if current.digest.as_deref() == Some(&c.digest) {
                         lock(&self.hooks)[idx(h)].note = note;
                         continue;
                     }
-                    self.load_uploaded(h, name, cfg, trusted).map(|(st, l)| (st, Some(l)))
+                    self.load_uploaded(h, c, trusted).map(|(st, l)| (st, Some(l)))
                 }
                 None => {
                     let (_, wasm) = bundled_component(h);
                     if wasm.is_empty() {
                         if current.source == Source::Builtin {
+                            lock(&self.hooks)[idx(h)].note = note;
                             continue;
                         }
                         Ok((HookState::default(), None))
                     } else {
                         if current.source == Source::Bundled {
+                            lock(&self.hooks)[idx(h)].note = note;
                             continue;
                         }
                         // Compiling a component takes 0.2 s here and seconds under QEMU's
@@ -419,6 +411,7 @@ impl Policy {
                                 let published = hooks[idx(h)].published;
                                 hooks[idx(h)] = HookState { published, ..HookState::default() };
                             }
+                            hooks[idx(h)].note = note;
                             // `pending` is set and cleared under the hook lock, so a loader
                             // either decides after this state change or a new one starts.
                             let start = !self.pending[idx(h)].swap(true, Ordering::AcqRel);
@@ -472,7 +465,7 @@ impl Policy {
                         h.name(),
                         current.plugin
                     );
-                    self.fault_event(chosen.as_ref().map_or("bundled", |c| c.0.as_str()), &msg);
+                    self.fault_event(chosen.as_ref().map_or("bundled", |c| c.name.as_str()), &msg);
                     let mut hooks = lock(&self.hooks);
                     hooks[idx(h)].last_error = Some(msg.clone());
                     hooks[idx(h)].note = note;
@@ -491,20 +484,136 @@ impl Policy {
             .unwrap_or_default()
     }
 
+    /// What hook `h` runs. A hook the configuration binds (an enabled `[[plugin]]` of that
+    /// hook) runs only a build a binding pins: the first binding whose `digest` is in the store
+    /// and whose signer its `signed_by` allows, active or not; with none, the hook's default
+    /// (bundled or builtin), never an unpinned upload. An unbound hook runs the active upload
+    /// (the first by name when several are active), else its default.
+    fn pick(
+        &self,
+        h: Hook,
+        cfg: &Config,
+        listed: &[isthmus_policy::PluginInfo],
+        trusted: &[PublicKey],
+    ) -> Pick {
+        let mut active: Vec<(String, String)> = listed
+            .iter()
+            .filter_map(|p| {
+                let d = p.active.as_ref()?;
+                let v = p.versions.iter().find(|v| &v.digest == d)?;
+                (v.hook == h).then(|| (p.name.clone(), d.clone()))
+            })
+            .collect();
+        active.sort();
+        let bindings: Vec<&isthmus_config::Plugin> =
+            cfg.plugins.iter().filter(|b| b.enabled && config_hook(b.hook) == h).collect();
+        if bindings.is_empty() {
+            let note = (active.len() > 1).then(|| {
+                format!(
+                    "{} plugins of this hook are active ({}); `{}` runs. Bind one with a \
+                     [[plugin]] entry in the configuration",
+                    active.len(),
+                    active.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", "),
+                    active[0].0
+                )
+            });
+            let chosen = active.into_iter().next().map(|(name, digest)| Chosen {
+                config: Self::plugin_config(cfg, &name),
+                name,
+                digest,
+                verified: None,
+            });
+            return Pick { chosen, note, refused: Vec::new() };
+        }
+        let mut refused = Vec::new();
+        for b in bindings {
+            let digest = b.digest.strip_prefix("sha256:").unwrap_or(&b.digest).to_ascii_lowercase();
+            let pin = format!("binding `{}` pins `{}` {}", b.name, b.plugin, short(&digest));
+            let info = listed.iter().find(|p| p.name == b.plugin);
+            let stored = info.and_then(|p| p.versions.iter().find(|v| v.digest == digest));
+            match stored {
+                None => {
+                    refused.push(format!("{pin}, which is not in the plugin store"));
+                    continue;
+                }
+                Some(v) if v.hook != h => {
+                    refused.push(format!("{pin}, a `{}` plugin: not run", v.hook.name()));
+                    continue;
+                }
+                Some(_) => {}
+            }
+            let verified = match self.store.load_version(&b.plugin, &digest, trusted) {
+                Ok(Some(v)) => v,
+                Ok(None) => {
+                    refused.push(format!("{pin}, which is not in the plugin store"));
+                    continue;
+                }
+                Err(e) => {
+                    refused.push(format!("{pin}, which does not load: {e}"));
+                    continue;
+                }
+            };
+            if !b.signed_by.is_empty() {
+                let signer = verified.package().signer();
+                let name = signer.and_then(|k| key_name(cfg, k));
+                if !name.as_ref().is_some_and(|n| b.signed_by.contains(n)) {
+                    let by = match (name, signer) {
+                        (Some(n), _) => format!("key `{n}`"),
+                        (None, Some(k)) => k.to_string(),
+                        (None, None) => "no key".into(),
+                    };
+                    refused.push(format!(
+                        "{pin}, signed by {by}; the binding takes only builds signed by {}: \
+                         not run",
+                        b.signed_by.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+                    ));
+                    continue;
+                }
+            }
+            let mut notes = refused.clone();
+            match info.and_then(|p| p.active.as_deref()) {
+                Some(a) if a == digest => {}
+                Some(a) => notes.push(format!(
+                    "{pin}, which runs; the store's active version is {} (`plugin activate` \
+                     does not override the configuration's pin)",
+                    short(a)
+                )),
+                None => notes.push(format!("{pin}, which runs; it is not active in the store")),
+            }
+            let chosen = Chosen {
+                name: b.plugin.clone(),
+                digest,
+                verified: Some(verified),
+                config: b.config.to_string(),
+            };
+            return Pick { chosen: Some(chosen), note: join_notes(notes), refused };
+        }
+        let mut notes = refused.clone();
+        notes.push(match active.first() {
+            Some((n, _)) => format!(
+                "the hook's default runs: the configuration binds this hook, so the active \
+                 `{n}` does not run unpinned"
+            ),
+            None => "the hook's default runs".into(),
+        });
+        Pick { chosen: None, note: join_notes(notes), refused }
+    }
+
     fn load_uploaded(
         &self,
         h: Hook,
-        name: &str,
-        cfg: &Config,
+        c: &Chosen,
         trusted: &[PublicKey],
     ) -> Result<(HookState, isthmus_policy::LoadedPlugin), PolicyError> {
-        let v = self
-            .store
-            .load(name, trusted)?
-            .ok_or_else(|| PolicyError::Store(format!("plugin `{name}` has no active version")))?;
+        let v = match &c.verified {
+            Some(v) => v.clone(),
+            None => self.store.load_version(&c.name, &c.digest, trusted)?.ok_or_else(|| {
+                PolicyError::Store(format!("plugin `{}` has no version {}", c.name, c.digest))
+            })?,
+        };
         let clock: Arc<dyn isthmus_policy::Clock> =
             Arc::new(isthmus_policy::SystemClock::default());
-        let loaded = self.host.load(&v, &Self::plugin_config(cfg, name), Some(clock))?;
+        let loaded = self.host.load(&v, &c.config, Some(clock))?;
         let st = HookState {
             source: Source::Uploaded,
             plugin: format!("{}@{}", v.manifest().name, v.manifest().version),
@@ -538,8 +647,8 @@ impl Policy {
             let installed = match r {
                 Ok((st, loaded)) if hooks[idx(h)].source == Source::Builtin => {
                     tracing::info!(hook = h.name(), plugin = st.plugin, "bundled plugin loaded");
-                    let published = hooks[idx(h)].published;
-                    hooks[idx(h)] = HookState { published, ..st };
+                    let (published, note) = (hooks[idx(h)].published, hooks[idx(h)].note.take());
+                    hooks[idx(h)] = HookState { published, note, ..st };
                     p.sup.install(loaded);
                     true
                 }
@@ -847,6 +956,44 @@ fn count_sg(t: &isthmus_tables::sg::SgTable) -> (usize, usize) {
     (rules, chains)
 }
 
+/// The uploaded build a hook is to run.
+struct Chosen {
+    name: String,
+    digest: String,
+    /// Already read and verified (a pinned build, to check its signer).
+    verified: Option<isthmus_policy::VerifiedPlugin>,
+    /// Its configuration text (the binding's `config`).
+    config: String,
+}
+
+/// [`Policy::pick`]'s answer.
+struct Pick {
+    /// `None`: the hook's default (bundled or builtin).
+    chosen: Option<Chosen>,
+    /// For the hook's status.
+    note: Option<String>,
+    /// Pins that could not be honoured, and why.
+    refused: Vec<String>,
+}
+
+/// A digest's first 12 hex digits, as `sha256:0123456789ab`.
+fn short(digest: &str) -> String {
+    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+    format!("sha256:{}", hex.get(..12).unwrap_or(hex))
+}
+
+fn join_notes(notes: Vec<String>) -> Option<String> {
+    (!notes.is_empty()).then(|| notes.join("; "))
+}
+
+/// The name of the configuration's trusted key `k`.
+fn key_name(cfg: &Config, k: &PublicKey) -> Option<String> {
+    cfg.trusted_keys
+        .iter()
+        .find(|t| trusted_keys_of(std::slice::from_ref(*t)).first() == Some(k))
+        .map(|t| t.name.clone())
+}
+
 fn config_hook(h: isthmus_config::Hook) -> Hook {
     match h {
         isthmus_config::Hook::Spd => Hook::Spd,
@@ -1034,8 +1181,11 @@ impl Dataplane for PolicyDataplane {
 
 /// The trusted plugin signing keys of `cfg` (malformed ones skipped: validation reports them).
 pub fn trusted_keys(cfg: &Config) -> Vec<PublicKey> {
-    cfg.trusted_keys
-        .iter()
+    trusted_keys_of(&cfg.trusted_keys)
+}
+
+fn trusted_keys_of(keys: &[isthmus_config::TrustedKey]) -> Vec<PublicKey> {
+    keys.iter()
         .filter_map(|k| k.key_bytes())
         .filter_map(|b| {
             let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();

@@ -99,14 +99,13 @@ fn act(core: &Arc<Core>, a: Action) {
     }
 }
 
-#[test]
-fn plugins_compile_the_configuration_swap_roll_back_and_are_contained() {
-    let dir = Dir(std::env::temp_dir().join(format!("isthmusd-policy-{}", std::process::id())));
+/// A daemon (no root: API and store only) on `config` in a fresh directory tagged `tag`.
+fn start(tag: &str, config: &str) -> (Dir, Arc<Core>) {
+    let dir = Dir(std::env::temp_dir().join(format!("isthmusd-{tag}-{}", std::process::id())));
     let _ = std::fs::remove_dir_all(&dir.0);
     std::fs::create_dir_all(&dir.0).unwrap();
-    let (sk, pk) = generate_key().unwrap();
     let file = dir.0.join("gw.toml");
-    std::fs::write(&file, config(&pk.to_string())).unwrap();
+    std::fs::write(&file, config).unwrap();
     let core = Core::start(Options {
         data_dir: dir.0.join("data"),
         config_file: Some(file),
@@ -114,13 +113,38 @@ fn plugins_compile_the_configuration_swap_roll_back_and_are_contained() {
         run_tunnels: false,
     })
     .unwrap();
+    (dir, core)
+}
 
-    // The bundled defaults compile in the background (builtin tables meanwhile).
-    let t0 = std::time::Instant::now();
+/// Waits until the bundled defaults have compiled (builtin tables meanwhile).
+fn settle(core: &Core) {
+    let t0 = Instant::now();
     while core.policy.loading() {
-        assert!(t0.elapsed() < std::time::Duration::from_secs(120), "bundled plugins never loaded");
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(t0.elapsed() < Duration::from_secs(120), "bundled plugins never loaded");
+        std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Uploads the built component `file` as plugin `name` `version` signed with `key`; its digest.
+fn upload(
+    core: &Core,
+    key: &isthmus_policy::SecretKey,
+    (name, version, hook): (&str, &str, Hook),
+    file: &str,
+) -> String {
+    let bytes = package(name, version, hook, &component(file), key);
+    match core.plugin_upload(&bytes, "test").now_or_never().unwrap() {
+        Ok(p) => p.digest,
+        Err(e) => panic!("upload refused: {}", e.0.message),
+    }
+}
+
+#[test]
+fn plugins_compile_the_configuration_swap_roll_back_and_are_contained() {
+    let (sk, pk) = generate_key().unwrap();
+    let (_dir, core) = start("policy", &config(&pk.to_string()));
+    // The bundled defaults compile in the background (builtin tables meanwhile).
+    settle(&core);
     // The bundled default runs and compiles the configuration: the rules in priority order,
     // the group's default (deny) in both directions.
     let sg = hook(&core, "security-group");
@@ -150,12 +174,7 @@ fn plugins_compile_the_configuration_swap_roll_back_and_are_contained() {
 
     // Upload and activate a security-group plugin that binds nothing: ICMP passes now.
     let upload = |name: &str, version: &str, hook: Hook, file: &str| -> String {
-        let bytes = package(name, version, hook, &component(file), &sk);
-        let p = core.plugin_upload(&bytes, "test").now_or_never().unwrap();
-        match p {
-            Ok(p) => p.digest,
-            Err(e) => panic!("upload refused: {}", e.0.message),
-        }
+        upload(&core, &sk, (name, version, hook), file)
     };
     let default = upload("tenant-sg", "1.0.0", Hook::SecurityGroup, "security_group.wasm");
     act(&core, Action::PluginActivate { digest: default.clone() });
@@ -218,5 +237,100 @@ fn plugins_compile_the_configuration_swap_roll_back_and_are_contained() {
     };
     let mut reference = isthmus_policy::reference::AlarmNotify::new("");
     assert_eq!(core.policy.on_event(&e), reference.on_event(&e));
+    core.shutdown();
+}
+
+/// A `[[plugin]]` binding's `digest` and `signed_by` decide what runs (docs/plugins.md, "Pins"):
+/// the pinned build runs although another version is active, and `plugin activate` does not
+/// override it; a pin that is not in the store, or a build signed by a key the binding does not
+/// take, runs nothing uploaded (the bundled default answers) and the hook's note and a
+/// `plugin-pin` event say why.
+#[test]
+fn pins_choose_the_build_and_its_signer() {
+    let (sk, pk) = generate_key().unwrap();
+    let (other_sk, other_pk) = generate_key().unwrap();
+    let base = format!(
+        "{}\n[[trusted_key]]\nname = \"other\"\npublic_key = \"{other_pk}\"\n",
+        config(&pk.to_string())
+    );
+    let (_dir, core) = start("pins", &base);
+    settle(&core);
+    let commit = |binding: &str| {
+        act(
+            &core,
+            Action::ConfigCommit {
+                text: format!("{base}\n{binding}"),
+                comment: "pin".into(),
+                confirm_secs: None,
+                dry_run: false,
+            },
+        )
+    };
+    let bind = |digest: &str, signed_by: &str| {
+        format!(
+            "[[plugin]]\nname = \"tenant\"\nhook = \"security-group\"\nplugin = \"tenant-sg\"\n\
+             digest = \"sha256:{digest}\"\n{signed_by}\n"
+        )
+    };
+    let ping = flow("10.62.2.7", "10.62.1.10", 1, 0);
+    let strict =
+        upload(&core, &sk, ("tenant-sg", "1.0.0", Hook::SecurityGroup), "security_group.wasm");
+    let open =
+        upload(&core, &sk, ("tenant-sg", "1.1.0-open", Hook::SecurityGroup), "test_sg_open.wasm");
+    act(&core, Action::PluginActivate { digest: open.clone() });
+    assert_eq!(inbound(&core, &ping), (Verdict::Allow, "unbound".into()));
+
+    // Pinned to the strict build while the open one is active: the strict one runs.
+    commit(&bind(&strict, ""));
+    let sg = hook(&core, "security-group");
+    assert_eq!((sg.source.as_str(), sg.plugin.as_str()), ("uploaded", "tenant-sg@1.0.0"));
+    assert_eq!(sg.digest.as_deref(), Some(strict.as_str()));
+    let note = sg.note.clone().unwrap_or_default();
+    assert!(note.contains(&format!("sha256:{}", &strict[..12])), "{note}");
+    assert!(note.contains(&format!("active version is sha256:{}", &open[..12])), "{note}");
+    assert_eq!(inbound(&core, &ping), (Verdict::Deny, "sg:web/20#0".into()));
+    // Activating the open build again does not override the configuration's pin.
+    act(&core, Action::PluginActivate { digest: open.clone() });
+    assert_eq!(hook(&core, "security-group").plugin, "tenant-sg@1.0.0");
+    assert_eq!(inbound(&core, &ping), (Verdict::Deny, "sg:web/20#0".into()));
+
+    // A pin the store does not hold: nothing uploaded runs (the open build is active), the
+    // bundled default answers, and the note and an event name the missing digest.
+    let missing = "ab".repeat(32);
+    commit(&bind(&missing, ""));
+    settle(&core);
+    let sg = hook(&core, "security-group");
+    assert_eq!(sg.source, "bundled", "{sg:?}");
+    assert!(sg.plugin.starts_with("security-group@"), "{sg:?}");
+    let note = sg.note.clone().unwrap_or_default();
+    assert!(note.contains("sha256:abababababab, which is not in the plugin store"), "{note}");
+    assert!(note.contains("active `tenant-sg` does not run unpinned"), "{note}");
+    assert_eq!(inbound(&core, &ping), (Verdict::Deny, "sg:web/20#0".into()));
+    let events = core.events().recent("security-group", 10);
+    assert!(
+        events.iter().any(|e| e.kind == "plugin-pin" && e.message.contains("sha256:abababababab")),
+        "{events:?}"
+    );
+
+    // A build signed by the other trusted key, pinned by a binding that takes only `test`:
+    // not run, and the note says which key signed it. Taking `other` runs it.
+    let foreign = upload(
+        &core,
+        &other_sk,
+        ("tenant-sg", "1.2.0-open", Hook::SecurityGroup),
+        "test_sg_open.wasm",
+    );
+    commit(&bind(&foreign, "signed_by = [\"test\"]"));
+    settle(&core);
+    let sg = hook(&core, "security-group");
+    assert_eq!(sg.source, "bundled", "{sg:?}");
+    let note = sg.note.clone().unwrap_or_default();
+    assert!(note.contains("signed by key `other`"), "{note}");
+    assert!(note.contains("only builds signed by `test`"), "{note}");
+    assert_eq!(inbound(&core, &ping), (Verdict::Deny, "sg:web/20#0".into()));
+    commit(&bind(&foreign, "signed_by = [\"other\"]"));
+    let sg = hook(&core, "security-group");
+    assert_eq!((sg.source.as_str(), sg.plugin.as_str()), ("uploaded", "tenant-sg@1.2.0-open"));
+    assert_eq!(inbound(&core, &ping), (Verdict::Allow, "unbound".into()));
     core.shutdown();
 }

@@ -189,12 +189,30 @@ impl PluginStore {
     pub fn load(&self, name: &str, trusted: &[PublicKey]) -> Result<Option<VerifiedPlugin>> {
         let Some(r) = self.record(name)? else { return Ok(None) };
         let Some(d) = r.activations.last() else { return Ok(None) };
-        let bytes = self
-            .tree
-            .get(format!("pkg/{d}"))
-            .map_err(db)?
-            .ok_or_else(|| PolicyError::Store(format!("package {d} of `{name}` is missing")))?;
-        verify(&bytes, trusted).map(Some)
+        self.package(name, d, trusted).map(Some)
+    }
+
+    /// Stored version `digest` of `name`, active or not, verified again against `trusted`
+    /// (a configuration's `[[plugin]]` binding pins one build by digest). `None` when `name`
+    /// has no such version.
+    pub fn load_version(
+        &self,
+        name: &str,
+        digest: &str,
+        trusted: &[PublicKey],
+    ) -> Result<Option<VerifiedPlugin>> {
+        let Some(r) = self.record(name)? else { return Ok(None) };
+        if !r.versions.iter().any(|v| v.digest == digest) {
+            return Ok(None);
+        }
+        self.package(name, digest, trusted).map(Some)
+    }
+
+    fn package(&self, name: &str, digest: &str, trusted: &[PublicKey]) -> Result<VerifiedPlugin> {
+        let bytes = self.tree.get(format!("pkg/{digest}")).map_err(db)?.ok_or_else(|| {
+            PolicyError::Store(format!("package {digest} of `{name}` is missing"))
+        })?;
+        verify(&bytes, trusted)
     }
 }
 
@@ -235,6 +253,11 @@ mod tests {
         assert_eq!(store.load("sg", &trusted).unwrap().unwrap().manifest().version, "2");
         assert_eq!(store.rollback("sg").unwrap(), d1);
         assert_eq!(store.load("sg", &trusted).unwrap().unwrap().manifest().version, "1");
+        // A pinned version loads whether it is active or not; an unknown one is `None`.
+        let pinned = store.load_version("sg", &d2, &trusted).unwrap().unwrap();
+        assert_eq!((pinned.digest(), pinned.manifest().version.as_str()), (d2.as_str(), "2"));
+        assert!(store.load_version("sg", &"0".repeat(64), &trusted).unwrap().is_none());
+        assert!(store.load_version("other", &d2, &trusted).unwrap().is_none());
         let e = store.rollback("sg").unwrap_err();
         assert_eq!(
             e.to_string(),
