@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use isthmus_policy::{Hook, Manifest, Package, PluginStore, generate_key, sign, verify};
+use isthmus_policy::{Hook, PluginStore, generate_key, verify};
 use isthmusd::alarms::Alarms;
 use isthmusd::events::EventBus;
 use isthmusd::policy::{Policy, trusted_keys};
@@ -119,14 +119,8 @@ fn main() {
     let digests: Vec<String> = ["1.0.0", "1.0.1"]
         .iter()
         .map(|v| {
-            let m = Manifest {
-                name: "tenant-sg".into(),
-                version: (*v).into(),
-                hook: Hook::SecurityGroup,
-                capabilities: vec![],
-                description: String::new(),
-            };
-            let bytes = sign(Package::unsigned(m, wasm.clone()).unwrap(), &sk).unwrap().to_bytes();
+            let bytes =
+                isthmus_testkit::plugins::package("tenant-sg", v, Hook::SecurityGroup, &wasm, &sk);
             store.put(&verify(&bytes, &trusted).unwrap()).unwrap()
         })
         .collect();

@@ -211,7 +211,7 @@ mod tests {
 
     /// The time-of-day plugin (built by `make plugins`), signed with a fresh key and loaded.
     fn time_of_day() -> Option<isthmus_policy::LoadedPlugin> {
-        use isthmus_policy::{Capability, Hook, Manifest, Package, PluginHost};
+        use isthmus_policy::{Capability, Hook, PluginHost};
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../..")
             .join(isthmus_policy::PLUGINS_DIR)
@@ -221,15 +221,15 @@ mod tests {
             return None;
         };
         let (secret, public) = isthmus_policy::generate_key().unwrap();
-        let m = Manifest {
-            name: "time-of-day".into(),
-            version: "1.0.0".into(),
-            hook: Hook::SecurityGroup,
-            capabilities: vec![Capability::Clock],
-            description: String::new(),
-        };
-        let signed = isthmus_policy::sign(Package::unsigned(m, wasm).unwrap(), &secret).unwrap();
-        let verified = isthmus_policy::verify(&signed.to_bytes(), &[public]).unwrap();
+        let signed = isthmus_testkit::plugins::package_with(
+            "time-of-day",
+            "1.0.0",
+            Hook::SecurityGroup,
+            &[Capability::Clock],
+            &wasm,
+            &secret,
+        );
+        let verified = isthmus_policy::verify(&signed, &[public]).unwrap();
         let host = PluginHost::new(isthmus_policy::HostConfig::default()).unwrap();
         let clock: Arc<dyn isthmus_policy::Clock> = Arc::new(Monday0930);
         let config = "open = \"08:00\"\nclose = \"18:00\"\ndays = \"mon-fri\"\n";
