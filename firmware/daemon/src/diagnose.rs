@@ -1164,6 +1164,19 @@ pub fn trace(cfg: &Config, live: &Live, route: &KernelRoute, q: &Query) -> api::
         );
         return report(fwd, reply, advice, StageVerdict::Drop, None);
     }
+    if isthmus_dataplane::link_scoped(&f) {
+        fwd.push(stage(
+            "spd",
+            StageVerdict::Drop,
+            "link-scoped address",
+            "the dataplane drops it (link-scope): link-local addresses and link-local multicast are never forwarded (RFC 4291 §2.5.6, §2.7)",
+        ));
+        advice.push(format!(
+            "{} -> {} cannot leave this link: trace between routable addresses",
+            f.src, f.dst
+        ));
+        return report(fwd, reply, advice, StageVerdict::Drop, Some("link-scope"));
+    }
     let spd = &view.spd;
     let Some((_, entry)) = spd.lookup(&f) else {
         fwd.push(stage(
@@ -1708,6 +1721,18 @@ tunnel = "to-idc"
             "{:?}",
             r.advice
         );
+    }
+
+    #[test]
+    fn link_local_multicast_is_dropped_as_link_scope_not_spd() {
+        let r = trace(
+            &cfg(""),
+            &up(1, 1, Some(0)),
+            &found(254, "224.0.0.0/4", "ist0"),
+            &q("10.65.1.5", "224.0.0.22", None, None, None),
+        );
+        assert_eq!(stage_of(&r, "spd").verdict, StageVerdict::Drop, "{r:#?}");
+        assert_eq!(r.drop_counter.as_deref(), Some("link-scope"));
     }
 
     #[test]

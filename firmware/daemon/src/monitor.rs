@@ -491,6 +491,7 @@ pub fn metrics(core: &Core) -> String {
             ("ike_rx", io.ike_rx),
             ("keepalives", io.keepalives),
             ("no_policy", io.no_policy),
+            ("link_scope", io.link_scope),
             ("policy_discard", io.policy_discard),
             ("icmp_too_big", io.icmp_too_big),
             ("mss_clamped", io.mss_clamped),

@@ -104,6 +104,8 @@ pub struct StageDrops {
     pub flow_table_full: u64,
     /// Packets of a flow waiting for the security-group plugin's decision (`punt-pending`).
     pub punt_pending: u64,
+    /// Link-scoped packet from the TUN device, never tunnel traffic (`link-scope`).
+    pub link_scope: u64,
     /// No SPD entry matched (`spd-no-policy`).
     pub spd_no_policy: u64,
     /// A `discard` SPD entry matched (`spd-discard`).
@@ -134,7 +136,7 @@ pub struct StageDrops {
 
 impl StageDrops {
     /// Every counter as `(stage, reason, count)`, with the names used in metrics labels.
-    pub fn entries(&self) -> [(&'static str, &'static str, u64); 19] {
+    pub fn entries(&self) -> [(&'static str, &'static str, u64); 20] {
         [
             ("nacl", "nacl-in", self.nacl_in),
             ("nacl", "nacl-out", self.nacl_out),
@@ -142,6 +144,7 @@ impl StageDrops {
             ("sg", "sg-out", self.sg_out),
             ("flow", "flow-table-full", self.flow_table_full),
             ("flow", "punt-pending", self.punt_pending),
+            ("spd", "link-scope", self.link_scope),
             ("spd", "spd-no-policy", self.spd_no_policy),
             ("spd", "spd-discard", self.spd_discard),
             ("spd", "spd-bypass", self.spd_bypass),

@@ -61,6 +61,7 @@ pub use isthmus_tables::FlowKey;
 pub use isthmus_tables::flow::{FlowConfig, FlowCounters, PuntRequest};
 pub use isthmus_tables::sg::SgTable;
 pub use isthmus_tables::spd::{Selector, SpdAction, SpdEntry, SpdTable};
+pub use worker::link_scoped;
 
 pub use crate::filter::{
     ChainVerdict, LanBinding, PacketFilter, RuleDrop, StageDrops, state_key, trace,
@@ -347,6 +348,9 @@ pub struct IoCounters {
     pub keepalives: u64,
     /// Packets dropped because no SPD entry matched.
     pub no_policy: u64,
+    /// Link-scoped packets from the TUN device (the kernel's own IPv6 MLD/ND, link-local
+    /// addresses), dropped before the SPD: never forwarded, so never tunnel traffic.
+    pub link_scope: u64,
     /// Packets dropped by a `Discard` entry.
     pub policy_discard: u64,
     /// Packets that matched a `Bypass` entry inside the tunnel device (dropped).
@@ -415,6 +419,7 @@ struct AtomicIo {
     ike_rx: AtomicU64,
     keepalives: AtomicU64,
     no_policy: AtomicU64,
+    link_scope: AtomicU64,
     policy_discard: AtomicU64,
     bypass: AtomicU64,
     icmp_too_big: AtomicU64,
@@ -793,6 +798,7 @@ impl Dataplane {
         let drops = self.shared.drops.snapshot();
         let mut stage_drops = StageDrops {
             spd_no_policy: g(&a.no_policy),
+            link_scope: g(&a.link_scope),
             spd_discard: g(&a.policy_discard),
             spd_bypass: g(&a.bypass),
             no_sa: drops.get(DropReason::NoSa),
@@ -826,6 +832,7 @@ impl Dataplane {
                 ike_rx: g(&a.ike_rx),
                 keepalives: g(&a.keepalives),
                 no_policy: g(&a.no_policy),
+                link_scope: g(&a.link_scope),
                 policy_discard: g(&a.policy_discard),
                 bypass: g(&a.bypass),
                 icmp_too_big: g(&a.icmp_too_big),

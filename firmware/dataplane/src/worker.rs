@@ -38,6 +38,7 @@ struct Local {
     ike_rx: u64,
     keepalives: u64,
     no_policy: u64,
+    link_scope: u64,
     policy_discard: u64,
     bypass: u64,
     icmp_too_big: u64,
@@ -61,6 +62,7 @@ impl Local {
         add(&a.ike_rx, self.ike_rx);
         add(&a.keepalives, self.keepalives);
         add(&a.no_policy, self.no_policy);
+        add(&a.link_scope, self.link_scope);
         add(&a.policy_discard, self.policy_discard);
         add(&a.bypass, self.bypass);
         add(&a.icmp_too_big, self.icmp_too_big);
@@ -214,6 +216,10 @@ fn outbound_one(
         sh.drop_packet(DropReason::Malformed);
         return;
     };
+    if link_scoped(&flow) {
+        out.local.link_scope += 1;
+        return;
+    }
     let Some((idx, entry)) = snap.spd.lookup(&flow) else {
         out.local.no_policy += 1;
         return;
@@ -303,6 +309,23 @@ fn outbound_one(
             sh.acquire(tunnel, child, flow, now);
         }
     }
+}
+
+/// Link-local addresses must not be forwarded (RFC 4291 §2.5.6, RFC 3927 §7), nor multicast of
+/// interface- or link-local scope (RFC 4291 §2.7) or in 224.0.0.0/24 (RFC 5771 §4): such a packet
+/// in the tunnel device is the kernel's own (MLD reports, router solicitations), not traffic to
+/// protect, and is dropped under its own counter instead of `spd-no-policy`.
+pub fn link_scoped(flow: &isthmus_tables::FlowKey) -> bool {
+    use std::net::IpAddr;
+    let v6 = |a: &IpAddr| match a {
+        IpAddr::V6(a) => {
+            let s = a.segments()[0];
+            s & 0xffc0 == 0xfe80 || (s & 0xff00 == 0xff00 && s & 0x000f <= 2)
+        }
+        IpAddr::V4(a) => a.is_link_local(),
+    };
+    let local_v4_mcast = matches!(flow.dst, IpAddr::V4(a) if a.octets()[..3] == [224, 0, 0]);
+    v6(&flow.src) || v6(&flow.dst) || local_v4_mcast
 }
 
 /// WAN to TUN for one socket: receive in batches, split IKE and keepalives off (UDP), decrypt,
@@ -463,5 +486,38 @@ pub(crate) fn housekeeping(sh: &Shared) {
         for e in events {
             sh.emit(e);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::link_scoped;
+    use isthmus_tables::FlowKey;
+
+    fn key(src: &str, dst: &str) -> FlowKey {
+        FlowKey {
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            proto: 58,
+            src_port: 0,
+            dst_port: 0,
+        }
+    }
+
+    #[test]
+    fn the_kernels_own_link_scoped_packets_are_recognised() {
+        // MLDv2 report (RFC 3810 §5.2.14: to ff02::16) and router solicitation (RFC 4861 §4.1).
+        assert!(link_scoped(&key("fe80::1", "ff02::16")));
+        assert!(link_scoped(&key("::", "ff02::16")));
+        assert!(link_scoped(&key("fe80::1", "ff02::2")));
+        assert!(link_scoped(&key("2001:db8::1", "ff01::1")));
+        assert!(link_scoped(&key("10.0.0.1", "224.0.0.22")));
+        assert!(link_scoped(&key("169.254.1.1", "10.0.0.1")));
+        // Routable traffic, including multicast of wider scope, is the SPD's question.
+        assert!(!link_scoped(&key("2001:db8::1", "2001:db8:1::1")));
+        assert!(!link_scoped(&key("2001:db8::1", "ff05::1:3")));
+        assert!(!link_scoped(&key("fd00::1", "fe00::1")));
+        assert!(!link_scoped(&key("10.0.0.1", "224.0.1.1")));
+        assert!(!link_scoped(&key("10.0.0.1", "10.1.0.1")));
     }
 }
