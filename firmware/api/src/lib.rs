@@ -329,8 +329,9 @@ pub struct PluginHook {
     pub hook: String,
     /// The plugin in force (`name@version`), or `builtin`.
     pub plugin: String,
-    /// `uploaded` (active in the plugin store), `bundled` (the default shipped with the
-    /// firmware) or `builtin` (the native implementation of the defaults).
+    /// `uploaded` (the build a `[[plugin]]` binding pins, or else the store's active version),
+    /// `bundled` (the default shipped with the firmware) or `builtin` (the native
+    /// implementation of the defaults).
     pub source: String,
     /// Package digest of the plugin in force.
     pub digest: Option<String>,

@@ -904,6 +904,21 @@ impl Core {
             .iter()
             .any(|p| p.name == m.name && p.active.as_deref() == Some(digest.as_str()));
         let signer = verified.package().signer().map(|k| k.to_string()).unwrap_or_default();
+        // A build the applied configuration pins runs as soon as it is in the store.
+        let pinned = self.applied().is_some_and(|(_, cfg)| {
+            cfg.plugins.iter().any(|b| {
+                b.enabled
+                    && b.digest
+                        .strip_prefix("sha256:")
+                        .unwrap_or(&b.digest)
+                        .eq_ignore_ascii_case(&digest)
+            })
+        });
+        if pinned {
+            let mut lines = String::new();
+            self.policy_refresh(&mut lines);
+            tracing::info!(plugin = %m.name, "pinned build uploaded; hooks selected again{lines}");
+        }
         self.events.emit(
             "plugin-uploaded",
             &m.name,

@@ -332,5 +332,21 @@ fn pins_choose_the_build_and_its_signer() {
     let sg = hook(&core, "security-group");
     assert_eq!((sg.source.as_str(), sg.plugin.as_str()), ("uploaded", "tenant-sg@1.2.0-open"));
     assert_eq!(inbound(&core, &ping), (Verdict::Allow, "unbound".into()));
+
+    // Pinned before it is uploaded: the default runs until the upload, which brings it in at
+    // once (no second commit).
+    let bytes =
+        package("tenant-sg", "1.3.0", Hook::SecurityGroup, &component("security_group.wasm"), &sk);
+    let later = isthmus_policy::verify(&bytes, &[pk]).unwrap().digest().to_owned();
+    commit(&bind(&later, ""));
+    settle(&core);
+    assert_eq!(hook(&core, "security-group").source, "bundled");
+    match core.plugin_upload(&bytes, "test").now_or_never().unwrap() {
+        Ok(p) => assert_eq!(p.digest, later),
+        Err(e) => panic!("upload refused: {}", e.0.message),
+    }
+    let sg = hook(&core, "security-group");
+    assert_eq!((sg.source.as_str(), sg.plugin.as_str()), ("uploaded", "tenant-sg@1.3.0"));
+    assert_eq!(inbound(&core, &ping), (Verdict::Deny, "sg:web/20#0".into()));
     core.shutdown();
 }
