@@ -382,6 +382,8 @@ fn an_upgrade_that_fails_its_health_gate_falls_back_and_a_good_one_stays() {
     assert!(u.detail.contains("configuration not applied"), "the record says why: {u:?}");
     let (_, events) = cli(&bin, &home, port, &["config", "revisions"]);
     assert!(events.contains("initial configuration"), "configuration preserved: {events}");
+    let (_, alarms) = cli(&bin, &home, port, &["alarm", "list"]);
+    assert!(alarms.contains("upgrade-failed"), "the fallback raises an alarm: {alarms}");
 
     // 2. The good upgrade stays: the gate sees the tunnel back and blesses slot B.
     let good_file = good.upgrade.to_string_lossy().into_owned();
