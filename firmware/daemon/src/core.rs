@@ -906,13 +906,7 @@ impl Core {
         let signer = verified.package().signer().map(|k| k.to_string()).unwrap_or_default();
         // A build the applied configuration pins runs as soon as it is in the store.
         let pinned = self.applied().is_some_and(|(_, cfg)| {
-            cfg.plugins.iter().any(|b| {
-                b.enabled
-                    && b.digest
-                        .strip_prefix("sha256:")
-                        .unwrap_or(&b.digest)
-                        .eq_ignore_ascii_case(&digest)
-            })
+            cfg.plugins.iter().any(|b| b.enabled && crate::policy::pinned_digest(b) == digest)
         });
         if pinned {
             let mut lines = String::new();

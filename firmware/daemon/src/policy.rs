@@ -527,7 +527,7 @@ impl Policy {
         }
         let mut refused = Vec::new();
         for b in bindings {
-            let digest = b.digest.strip_prefix("sha256:").unwrap_or(&b.digest).to_ascii_lowercase();
+            let digest = pinned_digest(b);
             let pin = format!("binding `{}` pins `{}` {}", b.name, b.plugin, short(&digest));
             let info = listed.iter().find(|p| p.name == b.plugin);
             let stored = info.and_then(|p| p.versions.iter().find(|v| v.digest == digest));
@@ -542,19 +542,22 @@ impl Policy {
                 }
                 Some(_) => {}
             }
-            let verified = match self.store.load_version(&b.plugin, &digest, trusted) {
-                Ok(Some(v)) => v,
-                Ok(None) => {
-                    refused.push(format!("{pin}, which is not in the plugin store"));
-                    continue;
-                }
-                Err(e) => {
-                    refused.push(format!("{pin}, which does not load: {e}"));
-                    continue;
-                }
-            };
+            // Only a signer restriction needs the package read and verified here; otherwise
+            // `load_uploaded` reads it when the hook changes build, not at every refresh.
+            let mut verified = None;
             if !b.signed_by.is_empty() {
-                let signer = verified.package().signer();
+                let v = match self.store.load_version(&b.plugin, &digest, trusted) {
+                    Ok(Some(v)) => v,
+                    Ok(None) => {
+                        refused.push(format!("{pin}, which is not in the plugin store"));
+                        continue;
+                    }
+                    Err(e) => {
+                        refused.push(format!("{pin}, which does not load: {e}"));
+                        continue;
+                    }
+                };
+                let signer = v.package().signer();
                 let name = signer.and_then(|k| key_name(cfg, k));
                 if !name.as_ref().is_some_and(|n| b.signed_by.contains(n)) {
                     let by = match (name, signer) {
@@ -569,6 +572,7 @@ impl Policy {
                     ));
                     continue;
                 }
+                verified = Some(v);
             }
             let mut notes = refused.clone();
             match info.and_then(|p| p.active.as_deref()) {
@@ -580,12 +584,8 @@ impl Policy {
                 )),
                 None => notes.push(format!("{pin}, which runs; it is not active in the store")),
             }
-            let chosen = Chosen {
-                name: b.plugin.clone(),
-                digest,
-                verified: Some(verified),
-                config: b.config.to_string(),
-            };
+            let chosen =
+                Chosen { name: b.plugin.clone(), digest, verified, config: b.config.to_string() };
             return Pick { chosen: Some(chosen), note: join_notes(notes), refused };
         }
         let mut notes = refused.clone();
@@ -960,7 +960,7 @@ fn count_sg(t: &isthmus_tables::sg::SgTable) -> (usize, usize) {
 struct Chosen {
     name: String,
     digest: String,
-    /// Already read and verified (a pinned build, to check its signer).
+    /// Already read and verified (a pinned build whose signer was checked).
     verified: Option<isthmus_policy::VerifiedPlugin>,
     /// Its configuration text (the binding's `config`).
     config: String,
@@ -974,6 +974,11 @@ struct Pick {
     note: Option<String>,
     /// Pins that could not be honoured, and why.
     refused: Vec<String>,
+}
+
+/// The store's form of the digest a binding pins: lowercase hex, without `sha256:`.
+pub fn pinned_digest(b: &isthmus_config::Plugin) -> String {
+    b.digest.strip_prefix("sha256:").unwrap_or(&b.digest).to_ascii_lowercase()
 }
 
 /// A digest's first 12 hex digits, as `sha256:0123456789ab`.

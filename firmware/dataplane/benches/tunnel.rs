@@ -93,8 +93,8 @@ impl Run {
     }
 }
 
-/// Busy and total time of all CPUs from `/proc/stat`, in clock ticks.
-fn machine_ticks() -> (u64, u64) {
+/// Busy time of all CPUs from `/proc/stat`, in clock ticks.
+fn machine_busy_ticks() -> u64 {
     let stat = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
     let v: Vec<u64> = stat
         .lines()
@@ -105,8 +105,7 @@ fn machine_ticks() -> (u64, u64) {
         .filter_map(|x| x.parse().ok())
         .collect();
     // user nice system idle iowait irq softirq steal: idle and iowait are not busy.
-    let total: u64 = v.iter().take(8).sum();
-    (total - v[3] - v[4], total)
+    v.iter().take(8).sum::<u64>() - v[3] - v[4]
 }
 
 /// CPU time of this process's packet threads (`isthmus-tun`, `isthmus-udp`, `isthmus-esp`), in
@@ -128,19 +127,16 @@ fn worker_ticks() -> u64 {
 }
 
 fn iperf(lab: &lab::Lab) -> Run {
-    let (busy0, total0) = machine_ticks();
+    let busy0 = machine_busy_ticks();
     let w0 = worker_ticks();
     let start = std::time::Instant::now();
     let gbits = iperf_gbits(lab);
     let wall = start.elapsed().as_secs_f64();
-    let (busy1, total1) = machine_ticks();
-    let w1 = worker_ticks();
-    let cores = (total1 - total0) as f64 / 100.0 / wall;
-    Run {
-        gbits,
-        busy_cores: (busy1 - busy0) as f64 / (total1 - total0) as f64 * cores,
-        dataplane_cores: (w1 - w0) as f64 / 100.0 / wall,
-    }
+    let (busy1, w1) = (machine_busy_ticks(), worker_ticks());
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let cores = |ticks: u64| ticks as f64 / hz / wall;
+    Run { gbits, busy_cores: cores(busy1 - busy0), dataplane_cores: cores(w1 - w0) }
 }
 
 fn iperf_gbits(lab: &lab::Lab) -> f64 {
@@ -261,7 +257,7 @@ fn main() {
         tr.dataplane_cores / (tr.gbits / 8.0)
     );
     println!(
-        "  CPU cost per byte, plain / tunnel: {:.3} (the ratio the tunnel reaches when both are CPU-bound)",
+        "  CPU cost per byte, plain / tunnel: {:.3} (the throughput ratio when both paths are CPU-bound)",
         pr.cpu_per_gb() / tr.cpu_per_gb()
     );
 }
