@@ -24,6 +24,10 @@ use crate::{Encap, Event, Shared, pmtu};
 
 /// How long a worker waits for packets before checking for a stop request.
 const POLL_MS: i32 = 100;
+/// An outbound batch ends after this much TUN input even when reads keep succeeding: the batch
+/// works from one SAD snapshot, so this bounds the traffic a rekey's switch can lag behind
+/// (64 super-segments of 64 KiB would be 4 MiB under the old SA).
+const BATCH_BYTES: usize = 256 << 10;
 
 const TAG_UDP: u8 = 0;
 const TAG_RAW: u8 = 1;
@@ -97,8 +101,8 @@ pub(crate) fn outbound(sh: &Shared) {
         let snap = sh.state.load();
         let sg = sh.sg.load();
         let now = Instant::now();
-        let mut got = 0;
-        while got < cap {
+        let (mut got, mut bytes) = (0, 0);
+        while got < cap && bytes < BATCH_BYTES {
             let n = match sh.tun.read(&mut scratch) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -113,6 +117,7 @@ pub(crate) fn outbound(sh: &Shared) {
                 }
             };
             got += 1;
+            bytes += n;
             out.local.tun_rx += 1;
             let (hdr, pkt) = if vnet {
                 let Some(hdr) = VnetHdr::parse(&scratch[..n]) else { continue };
