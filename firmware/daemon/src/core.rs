@@ -674,6 +674,21 @@ impl Core {
             }
             Action::PluginRemove { digest } => {
                 let (name, version) = self.plugin_by_digest(&digest)?;
+                if let Some((_, cfg)) = self.applied()
+                    && let Some(b) =
+                        cfg.plugins.iter().find(|b| crate::policy::pinned_digest(b) == digest)
+                {
+                    return Err(Failure::new(
+                        StatusCode::CONFLICT,
+                        "conflict",
+                        format!(
+                            "version {version} ({digest}) of plugin `{name}` is pinned by the \
+                             applied configuration's plugin binding `{}`; commit a configuration \
+                             without that pin first",
+                            b.name
+                        ),
+                    ));
+                }
                 self.plugins.remove(&name, Some(&digest)).map_err(plugin_failure)?;
                 let mut m = format!("removed version {version} ({digest}) of plugin `{name}`");
                 self.policy_refresh(&mut m);
@@ -895,7 +910,11 @@ impl Core {
         let t0 = Instant::now();
         host.load(&verified, "", Some(clock)).map_err(refuse)?;
         let compile_ms = t0.elapsed().as_millis();
-        let digest = self.plugins.put(&verified).map_err(plugin_failure)?;
+        // Builds the applied configuration pins are never pruned to make room.
+        let keep: Vec<String> = self.applied().map_or_else(Vec::new, |(_, cfg)| {
+            cfg.plugins.iter().map(crate::policy::pinned_digest).collect()
+        });
+        let digest = self.plugins.put_keeping(&verified, &keep).map_err(plugin_failure)?;
         let m = verified.manifest();
         let active = self
             .plugins

@@ -348,5 +348,23 @@ fn pins_choose_the_build_and_its_signer() {
     let sg = hook(&core, "security-group");
     assert_eq!((sg.source.as_str(), sg.plugin.as_str()), ("uploaded", "tenant-sg@1.3.0"));
     assert_eq!(inbound(&core, &ping), (Verdict::Deny, "sg:web/20#0".into()));
+
+    // The pinned build is never pruned by later uploads, and removing it is refused while the
+    // applied configuration pins it (409, naming the binding).
+    for n in 0..isthmus_policy::store::MAX_VERSIONS {
+        let v = format!("2.0.{n}");
+        upload(&core, &sk, ("tenant-sg", &v, Hook::SecurityGroup), "test_sg_open.wasm");
+    }
+    let stored =
+        core.plugins().now_or_never().unwrap().unwrap_or_else(|e| panic!("{}", e.0.message));
+    let tenant: Vec<_> = stored.iter().filter(|p| p.name == "tenant-sg").collect();
+    assert_eq!(tenant.len(), isthmus_policy::store::MAX_VERSIONS, "pruned to the limit");
+    assert!(tenant.iter().any(|v| v.digest == later), "pinned build pruned");
+    assert_eq!(hook(&core, "security-group").plugin, "tenant-sg@1.3.0");
+    let e = core
+        .act_blocking(Action::PluginRemove { digest: later.clone() }, "test")
+        .expect_err("removing a pinned build");
+    assert_eq!(e.0.code, "conflict", "{}", e.0.message);
+    assert!(e.0.message.contains("pinned by the applied configuration's plugin binding `tenant`"));
     core.shutdown();
 }

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::package::{Hook, PublicKey, VerifiedPlugin, verify};
 use crate::{PolicyError, Result};
 
-/// Versions kept per plugin (the active ones are never pruned).
+/// Versions kept per plugin (the active one and those the caller keeps are never pruned).
 pub const MAX_VERSIONS: usize = 8;
 
 /// One stored version of a plugin.
@@ -77,6 +77,12 @@ impl PluginStore {
     /// Stores a verified package (idempotent). Returns its digest. A plugin keeps one hook: a
     /// package for another hook under the same name is refused.
     pub fn put(&self, plugin: &VerifiedPlugin) -> Result<String> {
+        self.put_keeping(plugin, &[])
+    }
+
+    /// [`PluginStore::put`], never pruning the versions in `keep` (the builds a configuration
+    /// pins: pruning one would silently switch its hook to the default).
+    pub fn put_keeping(&self, plugin: &VerifiedPlugin, keep: &[String]) -> Result<String> {
         let m = plugin.manifest();
         let digest = plugin.digest().to_owned();
         let mut r = self.record(&m.name)?.unwrap_or_default();
@@ -97,10 +103,13 @@ impl PluginStore {
                 version: m.version.clone(),
                 hook: m.hook,
             });
-            // Prune the oldest versions that are not in the activation history's tail.
+            // Prune the oldest versions that are neither active nor kept.
             while r.versions.len() > MAX_VERSIONS {
                 let active = r.activations.last().cloned();
-                let Some(i) = r.versions.iter().position(|v| Some(&v.digest) != active.as_ref())
+                let Some(i) = r
+                    .versions
+                    .iter()
+                    .position(|v| Some(&v.digest) != active.as_ref() && !keep.contains(&v.digest))
                 else {
                     break;
                 };
@@ -284,5 +293,33 @@ mod tests {
         let db = sled::open(dir.path()).unwrap();
         let store = PluginStore::new(db.open_tree("plugins").unwrap());
         assert_eq!(store.load("sg", &trusted).unwrap().unwrap().digest(), d3);
+    }
+
+    #[test]
+    fn pruning_spares_the_active_and_kept_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let store = PluginStore::new(db.open_tree("plugins").unwrap());
+        let (sk, pk) = generate_key().unwrap();
+        let trusted = [pk];
+        let put = |n: usize, keep: &[String]| {
+            let v = verify(&pkg(&n.to_string(), n.to_string().as_bytes(), &sk), &trusted);
+            store.put_keeping(&v.unwrap(), keep).unwrap()
+        };
+        let active = put(0, &[]);
+        store.activate("sg", &active).unwrap();
+        let pinned = put(1, &[]);
+        let keep = [pinned.clone()];
+        let newer: Vec<String> = (2..2 + 2 * MAX_VERSIONS).map(|n| put(n, &keep)).collect();
+        let kept: Vec<String> =
+            store.list().unwrap()[0].versions.iter().map(|v| v.digest.clone()).collect();
+        assert_eq!(kept.len(), MAX_VERSIONS);
+        assert_eq!(&kept[..2], &[active.clone(), pinned.clone()], "active and pinned stay");
+        assert_eq!(&kept[2..], &newer[newer.len() - (MAX_VERSIONS - 2)..], "then the newest");
+        assert!(store.load_version("sg", &pinned, &trusted).unwrap().is_some());
+        // Without the pin it is the oldest prunable version and goes first.
+        put(99, &[]);
+        assert!(store.load_version("sg", &pinned, &trusted).unwrap().is_none());
+        assert_eq!(store.load("sg", &trusted).unwrap().unwrap().digest(), active);
     }
 }
