@@ -48,6 +48,8 @@ pub enum Action {
     PluginRollback { name: String },
     /// Remove an inactive plugin version.
     PluginRemove { digest: String },
+    /// Mark a raised alarm as seen by the caller (it stays raised until its condition ends).
+    AlarmAcknowledge { name: String, subject: String },
 }
 
 /// The body of every error response.
@@ -301,6 +303,18 @@ pub struct Alarm {
     pub raised: u64,
     /// When it cleared, if it did.
     pub cleared: Option<u64>,
+    /// Who acknowledged it and when; a new raise starts unacknowledged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acknowledged: Option<Acknowledgement>,
+}
+
+/// An operator's acknowledgement of a raised alarm.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Acknowledgement {
+    /// The API token's name.
+    pub by: String,
+    /// When, seconds since the epoch.
+    pub at: u64,
 }
 
 /// One stored plugin version.

@@ -210,6 +210,13 @@ enum SystemCmd {
 enum AlarmCmd {
     /// Active and recently cleared alarms.
     List,
+    /// Mark a raised alarm as seen (it stays raised until its condition ends).
+    Ack {
+        /// The alarm's name, as `alarm list` shows it (e.g. upgrade-failed).
+        name: String,
+        /// What it concerns, as `alarm list` shows it (e.g. tunnel/to-idc, system).
+        subject: String,
+    },
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -328,6 +335,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 print_json(&a);
             } else {
                 table::alarms(&a);
+            }
+        }
+        Cmd::Alarm(AlarmCmd::Ack { name, subject }) => {
+            let a: api::Alarm =
+                c.post("/alarms/acknowledge", &json!({ "name": name, "subject": subject }))?;
+            if cli.json {
+                print_json(&a);
+            } else if let Some(k) = &a.acknowledged {
+                println!(
+                    "alarm `{}` about `{}` acknowledged by {} at {}",
+                    a.name, a.subject, k.by, k.at
+                );
             }
         }
         Cmd::Events => {

@@ -149,7 +149,7 @@ pub fn revisions(v: &[api::Revision]) {
 /// `alarm list`.
 pub fn alarms(v: &[api::Alarm]) {
     let mut rows = vec![
-        vec!["ALARM", "SUBJECT", "SEVERITY", "RAISED", "CLEARED", "MESSAGE"]
+        vec!["ALARM", "SUBJECT", "SEVERITY", "RAISED", "CLEARED", "ACKED-BY", "MESSAGE"]
             .into_iter()
             .map(String::from)
             .collect(),
@@ -161,6 +161,7 @@ pub fn alarms(v: &[api::Alarm]) {
             format!("{:?}", a.severity).to_lowercase(),
             a.raised.to_string(),
             a.cleared.map(|c| c.to_string()).unwrap_or("-".into()),
+            a.acknowledged.as_ref().map_or("-".into(), |k| k.by.clone()),
             a.message.clone(),
         ]);
     }

@@ -391,6 +391,17 @@ notify = ["hook"]"#
     assert!(h["last_error"].as_str().unwrap().contains("no answer within 700 ms"), "{h}");
     let alarms = a.show(&["alarm", "list"]);
     assert!(alarms.contains("probe-loss"), "{alarms}");
+    // The operator acknowledges it: still raised, marked with the token's name, nothing sent.
+    let sent = hooks.lock().unwrap().len();
+    let ack = a.show(&["alarm", "ack", "probe-loss", "tunnel/to-hc2"]);
+    assert!(ack.contains("alarm `probe-loss` about `tunnel/to-hc2` acknowledged by ops"), "{ack}");
+    let listed = a.json(&["alarm", "list"]);
+    let raised = listed.as_array().unwrap().iter().find(|x| x["name"] == "probe-loss").unwrap();
+    assert!(raised["cleared"].is_null(), "{raised}");
+    assert_eq!(raised["acknowledged"]["by"], "ops", "{raised}");
+    let (ok, out) = a.cli_text(&["alarm", "ack", "probe-loss", "tunnel/nope"]);
+    assert!(!ok && out.contains("no alarm `probe-loss` about `tunnel/nope` is raised"), "{out}");
+    assert_eq!(hooks.lock().unwrap().len(), sent, "an acknowledgement notifies nobody");
     let list = a.json(&["tunnel", "list"]);
     assert_eq!(list[0]["state"], "up", "the tunnel itself stays up: {list}");
 

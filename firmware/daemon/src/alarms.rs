@@ -322,14 +322,11 @@ impl Alarms {
     /// [`Alarms::upgrade_passed`]; a second failure with the same message is not sent again.
     pub fn upgrade_failed(&self, message: &str) {
         let key = upgrade_key();
-        let (notify, replaced) = {
-            let st = self.lock();
-            let same = st.active.get(&key).is_some_and(|a| a.message == message);
-            if same {
-                return;
-            }
-            (st.targets.keys().cloned().collect::<Vec<_>>(), st.active.contains_key(&key))
-        };
+        let mut st = self.lock();
+        if st.active.get(&key).is_some_and(|a| a.message == message) {
+            return;
+        }
+        let notify = st.targets.keys().cloned().collect();
         let a = api::Alarm {
             name: UPGRADE_ALARM.into(),
             subject: UPGRADE_SUBJECT.into(),
@@ -337,9 +334,9 @@ impl Alarms {
             message: message.to_owned(),
             raised: unix_now(),
             cleared: None,
+            acknowledged: None,
         };
-        let mut st = self.lock();
-        if replaced && let Some(mut old) = st.active.remove(&key) {
+        if let Some(mut old) = st.active.remove(&key) {
             old.cleared = Some(unix_now());
             push_cleared(&mut st, old);
         }
@@ -378,6 +375,7 @@ impl Alarms {
             message: message.to_owned(),
             raised: now,
             cleared: Some(now),
+            acknowledged: None,
         };
         let notify: Vec<String> = self.lock().targets.keys().cloned().collect();
         let key = (a.name.clone(), a.subject.clone());
@@ -484,6 +482,7 @@ impl Alarms {
                             message: msg,
                             raised: unix_now(),
                             cleared: None,
+                            acknowledged: None,
                         };
                         st.active.insert(key.clone(), a.clone());
                         out.push(Transition {
@@ -641,6 +640,34 @@ impl Alarms {
     pub fn list(&self) -> Vec<api::Alarm> {
         let st = self.lock();
         st.active.values().cloned().chain(st.cleared.iter().rev().cloned()).collect()
+    }
+
+    /// Marks the raised alarm `name` about `subject` as acknowledged by `who` (once: a second
+    /// acknowledgement keeps the first). Acknowledging changes no delivery: alarms notify once
+    /// per raise and clear. `Err` says why there is nothing to acknowledge.
+    /// The `bool` is true when this call acknowledged it.
+    pub fn acknowledge(
+        &self,
+        name: &str,
+        subject: &str,
+        who: &str,
+    ) -> Result<(api::Alarm, bool), String> {
+        let mut st = self.lock();
+        let Some(a) = st.active.get_mut(&(name.to_owned(), subject.to_owned())) else {
+            let cleared = st.cleared.iter().any(|a| a.name == name && a.subject == subject);
+            return Err(if cleared {
+                format!(
+                    "alarm `{name}` about `{subject}` has cleared; only raised alarms are acknowledged"
+                )
+            } else {
+                format!("no alarm `{name}` about `{subject}` is raised (see `isthmus alarm list`)")
+            });
+        };
+        let first = a.acknowledged.is_none();
+        if first {
+            a.acknowledged = Some(api::Acknowledgement { by: who.to_owned(), at: unix_now() });
+        }
+        Ok((a.clone(), first))
     }
 
     /// How many alarms are raised.
@@ -872,6 +899,37 @@ mod tests {
         let l = a.list();
         assert_eq!(l[0].name, "upgrade-failed");
         assert!(l[0].cleared.is_some());
+    }
+
+    /// An operator acknowledges a raised alarm: it stays raised and listed with who and when,
+    /// sends nothing, keeps the first acknowledgement, and a new raise starts unacknowledged.
+    /// Unknown and cleared alarms are refused with a reason.
+    #[test]
+    fn acknowledging_marks_a_raised_alarm_until_it_clears() {
+        let a = engine(vec![], &["ops"]);
+        let mut rx = a.test_queue();
+        let e = a.acknowledge(UPGRADE_ALARM, UPGRADE_SUBJECT, "alice").unwrap_err();
+        assert!(e.contains("no alarm `upgrade-failed` about `system` is raised"), "{e}");
+        a.upgrade_failed("fell back");
+        drain(&mut rx);
+        let (acked, first) = a.acknowledge(UPGRADE_ALARM, UPGRADE_SUBJECT, "alice").unwrap();
+        assert!(first);
+        assert_eq!(acked.acknowledged.as_ref().map(|k| k.by.as_str()), Some("alice"));
+        assert!(acked.cleared.is_none());
+        let (again, first) = a.acknowledge(UPGRADE_ALARM, UPGRADE_SUBJECT, "bob").unwrap();
+        assert!(!first);
+        assert_eq!(again.acknowledged, acked.acknowledged, "the first acknowledgement stays");
+        assert!(drain(&mut rx).is_empty(), "acknowledging notifies nobody");
+        assert_eq!((a.active_count(), a.list()[0].acknowledged.is_some()), (1, true));
+        // A different failure is a new raise: unacknowledged; the old one is listed as cleared
+        // with its acknowledgement.
+        a.upgrade_failed("fell back again");
+        let l = a.list();
+        assert_eq!((l[0].message.as_str(), l[0].acknowledged.as_ref()), ("fell back again", None));
+        assert_eq!(l[1].acknowledged.as_ref().map(|k| k.by.as_str()), Some("alice"));
+        a.upgrade_passed();
+        let e = a.acknowledge(UPGRADE_ALARM, UPGRADE_SUBJECT, "alice").unwrap_err();
+        assert!(e.contains("has cleared"), "{e}");
     }
 
     /// Notifications raised before delivery starts wait for it instead of being lost.

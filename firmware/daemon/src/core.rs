@@ -695,6 +695,19 @@ impl Core {
                 self.events.emit("plugin-removed", &name, Severity::Info, format!("{m} by {who}"));
                 Ok(message(m))
             }
+            Action::AlarmAcknowledge { name, subject } => {
+                let (a, first) =
+                    self.alarms.acknowledge(&name, &subject, who).map_err(Failure::not_found)?;
+                if first {
+                    self.events.emit(
+                        "alarm-acknowledged",
+                        &subject,
+                        Severity::Info,
+                        format!("alarm `{name}` about `{subject}` acknowledged by {who}"),
+                    );
+                }
+                Ok(axum::Json(a).into_response())
+            }
         }
     }
 

@@ -104,6 +104,7 @@ pub fn router(core: Arc<Core>) -> Router {
         .route("/plugins/hooks", get(plugin_hooks))
         .route("/plugins/{id}/{op}", post(plugin_op))
         .route("/alarms", get(alarms))
+        .route("/alarms/acknowledge", post(alarm_acknowledge))
         .route("/diagnose/path", get(diagnose_path))
         .route("/diagnose/tunnel/{name}", get(diagnose_tunnel))
         .route("/events", get(crate::events::stream))
@@ -171,6 +172,17 @@ fn parse<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, Failure> {
         .map_err(|e| Failure::bad_request(format!("malformed JSON body: {e}")))
 }
 
+/// The caller and the request's JSON body (at most [`MAX_BODY`]; beyond it 413).
+async fn caller_and_body<T: for<'de> Deserialize<'de>>(
+    req: Request,
+) -> Result<(String, T), Failure> {
+    let who = caller(req.extensions());
+    let body = axum::body::to_bytes(req.into_body(), MAX_BODY)
+        .await
+        .map_err(|e| Failure::new(StatusCode::PAYLOAD_TOO_LARGE, "too-large", e.to_string()))?;
+    Ok((who, parse(&body)?))
+}
+
 async fn status(State(st): State<AppState>) -> Reply<isthmus_api::Status> {
     Ok(axum::Json(st.core.status().await))
 }
@@ -220,11 +232,7 @@ struct CommitBody {
 }
 
 async fn config_commit(State(st): State<AppState>, req: Request) -> Result<Response, Failure> {
-    let who = caller(req.extensions());
-    let body = axum::body::to_bytes(req.into_body(), MAX_BODY)
-        .await
-        .map_err(|e| Failure::new(StatusCode::PAYLOAD_TOO_LARGE, "too-large", e.to_string()))?;
-    let b: CommitBody = parse(&body)?;
+    let (who, b): (_, CommitBody) = caller_and_body(req).await?;
     let a = Action::ConfigCommit {
         text: b.text,
         comment: b.comment,
@@ -246,11 +254,7 @@ struct RollbackBody {
 }
 
 async fn config_rollback(State(st): State<AppState>, req: Request) -> Result<Response, Failure> {
-    let who = caller(req.extensions());
-    let body = axum::body::to_bytes(req.into_body(), MAX_BODY)
-        .await
-        .map_err(|e| Failure::bad_request(e.to_string()))?;
-    let b: RollbackBody = parse(&body)?;
+    let (who, b): (_, RollbackBody) = caller_and_body(req).await?;
     st.core.act(Action::ConfigRollback { revision: b.revision }, &who).await
 }
 
@@ -408,12 +412,20 @@ async fn alarms(State(st): State<AppState>) -> Reply<Vec<isthmus_api::Alarm>> {
     Ok(axum::Json(st.core.alarms().await))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AlarmKey {
+    name: String,
+    subject: String,
+}
+
+async fn alarm_acknowledge(State(st): State<AppState>, req: Request) -> Result<Response, Failure> {
+    let (who, k): (_, AlarmKey) = caller_and_body(req).await?;
+    st.core.act(Action::AlarmAcknowledge { name: k.name, subject: k.subject }, &who).await
+}
+
 async fn action(State(st): State<AppState>, req: Request) -> Result<Response, Failure> {
-    let who = caller(req.extensions());
-    let body = axum::body::to_bytes(req.into_body(), MAX_BODY)
-        .await
-        .map_err(|e| Failure::bad_request(e.to_string()))?;
-    let a: Action = parse(&body)?;
+    let (who, a): (_, Action) = caller_and_body(req).await?;
     st.core.act(a, &who).await
 }
 
