@@ -112,6 +112,7 @@ impl<'c> V<'c> {
         self.interfaces();
         self.customer_gateways();
         self.tunnels(&cgws);
+        self.tunnel_device_ipv6();
         self.spd_overlaps();
         self.route_tables(&tunnels, &lans);
         self.filters(&tunnels, &lans);
@@ -325,6 +326,49 @@ impl<'c> V<'c> {
                     );
                 }
             }
+        }
+    }
+
+    /// Every tunnel shares one TUN device whose MTU is the smallest tunnel MTU; below 1280,
+    /// IPv6's minimum link MTU (RFC 8200 §5), the kernel turns IPv6 off on the device, so no
+    /// tunnel could carry the IPv6 the configuration sends into one.
+    fn tunnel_device_ipv6(&mut self) {
+        const IPV6_MIN_MTU: u32 = 1280;
+        let c = self.c;
+        let Some((i, low)) = c
+            .tunnels
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.mtu < IPV6_MIN_MTU)
+            .min_by_key(|(_, t)| t.mtu)
+        else {
+            return;
+        };
+        let v6 = |p: &Prefix| p.addr().is_ipv6();
+        let by_spd = c.tunnels.iter().enumerate().find_map(|(j, t)| {
+            t.spd.iter().enumerate().find_map(|(k, e)| {
+                let p = e.local.iter().chain(&e.remote).find(|p| v6(p))?;
+                Some(format!("tunnel[{j}].spd[{k}] ({p})"))
+            })
+        });
+        let by_route = || {
+            c.route_tables.iter().enumerate().find_map(|(j, rt)| {
+                rt.routes.iter().enumerate().find_map(|(k, r)| {
+                    (r.tunnel.is_some() && v6(&r.prefix))
+                        .then(|| format!("route_table[{j}].route[{k}] ({})", r.prefix))
+                })
+            })
+        };
+        if let Some(what) = by_spd.or_else(by_route) {
+            self.err(
+                format!("tunnel[{i}].mtu"),
+                format!(
+                    "MTU {} is below 1280, IPv6's minimum link MTU (RFC 8200 §5): the tunnels share \
+                     one device whose MTU is the smallest tunnel MTU, and the kernel turns IPv6 \
+                     off on it, yet {what} sends IPv6 into a tunnel; use 1280 or more",
+                    low.mtu
+                ),
+            );
         }
     }
 

@@ -291,3 +291,30 @@ fn unreadable_secret_references_are_reported_by_path() {
     assert!(missing[0].message.contains("ISTHMUS_TEST_NO_SUCH_VAR"));
     assert_eq!(c.tunnels[0].psk.resolve().unwrap().expose(), "a-key-from-a-file-0123456789");
 }
+
+#[test]
+fn a_tunnel_mtu_below_1280_is_refused_when_ipv6_goes_into_a_tunnel() {
+    let low = |extra: &str| {
+        common::gateway("a-long-enough-pre-shared-key", 0)
+            + r#"
+[[customer_gateway]]
+name = "branch"
+address = "198.51.100.40"
+[[tunnel]]
+name = "to-branch"
+customer_gateway = "branch"
+psk = "another-long-pre-shared-key"
+mtu = 1200
+[[tunnel.spd]]
+local = "10.10.2.0/24"
+remote = "10.40.0.0/16"
+"# + extra
+    };
+    // IPv4 only: a small MTU is fine.
+    warnings(&low(""));
+    // An IPv6 route into any tunnel: the shared device would have no IPv6.
+    let e = errors(&low("[[route_table.route]]\nprefix = \"fd00:20::/48\"\ntunnel = \"to-idc\"\n"));
+    let i = find(&e, "tunnel[1].mtu");
+    assert!(i.message.contains("MTU 1200 is below 1280"), "{i}");
+    assert!(i.message.contains("route_table[0].route[1] (fd00:20::/48)"), "{i}");
+}
