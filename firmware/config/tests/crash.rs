@@ -92,15 +92,25 @@ fn killing_a_committing_process_never_breaks_the_store() {
                 break;
             }
         }
+        // Let the child get a few commits in first (0 keeps kills before the first commit), so
+        // that progress does not depend on how fast this disk syncs; then kill at a random time.
+        let parse = |l: &str| l.trim_end().strip_prefix("DONE ").and_then(|n| n.parse().ok());
+        let mut acknowledged = 0u64;
+        for _ in 0..fastrand::usize(0..=3) {
+            line.clear();
+            if out.read_line(&mut line).unwrap() == 0 {
+                break;
+            }
+            acknowledged = parse(&line).unwrap_or(acknowledged);
+        }
         std::thread::sleep(Duration::from_micros(fastrand::u64(0..15_000)));
         guard.0.kill().unwrap(); // SIGKILL
         guard.0.wait().unwrap();
         // Everything the child printed before it died: the last revision it saw committed.
-        let mut acknowledged = 0u64;
         for l in out.lines() {
             // The last line may be cut short by the kill: only whole numbers count.
             let l = l.unwrap();
-            if let Some(n) = l.strip_prefix("DONE ").and_then(|n| n.parse().ok()) {
+            if let Some(n) = parse(&l) {
                 acknowledged = n;
             }
         }

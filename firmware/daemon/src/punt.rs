@@ -266,7 +266,12 @@ mod tests {
         sup.compile_sg(&groups, &[], &["lan0".into()], Instant::now()).unwrap();
         let table = sup.tables().sg();
         let flows = Arc::new(Flows {
-            table: Mutex::new(FlowTable::new(FlowConfig::default())),
+            // A long punt timeout: a busy machine may take more than the default 200 ms to
+            // schedule the thread, and the default verdict would then answer instead.
+            table: Mutex::new(FlowTable::new(FlowConfig {
+                punt_timeout_ms: 60_000,
+                ..FlowConfig::default()
+            })),
             start: Instant::now(),
         });
         let key = req(22, 0).key;

@@ -243,14 +243,14 @@ fn commit_confirm_reverts_by_itself_and_rollback_restores() {
         &d,
         "/api/v1/config/commit",
         Some(ADMIN),
-        Some(json!({"text": config("gw2", ""), "comment": "rename", "confirm_secs": 2})),
+        Some(json!({"text": config("gw2", ""), "comment": "rename", "confirm_secs": 5})),
     );
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["revision"], 2);
     let (_, st) = call("GET", &d, "/api/v1/status", Some(ADMIN), None);
     assert_eq!(st["gateway"], "gw2");
     assert!(st["confirm_pending_secs"].is_number(), "{st}");
-    // Not confirmed: the daemon reverts within a few seconds.
+    // Not confirmed: the daemon reverts within a few seconds of the deadline.
     let t0 = Instant::now();
     loop {
         let (_, st) = call("GET", &d, "/api/v1/status", Some(ADMIN), None);
@@ -258,7 +258,7 @@ fn commit_confirm_reverts_by_itself_and_rollback_restores() {
             assert_eq!(st["revision"], 3, "the revert is a new revision: {st}");
             break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(10), "no revert: {st}");
+        assert!(t0.elapsed() < Duration::from_secs(30), "no revert: {st}");
         std::thread::sleep(Duration::from_millis(200));
     }
     // Confirmed commits stay.
@@ -267,12 +267,12 @@ fn commit_confirm_reverts_by_itself_and_rollback_restores() {
         &d,
         "/api/v1/config/commit",
         Some(ADMIN),
-        Some(json!({"text": config("gw3", ""), "confirm_secs": 2})),
+        Some(json!({"text": config("gw3", ""), "confirm_secs": 5})),
     );
     assert_eq!(s, 200);
     let (s, b) = call("POST", &d, "/api/v1/config/confirm", Some(ADMIN), Some(json!({})));
     assert_eq!(s, 200, "{b}");
-    std::thread::sleep(Duration::from_secs(3));
+    std::thread::sleep(Duration::from_secs(6));
     let (_, st) = call("GET", &d, "/api/v1/status", Some(ADMIN), None);
     assert_eq!(st["gateway"], "gw3");
     // Roll back to revision 1.

@@ -137,8 +137,9 @@ fn ping(from: &Netns, to: &str, args: &str) -> std::process::Output {
 /// returns how many bytes arrived, or `None` when the connection could not be set up.
 fn tcp(client: &Netns, server: &Netns, server_addr: &str, port: u16, len: usize) -> Option<usize> {
     let to: SocketAddr = format!("{server_addr}:{port}").parse().unwrap();
+    // Listening before the client starts: a late bind would read as a refused (denied) flow.
+    let l = server.run(move || TcpListener::bind(to)).expect("listen");
     let srv = server.spawn_thread(move || {
-        let l = TcpListener::bind(to).expect("listen");
         l.set_nonblocking(true).unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(8);
         loop {
@@ -158,7 +159,6 @@ fn tcp(client: &Netns, server: &Netns, server_addr: &str, port: u16, len: usize)
         }
     });
     let cli = client.spawn_thread(move || {
-        std::thread::sleep(Duration::from_millis(100));
         let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(3)).ok()?;
         s.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
         s.write_all(&vec![0x5a; len]).ok()?;

@@ -133,9 +133,11 @@ fn tunnel_carries_ping_and_tcp_only_as_esp_in_udp() {
     let lab = lab::build(Options { tun_mtu: Some(1500), ..Options::default() });
     let cap_path = std::env::temp_dir().join(format!("isthmus-dp-{}.pcap", std::process::id()));
     let _ = std::fs::remove_file(&cap_path);
-    let mut tcpdump = ChildGuard(
-        lab.gw_a.spawn(&format!("tcpdump -i wa -U -n -s 0 -w {} 2>/dev/null", cap_path.display())),
-    );
+    let mut tcpdump = ChildGuard(lab.gw_a.spawn(&format!(
+        // A 16 MiB buffer: the whole transfer fits even while tcpdump is not scheduled.
+        "tcpdump -i wa -B 16384 -U -n -s 0 -w {} 2>/dev/null",
+        cap_path.display()
+    )));
     assert!(wait_for(Duration::from_secs(5), || cap_path.exists()), "tcpdump did not start");
     std::thread::sleep(Duration::from_millis(300));
 
@@ -171,7 +173,11 @@ fn tunnel_carries_ping_and_tcp_only_as_esp_in_udp() {
         format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(!out.status.success(), "an oversized DF ping must not pass: {text}");
     assert!(text.contains("mtu"), "the sender was not told the path MTU: {text}");
-    assert!(lab.a.counters().io.icmp_too_big >= 1);
+    // Counters are added when the worker's batch ends, which may be after ping has exited.
+    assert!(
+        wait_for(Duration::from_secs(3), || lab.a.counters().io.icmp_too_big >= 1),
+        "icmp-too-big not counted"
+    );
     // The host now uses the advertised MTU: a DF ping that fits passes.
     let out = ping(&lab, &format!("-M do -s 1300 -c 1 -W 2 {HOST_B}"));
     assert!(out.status.success(), "a DF ping below the tunnel MTU failed");
@@ -356,7 +362,11 @@ fn ipv6_lans_through_an_ipv4_tunnel() {
     let text =
         format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(!out.status.success() && text.contains("mtu"), "no packet-too-big: {text}");
-    assert!(lab.a.counters().io.icmp_too_big >= 1);
+    // Counters are added when the worker's batch ends, which may be after ping has exited.
+    assert!(
+        wait_for(Duration::from_secs(3), || lab.a.counters().io.icmp_too_big >= 1),
+        "icmp-too-big not counted"
+    );
     let out = lab.host_a.sh_output("ping -6 -M do -s 1200 -c 1 -W 2 fd32:2::2");
     assert!(out.status.success(), "a ping6 that fits failed");
 }

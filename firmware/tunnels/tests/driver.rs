@@ -200,7 +200,12 @@ fn two_isthmus_gateways_carry_lan_traffic_over_negotiated_esp() {
     // A TCP transfer of 4 MB.
     let server = b.host.spawn("iperf3 -s -1 -p 5201 >/dev/null");
     let mut server = Guard(Some(server));
-    std::thread::sleep(Duration::from_millis(500));
+    // The client fails at once if the server is not listening yet.
+    let t0 = Instant::now();
+    while !String::from_utf8_lossy(&b.host.sh_output("ss -Hltn").stdout).contains(":5201 ") {
+        assert!(t0.elapsed() < Duration::from_secs(10), "iperf3 -s did not start listening");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let out = a.host.sh_output("iperf3 -c 10.42.32.2 -p 5201 -n 4M");
     let _ = server.0.take().map(|mut c| c.wait());
     assert!(
