@@ -370,7 +370,13 @@ fn two_isthmus_gateways_negotiate_over_ipv6() {
     let sa = ta.tunnel("v6").unwrap();
     assert_eq!(sa.state, TunnelState::Up);
     assert_eq!(sa.children[0].remote_ts, ["fd42:33::/64"]);
-    assert!(tb.tunnel("v6").unwrap().state == TunnelState::Up);
+    // The responder marks its side up after sending the last response: it may lag the
+    // initiator's event.
+    let t0 = Instant::now();
+    while tb.tunnel("v6").unwrap().state != TunnelState::Up {
+        assert!(t0.elapsed() < Duration::from_secs(5), "the responder's side never came up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Gateway a sits behind a masquerading NAT, gateway b in front of it: both detect the NAT
