@@ -23,6 +23,11 @@
 //! solicited, and no link-local address generated (`addr_gen_mode` 1: without one no Router
 //! Solicitation or Neighbour Discovery can be sent). IPv6 stays enabled: inner IPv6 traffic is
 //! routed into and out of the device as before.
+//!
+//! An MTU below 1280 removes IPv6 from the device; raising it again recreates it with the
+//! namespace's defaults while the device is up. The configuration refuses such an MTU when IPv6
+//! goes into a tunnel; an IPv4-only gateway that goes below and back gets a few MLD packets from
+//! the device, which the dataplane drops as `link-scope`.
 
 use std::fs::OpenOptions;
 use std::os::fd::AsRawFd;
