@@ -401,6 +401,8 @@ notify = ["hook"]"#
     assert_eq!(raised["acknowledged"]["by"], "ops", "{raised}");
     let (ok, out) = a.cli_text(&["alarm", "ack", "probe-loss", "tunnel/nope"]);
     assert!(!ok && out.contains("no alarm `probe-loss` about `tunnel/nope` is raised"), "{out}");
+    // Webhooks are delivered asynchronously: give a wrong one time to arrive.
+    std::thread::sleep(Duration::from_secs(2));
     assert_eq!(hooks.lock().unwrap().len(), sent, "an acknowledgement notifies nobody");
     let list = a.json(&["tunnel", "list"]);
     assert_eq!(list[0]["state"], "up", "the tunnel itself stays up: {list}");

@@ -345,7 +345,8 @@ impl<'c> V<'c> {
             return;
         };
         let v6 = |p: &Prefix| p.addr().is_ipv6();
-        let by_spd = c.tunnels.iter().enumerate().find_map(|(j, t)| {
+        // Only enabled tunnels' selectors are routed into the device; routes always are.
+        let by_spd = c.tunnels.iter().enumerate().filter(|(_, t)| t.enabled).find_map(|(j, t)| {
             t.spd.iter().enumerate().find_map(|(k, e)| {
                 let p = e.local.iter().chain(&e.remote).find(|p| v6(p))?;
                 Some(format!("tunnel[{j}].spd[{k}] ({p})"))

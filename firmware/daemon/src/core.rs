@@ -674,18 +674,18 @@ impl Core {
             }
             Action::PluginRemove { digest } => {
                 let (name, version) = self.plugin_by_digest(&digest)?;
-                if let Some((_, cfg)) = self.applied()
-                    && let Some(b) =
-                        cfg.plugins.iter().find(|b| crate::policy::pinned_digest(b) == digest)
+                if let Some((binding, enabled)) =
+                    self.pins().into_iter().find(|p| p.1 == digest).map(|p| (p.0, p.2))
                 {
+                    let state = if enabled { "" } else { " (disabled)" };
                     return Err(Failure::new(
                         StatusCode::CONFLICT,
                         "conflict",
                         format!(
-                            "version {version} ({digest}) of plugin `{name}` is pinned by the \
-                             applied configuration's plugin binding `{}`; commit a configuration \
-                             without that pin first",
-                            b.name
+                            "version {version} ({digest}) of plugin `{name}` is pinned by plugin \
+                             binding `{binding}`{state} of the applied configuration or the one a \
+                             pending commit-confirm would restore; commit a configuration without \
+                             that pin first"
                         ),
                     ));
                 }
@@ -709,6 +709,25 @@ impl Core {
                 Ok(axum::Json(a).into_response())
             }
         }
+    }
+
+    /// The builds configurations pin, as (binding, digest, enabled): the applied one's and,
+    /// while a commit-confirm is pending, those of the revision a revert would restore. Disabled
+    /// bindings count: enabling one again must find its build.
+    fn pins(&self) -> Vec<(String, String, bool)> {
+        let pending = self.store.pending().ok().flatten();
+        let restore = pending.and_then(|p| self.store.get(p.previous).ok()?.config().ok());
+        self.applied()
+            .map(|(_, c)| c)
+            .into_iter()
+            .chain(restore.map(Arc::new))
+            .flat_map(|cfg| {
+                cfg.plugins
+                    .iter()
+                    .map(|b| (b.name.clone(), crate::policy::pinned_digest(b), b.enabled))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
     }
 
     /// After a plugin change: the plugin of each hook is selected again and the tables
@@ -923,10 +942,8 @@ impl Core {
         let t0 = Instant::now();
         host.load(&verified, "", Some(clock)).map_err(refuse)?;
         let compile_ms = t0.elapsed().as_millis();
-        // Builds the applied configuration pins are never pruned to make room.
-        let keep: Vec<String> = self.applied().map_or_else(Vec::new, |(_, cfg)| {
-            cfg.plugins.iter().map(crate::policy::pinned_digest).collect()
-        });
+        // Pinned builds are never pruned to make room.
+        let keep: Vec<String> = self.pins().into_iter().map(|p| p.1).collect();
         let digest = self.plugins.put_keeping(&verified, &keep).map_err(plugin_failure)?;
         let m = verified.manifest();
         let active = self

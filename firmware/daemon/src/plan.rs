@@ -191,7 +191,8 @@ pub fn remote_prefixes(t: &isthmus_config::Tunnel) -> Vec<Prefix> {
 pub fn dataplane_config(cfg: &Config) -> isthmus_dataplane::Config {
     let mut d = isthmus_dataplane::Config::new(TUN_NAME, cfg.gateway.wan.address.addr);
     d.tunnel_mtu = cfg.gateway.wan.mtu;
-    // The largest inner MTU any tunnel asks for; per-tunnel clamping happens in the dataplane.
+    // The device takes the smallest inner MTU of all tunnels (enabled or not), so that every
+    // tunnel's packets fit; per-tunnel clamping happens in the dataplane.
     d.tun_mtu = cfg.tunnels.iter().map(|t| t.mtu).min();
     d.mss_clamp = cfg.tunnels.iter().any(|t| t.effective_mss().is_some());
     d

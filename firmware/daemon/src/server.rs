@@ -177,9 +177,18 @@ async fn caller_and_body<T: for<'de> Deserialize<'de>>(
     req: Request,
 ) -> Result<(String, T), Failure> {
     let who = caller(req.extensions());
-    let body = axum::body::to_bytes(req.into_body(), MAX_BODY)
-        .await
-        .map_err(|e| Failure::new(StatusCode::PAYLOAD_TOO_LARGE, "too-large", e.to_string()))?;
+    let body = axum::body::to_bytes(req.into_body(), MAX_BODY).await.map_err(|e| {
+        let source = std::error::Error::source(&e);
+        if source.is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) {
+            Failure::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too-large",
+                format!("request body larger than {} MiB", MAX_BODY >> 20),
+            )
+        } else {
+            Failure::bad_request(format!("reading the request body: {e}"))
+        }
+    })?;
     Ok((who, parse(&body)?))
 }
 

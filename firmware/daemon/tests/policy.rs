@@ -366,6 +366,10 @@ fn pins_choose_the_build_and_its_signer() {
         .act_blocking(Action::PluginRemove { digest: later.clone() }, "test")
         .expect_err("removing a pinned build");
     assert_eq!(e.0.code, "conflict", "{}", e.0.message);
-    assert!(e.0.message.contains("pinned by the applied configuration's plugin binding `tenant`"));
+    assert!(
+        e.0.message.contains("is pinned by plugin binding `tenant` of the applied"),
+        "{}",
+        e.0.message
+    );
     core.shutdown();
 }

@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 use crate::package::{Hook, PublicKey, VerifiedPlugin, verify};
 use crate::{PolicyError, Result};
 
-/// Versions kept per plugin (the active one and those the caller keeps are never pruned).
+/// Versions kept per plugin (the active one, those the caller keeps and the one just stored are
+/// never pruned, so a plugin can hold more).
 pub const MAX_VERSIONS: usize = 8;
 
 /// One stored version of a plugin.
@@ -103,11 +104,13 @@ impl PluginStore {
                 version: m.version.clone(),
                 hook: m.hook,
             });
-            // Prune the oldest versions that are neither active nor kept.
+            // Prune the oldest versions that are neither active nor kept, never the one just
+            // stored; when every older one is active or kept, the plugin keeps more than
+            // MAX_VERSIONS.
             while r.versions.len() > MAX_VERSIONS {
                 let active = r.activations.last().cloned();
-                let Some(i) = r
-                    .versions
+                let older = &r.versions[..r.versions.len() - 1];
+                let Some(i) = older
                     .iter()
                     .position(|v| Some(&v.digest) != active.as_ref() && !keep.contains(&v.digest))
                 else {
@@ -321,5 +324,11 @@ mod tests {
         put(99, &[]);
         assert!(store.load_version("sg", &pinned, &trusted).unwrap().is_none());
         assert_eq!(store.load("sg", &trusted).unwrap().unwrap().digest(), active);
+        // Every stored version kept: a new upload is stored beyond the limit, not dropped.
+        let all: Vec<String> =
+            store.list().unwrap()[0].versions.iter().map(|v| v.digest.clone()).collect();
+        let extra = put(100, &all);
+        assert_eq!(store.list().unwrap()[0].versions.len(), MAX_VERSIONS + 1);
+        assert!(store.load_version("sg", &extra, &trusted).unwrap().is_some());
     }
 }
