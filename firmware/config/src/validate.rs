@@ -16,6 +16,9 @@ use crate::parse::suggest;
 use crate::schema::*;
 use crate::secret::Secret;
 
+/// IPv6's minimum link MTU (RFC 8200 §5).
+const IPV6_MIN_MTU: u32 = 1280;
+
 /// Checks a parsed configuration as a whole.
 pub fn validate(c: &Config) -> Report {
     let mut v = V { c, r: Report::default(), peer_of: Vec::new() };
@@ -333,7 +336,6 @@ impl<'c> V<'c> {
     /// IPv6's minimum link MTU (RFC 8200 §5), the kernel turns IPv6 off on the device, so no
     /// tunnel could carry the IPv6 the configuration sends into one.
     fn tunnel_device_ipv6(&mut self) {
-        const IPV6_MIN_MTU: u32 = 1280;
         let c = self.c;
         let Some((i, low)) = c
             .tunnels
@@ -364,9 +366,9 @@ impl<'c> V<'c> {
             self.err(
                 format!("tunnel[{i}].mtu"),
                 format!(
-                    "MTU {} is below 1280, IPv6's minimum link MTU (RFC 8200 §5): the tunnels share \
+                    "MTU {} is below {IPV6_MIN_MTU}, IPv6's minimum link MTU (RFC 8200 §5): the tunnels share \
                      one device whose MTU is the smallest tunnel MTU, and the kernel turns IPv6 \
-                     off on it, yet {what} sends IPv6 into a tunnel; use 1280 or more",
+                     off on it, yet {what} sends IPv6 into a tunnel; use {IPV6_MIN_MTU} or more",
                     low.mtu
                 ),
             );
@@ -374,7 +376,7 @@ impl<'c> V<'c> {
     }
 
     fn mtu(&mut self, path: &str, mtu: u32, ipv6: bool) {
-        let min = if ipv6 { 1280 } else { 576 };
+        let min = if ipv6 { IPV6_MIN_MTU } else { 576 };
         if !(min..=9216).contains(&mtu) {
             self.err(path, format!("MTU {mtu} is out of range ({min}–9216)"));
         }

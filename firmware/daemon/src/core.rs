@@ -149,6 +149,16 @@ fn issues(v: &[isthmus_config::Issue]) -> Vec<api::Issue> {
         .collect()
 }
 
+/// A `[[plugin]]` binding's pinned build.
+struct Pin {
+    binding: String,
+    /// In the store's form ([`crate::policy::pinned_digest`]).
+    digest: String,
+    enabled: bool,
+    /// In the applied configuration (else in the one a pending commit-confirm would restore).
+    applied: bool,
+}
+
 fn message(text: impl Into<String>) -> Response {
     axum::Json(serde_json::json!({ "message": text.into() })).into_response()
 }
@@ -674,10 +684,9 @@ impl Core {
             }
             Action::PluginRemove { digest } => {
                 let (name, version) = self.plugin_by_digest(&digest)?;
-                if let Some((binding, enabled)) =
-                    self.pins().into_iter().find(|p| p.1 == digest).map(|p| (p.0, p.2))
-                {
-                    let state = if enabled { "" } else { " (disabled)" };
+                if let Some(pin) = self.pins().into_iter().find(|p| p.digest == digest) {
+                    let (binding, state) =
+                        (pin.binding, if pin.enabled { "" } else { " (disabled)" });
                     return Err(Failure::new(
                         StatusCode::CONFLICT,
                         "conflict",
@@ -711,23 +720,24 @@ impl Core {
         }
     }
 
-    /// The builds configurations pin, as (binding, digest, enabled): the applied one's and,
-    /// while a commit-confirm is pending, those of the revision a revert would restore. Disabled
-    /// bindings count: enabling one again must find its build.
-    fn pins(&self) -> Vec<(String, String, bool)> {
+    /// The builds configurations pin: the applied one's and, while a commit-confirm is pending,
+    /// those of the revision a revert would restore. Disabled bindings count: enabling one again
+    /// must find its build.
+    fn pins(&self) -> Vec<Pin> {
         let pending = self.store.pending().ok().flatten();
         let restore = pending.and_then(|p| self.store.get(p.previous).ok()?.config().ok());
-        self.applied()
-            .map(|(_, c)| c)
-            .into_iter()
-            .chain(restore.map(Arc::new))
-            .flat_map(|cfg| {
-                cfg.plugins
-                    .iter()
-                    .map(|b| (b.name.clone(), crate::policy::pinned_digest(b), b.enabled))
-                    .collect::<Vec<_>>()
-            })
-            .collect()
+        let pins = |cfg: &Config, applied: bool| -> Vec<Pin> {
+            let pin = |b: &isthmus_config::Plugin| Pin {
+                binding: b.name.clone(),
+                digest: crate::policy::pinned_digest(b),
+                enabled: b.enabled,
+                applied,
+            };
+            cfg.plugins.iter().map(pin).collect()
+        };
+        let mut all = self.applied().map_or_else(Vec::new, |(_, c)| pins(&c, true));
+        all.extend(restore.map_or_else(Vec::new, |c| pins(&c, false)));
+        all
     }
 
     /// After a plugin change: the plugin of each hook is selected again and the tables
@@ -943,7 +953,8 @@ impl Core {
         host.load(&verified, "", Some(clock)).map_err(refuse)?;
         let compile_ms = t0.elapsed().as_millis();
         // Pinned builds are never pruned to make room.
-        let keep: Vec<String> = self.pins().into_iter().map(|p| p.1).collect();
+        let pins = self.pins();
+        let keep: Vec<String> = pins.iter().map(|p| p.digest.clone()).collect();
         let digest = self.plugins.put_keeping(&verified, &keep).map_err(plugin_failure)?;
         let m = verified.manifest();
         let active = self
@@ -954,10 +965,7 @@ impl Core {
             .any(|p| p.name == m.name && p.active.as_deref() == Some(digest.as_str()));
         let signer = verified.package().signer().map(|k| k.to_string()).unwrap_or_default();
         // A build the applied configuration pins runs as soon as it is in the store.
-        let pinned = self.applied().is_some_and(|(_, cfg)| {
-            cfg.plugins.iter().any(|b| b.enabled && crate::policy::pinned_digest(b) == digest)
-        });
-        if pinned {
+        if pins.iter().any(|p| p.applied && p.enabled && p.digest == digest) {
             let mut lines = String::new();
             self.policy_refresh(&mut lines);
             tracing::info!(plugin = %m.name, "pinned build uploaded; hooks selected again{lines}");

@@ -322,15 +322,15 @@ fn outbound_one(
 /// protect, and is dropped under its own counter instead of `spd-no-policy`.
 pub fn link_scoped(flow: &isthmus_tables::FlowKey) -> bool {
     use std::net::IpAddr;
-    let v6 = |a: &IpAddr| match a {
+    let link_local = |a: &IpAddr| match a {
+        // Multicast scope is the low nibble of the second byte (RFC 4291 §2.7).
         IpAddr::V6(a) => {
-            let s = a.segments()[0];
-            s & 0xffc0 == 0xfe80 || (s & 0xff00 == 0xff00 && s & 0x000f <= 2)
+            a.is_unicast_link_local() || (a.is_multicast() && a.octets()[1] & 0xf <= 2)
         }
         IpAddr::V4(a) => a.is_link_local(),
     };
     let local_v4_mcast = matches!(flow.dst, IpAddr::V4(a) if a.octets()[..3] == [224, 0, 0]);
-    v6(&flow.src) || v6(&flow.dst) || local_v4_mcast
+    link_local(&flow.src) || link_local(&flow.dst) || local_v4_mcast
 }
 
 /// WAN to TUN for one socket: receive in batches, split IKE and keepalives off (UDP), decrypt,

@@ -248,13 +248,20 @@ mod tests {
         sign(Package::unsigned(m, code.to_vec()).unwrap(), key).unwrap().to_bytes()
     }
 
-    #[test]
-    fn activate_rollback_remove_list() {
+    /// A store in a fresh database (the directory and database too, to reopen it), a signing
+    /// key and the trusted set holding its public half.
+    fn fresh()
+    -> (tempfile::TempDir, sled::Db, PluginStore, crate::package::SecretKey, [PublicKey; 1]) {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::open(dir.path()).unwrap();
         let store = PluginStore::new(db.open_tree("plugins").unwrap());
         let (sk, pk) = generate_key().unwrap();
-        let trusted = [pk];
+        (dir, db, store, sk, [pk])
+    }
+
+    #[test]
+    fn activate_rollback_remove_list() {
+        let (dir, db, store, sk, trusted) = fresh();
         let v1 = verify(&pkg("1", b"one", &sk), &trusted).unwrap();
         let v2 = verify(&pkg("2", b"two", &sk), &trusted).unwrap();
         let d1 = store.put(&v1).unwrap();
@@ -300,11 +307,10 @@ mod tests {
 
     #[test]
     fn pruning_spares_the_active_and_kept_versions() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
-        let store = PluginStore::new(db.open_tree("plugins").unwrap());
-        let (sk, pk) = generate_key().unwrap();
-        let trusted = [pk];
+        let (_dir, _db, store, sk, trusted) = fresh();
+        let stored = || -> Vec<String> {
+            store.list().unwrap()[0].versions.iter().map(|v| v.digest.clone()).collect()
+        };
         let put = |n: usize, keep: &[String]| {
             let v = verify(&pkg(&n.to_string(), n.to_string().as_bytes(), &sk), &trusted);
             store.put_keeping(&v.unwrap(), keep).unwrap()
@@ -314,8 +320,7 @@ mod tests {
         let pinned = put(1, &[]);
         let keep = [pinned.clone()];
         let newer: Vec<String> = (2..2 + 2 * MAX_VERSIONS).map(|n| put(n, &keep)).collect();
-        let kept: Vec<String> =
-            store.list().unwrap()[0].versions.iter().map(|v| v.digest.clone()).collect();
+        let kept = stored();
         assert_eq!(kept.len(), MAX_VERSIONS);
         assert_eq!(&kept[..2], &[active.clone(), pinned.clone()], "active and pinned stay");
         assert_eq!(&kept[2..], &newer[newer.len() - (MAX_VERSIONS - 2)..], "then the newest");
@@ -325,9 +330,7 @@ mod tests {
         assert!(store.load_version("sg", &pinned, &trusted).unwrap().is_none());
         assert_eq!(store.load("sg", &trusted).unwrap().unwrap().digest(), active);
         // Every stored version kept: a new upload is stored beyond the limit, not dropped.
-        let all: Vec<String> =
-            store.list().unwrap()[0].versions.iter().map(|v| v.digest.clone()).collect();
-        let extra = put(100, &all);
+        let extra = put(100, &stored());
         assert_eq!(store.list().unwrap()[0].versions.len(), MAX_VERSIONS + 1);
         assert!(store.load_version("sg", &extra, &trusted).unwrap().is_some());
     }
