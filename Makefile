@@ -26,7 +26,10 @@ clippy: bootstrap
 doc: bootstrap
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps --quiet
 
+# `cargo metadata` (which cargo-deny reads) resolves every platform's crates, and `cargo build`
+# only downloads the host's: fetch them all first, or a fresh CARGO_HOME fails on windows-sys.
 deny: bootstrap
+	$(CARGO) fetch --quiet
 	$(CARGO) deny --offline check licenses bans sources
 
 plugins: bootstrap
