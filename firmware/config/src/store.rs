@@ -18,7 +18,8 @@
 //! small changes costs little disk.
 //!
 //! Layout (one tree): `meta/last` (u64 BE, highest revision), `meta/active` (u64 BE),
-//! `meta/pending` (JSON, only while a commit awaits confirmation), `rev/<u64 BE>` (JSON
+//! `meta/pending` (JSON, only while a commit awaits confirmation), `meta/applied` (u64 BE
+//! each, the last revisions the daemon brought every plane to, newest last), `rev/<u64 BE>` (JSON
 //! [`RevisionInfo`]), `text/<u64 BE>` (the text's chunk hashes, 32 bytes each), `chunk/<hash>`
 //! (chunk bytes). Texts hold inline secrets: the directory is created mode 0700.
 
@@ -37,6 +38,10 @@ use crate::schema::Config;
 const LAST: &[u8] = b"meta/last";
 const ACTIVE: &[u8] = b"meta/active";
 const PENDING: &[u8] = b"meta/pending";
+const APPLIED: &[u8] = b"meta/applied";
+
+/// How many applied revisions [`Store::applied_revisions`] remembers.
+pub const APPLIED_KEPT: usize = 16;
 
 fn rev_key(n: u64) -> Vec<u8> {
     let mut k = b"rev/".to_vec();
@@ -542,6 +547,29 @@ impl Store {
         self.db.get(ACTIVE)?.map(|v| u64_of(&v)).transpose()
     }
 
+    /// Records that revision `rev` was applied in full (the daemon calls this after an apply
+    /// succeeds): the revisions to fall back to when a newer one cannot be applied.
+    pub fn mark_applied(&self, rev: u64) -> Result<(), Error> {
+        let mut list = self.applied_revisions()?;
+        list.retain(|r| *r != rev);
+        list.push(rev);
+        let keep = list.len().saturating_sub(APPLIED_KEPT);
+        let bytes: Vec<u8> = list[keep..].iter().flat_map(|r| r.to_be_bytes()).collect();
+        self.db.insert(APPLIED, bytes)?;
+        self.flush()
+    }
+
+    /// The last revision applied in full ([`Store::mark_applied`]); `None` when none ever was.
+    pub fn last_applied(&self) -> Result<Option<u64>, Error> {
+        Ok(self.applied_revisions()?.last().copied())
+    }
+
+    /// The revisions last applied in full, oldest first (at most [`APPLIED_KEPT`], each once).
+    pub fn applied_revisions(&self) -> Result<Vec<u64>, Error> {
+        let Some(v) = self.db.get(APPLIED)? else { return Ok(Vec::new()) };
+        v.chunks(8).map(u64_of).collect()
+    }
+
     /// The active revision.
     pub fn active_revision(&self) -> Result<Revision, Error> {
         let a = self.active()?.ok_or(Error::Empty)?;
@@ -689,5 +717,23 @@ mod tests {
         assert!(new <= 2, "{new} chunks changed for one line");
         assert_eq!(chunks(""), Vec::<&str>::new());
         assert_eq!(chunks("no newline"), vec!["no newline"]);
+    }
+
+    #[test]
+    fn applied_revisions_are_remembered_newest_last_each_once_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.last_applied().unwrap(), None);
+        for r in [1, 2, 1, 3] {
+            s.mark_applied(r).unwrap();
+        }
+        assert_eq!(s.applied_revisions().unwrap(), [2, 1, 3]);
+        assert_eq!(s.last_applied().unwrap(), Some(3));
+        for r in 10..40 {
+            s.mark_applied(r).unwrap();
+        }
+        let list = s.applied_revisions().unwrap();
+        assert_eq!(list.len(), APPLIED_KEPT);
+        assert_eq!(list.last(), Some(&39));
     }
 }

@@ -261,6 +261,16 @@ impl<'c> V<'c> {
                         "a LAN cannot hold every address (0.0.0.0/0); list the networks behind it",
                     );
                 }
+                if let Some(nh) = lan.next_hop
+                    && nh.is_ipv4() != n.addr().is_ipv4()
+                {
+                    self.err(
+                        path.clone(),
+                        format!(
+                            "{n} and {base}.next_hop {nh} are of different address families: the route to it could not be installed; list it on a LAN with a next hop of its family"
+                        ),
+                    );
+                }
                 if !on_link.iter().any(|o| o.covers(n)) && lan.next_hop.is_none() {
                     self.err(
                         path,

@@ -45,6 +45,16 @@ fn upgrade_key() -> (String, String) {
     (UPGRADE_ALARM.to_owned(), UPGRADE_SUBJECT.to_owned())
 }
 
+/// The built-in alarm raised while a configuration revision could not be applied
+/// ([`Alarms::apply_failed`]), about [`APPLY_SUBJECT`].
+pub const APPLY_ALARM: &str = "apply-failed";
+/// See [`APPLY_ALARM`].
+pub const APPLY_SUBJECT: &str = "config";
+
+fn apply_key() -> (String, String) {
+    (APPLY_ALARM.to_owned(), APPLY_SUBJECT.to_owned())
+}
+
 /// The alarm hook: sees each raise and clear, says what to deliver (the alarm plugin's
 /// `on-event`; the policy supervisor provides it).
 pub type AlarmHook = Arc<dyn Fn(&AlarmEvent) -> Vec<AlarmAction> + Send + Sync>;
@@ -321,15 +331,38 @@ impl Alarms {
     /// firmware its operator installed is always worth telling). It holds until
     /// [`Alarms::upgrade_passed`]; a second failure with the same message is not sent again.
     pub fn upgrade_failed(&self, message: &str) {
-        let key = upgrade_key();
+        self.raise_builtin(upgrade_key(), message);
+    }
+
+    /// An upgrade passed its health gate and the slot was blessed: a raised `upgrade-failed`
+    /// alarm clears.
+    pub fn upgrade_passed(&self) {
+        self.clear_builtin(upgrade_key());
+    }
+
+    /// A configuration revision could not be applied (at start or on commit): raises the
+    /// built-in `apply-failed` alarm about `config` (critical, to every target), naming the
+    /// revision and what the kernel or a plane refused. It holds until [`Alarms::applied`].
+    pub fn apply_failed(&self, message: &str) {
+        self.raise_builtin(apply_key(), message);
+    }
+
+    /// A revision was applied in full: a raised `apply-failed` alarm clears.
+    pub fn applied(&self) {
+        self.clear_builtin(apply_key());
+    }
+
+    /// Raises a built-in alarm (no rule needed; critical, to every target); a second raise with
+    /// the same message is not sent again.
+    fn raise_builtin(&self, key: (String, String), message: &str) {
         let mut st = self.lock();
         if st.active.get(&key).is_some_and(|a| a.message == message) {
             return;
         }
         let notify = st.targets.keys().cloned().collect();
         let a = api::Alarm {
-            name: UPGRADE_ALARM.into(),
-            subject: UPGRADE_SUBJECT.into(),
+            name: key.0.clone(),
+            subject: key.1.clone(),
             severity: Severity::Critical,
             message: message.to_owned(),
             raised: unix_now(),
@@ -348,10 +381,7 @@ impl Alarms {
         );
     }
 
-    /// An upgrade passed its health gate and the slot was blessed: a raised `upgrade-failed`
-    /// alarm clears.
-    pub fn upgrade_passed(&self) {
-        let key = upgrade_key();
+    fn clear_builtin(&self, key: (String, String)) {
         let mut st = self.lock();
         let Some(mut a) = st.active.remove(&key) else { return };
         a.cleared = Some(unix_now());
@@ -502,6 +532,7 @@ impl Alarms {
         for (k, _) in st.active.iter() {
             if !seen.contains(k)
                 && *k != upgrade_key()
+                && *k != apply_key()
                 && let Some(i) = rules.iter().position(|r| r.name == k.0)
             {
                 ended.push((i, k.clone()));

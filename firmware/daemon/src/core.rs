@@ -149,6 +149,12 @@ fn issues(v: &[isthmus_config::Issue]) -> Vec<api::Issue> {
         .collect()
 }
 
+/// What planning says of a configuration that validated ([`plan::check`]), as a validation
+/// error: validation and apply agree on what can be planned because both run the planner.
+fn plan_issue(cfg: &Config) -> Option<api::Issue> {
+    plan::check(cfg).err().map(|message| api::Issue { path: String::new(), message })
+}
+
 /// A `[[plugin]]` binding's pinned build.
 struct Pin {
     binding: String,
@@ -177,6 +183,9 @@ impl Core {
                 "an unconfirmed commit expired while the daemon was down; reverted"
             );
         }
+        // The `--config` file: revision 1 of an empty store; later, the operator's fix when the
+        // active revision cannot be applied ([`Core::apply_at_start`]).
+        let mut file = None;
         if store.active()?.is_none() {
             let path = opts.config_file.as_ref().ok_or_else(|| {
                 anyhow::anyhow!("the store is empty and no --config file was given")
@@ -192,6 +201,10 @@ impl Core {
             for w in &c.warnings {
                 tracing::warn!("{w}");
             }
+        } else if let Some(path) = &opts.config_file
+            && let Ok(text) = std::fs::read_to_string(path)
+        {
+            file = Some((path.clone(), text));
         }
         let plugin_tree = sled::open(opts.data_dir.join("plugins"))
             .and_then(|db| db.open_tree("plugins"))
@@ -221,13 +234,111 @@ impl Core {
             plugin_tree,
             policy,
         });
-        let rev = core.store.active_revision()?;
-        let cfg = rev.config()?;
-        if let Err(e) = core.apply(rev.info.number, cfg) {
-            core.events.emit("apply-failed", "config", Severity::Critical, e.clone());
-            anyhow::bail!("applying revision {}: {e}", rev.info.number);
-        }
+        core.apply_at_start(file)?;
         Ok(core)
+    }
+
+    /// Applies the active revision at start. A revision that cannot be applied never stops the
+    /// daemon (inside the image it is PID 1, and the API is the operator's way in): the
+    /// `apply-failed` alarm names the failure, and the daemon runs, in this order of choice,
+    /// the `--config` file when it differs from that revision (the operator's fix, committed
+    /// as a new revision), the last revision that applied in full (rolled back to), or no
+    /// configuration at all, with the management API up and the failed revision's API tokens.
+    /// While the active revision applies, a `--config` file that differs from it is not
+    /// applied (the store is the truth after the first boot); a log line says how to commit it.
+    fn apply_at_start(&self, file: Option<(PathBuf, String)>) -> anyhow::Result<()> {
+        let rev = self.store.active_revision()?;
+        let n = rev.info.number;
+        let file = file.filter(|(_, text)| text != rev.text());
+        let parsed = rev.config();
+        let failure = match parsed.as_ref().map_err(ToString::to_string).cloned() {
+            Ok(cfg) => match self.apply(n, cfg) {
+                Ok(_) => {
+                    if let Some((path, _)) = &file {
+                        tracing::warn!(
+                            "{} differs from revision {n}, which is in force: the file is a pending change, not applied; to apply it: isthmus config commit {}",
+                            path.display(),
+                            path.display()
+                        );
+                    }
+                    return Ok(());
+                }
+                Err(e) => e,
+            },
+            Err(e) => e,
+        };
+        let mut msg = format!("applying revision {n} failed: {failure}");
+        tracing::error!("{msg}");
+        self.events.emit("apply-failed", "config", Severity::Critical, msg.clone());
+        self.alarms.apply_failed(&msg);
+        // 1. The operator's corrected file.
+        if let Some((path, text)) = file {
+            let shown = path.display();
+            tracing::warn!("{shown} differs from revision {n}, which failed: applying the file");
+            let comment = format!("{shown} at start (revision {n} failed to apply)");
+            match self.store.commit(&text, "isthmusd", &comment, SystemTime::now()) {
+                Ok(c) => match self.apply_stored(c.rev) {
+                    Ok(()) => {
+                        msg.push_str(&format!("; applied {shown} as revision {}", c.rev));
+                        self.alarms.apply_failed(&msg);
+                        tracing::warn!("{msg}");
+                        return Ok(());
+                    }
+                    Err(e) => msg.push_str(&format!(
+                        "; {shown}, committed as revision {}, failed too: {e}",
+                        c.rev
+                    )),
+                },
+                Err(e) => msg.push_str(&format!("; {shown} was not applied: {e}")),
+            }
+        }
+        // 2. The newest other revision that applied (the failed one may have applied before
+        // the kernel changed under it).
+        let active = self.store.active()?;
+        let applied = self.store.applied_revisions()?;
+        if let Some(good) = applied.iter().rev().copied().find(|g| *g != n && Some(*g) != active) {
+            let why = format!("automatic: revision {n} failed to apply at start");
+            match self.store.rollback(good, "isthmusd", &why, SystemTime::now()) {
+                Ok(c) => match self.apply_stored(c.rev) {
+                    Ok(()) => {
+                        msg.push_str(&format!(
+                            "; rolled back to revision {good} (now revision {})",
+                            c.rev
+                        ));
+                        self.alarms.apply_failed(&msg);
+                        tracing::warn!("{msg}");
+                        return Ok(());
+                    }
+                    Err(e) => msg.push_str(&format!("; revision {good} failed too: {e}")),
+                },
+                Err(e) => msg.push_str(&format!("; rolling back to revision {good} failed: {e}")),
+            }
+        }
+        // 3. Nothing applies: the API stays reachable with the tokens the operator configured.
+        if let Ok(cfg) = &parsed {
+            self.install_access(cfg);
+        }
+        msg.push_str(
+            "; no configuration is in force: commit a corrected one through the API (isthmus config commit FILE)",
+        );
+        self.alarms.apply_failed(&msg);
+        tracing::error!("{msg}");
+        Ok(())
+    }
+
+    /// Applies stored revision `rev`.
+    fn apply_stored(&self, rev: u64) -> Result<(), String> {
+        let cfg = self.store.get(rev).and_then(|r| r.config()).map_err(|e| e.to_string())?;
+        self.apply(rev, cfg).map(|_| ())
+    }
+
+    /// Where the management API listens: the applied configuration's `[gateway.management]`,
+    /// or the active revision's when none could be applied (the operator's way in to fix it).
+    pub fn management(&self) -> Option<isthmus_config::Management> {
+        match self.applied() {
+            Some((_, c)) => c.gateway.management.clone(),
+            None => self.store.active_revision().ok()?.config().ok()?.gateway.management,
+        }
     }
 
     /// Where the store, the API certificate, plugins and the upgrade record live.
@@ -297,6 +408,9 @@ impl Core {
         *lock(&self.stages) = st;
         let lines = r?;
         self.apply_rest(rev, cfg);
+        if let Err(e) = self.store.mark_applied(rev) {
+            tracing::warn!("recording revision {rev} as applied: {e}");
+        }
         Ok(lines)
     }
 
@@ -416,6 +530,22 @@ impl Core {
 
     /// The planes are in place: tokens, alarms, and the applied revision.
     fn apply_rest(&self, rev: u64, cfg: Config) {
+        self.install_access(&cfg);
+        if self.opts.run_tunnels {
+            self.health.configure(&cfg, self.events.clone());
+        }
+        *self.applied.write().unwrap_or_else(|p| p.into_inner()) = Some((rev, Arc::new(cfg)));
+        self.events.emit(
+            "config-applied",
+            "config",
+            Severity::Info,
+            format!("revision {rev} applied"),
+        );
+    }
+
+    /// Who may use the API and who is told of alarms, from `cfg` (also when nothing else of it
+    /// could be applied: the operator must be able to reach the API to fix it).
+    fn install_access(&self, cfg: &Config) {
         // 5. Who may use the API.
         let tokens = cfg
             .api_tokens
@@ -435,17 +565,7 @@ impl Core {
             })
             .collect();
         *self.tokens.write().unwrap_or_else(|p| p.into_inner()) = Tokens::new(tokens);
-        self.alarms.configure(&cfg);
-        if self.opts.run_tunnels {
-            self.health.configure(&cfg, self.events.clone());
-        }
-        *self.applied.write().unwrap_or_else(|p| p.into_inner()) = Some((rev, Arc::new(cfg)));
-        self.events.emit(
-            "config-applied",
-            "config",
-            Severity::Info,
-            format!("revision {rev} applied"),
-        );
+        self.alarms.configure(cfg);
     }
 
     /// Applies revision `rev`; if that fails, rolls the store back to `previous` and applies
@@ -462,7 +582,10 @@ impl Core {
             None => self.store.get(rev).and_then(|r| r.config()).map_err(store_failure)?,
         };
         match self.apply(rev, cfg) {
-            Ok(lines) => Ok(lines),
+            Ok(lines) => {
+                self.alarms.applied();
+                Ok(lines)
+            }
             Err(e) => {
                 let mut msg = format!("applying revision {rev} failed: {e}");
                 if let Some(prev) = previous {
@@ -563,6 +686,15 @@ impl Core {
                     f.0.details = issues(&secrets);
                     return Err(f);
                 }
+                if let Some(i) = plan_issue(&checked.config) {
+                    let mut f = Failure::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "invalid-config",
+                        "the configuration cannot be planned",
+                    );
+                    f.0.details = vec![i];
+                    return Err(f);
+                }
                 if dry_run {
                     let plan = self.dry_run(&checked.config)?;
                     return Ok(axum::Json(api::CommitResponse {
@@ -572,7 +704,9 @@ impl Core {
                     })
                     .into_response());
                 }
-                let previous = self.store.active().map_err(store_failure)?;
+                // A failed apply goes back to the last revision that applied (after a failed
+                // start that is not the active one), or nowhere when none ever did.
+                let previous = self.store.last_applied().map_err(store_failure)?;
                 let c = match confirm_secs {
                     Some(s) => self.store.commit_confirmed_checked(
                         &checked,
@@ -610,7 +744,7 @@ impl Core {
                 Ok(message(format!("revision {rev} confirmed")))
             }
             Action::ConfigRollback { revision } => {
-                let previous = self.store.active().map_err(store_failure)?;
+                let previous = self.store.last_applied().map_err(store_failure)?;
                 let c = self
                     .store
                     .rollback(revision, who, &format!("rollback to revision {revision}"), now)
@@ -810,10 +944,11 @@ impl Core {
     fn validate_blocking(&self, text: &str) -> api::ValidateResponse {
         match Config::check(text) {
             Ok(c) => {
-                let secrets = c.config.check_secrets();
+                let mut errors = issues(&c.config.check_secrets());
+                errors.extend(plan_issue(&c.config));
                 api::ValidateResponse {
-                    ok: secrets.is_empty(),
-                    errors: issues(&secrets),
+                    ok: errors.is_empty(),
+                    errors,
                     warnings: issues(&c.warnings),
                 }
             }

@@ -17,7 +17,8 @@ use isthmusd::pid1;
 #[derive(Parser, Debug)]
 #[command(name = "isthmusd", version, about = "The Isthmus VPN gateway daemon")]
 struct Args {
-    /// Configuration committed as revision 1 when the store is empty.
+    /// Configuration committed as revision 1 when the store is empty; later, applied instead of
+    /// an active revision that fails to apply (see docs/config.md, "Recovery").
     #[arg(long, default_value = "/data/isthmus/config.toml")]
     config: PathBuf,
     /// Store, API certificate and plugins.
@@ -103,7 +104,7 @@ async fn serve(core: Arc<Core>, args: Args) -> anyhow::Result<()> {
             .await;
         }
     });
-    let mgmt = core.applied().and_then(|(_, c)| c.gateway.management.clone());
+    let mgmt = core.management();
     let addr = args.api.unwrap_or_else(|| match &mgmt {
         Some(m) => SocketAddr::new(m.address.addr, m.port),
         None => SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080),

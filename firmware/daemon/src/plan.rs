@@ -23,6 +23,13 @@ pub const TUN_NAME: &str = "ist0";
 /// route, so they only win when nothing else routes the prefix.
 const BLACKHOLE_METRIC: u32 = 4_000_000;
 
+/// The priority of the first policy rule (a LAN network looking up its route table).
+pub const RULE_PRIORITY_FIRST: u32 = 1000;
+
+/// The last priority a policy rule may take: the kernel's rule for the main table is at 32766,
+/// and a LAN's tables must be looked up before it.
+pub const RULE_PRIORITY_LAST: u32 = 32765;
+
 /// What the kernel's desired state holds of the TUN device, by how far the tunnel plane is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TunnelDevice {
@@ -139,20 +146,8 @@ pub fn desired_state(cfg: &Config, tun: TunnelDevice) -> DesiredState {
                 // Validation refuses the reserved ids (0, 253–255): `id` is the kernel table.
                 s.routes.push(Route { table: rt.id, dst: r.prefix, via, metric: r.metric });
             }
-            // LANs bound to a table look it up first (RFC-free: plain Linux policy routing).
-            for (i, lan) in rt.lans.iter().enumerate() {
-                if let Some(l) = cfg.lan(lan) {
-                    for n in l.all_networks() {
-                        s.rules.push(Rule {
-                            priority: 1000 + rt.id % 1000 * 10 + i as u32,
-                            from: Some(n),
-                            to: None,
-                            table: rt.id,
-                        });
-                    }
-                }
-            }
         }
+        s.rules = lan_rules(cfg);
         if tun == TunnelDevice::Absent {
             s.routes.retain(|r| r.via != NextHop::Interface(TUN_NAME.into()));
         }
@@ -169,6 +164,67 @@ pub fn desired_state(cfg: &Config, tun: TunnelDevice) -> DesiredState {
         wan_echo: true,
     });
     s
+}
+
+/// The route tables a LAN looks up, in order: the table that names it in `lans`, else every
+/// table with `lans = []` ("every LAN not bound to another table"), in the order written (a
+/// lookup that finds no route falls through to the next rule, and finally to `main`).
+pub fn lan_tables<'a>(cfg: &'a Config, lan: &str) -> Vec<&'a isthmus_config::RouteTable> {
+    let bound: Vec<_> =
+        cfg.route_tables.iter().filter(|t| t.lans.iter().any(|l| l == lan)).collect();
+    if !bound.is_empty() {
+        return bound;
+    }
+    cfg.route_tables.iter().filter(|t| t.lans.is_empty()).collect()
+}
+
+/// The policy rules: each network of each LAN (its on-link subnets and the `networks` behind
+/// it) looks up the LAN's tables. Every rule has its own priority (the kernel orders rules by
+/// it; two rules at one priority would have no defined order, and the reconciler refuses
+/// them), counted up from [`RULE_PRIORITY_FIRST`]. Networks of different LANs never overlap
+/// (validation), so the order between LANs does not matter; within a LAN a network covered by
+/// another of the same LAN adds nothing and gets no rule.
+pub fn lan_rules(cfg: &Config) -> Vec<Rule> {
+    let mut rules = Vec::new();
+    for lan in &cfg.gateway.lans {
+        let tables = lan_tables(cfg, &lan.name);
+        let all: Vec<Prefix> = lan.all_networks().collect();
+        let mut nets: Vec<Prefix> = Vec::new();
+        for (i, n) in all.iter().enumerate() {
+            // Kept when no other network of the LAN covers it (of equal ones, the first).
+            let covered = all.iter().enumerate().any(|(j, o)| o.covers(n) && (o != n || j < i));
+            if !covered {
+                nets.push(*n);
+            }
+        }
+        for n in nets {
+            for t in &tables {
+                rules.push(Rule { priority: 0, from: Some(n), to: None, table: t.id });
+            }
+        }
+    }
+    for (k, r) in rules.iter_mut().enumerate() {
+        r.priority = RULE_PRIORITY_FIRST.saturating_add(u32::try_from(k).unwrap_or(u32::MAX));
+    }
+    rules
+}
+
+/// Whether `cfg` can be planned: the kernel state it asks for is consistent (unique rule
+/// priorities below the main table's rule, no route listed twice, interface names the kernel
+/// accepts). Validation runs this too, so a configuration that validates also applies as far
+/// as the configuration alone decides.
+pub fn check(cfg: &Config) -> Result<(), String> {
+    let s = desired_state(cfg, TunnelDevice::Routed);
+    if let Some(last) = s.rules.last()
+        && last.priority > RULE_PRIORITY_LAST
+    {
+        return Err(format!(
+            "route_table: the LANs' networks need {} policy rules, but at most {} fit before the main table's rule; bind fewer networks or tables",
+            s.rules.len(),
+            RULE_PRIORITY_LAST - RULE_PRIORITY_FIRST + 1
+        ));
+    }
+    s.validate().map_err(|e| format!("planning the kernel state: {e}"))
 }
 
 fn lan_ifname(cfg: &Config, name: &str) -> String {
@@ -553,6 +609,134 @@ remote = "{remote}"
         let (a, b) = (cfg(env, "10.3.0.0/24"), cfg(env, "10.3.0.0/24"));
         let same = unchanged_tunnels(&a, &b);
         assert!(!same.contains("ta") && same.contains("tb"), "{same:?}");
+    }
+
+    /// A gateway with `lans` (name, extra `networks`) and `tables` (id, bound LANs).
+    fn routed(lans: &[(&str, &[&str])], tables: &[(u32, &[&str])]) -> String {
+        let mut t = String::from(
+            "[gateway]\nname = \"gw\"\n[gateway.wan]\ninterface = \"wan0\"\naddress = \"192.0.2.1/24\"\nnext_hop = \"192.0.2.254\"\n",
+        );
+        for (i, (name, nets)) in lans.iter().enumerate() {
+            let nets: Vec<String> = nets.iter().map(|n| format!("\"{n}\"")).collect();
+            t += &format!(
+                "[[gateway.lan]]\nname = \"{name}\"\ninterface = \"lan{i}\"\naddresses = [\"10.{i}.0.1/24\", \"fd00:{i}::1/64\"]\nnetworks = [{}]\nnext_hop = \"10.{i}.0.254\"\n",
+                nets.join(", ")
+            );
+        }
+        for (id, bound) in tables {
+            let bound: Vec<String> = bound.iter().map(|n| format!("\"{n}\"")).collect();
+            t += &format!(
+                "[[route_table]]\nname = \"t{id}\"\nid = {id}\nlans = [{}]\n[[route_table.route]]\nprefix = \"172.16.{}.0/24\"\nvia = \"10.0.0.9\"\n",
+                bound.join(", "),
+                id % 250
+            );
+        }
+        t
+    }
+
+    /// Anything that validates must plan: every combination of LANs with networks beyond their
+    /// subnets (covered, disjoint, IPv6) and route tables bound to some LANs or to none (with
+    /// ids equal modulo 1000, which the old priority formula folded together).
+    #[test]
+    fn every_valid_combination_of_lans_networks_and_tables_plans() {
+        let nets: [&[&str]; 4] = [
+            &[],
+            &["10.0.0.0/16"],
+            &["10.0.0.0/16", "10.0.5.0/24", "172.31.0.0/16", "fd00:0:0:8000::/49"],
+            &["10.0.0.0/16", "10.0.0.0/16"],
+        ];
+        let ids = [100u32, 1100, 7];
+        let bindings: [&[&str]; 5] = [&[], &["a"], &["b"], &["a", "b"], &["c"]];
+        let (mut planned, mut refused) = (0, 0);
+        for na in nets {
+            for nb in [&[][..], &["10.1.0.0/16", "10.1.9.0/24"][..]] {
+                let lans = [("a", na), ("b", nb), ("c", &[][..])];
+                for n_tables in 0..=ids.len() {
+                    for combo in 0..bindings.len().pow(n_tables as u32) {
+                        let mut c = combo;
+                        let tables: Vec<(u32, &[&str])> = ids[..n_tables]
+                            .iter()
+                            .map(|id| {
+                                let b = bindings[c % bindings.len()];
+                                c /= bindings.len();
+                                (*id, b)
+                            })
+                            .collect();
+                        let text = routed(&lans, &tables);
+                        let Ok(checked) = Config::check(&text) else {
+                            refused += 1;
+                            continue;
+                        };
+                        let cfg = checked.config;
+                        check(&cfg).unwrap_or_else(|e| panic!("{e}\n{text}"));
+                        let rules = desired_state(&cfg, TunnelDevice::Routed).rules;
+                        // Every LAN that looks up a table has a rule for each of its subnets.
+                        for lan in &cfg.gateway.lans {
+                            for t in lan_tables(&cfg, &lan.name) {
+                                for a in &lan.addresses {
+                                    assert!(
+                                        rules.iter().any(|r| r.table == t.id
+                                            && r.from.is_some_and(|f| f.covers(&a.network()))),
+                                        "LAN {} does not look up table {}:\n{text}\n{rules:?}",
+                                        lan.name,
+                                        t.id
+                                    );
+                                }
+                            }
+                        }
+                        planned += 1;
+                    }
+                }
+            }
+        }
+        assert!(planned > 100, "planned {planned}, refused {refused}");
+    }
+
+    #[test]
+    fn a_lan_with_networks_gets_one_rule_per_network_each_with_its_own_priority() {
+        let text = routed(&[("a", &["10.0.0.0/16", "172.31.0.0/16"])], &[(100, &["a"])]);
+        let cfg = Config::from_toml(&text).unwrap();
+        let rules: Vec<String> =
+            desired_state(&cfg, TunnelDevice::Routed).rules.iter().map(|r| r.to_string()).collect();
+        assert_eq!(
+            rules,
+            [
+                "priority 1000 from fd00::/64 lookup 100",
+                "priority 1001 from 10.0.0.0/16 lookup 100",
+                "priority 1002 from 172.31.0.0/16 lookup 100",
+            ],
+        );
+    }
+
+    /// `lans = []` means every LAN not bound to another table (docs/config.md): those LANs look
+    /// the table up; a LAN bound elsewhere does not.
+    #[test]
+    fn a_table_without_lans_is_looked_up_by_every_unbound_lan() {
+        let text = routed(&[("a", &[]), ("b", &[])], &[(100, &[]), (200, &["b"])]);
+        let cfg = Config::from_toml(&text).unwrap();
+        let rules: Vec<String> =
+            desired_state(&cfg, TunnelDevice::Routed).rules.iter().map(|r| r.to_string()).collect();
+        assert_eq!(
+            rules,
+            [
+                "priority 1000 from 10.0.0.0/24 lookup 100",
+                "priority 1001 from fd00::/64 lookup 100",
+                "priority 1002 from 10.1.0.0/24 lookup 200",
+                "priority 1003 from fd00:1::/64 lookup 200",
+            ]
+        );
+    }
+
+    /// Every complete configuration in docs/ plans (the site-A example did not: `rule priority
+    /// 2000 is used twice`). Applying them in a namespace is `tests/apply_netns.rs`.
+    #[test]
+    fn every_docs_example_plans() {
+        let examples = isthmus_testkit::docs::examples();
+        assert!(!examples.is_empty());
+        for e in examples {
+            let cfg = Config::from_toml(&e.text).unwrap_or_else(|err| panic!("{}: {err}", e.name));
+            check(&cfg).unwrap_or_else(|err| panic!("{} ({}): {err}", e.name, e.page));
+        }
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! that route only; dry runs change nothing; rollback and an unconfirmed commit (also across a
 //! daemon killed inside the window) restore the kernel; drift is repaired and reported while
 //! foreign routes stay; a failed apply rolls back and names what failed; the WAN admits none of
-//! what it should not, from a peer namespace. Address block 10.64.0.0/16.
+//! what it should not, from a peer namespace; a configuration that cannot be applied at start
+//! leaves the API up to fix it; every complete example in docs/ applies. Address block
+//! 10.64.0.0/16.
 //!
 //! The reconciler's own rules (ownership, every firewall rule with listeners) are tested in
 //! `firmware/net/tests/netns.rs`; the API's store semantics without a kernel in `tests/api.rs`.
@@ -343,4 +345,161 @@ fn without_tunnels_the_kernel_is_managed_and_no_tun_device_is_expected() {
     let after = routes(&l.site);
     assert!(after.contains("10.64.200.0/24 via 10.64.10.9 dev lan0 metric 150"), "{after}");
     assert_eq!(revision(&l.site), 2);
+}
+
+/// A LAN whose interface does not exist: the document validates, the kernel refuses it.
+const GHOST_LAN: &str =
+    "[[gateway.lan]]\nname = \"ghost\"\ninterface = \"nosuch0\"\naddresses = [\"10.64.20.1/24\"]\n";
+
+/// The `apply-failed` alarm, when raised (not cleared).
+fn apply_alarm(site: &Site) -> Option<Value> {
+    let (s, b) = api(site, "GET", "/alarms", None);
+    assert_eq!(s, 200, "{b}");
+    b.as_array()?.iter().find(|a| a["name"] == "apply-failed" && a["cleared"].is_null()).cloned()
+}
+
+/// Issue 14: a first configuration that cannot be applied left a daemon that exited before its
+/// API came up, at every start, and ignored the corrected `--config` file. Now the daemon comes
+/// up with the management API and the configured tokens, raises `apply-failed` naming what
+/// failed, takes a fix through the API, and restarts cleanly on it; the stale file is then a
+/// pending change, not applied. A corrected file at the next start is applied by itself.
+#[test]
+fn a_configuration_that_cannot_be_applied_leaves_the_api_up_to_fix_it() {
+    if !require_root() {
+        return;
+    }
+    let mut l = lab("apr", 18647);
+    // Before the fix: "isthmusd exited (exit status: 1): ... applying revision 1: ... nosuch0".
+    l.site.start(&config(100, GHOST_LAN));
+    let log = l.site.log();
+    assert!(log.contains("applying revision 1 failed") && log.contains("nosuch0"), "{log}");
+    assert!(log.contains("no configuration is in force"), "{log}");
+    let alarm = apply_alarm(&l.site).unwrap_or_else(|| panic!("no apply-failed alarm\n{log}"));
+    assert_eq!(alarm["severity"], "critical", "{alarm}");
+    let msg = alarm["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("revision 1") && msg.contains("nosuch0"), "the alarm names it: {msg}");
+
+    // The operator fixes it through the API.
+    let (s, b) = commit(&l.site, config(100, ""), None, false);
+    assert_eq!(s, 200, "{b}\n{}", l.site.log());
+    assert_eq!(revision(&l.site), 2);
+    assert!(routes(&l.site).contains("10.64.200.0/24 via 10.64.10.9"), "{}", routes(&l.site));
+    assert!(apply_alarm(&l.site).is_none(), "the alarm clears once a revision applies");
+
+    // A restart comes up on revision 2; the old file (still broken) is only reported.
+    l.site.stop();
+    let mark = l.site.log().len();
+    l.site.start(&config(100, GHOST_LAN));
+    let log = l.site.log()[mark..].to_owned();
+    assert_eq!(revision(&l.site), 2, "{log}");
+    assert!(!log.contains("failed"), "{log}");
+    assert!(log.contains("differs from revision 2") && log.contains("pending change"), "{log}");
+    assert!(apply_alarm(&l.site).is_none());
+
+    // Revision 3 cannot be applied at the next start (the store has it; the kernel lost the
+    // interface while the daemon was down): the daemon falls back to revision 2.
+    l.site.gw.sh("ip link add lan9 type veth peer name lan9p");
+    let lan9 = "[[gateway.lan]]\nname = \"extra\"\ninterface = \"lan9\"\naddresses = [\"10.64.30.1/24\"]\n";
+    let (s, b) = commit(&l.site, config(100, lan9), None, false);
+    assert_eq!(s, 200, "{b}");
+    l.site.stop();
+    l.site.gw.sh("ip link del lan9");
+    let mark = l.site.log().len();
+    l.site.start(&config(100, lan9));
+    let log = l.site.log()[mark..].to_owned();
+    assert!(log.contains("applying revision 3 failed") && log.contains("lan9"), "{log}");
+    assert!(log.contains("rolled back to revision 2 (now revision 4)"), "{log}");
+    assert_eq!(revision(&l.site), 4);
+    assert!(apply_alarm(&l.site).is_some(), "running an older revision is alarmed");
+    assert!(routes(&l.site).contains("10.64.200.0/24 via 10.64.10.9"));
+
+    // A corrected file at start is applied when the active revision cannot be.
+    l.site.gw.sh("ip link add lan9 type veth peer name lan9p");
+    let (s, b) = commit(&l.site, config(120, lan9), None, false);
+    assert_eq!(s, 200, "{b}");
+    l.site.stop();
+    l.site.gw.sh("ip link del lan9");
+    let mark = l.site.log().len();
+    l.site.start(&config(130, ""));
+    let log = l.site.log()[mark..].to_owned();
+    assert!(
+        log.contains("applying revision 5 failed") && log.contains("applying the file"),
+        "{log}"
+    );
+    assert_eq!(revision(&l.site), 6, "{log}");
+    assert!(routes(&l.site).contains("metric 130"), "{}\n{log}", routes(&l.site));
+}
+
+/// Every complete configuration in docs/ (a ```toml block after `<!-- example: NAME -->`) is
+/// applied by a real isthmusd in a namespace that has the interfaces it names, not only
+/// validated. The site-A example of docs/config.md failed: `rule priority 2000 is used twice`.
+#[test]
+fn every_docs_example_applies_in_a_namespace() {
+    if !require_root() {
+        return;
+    }
+    let examples = isthmus_testkit::docs::examples();
+    assert!(examples.len() >= 2, "{examples:?}");
+    for (k, e) in examples.iter().enumerate() {
+        let cfg = isthmus_config::Config::from_toml(&e.text)
+            .unwrap_or_else(|err| panic!("{} ({}): {err}", e.name, e.page));
+        let gw = Netns::new(&format!("doc{k}"));
+        // The interfaces the example names, as veth pairs whose peers stay in the namespace.
+        let mut ifs = vec![cfg.gateway.wan.interface.clone()];
+        ifs.extend(cfg.gateway.lans.iter().map(|l| l.interface.clone()));
+        ifs.extend(cfg.gateway.management.iter().map(|m| m.interface.clone()));
+        for (i, name) in ifs.iter().enumerate() {
+            gw.sh(&format!(
+                "ip link add {name} type veth peer name peer{i} && ip link set peer{i} up"
+            ));
+        }
+        let dir = std::env::temp_dir().join(format!("isthmus-{}", gw.name()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("gw.toml"), &e.text).unwrap();
+        // The secrets the example reads from the environment.
+        let line = format!(
+            "env ISTHMUS_PSK_IDC=docs-example-psk-0123456789 ISTHMUS_PSK_VPC=docs-example-psk-0123456789 \
+             ISTHMUS_MONITORING_TOKEN=docs-example-token {} --config {} --data-dir {} \
+             --api 127.0.0.1:18650 >{} 2>&1",
+            env!("CARGO_BIN_EXE_isthmusd"),
+            dir.join("gw.toml").display(),
+            dir.join("data").display(),
+            dir.join("log").display()
+        );
+        // `exec`ed all the way down: the child is the daemon.
+        let mut child = gw.spawn(&line);
+        let log = || std::fs::read_to_string(dir.join("log")).unwrap_or_default();
+        wait_for(
+            &format!("example `{}` ({}) to be applied", e.name, e.page),
+            Duration::from_secs(30),
+            || log().contains("management API listening"),
+            log,
+        );
+        let l = log();
+        assert!(!l.contains("failed"), "example `{}` ({}): {l}", e.name, e.page);
+        // What the example asks the kernel for is there: every LAN network looks up its table.
+        let rules = gw.sh("ip rule show");
+        for t in &cfg.route_tables {
+            for lan in cfg.gateway.lans.iter().filter(|l| t.lans.contains(&l.name)) {
+                for n in &lan.networks {
+                    assert!(
+                        rules.contains(&format!("from {n} lookup {}", t.id)),
+                        "{}: {rules}",
+                        e.name
+                    );
+                }
+            }
+        }
+        let routes = gw.sh("ip route show table all proto 181");
+        for t in &cfg.route_tables {
+            for r in &t.routes {
+                assert!(routes.contains(&r.prefix.to_string()), "{}: {routes}", e.name);
+            }
+        }
+        let _ =
+            std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let _ = child.wait();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -235,6 +235,9 @@ impl Reconciler {
         for (c, r) in owners.iter().zip(results) {
             match r {
                 Ok(()) => report.count(c),
+                Err(e) if already_done(c, e.errno) => {
+                    tracing::debug!(change = %c, error = %e, "already so in the kernel");
+                }
                 Err(e) => failures.push(fail(c, e.to_string())),
             }
         }
@@ -268,6 +271,21 @@ impl Reconciler {
             Some(Err(e)) => Err(Error::Protocol(e.to_string())),
             _ => Ok(()),
         }
+    }
+}
+
+/// Whether the kernel refused `c` only because it is already done: what is to be deleted is
+/// gone (a route the kernel dropped with its address or link answers ESRCH), or an identical
+/// rule or address exists (EEXIST). Apply converges on the desired state whatever the kernel
+/// was left at (a half-done apply, a restart); a route added over another at the same key is
+/// not among these, as that one may be someone else's.
+fn already_done(c: &Change, errno: i32) -> bool {
+    match c {
+        Change::DeleteRoute { .. } | Change::DeleteRule { .. } | Change::DeleteAddress(_) => {
+            matches!(errno, libc::ESRCH | libc::ENOENT | libc::EADDRNOTAVAIL)
+        }
+        Change::AddRule { .. } | Change::AddAddress(_) => errno == libc::EEXIST,
+        _ => false,
     }
 }
 

@@ -201,6 +201,60 @@ fn apply_reports_what_the_kernel_refused_and_applies_the_rest() {
     assert!(routes.contains("10.61.8.0/24 dev eth9 proto 181"), "{routes}");
 }
 
+/// A plan made against the kernel and applied after the kernel changed under it (a half-done
+/// apply, a restart, a link that went away): deletions of what is already gone and additions of
+/// rules and addresses already there succeed. Before, the next start failed on `No such
+/// process (os error 3)` for a route the kernel had dropped with its address.
+#[test]
+fn apply_converges_when_the_kernel_already_did_part_of_the_plan() {
+    if !require_root() {
+        return;
+    }
+    let gw = Netns::new("net");
+    gw.sh(
+        "ip link add eth9 type veth peer name eth9p && ip link set eth9 up && ip link set eth9p up",
+    );
+    let lan = Link { name: "eth9".into(), up: true, mtu: None, kind: LinkKind::Existing };
+    let with_routes = DesiredState {
+        links: vec![lan.clone()],
+        addresses: vec![Address::new("eth9", "10.60.70.1/24").unwrap()],
+        routes: vec![route(
+            100,
+            "10.61.70.0/24",
+            NextHop::Gateway("10.60.70.2".parse().unwrap()),
+            0,
+        )],
+        rules: vec![Rule { priority: 1000, from: Some(p("10.60.70.0/24")), to: None, table: 100 }],
+        firewall: None,
+    };
+    let d = with_routes.clone();
+    with(&gw, move |r| r.reconcile(&d).unwrap());
+    assert!(gw.sh("ip route show table 100").contains("10.61.70.0/24 via 10.60.70.2"));
+
+    // Plan the removal of all of it, then let the kernel do part of it first: deleting the
+    // address drops the route through it; the rule is deleted by hand.
+    let empty = DesiredState { links: vec![lan.clone()], ..Default::default() };
+    let plan = with(&gw, move |r| r.plan(&empty).unwrap());
+    let text = plan.to_string();
+    assert!(
+        text.contains("- route 10.61.70.0/24") && text.contains("- rule -4 priority 1000"),
+        "{text}"
+    );
+    gw.sh("ip addr del 10.60.70.1/24 dev eth9 && ip rule del priority 1000");
+    assert!(!gw.sh("ip route show table 100").contains("10.61.70.0/24"), "the kernel dropped it");
+    let r = with(&gw, move |r| r.apply(&plan));
+    assert!(r.is_ok(), "applying a plan the kernel already carried out: {r:?}");
+
+    // And the other way: a plan to add what is by now already there.
+    let d = with_routes.clone();
+    let plan = with(&gw, move |r| r.plan(&d).unwrap());
+    gw.sh("ip addr add 10.60.70.1/24 dev eth9 && ip rule add priority 1000 from 10.60.70.0/24 lookup 100 proto 181");
+    let r = with(&gw, move |r| r.apply(&plan));
+    assert!(r.is_ok(), "adding an address and a rule that exist: {r:?}");
+    let d = with_routes.clone();
+    assert!(with(&gw, move |r| r.plan(&d).unwrap()).is_empty(), "the kernel is at the state");
+}
+
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 
 /// Attaches to a TUN device as the dataplane will (`IFF_TUN | IFF_NO_PI`).
