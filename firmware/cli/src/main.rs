@@ -229,7 +229,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     if d.is_zero() {
         return Err(format!("`{s}` is zero; give a duration longer than zero"));
     }
-    if d.as_millis() % 1000 != 0 {
+    if !d.as_millis().is_multiple_of(1000) {
         return Err(format!("`{s}` is not a whole number of seconds"));
     }
     Ok(d.as_duration())
@@ -264,7 +264,7 @@ fn connect(cli: &Cli) -> anyhow::Result<Client> {
 }
 
 /// Reads a configuration file; one that is not UTF-8 is an invalid configuration (exit 5).
-fn read_file(p: &PathBuf) -> anyhow::Result<String> {
+fn read_file(p: &std::path::Path) -> anyhow::Result<String> {
     isthmus_config::read_file(p).map_err(|e| {
         let code = match e {
             isthmus_config::Error::NotUtf8 { .. } => exit::INVALID,
