@@ -11,6 +11,12 @@ use serde::{Deserialize, Serialize};
 /// The API's version prefix: every path starts with it.
 pub const PREFIX: &str = "/api/v1";
 
+/// The port the daemon always serves on loopback (plain HTTP), whatever its configuration.
+pub const LOCAL_PORT: u16 = 8080;
+
+/// The CLI's default endpoint: the daemon on the same host, on [`LOCAL_PORT`].
+pub const LOCAL_ENDPOINT: &str = "http://127.0.0.1:8080";
+
 /// The role a bearer token grants.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -24,7 +30,7 @@ pub enum Role {
 /// Every control input the daemon accepts. All of them change state, so all need an admin token;
 /// reads are plain `GET`s.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "action", rename_all = "kebab-case")]
+#[serde(tag = "action", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Action {
     /// Validate a configuration document without committing it.
     ConfigValidate { text: String },
@@ -32,8 +38,9 @@ pub enum Action {
     ConfigDiff { text: String },
     /// Commit and apply; with `confirm_secs`, revert unless confirmed in time.
     ConfigCommit { text: String, comment: String, confirm_secs: Option<u64>, dry_run: bool },
-    /// Confirm a pending commit-confirm.
-    ConfigConfirm,
+    /// Confirm a pending commit-confirm. (A struct variant, not a unit one: serde's internally
+    /// tagged unit variants ignore unknown fields, and a request with one must be refused.)
+    ConfigConfirm {},
     /// Make the content of `revision` active again (as a new revision).
     ConfigRollback { revision: u64 },
     /// Bring a tunnel up now.
@@ -574,5 +581,14 @@ mod tests {
         assert_eq!(serde_json::from_str::<Action>(&j).unwrap(), a);
         let e = serde_json::from_str::<Action>(r#"{"action":"format-disk"}"#).unwrap_err();
         assert!(e.to_string().contains("unknown variant `format-disk`"), "{e}");
+    }
+
+    #[test]
+    fn actions_refuse_unknown_fields_in_every_variant_shape() {
+        let bad = |j: &str| serde_json::from_str::<Action>(j).unwrap_err().to_string();
+        assert!(bad(r#"{"action":"config-confirm","surprise":1}"#).contains("unknown field"));
+        assert!(bad(r#"{"action":"tunnel-initiate","name":"t","x":1}"#).contains("unknown field"));
+        let ok: Action = serde_json::from_str(r#"{"action":"config-confirm"}"#).unwrap();
+        assert_eq!(ok, Action::ConfigConfirm {});
     }
 }

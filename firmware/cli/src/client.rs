@@ -66,9 +66,14 @@ fn config_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(".isthmus"))
 }
 
+/// The settings file, `config.toml` in the CLI's folder.
+pub fn settings_path() -> PathBuf {
+    config_dir().join("config.toml")
+}
+
 /// Reads the settings file if there is one.
 pub fn file_settings() -> anyhow::Result<FileSettings> {
-    let p = config_dir().join("config.toml");
+    let p = settings_path();
     match std::fs::read_to_string(&p) {
         Ok(t) => toml::from_str(&t).with_context(|| format!("reading {}", p.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(FileSettings::default()),
@@ -80,6 +85,8 @@ pub fn file_settings() -> anyhow::Result<FileSettings> {
 pub struct Client {
     http: reqwest::blocking::Client,
     base: String,
+    /// Where `base` came from, for the message when it cannot be reached.
+    origin: String,
     token: Option<String>,
 }
 
@@ -171,8 +178,9 @@ fn pin(host: &str, fp: &str) -> anyhow::Result<()> {
 }
 
 impl Client {
-    /// Connects to `endpoint` (`http://` only for loopback daemons, else `https://`).
-    pub fn new(endpoint: &str, token: Option<String>) -> anyhow::Result<Client> {
+    /// Connects to `endpoint` (`http://` only for loopback daemons, else `https://`); `origin`
+    /// says where the endpoint came from (the flag, the settings file, the default).
+    pub fn new(endpoint: &str, origin: &str, token: Option<String>) -> anyhow::Result<Client> {
         let base = endpoint.trim_end_matches('/').to_owned();
         let mut b = reqwest::blocking::Client::builder()
             .timeout(std::time::Duration::from_secs(120))
@@ -193,14 +201,14 @@ impl Client {
                 .with_no_client_auth();
             b = b.use_preconfigured_tls(tls);
             let http = b.build()?;
-            let client = Client { http, base: base.clone(), token };
+            let client = Client { http, base: base.clone(), origin: origin.to_owned(), token };
             if expected.is_none() {
                 // Trust on first use: one request to learn the certificate, then remember it.
                 let _ = client
                     .http
                     .get(format!("{base}/openapi.json"))
                     .send()
-                    .map_err(|e| unreachable(&base, &e))?;
+                    .map_err(|e| unreachable(&base, origin, e))?;
                 let seen = verifier.seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 if let Some(fp) = seen {
                     pin(&hostport, &fp)?;
@@ -213,7 +221,7 @@ impl Client {
                 "endpoint `{endpoint}` must start with https:// (or http:// for a daemon on loopback)"
             );
         }
-        Ok(Client { http: b.build()?, base, token })
+        Ok(Client { http: b.build()?, base, origin: origin.to_owned(), token })
     }
 
     fn url(&self, path: &str) -> String {
@@ -239,7 +247,7 @@ impl Client {
         let r = self
             .auth(self.http.get(self.url(path)))
             .send()
-            .map_err(|e| unreachable(&self.base, &e))?;
+            .map_err(|e| unreachable(&self.base, &self.origin, e))?;
         json(r)
     }
 
@@ -248,7 +256,7 @@ impl Client {
         let r = self
             .auth(self.http.get(self.url(path)))
             .send()
-            .map_err(|e| unreachable(&self.base, &e))?;
+            .map_err(|e| unreachable(&self.base, &self.origin, e))?;
         let r = ok(r)?;
         r.text().map_err(|e| other(e.to_string()))
     }
@@ -260,7 +268,7 @@ impl Client {
                 self.http.get(self.url(path)).timeout(std::time::Duration::from_secs(365 * 86400)),
             )
             .send()
-            .map_err(|e| unreachable(&self.base, &e))?;
+            .map_err(|e| unreachable(&self.base, &self.origin, e))?;
         ok(r)
     }
 
@@ -273,7 +281,7 @@ impl Client {
         let r = self
             .auth(self.http.post(self.url(path)).json(body))
             .send()
-            .map_err(|e| unreachable(&self.base, &e))?;
+            .map_err(|e| unreachable(&self.base, &self.origin, e))?;
         json(r)
     }
 
@@ -292,7 +300,7 @@ impl Client {
                     .body(reqwest::blocking::Body::sized(body, len)),
             )
             .send()
-            .map_err(|e| unreachable(&self.base, &e))?;
+            .map_err(|e| unreachable(&self.base, &self.origin, e))?;
         json(r)
     }
 }
@@ -301,9 +309,12 @@ fn other(message: String) -> CliError {
     CliError { code: exit::ERROR, message, details: vec![] }
 }
 
-fn unreachable(base: &str, e: &reqwest::Error) -> CliError {
-    let mut msg = format!("cannot reach the daemon at {base}: {e}");
-    let mut src = std::error::Error::source(e);
+/// Names the endpoint and where it came from, and the cause (not the URL of the request that
+/// failed: an operator configures the endpoint, not `/openapi.json`).
+fn unreachable(base: &str, origin: &str, e: reqwest::Error) -> CliError {
+    let e = e.without_url();
+    let mut msg = format!("cannot reach the daemon at {base} ({origin}): {e}");
+    let mut src = std::error::Error::source(&e);
     while let Some(s) = src {
         msg.push_str(&format!(": {s}"));
         src = s.source();
@@ -313,6 +324,11 @@ fn unreachable(base: &str, e: &reqwest::Error) -> CliError {
             "\nIf the gateway was reinstalled, remove its line from {} and try again.",
             known_hosts().display()
         ));
+    } else {
+        msg.push_str(
+            "\nIs isthmusd running? From another machine, give the gateway's management address: \
+             --endpoint https://ADDRESS:8443 (or ISTHMUS_ENDPOINT).",
+        );
     }
     CliError { code: exit::UNREACHABLE, message: msg, details: vec![] }
 }

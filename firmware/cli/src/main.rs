@@ -19,7 +19,8 @@ use serde_json::json;
 #[command(name = "isthmus", version, about = "Operate an Isthmus VPN gateway")]
 struct Cli {
     /// The daemon's API, e.g. https://192.0.2.1:8443 (env ISTHMUS_ENDPOINT, or `endpoint` in
-    /// ~/.config/isthmus/config.toml; default http://127.0.0.1:8080).
+    /// ~/.config/isthmus/config.toml; default http://127.0.0.1:8080, where a daemon on this host
+    /// always listens).
     #[arg(long, global = true, env = "ISTHMUS_ENDPOINT")]
     endpoint: Option<String>,
     /// Bearer token (env ISTHMUS_TOKEN, or `token` in ~/.config/isthmus/config.toml).
@@ -130,7 +131,8 @@ enum ConfigCmd {
     /// Validate, commit and apply a file.
     Apply {
         file: PathBuf,
-        /// Revert by itself unless `isthmus config confirm` comes within this time (e.g. 5m, 90s).
+        /// Revert by itself unless `isthmus config confirm` comes within this time (e.g. 90s, 5m,
+        /// 1h30m: the configuration's duration grammar).
         #[arg(long, value_parser = parse_duration)]
         confirm: Option<Duration>,
         /// The revision's comment.
@@ -219,20 +221,18 @@ enum AlarmCmd {
     },
 }
 
+/// A positive span of time in the configuration's grammar (`90s`, `5m`, `1h30m`, `1d`; see
+/// [`isthmus_config::Dur`]), so that the CLI and the documents accept the same durations. The API
+/// takes whole seconds: a sub-second remainder is refused rather than rounded away.
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a duration like 90s, 5m or 1h"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        _ => return Err(format!("unknown unit `{unit}` in `{s}`: use s, m or h")),
-    };
-    if secs == 0 {
-        return Err("a confirm timeout must be longer than zero".into());
+    let d: isthmus_config::Dur = s.parse()?;
+    if d.is_zero() {
+        return Err(format!("`{s}` is zero; give a duration longer than zero"));
     }
-    Ok(Duration::from_secs(secs))
+    if !d.as_millis().is_multiple_of(1000) {
+        return Err(format!("`{s}` is not a whole number of seconds"));
+    }
+    Ok(d.as_duration())
 }
 
 fn main() {
@@ -254,14 +254,24 @@ fn main() {
 
 fn connect(cli: &Cli) -> anyhow::Result<Client> {
     let file = client::file_settings()?;
-    let endpoint =
-        cli.endpoint.clone().or(file.endpoint).unwrap_or_else(|| "http://127.0.0.1:8080".into());
+    let (endpoint, origin) = match (&cli.endpoint, file.endpoint) {
+        (Some(e), _) => (e.clone(), "--endpoint or ISTHMUS_ENDPOINT".to_owned()),
+        (None, Some(e)) => (e, format!("`endpoint` in {}", client::settings_path().display())),
+        (None, None) => (api::LOCAL_ENDPOINT.to_owned(), "the default".to_owned()),
+    };
     let token = cli.token.clone().or(file.token);
-    Client::new(&endpoint, token)
+    Client::new(&endpoint, &origin, token)
 }
 
-fn read_file(p: &PathBuf) -> anyhow::Result<String> {
-    std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+/// Reads a configuration file; one that is not UTF-8 is an invalid configuration (exit 5).
+fn read_file(p: &std::path::Path) -> anyhow::Result<String> {
+    isthmus_config::read_file(p).map_err(|e| {
+        let code = match e {
+            isthmus_config::Error::NotUtf8 { .. } => exit::INVALID,
+            _ => exit::ERROR,
+        };
+        CliError { code, message: e.to_string(), details: vec![] }.into()
+    })
 }
 
 fn print_json<T: serde::Serialize>(v: &T) {

@@ -16,6 +16,32 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// A configuration file could not be read.
+    #[error("reading {path}: {reason}")]
+    Unreadable {
+        /// The file.
+        path: String,
+        /// Why (the operating system's message).
+        reason: String,
+    },
+    /// A configuration file is not UTF-8, which TOML requires (toml.io, "Spec": "A TOML file must
+    /// be a valid UTF-8 encoded Unicode document").
+    #[error(
+        "{path} is not UTF-8 text: byte 0x{byte:02x} at line {line}, byte {column} of that line \
+         (offset {offset} in the file); TOML files must be UTF-8"
+    )]
+    NotUtf8 {
+        /// The file.
+        path: String,
+        /// The first byte that is not part of a UTF-8 character.
+        byte: u8,
+        /// Its 1-based line.
+        line: usize,
+        /// Its 1-based byte position in that line.
+        column: usize,
+        /// Its 0-based byte offset in the file.
+        offset: usize,
+    },
     /// The revision store failed (I/O, or sled itself).
     #[error("configuration store: {0}")]
     Store(String),

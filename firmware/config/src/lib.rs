@@ -44,6 +44,29 @@ pub use secret::{Secret, SecretValue};
 pub use store::{Committed, Pending, Reverted, Revision, RevisionInfo, RevisionKind, Store};
 pub use types::{Dur, IfAddr, Protocol};
 
+/// Reads a configuration file as text. A file that is not UTF-8 is refused with the line and
+/// byte offset of the first bad byte (an editor or `iconv` can fix it there), not just "invalid
+/// UTF-8".
+pub fn read_file(path: &std::path::Path) -> Result<String, Error> {
+    let bytes = std::fs::read(path).map_err(|e| Error::Unreadable {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    String::from_utf8(bytes).map_err(|e| {
+        let bytes = e.as_bytes();
+        let offset = e.utf8_error().valid_up_to();
+        let before = &bytes[..offset];
+        let line_start = before.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        Error::NotUtf8 {
+            path: path.display().to_string(),
+            byte: bytes[offset],
+            line: before.iter().filter(|&&b| b == b'\n').count() + 1,
+            column: offset - line_start + 1,
+            offset,
+        }
+    })
+}
+
 /// A configuration that parsed and validated, with the warnings validation raised and the text
 /// it came from (so that [`Store::commit_checked`] commits exactly what was checked, without
 /// parsing it again).

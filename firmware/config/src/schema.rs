@@ -347,7 +347,8 @@ pub struct Tunnel {
     /// SPD entries (policy mode only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub spd: Vec<SpdEntry>,
-    /// TUN device name (default: `ist-` and the first 11 characters of the name).
+    /// Read but without effect (validation warns): every tunnel uses [`TUN_DEVICE`]. Kept so
+    /// that stored revisions which set it still load.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interface: Option<String>,
     /// Inner MTU of the tunnel device.
@@ -395,15 +396,11 @@ fn tunnel_mtu() -> u32 {
     1400
 }
 
-impl Tunnel {
-    /// The TUN device name.
-    pub fn interface_name(&self) -> String {
-        self.interface.clone().unwrap_or_else(|| {
-            let short: String = self.name.chars().take(11).collect();
-            format!("ist-{short}")
-        })
-    }
+/// The TUN device that carries every tunnel's inner traffic: the dataplane's SPD, not the
+/// device, chooses the tunnel, so one device serves them all.
+pub const TUN_DEVICE: &str = "ist0";
 
+impl Tunnel {
     /// The MSS clamp in effect, `None` when off.
     pub fn effective_mss(&self) -> Option<u16> {
         match self.mss_clamp {
@@ -856,8 +853,6 @@ mod tests {
             "name = \"to-the-data-centre\"\ncustomer_gateway = \"idc\"\npsk = { env = \"P\" }",
         )
         .unwrap();
-        assert_eq!(t.interface_name(), "ist-to-the-data");
-        assert!(t.interface_name().len() <= 15);
         assert_eq!(t.effective_mss(), Some(1360));
         assert!(t.dpd_enabled());
         assert_eq!(t.ike_lifetime, Dur::secs(28_800));

@@ -308,7 +308,7 @@ impl<'c> V<'c> {
         match &g.management {
             None => self.warn(
                 "gateway.management",
-                "no [gateway.management]: the management API will not listen anywhere",
+                "no [gateway.management]: the management API listens only on loopback (127.0.0.1:8080), so it is reachable from this box alone",
             ),
             Some(m) => {
                 if m.interface == g.wan.interface {
@@ -402,13 +402,17 @@ impl<'c> V<'c> {
         if let Some(m) = &g.management {
             all.push(("gateway.management.interface".into(), m.interface.clone()));
         }
+        all.push(("the shared TUN device of the tunnels".into(), crate::TUN_DEVICE.into()));
         for (i, t) in self.c.tunnels.iter().enumerate() {
-            let path = if t.interface.is_some() {
-                format!("tunnel[{i}].interface")
-            } else {
-                format!("tunnel[{i}].name")
-            };
-            all.push((path, t.interface_name()));
+            if let Some(n) = &t.interface {
+                self.warn(
+                    format!("tunnel[{i}].interface"),
+                    format!(
+                        "`{n}` has no effect: every tunnel uses the shared TUN device `{}`; remove this field",
+                        crate::TUN_DEVICE
+                    ),
+                );
+            }
         }
         let mut seen: HashMap<&str, &str> = HashMap::new();
         for (path, name) in &all {
@@ -422,14 +426,9 @@ impl<'c> V<'c> {
                     if !(path.starts_with("gateway.management")
                         && first.starts_with("gateway.lan")) =>
                 {
-                    let hint = if path.starts_with("tunnel") {
-                        "; set this tunnel's `interface` to a unique name"
-                    } else {
-                        ""
-                    };
                     self.err(
                         path.clone(),
-                        format!("interface `{name}` is already used by {first}{hint}"),
+                        format!("interface `{name}` is already used by {first}"),
                     );
                 }
                 Some(_) => {}
@@ -845,7 +844,7 @@ impl<'c> V<'c> {
                         let lan = g.lans.iter().find(|l| l.name == name || l.interface == name);
                         let known = lan.is_some()
                             || name == g.wan.interface
-                            || c.tunnels.iter().any(|t| t.interface_name() == name);
+                            || (!c.tunnels.is_empty() && name == crate::TUN_DEVICE);
                         if !known {
                             let mut names: Vec<&str> = g.lans.iter().map(|l| l.name.as_str()).collect();
                             names.push(&g.wan.interface);

@@ -318,3 +318,34 @@ remote = "10.40.0.0/16"
     assert!(i.message.contains("MTU 1200 is below 1280"), "{i}");
     assert!(i.message.contains("route_table[0].route[1] (fd00:20::/48)"), "{i}");
 }
+
+#[test]
+fn a_file_that_is_not_utf8_is_refused_with_its_line_and_byte_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gw.toml");
+    // Latin-1 "é" (0xe9) on line 3, the 9th byte of that line.
+    std::fs::write(&file, b"[gateway]\nname = \"a\"\n# caf\xe9 \xe9\n").unwrap();
+    let e = isthmus_config::read_file(&file).unwrap_err().to_string();
+    assert!(e.contains("gw.toml is not UTF-8"), "{e}");
+    assert!(e.contains("byte 0xe9 at line 3, byte 6 of that line (offset 27 in the file)"), "{e}");
+    std::fs::write(&file, "[gateway]\nname = \"café\"\n").unwrap();
+    assert_eq!(isthmus_config::read_file(&file).unwrap(), "[gateway]\nname = \"café\"\n");
+    let gone = isthmus_config::read_file(&dir.path().join("nope.toml")).unwrap_err().to_string();
+    assert!(gone.contains("nope.toml") && gone.contains("No such file"), "{gone}");
+}
+
+#[test]
+fn tunnels_share_one_tun_device_and_say_so() {
+    // Issue 14 item 8: `tunnel.interface` was documented per tunnel, and the duplicate-name
+    // check still derived `ist-<name>`, though every tunnel uses `ist0`.
+    let base = common::gateway("a-long-enough-pre-shared-key", 0);
+    let second = "\n[[tunnel]]\nname = \"to-idc-2\"\ncustomer_gateway = \"idc\"\npsk = \"another-long-enough-key-0\"\n[[tunnel.spd]]\nlocal = \"10.10.0.0/16\"\nremote = \"10.21.0.0/16\"\n";
+    let with_if = base.replace("name = \"to-idc\"\n", "name = \"to-idc\"\ninterface = \"vpn7\"\n");
+    let w = warnings(&(with_if + second));
+    let i = find(&w, "tunnel[0].interface");
+    assert!(i.message.contains("no effect") && i.message.contains("`ist0`"), "{i}");
+    assert!(!w.iter().any(|x| x.message.contains("ist-")), "{w:?}");
+    let e = errors(&base.replace("interface = \"eth1\"", "interface = \"ist0\""));
+    let lan = find(&e, "gateway.lan[0].interface");
+    assert!(lan.message.contains("`ist0` is already used by the shared TUN device"), "{lan}");
+}

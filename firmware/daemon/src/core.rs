@@ -110,9 +110,11 @@ fn store_failure(e: isthmus_config::Error) -> Failure {
         }
         E::NoSuchRevision(n) => Failure::not_found(format!("revision {n} does not exist")),
         E::Empty => Failure::not_found("no configuration has been committed yet"),
-        e @ (E::Unchanged(_) | E::ConfirmPending { .. }) => {
-            Failure::new(StatusCode::CONFLICT, "conflict", e.to_string())
-        }
+        e @ (E::Unchanged(_)
+        | E::ConfirmPending { .. }
+        | E::NothingToConfirm
+        | E::ConfirmExpired { .. }
+        | E::NothingToRevertTo) => Failure::new(StatusCode::CONFLICT, "conflict", e.to_string()),
         e => Failure::internal(e.to_string()),
     }
 }
@@ -190,10 +192,21 @@ impl Core {
             let path = opts.config_file.as_ref().ok_or_else(|| {
                 anyhow::anyhow!("the store is empty and no --config file was given")
             })?;
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
-            let c = store.commit(
-                &text,
+            let text = isthmus_config::read_file(path)?;
+            let invalid = |issues| {
+                let e = isthmus_config::Error::Invalid(issues);
+                anyhow::anyhow!("{}: {e}", path.display())
+            };
+            let checked = Config::check(&text).map_err(invalid)?;
+            // The same refusal as a commit through the API: a `{ file = ... }` or `{ env = ... }`
+            // secret that cannot be read is named by its field and source, never applied as if
+            // it were absent (a token that silently vanished answered every request 401).
+            let secrets = checked.config.check_secrets();
+            if !secrets.is_empty() {
+                return Err(invalid(isthmus_config::Errors(secrets)));
+            }
+            let c = store.commit_checked(
+                &checked,
                 "bootstrap",
                 &format!("initial configuration from {}", path.display()),
                 now,
@@ -733,7 +746,7 @@ impl Core {
                 })
                 .into_response())
             }
-            Action::ConfigConfirm => {
+            Action::ConfigConfirm {} => {
                 let rev = self.store.confirm(now).map_err(store_failure)?;
                 self.events.emit(
                     "config-confirmed",

@@ -5,7 +5,7 @@
 //! arguments: the data partition holds the store, and on first boot the configuration is read from
 //! `/data/isthmus/config.toml` once it appears there.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,8 +24,9 @@ struct Args {
     /// Store, API certificate and plugins.
     #[arg(long, default_value = "/data/isthmus")]
     data_dir: PathBuf,
-    /// Where the API listens (default: the management address and port from the configuration,
-    /// or 127.0.0.1:8080 without one). TLS unless the address is loopback.
+    /// Where the API listens, instead of its defaults: 127.0.0.1:8080 (plain HTTP) always, and the
+    /// management address and port from the configuration (TLS). TLS unless the address is
+    /// loopback.
     #[arg(long)]
     api: Option<SocketAddr>,
     /// Serve TLS even on loopback.
@@ -104,28 +105,9 @@ async fn serve(core: Arc<Core>, args: Args) -> anyhow::Result<()> {
             .await;
         }
     });
-    let mgmt = core.management();
-    let addr = args.api.unwrap_or_else(|| match &mgmt {
-        Some(m) => SocketAddr::new(m.address.addr, m.port),
-        None => SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080),
-    });
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    let identity = if addr.ip().is_loopback() && !args.tls {
-        None
-    } else {
-        let names = vec!["isthmus".to_string(), addr.ip().to_string(), "127.0.0.1".to_string()];
-        Some(isthmusd::tls::Identity::load_or_create(&args.data_dir, &names)?)
-    };
-    match &identity {
-        Some(id) => {
-            tracing::info!(%addr, fingerprint = %id.fingerprint(), "management API listening (TLS)")
-        }
-        None => tracing::info!(%addr, "management API listening (plain HTTP, loopback only)"),
-    }
-    let app = isthmusd::server::router(core.clone());
     let shutdown = core.clone();
     tokio::select! {
-        r = isthmusd::server::serve(listener, identity.as_ref(), app) => r?,
+        r = isthmusd::server::serve_all(core.clone(), args.api, args.tls, &args.data_dir) => r?,
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
         _ = sigterm() => tracing::info!("terminated"),
     }

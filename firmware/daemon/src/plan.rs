@@ -17,7 +17,7 @@ use isthmus_net::{
 use isthmus_tables::Prefix;
 
 /// The TUN device that carries every tunnel's inner traffic.
-pub const TUN_NAME: &str = "ist0";
+pub const TUN_NAME: &str = isthmus_config::TUN_DEVICE;
 
 /// Route metric of the catch-all blackholes for tunnel prefixes: worse than any configured
 /// route, so they only win when nothing else routes the prefix.

@@ -253,7 +253,7 @@ async fn config_commit(State(st): State<AppState>, req: Request) -> Result<Respo
 
 async fn config_confirm(State(st): State<AppState>, req: Request) -> Result<Response, Failure> {
     let who = caller(req.extensions());
-    st.core.act(Action::ConfigConfirm, &who).await
+    st.core.act(Action::ConfigConfirm {}, &who).await
 }
 
 #[derive(Deserialize)]
@@ -440,6 +440,7 @@ async fn action(State(st): State<AppState>, req: Request) -> Result<Response, Fa
 
 /// `GET /diagnose/path` query parameters (strings, so that a bad value gets a message naming it).
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct PathQuery {
     src: Option<String>,
     dst: Option<String>,
@@ -510,6 +511,63 @@ async fn metrics(State(st): State<AppState>) -> Response {
 
 async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], crate::openapi::DOCUMENT).into_response()
+}
+
+/// Where the API listens without `--api`: loopback, in plain HTTP. It is always served, with or
+/// without `[gateway.management]`, so that an operator on the box (and the CLI's default
+/// endpoint, [`isthmus_api::LOCAL_ENDPOINT`]) always reaches the daemon.
+pub const LOCAL: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), isthmus_api::LOCAL_PORT);
+
+/// Binds the API's listeners and serves them until one fails. With `explicit` (`--api`), only
+/// there; else on [`LOCAL`] and, with `[gateway.management]`, on the management address. Every
+/// address but loopback gets TLS (`tls` forces it on loopback too), with the identity kept in
+/// `data_dir`.
+pub async fn serve_all(
+    core: Arc<Core>,
+    explicit: Option<SocketAddr>,
+    tls: bool,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    let mgmt = core.management();
+    let mut addrs = match explicit {
+        Some(a) => vec![a],
+        None => vec![LOCAL],
+    };
+    if let (None, Some(m)) = (explicit, &mgmt) {
+        addrs.push(SocketAddr::new(m.address.addr, m.port));
+    }
+    let mut servers = tokio::task::JoinSet::new();
+    for addr in addrs {
+        let listener = match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => l,
+            // Another daemon on this host (a lab) may hold loopback's port: the management
+            // address still serves this one.
+            Err(e) if addr == LOCAL && mgmt.is_some() && explicit.is_none() => {
+                tracing::warn!(%addr, "management API not listening on loopback: {e}");
+                continue;
+            }
+            Err(e) => return Err(anyhow::anyhow!("management API on {addr}: {e}")),
+        };
+        let identity = if addr.ip().is_loopback() && !tls {
+            None
+        } else {
+            let names = vec!["isthmus".to_string(), addr.ip().to_string(), "127.0.0.1".to_string()];
+            Some(crate::tls::Identity::load_or_create(data_dir, &names)?)
+        };
+        match &identity {
+            Some(id) => {
+                tracing::info!(%addr, fingerprint = %id.fingerprint(), "management API listening (TLS)")
+            }
+            None => tracing::info!(%addr, "management API listening (plain HTTP, loopback only)"),
+        }
+        let app = router(core.clone());
+        servers.spawn(async move { serve(listener, identity.as_ref(), app).await });
+    }
+    match servers.join_next().await {
+        Some(r) => r?,
+        None => Ok(()),
+    }
 }
 
 /// Serves the API on `addr`: TLS with `identity`, or plain HTTP when `identity` is `None`, which

@@ -295,3 +295,134 @@ fn commit_confirm_reverts_by_itself_and_rollback_restores() {
         call("POST", &d, "/api/v1/config/rollback", Some(ADMIN), Some(json!({"revision": 99})));
     assert_eq!(s, 404, "{b}");
 }
+
+/// Starts `isthmusd` on `cfg` (bytes, to allow any content) and returns its stderr once it
+/// has exited or logged a line containing `until` (20 s at most).
+fn start_output(cfg: &[u8], until: &str) -> String {
+    let dir = tempdir::Dir::new("bad");
+    let file = dir.0.join("gw.toml");
+    std::fs::write(&file, cfg).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_isthmusd"))
+        .args(["--config", file.to_str().unwrap(), "--data-dir"])
+        .arg(dir.0.join("data"))
+        .args(["--no-net", "--no-tunnels", "--api", &format!("127.0.0.1:{}", free_port())])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(err).lines().map_while(Result::ok) {
+            eprintln!("isthmusd: {l}");
+            let _ = tx.send(l);
+        }
+    });
+    let mut out = String::new();
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(20) {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(l) => {
+                out.push_str(&l);
+                out.push('\n');
+                if l.contains(until) {
+                    break;
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(_) => {}
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    out
+}
+
+#[test]
+fn a_missing_token_file_is_named_by_field_and_path_at_start() {
+    // Issue 14 item 4: the daemon used to start, drop the token and answer it 401.
+    let missing = "/nonexistent/isthmus-test/ops-token";
+    let cfg = config("gw1", "")
+        + &format!(
+            "\n[[api_token]]\nname = \"file\"\nrole = \"admin\"\ntoken = {{ file = \"{missing}\" }}\n"
+        );
+    let out = start_output(cfg.as_bytes(), "api_token[2].token");
+    assert!(
+        out.contains("api_token[2].token") && out.contains(missing),
+        "no error naming the field and the file:\n{out}"
+    );
+    assert!(!out.contains("management API listening"), "started anyway:\n{out}");
+}
+
+#[test]
+fn a_config_file_that_is_not_utf8_is_named_by_line_and_offset_at_start() {
+    // Issue 14 item 10: `stream did not contain valid UTF-8`, nothing else.
+    let mut cfg = config("gw1", "").into_bytes();
+    let offset = cfg.len();
+    cfg.extend_from_slice(b"# \xff\n");
+    let line = cfg.iter().filter(|&&b| b == b'\n').count();
+    let out = start_output(&cfg, "not UTF-8");
+    assert!(
+        out.contains(&format!(
+            "byte 0xff at line {line}, byte 3 of that line (offset {})",
+            offset + 2
+        )),
+        "{out}"
+    );
+}
+
+#[test]
+fn every_request_type_refuses_unknown_fields() {
+    // Issue 14 item 8: `POST /actions` with an unknown field answered 200.
+    let d = start();
+    for (path, body) in [
+        ("/api/v1/actions", json!({"action": "config-confirm", "surprise": 1})),
+        ("/api/v1/actions", json!({"action": "tunnel-initiate", "name": "t", "surprise": 1})),
+        ("/api/v1/config/validate", json!({"text": "", "surprise": 1})),
+        ("/api/v1/config/diff", json!({"text": "", "surprise": 1})),
+        ("/api/v1/config/rollback", json!({"revision": 1, "surprise": 1})),
+        ("/api/v1/alarms/acknowledge", json!({"name": "a", "subject": "b", "surprise": 1})),
+    ] {
+        let (s, b) = call("POST", &d, path, Some(ADMIN), Some(body.clone()));
+        assert_eq!(s, 400, "{path} {body}: {b}");
+        assert!(b["message"].as_str().unwrap().contains("unknown field `surprise`"), "{path}: {b}");
+    }
+}
+
+#[test]
+fn every_operation_in_the_openapi_document_is_served() {
+    // Issue 14 item 8: the hand-written document had drifted from the router.
+    let d = start();
+    let (s, doc) = call("GET", &d, "/openapi.json", None, None);
+    assert_eq!(s, 200);
+    let paths = doc["paths"].as_object().unwrap();
+    assert!(paths.len() >= 25, "{}", paths.len());
+    let c = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    for (path, ops) in paths {
+        // Fill path parameters with a value no object has: the route must still be found.
+        let concrete =
+            path.replace("{n}", "999").replace("{op}", "nope").replace('{', "").replace('}', "");
+        for method in ops.as_object().unwrap().keys() {
+            let url = format!("{}{concrete}", d.base);
+            let r = match method.as_str() {
+                "get" => c.get(url),
+                "post" => c.post(url).json(&json!({})),
+                m => panic!("{path}: method {m} is not served by this API"),
+            };
+            let r = r.bearer_auth(ADMIN).send().unwrap();
+            let status = r.status().as_u16();
+            // `/events` streams: the status line is enough.
+            let body = if path.ends_with("/events") { String::new() } else { r.text().unwrap() };
+            assert_ne!(status, 405, "{method} {path} is documented but not routed");
+            assert!(
+                !body.contains("no such endpoint"),
+                "{method} {path} is documented but not routed: {body}"
+            );
+            // Every documented status is one the document lists for the operation.
+            let listed = ops[method]["responses"].as_object().unwrap();
+            assert!(
+                listed.contains_key(&status.to_string()),
+                "{method} {path} answered {status}, which the document does not list: {body}"
+            );
+        }
+    }
+}
