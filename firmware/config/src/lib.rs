@@ -29,6 +29,7 @@
 //! `tunnel[1].spd[0].remote[0]`, `gateway.lan[0].networks[1]`, `route_table[0].route[12].tunnel`.
 #![forbid(unsafe_code)]
 
+pub mod diff;
 mod error;
 mod incremental;
 mod parse;

@@ -634,7 +634,7 @@ impl Store {
     /// (empty when they configure the same thing).
     pub fn diff(&self, a: u64, b: u64) -> Result<String, Error> {
         let (ta, tb) = (self.get(a)?.show()?, self.get(b)?.show()?);
-        Ok(diff_text(&ta, &tb, &format!("revision {a}"), &format!("revision {b}")))
+        Ok(crate::diff::unified(&ta, &tb, &format!("revision {a}"), &format!("revision {b}")))
     }
 
     /// Checks that the store is consistent: counters, the active pointer and a pending confirm
@@ -677,18 +677,6 @@ impl Store {
         }
         Ok(())
     }
-}
-
-/// A unified diff of two texts, with headers.
-pub(crate) fn diff_text(a: &str, b: &str, name_a: &str, name_b: &str) -> String {
-    if a == b {
-        return String::new();
-    }
-    similar::TextDiff::from_lines(a, b)
-        .unified_diff()
-        .context_radius(3)
-        .header(name_a, name_b)
-        .to_string()
 }
 
 #[cfg(test)]

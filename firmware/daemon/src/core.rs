@@ -975,7 +975,8 @@ impl Core {
         let new = Config::from_toml(text)
             .map_err(|e| store_failure(isthmus_config::Error::Invalid(e)))?;
         let old = self.store.active_revision().and_then(|r| r.config()).map_err(store_failure)?;
-        Ok(crate::diff::lines(&old.to_toml_redacted(), &new.to_toml_redacted()))
+        let d = isthmus_config::diff::configs(&old, &new);
+        Ok(if d.is_empty() { "no changes\n".to_owned() } else { d })
     }
 
     /// `POST /config/validate`.

@@ -6,7 +6,6 @@ pub mod alarms;
 pub mod auth;
 pub mod core;
 pub mod diagnose;
-pub mod diff;
 pub mod events;
 pub mod health;
 pub mod monitor;

@@ -77,6 +77,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// A table's generation, entries and chains as published, or why not.
+type Published = Result<(u64, usize, usize), PolicyError>;
+
 /// Where the plugin of a hook comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Source {
@@ -110,6 +113,8 @@ struct HookState {
     note: Option<String>,
     /// A compilation failed on a fault: retry when the quarantine ends.
     retry: bool,
+    /// `published` is the builtin fallback, not this plugin's table (see [`Policy::compile`]).
+    fallback: bool,
     /// How long wasmtime took to compile the component when it was loaded.
     compile: Option<Duration>,
 }
@@ -124,6 +129,7 @@ impl Default for HookState {
             last_error: None,
             note: None,
             retry: false,
+            fallback: false,
             compile: None,
         }
     }
@@ -449,6 +455,7 @@ impl Policy {
                         // can never replace what is installed here.
                         let mut hooks = lock(&self.hooks);
                         st.published = hooks[idx(h)].published;
+                        st.fallback = hooks[idx(h)].fallback;
                         hooks[idx(h)] = st;
                         match loaded {
                             Some(l) => self.sup.install(l),
@@ -734,36 +741,55 @@ impl Policy {
     }
 
     /// Compiles and publishes the SPD and/or the security-group table from the current inputs.
+    /// When the hook's plugin fails and the hook has no good table of its own (none since
+    /// isthmusd started, e.g. a plugin that faults right after a restart), the builtin reference
+    /// compiles the table instead: an empty table would drop all traffic (`spd-no-policy`).
     fn compile(&self, spd: bool, sg: bool) {
         let inputs = lock(&self.inputs);
         let now = Instant::now();
         if sg {
+            let publish = |(g, chains): (u64, Vec<isthmus_tables::sg::ChainSpec>)| -> Published {
+                let (rules, n) = count_sg(&self.sup.tables().sg());
+                self.publish_sg(g, &chains, &inputs.lans)
+                    .map_err(|why| PolicyError::InvalidTable { name: "dataplane".into(), why })?;
+                Ok((g, rules, n))
+            };
             let r = self
                 .sup
                 .compile_sg_chains(&inputs.groups, &inputs.acls, &inputs.attachments, now)
-                .and_then(|(g, chains)| {
-                    let (rules, n) = count_sg(&self.sup.tables().sg());
-                    self.publish_sg(g, &chains, &inputs.lans).map_err(|why| {
-                        PolicyError::InvalidTable { name: "dataplane".into(), why }
-                    })?;
-                    Ok((g, rules, n))
+                .and_then(publish);
+            let fallback =
+                (r.is_err() && self.without_good_table(Hook::SecurityGroup)).then(|| {
+                    self.sup
+                        .compile_sg_builtin(&inputs.groups, &inputs.acls, &inputs.attachments, now)
+                        .and_then(publish)
                 });
-            self.record(Hook::SecurityGroup, r);
+            self.record(Hook::SecurityGroup, r, fallback);
         }
         if spd {
             let policies: Vec<SpdPolicy> =
                 inputs.spd.values().flat_map(|(p, _)| p.iter().cloned()).collect();
             let tunnels: Vec<(String, Vec<String>)> =
                 inputs.spd.iter().map(|(t, (_, c))| (t.clone(), c.clone())).collect();
-            let r = self.sup.compile_spd(&policies, &tunnels, now).and_then(|g| {
+            let publish = |g: u64| -> Published {
                 let t = self.sup.tables().spd();
                 let n = t.entries.len();
                 self.publish_spd(&t)
                     .map_err(|why| PolicyError::InvalidTable { name: "dataplane".into(), why })?;
                 Ok((g, n, 0))
-            });
-            self.record(Hook::Spd, r);
+            };
+            let r = self.sup.compile_spd(&policies, &tunnels, now).and_then(publish);
+            let fallback = (r.is_err() && self.without_good_table(Hook::Spd))
+                .then(|| self.sup.compile_spd_builtin(&policies, &tunnels, now).and_then(publish));
+            self.record(Hook::Spd, r, fallback);
         }
+    }
+
+    /// The hook has published no table of its plugin's since the start (nothing, or only the
+    /// builtin fallback): there is no last good table to leave in force.
+    fn without_good_table(&self, h: Hook) -> bool {
+        let hooks = lock(&self.hooks);
+        hooks[idx(h)].published.is_none() || hooks[idx(h)].fallback
     }
 
     fn publish_spd(&self, t: &SpdTable) -> Result<(), String> {
@@ -798,8 +824,12 @@ impl Policy {
         dp.publish_sg(t).map_err(|e| e.to_string())
     }
 
-    fn record(&self, h: Hook, r: Result<(u64, usize, usize), PolicyError>) {
+    /// Notes how a compilation went; `fallback` is the builtin table compiled in its place
+    /// when it failed without a good table to keep (see [`Policy::compile`]).
+    fn record(&self, h: Hook, r: Published, fallback: Option<Published>) {
         let plugin = lock(&self.hooks)[idx(h)].plugin.clone();
+        let table = if h == Hook::Spd { "SPD" } else { "security-group" };
+        let mut fell_back = None;
         match r {
             Ok(p) => {
                 let recovered = {
@@ -807,6 +837,7 @@ impl Policy {
                     let s = &mut hooks[idx(h)];
                     s.published = Some(p);
                     s.retry = false;
+                    s.fallback = false;
                     s.last_error.take().is_some()
                 };
                 if recovered {
@@ -816,21 +847,46 @@ impl Policy {
             Err(e) => {
                 let retry =
                     matches!(e, PolicyError::Fault { .. } | PolicyError::Quarantined { .. });
-                let msg = format!(
-                    "hook `{}` ({plugin}): {e}; the last good {} table stays in force",
-                    h.name(),
-                    if h == Hook::Spd { "SPD" } else { "security-group" }
-                );
-                if !matches!(e, PolicyError::Quarantined { .. }) {
-                    tracing::warn!("{msg}");
-                }
                 let mut hooks = lock(&self.hooks);
                 let s = &mut hooks[idx(h)];
+                let msg = match fallback {
+                    Some(Ok(p)) => {
+                        let first = !s.fallback;
+                        s.published = Some(p);
+                        s.fallback = true;
+                        let msg = format!(
+                            "hook `{}` ({plugin}): {e}; it has no good {table} table of its own \
+                             since isthmusd started, so the builtin default {table} table (the \
+                             bundled plugin's semantics) is in force until it compiles one",
+                            h.name()
+                        );
+                        if first {
+                            fell_back = Some(msg.clone());
+                        }
+                        msg
+                    }
+                    Some(Err(f)) => format!(
+                        "hook `{}` ({plugin}): {e}; it has no good {table} table of its own and \
+                         the builtin default failed too: {f}",
+                        h.name()
+                    ),
+                    None => format!(
+                        "hook `{}` ({plugin}): {e}; the last good {table} table stays in force",
+                        h.name()
+                    ),
+                };
+                if !matches!(e, PolicyError::Quarantined { .. }) || fell_back.is_some() {
+                    tracing::warn!("{msg}");
+                }
                 s.last_error = Some(msg);
                 s.retry = retry;
             }
         }
         self.report_faults(h);
+        // After the supervisor's own fault report, so the latched alarm says what is in force.
+        if let Some(msg) = fell_back {
+            self.fault_event(plugin_name(&plugin), &msg);
+        }
     }
 
     /// Turns the supervisor's queued fault alarms into events and alarms that name the hook.
@@ -1477,5 +1533,57 @@ public_key = "ed25519:ab3a4348d857ca512479e5169d9405c1708788db8f5f925e59c001ab6f
         assert_eq!(ping_verdict(&p), (Action::Allow, "unbound".into()));
         p.refresh(&c, &trusted);
         assert_eq!(ping_verdict(&p), (Action::Allow, "unbound".into()));
+    }
+
+    /// Issue 14, item 11: an SPD plugin that spins is contained by its last good table while
+    /// the daemon runs, but after a restart it has none. The restarted runner (a new `Policy`
+    /// on the same plugin store, as isthmusd builds at start) fails to the builtin default
+    /// table, so the tunnel's traffic still finds its policy, and the hook's status and the
+    /// plugin-fault alarm say so. Needs `make plugins`.
+    #[test]
+    fn a_spinning_spd_plugin_after_a_restart_fails_to_the_builtin_table() {
+        let spin = isthmus_testkit::plugins::component("test_spin.wasm");
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let store = PluginStore::new(db.open_tree("plugins").unwrap());
+        let (sk, pk) = isthmus_policy::generate_key().unwrap();
+        let c = cfg(&format!("[[trusted_key]]\nname = \"test\"\npublic_key = \"{pk}\"\n"));
+        let trusted = trusted_keys(&c);
+        let tunnel = crate::plan::ike_tunnels(&c).unwrap().remove(0).ike;
+        let pkg = isthmus_testkit::plugins::package("spd-spin", "0.0.1", Hook::Spd, &spin, &sk);
+        let digest = store.put(&isthmus_policy::verify(&pkg, &trusted).unwrap()).unwrap();
+        store.activate("spd-spin", &digest).unwrap();
+
+        // The restart: nothing survives but the store, whose active SPD plugin spins.
+        let events = Arc::new(EventBus::default());
+        let p = Policy::start(store, events.clone(), Arc::default()).unwrap();
+        p.refresh(&c, &trusted);
+        p.tunnel_added(&tunnel);
+        let spd = p.hooks().into_iter().find(|h| h.hook == "spd").unwrap();
+        assert_eq!((spd.source.as_str(), spd.plugin.as_str()), ("uploaded", "spd-spin@0.0.1"));
+        // Each call spins to its deadline: the quarantine may be over by now, not the faults.
+        assert!(spd.recent_faults >= 1, "{spd:?}");
+        // Both remote prefixes of `to-dc` are protected by the builtin table.
+        assert_eq!(spd.entries, Some(2), "a table is in force: {spd:?}");
+        assert!(spd.generation.is_some(), "{spd:?}");
+        let table = p.supervisor().tables().spd();
+        assert_eq!(table.entries.len(), 2);
+        assert!(
+            table.entries.iter().all(|e| matches!(&e.action,
+                SpdAction::Protect { tunnel, .. } if tunnel == "to-dc")),
+            "{:?}",
+            table.entries
+        );
+        drop(table);
+        let why = spd.last_error.unwrap_or_default();
+        assert!(why.contains("builtin default SPD table") && why.contains("is in force"), "{why}");
+        assert!(!why.contains("last good"), "{why}");
+        // The plugin-fault event (and the fault latched for a `plugin-fault` alarm) say so.
+        let events = events.recent("spd-spin", 10);
+        assert!(
+            events.iter().any(
+                |e| e.kind == "plugin-fault" && e.message.contains("builtin default SPD table")
+            ),
+            "{events:?}"
+        );
     }
 }

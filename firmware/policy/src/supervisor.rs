@@ -320,9 +320,31 @@ impl Supervisor {
                 let e = self.call(&p, now, |p| p.call_spd(policies))?;
                 (p.manifest().name.clone(), e)
             }
-            None => ("builtin".to_owned(), reference::spd_order(policies)),
+            None => return self.compile_spd_builtin(policies, tunnels, now),
         };
-        self.validate_spd(&entries, tunnels).map_err(|why| self.invalid(&name, why, now))?;
+        self.publish_spd_entries(&name, entries, tunnels, now)
+    }
+
+    /// Compiles and publishes the SPD table with the builtin reference
+    /// ([`reference::spd_order`], the bundled default's semantics) whatever plugin is installed:
+    /// the fallback when a faulting plugin has no good table of its own to leave in force.
+    pub fn compile_spd_builtin(
+        &self,
+        policies: &[SpdPolicy],
+        tunnels: &[(String, Vec<String>)],
+        now: Instant,
+    ) -> Result<u64> {
+        self.publish_spd_entries("builtin", reference::spd_order(policies), tunnels, now)
+    }
+
+    fn publish_spd_entries(
+        &self,
+        name: &str,
+        entries: Vec<SpdEntry>,
+        tunnels: &[(String, Vec<String>)],
+        now: Instant,
+    ) -> Result<u64> {
+        self.validate_spd(&entries, tunnels).map_err(|why| self.invalid(name, why, now))?;
         let generation = self.tables.next_generation();
         self.tables.publish_spd(SpdTable::new(generation, entries));
         Ok(generation)
@@ -391,19 +413,38 @@ impl Supervisor {
                 let c = self.call(&p, now, |p| p.call_sg(groups, acls))?;
                 (p.manifest().name.clone(), p.has_punt(), c)
             }
-            None => (
-                "builtin".to_owned(),
-                false,
-                reference::sg_compile(groups, acls, false).map_err(|message| {
-                    PolicyError::PluginError { name: "builtin".into(), message }
-                })?,
-            ),
+            None => return self.compile_sg_builtin(groups, acls, attachments, now),
         };
-        self.validate_sg(&chains, attachments, punt)
-            .map_err(|why| self.invalid(&name, why, now))?;
+        self.publish_sg_chains(&name, punt, chains, attachments, now)
+    }
+
+    /// [`Supervisor::compile_sg_chains`] with the builtin reference ([`reference::sg_compile`])
+    /// whatever plugin is installed: the fallback when a faulting plugin has no good table of
+    /// its own to leave in force.
+    pub fn compile_sg_builtin(
+        &self,
+        groups: &[SgGroup],
+        acls: &[SgGroup],
+        attachments: &[String],
+        now: Instant,
+    ) -> Result<(u64, Vec<ChainSpec>)> {
+        let chains = reference::sg_compile(groups, acls, false)
+            .map_err(|message| PolicyError::PluginError { name: "builtin".into(), message })?;
+        self.publish_sg_chains("builtin", false, chains, attachments, now)
+    }
+
+    fn publish_sg_chains(
+        &self,
+        name: &str,
+        punt: bool,
+        chains: Vec<ChainSpec>,
+        attachments: &[String],
+        now: Instant,
+    ) -> Result<(u64, Vec<ChainSpec>)> {
+        self.validate_sg(&chains, attachments, punt).map_err(|why| self.invalid(name, why, now))?;
         let generation = self.tables.next_generation();
         let table = SgTable::build(generation, &chains)
-            .map_err(|e| self.invalid(&name, e.to_string(), now))?;
+            .map_err(|e| self.invalid(name, e.to_string(), now))?;
         self.tables.publish_sg(table);
         Ok((generation, chains))
     }
