@@ -733,6 +733,29 @@ pub struct Notify {
     /// Key for the HMAC-SHA256 signature header (unset: unsigned).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<Secret>,
+    /// A PEM file of CA certificates trusted for this webhook's HTTPS besides the built-in
+    /// roots (a receiver with a private CA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
+}
+
+impl Notify {
+    /// The certificates of [`Notify::ca`] (none without it), or why the file is unusable,
+    /// naming it.
+    pub fn ca_certificates(
+        &self,
+    ) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, String> {
+        use rustls_pki_types::pem::PemObject;
+        let Some(path) = &self.ca else { return Ok(Vec::new()) };
+        let pem = std::fs::read(path).map_err(|e| format!("cannot read `{path}`: {e}"))?;
+        let certs = rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("`{path}` is not a PEM certificate bundle: {e}"))?;
+        if certs.is_empty() {
+            return Err(format!("`{path}` holds no PEM certificate"));
+        }
+        Ok(certs)
+    }
 }
 
 fn notify_timeout() -> Dur {

@@ -1120,6 +1120,9 @@ impl<'c> V<'c> {
             if n.retries > 20 {
                 self.err(format!("notify[{i}].retries"), "at most 20");
             }
+            if let Err(why) = n.ca_certificates() {
+                self.err(format!("notify[{i}].ca"), why);
+            }
         }
     }
 
