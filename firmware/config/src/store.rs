@@ -41,7 +41,7 @@ const PENDING: &[u8] = b"meta/pending";
 const APPLIED: &[u8] = b"meta/applied";
 
 /// How many applied revisions [`Store::applied_revisions`] remembers.
-pub const APPLIED_KEPT: usize = 16;
+const APPLIED_KEPT: usize = 16;
 
 fn rev_key(n: u64) -> Vec<u8> {
     let mut k = b"rev/".to_vec();
@@ -564,7 +564,7 @@ impl Store {
         Ok(self.applied_revisions()?.last().copied())
     }
 
-    /// The revisions last applied in full, oldest first (at most [`APPLIED_KEPT`], each once).
+    /// The revisions last applied in full, oldest first (at most 16, each once).
     pub fn applied_revisions(&self) -> Result<Vec<u64>, Error> {
         let Some(v) = self.db.get(APPLIED)? else { return Ok(Vec::new()) };
         v.chunks(8).map(u64_of).collect()
