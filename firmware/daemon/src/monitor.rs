@@ -1,10 +1,14 @@
 //! Monitoring: per-tunnel counters that stay monotonic across rekeys (the totals of every SA a
 //! tunnel ever had, not only the current one — strongSwan resets them), the last packet seen in
 //! each direction, tunnel state for the API, and the Prometheus exposition.
+//!
+//! The dataplane keeps the final counters of the SAs a tunnel no longer has
+//! ([`isthmus_dataplane::Counters::retired`]): adding the last *sampled* reading of a removed SA
+//! here lost what it carried between that sample and its removal.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Instant, SystemTime};
 
 use isthmus_api::{self as api, Severity};
@@ -36,6 +40,13 @@ pub struct Totals {
 }
 
 impl Totals {
+    /// What a dataplane's retired SAs carried.
+    fn retired(r: &isthmus_dataplane::Retired) -> Totals {
+        let mut t = sa_totals(&r.outbound, false);
+        t.add(&sa_totals(&r.inbound, true));
+        t
+    }
+
     fn add(&mut self, o: &Totals) {
         self.packets_out += o.packets_out;
         self.bytes_out += o.bytes_out;
@@ -61,14 +72,16 @@ impl Totals {
 struct Inner {
     /// The last reading of each installed SA: (spi, inbound) -> (tunnel, child, counters).
     sas: HashMap<(u32, bool), (String, String, Totals)>,
-    /// Sums of the SAs a tunnel no longer has.
-    retired: HashMap<String, Totals>,
+    /// The dataplane last read, and per tunnel its totals then (retired and installed SAs).
+    dataplane: Weak<isthmus_dataplane::Dataplane>,
+    current: HashMap<String, Totals>,
+    /// Totals of the dataplanes before it (it restarts when the WAN address changes).
+    earlier: HashMap<String, Totals>,
     /// When packets last went out of / came into each tunnel, with the count then.
     last_out: HashMap<String, (Instant, u64)>,
     last_in: HashMap<String, (Instant, u64)>,
     /// Per SA, when it last moved.
     sa_last: HashMap<(u32, bool), (Instant, u64)>,
-    rekeys: HashMap<String, u64>,
 }
 
 /// Samples the dataplane every second.
@@ -100,8 +113,8 @@ impl Monitor {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Reads the dataplane's counters; SAs that disappeared are added to their tunnel's retired
-    /// totals so that tunnel counters never go backwards.
+    /// Reads the dataplane's counters: each tunnel's totals are its retired SAs' final counters
+    /// plus its installed SAs', so that tunnel counters never go backwards nor lose a packet.
     pub fn sample(&self, core: &Core) {
         // Health checks probe only through tunnels that are up.
         if let Some((_, cfg)) = core.applied() {
@@ -113,9 +126,27 @@ impl Monitor {
                 core.health.set_up(&t.name, up);
             }
         }
-        let Some(c) = core.with_driver(|d| d.dataplane.counters()) else { return };
+        let Some((dataplane, c)) =
+            core.with_driver(|d| (Arc::downgrade(&d.dataplane), d.dataplane.counters()))
+        else {
+            return;
+        };
         let now = Instant::now();
         let mut m = self.lock();
+        if !m.dataplane.ptr_eq(&dataplane) {
+            // A new dataplane starts from zero: keep what the old one counted.
+            for (t, tot) in std::mem::take(&mut m.current) {
+                m.earlier.entry(t).or_default().add(&tot);
+            }
+            m.dataplane = dataplane;
+        }
+        let mut current: HashMap<String, Totals> =
+            c.retired.iter().map(|(t, r)| (t.clone(), Totals::retired(r))).collect();
+        for s in &c.sas {
+            let inbound = s.direction == Direction::Inbound;
+            current.entry(s.tunnel.clone()).or_default().add(&sa_totals(&s.counters, inbound));
+        }
+        m.current = current;
         let mut seen = HashMap::new();
         for s in &c.sas {
             let inbound = s.direction == Direction::Inbound;
@@ -124,14 +155,7 @@ impl Monitor {
                 (s.tunnel.clone(), s.child.clone(), sa_totals(&s.counters, inbound)),
             );
         }
-        let gone: Vec<(u32, bool)> =
-            m.sas.keys().filter(|k| !seen.contains_key(*k)).copied().collect();
-        for k in gone {
-            if let Some((tunnel, _, t)) = m.sas.remove(&k) {
-                m.retired.entry(tunnel).or_default().add(&t);
-            }
-            m.sa_last.remove(&k);
-        }
+        m.sa_last.retain(|k, _| seen.contains_key(k));
         for (k, v) in &seen {
             let pk = v.2.packets_in + v.2.packets_out;
             let e = m.sa_last.entry(*k).or_insert((now, 0));
@@ -140,7 +164,7 @@ impl Monitor {
             }
         }
         m.sas = seen;
-        let tunnels: Vec<String> = m.sas.values().map(|v| v.0.clone()).collect();
+        let tunnels: Vec<String> = m.current.keys().cloned().collect();
         for t in tunnels {
             let tot = totals_locked(&m, &t);
             let e = m.last_out.entry(t.clone()).or_insert((now, 0));
@@ -152,11 +176,6 @@ impl Monitor {
                 *e = (now, tot.packets_in);
             }
         }
-    }
-
-    /// Counts a rekey of `tunnel`.
-    pub fn rekeyed(&self, tunnel: &str) {
-        *self.lock().rekeys.entry(tunnel.to_owned()).or_default() += 1;
     }
 
     /// A tunnel's totals since the daemon started, across rekeys.
@@ -241,8 +260,8 @@ impl Monitor {
                     .collect()
             })
             .unwrap_or_default();
-        let rekeys = m.rekeys.get(name).copied().unwrap_or(0);
         drop(m);
+        let rekeys = st.as_ref().map_or(0, |s| s.rekeys);
         api::TunnelDetail {
             summary,
             ike_proposal: st.as_ref().and_then(|s| s.ike_suite.clone()),
@@ -312,11 +331,9 @@ pub fn gateway_drops(core: &Core) -> Vec<api::StageDrop> {
 }
 
 fn totals_locked(m: &Inner, tunnel: &str) -> Totals {
-    let mut t = m.retired.get(tunnel).cloned().unwrap_or_default();
-    for (tn, _, c) in m.sas.values() {
-        if tn == tunnel {
-            t.add(c);
-        }
+    let mut t = m.earlier.get(tunnel).cloned().unwrap_or_default();
+    if let Some(c) = m.current.get(tunnel) {
+        t.add(c);
     }
     t
 }
@@ -393,6 +410,9 @@ pub fn forward_tunnel_events(
                 ),
                 TunnelEvent::Failed(e) => {
                     ("negotiation-failed", e.tunnel.clone(), Severity::Warning, e.to_string())
+                }
+                TunnelEvent::Suppressed { tunnel, .. } => {
+                    ("log-suppressed", tunnel.clone(), Severity::Warning, ev.to_string())
                 }
                 TunnelEvent::InstallFailed { tunnel, child, error } => (
                     "install-failed",

@@ -61,6 +61,7 @@ pub use isthmus_tables::FlowKey;
 pub use isthmus_tables::flow::{FlowConfig, FlowCounters, PuntRequest};
 pub use isthmus_tables::sg::SgTable;
 pub use isthmus_tables::spd::{Selector, SpdAction, SpdEntry, SpdTable};
+pub use sad::Retired;
 pub use worker::link_scoped;
 
 pub use crate::filter::{
@@ -408,6 +409,9 @@ pub struct Counters {
     pub io: IoCounters,
     /// Installed SAs.
     pub sas: Vec<SaStats>,
+    /// Per tunnel, the final counters of every SA it no longer has: a tunnel's totals are
+    /// these plus its installed SAs', exact across rekeys.
+    pub retired: HashMap<String, Retired>,
 }
 
 #[derive(Default)]
@@ -771,7 +775,8 @@ impl Dataplane {
 
     /// Reads every counter.
     pub fn counters(&self) -> Counters {
-        let sad = self.shared.lock_sad();
+        let mut sad = self.shared.lock_sad();
+        let retired = sad.retired();
         let (outs, ins) = sad.all();
         let mut sas: Vec<SaStats> = outs
             .iter()
@@ -843,6 +848,7 @@ impl Dataplane {
                 io_errors: g(&a.io_errors),
             },
             sas,
+            retired,
         }
     }
 

@@ -10,13 +10,17 @@
 //! Inbound rekeying keeps the old SA after the new one is installed (packets already in flight
 //! under the old SPI still decrypt) until the new SA has carried traffic for a short linger, or a
 //! grace time passes, whichever is first.
+//!
+//! A removed SA's counters are not lost: its tunnel's [`Retired`] totals take them once no
+//! worker can count on it any more (a worker may still hold the snapshot it was removed from
+//! and encrypt one more packet), so a tunnel's totals are exact across rekeys.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use isthmus_esp::{InboundSa, LifetimeState, OutboundSa};
+use isthmus_esp::{InboundSa, LifetimeState, OutboundSa, SaCounters};
 use isthmus_tables::sg::AttachmentId;
 use isthmus_tables::spd::{Selector, SpdAction, SpdTable};
 
@@ -73,6 +77,65 @@ struct Retiring {
     new_seen: Option<Instant>,
 }
 
+/// What the SAs a tunnel no longer has carried and dropped, each SA's final counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Retired {
+    /// Outbound SAs, summed.
+    pub outbound: SaCounters,
+    /// Inbound SAs, summed.
+    pub inbound: SaCounters,
+}
+
+fn add_counters(to: &mut SaCounters, c: &SaCounters) {
+    to.packets += c.packets;
+    to.bytes += c.bytes;
+    to.drops.add(&c.drops);
+}
+
+impl Retired {
+    fn add(&mut self, dir: Direction, c: &SaCounters) {
+        let to = if dir == Direction::Outbound { &mut self.outbound } else { &mut self.inbound };
+        add_counters(to, c);
+    }
+}
+
+/// A removed SA that a worker may still count on.
+#[derive(Debug)]
+enum Draining {
+    Out(String, Arc<OutboundSa>),
+    In(String, Arc<InboundSa>),
+}
+
+impl Draining {
+    fn tunnel(&self) -> &str {
+        match self {
+            Draining::Out(t, _) | Draining::In(t, _) => t,
+        }
+    }
+
+    fn direction(&self) -> Direction {
+        match self {
+            Draining::Out(..) => Direction::Outbound,
+            Draining::In(..) => Direction::Inbound,
+        }
+    }
+
+    fn counters(&self) -> SaCounters {
+        match self {
+            Draining::Out(_, sa) => sa.counters(),
+            Draining::In(_, sa) => sa.counters(),
+        }
+    }
+
+    /// Nothing but this list holds the SA: its counters are final.
+    fn settled(&self) -> bool {
+        match self {
+            Draining::Out(_, sa) => Arc::strong_count(sa) == 1,
+            Draining::In(_, sa) => Arc::strong_count(sa) == 1,
+        }
+    }
+}
+
 /// The control side's view; every change ends in [`Sad::snapshot`].
 #[derive(Debug, Default)]
 pub struct Sad {
@@ -80,6 +143,10 @@ pub struct Sad {
     outbound: HashMap<(String, String), Arc<Outbound>>,
     inbound: HashMap<u32, Arc<Inbound>>,
     retiring: Vec<Retiring>,
+    /// Final counters of removed SAs, per tunnel.
+    retired: HashMap<String, Retired>,
+    /// Removed SAs whose counters may still move.
+    draining: Vec<Draining>,
 }
 
 impl Sad {
@@ -120,15 +187,53 @@ impl Sad {
     /// it replaced.
     pub fn install_outbound(&mut self, o: Outbound) -> Option<u32> {
         let key = (o.tunnel.clone(), o.child.clone());
-        self.outbound.insert(key, Arc::new(o)).map(|old| old.sa.spi())
+        let old = self.outbound.insert(key, Arc::new(o))?;
+        let spi = old.sa.spi();
+        self.drain_outbound(&old);
+        Some(spi)
+    }
+
+    fn drain_outbound(&mut self, o: &Outbound) {
+        self.draining.push(Draining::Out(o.tunnel.clone(), o.sa.clone()));
+    }
+
+    fn drain_inbound(&mut self, i: &Inbound) {
+        self.draining.push(Draining::In(i.tunnel.clone(), i.sa.clone()));
+    }
+
+    /// Moves the counters of removed SAs that no worker holds any more into their tunnel's
+    /// retired totals.
+    fn settle(&mut self) {
+        let (done, left): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.draining).into_iter().partition(Draining::settled);
+        self.draining = left;
+        for d in done {
+            self.retired
+                .entry(d.tunnel().to_owned())
+                .or_default()
+                .add(d.direction(), &d.counters());
+        }
+    }
+
+    /// Per tunnel, the final counters of every SA it no longer has (those still draining read
+    /// now).
+    pub fn retired(&mut self) -> HashMap<String, Retired> {
+        self.settle();
+        let mut r = self.retired.clone();
+        for d in &self.draining {
+            r.entry(d.tunnel().to_owned()).or_default().add(d.direction(), &d.counters());
+        }
+        r
     }
 
     /// Removes the outbound SA of `tunnel`/`child`; its traffic is then dropped (and acquires
     /// are raised) until another is installed.
     pub fn remove_outbound(&mut self, tunnel: &str, child: &str) -> Result<u32, DataplaneError> {
-        self.outbound.remove(&(tunnel.to_owned(), child.to_owned())).map(|o| o.sa.spi()).ok_or_else(
-            || DataplaneError::NoOutbound { tunnel: tunnel.into(), child: child.into() },
-        )
+        let o = self.outbound.remove(&(tunnel.to_owned(), child.to_owned())).ok_or_else(|| {
+            DataplaneError::NoOutbound { tunnel: tunnel.into(), child: child.into() }
+        })?;
+        self.drain_outbound(&o);
+        Ok(o.sa.spi())
     }
 
     /// Adds an inbound SA under its SPI.
@@ -162,7 +267,9 @@ impl Sad {
     /// Removes an inbound SA now.
     pub fn remove_inbound(&mut self, spi: u32) -> Result<(), DataplaneError> {
         self.retiring.retain(|r| r.old != spi);
-        self.inbound.remove(&spi).map(|_| ()).ok_or(DataplaneError::UnknownSpi(spi))
+        let i = self.inbound.remove(&spi).ok_or(DataplaneError::UnknownSpi(spi))?;
+        self.drain_inbound(&i);
+        Ok(())
     }
 
     /// Periodic work: lifetime events, hard-expired SAs removed, retired inbound SAs dropped.
@@ -187,7 +294,9 @@ impl Sad {
             .map(|(k, o)| (k.clone(), o.sa.spi()))
             .collect();
         for (k, spi) in hard_out {
-            self.outbound.remove(&k);
+            if let Some(o) = self.outbound.remove(&k) {
+                self.drain_outbound(&o);
+            }
             events.push(Event::HardExpired { spi, direction: Direction::Outbound });
             changed = true;
         }
@@ -198,11 +307,14 @@ impl Sad {
             .map(|i| i.sa.spi())
             .collect();
         for spi in hard_in {
-            self.inbound.remove(&spi);
+            if let Some(i) = self.inbound.remove(&spi) {
+                self.drain_inbound(&i);
+            }
             events.push(Event::HardExpired { spi, direction: Direction::Inbound });
             changed = true;
         }
         let inbound = &mut self.inbound;
+        let draining = &mut self.draining;
         self.retiring.retain_mut(|r| {
             if r.new_seen.is_none()
                 && inbound.get(&r.new).is_some_and(|n| n.sa.last_packet().is_some())
@@ -212,7 +324,8 @@ impl Sad {
             let new_used = r.new_seen.is_some_and(|t| now >= t + linger);
             let new_gone = !inbound.contains_key(&r.new);
             if new_used || new_gone || now >= r.deadline {
-                if inbound.remove(&r.old).is_some() {
+                if let Some(old) = inbound.remove(&r.old) {
+                    draining.push(Draining::In(old.tunnel.clone(), old.sa.clone()));
                     events.push(Event::InboundRetired { spi: r.old });
                     changed = true;
                 }
@@ -221,6 +334,7 @@ impl Sad {
                 true
             }
         });
+        self.settle();
         (events, changed)
     }
 
@@ -305,6 +419,37 @@ mod tests {
         assert_eq!(sad.remove_outbound("t1", "c").unwrap(), 0x2000);
         assert!(sad.snapshot().resolved[0].is_none());
         assert!(matches!(sad.remove_outbound("t1", "c"), Err(DataplaneError::NoOutbound { .. })));
+    }
+
+    /// Issue 14 item 15: a removed SA added its last *sampled* counters to its tunnel's totals,
+    /// losing the packets in between (588 echo requests sent, 582 counted). Its final counters
+    /// count, also for a packet a worker sends on it after the removal.
+    #[test]
+    fn removed_sas_keep_their_final_counters() {
+        let now = Instant::now();
+        let mut sad = Sad::default();
+        sad.publish_spd(spd(1)).unwrap();
+        sad.install_outbound(outbound(0x1000, "c", now));
+        let held = sad.snapshot();
+        let old = held.resolved[0].clone().unwrap();
+        let send = |o: &Outbound| {
+            let inner = [0x45, 0, 0, 20, 0, 0, 0, 0, 64, 1, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2];
+            o.sa.encapsulate(&inner, &mut [0u8; 256], now).unwrap();
+        };
+        send(&old);
+        // Rekey: the successor replaces it while a worker still holds the old snapshot.
+        sad.install_outbound(outbound(0x2000, "c", now));
+        sad.add_inbound(inbound(0x3000, now, Lifetime::default())).unwrap();
+        assert_eq!(sad.retired()["t1"].outbound.packets, 1);
+        send(&old);
+        drop((held, old));
+        sad.remove_inbound(0x3000).unwrap();
+        let r = sad.retired();
+        assert_eq!(r["t1"].outbound.packets, 2, "the packet sent after the removal counts");
+        assert_eq!(r["t1"].outbound.bytes, 40);
+        assert_eq!(r["t1"].inbound.packets, 0);
+        assert!(sad.draining.is_empty(), "settled once nothing holds them: {:?}", sad.draining);
+        assert_eq!(sad.retired(), r, "settling changes nothing");
     }
 
     #[test]

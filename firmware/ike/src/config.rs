@@ -426,8 +426,8 @@ pub struct Dpd {
     /// Send an empty INFORMATIONAL after this long without any message from the peer; zero
     /// disables DPD.
     pub delay: Duration,
-    /// Declare the peer dead when an exchange got no answer for this long (capped by the
-    /// retransmission schedule).
+    /// Declare the peer dead when a liveness check got no answer for this long, exactly then
+    /// (retransmissions continue until it, however many that takes).
     pub timeout: Duration,
     /// What then.
     pub action: DpdAction,

@@ -797,6 +797,7 @@ impl Endpoint {
         if let Some(o) = &sa.out {
             d.push(o.next_retx);
         }
+        d.extend(self.dpd_deadline(sa));
         if let Some(l) = sa.linger_until.filter(|_| sa.out.is_none()) {
             d.push(l);
         }
@@ -823,6 +824,15 @@ impl Endpoint {
             _ => {}
         }
         d.into_iter().min()
+    }
+
+    /// When an unanswered liveness check declares the peer dead: `dpd.timeout` after it was
+    /// first sent (§2.4), whatever the retransmission schedule (4, 7.2, 13, 23.3 s ... apart)
+    /// says, so detection lands at the configured time and not at the next retransmission.
+    fn dpd_deadline(&self, sa: &IkeSa) -> Option<Instant> {
+        let out = sa.out.as_ref().filter(|o| matches!(o.kind, ReqKind::Dpd))?;
+        let t = sa.tunnel.and_then(|t| self.tunnel_ref(t))?;
+        Some(out.first_sent + t.cfg.dpd.timeout)
     }
 
     fn unlist(&mut self, sa: &IkeSa) {
@@ -3174,17 +3184,18 @@ impl Endpoint {
     // ----- timers --------------------------------------------------------------------------
 
     fn on_timer(&mut self, sa: &mut IkeSa, now: Instant) {
+        // A liveness check ends at its timeout, not at a retransmission (§2.4): its own
+        // deadline, and the retransmission count does not limit it.
+        let dpd_deadline = self.dpd_deadline(sa);
+        if dpd_deadline.is_some_and(|d| d <= now) {
+            self.exchange_timed_out(sa, now);
+            return;
+        }
         // Retransmission (§2.1).
         if let Some(out) = sa.out.as_mut()
             && out.next_retx <= now
         {
-            let dpd_limit = sa
-                .tunnel
-                .and_then(|t| self.tunnel_ref(t))
-                .map(|t| t.cfg.dpd.timeout)
-                .filter(|_| matches!(out.kind, ReqKind::Dpd));
-            let expired = out.tries > self.config.retransmit_tries
-                || dpd_limit.is_some_and(|l| now.duration_since(out.first_sent) >= l);
+            let expired = dpd_deadline.is_none() && out.tries > self.config.retransmit_tries;
             if !expired {
                 let wait = Duration::try_from_secs_f64(
                     self.config.retransmit_timeout.as_secs_f64()

@@ -672,3 +672,43 @@ fn traffic_defers_liveness_checks() {
     p.run_for(Duration::from_secs(11));
     assert_eq!(probes(&p, sent), 1, "a probe once the traffic stops");
 }
+
+/// Issue 14 item 14: with `delay = 10s`, `timeout = 30s` the peer was declared dead 47.5 s after
+/// the first liveness check (at the retransmission due then, 4 + 7.2 + 13 + 23.3 s). It is dead at
+/// the configured timeout, also when the timeout outlasts the retransmission count (300 s).
+#[test]
+fn rfc7296_section_2_4_dead_peer_declared_at_the_configured_timeout() {
+    for timeout in [30, 300] {
+        let (mut a, mut b) = configs();
+        a.dpd.delay = Duration::from_secs(10);
+        a.dpd.timeout = Duration::from_secs(timeout);
+        b.dpd.delay = Duration::ZERO;
+        let mut p = Pair::new(a, b);
+        p.handshake();
+        p.b_dead = true;
+        let sent = p.wire.len();
+        let probe = |p: &Pair| {
+            p.wire[sent..]
+                .iter()
+                .any(|s| s.from_a && !s.response && s.exchange == Some(ExchangeType::INFORMATIONAL))
+        };
+        p.run_until(Duration::from_secs(60), probe);
+        let first_probe = p.now;
+        let dead = |p: &Pair| {
+            p.a_events
+                .iter()
+                .any(|e| matches!(e, Event::IkeSaDown { reason: DownReason::DeadPeer, .. }))
+        };
+        p.run_until(Duration::from_secs(timeout + 60), dead);
+        assert_eq!(
+            p.now - first_probe,
+            Duration::from_secs(timeout),
+            "declared dead this long after the first liveness check"
+        );
+        let probes = p.wire[sent..]
+            .iter()
+            .filter(|s| s.from_a && !s.response && s.exchange == Some(ExchangeType::INFORMATIONAL))
+            .count();
+        assert!(probes >= 4, "retransmitted until the timeout: {probes} probes");
+    }
+}

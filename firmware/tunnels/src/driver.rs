@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Read as _;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -25,6 +25,7 @@ use isthmus_ike::{
 use crate::Error;
 use crate::dataplane::{ChildInstall, Dataplane, DataplaneEvent};
 use crate::io::Sockets;
+use crate::ratelimit::{Limits, RateLimit};
 use crate::status::{ChildStatus, TunnelEvent, TunnelState, TunnelStatus};
 
 /// The IKE port (RFC 7296 §2).
@@ -68,6 +69,9 @@ pub struct DriverConfig {
     pub retry_initial: Duration,
     /// The longest wait between two attempts.
     pub retry_max: Duration,
+    /// How often a negotiation failure of one source and reason is reported per interval (to
+    /// the log and to subscribers); the rest are summarised when the interval ends.
+    pub failure_reports: Limits,
 }
 
 impl Default for DriverConfig {
@@ -76,6 +80,7 @@ impl Default for DriverConfig {
             endpoint: EndpointConfig::default(),
             retry_initial: Duration::from_secs(2),
             retry_max: Duration::from_secs(60),
+            failure_reports: Limits::default(),
         }
     }
 }
@@ -174,6 +179,7 @@ impl Tunnels {
             shared: shared.clone(),
             expiring: HashSet::new(),
             answering: false,
+            failures: RateLimit::new(cfg.failure_reports),
         };
         let thread = std::thread::Builder::new()
             .name("ike-driver".into())
@@ -273,7 +279,13 @@ struct Driver {
     expiring: HashSet<u32>,
     /// The input being handled is a CREATE_CHILD_SA request from the peer.
     answering: bool,
+    /// Failure reports by (tunnel, source, reason): unauthenticated IKE_SA_INIT floods must
+    /// not fill the log.
+    failures: RateLimit<FailureKey>,
 }
+
+/// A negotiation failure's tunnel (empty: none matched), source address and reason.
+type FailureKey = (String, IpAddr, String);
 
 /// True for a CREATE_CHILD_SA request (RFC 7296 §3.1: exchange type 36 at byte 18, the
 /// Response flag 0x20 clear in byte 19); the header is not encrypted.
@@ -284,7 +296,13 @@ fn is_create_child_request(ike: &[u8]) -> bool {
 impl Driver {
     fn run(&mut self, rx: Receiver<Input>) {
         loop {
-            let next = self.ep.poll_timeout().into_iter().chain(self.next_retry()).min();
+            let next = self
+                .ep
+                .poll_timeout()
+                .into_iter()
+                .chain(self.next_retry())
+                .chain(self.failures.deadline())
+                .min();
             let wait = match next {
                 Some(t) => t.saturating_duration_since(Instant::now()),
                 None => Duration::from_secs(3600),
@@ -301,8 +319,21 @@ impl Driver {
             self.retries(now);
             self.drain();
             self.answering = false;
+            self.summarise_failures(now);
         }
         self.sockets.close();
+    }
+
+    /// Reports what the failure rate limit suppressed once its interval is over.
+    fn summarise_failures(&mut self, now: Instant) {
+        let window = self.failures.window();
+        for s in self.failures.summary(now) {
+            let (tunnel, peer, what) = match s.key {
+                Some((tunnel, peer, what)) => (tunnel, Some(peer), what),
+                None => (String::new(), None, "negotiation failures".to_owned()),
+            };
+            self.emit(TunnelEvent::Suppressed { tunnel, peer, what, count: s.count, window });
+        }
     }
 
     fn next_retry(&self) -> Option<Instant> {
@@ -386,6 +417,7 @@ impl Driver {
                         children: Vec::new(),
                         ike_sas_established: 0,
                         child_sas_installed: 0,
+                        rekeys: 0,
                         last_failure: None,
                         last_down_reason: None,
                     },
@@ -559,8 +591,16 @@ impl Driver {
                     s.peer = peer;
                     s.ike_suite = Some(suite.to_string());
                     s.encap = encap;
-                    s.up_since = Some(SystemTime::now());
+                    // A rekey keeps the tunnel up: its uptime goes on.
+                    if !rekeyed || s.up_since.is_none() {
+                        s.up_since = Some(SystemTime::now());
+                    }
                     s.ike_sas_established += 1;
+                    s.rekeys += u64::from(rekeyed);
+                    s.last_failure = None;
+                    if !rekeyed {
+                        s.last_down_reason = None;
+                    }
                 }
                 self.emit(TunnelEvent::IkeUp {
                     tunnel,
@@ -577,12 +617,12 @@ impl Driver {
                     reason,
                     DownReason::Rekeyed | DownReason::Replaced | DownReason::RekeyCollision
                 );
-                if let Some(s) = lock(&self.shared.status).get_mut(&tunnel) {
-                    if !successor {
-                        s.state = TunnelState::Down;
-                        s.ike_suite = None;
-                        s.up_since = None;
-                    }
+                if let Some(s) = lock(&self.shared.status).get_mut(&tunnel)
+                    && !successor
+                {
+                    s.state = TunnelState::Down;
+                    s.ike_suite = None;
+                    s.up_since = None;
                     s.last_down_reason = Some(reason.to_string());
                 }
                 self.emit(TunnelEvent::IkeDown {
@@ -656,6 +696,8 @@ impl Driver {
                         since: SystemTime::now(),
                     });
                     s.child_sas_installed += 1;
+                    s.rekeys += u64::from(rekey_of.is_some());
+                    s.last_failure = None;
                 }
                 self.emit(TunnelEvent::ChildUp {
                     tunnel,
@@ -692,7 +734,11 @@ impl Driver {
                 if down {
                     self.schedule_retry(&x.tunnel, now);
                 }
-                self.emit(TunnelEvent::Failed(x));
+                let key =
+                    (x.tunnel.clone(), x.peer.ip(), format!("{} failed: {}", x.exchange, x.cause));
+                if self.failures.admit(&key, now) {
+                    self.emit(TunnelEvent::Failed(x));
+                }
             }
         }
     }

@@ -18,6 +18,8 @@
 //!   sends back;
 //! - [`esp`]: that trait on the userspace ESP dataplane (`isthmus-dataplane`);
 //! - [`io`]: the IKE sockets and RFC 3948 classification of port 4500 payloads;
+//! - [`ratelimit`]: how often a negotiation failure of one source is reported (unauthenticated
+//!   IKE_SA_INIT floods must not fill the log);
 //! - [`status`]: tunnel status and events (with the IKE layer's explanations of failures).
 //!
 //! Typical use, inside the gateway's network namespace:
@@ -44,6 +46,7 @@ pub mod dataplane;
 pub mod driver;
 pub mod esp;
 pub mod io;
+pub mod ratelimit;
 pub mod status;
 
 pub use dataplane::{ChildInstall, ControlOnly, Dataplane, DataplaneEvent};

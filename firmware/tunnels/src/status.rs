@@ -1,8 +1,8 @@
 //! What the driver tells the daemon: a status snapshot per tunnel and a stream of events. Neither
 //! ever carries key material.
 
-use std::net::SocketAddr;
-use std::time::SystemTime;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, SystemTime};
 
 use isthmus_ike::event::{DownReason, Explanation};
 
@@ -63,7 +63,8 @@ pub struct TunnelStatus {
     pub ike_suite: Option<String>,
     /// UDP encapsulation in use.
     pub encap: bool,
-    /// When the current IKE SA came up.
+    /// Since when the tunnel has been up (an IKE SA rekey keeps it up; a new IKE SA after
+    /// it went down starts it again).
     pub up_since: Option<SystemTime>,
     /// Installed CHILD SAs (two of the same name for a moment during a rekey).
     pub children: Vec<ChildStatus>,
@@ -71,9 +72,11 @@ pub struct TunnelStatus {
     pub ike_sas_established: u64,
     /// CHILD SAs installed so far (rekeys included).
     pub child_sas_installed: u64,
-    /// The last negotiation failure and its explanation.
+    /// IKE and CHILD SA rekeys so far, whichever side started them.
+    pub rekeys: u64,
+    /// The last negotiation failure and its explanation, until an IKE or CHILD SA comes up.
     pub last_failure: Option<Explanation>,
-    /// Why the IKE SA last went down.
+    /// Why the tunnel last went down, until it is up again (a rekey is not a going down).
     pub last_down_reason: Option<String>,
 }
 
@@ -132,6 +135,20 @@ pub enum TunnelEvent {
     },
     /// A negotiation failed; the explanation says why and what to change.
     Failed(Explanation),
+    /// Reports of one kind suppressed by the rate limit over the last interval (RFC 7296 §2.6:
+    /// anyone can send IKE_SA_INIT; what it makes us say must stay bounded).
+    Suppressed {
+        /// Tunnel name (empty: no tunnel matched, or several).
+        tunnel: String,
+        /// The source, or none for reports of sources beyond the tracked ones.
+        peer: Option<IpAddr>,
+        /// What was suppressed (`IKE_SA_INIT failed: ...`).
+        what: String,
+        /// How many reports.
+        count: u64,
+        /// Over how long.
+        window: Duration,
+    },
     /// The dataplane refused a CHILD SA.
     InstallFailed {
         /// Tunnel name.
@@ -172,6 +189,16 @@ impl std::fmt::Display for TunnelEvent {
                  {spi_out:08x}): {reason}"
             ),
             TunnelEvent::Failed(e) => write!(f, "{e}"),
+            TunnelEvent::Suppressed { tunnel, peer, what, count, window } => {
+                if !tunnel.is_empty() {
+                    write!(f, "tunnel `{tunnel}`: ")?;
+                }
+                match peer {
+                    Some(p) => write!(f, "{count} more `{what}` from {p}")?,
+                    None => write!(f, "{count} more {what} from other sources")?,
+                }
+                write!(f, " suppressed in the last {} s (log rate limit)", window.as_secs())
+            }
             TunnelEvent::InstallFailed { tunnel, child, error } => {
                 write!(f, "tunnel `{tunnel}`: the dataplane refused CHILD SA `{child}`: {error}")
             }
