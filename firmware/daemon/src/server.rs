@@ -541,10 +541,12 @@ pub async fn serve_all(
     for addr in addrs {
         let listener = match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => l,
-            // Another daemon on this host (a lab) may hold loopback's port: the management
-            // address still serves this one.
-            Err(e) if addr == LOCAL && mgmt.is_some() && explicit.is_none() => {
-                tracing::warn!(%addr, "management API not listening on loopback: {e}");
+            // Without `--api` one listener is enough: another daemon on this host (a lab) may
+            // hold loopback's port, and a configuration that failed to apply may not have put
+            // the management address on its interface; the other one still lets the operator
+            // in to fix it.
+            Err(e) if explicit.is_none() => {
+                tracing::warn!(%addr, "management API not listening there: {e}");
                 continue;
             }
             Err(e) => return Err(anyhow::anyhow!("management API on {addr}: {e}")),
@@ -566,7 +568,7 @@ pub async fn serve_all(
     }
     match servers.join_next().await {
         Some(r) => r?,
-        None => Ok(()),
+        None => Err(anyhow::anyhow!("management API: no address could be bound")),
     }
 }
 
