@@ -402,7 +402,7 @@ impl<'c> V<'c> {
         if let Some(m) = &g.management {
             all.push(("gateway.management.interface".into(), m.interface.clone()));
         }
-        all.push(("the shared TUN device of the tunnels".into(), crate::TUN_DEVICE.into()));
+        all.insert(0, ("the shared TUN device of the tunnels".into(), crate::TUN_DEVICE.into()));
         for (i, t) in self.c.tunnels.iter().enumerate() {
             if let Some(n) = &t.interface {
                 self.warn(

@@ -327,7 +327,7 @@ fn a_file_that_is_not_utf8_is_refused_with_its_line_and_byte_offset() {
     std::fs::write(&file, b"[gateway]\nname = \"a\"\n# caf\xe9 \xe9\n").unwrap();
     let e = isthmus_config::read_file(&file).unwrap_err().to_string();
     assert!(e.contains("gw.toml is not UTF-8"), "{e}");
-    assert!(e.contains("byte 0xe9 at line 3, byte 6 of that line (offset 27 in the file)"), "{e}");
+    assert!(e.contains("byte 0xe9 at line 3, byte 6 of that line (offset 26 in the file)"), "{e}");
     std::fs::write(&file, "[gateway]\nname = \"café\"\n").unwrap();
     assert_eq!(isthmus_config::read_file(&file).unwrap(), "[gateway]\nname = \"café\"\n");
     let gone = isthmus_config::read_file(&dir.path().join("nope.toml")).unwrap_err().to_string();
