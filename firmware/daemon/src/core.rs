@@ -269,7 +269,7 @@ impl Core {
                 Ok(_) => {
                     if let Some((path, _)) = &file {
                         tracing::warn!(
-                            "{} differs from revision {n}, which is in force: the file is a pending change, not applied; to apply it: isthmus config commit {}",
+                            "{} differs from revision {n}, which is in force: the file is a pending change, not applied; to apply it: isthmus config apply {}",
                             path.display(),
                             path.display()
                         );
@@ -332,7 +332,7 @@ impl Core {
             self.install_access(cfg);
         }
         msg.push_str(
-            "; no configuration is in force: commit a corrected one through the API (isthmus config commit FILE)",
+            "; no configuration is in force: commit a corrected one through the API (isthmus config apply FILE)",
         );
         self.alarms.apply_failed(&msg);
         tracing::error!("{msg}");
