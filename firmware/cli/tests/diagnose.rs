@@ -568,7 +568,10 @@ fn one_truth_randomized_configurations_and_flows() {
         ctx,
     );
     let mut seen: std::collections::BTreeMap<String, usize> = Default::default();
-    for round in 0..rounds {
+    // Random rounds can all be restrictive (one seed gave 48 drops in 6 rounds): up to four more
+    // rounds until a flow passed, so that both outcomes are checked against real packets.
+    let mut round = 0;
+    while round < rounds || (!seen.contains_key("pass") && round < rounds + 4) {
         let cfg = random_gw1(&mut rng);
         let file = a.path(&format!("round{round}.toml"));
         std::fs::write(&file, &cfg).unwrap();
@@ -597,8 +600,9 @@ fn one_truth_randomized_configurations_and_flows() {
             };
             *seen.entry(key).or_default() += 1;
         }
+        round += 1;
     }
-    println!("outcomes over {rounds} rounds: {seen:?}");
+    println!("outcomes over {round} rounds: {seen:?}");
     assert!(seen.contains_key("pass"), "no flow passed: {seen:?}");
     assert!(seen.keys().any(|k| k.starts_with("drop")), "no flow dropped: {seen:?}");
     a.stop();

@@ -579,6 +579,12 @@ pub fn run_gate(core: &Core) {
         }
         GateStart::Trial => {}
     }
+    // A revision that cannot be applied no longer stops the daemon (it stays up for the
+    // operator), so the gate checks it itself: on this firmware nothing applied.
+    if core.applied().is_none() {
+        let why = "configuration not applied (the apply-failed alarm says why)".to_owned();
+        return gate_failed(core, &mut r, &booted, why, save);
+    }
     let started = Instant::now();
     let deadline = started + Duration::from_secs(r.gate_secs);
     core.events().emit(
@@ -629,9 +635,22 @@ pub fn run_gate(core: &Core) {
         }
         return;
     }
+    let why = format!("tunnels {} not up within {} s after boot", missing.join(", "), r.gate_secs);
+    gate_failed(core, &mut r, &booted, why, save);
+}
+
+/// The trial firmware failed its gate (`why`): recorded, alarmed, and the box reboots so that
+/// systemd-boot falls back once the tries run out.
+fn gate_failed(
+    core: &Core,
+    r: &mut api::UpgradeRecord,
+    booted: &str,
+    why: String,
+    save: impl Fn(&api::UpgradeRecord),
+) {
     r.state = "gate-failed".into();
-    r.detail = format!("tunnels {} not up within {} s after boot", missing.join(", "), r.gate_secs);
-    save(&r);
+    r.detail = why;
+    save(r);
     let msg = format!(
         "firmware {} (slot {booted}) failed its health gate: {}; rebooting (the firmware falls back to slot {} once the tries run out)",
         r.to_version, r.detail, r.from_slot

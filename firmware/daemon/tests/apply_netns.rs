@@ -460,7 +460,7 @@ fn every_docs_example_applies_in_a_namespace() {
         // The secrets the example reads from the environment.
         let line = format!(
             "env ISTHMUS_PSK_IDC=docs-example-psk-0123456789 ISTHMUS_PSK_VPC=docs-example-psk-0123456789 \
-             ISTHMUS_MONITORING_TOKEN=docs-example-token {} --config {} --data-dir {} \
+             ISTHMUS_MONITORING_TOKEN=docs-example-token ISTHMUS_WEBHOOK_SECRET=docs-example-webhook-key {} --config {} --data-dir {} \
              --api 127.0.0.1:18650 >{} 2>&1",
             env!("CARGO_BIN_EXE_isthmusd"),
             dir.join("gw.toml").display(),
