@@ -1,5 +1,8 @@
 //! Request and response types of the management API, shared by `isthmusd` and the `isthmus` CLI.
 //! No transport lives here: the daemon serves these as JSON over HTTP, the CLI sends and prints them.
+//! With the `openapi` feature every type is also a `utoipa::ToSchema`: the daemon's OpenAPI
+//! document is generated from these definitions and their doc comments, which are its
+//! descriptions.
 //!
 //! Every control input is one [`Action`] (the firecracker pattern): the HTTP layer only parses a
 //! request into it, so the API, the CLI and tests speak one vocabulary. Secrets never appear in
@@ -19,6 +22,7 @@ pub const LOCAL_ENDPOINT: &str = "http://127.0.0.1:8080";
 
 /// The role a bearer token grants.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum Role {
     /// May read and change everything.
@@ -30,6 +34,7 @@ pub enum Role {
 /// Every control input the daemon accepts. All of them change state, so all need an admin token;
 /// reads are plain `GET`s.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "action", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Action {
     /// Validate a configuration document without committing it.
@@ -38,8 +43,9 @@ pub enum Action {
     ConfigDiff { text: String },
     /// Commit and apply; with `confirm_secs`, revert unless confirmed in time.
     ConfigCommit { text: String, comment: String, confirm_secs: Option<u64>, dry_run: bool },
-    /// Confirm a pending commit-confirm. (A struct variant, not a unit one: serde's internally
-    /// tagged unit variants ignore unknown fields, and a request with one must be refused.)
+    /// Confirm a pending commit-confirm.
+    // A struct variant, not a unit one: serde's internally tagged unit variants ignore unknown
+    // fields, and a request with one must be refused.
     ConfigConfirm {},
     /// Make the content of `revision` active again (as a new revision).
     ConfigRollback { revision: u64 },
@@ -61,6 +67,7 @@ pub enum Action {
 
 /// The body of every error response.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApiError {
     /// The HTTP status code.
     pub status: u16,
@@ -75,6 +82,7 @@ pub struct ApiError {
 
 /// One configuration problem, located by its field path.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Issue {
     /// The path of the offending field, e.g. `tunnel[1].spd[0].remote`.
     pub path: String,
@@ -84,6 +92,7 @@ pub struct Issue {
 
 /// The result of validating a document.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ValidateResponse {
     /// True when there are no errors (warnings do not block a commit).
     pub ok: bool,
@@ -95,6 +104,7 @@ pub struct ValidateResponse {
 
 /// One stored configuration revision.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Revision {
     /// The revision number, counting from 1.
     pub number: u64,
@@ -112,6 +122,7 @@ pub struct Revision {
 
 /// The result of a commit.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CommitResponse {
     /// The new revision (absent for a dry run).
     pub revision: Option<u64>,
@@ -123,6 +134,7 @@ pub struct CommitResponse {
 
 /// A tunnel's state as an operator sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum TunnelState {
     /// Configured, no IKE SA.
@@ -137,6 +149,7 @@ pub enum TunnelState {
 
 /// One row of `tunnel list`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TunnelSummary {
     /// The tunnel's name.
     pub name: String,
@@ -156,6 +169,7 @@ pub struct TunnelSummary {
 
 /// Traffic counters. Per tunnel they survive rekeys (the sum of all SAs it ever had).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Counters {
     /// Packets sent into the tunnel.
     pub packets_out: u64,
@@ -165,12 +179,13 @@ pub struct Counters {
     pub packets_in: u64,
     /// Bytes received from the tunnel (inner packets).
     pub bytes_in: u64,
-    /// Drops by reason (`icv_failure`, `replay`, `no_sa`, ...).
+    /// Drops by reason, as `[reason, count]` pairs (`icv_failure`, `replay`, `no_sa`, ...).
     pub drops: Vec<(String, u64)>,
 }
 
 /// One CHILD SA pair.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ChildSa {
     /// The CHILD SA's name from the configuration.
     pub name: String,
@@ -196,6 +211,7 @@ pub struct ChildSa {
 
 /// `tunnel show`: the summary plus SAs, rekeys and recent events.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TunnelDetail {
     /// The summary row.
     pub summary: TunnelSummary,
@@ -207,29 +223,33 @@ pub struct TunnelDetail {
     pub rekeys: u64,
     /// Recent events, newest last.
     pub events: Vec<Event>,
-    /// Health-check results, when the tunnel has a health check.
+    /// Health-check results; absent when the tunnel has no health check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<Health>,
-    /// Dataplane drops attributed to this tunnel, by stage and reason.
+    /// Dataplane drops attributed to this tunnel: its ESP drops by reason, then its
+    /// security-group and network-ACL drops by deciding rule.
     #[serde(default)]
     pub drops: Vec<StageDrop>,
 }
 
 /// Whether a tunnel's health check passes, by the configured consecutive thresholds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum HealthState {
     /// Not enough probes yet to say.
     Unknown,
     /// `recovery_threshold` good probes in a row.
     Healthy,
-    /// `failure_threshold` failed (lost or too slow) probes in a row.
+    /// `failure_threshold` failed (lost, or slower than `latency_threshold`) probes in a row.
     Unhealthy,
 }
 
 /// Health-check results of one tunnel: ICMP echo probes sent through it from a local address to
-/// a remote one, summarised over the last `window` probes.
+/// a remote one, summarised over the last `window` probes. Probes run only while the tunnel is
+/// up, and the window starts afresh each time it comes up.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Health {
     /// Where probes come from (a LAN address of this gateway).
     pub source: String,
@@ -257,8 +277,11 @@ pub struct Health {
     pub last_error: Option<String>,
 }
 
-/// Packets the dataplane dropped at one stage for one reason.
+/// Packets the dataplane dropped at one stage for one reason. At the security-group and ACL
+/// stages (`sg-in`, `sg-out`, `nacl-in`, `nacl-out`) the reason is the deciding rule, e.g.
+/// `sg:web/3`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StageDrop {
     /// Where: `esp-in`, `esp-out`, `spd`, `nacl-in`, `sg-out`, ...
     pub stage: String,
@@ -270,6 +293,7 @@ pub struct StageDrop {
 
 /// Severity of an alarm or event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum Severity {
     /// For the record.
@@ -282,6 +306,7 @@ pub enum Severity {
 
 /// Something that happened.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Event {
     /// Seconds since the Unix epoch.
     pub time: u64,
@@ -297,6 +322,7 @@ pub struct Event {
 
 /// An alarm, active or cleared.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Alarm {
     /// The alarm's name from the configuration.
     pub name: String,
@@ -310,13 +336,15 @@ pub struct Alarm {
     pub raised: u64,
     /// When it cleared, if it did.
     pub cleared: Option<u64>,
-    /// Who acknowledged it and when; a new raise starts unacknowledged.
+    /// Who acknowledged it and when; absent until acknowledged, and a new raise starts
+    /// unacknowledged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acknowledged: Option<Acknowledgement>,
 }
 
 /// An operator's acknowledgement of a raised alarm.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Acknowledgement {
     /// The API token's name.
     pub by: String,
@@ -326,6 +354,7 @@ pub struct Acknowledgement {
 
 /// One stored plugin version.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Plugin {
     /// The plugin's name from its manifest.
     pub name: String,
@@ -345,6 +374,7 @@ pub struct Plugin {
 
 /// `GET /plugins/hooks`: what runs for one policy hook and what it last published.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PluginHook {
     /// `spd`, `security-group` or `alarm`.
     pub hook: String,
@@ -374,6 +404,7 @@ pub struct PluginHook {
 
 /// `status`: the gateway at a glance.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Status {
     /// The gateway's name.
     pub gateway: String,
@@ -389,13 +420,15 @@ pub struct Status {
     pub tunnels: Vec<TunnelSummary>,
     /// Alarms not cleared.
     pub active_alarms: usize,
-    /// Every dataplane drop of the gateway, by stage and reason (non-zero ones).
+    /// Every dataplane drop of the gateway, by stage and reason (non-zero ones), then the rule
+    /// drops with their attachment.
     #[serde(default)]
     pub drops: Vec<StageDrop>,
 }
 
 /// How one stage of a traced packet's path decides.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum StageVerdict {
     /// The packet goes on.
@@ -410,6 +443,7 @@ pub enum StageVerdict {
 
 /// One stage of `diagnose path`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PathStage {
     /// `ingress`, `network-acl`, `route`, `spd`, `child-sa`, `security-group`, `mtu`, `egress`.
     pub stage: String,
@@ -423,6 +457,7 @@ pub struct PathStage {
 
 /// `GET /api/v1/diagnose/path`: a packet followed through the gateway and back.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PathReport {
     /// The packet traced, e.g. `tcp 10.1.0.5:40000 -> 10.2.0.5:443 (1400 bytes)`.
     pub packet: String,
@@ -448,6 +483,7 @@ pub struct PathReport {
 
 /// One failed negotiation of a tunnel, explained.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NegotiationFailure {
     /// The exchange that failed (`IKE_AUTH`, `CREATE_CHILD_SA`, ...).
     pub exchange: String,
@@ -463,6 +499,7 @@ pub struct NegotiationFailure {
 
 /// `GET /api/v1/diagnose/tunnel/NAME`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TunnelDiagnosis {
     /// The tunnel.
     pub tunnel: String,
@@ -484,6 +521,7 @@ pub struct TunnelDiagnosis {
 
 /// One A/B slot of the firmware, as `isthmus system status` shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Slot {
     /// `a` or `b`.
     pub slot: String,
@@ -501,6 +539,7 @@ pub struct Slot {
 
 /// The last firmware upgrade and what became of it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UpgradeRecord {
     /// The slot that ran when the upgrade was written (the fallback).
     pub from_slot: String,
@@ -530,6 +569,7 @@ pub struct UpgradeRecord {
 
 /// `GET /system`: the firmware slots and the last upgrade.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SystemStatus {
     /// The running firmware's version.
     pub version: String,
@@ -543,6 +583,7 @@ pub struct SystemStatus {
 
 /// The answer to `POST /system/upgrade`: what was written before the reboot.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UpgradeResponse {
     /// The slot written.
     pub slot: String,

@@ -168,7 +168,7 @@ struct Pin {
 }
 
 fn message(text: impl Into<String>) -> Response {
-    axum::Json(serde_json::json!({ "message": text.into() })).into_response()
+    axum::Json(crate::server::Message { message: text.into() }).into_response()
 }
 
 impl Core {
@@ -675,8 +675,8 @@ impl Core {
                 Ok(axum::Json(self.validate_blocking(&text)).into_response())
             }
             Action::ConfigDiff { text } => {
-                Ok(axum::Json(serde_json::json!({ "diff": self.diff_blocking(&text)? }))
-                    .into_response())
+                let diff = self.diff_blocking(&text)?;
+                Ok(axum::Json(crate::server::DiffResponse { diff }).into_response())
             }
             Action::ConfigCommit { text, comment, confirm_secs, dry_run } => {
                 let mut st = plan::Stages::start();

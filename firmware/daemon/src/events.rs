@@ -77,8 +77,15 @@ impl EventBus {
     }
 }
 
-/// `GET /api/v1/events`: server-sent events, one JSON [`Event`] per `data:` line. A subscriber
-/// too slow to keep up is told how many events it missed rather than stalling the daemon.
+/// Server-sent events: one JSON `Event` per `data:` line
+///
+/// Each `event` event carries an `Event`. A subscriber too slow to keep up gets a `lagged` event
+/// with the number it missed rather than stalling the daemon.
+#[utoipa::path(get, path = "/events", context_path = isthmus_api::PREFIX, tag = "events",
+    operation_id = "events", responses(
+    (status = 200, description = "The stream", body = String, content_type = "text/event-stream"),
+    (status = 401, response = crate::openapi::Unauthorized),
+))]
 pub async fn stream(
     State(st): State<AppState>,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {

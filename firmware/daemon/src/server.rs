@@ -15,10 +15,15 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use isthmus_api::{Action, ApiError, PREFIX};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::Tokens;
 use crate::core::Core;
+use crate::openapi::{
+    ActionReply, BadRequest, Conflict, Forbidden, Internal, Invalid, NotFound, TooLarge,
+    Unauthorized,
+};
 
 /// Largest request body: a configuration with thousands of tunnels fits; a plugin upload has its
 /// own, larger limit.
@@ -192,21 +197,46 @@ async fn caller_and_body<T: for<'de> Deserialize<'de>>(
     Ok((who, parse(&body)?))
 }
 
+/// The gateway at a glance
+#[utoipa::path(get, path = "/status", context_path = PREFIX, tag = "status", responses(
+    (status = 200, description = "Gateway, version, uptime, active revision, pending confirm, \
+        tunnels, alarm count and drops", body = isthmus_api::Status),
+    (status = 401, response = Unauthorized),
+))]
 async fn status(State(st): State<AppState>) -> Reply<isthmus_api::Status> {
     Ok(axum::Json(st.core.status().await))
 }
 
+/// The active configuration as TOML, secrets redacted
+#[utoipa::path(get, path = "/config", context_path = PREFIX, tag = "config", responses(
+    (status = 200, description = "The TOML document", body = String,
+        content_type = "application/toml"),
+    (status = 401, response = Unauthorized),
+    (status = 404, response = NotFound),
+    (status = 500, response = Internal),
+))]
 async fn config_get(State(st): State<AppState>) -> Result<Response, Failure> {
     let text = st.core.config_text_redacted().await?;
     Ok(([(header::CONTENT_TYPE, "application/toml")], text).into_response())
 }
 
-#[derive(Deserialize)]
+/// A configuration document.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct TextBody {
+    /// The TOML document.
     text: String,
 }
 
+/// Validate a document; every issue names its field path
+#[utoipa::path(post, path = "/config/validate", context_path = PREFIX, tag = "config",
+    request_body = TextBody, responses(
+    (status = 200, description = "Every error and warning", body = isthmus_api::ValidateResponse),
+    (status = 400, response = BadRequest),
+    (status = 401, response = Unauthorized),
+    (status = 403, response = Forbidden),
+    (status = 413, response = TooLarge),
+))]
 async fn config_validate(
     State(st): State<AppState>,
     body: Bytes,
@@ -215,11 +245,33 @@ async fn config_validate(
     Ok(axum::Json(st.core.validate(&b.text).await))
 }
 
-#[derive(serde::Serialize)]
-struct DiffResponse {
-    diff: String,
+/// A document's differences from the active revision.
+#[derive(Serialize, ToSchema)]
+pub struct DiffResponse {
+    /// A unified diff (secrets as fingerprints), each hunk headed by the TOML path it changes;
+    /// `no changes` when equal.
+    pub diff: String,
 }
 
+/// The answer to an action that has nothing more to return.
+#[derive(Serialize, ToSchema)]
+pub struct Message {
+    /// What was done.
+    pub message: String,
+}
+
+/// Diff a document against the active revision (secrets shown as fingerprints)
+#[utoipa::path(post, path = "/config/diff", context_path = PREFIX, tag = "config",
+    request_body = TextBody, responses(
+    (status = 200, description = "The diff", body = DiffResponse),
+    (status = 400, response = BadRequest),
+    (status = 401, response = Unauthorized),
+    (status = 403, response = Forbidden),
+    (status = 404, response = NotFound),
+    (status = 413, response = TooLarge),
+    (status = 422, response = Invalid),
+    (status = 500, response = Internal),
+))]
 async fn config_diff(
     State(st): State<AppState>,
     body: Bytes,
@@ -228,18 +280,39 @@ async fn config_diff(
     Ok(axum::Json(DiffResponse { diff: st.core.diff_against_active(&b.text).await? }))
 }
 
-#[derive(Deserialize)]
+/// A commit.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CommitBody {
+    /// The TOML document.
     text: String,
+    /// The commit comment.
     #[serde(default)]
     comment: String,
+    /// Revert to the previous revision unless confirmed within this many seconds.
     #[serde(default)]
     confirm_secs: Option<u64>,
+    /// Validate and plan only: nothing is stored or applied.
     #[serde(default)]
     dry_run: bool,
 }
 
+/// Validate, commit and apply; with `confirm_secs` the commit reverts unless confirmed
+///
+/// Needs an admin token. A revision that fails to apply is rolled back to the last one that
+/// applied.
+#[utoipa::path(post, path = "/config/commit", context_path = PREFIX, tag = "config",
+    request_body = CommitBody, responses(
+    (status = 200, description = "The revision (none for a dry run) and the plan",
+        body = isthmus_api::CommitResponse),
+    (status = 400, response = BadRequest),
+    (status = 401, response = Unauthorized),
+    (status = 403, response = Forbidden),
+    (status = 409, response = Conflict),
+    (status = 413, response = TooLarge),
+    (status = 422, response = Invalid),
+    (status = 500, response = Internal),
+))]
 async fn config_commit(State(st): State<AppState>, req: Request) -> Result<Response, Failure> {
     let (who, b): (_, CommitBody) = caller_and_body(req).await?;
     let a = Action::ConfigCommit {
@@ -251,26 +324,70 @@ async fn config_commit(State(st): State<AppState>, req: Request) -> Result<Respo
     st.core.act(a, &who).await
 }
 
+/// Confirm a pending commit
+///
+/// Needs an admin token. No body.
+#[utoipa::path(post, path = "/config/confirm", context_path = PREFIX, tag = "config", responses(
+    (status = 200, description = "The revision confirmed", body = Message),
+    (status = 401, response = Unauthorized),
+    (status = 403, response = Forbidden),
+    (status = 409, response = Conflict),
+    (status = 500, response = Internal),
+))]
 async fn config_confirm(State(st): State<AppState>, req: Request) -> Result<Response, Failure> {
     let who = caller(req.extensions());
     st.core.act(Action::ConfigConfirm {}, &who).await
 }
 
-#[derive(Deserialize)]
+/// A rollback.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RollbackBody {
+    /// The stored revision whose content becomes active again.
     revision: u64,
 }
 
+/// Make a stored revision active again (as a new revision)
+///
+/// Needs an admin token.
+#[utoipa::path(post, path = "/config/rollback", context_path = PREFIX, tag = "config",
+    request_body = RollbackBody, responses(
+    (status = 200, description = "The new revision and the plan",
+        body = isthmus_api::CommitResponse),
+    (status = 400, response = BadRequest),
+    (status = 401, response = Unauthorized),
+    (status = 403, response = Forbidden),
+    (status = 404, response = NotFound),
+    (status = 409, response = Conflict),
+    (status = 413, response = TooLarge),
+    (status = 422, response = Invalid),
+    (status = 500, response = Internal),
+))]
 async fn config_rollback(State(st): State<AppState>, req: Request) -> Result<Response, Failure> {
     let (who, b): (_, RollbackBody) = caller_and_body(req).await?;
     st.core.act(Action::ConfigRollback { revision: b.revision }, &who).await
 }
 
+/// Stored revisions
+#[utoipa::path(get, path = "/config/revisions", context_path = PREFIX, tag = "config", responses(
+    (status = 200, description = "Every stored revision", body = Vec<isthmus_api::Revision>),
+    (status = 401, response = Unauthorized),
+    (status = 500, response = Internal),
+))]
 async fn revisions(State(st): State<AppState>) -> Reply<Vec<isthmus_api::Revision>> {
     Ok(axum::Json(st.core.revisions().await?))
 }
 
+/// One revision as TOML, secrets redacted
+#[utoipa::path(get, path = "/config/revisions/{n}", context_path = PREFIX, tag = "config",
+    params(("n" = u64, Path, description = "The revision number")), responses(
+    (status = 200, description = "The TOML document", body = String,
+        content_type = "application/toml"),
+    (status = 400, response = BadRequest),
+    (status = 401, response = Unauthorized),
+    (status = 404, response = NotFound),
+    (status = 500, response = Internal),
+))]
 async fn revision_text(
     State(st): State<AppState>,
     Path(n): Path<u64>,
@@ -279,10 +396,22 @@ async fn revision_text(
     Ok(([(header::CONTENT_TYPE, "application/toml")], text).into_response())
 }
 
+/// Every configured tunnel, up or down
+#[utoipa::path(get, path = "/tunnels", context_path = PREFIX, tag = "tunnels", responses(
+    (status = 200, description = "One row per tunnel", body = Vec<isthmus_api::TunnelSummary>),
+    (status = 401, response = Unauthorized),
+))]
 async fn tunnels(State(st): State<AppState>) -> Reply<Vec<isthmus_api::TunnelSummary>> {
     Ok(axum::Json(st.core.tunnels().await))
 }
 
+/// One tunnel with its SAs, health, drops and recent events
+#[utoipa::path(get, path = "/tunnels/{name}", context_path = PREFIX, tag = "tunnels",
+    params(("name" = String, Path, description = "The tunnel's name")), responses(
+    (status = 200, description = "The tunnel", body = isthmus_api::TunnelDetail),
+    (status = 401, response = Unauthorized),
+    (status = 404, response = NotFound),
+))]
 async fn tunnel(
     State(st): State<AppState>,
     Path(name): Path<String>,
@@ -290,6 +419,22 @@ async fn tunnel(
     Ok(axum::Json(st.core.tunnel(&name).await?))
 }
 
+/// Bring a tunnel up, tear it down or rekey it
+///
+/// Needs an admin token. No body.
+#[utoipa::path(post, path = "/tunnels/{name}/{op}", context_path = PREFIX, tag = "tunnels",
+    params(
+        ("name" = String, Path, description = "The tunnel's name"),
+        ("op" = String, Path, description = "`initiate`, `terminate`, `rekey` (its CHILD SAs) \
+            or `rekey-ike`"),
+    ), responses(
+    (status = 200, description = "What was started", body = Message),
+    (status = 401, response = Unauthorized),
+    (status = 403, response = Forbidden),
+    (status = 404, response = NotFound),
+    (status = 409, response = Conflict),
+    (status = 500, response = Internal),
+))]
 async fn tunnel_op(
     State(st): State<AppState>,
     Path((name, op)): Path<(String, String)>,
@@ -310,14 +455,46 @@ async fn tunnel_op(
     st.core.act(a, &who).await
 }
 
+/// Stored plugin versions
+#[utoipa::path(get, path = "/plugins", context_path = PREFIX, tag = "plugins", responses(
+    (status = 200, description = "Every stored version of every plugin",
+        body = Vec<isthmus_api::Plugin>),
+    (status = 401, response = Unauthorized),
+    (status = 500, response = Internal),
+))]
 async fn plugins(State(st): State<AppState>) -> Reply<Vec<isthmus_api::Plugin>> {
     Ok(axum::Json(st.core.plugins().await?))
 }
 
+/// Per policy hook: the plugin in force, its table and its faults
+///
+/// The plugin in force (uploaded, bundled or builtin), its table's generation and size,
+/// quarantine, the last error and a note.
+#[utoipa::path(get, path = "/plugins/hooks", context_path = PREFIX, tag = "plugins", responses(
+    (status = 200, description = "One entry per hook", body = Vec<isthmus_api::PluginHook>),
+    (status = 401, response = Unauthorized),
+))]
 async fn plugin_hooks(State(st): State<AppState>) -> Reply<Vec<isthmus_api::PluginHook>> {
     Ok(axum::Json(st.core.plugin_hooks().await))
 }
 
+/// Upload a signed plugin package
+///
+/// Needs an admin token. The package is verified against the applied configuration's trusted
+/// keys, compiled and stored; it is not activated.
+#[utoipa::path(post, path = "/plugins", context_path = PREFIX, tag = "plugins",
+    request_body(content = String, content_type = "application/octet-stream",
+        description = "The signed package, as `isthmus plugin sign` makes it"),
+    responses(
+    (status = 201, description = "The stored version", body = isthmus_api::Plugin),
+    (status = 401, response = Unauthorized),
+    (status = 403, response = Forbidden),
+    (status = 409, response = Conflict),
+    (status = 413, response = TooLarge),
+    (status = 422, description = "The package is refused (`plugin-refused`): not a signed \
+        package, an untrusted key, or a component that does not load", body = ApiError),
+    (status = 500, response = Internal),
+))]
 async fn plugin_upload(State(st): State<AppState>, req: Request) -> Result<Response, Failure> {
     let who = caller(req.extensions());
     let body = axum::body::to_bytes(req.into_body(), MAX_PLUGIN).await.map_err(|_| {
@@ -331,6 +508,23 @@ async fn plugin_upload(State(st): State<AppState>, req: Request) -> Result<Respo
     Ok((StatusCode::CREATED, axum::Json(p)).into_response())
 }
 
+/// Activate a plugin version, roll a plugin back, or remove a version
+///
+/// Needs an admin token. No body.
+#[utoipa::path(post, path = "/plugins/{id}/{op}", context_path = PREFIX, tag = "plugins",
+    params(
+        ("id" = String, Path, description = "The version's digest for `activate` and `remove`, \
+            the plugin's name for `rollback`"),
+        ("op" = String, Path, description = "`activate`, `rollback` or `remove`"),
+    ), responses(
+    (status = 200, description = "What changed", body = Message),
+    (status = 401, response = Unauthorized),
+    (status = 403, response = Forbidden),
+    (status = 404, response = NotFound),
+    (status = 409, description = "The change is refused (`conflict`), e.g. removing the active \
+        build or one a configuration pins", body = ApiError),
+    (status = 500, response = Internal),
+))]
 async fn plugin_op(
     State(st): State<AppState>,
     Path((id, op)): Path<(String, String)>,
@@ -350,6 +544,13 @@ async fn plugin_op(
     st.core.act(a, &who).await
 }
 
+/// Firmware version, the A/B slots (booted, blessed, tries left) and the last upgrade
+#[utoipa::path(get, path = "/system", context_path = PREFIX, tag = "system", responses(
+    (status = 200, description = "The slots and the last upgrade",
+        body = isthmus_api::SystemStatus),
+    (status = 401, response = Unauthorized),
+    (status = 500, response = Internal),
+))]
 async fn system_status(State(st): State<AppState>) -> Reply<isthmus_api::SystemStatus> {
     let core = st.core.clone();
     let s = tokio::task::spawn_blocking(move || crate::upgrade::status(&core))
@@ -359,14 +560,44 @@ async fn system_status(State(st): State<AppState>) -> Reply<isthmus_api::SystemS
 }
 
 /// `POST /system/upgrade?sha256=HEX&tries=N&gate_secs=S`: the body is the firmware image.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct UpgradeQuery {
+    /// Hex SHA-256 of the body; the upload is refused if it differs.
     sha256: Option<String>,
+    /// Boots the new slot gets.
+    #[param(minimum = 1, maximum = 9, default = json!(crate::upgrade::DEFAULT_TRIES))]
     tries: Option<u32>,
+    /// Health gate time limit, seconds.
+    #[param(minimum = 10, maximum = 3600, default = json!(crate::upgrade::DEFAULT_GATE_SECS))]
     gate_secs: Option<u64>,
 }
 
+/// Write a firmware image to the other slot, on trial, and reboot into it
+///
+/// Needs an admin token. The image must be an Isthmus UKI (PE with `.osrel` `ID=isthmus` and a
+/// newer `IMAGE_VERSION`, `.cmdline` with `isthmus.slot=`, `.linux` bzImage, `.initrd`). The new
+/// firmware blesses its slot once its health gate passes (configuration applied, the tunnels up
+/// at upload time up again within `gate_secs`); otherwise it reboots and falls back to the old
+/// slot when its tries run out.
+#[utoipa::path(post, path = "/system/upgrade", context_path = PREFIX, tag = "system",
+    params(UpgradeQuery),
+    request_body(content = String, content_type = "application/octet-stream",
+        description = "The unified kernel image"),
+    responses(
+    (status = 200, description = "What was written; the appliance reboots now",
+        body = isthmus_api::UpgradeResponse),
+    (status = 400, response = BadRequest),
+    (status = 401, response = Unauthorized),
+    (status = 403, response = Forbidden),
+    (status = 409, description = "Not running from the appliance image (`conflict`)",
+        body = ApiError),
+    (status = 413, response = TooLarge),
+    (status = 422, description = "The image is refused (`upgrade-refused`), the message names \
+        the problem", body = ApiError),
+    (status = 500, response = Internal),
+))]
 async fn system_upgrade(
     State(st): State<AppState>,
     axum::extract::Query(q): axum::extract::Query<UpgradeQuery>,
@@ -417,36 +648,88 @@ async fn system_upgrade(
     }
 }
 
+/// Active and recently cleared alarms
+#[utoipa::path(get, path = "/alarms", context_path = PREFIX, tag = "alarms", responses(
+    (status = 200, description = "The alarms", body = Vec<isthmus_api::Alarm>),
+    (status = 401, response = Unauthorized),
+))]
 async fn alarms(State(st): State<AppState>) -> Reply<Vec<isthmus_api::Alarm>> {
     Ok(axum::Json(st.core.alarms().await))
 }
 
-#[derive(Deserialize)]
+/// Which alarm.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct AlarmKey {
+    /// The alarm's name, e.g. `upgrade-failed`.
     name: String,
+    /// What it concerns, e.g. `tunnel/to-idc` or `system`.
     subject: String,
 }
 
+/// Acknowledge a raised alarm
+///
+/// Needs an admin token. The alarm stays raised (and listed) until its condition ends, marked
+/// with who acknowledged it and when; a later raise starts unacknowledged. A second
+/// acknowledgement keeps the first.
+#[utoipa::path(post, path = "/alarms/acknowledge", context_path = PREFIX, tag = "alarms",
+    request_body = AlarmKey, responses(
+    (status = 200, description = "The alarm, acknowledged", body = isthmus_api::Alarm),
+    (status = 400, response = BadRequest),
+    (status = 401, response = Unauthorized),
+    (status = 403, response = Forbidden),
+    (status = 404, description = "The alarm is not raised (never was, or cleared) \
+        (`not-found`)", body = ApiError),
+    (status = 413, response = TooLarge),
+    (status = 500, response = Internal),
+))]
 async fn alarm_acknowledge(State(st): State<AppState>, req: Request) -> Result<Response, Failure> {
     let (who, k): (_, AlarmKey) = caller_and_body(req).await?;
     st.core.act(Action::AlarmAcknowledge { name: k.name, subject: k.subject }, &who).await
 }
 
+/// Any action as tagged JSON, e.g. `{"action":"tunnel-initiate","name":"to-idc"}`
+///
+/// Needs an admin token. Answers as the action's own endpoint does.
+#[utoipa::path(post, path = "/actions", context_path = PREFIX, tag = "actions",
+    request_body = Action, responses(
+    (status = 200, description = "The action's answer", body = ActionReply),
+    (status = 400, response = BadRequest),
+    (status = 401, response = Unauthorized),
+    (status = 403, response = Forbidden),
+    (status = 404, response = NotFound),
+    (status = 409, response = Conflict),
+    (status = 413, response = TooLarge),
+    (status = 422, response = Invalid),
+    (status = 500, response = Internal),
+))]
 async fn action(State(st): State<AppState>, req: Request) -> Result<Response, Failure> {
     let (who, a): (_, Action) = caller_and_body(req).await?;
     st.core.act(a, &who).await
 }
 
 /// `GET /diagnose/path` query parameters (strings, so that a bad value gets a message naming it).
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct PathQuery {
+    /// The packet's source address.
+    #[param(required = true)]
     src: Option<String>,
+    /// Its destination address, of the same family.
+    #[param(required = true)]
     dst: Option<String>,
+    /// `tcp`, `udp`, `icmp`, `icmpv6`, `gre`, `esp` or a protocol number; by default `tcp` with
+    /// `dport`, else ICMP echo.
     proto: Option<String>,
+    /// Source port (ICMP: type).
+    #[param(value_type = Option<u16>)]
     sport: Option<String>,
+    /// Destination port (ICMP: code).
+    #[param(value_type = Option<u16>)]
     dport: Option<String>,
+    /// Packet size in bytes, 20 to 65535 (default 100).
+    #[param(value_type = Option<u32>)]
     size: Option<String>,
 }
 
@@ -458,6 +741,18 @@ fn diagnose_failure(e: crate::diagnose::DiagnoseError) -> Failure {
     }
 }
 
+/// Trace a packet through the gateway and back
+///
+/// Through the kernel's route, the dataplane's SPD, ACL and security-group tables, its SA and
+/// the MTU: each stage's verdict and deciding entry, and advice.
+#[utoipa::path(get, path = "/diagnose/path", context_path = PREFIX, tag = "diagnose",
+    params(PathQuery), responses(
+    (status = 200, description = "The trace", body = isthmus_api::PathReport),
+    (status = 400, response = BadRequest),
+    (status = 401, response = Unauthorized),
+    (status = 404, response = NotFound),
+    (status = 500, response = Internal),
+))]
 async fn diagnose_path(
     State(st): State<AppState>,
     axum::extract::Query(q): axum::extract::Query<PathQuery>,
@@ -493,6 +788,14 @@ async fn diagnose_path(
     Ok(axum::Json(r.map_err(diagnose_failure)?))
 }
 
+/// Recent negotiation failures of a tunnel, explained
+#[utoipa::path(get, path = "/diagnose/tunnel/{name}", context_path = PREFIX, tag = "diagnose",
+    params(("name" = String, Path, description = "The tunnel's name")), responses(
+    (status = 200, description = "The diagnosis", body = isthmus_api::TunnelDiagnosis),
+    (status = 401, response = Unauthorized),
+    (status = 404, response = NotFound),
+    (status = 500, response = Internal),
+))]
 async fn diagnose_tunnel(
     State(st): State<AppState>,
     Path(name): Path<String>,
@@ -504,13 +807,31 @@ async fn diagnose_tunnel(
     Ok(axum::Json(r.map_err(diagnose_failure)?))
 }
 
+/// Prometheus text exposition
+///
+/// Gauges and counters per gateway and tunnel: `isthmus_tunnel_up`,
+/// `isthmus_tunnel_packets_total`, `isthmus_tunnel_bytes_total`, `isthmus_tunnel_drops_total`,
+/// `isthmus_dataplane_drops_total`, `isthmus_dataplane_packets_total`,
+/// `isthmus_tunnel_health_loss_ratio`, `isthmus_tunnel_health_latency_seconds`,
+/// `isthmus_tunnel_health_jitter_seconds`, `isthmus_tunnel_healthy`,
+/// `isthmus_drops_total{stage,reason}`, `isthmus_rule_drops_total{attachment,stage,rule}`,
+/// `isthmus_alarms_active`, `isthmus_config_revision` (see docs/api.md).
+#[utoipa::path(get, path = "/metrics", tag = "metrics", responses(
+    (status = 200, description = "Prometheus text format 0.0.4", body = String,
+        content_type = "text/plain; version=0.0.4"),
+    (status = 401, response = Unauthorized),
+))]
 async fn metrics(State(st): State<AppState>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], st.core.metrics_text().await)
         .into_response()
 }
 
+/// This document (no token needed)
+#[utoipa::path(get, path = "/openapi.json", tag = "openapi", security(()), responses(
+    (status = 200, description = "The OpenAPI document", content_type = "application/json"),
+))]
 async fn openapi() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], crate::openapi::DOCUMENT).into_response()
+    ([(header::CONTENT_TYPE, "application/json")], crate::openapi::document()).into_response()
 }
 
 /// Where the API listens without `--api`: loopback, in plain HTTP. It is always served, with or
