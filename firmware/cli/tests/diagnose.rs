@@ -568,10 +568,7 @@ fn one_truth_randomized_configurations_and_flows() {
         ctx,
     );
     let mut seen: std::collections::BTreeMap<String, usize> = Default::default();
-    // Random rounds can all be restrictive (one seed gave 48 drops in 6 rounds): up to four more
-    // rounds until a flow passed, so that both outcomes are checked against real packets.
-    let mut round = 0;
-    while round < rounds || (!seen.contains_key("pass") && round < rounds + 4) {
+    for round in 0..rounds {
         let cfg = random_gw1(&mut rng);
         let file = a.path(&format!("round{round}.toml"));
         std::fs::write(&file, &cfg).unwrap();
@@ -600,9 +597,31 @@ fn one_truth_randomized_configurations_and_flows() {
             };
             *seen.entry(key).or_default() += 1;
         }
-        round += 1;
     }
-    println!("outcomes over {round} rounds: {seen:?}");
+    println!("outcomes over {rounds} rounds: {seen:?}");
+    // Random rounds can all be restrictive (seed 1796610654670139464 drops all 80 flows of 10
+    // rounds, on this code and before it): the pass verdict is then checked against a real
+    // packet on the permissive starting configuration.
+    if !seen.contains_key("pass") {
+        let cfg = config(1, 2, "10.65.1.0/24", "10.65.2.0/24", "");
+        let file = a.path("permissive.toml");
+        std::fs::write(&file, &cfg).unwrap();
+        let (ok, out) =
+            a.cli_text(&["config", "apply", file.to_str().unwrap(), "-m", "permissive"]);
+        assert!(ok, "permissive apply failed: {out}");
+        wait_for(
+            "a LAN-to-LAN ping through the tunnel again",
+            Duration::from_secs(40),
+            || a.host.sh_output("ping -c 1 -W 1 10.65.2.10").status.success(),
+            ctx,
+        );
+        let flow =
+            Flow { src: "10.65.1.10".into(), dst: "10.65.2.10".into(), udp: Some((40053, 53)) };
+        let r = one_truth(&a, &flow, &ctx);
+        if r["verdict"] == "pass" {
+            *seen.entry("pass".to_owned()).or_default() += 1;
+        }
+    }
     assert!(seen.contains_key("pass"), "no flow passed: {seen:?}");
     assert!(seen.keys().any(|k| k.starts_with("drop")), "no flow dropped: {seen:?}");
     a.stop();
