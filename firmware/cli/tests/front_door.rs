@@ -3,7 +3,7 @@
 //! and a file that is not UTF-8 is refused with its line and offset. Through the real `isthmus`
 //! binary against a real `isthmusd`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
@@ -14,24 +14,6 @@ const ADMIN: &str = "ist_front-door-admin-token";
 
 fn bins() -> Binaries {
     Binaries::next_to_cli(env!("CARGO_BIN_EXE_isthmus"))
-}
-
-/// A folder removed on drop.
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new(tag: &str) -> Dir {
-        let p = std::env::temp_dir().join(format!("isthmus-fd-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        Dir(p)
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// A daemon that is killed on drop.
@@ -110,22 +92,22 @@ fn the_default_endpoint_reaches_a_daemon_with_a_management_interface() {
     if !require_root() {
         return;
     }
-    let dir = Dir::new("mgmt");
+    let dir = tempdir("mgmt");
     let ns = Netns::new("fd");
     ns.sh("ip link add mgmt0 type veth peer name mgmt1 && ip link set mgmt0 up && ip link set mgmt1 up");
     ns.sh("ip addr add 10.79.0.1/24 dev mgmt0");
     let mgmt = "[gateway.management]\ninterface = \"mgmt0\"\naddress = \"10.79.0.1/24\"\n";
-    let d = daemon(Some(&ns), &dir.0, &config("fd", mgmt), &[]);
-    let o = wait_status(Some(&ns), &dir.0, &[]);
+    let d = daemon(Some(&ns), dir.path(), &config("fd", mgmt), &[]);
+    let o = wait_status(Some(&ns), dir.path(), &[]);
     assert!(o.status.success(), "default endpoint: {}", text(&o));
     assert!(text(&o).contains("fd"), "{}", text(&o));
     // The management address serves TLS, pinned on first use.
-    let o = wait_status(Some(&ns), &dir.0, &["--endpoint", "https://10.79.0.1:8443"]);
+    let o = wait_status(Some(&ns), dir.path(), &["--endpoint", "https://10.79.0.1:8443"]);
     assert!(o.status.success(), "management endpoint: {}", text(&o));
     assert!(text(&o).contains("pinned 10.79.0.1:8443"), "{}", text(&o));
     drop(d);
     // Nothing listens any more: the error names the endpoint and where it came from, exit 6.
-    let o = cli(Some(&ns), &dir.0, &["status"]);
+    let o = cli(Some(&ns), dir.path(), &["status"]);
     let t = text(&o);
     assert_eq!(o.status.code(), Some(6), "{t}");
     assert!(t.contains("cannot reach the daemon at http://127.0.0.1:8080 (the default)"), "{t}");
@@ -134,10 +116,10 @@ fn the_default_endpoint_reaches_a_daemon_with_a_management_interface() {
 #[test]
 fn an_unreachable_endpoint_is_named_not_the_request_path() {
     // Before: `error sending request for url (https://127.0.0.1:1/openapi.json)`.
-    let dir = Dir::new("unreach");
+    let dir = tempdir("unreach");
     let port = free_port();
     for endpoint in [format!("https://127.0.0.1:{port}"), format!("http://127.0.0.1:{port}")] {
-        let o = cli(None, &dir.0, &["--endpoint", &endpoint, "status"]);
+        let o = cli(None, dir.path(), &["--endpoint", &endpoint, "status"]);
         let t = text(&o);
         assert_eq!(o.status.code(), Some(6), "{t}");
         assert!(
@@ -153,24 +135,25 @@ fn an_unreachable_endpoint_is_named_not_the_request_path() {
 #[test]
 fn confirm_takes_the_configuration_duration_grammar() {
     // Before: `--confirm 1h30m` was refused (`unknown unit`), though config durations accept it.
-    let dir = Dir::new("confirm");
+    let dir = tempdir("confirm");
     let port = free_port();
     let endpoint = format!("http://127.0.0.1:{port}");
-    let _d = daemon(None, &dir.0, &config("before", ""), &["--api", &format!("127.0.0.1:{port}")]);
+    let _d =
+        daemon(None, dir.path(), &config("before", ""), &["--api", &format!("127.0.0.1:{port}")]);
     let ep = ["--endpoint", endpoint.as_str()];
-    let o = wait_status(None, &dir.0, &ep);
+    let o = wait_status(None, dir.path(), &ep);
     assert!(o.status.success(), "{}", text(&o));
-    let next = dir.0.join("next.toml");
+    let next = dir.path().join("next.toml");
     std::fs::write(&next, config("after", "")).unwrap();
     let o = cli(
         None,
-        &dir.0,
+        dir.path(),
         &[&ep[..], &["config", "apply", next.to_str().unwrap(), "--confirm", "1h30m"]].concat(),
     );
     let t = text(&o);
     assert!(o.status.success(), "{t}");
     assert!(t.contains("reverts in 1h30m") || t.contains("reverts in 1h29m"), "{t}");
-    let o = cli(None, &dir.0, &[&ep[..], &["--json", "status"]].concat());
+    let o = cli(None, dir.path(), &[&ep[..], &["--json", "status"]].concat());
     let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let left = s["confirm_pending_secs"].as_u64().unwrap();
     assert!((5300..=5400).contains(&left), "{s}");
@@ -178,7 +161,7 @@ fn confirm_takes_the_configuration_duration_grammar() {
     for bad in ["90x", "0s", "1500ms"] {
         let o = cli(
             None,
-            &dir.0,
+            dir.path(),
             &[&ep[..], &["config", "apply", "x.toml", "--confirm", bad]].concat(),
         );
         assert_eq!(o.status.code(), Some(2), "{bad}: {}", text(&o));
@@ -189,14 +172,14 @@ fn confirm_takes_the_configuration_duration_grammar() {
 #[test]
 fn a_file_that_is_not_utf8_exits_invalid_with_its_line_and_offset() {
     // Before: `stream did not contain valid UTF-8`, exit 1, no location.
-    let dir = Dir::new("utf8");
-    let file = dir.0.join("latin1.toml");
+    let dir = tempdir("utf8");
+    let file = dir.path().join("latin1.toml");
     std::fs::write(&file, b"[gateway]\nname = \"caf\xe9\"\n").unwrap();
     let endpoint = format!("http://127.0.0.1:{}", free_port());
     for cmd in [&["config", "validate"][..], &["config", "apply"], &["config", "diff"]] {
         let o = cli(
             None,
-            &dir.0,
+            dir.path(),
             &[&["--endpoint", &endpoint][..], cmd, &[file.to_str().unwrap()]].concat(),
         );
         let t = text(&o);
@@ -206,4 +189,9 @@ fn a_file_that_is_not_utf8_exits_invalid_with_its_line_and_offset() {
             "{cmd:?}: {t}"
         );
     }
+}
+
+/// A scratch folder, removed when dropped.
+fn tempdir(tag: &str) -> tempfile::TempDir {
+    tempfile::Builder::new().prefix(&format!("isthmus-fd-{tag}-")).tempdir().unwrap()
 }
