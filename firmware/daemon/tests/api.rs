@@ -5,6 +5,7 @@
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -78,33 +79,40 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-fn start() -> Daemon {
-    let dir = tempdir::Dir::new("api");
-    let cfg = dir.0.join("gw.toml");
-    std::fs::write(&cfg, config("gw1", "")).unwrap();
-    let port = free_port();
+/// Starts `isthmusd` in `dir` on `cfg` (bytes, to allow any content) with its API on `port`;
+/// its stderr lines are echoed and sent on the returned channel.
+fn spawn(dir: &std::path::Path, cfg: &[u8], port: u16) -> (Child, mpsc::Receiver<String>) {
+    let file = dir.join("gw.toml");
+    std::fs::write(&file, cfg).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_isthmusd"))
-        .args([
-            "--config",
-            cfg.to_str().unwrap(),
-            "--data-dir",
-            dir.0.join("data").to_str().unwrap(),
-        ])
+        .args(["--config", file.to_str().unwrap(), "--data-dir"])
+        .arg(dir.join("data"))
         .args(["--no-net", "--no-tunnels", "--api", &format!("127.0.0.1:{port}")])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let err = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
+    let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for l in BufReader::new(err).lines().map_while(Result::ok) {
-            if l.contains("management API listening") {
-                let _ = tx.send(());
-            }
             eprintln!("isthmusd: {l}");
+            let _ = tx.send(l);
         }
     });
-    rx.recv_timeout(Duration::from_secs(20)).expect("isthmusd did not start listening");
+    (child, rx)
+}
+
+fn start() -> Daemon {
+    let dir = tempdir::Dir::new("api");
+    let port = free_port();
+    let (child, rx) = spawn(&dir.0, config("gw1", "").as_bytes(), port);
+    let t0 = Instant::now();
+    while !rx
+        .recv_timeout(Duration::from_millis(200))
+        .is_ok_and(|l| l.contains("management API listening"))
+    {
+        assert!(t0.elapsed() < Duration::from_secs(20), "isthmusd did not start listening");
+    }
     Daemon { child, base: format!("http://127.0.0.1:{port}"), _dir: dir }
 }
 
@@ -300,23 +308,7 @@ fn commit_confirm_reverts_by_itself_and_rollback_restores() {
 /// has exited or logged a line containing `until` (20 s at most).
 fn start_output(cfg: &[u8], until: &str) -> String {
     let dir = tempdir::Dir::new("bad");
-    let file = dir.0.join("gw.toml");
-    std::fs::write(&file, cfg).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_isthmusd"))
-        .args(["--config", file.to_str().unwrap(), "--data-dir"])
-        .arg(dir.0.join("data"))
-        .args(["--no-net", "--no-tunnels", "--api", &format!("127.0.0.1:{}", free_port())])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let err = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(err).lines().map_while(Result::ok) {
-            eprintln!("isthmusd: {l}");
-            let _ = tx.send(l);
-        }
-    });
+    let (mut child, rx) = spawn(&dir.0, cfg, free_port());
     let mut out = String::new();
     let t0 = Instant::now();
     while t0.elapsed() < Duration::from_secs(20) {
@@ -328,7 +320,7 @@ fn start_output(cfg: &[u8], until: &str) -> String {
                     break;
                 }
             }
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
             Err(_) => {}
         }
     }
