@@ -201,8 +201,10 @@ impl Lab {
                 continue;
             }
             seeded = false;
-            // BusyBox names the peer veth0; it moves into the host's namespace.
-            vm.sh_ok("ip link add lan0 type veth", CMD)?;
+            // BusyBox names the peer veth0; it moves into the host's namespace. A boot hook that PID 1
+            // stopped at its time limit (a slow TCG boot) may have left `lan0` without a LAN host:
+            // remove it first.
+            vm.sh_ok("ip link del lan0 2>/dev/null; ip link add lan0 type veth", CMD)?;
             let pid =
                 vm.sh_ok("unshare -n sleep 2147483647 </dev/null >/dev/null 2>&1 & echo $!", CMD)?;
             let pid: u32 =
