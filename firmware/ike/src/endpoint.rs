@@ -1798,11 +1798,13 @@ impl Endpoint {
         let mine = sa.our_spi();
         sa.established_at = Some(now);
         if initial_contact {
-            // §2.4: the peer lost its state; SAs established before this one began are stale.
+            // §2.4: the peer lost its state; SAs established before this one began are stale,
+            // also those waiting for a Delete that the old peer will never send or answer (a
+            // collision's loser, a rekeyed SA): their CHILD SAs would otherwise stay in use.
             let created = sa.created;
-            let stale: Vec<u64> = self
-                .tunnel_sas(t, mine, State::Established)
+            let stale: Vec<u64> = [State::Established, State::Rekeyed, State::Deleting]
                 .into_iter()
+                .flat_map(|state| self.tunnel_sas(t, mine, state))
                 .filter(|k| {
                     self.sas.get(k).is_some_and(|o| o.established_at.is_some_and(|e| e <= created))
                 })
@@ -3288,6 +3290,22 @@ impl Endpoint {
         }
     }
 
+    /// The peer at `remote` is dead: the tunnel's other SAs with it that wait for a Delete (a
+    /// collision's loser, a rekeyed or deleted SA) go too, with their CHILD SAs, which would
+    /// otherwise stay in use until that Delete exchange timed out.
+    fn drop_waiting_on(&mut self, t: usize, except: u64, remote: SocketAddr, now: Instant) {
+        let waiting: Vec<u64> = [State::Rekeyed, State::Deleting]
+            .into_iter()
+            .flat_map(|state| self.tunnel_sas(t, except, state))
+            .filter(|k| self.sas.get(k).is_some_and(|o| o.remote == remote))
+            .collect();
+        for k in waiting {
+            if let Some(o) = self.sas.remove(&k) {
+                self.destroy(o, DownReason::DeadPeer, now);
+            }
+        }
+    }
+
     fn exchange_timed_out(&mut self, sa: &mut IkeSa, now: Instant) {
         let Some(out) = sa.out.take() else { return };
         let t = sa.tunnel;
@@ -3348,6 +3366,9 @@ impl Endpoint {
                 }
                 self.finish_later(sa, DownReason::DeadPeer);
                 sa.linger_until = Some(now);
+                if let Some(t) = t {
+                    self.drop_waiting_on(t, sa.our_spi(), sa.remote, now);
+                }
                 let restart = cfg.as_ref().is_some_and(|c| c.dpd.action == DpdAction::Restart);
                 if was_current
                     && restart

@@ -501,6 +501,52 @@ fn simultaneous_initiation_ends_with_one_ike_sa() {
     assert!(!p.a_events.iter().chain(&p.b_events).any(|e| matches!(e, Event::IkeSaDown { .. })));
 }
 
+/// Issue 14 item 13: B restarts right after a simultaneous initiation, before either duplicate
+/// IKE SA was deleted (the Deletes are lost with B). B's next IKE SA carries INITIAL_CONTACT, and
+/// A must drop both old IKE SAs, the collision's loser too: a loser kept waiting for its Delete
+/// kept its CHILD SA, on which A went on sending although B had a new one.
+#[test]
+fn rfc7296_section_2_4_initial_contact_also_drops_a_collision_loser() {
+    let (a, b) = configs();
+    let mut p = Pair::new(a, b.clone());
+    p.drop_if = Some(|s| s.exchange == Some(ExchangeType::INFORMATIONAL));
+    p.a.initiate("t1", p.now).unwrap();
+    p.b.initiate("t1", p.now).unwrap();
+    p.drive();
+    assert_eq!(p.a.ike_sa_count(), 2, "both duplicates exist: {:#?}", p.a_events);
+    // B restarts: a new endpoint with no state.
+    p.b = isthmus_ike::Endpoint::new(endpoint_config(), [3; 32]);
+    p.b.add_tunnel(b).unwrap();
+    p.b_events.clear();
+    p.drop_if = None;
+    p.run_for(Duration::from_secs(1));
+    p.b.initiate("t1", p.now).unwrap();
+    p.run_for(Duration::from_secs(2));
+    let ups = child_ups(&p.b_events);
+    assert_eq!(ups.len(), 1, "B: {:#?}", p.b_events);
+    assert_eq!(installed(&p.a_events).len(), 1, "A keeps only B's new CHILD SA: {:#?}", p.a_events);
+    assert_paired(&p);
+    assert_eq!(p.a.ike_sa_count(), 1);
+}
+
+/// Issue 14 item 13: when the peer dies right after a simultaneous initiation, the collision's
+/// loser (waiting for a Delete that never comes or is never answered) goes with the winner: its
+/// CHILD SA must not outlive the dead peer's declaration.
+#[test]
+fn a_dead_peer_takes_the_collision_loser_with_it() {
+    let (mut a, b) = configs();
+    a.dpd.delay = Duration::from_secs(10);
+    a.dpd.timeout = Duration::from_secs(30);
+    let mut p = Pair::new(a, b);
+    p.drop_if = Some(|s| s.exchange == Some(ExchangeType::INFORMATIONAL));
+    p.a.initiate("t1", p.now).unwrap();
+    p.b.initiate("t1", p.now).unwrap();
+    p.drive();
+    assert_eq!(installed(&p.a_events).len(), 2, "both duplicates' CHILD SAs: {:#?}", p.a_events);
+    kill_b_and_wait(&mut p);
+    assert_eq!(installed(&p.a_events), Vec::<u32>::new(), "A: {:#?}", p.a_events);
+}
+
 #[test]
 fn lifetimes_rekey_by_themselves() {
     let (mut a, mut b) = configs();

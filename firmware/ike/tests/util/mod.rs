@@ -87,6 +87,8 @@ pub struct Pair {
     pub nat: bool,
     /// Deliver every datagram twice.
     pub duplicate: bool,
+    /// Drop every datagram this matches (e.g. one exchange type).
+    pub drop_if: Option<fn(&Seen) -> bool>,
     /// Timer runs without the clock moving (a timer that never clears would spin).
     stalls: usize,
 }
@@ -125,6 +127,7 @@ impl Pair {
             drop_from_b: 0,
             nat: false,
             duplicate: false,
+            drop_if: None,
             stalls: 0,
         }
     }
@@ -164,13 +167,15 @@ impl Pair {
 
     fn deliver(&mut self, from_a: bool, t: Transmit) {
         let h = codec::Header::parse(&t.data).ok();
-        self.wire.push(Seen {
+        let seen = Seen {
             from_a,
             t: t.clone(),
             exchange: h.map(|h| h.exchange),
             response: h.is_some_and(|h| h.is_response()),
-        });
-        if self.a_dead || self.b_dead {
+        };
+        let dropped = self.drop_if.is_some_and(|f| f(&seen));
+        self.wire.push(seen);
+        if self.a_dead || self.b_dead || dropped {
             return;
         }
         if from_a && self.drop_from_a > 0 {
