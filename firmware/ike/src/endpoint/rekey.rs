@@ -1,0 +1,345 @@
+//! IKE SA rekeys (RFC 7296 §1.3.2, keys per §2.18) and their collisions (§2.8.1).
+
+use super::*;
+
+impl Endpoint {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn on_rekey_ike_request(
+        &mut self,
+        sa: &mut IkeSa,
+        cfg: &TunnelConfig,
+        now: Instant,
+        id: u32,
+        props: &[&Proposal],
+        ni: Vec<u8>,
+        ke: Option<(u16, Vec<u8>)>,
+    ) {
+        let refuse = |n: NotifyType, d: Vec<u8>| [Payload::Notify(Notify::new(n, d))];
+        if sa.state != State::Established {
+            self.respond(
+                sa,
+                ExchangeType::CREATE_CHILD_SA,
+                id,
+                &refuse(NotifyType::TEMPORARY_FAILURE, vec![]),
+            );
+            return;
+        }
+        let mut chosen = None;
+        'o: for ours in &cfg.ike_proposals {
+            for p in props.iter().filter(|p| p.spi.len() == 8) {
+                if let Some(s) = ours.select(&p.to_ike()) {
+                    chosen = Some((
+                        p.num,
+                        s,
+                        u64::from_be_bytes(p.spi[..8].try_into().unwrap_or_default()),
+                    ));
+                    break 'o;
+                }
+            }
+        }
+        let Some((num, suite, new_spi_i)) = chosen else {
+            self.respond(
+                sa,
+                ExchangeType::CREATE_CHILD_SA,
+                id,
+                &refuse(NotifyType::NO_PROPOSAL_CHOSEN, vec![]),
+            );
+            let theirs = props.iter().map(|p| p.describe()).collect::<Vec<_>>().join(",");
+            self.fail(Explanation {
+                tunnel: cfg.name.clone(),
+                peer: sa.remote,
+                exchange: ExchangeType::CREATE_CHILD_SA,
+                cause: Cause::WeRefused(NotifyType::NO_PROPOSAL_CHOSEN),
+                ours: format!("IKE {}", ike_list_string(&cfg.ike_proposals)),
+                theirs: Some(theirs),
+                suggestion: suggest_ike(
+                    &cfg.ike_proposals,
+                    &props.iter().map(|p| (*p).clone()).collect::<Vec<_>>(),
+                ),
+            });
+            return;
+        };
+        let Some((group, data)) = ke.filter(|(g, _)| *g == suite.dh.id()) else {
+            self.respond(
+                sa,
+                ExchangeType::CREATE_CHILD_SA,
+                id,
+                &refuse(NotifyType::INVALID_KE_PAYLOAD, suite.dh.id().to_be_bytes().to_vec()),
+            );
+            return;
+        };
+        let _ = group;
+        let dh = DhSecret::generate(suite.dh, &mut self.rng);
+        let Ok(shared) = dh.shared(&data) else {
+            self.respond(
+                sa,
+                ExchangeType::CREATE_CHILD_SA,
+                id,
+                &refuse(NotifyType::INVALID_SYNTAX, vec![]),
+            );
+            return;
+        };
+        let nr = self.nonce();
+        let new_spi_r = self.new_spi64();
+        let Some(old) = sa.keys.as_ref() else { return };
+        let seed = crypto::skeyseed_rekey(old.prf, &old.sk_d, &shared, &ni, &nr);
+        let keys = IkeKeys::derive(suite.encr, suite.prf, &seed, &ni, &nr, new_spi_i, new_spi_r);
+        let mut prop = Proposal::from_ike(num, &new_spi_r.to_be_bytes(), &IkeProposal::from(suite));
+        prop.num = num;
+        let resp = [
+            Payload::Sa(vec![prop]),
+            Payload::Nonce(nr.clone()),
+            Payload::Ke { group: suite.dh.id(), data: dh.public() },
+        ];
+        self.respond(sa, ExchangeType::CREATE_CHILD_SA, id, &resp);
+        if matches!(sa.out, Some(Request { kind: ReqKind::RekeyIke { .. }, .. })) {
+            // Simultaneous IKE rekey (§2.8.1): keep both until our exchange returns.
+            sa.ike_collision = Some((ni.clone(), nr.clone(), new_spi_r));
+        }
+        let mut new =
+            self.rekeyed_sa(sa, false, new_spi_i, new_spi_r, suite, keys, ni.min(nr), now);
+        if sa.ike_collision.is_none() {
+            self.take_over(sa, new, now, false);
+        } else {
+            // Parked until our own rekey returns; adopted if it wins, deleted by the peer if not.
+            new.state = State::Rekeyed;
+            new.linger_until = Some(now + self.config.half_open_timeout);
+            self.put(new, now);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn rekeyed_sa(
+        &mut self,
+        old: &IkeSa,
+        initiator: bool,
+        spi_i: u64,
+        spi_r: u64,
+        suite: IkeSuite,
+        keys: IkeKeys,
+        nonce_key: Vec<u8>,
+        now: Instant,
+    ) -> IkeSa {
+        IkeSa {
+            tunnel: old.tunnel,
+            initiator,
+            spi_i,
+            spi_r,
+            local: old.local,
+            remote: old.remote,
+            nat_t: old.nat_t,
+            behind_nat: old.behind_nat,
+            state: State::Established,
+            suite: Some(suite),
+            keys: Some(Box::new(keys)),
+            init: None,
+            next_req_id: 0,
+            peer_next_req: 0,
+            cached_resp: None,
+            out: None,
+            queue: VecDeque::new(),
+            children: Vec::new(),
+            created: now,
+            last_rx: now,
+            rekey_at: None,
+            expire_at: None,
+            keepalive_at: old.keepalive_at,
+            iv_counter: 0,
+            nonce_key,
+            ike_collision: None,
+            established_at: None,
+            linger_until: None,
+            timer: None,
+        }
+    }
+
+    /// Moves CHILD SAs and queued work from `old` to `new` and makes `new` the tunnel's SA.
+    pub(super) fn take_over(
+        &mut self,
+        old: &mut IkeSa,
+        mut new: IkeSa,
+        now: Instant,
+        delete_old: bool,
+    ) {
+        let Some(t) = new.tunnel else { return };
+        let Some(l) = self.tunnel_ref(t).map(|t| t.cfg.ike_lifetime) else { return };
+        let (rekey, expire) = self.jittered(now, &l);
+        new.rekey_at = rekey;
+        new.expire_at = Some(expire);
+        new.linger_until = None;
+        new.children = std::mem::take(&mut old.children);
+        for c in &new.children {
+            self.child_index.insert(c.spi_in, new.our_spi());
+        }
+        new.queue = old
+            .queue
+            .drain(..)
+            .filter(|t| !matches!(t, Task::RekeyIke | Task::Dpd | Task::DeleteIke))
+            .collect();
+        old.state = State::Rekeyed;
+        old.last_rx = now;
+        if delete_old {
+            old.queue.push_back(Task::DeleteIke);
+        }
+        if let Some(tun) = self.tunnel_mut(t) {
+            tun.ike = Some(new.our_spi());
+        }
+        self.events.push_back(Event::IkeSaUp {
+            tunnel: self.tunnel_name(Some(t)),
+            local: new.local,
+            peer: new.remote,
+            suite: new.suite.unwrap_or(IkeSuite {
+                encr: crate::proposal::Encr::Aes256Gcm16,
+                prf: crate::proposal::Prf::HmacSha256,
+                dh: DhGroup::Curve25519,
+            }),
+            encap: new.nat_t,
+            rekeyed: true,
+        });
+        self.pump(&mut new, now);
+        self.put(new, now);
+    }
+
+    // ----- IKE SA rekey, initiator ---------------------------------------------------------
+
+    pub(super) fn start_rekey_ike(&mut self, sa: &mut IkeSa, now: Instant) {
+        let Some(cfg) = sa.tunnel.and_then(|t| self.tunnel_ref(t)).map(|t| t.cfg.clone()) else {
+            return;
+        };
+        let new_spi = self.new_spi64();
+        let nonce = self.nonce();
+        let group = sa.suite.map(|s| s.dh).unwrap_or(cfg.ike_proposals[0].dh[0]);
+        let dh = DhSecret::generate(group, &mut self.rng);
+        let props = cfg
+            .ike_proposals
+            .iter()
+            .enumerate()
+            .map(|(i, p)| Proposal::from_ike(i as u8 + 1, &new_spi.to_be_bytes(), p))
+            .collect();
+        let p = [
+            Payload::Sa(props),
+            Payload::Nonce(nonce.clone()),
+            Payload::Ke { group: group.id(), data: dh.public() },
+        ];
+        // Reserve the SPI so that nothing else takes it meanwhile.
+        self.send_request(
+            sa,
+            ExchangeType::CREATE_CHILD_SA,
+            &p,
+            ReqKind::RekeyIke { new_spi, nonce, dh },
+            now,
+        );
+    }
+
+    pub(super) fn on_rekey_ike_response(
+        &mut self,
+        sa: &mut IkeSa,
+        now: Instant,
+        payloads: Vec<Payload>,
+        new_spi: u64,
+        ni: Vec<u8>,
+        dh: DhSecret,
+    ) {
+        let Some(cfg) = sa.tunnel.and_then(|t| self.tunnel_ref(t)).map(|t| t.cfg.clone()) else {
+            return;
+        };
+        let props =
+            payloads.iter().find_map(|p| if let Payload::Sa(v) = p { Some(v) } else { None });
+        let nr = payloads
+            .iter()
+            .find_map(|p| if let Payload::Nonce(n) = p { Some(n.clone()) } else { None });
+        let ke = payloads.iter().find_map(|p| {
+            if let Payload::Ke { group, data } = p { Some((*group, data.clone())) } else { None }
+        });
+        let err = payloads.iter().find_map(|p| match p {
+            Payload::Notify(n) if n.ty.is_error() => Some(n.clone()),
+            _ => None,
+        });
+        let (Some(props), Some(nr), Some((group, ke))) = (props, nr, ke) else {
+            let n = err.as_ref().map(|n| n.ty).unwrap_or(NotifyType::INVALID_SYNTAX);
+            if n == NotifyType::TEMPORARY_FAILURE {
+                // The peer is busy (e.g. its own rekey): try again later.
+                sa.rekey_at = Some(now + Duration::from_secs(2));
+                sa.ike_collision = None;
+                return;
+            }
+            if n == NotifyType::INVALID_KE_PAYLOAD
+                && let Some(g) = err
+                    .as_ref()
+                    .filter(|e| e.data.len() == 2)
+                    .and_then(|e| DhGroup::from_id(u16::from_be_bytes([e.data[0], e.data[1]])))
+                && cfg.ike_proposals.iter().any(|p| p.dh.contains(&g))
+                && g != dh.group()
+            {
+                if let Some(s) = sa.suite.as_mut() {
+                    s.dh = g;
+                }
+                sa.queue.push_front(Task::RekeyIke);
+                return;
+            }
+            self.fail(Explanation {
+                tunnel: cfg.name.clone(),
+                peer: sa.remote,
+                exchange: ExchangeType::CREATE_CHILD_SA,
+                cause: Cause::PeerRefused(n),
+                ours: format!("IKE {}", ike_list_string(&cfg.ike_proposals)),
+                theirs: None,
+                suggestion: None,
+            });
+            return;
+        };
+        let p = props.first();
+        let suite = p.map(|p| p.to_ike()).and_then(|c| {
+            (c.encr.len() == 1 && c.prf.len() == 1 && c.dh.len() == 1).then(|| IkeSuite {
+                encr: c.encr[0],
+                prf: c.prf[0],
+                dh: c.dh[0],
+            })
+        });
+        let (Some(p), Some(suite)) = (
+            p,
+            suite.filter(|s| {
+                cfg.ike_proposals.iter().any(|o| o.allows(s))
+                    && s.dh == dh.group()
+                    && group == s.dh.id()
+            }),
+        ) else {
+            return;
+        };
+        if p.spi.len() != 8 {
+            return;
+        }
+        let new_spi_r = u64::from_be_bytes(p.spi[..8].try_into().unwrap_or_default());
+        let Ok(shared) = dh.shared(&ke) else { return };
+        let Some(old) = sa.keys.as_ref() else { return };
+        let seed = crypto::skeyseed_rekey(old.prf, &old.sk_d, &shared, &ni, &nr);
+        let keys = IkeKeys::derive(suite.encr, suite.prf, &seed, &ni, &nr, new_spi, new_spi_r);
+        let mine_low = ni.clone().min(nr.clone());
+        let new = self.rekeyed_sa(sa, true, new_spi, new_spi_r, suite, keys, mine_low.clone(), now);
+        match sa.ike_collision.take() {
+            Some((pni, pnr, peer_new)) => {
+                // §2.8.1 for IKE SAs: the new SA with the lowest nonce is redundant and is
+                // deleted by the peer that created (initiated) it.
+                if mine_low < pni.min(pnr) {
+                    // Ours lost: adopt the peer's new SA; delete ours; the peer deletes the old.
+                    if let Some(mut winner) = self.sas.remove(&peer_new) {
+                        if let Some(t) = winner.timer.take() {
+                            self.timers.remove(&(t, peer_new));
+                        }
+                        winner.state = State::Established;
+                        self.take_over(sa, winner, now, false);
+                    }
+                    let mut redundant = new;
+                    redundant.state = State::Rekeyed;
+                    redundant.queue.push_back(Task::DeleteIke);
+                    self.pump(&mut redundant, now);
+                    self.put(redundant, now);
+                } else {
+                    // Ours won: we delete the old SA; the peer deletes its redundant one.
+                    self.take_over(sa, new, now, true);
+                }
+            }
+            None => self.take_over(sa, new, now, true),
+        }
+    }
+}
