@@ -305,17 +305,7 @@ pub struct Header {
 impl Header {
     /// Parses the header; checks the major version and that `length` matches the datagram.
     pub fn parse(data: &[u8]) -> Result<Header, Error> {
-        let mut r = Reader::new(data);
-        let h = Header {
-            spi_i: r.u64("IKE header")?,
-            spi_r: r.u64("IKE header")?,
-            next_payload: r.u8("IKE header")?,
-            version: r.u8("IKE header")?,
-            exchange: ExchangeType(r.u8("IKE header")?),
-            flags: r.u8("IKE header")?,
-            message_id: r.u32("IKE header")?,
-            length: r.u32("IKE header")?,
-        };
+        let h = Header::parse_loose(data)?;
         if h.version >> 4 != 2 {
             return Err(Error::InvalidMajorVersion(h.version >> 4));
         }
@@ -326,6 +316,22 @@ impl Header {
             ));
         }
         Ok(h)
+    }
+
+    /// Reads the 28 header bytes and checks nothing else: enough to answer a message whose
+    /// version or payloads are wrong (RFC 7296 §1.5 INVALID_MAJOR_VERSION, INVALID_SYNTAX).
+    pub fn parse_loose(data: &[u8]) -> Result<Header, Error> {
+        let mut r = Reader::new(data);
+        Ok(Header {
+            spi_i: r.u64("IKE header")?,
+            spi_r: r.u64("IKE header")?,
+            next_payload: r.u8("IKE header")?,
+            version: r.u8("IKE header")?,
+            exchange: ExchangeType(r.u8("IKE header")?),
+            flags: r.u8("IKE header")?,
+            message_id: r.u32("IKE header")?,
+            length: r.u32("IKE header")?,
+        })
     }
 
     /// True for responses.

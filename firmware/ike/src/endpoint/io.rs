@@ -296,18 +296,3 @@ impl Endpoint {
         self.pump(sa, now);
     }
 }
-
-/// The header fields of a message whose payloads cannot be parsed.
-pub(super) fn parse_header_loose(data: &[u8]) -> Result<Header, Error> {
-    let mut r = codec::Reader::new(data);
-    Ok(Header {
-        spi_i: r.u64("IKE header")?,
-        spi_r: r.u64("IKE header")?,
-        next_payload: r.u8("IKE header")?,
-        version: r.u8("IKE header")?,
-        exchange: ExchangeType(r.u8("IKE header")?),
-        flags: r.u8("IKE header")?,
-        message_id: r.u32("IKE header")?,
-        length: r.u32("IKE header")?,
-    })
-}

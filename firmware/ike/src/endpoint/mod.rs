@@ -54,7 +54,6 @@ mod sa;
 mod timers;
 
 use explain::{esp_list_string, ike_list_string, suggest_esp, suggest_ike};
-use io::parse_header_loose;
 
 const NAT_T_PORT: u16 = 4500;
 const AUTH_PSK: u8 = 2;
@@ -451,7 +450,7 @@ impl Endpoint {
         let msg = match codec::parse_message(data) {
             Ok(m) => m,
             Err(Error::InvalidMajorVersion(_)) => {
-                if let Ok(h) = parse_header_loose(data)
+                if let Ok(h) = Header::parse_loose(data)
                     && !h.is_response()
                 {
                     self.answer_plain(&h, local, remote, NotifyType::INVALID_MAJOR_VERSION, vec![]);
