@@ -19,16 +19,6 @@ impl Endpoint {
         let ni = self.nonce();
         let mut sa = IkeSa {
             tunnel: Some(t),
-            initiator: true,
-            spi_i,
-            spi_r: 0,
-            local,
-            remote,
-            nat_t: false,
-            behind_nat: false,
-            state: State::InitSent,
-            suite: None,
-            keys: None,
             init: Some(Box::new(InitData {
                 dh: Some(dh),
                 group,
@@ -42,23 +32,7 @@ impl Endpoint {
                 candidates: Vec::new(),
                 persistent,
             })),
-            next_req_id: 0,
-            peer_next_req: 0,
-            cached_resp: None,
-            out: None,
-            queue: VecDeque::new(),
-            children: Vec::new(),
-            created: now,
-            last_rx: now,
-            rekey_at: None,
-            expire_at: None,
-            keepalive_at: None,
-            iv_counter: 0,
-            nonce_key: Vec::new(),
-            ike_collision: None,
-            established_at: None,
-            linger_until: None,
-            timer: None,
+            ..IkeSa::new(true, spi_i, 0, local, remote, State::InitSent, now)
         };
         if let Some(tun) = self.tunnel_mut(t) {
             tun.ike = Some(spi_i);
@@ -446,15 +420,8 @@ impl Endpoint {
         let force = cands.iter().any(|&c| self.tunnel_ref(c).is_some_and(|t| t.cfg.force_nat_t));
         let (peer_nat, we_nat) = nat_check(&notifies, h.spi_i, 0, remote, local);
         let mut sa = IkeSa {
-            tunnel: None,
-            initiator: false,
-            spi_i: h.spi_i,
-            spi_r,
-            local,
-            remote,
             nat_t: local.port() == NAT_T_PORT,
             behind_nat: we_nat,
-            state: State::HalfOpen,
             suite: Some(suite),
             keys: Some(Box::new(keys)),
             init: Some(Box::new(InitData {
@@ -470,23 +437,9 @@ impl Endpoint {
                 candidates: cands.clone(),
                 persistent: false,
             })),
-            next_req_id: 0,
             peer_next_req: 1,
-            cached_resp: None,
-            out: None,
-            queue: VecDeque::new(),
-            children: Vec::new(),
-            created: now,
-            last_rx: now,
-            rekey_at: None,
-            expire_at: None,
-            keepalive_at: None,
-            iv_counter: 0,
             nonce_key: ni.clone().min(nr.clone()),
-            ike_collision: None,
-            established_at: None,
-            linger_until: None,
-            timer: None,
+            ..IkeSa::new(false, h.spi_i, spi_r, local, remote, State::HalfOpen, now)
         };
         let _ = t;
         let mut src = nat_hash(h.spi_i, spi_r, local);

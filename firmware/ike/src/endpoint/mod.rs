@@ -233,6 +233,50 @@ struct IkeSa {
 }
 
 impl IkeSa {
+    /// A new IKE SA with no exchange history: the one place an `IkeSa` is built; the exchange
+    /// that creates it sets what it knows.
+    fn new(
+        initiator: bool,
+        spi_i: u64,
+        spi_r: u64,
+        local: SocketAddr,
+        remote: SocketAddr,
+        state: State,
+        now: Instant,
+    ) -> IkeSa {
+        IkeSa {
+            tunnel: None,
+            initiator,
+            spi_i,
+            spi_r,
+            local,
+            remote,
+            nat_t: false,
+            behind_nat: false,
+            state,
+            suite: None,
+            keys: None,
+            init: None,
+            next_req_id: 0,
+            peer_next_req: 0,
+            cached_resp: None,
+            out: None,
+            queue: VecDeque::new(),
+            children: Vec::new(),
+            created: now,
+            last_rx: now,
+            rekey_at: None,
+            expire_at: None,
+            keepalive_at: None,
+            iv_counter: 0,
+            nonce_key: Vec::new(),
+            ike_collision: None,
+            established_at: None,
+            linger_until: None,
+            timer: None,
+        }
+    }
+
     fn our_spi(&self) -> u64 {
         if self.initiator { self.spi_i } else { self.spi_r }
     }

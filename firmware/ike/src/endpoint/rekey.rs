@@ -122,34 +122,13 @@ impl Endpoint {
     ) -> IkeSa {
         IkeSa {
             tunnel: old.tunnel,
-            initiator,
-            spi_i,
-            spi_r,
-            local: old.local,
-            remote: old.remote,
             nat_t: old.nat_t,
             behind_nat: old.behind_nat,
-            state: State::Established,
             suite: Some(suite),
             keys: Some(Box::new(keys)),
-            init: None,
-            next_req_id: 0,
-            peer_next_req: 0,
-            cached_resp: None,
-            out: None,
-            queue: VecDeque::new(),
-            children: Vec::new(),
-            created: now,
-            last_rx: now,
-            rekey_at: None,
-            expire_at: None,
             keepalive_at: old.keepalive_at,
-            iv_counter: 0,
             nonce_key,
-            ike_collision: None,
-            established_at: None,
-            linger_until: None,
-            timer: None,
+            ..IkeSa::new(initiator, spi_i, spi_r, old.local, old.remote, State::Established, now)
         }
     }
 
