@@ -481,7 +481,7 @@ pub fn base64(data: &[u8]) -> String {
     out
 }
 
-/// The readiness line PID 1 prints (see `firmware/daemon/src/pid1.rs`).
+/// The readiness line PID 1 prints (see `firmware/daemon/src/system/pid1.rs`).
 pub fn isthmus_ready() -> &'static str {
     "isthmus: ready"
 }

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use isthmus_policy::{Hook, PluginStore, generate_key, verify};
-use isthmusd::alarms::Alarms;
-use isthmusd::events::EventBus;
+use isthmusd::obs::alarms::Alarms;
+use isthmusd::obs::events::EventBus;
 use isthmusd::policy::{Policy, trusted_keys};
 
 /// A deterministic xorshift generator.

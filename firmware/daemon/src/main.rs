@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use isthmusd::core::{Core, Options};
-use isthmusd::pid1;
+use isthmusd::system::pid1;
 
 #[derive(Parser, Debug)]
 #[command(name = "isthmusd", version, about = "The Isthmus VPN gateway daemon")]
@@ -80,10 +80,12 @@ fn run(args: Args) -> anyhow::Result<()> {
         manage_net: !args.no_net,
         run_tunnels: !args.no_tunnels,
     })
-    .inspect_err(|e| isthmusd::upgrade::note_start_failure(&args.data_dir, &format!("{e:#}")))?;
+    .inspect_err(|e| {
+        isthmusd::system::upgrade::note_start_failure(&args.data_dir, &format!("{e:#}"))
+    })?;
     // After an upgrade: bless the slot once the health gate passes, or reboot.
     let gate = core.clone();
-    std::thread::spawn(move || isthmusd::upgrade::run_gate(&gate));
+    std::thread::spawn(move || isthmusd::system::upgrade::run_gate(&gate));
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(serve(core, args))
 }
@@ -107,7 +109,7 @@ async fn serve(core: Arc<Core>, args: Args) -> anyhow::Result<()> {
     });
     let shutdown = core.clone();
     tokio::select! {
-        r = isthmusd::server::serve_all(core.clone(), args.api, args.tls, &args.data_dir) => r?,
+        r = isthmusd::http::serve_all(core.clone(), args.api, args.tls, &args.data_dir) => r?,
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
         _ = sigterm() => tracing::info!("terminated"),
     }

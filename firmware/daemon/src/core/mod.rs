@@ -5,6 +5,8 @@
 //! Planes are driven from blocking code (netlink, the driver's command channel), so API handlers
 //! call into the core through `spawn_blocking`; the core's locks are plain mutexes held briefly.
 
+pub mod plan;
+
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -16,12 +18,11 @@ use axum::response::{IntoResponse, Response};
 use isthmus_api::{self as api, Action, Severity};
 use isthmus_config::{Config, Store};
 
-use crate::alarms::Alarms;
-use crate::auth::{TokenEntry, Tokens};
-use crate::events::EventBus;
-use crate::monitor::Monitor;
-use crate::plan;
-use crate::server::Failure;
+use crate::http::Failure;
+use crate::http::auth::{TokenEntry, Tokens};
+use crate::obs::alarms::Alarms;
+use crate::obs::events::EventBus;
+use crate::obs::monitor::Monitor;
 
 /// How the daemon was started.
 #[derive(Clone, Debug)]
@@ -79,7 +80,7 @@ pub struct Core {
     /// Alarm evaluation and delivery.
     pub alarms: Arc<Alarms>,
     /// Per-tunnel health checks (ICMP probes through the tunnels).
-    pub health: crate::health::Health,
+    pub health: crate::obs::health::Health,
     /// Signed policy plugin packages, on their own sled database under `<data_dir>/plugins`.
     plugins: isthmus_policy::PluginStore,
     /// The same tree, read for a stored package's signer.
@@ -168,7 +169,7 @@ struct Pin {
 }
 
 fn message(text: impl Into<String>) -> Response {
-    axum::Json(crate::server::Message { message: text.into() }).into_response()
+    axum::Json(crate::http::Message { message: text.into() }).into_response()
 }
 
 impl Core {
@@ -242,7 +243,7 @@ impl Core {
             stages: Mutex::new(plan::Stages::default()),
             monitor: Monitor::default(),
             alarms,
-            health: crate::health::Health::default(),
+            health: crate::obs::health::Health::default(),
             plugins: isthmus_policy::PluginStore::new(plugin_tree.clone()),
             plugin_tree,
             policy,
@@ -481,7 +482,7 @@ impl Core {
                     )
                     .map_err(|e| format!("starting the dataplane: {e}"))?;
                 lines.push(format!("dataplane: started on {wan}, TUN {}", plan::TUN_NAME));
-                crate::monitor::forward_tunnel_events(
+                crate::obs::monitor::forward_tunnel_events(
                     &tunnels,
                     self.events.clone(),
                     self.alarms.clone(),
@@ -676,7 +677,7 @@ impl Core {
             }
             Action::ConfigDiff { text } => {
                 let diff = self.diff_blocking(&text)?;
-                Ok(axum::Json(crate::server::DiffResponse { diff }).into_response())
+                Ok(axum::Json(crate::http::DiffResponse { diff }).into_response())
             }
             Action::ConfigCommit { text, comment, confirm_secs, dry_run } => {
                 let mut st = plan::Stages::start();
@@ -1035,7 +1036,7 @@ impl Core {
             }),
             tunnels: self.tunnels().await,
             active_alarms: self.alarms.active_count(),
-            drops: crate::monitor::gateway_drops(self),
+            drops: crate::obs::monitor::gateway_drops(self),
         }
     }
 
@@ -1190,7 +1191,7 @@ impl Core {
 
     /// `GET /metrics`.
     pub async fn metrics_text(&self) -> String {
-        crate::monitor::metrics(self)
+        crate::obs::monitor::metrics(self)
     }
 
     /// Stops the driver and the dataplane.

@@ -29,7 +29,7 @@
 //! [`booted_slot`] reads it and [`bless_booted_slot`] marks the booted slot good for systemd-boot's
 //! boot counting (renames `EFI/Linux/fw-X+L-D.efi` to `fw-X.efi` on the ESP). Until something blesses
 //! it, a slot on trial falls back to the other slot once its tries run out. While the booted slot is
-//! on trial after an upgrade (`/data/isthmus/upgrade.json`, see [`crate::upgrade`]), PID 1 also
+//! on trial after an upgrade (`/data/isthmus/upgrade.json`, see [`crate::system::upgrade`]), PID 1 also
 //! keeps a deadline: if the daemon's health gate has not blessed the slot by then (the daemon could
 //! not apply its configuration, or keeps crashing), PID 1 reboots, so the boot counter runs down and
 //! the firmware falls back by itself.
@@ -165,7 +165,10 @@ pub fn boot() {
         "{READY_LINE} (slot {slot}, {loaded} modules, {failed} failed, data {data}, init {} ms, up {uptime} s)",
         started.elapsed().as_millis()
     );
-    let trial = crate::upgrade::trial_deadline(Path::new(crate::upgrade::IMAGE_RECORD), &slot);
+    let trial = crate::system::upgrade::trial_deadline(
+        Path::new(crate::system::upgrade::IMAGE_RECORD),
+        &slot,
+    );
     if let Some(d) = trial {
         say(&format!(
             "slot {slot} is on trial after an upgrade: rebooting in {} s unless its health gate passes",
@@ -540,8 +543,8 @@ fn supervise(trial: Option<(Instant, String)>) {
 
         if trial_due.is_some_and(|t| t <= now) {
             trial_due = None;
-            let record = Path::new(crate::upgrade::IMAGE_RECORD);
-            if crate::upgrade::still_on_trial(record, &trial_slot) {
+            let record = Path::new(crate::system::upgrade::IMAGE_RECORD);
+            if crate::system::upgrade::still_on_trial(record, &trial_slot) {
                 say(&format!(
                     "slot {trial_slot} did not pass its health gate in time: rebooting (the firmware falls back once its tries run out)"
                 ));

@@ -12,7 +12,7 @@ use futures_util::Stream;
 use isthmus_api::{Event, Severity};
 use tokio::sync::broadcast;
 
-use crate::server::AppState;
+use crate::http::AppState;
 
 /// How many recent events are kept for `tunnel show` and late subscribers.
 const KEEP: usize = 512;
@@ -84,7 +84,7 @@ impl EventBus {
 #[utoipa::path(get, path = "/events", context_path = isthmus_api::PREFIX, tag = "events",
     operation_id = "events", responses(
     (status = 200, description = "The stream", body = String, content_type = "text/event-stream"),
-    (status = 401, response = crate::openapi::Unauthorized),
+    (status = 401, response = crate::http::openapi::Unauthorized),
 ))]
 pub async fn stream(
     State(st): State<AppState>,

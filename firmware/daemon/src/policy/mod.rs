@@ -37,6 +37,8 @@
 //! good tables in force. A compilation that failed because of a fault is retried once the
 //! quarantine ends, so a crash loop costs one call per quarantine period.
 
+pub mod punt;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -54,8 +56,8 @@ use isthmus_tables::spd::{SpdAction, SpdTable};
 use isthmus_tables::{PortRange, Prefix};
 use isthmus_tunnels::{ChildInstall, Dataplane, EspDataplane};
 
-use crate::alarms::Alarms;
-use crate::events::EventBus;
+use crate::obs::alarms::Alarms;
+use crate::obs::events::EventBus;
 
 /// The release builds of the default plugins, embedded by `build.rs` (empty when they were not
 /// built).
@@ -302,7 +304,7 @@ impl Policy {
         let tunnels = isthmus_tunnels::Tunnels::start(driver, Box::new(adapter))?;
         isthmus_tunnels::forward_events(events, tunnels.dataplane_events(), local)
             .map_err(isthmus_tunnels::Error::Io)?;
-        crate::punt::spawn(Arc::downgrade(&dp), Arc::downgrade(self))
+        crate::policy::punt::spawn(Arc::downgrade(&dp), Arc::downgrade(self))
             .map_err(isthmus_tunnels::Error::Io)?;
         self.compile(true, true);
         Ok((tunnels, dp))
@@ -1406,7 +1408,7 @@ destination = "10.62.3.0/24"
     #[test]
     fn spd_policies_name_each_selector_pair_and_protect_through_its_child() {
         let c = cfg("");
-        let t = crate::plan::ike_tunnels(&c).unwrap().remove(0);
+        let t = crate::core::plan::ike_tunnels(&c).unwrap().remove(0);
         let (policies, children) = spd_policies(&t.ike);
         assert_eq!(children.len(), 1);
         let child = &children[0];
@@ -1548,7 +1550,7 @@ public_key = "ed25519:ab3a4348d857ca512479e5169d9405c1708788db8f5f925e59c001ab6f
         let (sk, pk) = isthmus_policy::generate_key().unwrap();
         let c = cfg(&format!("[[trusted_key]]\nname = \"test\"\npublic_key = \"{pk}\"\n"));
         let trusted = trusted_keys(&c);
-        let tunnel = crate::plan::ike_tunnels(&c).unwrap().remove(0).ike;
+        let tunnel = crate::core::plan::ike_tunnels(&c).unwrap().remove(0).ike;
         let pkg = isthmus_testkit::plugins::package("spd-spin", "0.0.1", Hook::Spd, &spin, &sk);
         let digest = store.put(&isthmus_policy::verify(&pkg, &trusted).unwrap()).unwrap();
         store.activate("spd-spin", &digest).unwrap();

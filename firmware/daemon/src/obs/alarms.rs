@@ -4,12 +4,12 @@
 //! queue, optionally HMAC-signed, RFC 2104) and to the log and event stream.
 //!
 //! Conditions come from three places: live state (tunnel down, one-way traffic), health-check
-//! results (loss and latency over a threshold, see [`crate::health`]), and typed driver signals
+//! results (loss and latency over a threshold, see [`crate::obs::health`]), and typed driver signals
 //! that latch until the opposite signal ([`Signal`]: a dead peer until the tunnel is up again, a
 //! failed rekey until a rekey succeeds; plugin faults until the plugin recovers).
 //! Two alarms are built in and need no rule, going to every target: `confirm-timeout` (a
 //! commit-confirm reverted) and `upgrade-failed` about `system` (a firmware upgrade failed its
-//! health gate or fell back to the old slot, see [`crate::upgrade`]; raised at every start
+//! health gate or fell back to the old slot, see [`crate::system::upgrade`]; raised at every start
 //! while the record says so, cleared when a later upgrade is blessed).
 //!
 //! The hook sees every raise and clear as an [`AlarmEvent`] and answers with [`AlarmAction`]s:
@@ -29,7 +29,7 @@ use rustls::pki_types::CertificateDer;
 use tokio::sync::mpsc;
 
 use crate::core::Core;
-use crate::events::{EventBus, unix_now};
+use crate::obs::events::{EventBus, unix_now};
 
 /// How many notifications may wait for delivery; beyond that new ones are dropped (counted).
 const QUEUE: usize = 256;
@@ -343,7 +343,7 @@ impl Alarms {
     }
 
     /// An upgrade failed: its health gate failed, blessing failed, or the firmware fell back to
-    /// the old slot ([`crate::upgrade`]). Raises the built-in `upgrade-failed` alarm about
+    /// the old slot ([`crate::system::upgrade`]). Raises the built-in `upgrade-failed` alarm about
     /// `system` (critical, to every target; no rule needed: a box that does not run the
     /// firmware its operator installed is always worth telling). It holds until
     /// [`Alarms::upgrade_passed`]; a second failure with the same message is not sent again.
@@ -862,7 +862,7 @@ fn hmac_sha256(key: &[u8], msg: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::monitor::signal_of;
+    use crate::obs::monitor::signal_of;
     use isthmus_config::Dur;
     use isthmus_ike::codec::ExchangeType;
     use isthmus_ike::{Cause, DownReason, Explanation};

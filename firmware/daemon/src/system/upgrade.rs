@@ -18,7 +18,7 @@
 //!
 //! After the reboot, [`run_gate`] checks the health gates: the configuration is applied (the daemon
 //! got this far) and every tunnel that was up before the upgrade is up again within `gate_secs`.
-//! Then it blesses the slot ([`crate::pid1::bless_booted_slot`]); otherwise it records why and
+//! Then it blesses the slot ([`crate::system::pid1::bless_booted_slot`]); otherwise it records why and
 //! reboots, and once the tries run out systemd-boot falls back to the old slot by itself. PID 1
 //! enforces the same deadline ([`trial_deadline`]) in case the daemon never gets that far (it
 //! cannot apply the configuration, or it crashes). Back on the old slot, the gate records that the
@@ -33,7 +33,7 @@ use isthmus_api::{self as api, Severity, TunnelState};
 use sha2::Digest;
 
 use crate::core::Core;
-use crate::pid1;
+use crate::system::pid1;
 
 /// Largest upgrade image accepted (a generic-flavour UKI is about 40 MiB).
 pub const MAX_IMAGE: usize = 192 << 20;
@@ -444,7 +444,7 @@ pub fn stage(core: &Core, req: Request<'_>) -> Result<api::UpgradeResponse, Upgr
         to_version: info.version.clone(),
         sha256: actual.clone(),
         requested_by: req.who.into(),
-        time: crate::events::unix_now(),
+        time: crate::obs::events::unix_now(),
         tunnels: tunnels.clone(),
         gate_secs: req.gate_secs,
         tries: req.tries,

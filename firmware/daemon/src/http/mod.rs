@@ -3,6 +3,10 @@
 //! The HTTP layer only authenticates and parses a request into an [`Action`] or a read; the
 //! [`Core`] does the work. Every error is an [`ApiError`] whose message says what is wrong.
 
+pub mod auth;
+pub mod openapi;
+pub mod tls;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,9 +22,9 @@ use isthmus_api::{Action, ApiError, PREFIX};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use crate::auth::Tokens;
 use crate::core::Core;
-use crate::openapi::{
+use crate::http::auth::Tokens;
+use crate::http::openapi::{
     ActionReply, BadRequest, Conflict, Forbidden, Internal, Invalid, NotFound, TooLarge,
     Unauthorized,
 };
@@ -112,11 +116,11 @@ pub fn router(core: Arc<Core>) -> Router {
         .route("/alarms/acknowledge", post(alarm_acknowledge))
         .route("/diagnose/path", get(diagnose_path))
         .route("/diagnose/tunnel/{name}", get(diagnose_tunnel))
-        .route("/events", get(crate::events::stream))
+        .route("/events", get(crate::obs::events::stream))
         .route("/system", get(system_status))
         .route(
             "/system/upgrade",
-            post(system_upgrade).layer(DefaultBodyLimit::max(crate::upgrade::MAX_IMAGE)),
+            post(system_upgrade).layer(DefaultBodyLimit::max(crate::system::upgrade::MAX_IMAGE)),
         )
         .route("/actions", post(action))
         .layer(DefaultBodyLimit::max(MAX_BODY));
@@ -147,7 +151,7 @@ async fn authenticate(State(st): State<AppState>, mut req: Request, next: Next) 
         }
         Err(denied) => {
             let (status, code) = match denied {
-                crate::auth::Denied::ReadOnly(_) => (StatusCode::FORBIDDEN, "forbidden"),
+                crate::http::auth::Denied::ReadOnly(_) => (StatusCode::FORBIDDEN, "forbidden"),
                 _ => (StatusCode::UNAUTHORIZED, "unauthorized"),
             };
             let mut r = Failure::new(status, code, denied.message()).into_response();
@@ -553,7 +557,7 @@ async fn plugin_op(
 ))]
 async fn system_status(State(st): State<AppState>) -> Reply<isthmus_api::SystemStatus> {
     let core = st.core.clone();
-    let s = tokio::task::spawn_blocking(move || crate::upgrade::status(&core))
+    let s = tokio::task::spawn_blocking(move || crate::system::upgrade::status(&core))
         .await
         .map_err(|e| Failure::internal(format!("reading the slots did not complete: {e}")))?;
     Ok(axum::Json(s))
@@ -567,10 +571,10 @@ struct UpgradeQuery {
     /// Hex SHA-256 of the body; the upload is refused if it differs.
     sha256: Option<String>,
     /// Boots the new slot gets.
-    #[param(minimum = 1, maximum = 9, default = json!(crate::upgrade::DEFAULT_TRIES))]
+    #[param(minimum = 1, maximum = 9, default = json!(crate::system::upgrade::DEFAULT_TRIES))]
     tries: Option<u32>,
     /// Health gate time limit, seconds.
-    #[param(minimum = 10, maximum = 3600, default = json!(crate::upgrade::DEFAULT_GATE_SECS))]
+    #[param(minimum = 10, maximum = 3600, default = json!(crate::system::upgrade::DEFAULT_GATE_SECS))]
     gate_secs: Option<u64>,
 }
 
@@ -603,7 +607,7 @@ async fn system_upgrade(
     axum::extract::Query(q): axum::extract::Query<UpgradeQuery>,
     req: Request,
 ) -> Result<Response, Failure> {
-    use crate::upgrade::{self as up, UpgradeError as E};
+    use crate::system::upgrade::{self as up, UpgradeError as E};
     let who = caller(req.extensions());
     let body = axum::body::to_bytes(req.into_body(), up::MAX_IMAGE).await.map_err(|_| {
         Failure::new(
@@ -831,7 +835,7 @@ async fn metrics(State(st): State<AppState>) -> Response {
     (status = 200, description = "The OpenAPI document", content_type = "application/json"),
 ))]
 async fn openapi() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], crate::openapi::document()).into_response()
+    ([(header::CONTENT_TYPE, "application/json")], crate::http::openapi::document()).into_response()
 }
 
 /// Where the API listens without `--api`: loopback, in plain HTTP. It is always served, with or
@@ -876,7 +880,7 @@ pub async fn serve_all(
             None
         } else {
             let names = vec!["isthmus".to_string(), addr.ip().to_string(), "127.0.0.1".to_string()];
-            Some(crate::tls::Identity::load_or_create(data_dir, &names)?)
+            Some(crate::http::tls::Identity::load_or_create(data_dir, &names)?)
         };
         match &identity {
             Some(id) => {
@@ -897,13 +901,13 @@ pub async fn serve_all(
 /// is only allowed on loopback.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    identity: Option<&crate::tls::Identity>,
+    identity: Option<&crate::http::tls::Identity>,
     app: Router,
 ) -> anyhow::Result<()> {
     let addr: SocketAddr = listener.local_addr()?;
     match identity {
         Some(id) => {
-            let l = crate::tls::TlsListener::new(listener, id)?;
+            let l = crate::http::tls::TlsListener::new(listener, id)?;
             axum::serve(l, app.into_make_service()).await?;
         }
         None => {

@@ -36,7 +36,7 @@ use isthmus_tables::spd::SpdAction;
 use isthmus_tables::{FlowKey, Prefix};
 
 use crate::core::Core;
-use crate::plan;
+use crate::core::plan;
 
 /// Why a diagnosis cannot be made.
 #[derive(Debug, thiserror::Error)]

@@ -1,6 +1,6 @@
 //! The OpenAPI description the daemon serves at `/openapi.json` (also the API's reference doc),
 //! generated from the API types (`isthmus_api` with its `openapi` feature, doc comments as
-//! descriptions) and the `#[utoipa::path]` annotation beside each handler in [`crate::server`].
+//! descriptions) and the `#[utoipa::path]` annotation beside each handler in [`crate::http`].
 //! The tests below and `tests/api.rs` check that it lists every route and every status served.
 
 use std::sync::LazyLock;
@@ -9,38 +9,38 @@ use isthmus_api::ApiError;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToResponse, ToSchema};
 
-use crate::server;
+use crate::http;
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Isthmus management API"),
     paths(
-        server::status,
-        server::config_get,
-        server::config_validate,
-        server::config_diff,
-        server::config_commit,
-        server::config_confirm,
-        server::config_rollback,
-        server::revisions,
-        server::revision_text,
-        server::tunnels,
-        server::tunnel,
-        server::tunnel_op,
-        server::plugins,
-        server::plugin_upload,
-        server::plugin_hooks,
-        server::plugin_op,
-        server::alarms,
-        server::alarm_acknowledge,
-        server::diagnose_path,
-        server::diagnose_tunnel,
-        crate::events::stream,
-        server::system_status,
-        server::system_upgrade,
-        server::action,
-        server::metrics,
-        server::openapi,
+        http::status,
+        http::config_get,
+        http::config_validate,
+        http::config_diff,
+        http::config_commit,
+        http::config_confirm,
+        http::config_rollback,
+        http::revisions,
+        http::revision_text,
+        http::tunnels,
+        http::tunnel,
+        http::tunnel_op,
+        http::plugins,
+        http::plugin_upload,
+        http::plugin_hooks,
+        http::plugin_op,
+        http::alarms,
+        http::alarm_acknowledge,
+        http::diagnose_path,
+        http::diagnose_tunnel,
+        crate::obs::events::stream,
+        http::system_status,
+        http::system_upgrade,
+        http::action,
+        http::metrics,
+        http::openapi,
     ),
     // ApiError is referenced only by the shared responses, which do not collect their schemas.
     components(
@@ -73,10 +73,10 @@ impl Modify for Conventions {
              plain HTTP only on loopback. Request bodies are limited to {} MiB (plugin packages \
              {} MiB, firmware images {} MiB); requests time out after {} s (408). Every error \
              body is an ApiError. See docs/api.md.",
-            server::MAX_BODY >> 20,
-            server::MAX_PLUGIN >> 20,
-            crate::upgrade::MAX_IMAGE >> 20,
-            server::REQUEST_TIMEOUT.as_secs(),
+            http::MAX_BODY >> 20,
+            http::MAX_PLUGIN >> 20,
+            crate::system::upgrade::MAX_IMAGE >> 20,
+            http::REQUEST_TIMEOUT.as_secs(),
         ));
         doc.components
             .get_or_insert_with(Default::default)
@@ -98,19 +98,19 @@ pub fn document() -> &'static str {
 #[serde(untagged)]
 pub enum ActionReply {
     /// Most actions: what was done.
-    Message(server::Message),
+    Message(http::Message),
     /// `config-commit`, `config-rollback`.
     Commit(isthmus_api::CommitResponse),
     /// `config-validate`.
     Validate(isthmus_api::ValidateResponse),
     /// `config-diff`.
-    Diff(server::DiffResponse),
+    Diff(http::DiffResponse),
     /// `alarm-acknowledge`.
     Alarm(isthmus_api::Alarm),
 }
 
 // The error responses operations share, each an `ApiError` with the `code` named. Only
-// described, like `ActionReply`: `server::Failure` builds them.
+// described, like `ActionReply`: `http::Failure` builds them.
 
 /// A missing or unknown token (`unauthorized`).
 #[derive(ToResponse)]
@@ -181,7 +181,7 @@ mod tests {
     #[test]
     fn every_routed_operation_is_documented() {
         let v = doc();
-        let src = include_str!("server.rs");
+        let src = include_str!("mod.rs");
         let body = &src[src.find("pub fn router(").unwrap()..];
         let body = &body[..body.find(".fallback(").unwrap()];
         let mut seen = 0;

@@ -33,7 +33,7 @@ use isthmus_wire::icmp::{HEADER_LEN, Icmpv4Packet, Icmpv6Packet};
 use isthmus_wire::ipv4::Ipv4Packet;
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::events::EventBus;
+use crate::obs::events::EventBus;
 
 /// Probes the results are summarised over.
 pub const WINDOW: usize = 20;

@@ -20,9 +20,9 @@ use isthmus_ike::codec::ExchangeType;
 use isthmus_tables::sg::{ChainKind, Direction as SgDirection};
 use isthmus_tunnels::{TunnelEvent, TunnelState, TunnelStatus};
 
-use crate::alarms::{Alarms, Signal};
 use crate::core::Core;
-use crate::events::EventBus;
+use crate::obs::alarms::{Alarms, Signal};
+use crate::obs::events::EventBus;
 
 /// Counters of one tunnel (or one SA).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
