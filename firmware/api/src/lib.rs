@@ -102,6 +102,23 @@ pub struct ValidateResponse {
     pub warnings: Vec<Issue>,
 }
 
+/// A document's differences from the active revision.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DiffResponse {
+    /// A unified diff (secrets as fingerprints), each hunk headed by the TOML path it changes;
+    /// `no changes` when equal.
+    pub diff: String,
+}
+
+/// The answer to an action that has nothing more to return.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Message {
+    /// What was done.
+    pub message: String,
+}
+
 /// One stored configuration revision.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -71,13 +71,13 @@ fn big(changed_metric: u32) -> String {
 
 fn commit(core: &Core, text: String) -> f64 {
     let t = Instant::now();
-    let r = core.act_blocking(
+    let r = core.handle(
         Action::ConfigCommit { text, comment: "bench".into(), confirm_secs: None, dry_run: false },
         "bench",
     );
     let secs = t.elapsed().as_secs_f64();
     if let Err(e) = r {
-        panic!("commit failed: {}", e.0.message);
+        panic!("commit failed: {e}");
     }
     secs
 }

@@ -12,7 +12,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::FutureExt;
 use isthmus_api::Action;
 use isthmus_policy::{Hook, generate_key};
 use isthmus_tables::FlowKey;
@@ -94,8 +93,8 @@ fn hook(core: &Core, name: &str) -> isthmus_api::PluginHook {
 }
 
 fn act(core: &Arc<Core>, a: Action) {
-    if let Err(e) = core.act_blocking(a, "test") {
-        panic!("action refused: {}", e.0.message);
+    if let Err(e) = core.handle(a, "test") {
+        panic!("action refused: {}", e);
     }
 }
 
@@ -133,9 +132,9 @@ fn upload(
     file: &str,
 ) -> String {
     let bytes = package(name, version, hook, &component(file), key);
-    match core.plugin_upload(&bytes, "test").now_or_never().unwrap() {
+    match core.plugin_upload(&bytes, "test") {
         Ok(p) => p.digest,
-        Err(e) => panic!("upload refused: {}", e.0.message),
+        Err(e) => panic!("upload refused: {}", e),
     }
 }
 
@@ -213,7 +212,7 @@ fn plugins_compile_the_configuration_swap_roll_back_and_are_contained() {
         "{events:?}"
     );
     // `GET /plugins` marks the quarantined version.
-    let listed = core.plugins().now_or_never().unwrap().unwrap();
+    let listed = core.plugins().unwrap();
     let p = listed.iter().find(|p| p.digest == trap).unwrap();
     assert!(p.active && p.quarantined.as_deref().is_some_and(|q| q.contains("trapped")), "{p:?}");
     // A crash loop is rate-limited: after the first quarantine (1 s) one retry faults again and
@@ -342,9 +341,9 @@ fn pins_choose_the_build_and_its_signer() {
     commit(&bind(&later, ""));
     settle(&core);
     assert_eq!(hook(&core, "security-group").source, "bundled");
-    match core.plugin_upload(&bytes, "test").now_or_never().unwrap() {
+    match core.plugin_upload(&bytes, "test") {
         Ok(p) => assert_eq!(p.digest, later),
-        Err(e) => panic!("upload refused: {}", e.0.message),
+        Err(e) => panic!("upload refused: {}", e),
     }
     let sg = hook(&core, "security-group");
     assert_eq!((sg.source.as_str(), sg.plugin.as_str()), ("uploaded", "tenant-sg@1.3.0"));
@@ -356,20 +355,15 @@ fn pins_choose_the_build_and_its_signer() {
         let v = format!("2.0.{n}");
         upload(&core, &sk, ("tenant-sg", &v, Hook::SecurityGroup), "test_sg_open.wasm");
     }
-    let stored =
-        core.plugins().now_or_never().unwrap().unwrap_or_else(|e| panic!("{}", e.0.message));
+    let stored = core.plugins().unwrap_or_else(|e| panic!("{}", e));
     let tenant: Vec<_> = stored.iter().filter(|p| p.name == "tenant-sg").collect();
     assert_eq!(tenant.len(), isthmus_policy::store::MAX_VERSIONS, "pruned to the limit");
     assert!(tenant.iter().any(|v| v.digest == later), "pinned build pruned");
     assert_eq!(hook(&core, "security-group").plugin, "tenant-sg@1.3.0");
     let e = core
-        .act_blocking(Action::PluginRemove { digest: later.clone() }, "test")
+        .handle(Action::PluginRemove { digest: later.clone() }, "test")
         .expect_err("removing a pinned build");
-    assert_eq!(e.0.code, "conflict", "{}", e.0.message);
-    assert!(
-        e.0.message.contains("is pinned by plugin binding `tenant` of the applied"),
-        "{}",
-        e.0.message
-    );
+    assert!(matches!(e, isthmusd::core::CoreError::Conflict(_)), "{e}");
+    assert!(e.to_string().contains("is pinned by plugin binding `tenant` of the applied"), "{e}");
     core.shutdown();
 }

@@ -5,6 +5,7 @@
 //! Planes are driven from blocking code (netlink, the driver's command channel), so API handlers
 //! call into the core through `spawn_blocking`; the core's locks are plain mutexes held briefly.
 
+pub mod error;
 pub mod plan;
 
 use std::collections::BTreeMap;
@@ -13,12 +14,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use isthmus_api::{self as api, Action, Severity};
 use isthmus_config::{Config, Store};
 
-use crate::http::Failure;
+pub use error::CoreError;
+
 use crate::http::auth::{TokenEntry, Tokens};
 use crate::obs::alarms::Alarms;
 use crate::obs::events::EventBus;
@@ -93,50 +93,41 @@ fn unix(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-fn store_failure(e: isthmus_config::Error) -> Failure {
+fn store_failure(e: isthmus_config::Error) -> CoreError {
     use isthmus_config::Error as E;
     match e {
-        E::Invalid(errs) => {
-            let mut f = Failure::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid-config",
-                format!("the configuration has {} error(s)", errs.issues().len()),
-            );
-            f.0.details = errs
-                .issues()
-                .iter()
-                .map(|i| api::Issue { path: i.path.clone(), message: i.message.clone() })
-                .collect();
-            f
-        }
-        E::NoSuchRevision(n) => Failure::not_found(format!("revision {n} does not exist")),
-        E::Empty => Failure::not_found("no configuration has been committed yet"),
+        E::Invalid(errs) => CoreError::InvalidConfig {
+            message: format!("the configuration has {} error(s)", errs.issues().len()),
+            issues: issues(errs.issues()),
+        },
+        E::NoSuchRevision(n) => CoreError::not_found(format!("revision {n} does not exist")),
+        E::Empty => CoreError::not_found("no configuration has been committed yet"),
         e @ (E::Unchanged(_)
         | E::ConfirmPending { .. }
         | E::NothingToConfirm
         | E::ConfirmExpired { .. }
-        | E::NothingToRevertTo) => Failure::new(StatusCode::CONFLICT, "conflict", e.to_string()),
-        e => Failure::internal(e.to_string()),
+        | E::NothingToRevertTo) => CoreError::conflict(e.to_string()),
+        e => CoreError::internal(e.to_string()),
     }
 }
 
 /// Policy library errors as API failures: a refused package is 422 with the library's message
 /// (unsigned, tampered, untrusted, wrong world); an unknown plugin 404; a store conflict 409.
-fn plugin_failure(e: isthmus_policy::PolicyError) -> Failure {
+fn plugin_failure(e: isthmus_policy::PolicyError) -> CoreError {
     use isthmus_policy::PolicyError as E;
     match e {
-        E::Store(m) if m.starts_with("no plugin named") => Failure::not_found(m),
+        E::Store(m) if m.starts_with("no plugin named") => CoreError::not_found(m),
         E::Store(m) if m.contains("no version") || m.contains("no previous version") => {
-            Failure::new(StatusCode::CONFLICT, "conflict", m)
+            CoreError::conflict(m)
         }
         e @ E::Store(_) if e.to_string().contains("hook") || e.to_string().contains("active") => {
-            Failure::new(StatusCode::CONFLICT, "conflict", e.to_string())
+            CoreError::conflict(e.to_string())
         }
-        E::Store(m) => Failure::internal(format!("plugin store: {m}")),
+        E::Store(m) => CoreError::internal(format!("plugin store: {m}")),
         e @ (E::Engine(_) | E::Fault { .. } | E::Quarantined { .. }) => {
-            Failure::internal(e.to_string())
+            CoreError::internal(e.to_string())
         }
-        e => Failure::new(StatusCode::UNPROCESSABLE_ENTITY, "plugin-refused", e.to_string()),
+        e => CoreError::PluginRefused(e.to_string()),
     }
 }
 
@@ -168,8 +159,23 @@ struct Pin {
     applied: bool,
 }
 
-fn message(text: impl Into<String>) -> Response {
-    axum::Json(crate::http::Message { message: text.into() }).into_response()
+fn message(text: impl Into<String>) -> Reply {
+    Reply::Message(api::Message { message: text.into() })
+}
+
+/// What an action returns; the HTTP layer sends it as JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// The result of validating a document.
+    Validate(api::ValidateResponse),
+    /// A document's differences from the active revision.
+    Diff(api::DiffResponse),
+    /// The result of a commit or a rollback.
+    Commit(api::CommitResponse),
+    /// What was done, for an action with nothing more to return.
+    Message(api::Message),
+    /// An acknowledged alarm.
+    Alarm(api::Alarm),
 }
 
 impl Core {
@@ -590,7 +596,7 @@ impl Core {
         previous: Option<u64>,
         who: &str,
         parsed: Option<Config>,
-    ) -> Result<Vec<String>, Failure> {
+    ) -> Result<Vec<String>, CoreError> {
         let cfg = match parsed {
             Some(c) => c,
             None => self.store.get(rev).and_then(|r| r.config()).map_err(store_failure)?,
@@ -630,7 +636,7 @@ impl Core {
                     }
                 }
                 self.events.emit("apply-failed", "config", Severity::Critical, msg.clone());
-                Err(Failure::new(StatusCode::UNPROCESSABLE_ENTITY, "apply-failed", msg))
+                Err(CoreError::ApplyFailed(msg))
             }
         }
     }
@@ -647,7 +653,7 @@ impl Core {
                 self.events.emit("confirm-timeout", "config", Severity::Warning, msg.clone());
                 self.alarms.confirm_reverted(&msg);
                 if let Err(e) = self.apply_or_roll_back(r.rev, None, "isthmusd", None) {
-                    tracing::error!("{}", e.0.message);
+                    tracing::error!("{e}");
                 }
             }
             Ok(None) => {}
@@ -659,25 +665,15 @@ impl Core {
         }
     }
 
-    /// Carries out an action.
-    pub async fn act(self: &Arc<Self>, a: Action, who: &str) -> Result<Response, Failure> {
-        let core = self.clone();
-        let who = who.to_owned();
-        tokio::task::spawn_blocking(move || core.act_blocking(a, &who))
-            .await
-            .map_err(|e| Failure::internal(format!("the action did not complete: {e}")))?
-    }
-
-    /// Carries out an action on the calling thread (it blocks on netlink and the driver).
-    pub fn act_blocking(&self, a: Action, who: &str) -> Result<Response, Failure> {
+    /// The one way in for every change: carries out `a` for the caller `who` on the calling
+    /// thread (it blocks on netlink and the IKE driver).
+    pub fn handle(&self, a: Action, who: &str) -> Result<Reply, CoreError> {
         let now = SystemTime::now();
         match a {
-            Action::ConfigValidate { text } => {
-                Ok(axum::Json(self.validate_blocking(&text)).into_response())
-            }
+            Action::ConfigValidate { text } => Ok(Reply::Validate(self.validate(&text))),
             Action::ConfigDiff { text } => {
-                let diff = self.diff_blocking(&text)?;
-                Ok(axum::Json(crate::http::DiffResponse { diff }).into_response())
+                let diff = self.diff_against_active(&text)?;
+                Ok(Reply::Diff(api::DiffResponse { diff }))
             }
             Action::ConfigCommit { text, comment, confirm_secs, dry_run } => {
                 let mut st = plan::Stages::start();
@@ -692,31 +688,24 @@ impl Core {
                 st.mark("parse+validate");
                 let secrets = checked.config.check_secrets();
                 if !secrets.is_empty() {
-                    let mut f = Failure::new(
-                        StatusCode::UNPROCESSABLE_ENTITY,
-                        "invalid-config",
-                        "secrets cannot be read",
-                    );
-                    f.0.details = issues(&secrets);
-                    return Err(f);
+                    return Err(CoreError::InvalidConfig {
+                        message: "secrets cannot be read".into(),
+                        issues: issues(&secrets),
+                    });
                 }
                 if let Some(i) = plan_issue(&checked.config) {
-                    let mut f = Failure::new(
-                        StatusCode::UNPROCESSABLE_ENTITY,
-                        "invalid-config",
-                        "the configuration cannot be planned",
-                    );
-                    f.0.details = vec![i];
-                    return Err(f);
+                    return Err(CoreError::InvalidConfig {
+                        message: "the configuration cannot be planned".into(),
+                        issues: vec![i],
+                    });
                 }
                 if dry_run {
                     let plan = self.dry_run(&checked.config)?;
-                    return Ok(axum::Json(api::CommitResponse {
+                    return Ok(Reply::Commit(api::CommitResponse {
                         revision: None,
                         plan,
                         warnings: issues(&checked.warnings),
-                    })
-                    .into_response());
+                    }));
                 }
                 // A failed apply goes back to the last revision that applied (after a failed
                 // start that is not the active one), or nowhere when none ever did.
@@ -740,12 +729,11 @@ impl Core {
                 st.extend(&applied);
                 *lock(&self.stages) = st;
                 let plan = plan?;
-                Ok(axum::Json(api::CommitResponse {
+                Ok(Reply::Commit(api::CommitResponse {
                     revision: Some(c.rev),
                     plan,
                     warnings: issues(&c.warnings),
-                })
-                .into_response())
+                }))
             }
             Action::ConfigConfirm {} => {
                 let rev = self.store.confirm(now).map_err(store_failure)?;
@@ -764,12 +752,11 @@ impl Core {
                     .rollback(revision, who, &format!("rollback to revision {revision}"), now)
                     .map_err(store_failure)?;
                 let plan = self.apply_or_roll_back(c.rev, previous, who, None)?;
-                Ok(axum::Json(api::CommitResponse {
+                Ok(Reply::Commit(api::CommitResponse {
                     revision: Some(c.rev),
                     plan,
                     warnings: vec![],
-                })
-                .into_response())
+                }))
             }
             Action::TunnelInitiate { name } => {
                 self.tunnel_cmd(&name, |t| t.initiate(&name), "initiating")
@@ -790,11 +777,9 @@ impl Core {
                         .flatten()
                         .unwrap_or_default();
                     if children.is_empty() {
-                        return Err(Failure::new(
-                            StatusCode::CONFLICT,
-                            "conflict",
-                            format!("tunnel `{name}` has no CHILD SA to rekey (is it up?)"),
-                        ));
+                        return Err(CoreError::conflict(format!(
+                            "tunnel `{name}` has no CHILD SA to rekey (is it up?)"
+                        )));
                     }
                     for c in &children {
                         self.tunnel_cmd(&name, |t| t.rekey_child(&name, c), "rekeying")?;
@@ -835,16 +820,12 @@ impl Core {
                 if let Some(pin) = self.pins().into_iter().find(|p| p.digest == digest) {
                     let (binding, state) =
                         (pin.binding, if pin.enabled { "" } else { " (disabled)" });
-                    return Err(Failure::new(
-                        StatusCode::CONFLICT,
-                        "conflict",
-                        format!(
-                            "version {version} ({digest}) of plugin `{name}` is pinned by plugin \
+                    return Err(CoreError::conflict(format!(
+                        "version {version} ({digest}) of plugin `{name}` is pinned by plugin \
                              binding `{binding}`{state} of the applied configuration or the one a \
                              pending commit-confirm would restore; commit a configuration without \
                              that pin first"
-                        ),
-                    ));
+                    )));
                 }
                 self.plugins.remove(&name, Some(&digest)).map_err(plugin_failure)?;
                 let mut m = format!("removed version {version} ({digest}) of plugin `{name}`");
@@ -854,7 +835,7 @@ impl Core {
             }
             Action::AlarmAcknowledge { name, subject } => {
                 let (a, first) =
-                    self.alarms.acknowledge(&name, &subject, who).map_err(Failure::not_found)?;
+                    self.alarms.acknowledge(&name, &subject, who).map_err(CoreError::not_found)?;
                 if first {
                     self.events.emit(
                         "alarm-acknowledged",
@@ -863,7 +844,7 @@ impl Core {
                         format!("alarm `{name}` about `{subject}` acknowledged by {who}"),
                     );
                 }
-                Ok(axum::Json(a).into_response())
+                Ok(Reply::Alarm(a))
             }
         }
     }
@@ -904,25 +885,21 @@ impl Core {
         name: &str,
         f: impl FnOnce(&isthmus_tunnels::Tunnels) -> Result<(), isthmus_tunnels::Error>,
         what: &str,
-    ) -> Result<Response, Failure> {
+    ) -> Result<Reply, CoreError> {
         if self.applied().is_some_and(|(_, c)| c.tunnel(name).is_none()) {
-            return Err(Failure::not_found(format!("no tunnel named `{name}` is configured")));
+            return Err(CoreError::not_found(format!("no tunnel named `{name}` is configured")));
         }
         match self.with_driver(|d| f(&d.tunnels)) {
-            None => Err(Failure::new(
-                StatusCode::CONFLICT,
-                "conflict",
-                "tunnels are not running on this daemon",
-            )),
+            None => Err(CoreError::conflict("tunnels are not running on this daemon")),
             Some(Err(isthmus_tunnels::Error::UnknownTunnel(n))) => {
-                Err(Failure::not_found(format!("tunnel `{n}` is configured but disabled")))
+                Err(CoreError::not_found(format!("tunnel `{n}` is configured but disabled")))
             }
-            Some(Err(e)) => Err(Failure::new(StatusCode::CONFLICT, "conflict", e.to_string())),
+            Some(Err(e)) => Err(CoreError::conflict(e.to_string())),
             Some(Ok(())) => Ok(message(format!("{what} tunnel `{name}`"))),
         }
     }
 
-    fn dry_run(&self, cfg: &Config) -> Result<Vec<String>, Failure> {
+    fn dry_run(&self, cfg: &Config) -> Result<Vec<String>, CoreError> {
         let mut lines = Vec::new();
         lines.extend(
             lock(&self.net)
@@ -933,10 +910,10 @@ impl Core {
                         self.with_driver(|_| ()).is_some(),
                     ),
                 ))
-                .map_err(Failure::internal)?,
+                .map_err(CoreError::internal)?,
         );
         let planes = lock(&self.planes);
-        let wanted = plan::ike_tunnels(cfg).map_err(|e| Failure::bad_request(e.to_string()))?;
+        let wanted = plan::ike_tunnels(cfg).map_err(|e| CoreError::bad_request(e.to_string()))?;
         for t in &wanted {
             let fp = plan::tunnel_fingerprint(cfg, &t.ike.name);
             match planes.running.get(&t.ike.name) {
@@ -955,7 +932,8 @@ impl Core {
         Ok(lines)
     }
 
-    fn validate_blocking(&self, text: &str) -> api::ValidateResponse {
+    /// `POST /config/validate`.
+    pub fn validate(&self, text: &str) -> api::ValidateResponse {
         match Config::check(text) {
             Ok(c) => {
                 let mut errors = issues(&c.config.check_secrets());
@@ -972,7 +950,8 @@ impl Core {
         }
     }
 
-    fn diff_blocking(&self, text: &str) -> Result<String, Failure> {
+    /// `POST /config/diff`: the document's differences from the active revision.
+    pub fn diff_against_active(&self, text: &str) -> Result<String, CoreError> {
         let new = Config::from_toml(text)
             .map_err(|e| store_failure(isthmus_config::Error::Invalid(e)))?;
         let old = self.store.active_revision().and_then(|r| r.config()).map_err(store_failure)?;
@@ -980,28 +959,18 @@ impl Core {
         Ok(if d.is_empty() { "no changes\n".to_owned() } else { d })
     }
 
-    /// `POST /config/validate`.
-    pub async fn validate(&self, text: &str) -> api::ValidateResponse {
-        self.validate_blocking(text)
-    }
-
-    /// `POST /config/diff`.
-    pub async fn diff_against_active(&self, text: &str) -> Result<String, Failure> {
-        self.diff_blocking(text)
-    }
-
     /// `GET /config`.
-    pub async fn config_text_redacted(&self) -> Result<String, Failure> {
+    pub fn config_text_redacted(&self) -> Result<String, CoreError> {
         self.store.active_revision().and_then(|r| r.show()).map_err(store_failure)
     }
 
     /// `GET /config/revisions/N`.
-    pub async fn revision_text_redacted(&self, n: u64) -> Result<String, Failure> {
+    pub fn revision_text_redacted(&self, n: u64) -> Result<String, CoreError> {
         self.store.get(n).and_then(|r| r.show()).map_err(store_failure)
     }
 
     /// `GET /config/revisions`.
-    pub async fn revisions(&self) -> Result<Vec<api::Revision>, Failure> {
+    pub fn revisions(&self) -> Result<Vec<api::Revision>, CoreError> {
         let active = self.store.active().map_err(store_failure)?;
         let pending = self.store.pending().map_err(store_failure)?;
         Ok(self
@@ -1024,7 +993,7 @@ impl Core {
     }
 
     /// `GET /status`.
-    pub async fn status(&self) -> api::Status {
+    pub fn status(&self) -> api::Status {
         let pending = self.store.pending().ok().flatten();
         api::Status {
             gateway: self.applied().map(|(_, c)| c.gateway.name.clone()).unwrap_or_default(),
@@ -1034,30 +1003,30 @@ impl Core {
             confirm_pending_secs: pending.map(|p| {
                 p.deadline.duration_since(SystemTime::now()).map(|d| d.as_secs()).unwrap_or(0)
             }),
-            tunnels: self.tunnels().await,
+            tunnels: self.tunnels(),
             active_alarms: self.alarms.active_count(),
             drops: crate::obs::monitor::gateway_drops(self),
         }
     }
 
     /// `GET /tunnels`: every configured tunnel, down ones included.
-    pub async fn tunnels(&self) -> Vec<api::TunnelSummary> {
+    pub fn tunnels(&self) -> Vec<api::TunnelSummary> {
         let Some((_, cfg)) = self.applied() else { return vec![] };
         cfg.tunnels.iter().map(|t| self.monitor.summary(self, &cfg, &t.name)).collect()
     }
 
     /// `GET /tunnels/NAME`.
-    pub async fn tunnel(&self, name: &str) -> Result<api::TunnelDetail, Failure> {
+    pub fn tunnel(&self, name: &str) -> Result<api::TunnelDetail, CoreError> {
         let (_, cfg) =
-            self.applied().ok_or_else(|| Failure::not_found("no configuration applied"))?;
+            self.applied().ok_or_else(|| CoreError::not_found("no configuration applied"))?;
         if cfg.tunnel(name).is_none() {
-            return Err(Failure::not_found(format!("no tunnel named `{name}` is configured")));
+            return Err(CoreError::not_found(format!("no tunnel named `{name}` is configured")));
         }
         Ok(self.monitor.detail(self, &cfg, name))
     }
 
     /// `GET /plugins`: every stored version of every plugin.
-    pub async fn plugins(&self) -> Result<Vec<api::Plugin>, Failure> {
+    pub fn plugins(&self) -> Result<Vec<api::Plugin>, CoreError> {
         let list = self.plugins.list().map_err(plugin_failure)?;
         Ok(list
             .into_iter()
@@ -1079,16 +1048,12 @@ impl Core {
     /// `POST /plugins`: verifies the package against the applied configuration's trusted keys,
     /// compiles it with the policy host (imports, exports: the hook's world), and stores it. It
     /// is not activated.
-    pub async fn plugin_upload(&self, bytes: &[u8], who: &str) -> Result<api::Plugin, Failure> {
+    pub fn plugin_upload(&self, bytes: &[u8], who: &str) -> Result<api::Plugin, CoreError> {
         if bytes.len() > isthmus_policy::package::MAX_PACKAGE {
-            return Err(Failure::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too-large",
-                format!(
-                    "plugin package larger than {} MiB",
-                    isthmus_policy::package::MAX_PACKAGE >> 20
-                ),
-            ));
+            return Err(CoreError::TooLarge(format!(
+                "plugin package larger than {} MiB",
+                isthmus_policy::package::MAX_PACKAGE >> 20
+            )));
         }
         let trusted = self.trusted_keys();
         let refuse = |e: isthmus_policy::PolicyError| {
@@ -1144,7 +1109,7 @@ impl Core {
     }
 
     /// `GET /plugins/hooks`: what runs for each policy hook.
-    pub async fn plugin_hooks(&self) -> Vec<api::PluginHook> {
+    pub fn plugin_hooks(&self) -> Vec<api::PluginHook> {
         self.policy.hooks()
     }
 
@@ -1173,24 +1138,24 @@ impl Core {
     }
 
     /// The plugin name and version a stored digest belongs to.
-    fn plugin_by_digest(&self, digest: &str) -> Result<(String, String), Failure> {
+    fn plugin_by_digest(&self, digest: &str) -> Result<(String, String), CoreError> {
         for p in self.plugins.list().map_err(plugin_failure)? {
             if let Some(v) = p.versions.iter().find(|v| v.digest == digest) {
                 return Ok((p.name, v.version.clone()));
             }
         }
-        Err(Failure::not_found(format!(
+        Err(CoreError::not_found(format!(
             "no stored plugin version has digest `{digest}` (see `isthmus plugin list`)"
         )))
     }
 
     /// `GET /alarms`.
-    pub async fn alarms(&self) -> Vec<api::Alarm> {
+    pub fn alarms(&self) -> Vec<api::Alarm> {
         self.alarms.list()
     }
 
     /// `GET /metrics`.
-    pub async fn metrics_text(&self) -> String {
+    pub fn metrics_text(&self) -> String {
         crate::obs::monitor::metrics(self)
     }
 

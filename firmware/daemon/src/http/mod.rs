@@ -4,8 +4,11 @@
 //! [`Core`] does the work. Every error is an [`ApiError`] whose message says what is wrong.
 
 pub mod auth;
+pub mod failure;
 pub mod openapi;
 pub mod tls;
+
+pub use failure::Failure;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,11 +21,11 @@ use axum::http::{Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use isthmus_api::{Action, ApiError, PREFIX};
-use serde::{Deserialize, Serialize};
+use isthmus_api::{Action, ApiError, DiffResponse, Message, PREFIX};
+use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
-use crate::core::Core;
+use crate::core::{self, Core};
 use crate::http::auth::Tokens;
 use crate::http::openapi::{
     ActionReply, BadRequest, Conflict, Forbidden, Internal, Invalid, NotFound, TooLarge,
@@ -37,42 +40,25 @@ pub const MAX_PLUGIN: usize = 32 << 20;
 /// A request that takes longer is answered 408.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// An error on its way to the client.
-#[derive(Debug)]
-pub struct Failure(pub ApiError);
-
-impl Failure {
-    /// A failure with a status, a stable code and a message.
-    pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Failure {
-        Failure(ApiError {
-            status: status.as_u16(),
-            code: code.into(),
-            message: message.into(),
-            details: Vec::new(),
-        })
-    }
-
-    /// 400 with a message.
-    pub fn bad_request(message: impl Into<String>) -> Failure {
-        Failure::new(StatusCode::BAD_REQUEST, "bad-request", message)
-    }
-
-    /// 404 with a message.
-    pub fn not_found(message: impl Into<String>) -> Failure {
-        Failure::new(StatusCode::NOT_FOUND, "not-found", message)
-    }
-
-    /// 500 with a message (the daemon logs the cause).
-    pub fn internal(message: impl Into<String>) -> Failure {
-        Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
-    }
+/// Carries out an action through [`Core::handle`] on a blocking thread (it waits on netlink and
+/// the IKE driver) and sends its reply as JSON.
+async fn act(core: &Arc<Core>, a: Action, who: &str) -> Result<Response, Failure> {
+    let (core, who) = (core.clone(), who.to_owned());
+    let reply = tokio::task::spawn_blocking(move || core.handle(a, &who))
+        .await
+        .map_err(|e| Failure::internal(format!("the action did not complete: {e}")))??;
+    Ok(reply.into_response())
 }
 
-impl IntoResponse for Failure {
+impl IntoResponse for core::Reply {
     fn into_response(self) -> Response {
-        let status =
-            StatusCode::from_u16(self.0.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, axum::Json(self.0)).into_response()
+        match self {
+            core::Reply::Validate(v) => axum::Json(v).into_response(),
+            core::Reply::Diff(d) => axum::Json(d).into_response(),
+            core::Reply::Commit(c) => axum::Json(c).into_response(),
+            core::Reply::Message(m) => axum::Json(m).into_response(),
+            core::Reply::Alarm(a) => axum::Json(a).into_response(),
+        }
     }
 }
 
@@ -208,7 +194,7 @@ async fn caller_and_body<T: for<'de> Deserialize<'de>>(
     (status = 401, response = Unauthorized),
 ))]
 async fn status(State(st): State<AppState>) -> Reply<isthmus_api::Status> {
-    Ok(axum::Json(st.core.status().await))
+    Ok(axum::Json(st.core.status()))
 }
 
 /// The active configuration as TOML, secrets redacted
@@ -220,7 +206,7 @@ async fn status(State(st): State<AppState>) -> Reply<isthmus_api::Status> {
     (status = 500, response = Internal),
 ))]
 async fn config_get(State(st): State<AppState>) -> Result<Response, Failure> {
-    let text = st.core.config_text_redacted().await?;
+    let text = st.core.config_text_redacted()?;
     Ok(([(header::CONTENT_TYPE, "application/toml")], text).into_response())
 }
 
@@ -246,22 +232,7 @@ async fn config_validate(
     body: Bytes,
 ) -> Reply<isthmus_api::ValidateResponse> {
     let b: TextBody = parse(&body)?;
-    Ok(axum::Json(st.core.validate(&b.text).await))
-}
-
-/// A document's differences from the active revision.
-#[derive(Serialize, ToSchema)]
-pub struct DiffResponse {
-    /// A unified diff (secrets as fingerprints), each hunk headed by the TOML path it changes;
-    /// `no changes` when equal.
-    pub diff: String,
-}
-
-/// The answer to an action that has nothing more to return.
-#[derive(Serialize, ToSchema)]
-pub struct Message {
-    /// What was done.
-    pub message: String,
+    Ok(axum::Json(st.core.validate(&b.text)))
 }
 
 /// Diff a document against the active revision (secrets shown as fingerprints)
@@ -281,7 +252,7 @@ async fn config_diff(
     body: Bytes,
 ) -> Result<Json<DiffResponse>, Failure> {
     let b: TextBody = parse(&body)?;
-    Ok(axum::Json(DiffResponse { diff: st.core.diff_against_active(&b.text).await? }))
+    Ok(axum::Json(DiffResponse { diff: st.core.diff_against_active(&b.text)? }))
 }
 
 /// A commit.
@@ -325,7 +296,7 @@ async fn config_commit(State(st): State<AppState>, req: Request) -> Result<Respo
         confirm_secs: b.confirm_secs,
         dry_run: b.dry_run,
     };
-    st.core.act(a, &who).await
+    act(&st.core, a, &who).await
 }
 
 /// Confirm a pending commit
@@ -340,7 +311,7 @@ async fn config_commit(State(st): State<AppState>, req: Request) -> Result<Respo
 ))]
 async fn config_confirm(State(st): State<AppState>, req: Request) -> Result<Response, Failure> {
     let who = caller(req.extensions());
-    st.core.act(Action::ConfigConfirm {}, &who).await
+    act(&st.core, Action::ConfigConfirm {}, &who).await
 }
 
 /// A rollback.
@@ -369,7 +340,7 @@ struct RollbackBody {
 ))]
 async fn config_rollback(State(st): State<AppState>, req: Request) -> Result<Response, Failure> {
     let (who, b): (_, RollbackBody) = caller_and_body(req).await?;
-    st.core.act(Action::ConfigRollback { revision: b.revision }, &who).await
+    act(&st.core, Action::ConfigRollback { revision: b.revision }, &who).await
 }
 
 /// Stored revisions
@@ -379,7 +350,7 @@ async fn config_rollback(State(st): State<AppState>, req: Request) -> Result<Res
     (status = 500, response = Internal),
 ))]
 async fn revisions(State(st): State<AppState>) -> Reply<Vec<isthmus_api::Revision>> {
-    Ok(axum::Json(st.core.revisions().await?))
+    Ok(axum::Json(st.core.revisions()?))
 }
 
 /// One revision as TOML, secrets redacted
@@ -396,7 +367,7 @@ async fn revision_text(
     State(st): State<AppState>,
     Path(n): Path<u64>,
 ) -> Result<Response, Failure> {
-    let text = st.core.revision_text_redacted(n).await?;
+    let text = st.core.revision_text_redacted(n)?;
     Ok(([(header::CONTENT_TYPE, "application/toml")], text).into_response())
 }
 
@@ -406,7 +377,7 @@ async fn revision_text(
     (status = 401, response = Unauthorized),
 ))]
 async fn tunnels(State(st): State<AppState>) -> Reply<Vec<isthmus_api::TunnelSummary>> {
-    Ok(axum::Json(st.core.tunnels().await))
+    Ok(axum::Json(st.core.tunnels()))
 }
 
 /// One tunnel with its SAs, health, drops and recent events
@@ -420,7 +391,7 @@ async fn tunnel(
     State(st): State<AppState>,
     Path(name): Path<String>,
 ) -> Reply<isthmus_api::TunnelDetail> {
-    Ok(axum::Json(st.core.tunnel(&name).await?))
+    Ok(axum::Json(st.core.tunnel(&name)?))
 }
 
 /// Bring a tunnel up, tear it down or rekey it
@@ -456,7 +427,7 @@ async fn tunnel_op(
             )));
         }
     };
-    st.core.act(a, &who).await
+    act(&st.core, a, &who).await
 }
 
 /// Stored plugin versions
@@ -467,7 +438,7 @@ async fn tunnel_op(
     (status = 500, response = Internal),
 ))]
 async fn plugins(State(st): State<AppState>) -> Reply<Vec<isthmus_api::Plugin>> {
-    Ok(axum::Json(st.core.plugins().await?))
+    Ok(axum::Json(st.core.plugins()?))
 }
 
 /// Per policy hook: the plugin in force, its table and its faults
@@ -479,7 +450,7 @@ async fn plugins(State(st): State<AppState>) -> Reply<Vec<isthmus_api::Plugin>> 
     (status = 401, response = Unauthorized),
 ))]
 async fn plugin_hooks(State(st): State<AppState>) -> Reply<Vec<isthmus_api::PluginHook>> {
-    Ok(axum::Json(st.core.plugin_hooks().await))
+    Ok(axum::Json(st.core.plugin_hooks()))
 }
 
 /// Upload a signed plugin package
@@ -508,7 +479,7 @@ async fn plugin_upload(State(st): State<AppState>, req: Request) -> Result<Respo
             format!("plugin package larger than {} MiB", MAX_PLUGIN >> 20),
         )
     })?;
-    let p = st.core.plugin_upload(&body, &who).await?;
+    let p = st.core.plugin_upload(&body, &who)?;
     Ok((StatusCode::CREATED, axum::Json(p)).into_response())
 }
 
@@ -545,7 +516,7 @@ async fn plugin_op(
             )));
         }
     };
-    st.core.act(a, &who).await
+    act(&st.core, a, &who).await
 }
 
 /// Firmware version, the A/B slots (booted, blessed, tries left) and the last upgrade
@@ -658,7 +629,7 @@ async fn system_upgrade(
     (status = 401, response = Unauthorized),
 ))]
 async fn alarms(State(st): State<AppState>) -> Reply<Vec<isthmus_api::Alarm>> {
-    Ok(axum::Json(st.core.alarms().await))
+    Ok(axum::Json(st.core.alarms()))
 }
 
 /// Which alarm.
@@ -689,7 +660,7 @@ struct AlarmKey {
 ))]
 async fn alarm_acknowledge(State(st): State<AppState>, req: Request) -> Result<Response, Failure> {
     let (who, k): (_, AlarmKey) = caller_and_body(req).await?;
-    st.core.act(Action::AlarmAcknowledge { name: k.name, subject: k.subject }, &who).await
+    act(&st.core, Action::AlarmAcknowledge { name: k.name, subject: k.subject }, &who).await
 }
 
 /// Any action as tagged JSON, e.g. `{"action":"tunnel-initiate","name":"to-idc"}`
@@ -709,7 +680,7 @@ async fn alarm_acknowledge(State(st): State<AppState>, req: Request) -> Result<R
 ))]
 async fn action(State(st): State<AppState>, req: Request) -> Result<Response, Failure> {
     let (who, a): (_, Action) = caller_and_body(req).await?;
-    st.core.act(a, &who).await
+    act(&st.core, a, &who).await
 }
 
 /// `GET /diagnose/path` query parameters (strings, so that a bad value gets a message naming it).
@@ -826,8 +797,7 @@ async fn diagnose_tunnel(
     (status = 401, response = Unauthorized),
 ))]
 async fn metrics(State(st): State<AppState>) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], st.core.metrics_text().await)
-        .into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], st.core.metrics_text()).into_response()
 }
 
 /// This document (no token needed)

@@ -98,13 +98,13 @@ pub fn document() -> &'static str {
 #[serde(untagged)]
 pub enum ActionReply {
     /// Most actions: what was done.
-    Message(http::Message),
+    Message(isthmus_api::Message),
     /// `config-commit`, `config-rollback`.
     Commit(isthmus_api::CommitResponse),
     /// `config-validate`.
     Validate(isthmus_api::ValidateResponse),
     /// `config-diff`.
-    Diff(http::DiffResponse),
+    Diff(isthmus_api::DiffResponse),
     /// `alarm-acknowledge`.
     Alarm(isthmus_api::Alarm),
 }

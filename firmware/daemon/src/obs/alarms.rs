@@ -436,7 +436,7 @@ impl Alarms {
     /// Evaluates every rule against live state; raises and clears.
     pub fn evaluate(&self, core: &Core) {
         let Some((_, cfg)) = core.applied() else { return };
-        let tunnels = futures_util::FutureExt::now_or_never(core.tunnels()).unwrap_or_default();
+        let tunnels = core.tunnels();
         let rules = self.lock().rules.clone();
         let mut conds: Vec<(usize, String, Option<String>)> = Vec::new();
         for (i, r) in rules.iter().enumerate() {

@@ -404,12 +404,8 @@ pub fn stage(core: &Core, req: Request<'_>) -> Result<api::UpgradeResponse, Upgr
     let to = other_slot(&booted);
     let mut image = req.image.to_vec();
     retarget(&mut image, &info, to)?;
-    let tunnels: Vec<String> = futures_util::FutureExt::now_or_never(core.tunnels())
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|t| t.state == TunnelState::Up)
-        .map(|t| t.name)
-        .collect();
+    let tunnels: Vec<String> =
+        core.tunnels().into_iter().filter(|t| t.state == TunnelState::Up).map(|t| t.name).collect();
 
     let esp = pid1::EspMount::mount()?;
     let dir = esp.path().join("EFI/Linux");
@@ -597,8 +593,8 @@ pub fn run_gate(core: &Core) {
         ),
     );
     let missing = loop {
-        let up: Vec<String> = futures_util::FutureExt::now_or_never(core.tunnels())
-            .unwrap_or_default()
+        let up: Vec<String> = core
+            .tunnels()
             .into_iter()
             .filter(|t| t.state == TunnelState::Up)
             .map(|t| t.name)
