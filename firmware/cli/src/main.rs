@@ -290,7 +290,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "read-only" | "readonly" => "read-only",
                 r => anyhow::bail!("unknown role `{r}`: use admin or read-only"),
             };
-            let token = new_token();
+            let token = isthmus_config::new_token();
             let hash = isthmus_config::hash_token(&token);
             if cli.json {
                 let hex = hash.strip_prefix("sha256:").unwrap_or(&hash);
@@ -874,11 +874,4 @@ fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", path.display()))?;
     f.write_all(bytes).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
-}
-
-fn new_token() -> String {
-    let mut b = [0u8; 32];
-    let mut f = std::fs::File::open("/dev/urandom").expect("/dev/urandom");
-    f.read_exact(&mut b).expect("/dev/urandom");
-    format!("ist_{}", hex::encode(b))
 }

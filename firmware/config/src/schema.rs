@@ -796,21 +796,34 @@ pub fn hash_token(token: &str) -> String {
     format!("sha256:{hex}")
 }
 
+/// Equal token hashes, in time that depends only on their lengths (all hashes have the same).
+pub fn token_hashes_equal(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A new random token: `ist_` and 64 hex digits (256 bits from the kernel's random source).
+pub fn new_token() -> String {
+    let mut b = [0u8; 32];
+    getrandom::fill(&mut b).expect("the kernel's random source is available");
+    let hex: String = b.iter().map(|b| format!("{b:02x}")).collect();
+    format!("ist_{hex}")
+}
+
 impl ApiToken {
-    /// True when `presented` is this token. Compares hashes in constant time. A `token`
-    /// reference is resolved here (errors count as no match).
+    /// The token's hash in the `token_hash` form; a `token` reference is resolved here (`None`
+    /// when it cannot be, or when neither is set).
+    pub fn hash(&self) -> Option<String> {
+        match (&self.token_hash, &self.token) {
+            // Validation checked the form: `sha256:` and 64 hex digits.
+            (Some(h), _) => Some(h.to_ascii_lowercase()),
+            (None, Some(s)) => Some(hash_token(s.resolve().ok()?.expose())),
+            (None, None) => None,
+        }
+    }
+
+    /// True when `presented` is this token. Compares hashes in constant time.
     pub fn matches(&self, presented: &str) -> bool {
-        let want = match (&self.token_hash, &self.token) {
-            (Some(h), _) => h.to_ascii_lowercase(),
-            (None, Some(s)) => match s.resolve() {
-                Ok(v) => hash_token(v.expose()),
-                Err(_) => return false,
-            },
-            (None, None) => return false,
-        };
-        let got = hash_token(presented);
-        want.len() == got.len()
-            && want.bytes().zip(got.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+        self.hash().is_some_and(|want| token_hashes_equal(&want, &hash_token(presented)))
     }
 }
 
@@ -868,6 +881,18 @@ mod tests {
         let inline = ApiToken { token_hash: None, token: Some(Secret::Inline("abc".into())), ..t };
         assert!(inline.matches("abc") && !inline.matches("abd"));
         assert_eq!(hash_token("").len(), 7 + 64);
+    }
+
+    #[test]
+    fn new_tokens_are_distinct_and_hash_to_the_stored_form() {
+        let (a, b) = (new_token(), new_token());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 4 + 64);
+        assert!(a.starts_with("ist_") && a[4..].bytes().all(|c| c.is_ascii_hexdigit()));
+        let h = hash_token(&a);
+        assert!(h.starts_with("sha256:") && h.len() == 7 + 64);
+        assert!(token_hashes_equal(&h, &hash_token(&a)));
+        assert!(!token_hashes_equal(&h, &hash_token(&b)));
     }
 
     #[test]

@@ -19,7 +19,6 @@ use isthmus_config::{Config, Store};
 
 pub use error::CoreError;
 
-use crate::http::auth::{TokenEntry, Tokens};
 use crate::obs::alarms::Alarms;
 use crate::obs::events::EventBus;
 use crate::obs::monitor::Monitor;
@@ -66,7 +65,7 @@ pub struct Core {
     started: Instant,
     store: Store,
     events: Arc<EventBus>,
-    tokens: RwLock<Tokens>,
+    tokens: RwLock<Vec<TokenEntry>>,
     applied: RwLock<Option<(u64, Arc<Config>)>>,
     planes: Mutex<Planes>,
     /// The kernel side; held for the whole of an apply, which makes applies run one at a time.
@@ -163,6 +162,24 @@ fn message(text: impl Into<String>) -> Reply {
     Reply::Message(api::Message { message: text.into() })
 }
 
+/// An API token as the daemon keeps it: a name for audit, a role, and the hash (never the
+/// token).
+#[derive(Clone)]
+pub struct TokenEntry {
+    /// Who holds it, e.g. `ops` or `prometheus`. Recorded as the author of commits.
+    pub name: String,
+    /// What it may do.
+    pub role: api::Role,
+    /// The token's hash as [`isthmus_config::hash_token`] writes it.
+    pub hash: String,
+}
+
+impl std::fmt::Debug for TokenEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenEntry").field("name", &self.name).field("role", &self.role).finish()
+    }
+}
+
 /// What an action returns; the HTTP layer sends it as JSON.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
@@ -241,7 +258,7 @@ impl Core {
             started: Instant::now(),
             store,
             events,
-            tokens: RwLock::new(Tokens::default()),
+            tokens: RwLock::new(Vec::new()),
             applied: RwLock::new(None),
             planes: Mutex::new(Planes::default()),
             net: Mutex::new(plan::NetPlane::default()),
@@ -372,7 +389,7 @@ impl Core {
     }
 
     /// The tokens the API accepts now.
-    pub fn tokens(&self) -> Tokens {
+    pub fn tokens(&self) -> Vec<TokenEntry> {
         self.tokens.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
@@ -571,12 +588,7 @@ impl Core {
             .api_tokens
             .iter()
             .filter_map(|t| {
-                let hash = match (&t.token_hash, &t.token) {
-                    // Validation checked the form: `sha256:` and 64 hex digits.
-                    (Some(h), _) => h.to_ascii_lowercase(),
-                    (None, Some(s)) => isthmus_config::hash_token(s.resolve().ok()?.expose()),
-                    (None, None) => return None,
-                };
+                let hash = t.hash()?;
                 let role = match t.role {
                     isthmus_config::Role::Admin => api::Role::Admin,
                     isthmus_config::Role::ReadOnly => api::Role::ReadOnly,
@@ -584,7 +596,7 @@ impl Core {
                 Some(TokenEntry { name: t.name.clone(), role, hash })
             })
             .collect();
-        *self.tokens.write().unwrap_or_else(|p| p.into_inner()) = Tokens::new(tokens);
+        *self.tokens.write().unwrap_or_else(|p| p.into_inner()) = tokens;
         self.alarms.configure(cfg);
     }
 

@@ -7,43 +7,9 @@
 //! error or a response.
 
 use isthmus_api::Role;
-use isthmus_config::hash_token;
+use isthmus_config::{hash_token, token_hashes_equal};
 
-/// A token as the daemon stores it: a name for audit, a role, and the hash.
-#[derive(Clone)]
-pub struct TokenEntry {
-    /// Who holds it, e.g. `ops` or `prometheus`. Recorded as the author of commits.
-    pub name: String,
-    /// What it may do.
-    pub role: Role,
-    /// The token's hash as [`hash_token`] writes it: `sha256:` and 64 lowercase hex digits.
-    pub hash: String,
-}
-
-impl std::fmt::Debug for TokenEntry {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenEntry").field("name", &self.name).field("role", &self.role).finish()
-    }
-}
-
-/// Makes a new random token: `ist_` and 43 base64url characters (256 bits).
-pub fn new_token() -> String {
-    let mut b = [0u8; 32];
-    getrandom::fill(&mut b).expect("the kernel's random source is available");
-    format!("ist_{}", b64url(&b))
-}
-
-fn b64url(data: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::with_capacity(data.len() * 4 / 3 + 2);
-    for chunk in data.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
-        for i in 0..=chunk.len() {
-            out.push(char::from(A[(n >> (18 - 6 * i) & 63) as usize]));
-        }
-    }
-    out
-}
+use crate::core::TokenEntry;
 
 /// Why a request was refused.
 #[derive(Debug, PartialEq, Eq)]
@@ -95,7 +61,7 @@ impl Tokens {
         // Look at every entry so timing does not tell which position matched.
         let mut found = None;
         for e in &self.entries {
-            if ct_eq(&e.hash, &h) && found.is_none() {
+            if token_hashes_equal(&e.hash, &h) && found.is_none() {
                 found = Some(e);
             }
         }
@@ -105,11 +71,6 @@ impl Tokens {
         }
         Ok(e)
     }
-}
-
-/// Equal, in time that depends only on the lengths (hashes all have the same length).
-fn ct_eq(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
 }
 
 #[cfg(test)]
@@ -140,15 +101,6 @@ mod tests {
         let e = t.check(Some("Bearer wrong"), false).unwrap_err();
         assert_eq!(e, Denied::Unknown);
         assert!(!e.message().contains("wrong"));
-    }
-
-    #[test]
-    fn new_tokens_are_distinct_and_url_safe() {
-        let a = new_token();
-        let b = new_token();
-        assert_ne!(a, b);
-        assert_eq!(a.len(), 4 + 43);
-        assert!(a[4..].bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
-        assert!(!format!("{:?}", tokens()).contains("hash"));
+        assert!(!format!("{t:?}").contains("hash"), "hashes stay out of logs");
     }
 }

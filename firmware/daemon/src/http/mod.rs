@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod failure;
 pub mod openapi;
+pub mod sse;
 pub mod tls;
 
 pub use failure::Failure;
@@ -102,7 +103,7 @@ pub fn router(core: Arc<Core>) -> Router {
         .route("/alarms/acknowledge", post(alarm_acknowledge))
         .route("/diagnose/path", get(diagnose_path))
         .route("/diagnose/tunnel/{name}", get(diagnose_tunnel))
-        .route("/events", get(crate::obs::events::stream))
+        .route("/events", get(sse::stream))
         .route("/system", get(system_status))
         .route(
             "/system/upgrade",
@@ -129,7 +130,7 @@ async fn authenticate(State(st): State<AppState>, mut req: Request, next: Next) 
     }
     let write = req.method() != Method::GET && req.method() != Method::HEAD;
     let header = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let tokens: Tokens = st.core.tokens();
+    let tokens = Tokens::new(st.core.tokens());
     match tokens.check(header, write) {
         Ok(entry) => {
             req.extensions_mut().insert(Caller(entry.name.clone()));

@@ -35,7 +35,7 @@ use crate::http;
         http::alarm_acknowledge,
         http::diagnose_path,
         http::diagnose_tunnel,
-        crate::obs::events::stream,
+        http::sse::stream,
         http::system_status,
         http::system_upgrade,
         http::action,

@@ -1,18 +1,12 @@
 //! The event bus: every component reports what happened here; the API streams it as server-sent
-//! events, `tunnel show` lists recent ones, and alarms are evaluated from it.
+//! events (`http::sse`), `tunnel show` lists recent ones, and alarms are evaluated from it.
 
 use std::collections::VecDeque;
-use std::convert::Infallible;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use axum::extract::State;
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-use futures_util::Stream;
 use isthmus_api::{Event, Severity};
 use tokio::sync::broadcast;
-
-use crate::http::AppState;
 
 /// How many recent events are kept for `tunnel show` and late subscribers.
 const KEEP: usize = 512;
@@ -75,32 +69,4 @@ impl EventBus {
         v.reverse();
         v
     }
-}
-
-/// Server-sent events: one JSON `Event` per `data:` line
-///
-/// Each `event` event carries an `Event`. A subscriber too slow to keep up gets a `lagged` event
-/// with the number it missed rather than stalling the daemon.
-#[utoipa::path(get, path = "/events", context_path = isthmus_api::PREFIX, tag = "events",
-    operation_id = "events", responses(
-    (status = 200, description = "The stream", body = String, content_type = "text/event-stream"),
-    (status = 401, response = crate::http::openapi::Unauthorized),
-))]
-pub async fn stream(
-    State(st): State<AppState>,
-) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
-    let rx = st.core.events().subscribe();
-    let s = futures_util::stream::unfold(rx, |mut rx| async move {
-        let ev = match rx.recv().await {
-            Ok(e) => SseEvent::default()
-                .event("event")
-                .data(serde_json::to_string(&e).unwrap_or_default()),
-            Err(broadcast::error::RecvError::Lagged(n)) => {
-                SseEvent::default().event("lagged").data(n.to_string())
-            }
-            Err(broadcast::error::RecvError::Closed) => return None,
-        };
-        Some((Ok(ev), rx))
-    });
-    Sse::new(s).keep_alive(KeepAlive::default())
 }
