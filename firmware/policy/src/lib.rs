@@ -127,9 +127,45 @@ pub enum PolicyError {
     /// No plugin is installed for a hook that needs one.
     #[error("no plugin is installed for hook `{0}`")]
     NoPlugin(&'static str),
-    /// The plugin store failed.
+    /// No plugin has this name.
+    #[error("plugin store: no plugin named `{0}`")]
+    NoSuchPlugin(String),
+    /// The plugin has no version with this digest.
+    #[error("plugin store: plugin `{name}` has no version {digest}")]
+    NoSuchVersion {
+        /// The plugin's name.
+        name: String,
+        /// The digest asked for.
+        digest: String,
+    },
+    /// A rollback was asked for, but only one version was ever active.
+    #[error("plugin store: plugin `{0}` has no previous version to roll back to")]
+    NoPreviousVersion(String),
+    /// The version is active, so it cannot be removed.
+    #[error(
+        "plugin store: version {digest} of `{name}` is active; activate or roll back to another first"
+    )]
+    InUse {
+        /// The plugin's name.
+        name: String,
+        /// The active version's digest.
+        digest: String,
+    },
+    /// A package for another hook under a name that already has versions for this one.
+    #[error(
+        "plugin store: plugin `{name}` is a `{stored}` plugin; this package is for hook `{package}`: give it another name"
+    )]
+    HookMismatch {
+        /// The plugin's name.
+        name: String,
+        /// The hook of the stored versions.
+        stored: &'static str,
+        /// The hook of the new package.
+        package: &'static str,
+    },
+    /// The store's database failed, or holds something it should not (a missing package).
     #[error("plugin store: {0}")]
-    Store(String),
+    Backend(String),
     /// The wasmtime engine could not be set up.
     #[error("plugin engine: {0}")]
     Engine(String),

@@ -51,7 +51,7 @@ pub struct PluginStore {
 }
 
 fn db(e: impl std::fmt::Display) -> PolicyError {
-    PolicyError::Store(e.to_string())
+    PolicyError::Backend(e.to_string())
 }
 
 impl PluginStore {
@@ -90,12 +90,11 @@ impl PluginStore {
         if let Some(v) = r.versions.first()
             && v.hook != m.hook
         {
-            return Err(PolicyError::Store(format!(
-                "plugin `{}` is a `{}` plugin; this package is for hook `{}`: give it another name",
-                m.name,
-                v.hook.name(),
-                m.hook.name()
-            )));
+            return Err(PolicyError::HookMismatch {
+                name: m.name.clone(),
+                stored: v.hook.name(),
+                package: m.hook.name(),
+            });
         }
         self.tree.insert(format!("pkg/{digest}"), plugin.package().to_bytes()).map_err(db)?;
         if !r.versions.iter().any(|v| v.digest == digest) {
@@ -129,7 +128,7 @@ impl PluginStore {
     pub fn activate(&self, name: &str, digest: &str) -> Result<()> {
         let mut r = self.record(name)?.ok_or_else(|| unknown(name))?;
         if !r.versions.iter().any(|v| v.digest == digest) {
-            return Err(PolicyError::Store(format!("plugin `{name}` has no version {digest}")));
+            return Err(PolicyError::NoSuchVersion { name: name.into(), digest: digest.into() });
         }
         if r.activations.last().map(String::as_str) != Some(digest) {
             r.activations.push(digest.to_owned());
@@ -141,9 +140,7 @@ impl PluginStore {
     pub fn rollback(&self, name: &str) -> Result<String> {
         let mut r = self.record(name)?.ok_or_else(|| unknown(name))?;
         if r.activations.len() < 2 {
-            return Err(PolicyError::Store(format!(
-                "plugin `{name}` has no previous version to roll back to"
-            )));
+            return Err(PolicyError::NoPreviousVersion(name.into()));
         }
         r.activations.pop();
         let d = r.activations.last().cloned().unwrap_or_default();
@@ -157,14 +154,12 @@ impl PluginStore {
         match digest {
             Some(d) => {
                 if r.activations.last().map(String::as_str) == Some(d) {
-                    return Err(PolicyError::Store(format!(
-                        "version {d} of `{name}` is active; activate or roll back to another first"
-                    )));
+                    return Err(PolicyError::InUse { name: name.into(), digest: d.into() });
                 }
                 let before = r.versions.len();
                 r.versions.retain(|v| v.digest != d);
                 if r.versions.len() == before {
-                    return Err(PolicyError::Store(format!("plugin `{name}` has no version {d}")));
+                    return Err(PolicyError::NoSuchVersion { name: name.into(), digest: d.into() });
                 }
                 r.activations.retain(|x| x != d);
                 self.tree.remove(format!("pkg/{d}")).map_err(db)?;
@@ -222,14 +217,14 @@ impl PluginStore {
 
     fn package(&self, name: &str, digest: &str, trusted: &[PublicKey]) -> Result<VerifiedPlugin> {
         let bytes = self.tree.get(format!("pkg/{digest}")).map_err(db)?.ok_or_else(|| {
-            PolicyError::Store(format!("package {digest} of `{name}` is missing"))
+            PolicyError::Backend(format!("package {digest} of `{name}` is missing"))
         })?;
         verify(&bytes, trusted)
     }
 }
 
 fn unknown(name: &str) -> PolicyError {
-    PolicyError::Store(format!("no plugin named `{name}`"))
+    PolicyError::NoSuchPlugin(name.into())
 }
 
 #[cfg(test)]

@@ -110,19 +110,17 @@ fn store_failure(e: isthmus_config::Error) -> CoreError {
     }
 }
 
-/// Policy library errors as API failures: a refused package is 422 with the library's message
-/// (unsigned, tampered, untrusted, wrong world); an unknown plugin 404; a store conflict 409.
+/// Policy library errors by kind: a refused package (with the library's message)
+/// (unsigned, tampered, untrusted, wrong world), an unknown plugin, a store conflict.
 fn plugin_failure(e: isthmus_policy::PolicyError) -> CoreError {
     use isthmus_policy::PolicyError as E;
     match e {
-        E::Store(m) if m.starts_with("no plugin named") => CoreError::not_found(m),
-        E::Store(m) if m.contains("no version") || m.contains("no previous version") => {
-            CoreError::conflict(m)
-        }
-        e @ E::Store(_) if e.to_string().contains("hook") || e.to_string().contains("active") => {
-            CoreError::conflict(e.to_string())
-        }
-        E::Store(m) => CoreError::internal(format!("plugin store: {m}")),
+        e @ E::NoSuchPlugin(_) => CoreError::not_found(e.to_string()),
+        e @ (E::NoSuchVersion { .. }
+        | E::NoPreviousVersion(_)
+        | E::InUse { .. }
+        | E::HookMismatch { .. }) => CoreError::conflict(e.to_string()),
+        e @ E::Backend(_) => CoreError::internal(e.to_string()),
         e @ (E::Engine(_) | E::Fault { .. } | E::Quarantined { .. }) => {
             CoreError::internal(e.to_string())
         }

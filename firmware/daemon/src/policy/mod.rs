@@ -617,7 +617,7 @@ impl Policy {
         let v = match &c.verified {
             Some(v) => v.clone(),
             None => self.store.load_version(&c.name, &c.digest, trusted)?.ok_or_else(|| {
-                PolicyError::Store(format!("plugin `{}` has no version {}", c.name, c.digest))
+                PolicyError::NoSuchVersion { name: c.name.clone(), digest: c.digest.clone() }
             })?,
         };
         let clock: Arc<dyn isthmus_policy::Clock> =
