@@ -321,6 +321,167 @@ pub enum Severity {
     Critical,
 }
 
+/// What an [`Event`] reports. On the wire it is the kebab-case name, e.g. `tunnel-up`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "kebab-case")]
+pub enum EventKind {
+    /// A configuration revision was applied.
+    ConfigApplied,
+    /// A commit-confirm was confirmed.
+    ConfigConfirmed,
+    /// An unconfirmed commit was reverted when its time ran out.
+    ConfirmTimeout,
+    /// A revision could not be applied (and what is in force instead).
+    ApplyFailed,
+    /// The kernel's state had drifted from the applied configuration and was repaired.
+    Drift,
+    /// A plugin package was verified, compiled and stored.
+    PluginUploaded,
+    /// A plugin package was refused.
+    PluginRefused,
+    /// A plugin version was activated.
+    PluginActivated,
+    /// A plugin went back to its previous version.
+    PluginRolledBack,
+    /// A plugin version was removed.
+    PluginRemoved,
+    /// A plugin failed at run time; its hook fell back.
+    PluginFault,
+    /// A configuration's plugin pin could not be honoured.
+    PluginPin,
+    /// An alarm was raised.
+    AlarmRaised,
+    /// An alarm's condition ended.
+    AlarmCleared,
+    /// An operator acknowledged an alarm.
+    AlarmAcknowledged,
+    /// A tunnel's health check passes again.
+    HealthHealthy,
+    /// A tunnel's health check fails.
+    HealthUnhealthy,
+    /// A firmware image was written to the other slot.
+    UpgradeStaged,
+    /// A firmware image was refused.
+    UpgradeRefused,
+    /// The trial firmware's health gate started.
+    UpgradeGate,
+    /// The trial firmware passed its health gate.
+    UpgradeBlessed,
+    /// The trial firmware failed its health gate.
+    UpgradeGateFailed,
+    /// The box fell back to the previous firmware.
+    UpgradeFellBack,
+    /// An IKE SA was established.
+    TunnelUp,
+    /// An IKE SA was rekeyed.
+    IkeRekeyed,
+    /// An IKE SA went down.
+    TunnelDown,
+    /// A CHILD SA was installed.
+    ChildUp,
+    /// A CHILD SA was rekeyed.
+    ChildRekeyed,
+    /// A CHILD SA was removed.
+    ChildDown,
+    /// An IKE exchange failed (with the explanation).
+    NegotiationFailed,
+    /// Repeated failures were rate-limited.
+    LogSuppressed,
+    /// The dataplane refused a CHILD SA.
+    InstallFailed,
+    /// Another event of the IKE driver.
+    TunnelEvent,
+    /// A kind this program does not know (a newer daemon's).
+    #[serde(other)]
+    Unknown,
+}
+
+impl EventKind {
+    /// Every kind this program emits.
+    pub const ALL: [EventKind; 33] = [
+        EventKind::ConfigApplied,
+        EventKind::ConfigConfirmed,
+        EventKind::ConfirmTimeout,
+        EventKind::ApplyFailed,
+        EventKind::Drift,
+        EventKind::PluginUploaded,
+        EventKind::PluginRefused,
+        EventKind::PluginActivated,
+        EventKind::PluginRolledBack,
+        EventKind::PluginRemoved,
+        EventKind::PluginFault,
+        EventKind::PluginPin,
+        EventKind::AlarmRaised,
+        EventKind::AlarmCleared,
+        EventKind::AlarmAcknowledged,
+        EventKind::HealthHealthy,
+        EventKind::HealthUnhealthy,
+        EventKind::UpgradeStaged,
+        EventKind::UpgradeRefused,
+        EventKind::UpgradeGate,
+        EventKind::UpgradeBlessed,
+        EventKind::UpgradeGateFailed,
+        EventKind::UpgradeFellBack,
+        EventKind::TunnelUp,
+        EventKind::IkeRekeyed,
+        EventKind::TunnelDown,
+        EventKind::ChildUp,
+        EventKind::ChildRekeyed,
+        EventKind::ChildDown,
+        EventKind::NegotiationFailed,
+        EventKind::LogSuppressed,
+        EventKind::InstallFailed,
+        EventKind::TunnelEvent,
+    ];
+
+    /// The wire name, e.g. `tunnel-up`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::ConfigApplied => "config-applied",
+            EventKind::ConfigConfirmed => "config-confirmed",
+            EventKind::ConfirmTimeout => "confirm-timeout",
+            EventKind::ApplyFailed => "apply-failed",
+            EventKind::Drift => "drift",
+            EventKind::PluginUploaded => "plugin-uploaded",
+            EventKind::PluginRefused => "plugin-refused",
+            EventKind::PluginActivated => "plugin-activated",
+            EventKind::PluginRolledBack => "plugin-rolled-back",
+            EventKind::PluginRemoved => "plugin-removed",
+            EventKind::PluginFault => "plugin-fault",
+            EventKind::PluginPin => "plugin-pin",
+            EventKind::AlarmRaised => "alarm-raised",
+            EventKind::AlarmCleared => "alarm-cleared",
+            EventKind::AlarmAcknowledged => "alarm-acknowledged",
+            EventKind::HealthHealthy => "health-healthy",
+            EventKind::HealthUnhealthy => "health-unhealthy",
+            EventKind::UpgradeStaged => "upgrade-staged",
+            EventKind::UpgradeRefused => "upgrade-refused",
+            EventKind::UpgradeGate => "upgrade-gate",
+            EventKind::UpgradeBlessed => "upgrade-blessed",
+            EventKind::UpgradeGateFailed => "upgrade-gate-failed",
+            EventKind::UpgradeFellBack => "upgrade-fell-back",
+            EventKind::TunnelUp => "tunnel-up",
+            EventKind::IkeRekeyed => "ike-rekeyed",
+            EventKind::TunnelDown => "tunnel-down",
+            EventKind::ChildUp => "child-up",
+            EventKind::ChildRekeyed => "child-rekeyed",
+            EventKind::ChildDown => "child-down",
+            EventKind::NegotiationFailed => "negotiation-failed",
+            EventKind::LogSuppressed => "log-suppressed",
+            EventKind::InstallFailed => "install-failed",
+            EventKind::TunnelEvent => "tunnel-event",
+            EventKind::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Something that happened.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -328,7 +489,7 @@ pub struct Event {
     /// Seconds since the Unix epoch.
     pub time: u64,
     /// The kind, e.g. `tunnel-up`, `negotiation-failed`, `alarm-raised`.
-    pub kind: String,
+    pub kind: EventKind,
     /// The object concerned, e.g. `tunnel/to-idc`.
     pub subject: String,
     /// What happened, explained.
@@ -625,6 +786,19 @@ pub struct UpgradeResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_kinds_travel_as_their_names() {
+        for k in EventKind::ALL {
+            let json = serde_json::to_string(&k).unwrap();
+            assert_eq!(json, format!("\"{}\"", k.as_str()));
+            assert_eq!(serde_json::from_str::<EventKind>(&json).unwrap(), k);
+        }
+        assert_eq!(
+            serde_json::from_str::<EventKind>("\"from-the-future\"").unwrap(),
+            EventKind::Unknown
+        );
+    }
 
     #[test]
     fn actions_are_tagged_json_in_kebab_case() {

@@ -85,7 +85,14 @@ fn run(args: Args) -> anyhow::Result<()> {
     })?;
     // After an upgrade: bless the slot once the health gate passes, or reboot.
     let gate = core.clone();
-    std::thread::spawn(move || isthmusd::system::upgrade::run_gate(&gate));
+    std::thread::spawn(move || {
+        isthmusd::system::upgrade::run_gate(&isthmusd::system::upgrade::Gate {
+            readings: &|| gate.readings(),
+            data_dir: gate.data_dir(),
+            events: gate.events(),
+            alarms: &gate.alarms,
+        })
+    });
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(serve(core, args))
 }
@@ -101,8 +108,9 @@ async fn serve(core: Arc<Core>, args: Args) -> anyhow::Result<()> {
             let c = ticker.clone();
             let _ = tokio::task::spawn_blocking(move || {
                 c.poll_confirm();
-                c.monitor.sample(&c);
-                c.alarms.evaluate(&c);
+                let r = c.readings();
+                c.monitor.sample(&r, &c.health);
+                c.alarms.evaluate(&r, &c.monitor, &c.health, c.events());
             })
             .await;
         }

@@ -206,7 +206,7 @@ fn plugins_compile_the_configuration_swap_roll_back_and_are_contained() {
     assert_eq!(core.policy.supervisor().tables().spd().generation, spd_gen);
     let events = core.events().recent("spd-trap", 10);
     assert!(
-        events.iter().any(|e| e.kind == "plugin-fault"
+        events.iter().any(|e| e.kind == isthmus_api::EventKind::PluginFault
             && e.message.contains("hook spd")
             && e.message.contains("trapped")),
         "{events:?}"
@@ -308,7 +308,8 @@ fn pins_choose_the_build_and_its_signer() {
     assert_eq!(inbound(&core, &ping), (Verdict::Deny, "sg:web/20#0".into()));
     let events = core.events().recent("security-group", 10);
     assert!(
-        events.iter().any(|e| e.kind == "plugin-pin" && e.message.contains("sha256:abababababab")),
+        events.iter().any(|e| e.kind == isthmus_api::EventKind::PluginPin
+            && e.message.contains("sha256:abababababab")),
         "{events:?}"
     );
 

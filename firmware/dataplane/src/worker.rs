@@ -4,8 +4,12 @@
 //! Workers never allocate per packet (an IKE message handed to the control plane is the one
 //! copy) and never block on the control plane: they read the published snapshot once per
 //! batch, and counters are summed locally and added to the shared atomics once per batch.
-//! Encryption and decryption happen in place: a packet is read from TUN behind room for the ESP
-//! header and sealed where it lies; an ESP datagram is opened in the receive buffer.
+//! Encryption and decryption happen in place. Outbound, a packet read from TUN is copied once
+//! into its send-batch slot behind room for the ESP header (a TSO super-segment is cut into its
+//! slots there) and sealed in that slot; the read buffer is kept apart because one read can
+//! fill several slots and an ICMP too-big answer is built from it. Inbound, an ESP datagram is
+//! opened in the receive buffer and written to TUN from there (or merged into a coalesced
+//! super-segment first, when the TUN device offloads).
 
 use std::io;
 use std::net::SocketAddr;

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use isthmus_api::{self as api, Action, Severity};
+use isthmus_api::{self as api, Action, EventKind, Severity};
 use isthmus_config::{Config, Store};
 
 pub use error::CoreError;
@@ -304,7 +304,7 @@ impl Core {
         };
         let mut msg = format!("applying revision {n} failed: {failure}");
         tracing::error!("{msg}");
-        self.events.emit("apply-failed", "config", Severity::Critical, msg.clone());
+        self.events.emit(EventKind::ApplyFailed, "config", Severity::Critical, msg.clone());
         self.alarms.apply_failed(&msg);
         // 1. The operator's corrected file.
         if let Some((path, text)) = file {
@@ -396,6 +396,19 @@ impl Core {
         self.applied.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// What the observers read now: the applied configuration, the tunnels' statuses and the
+    /// dataplane's counters.
+    pub fn readings(&self) -> crate::obs::Readings {
+        let applied = self.applied();
+        let (tunnels, dataplane) = self
+            .with_driver(|d| {
+                let tunnels = d.tunnels.status().into_iter().map(|s| (s.name.clone(), s)).collect();
+                (tunnels, Some((d.dataplane.clone(), d.dataplane.counters())))
+            })
+            .unwrap_or_default();
+        crate::obs::Readings { applied, tunnels, dataplane }
+    }
+
     /// Runs `f` with the driver, if tunnels run (without waiting for an apply in progress).
     pub fn with_driver<R>(&self, f: impl FnOnce(&Driver) -> R) -> Option<R> {
         let driver = lock(&self.planes).driver.clone();
@@ -416,7 +429,7 @@ impl Core {
             Ok(lines) => {
                 if !lines.is_empty() {
                     self.events.emit(
-                        "drift",
+                        EventKind::Drift,
                         "kernel",
                         Severity::Warning,
                         format!("the kernel had drifted, repaired: {}", lines.join("; ")),
@@ -425,7 +438,7 @@ impl Core {
                 lines
             }
             Err(e) => {
-                self.events.emit("drift", "kernel", Severity::Critical, e.clone());
+                self.events.emit(EventKind::Drift, "kernel", Severity::Critical, e.clone());
                 vec![e]
             }
         }
@@ -571,7 +584,7 @@ impl Core {
         }
         *self.applied.write().unwrap_or_else(|p| p.into_inner()) = Some((rev, Arc::new(cfg)));
         self.events.emit(
-            "config-applied",
+            EventKind::ConfigApplied,
             "config",
             Severity::Info,
             format!("revision {rev} applied"),
@@ -645,7 +658,7 @@ impl Core {
                         }
                     }
                 }
-                self.events.emit("apply-failed", "config", Severity::Critical, msg.clone());
+                self.events.emit(EventKind::ApplyFailed, "config", Severity::Critical, msg.clone());
                 Err(CoreError::ApplyFailed(msg))
             }
         }
@@ -660,7 +673,12 @@ impl Core {
                     "revision {} was not confirmed in time: reverted to the content of revision {} (now revision {})",
                     r.unconfirmed, r.restored, r.rev
                 );
-                self.events.emit("confirm-timeout", "config", Severity::Warning, msg.clone());
+                self.events.emit(
+                    EventKind::ConfirmTimeout,
+                    "config",
+                    Severity::Warning,
+                    msg.clone(),
+                );
                 self.alarms.confirm_reverted(&msg);
                 if let Err(e) = self.apply_or_roll_back(r.rev, None, "isthmusd", None) {
                     tracing::error!("{e}");
@@ -748,7 +766,7 @@ impl Core {
             Action::ConfigConfirm {} => {
                 let rev = self.store.confirm(now).map_err(store_failure)?;
                 self.events.emit(
-                    "config-confirmed",
+                    EventKind::ConfigConfirmed,
                     "config",
                     Severity::Info,
                     format!("revision {rev} confirmed by {who}"),
@@ -806,7 +824,7 @@ impl Core {
                 let mut m = format!("activated plugin `{name}` {version} ({digest})");
                 self.policy_refresh(&mut m);
                 self.events.emit(
-                    "plugin-activated",
+                    EventKind::PluginActivated,
                     &name,
                     Severity::Info,
                     format!("{m} by {who}"),
@@ -818,7 +836,7 @@ impl Core {
                 let mut m = format!("plugin `{name}` rolled back to {digest}");
                 self.policy_refresh(&mut m);
                 self.events.emit(
-                    "plugin-rolled-back",
+                    EventKind::PluginRolledBack,
                     &name,
                     Severity::Info,
                     format!("{m} by {who}"),
@@ -840,7 +858,12 @@ impl Core {
                 self.plugins.remove(&name, Some(&digest)).map_err(plugin_failure)?;
                 let mut m = format!("removed version {version} ({digest}) of plugin `{name}`");
                 self.policy_refresh(&mut m);
-                self.events.emit("plugin-removed", &name, Severity::Info, format!("{m} by {who}"));
+                self.events.emit(
+                    EventKind::PluginRemoved,
+                    &name,
+                    Severity::Info,
+                    format!("{m} by {who}"),
+                );
                 Ok(message(m))
             }
             Action::AlarmAcknowledge { name, subject } => {
@@ -848,7 +871,7 @@ impl Core {
                     self.alarms.acknowledge(&name, &subject, who).map_err(CoreError::not_found)?;
                 if first {
                     self.events.emit(
-                        "alarm-acknowledged",
+                        EventKind::AlarmAcknowledged,
                         &subject,
                         Severity::Info,
                         format!("alarm `{name}` about `{subject}` acknowledged by {who}"),
@@ -1015,14 +1038,15 @@ impl Core {
             }),
             tunnels: self.tunnels(),
             active_alarms: self.alarms.active_count(),
-            drops: crate::obs::monitor::gateway_drops(self),
+            drops: crate::obs::monitor::gateway_drops(&self.readings()),
         }
     }
 
     /// `GET /tunnels`: every configured tunnel, down ones included.
     pub fn tunnels(&self) -> Vec<api::TunnelSummary> {
         let Some((_, cfg)) = self.applied() else { return vec![] };
-        cfg.tunnels.iter().map(|t| self.monitor.summary(self, &cfg, &t.name)).collect()
+        let r = self.readings();
+        cfg.tunnels.iter().map(|t| self.monitor.summary(&r, &cfg, &t.name)).collect()
     }
 
     /// `GET /tunnels/NAME`.
@@ -1032,7 +1056,7 @@ impl Core {
         if cfg.tunnel(name).is_none() {
             return Err(CoreError::not_found(format!("no tunnel named `{name}` is configured")));
         }
-        Ok(self.monitor.detail(self, &cfg, name))
+        Ok(self.monitor.detail(&self.readings(), &cfg, name, &self.events, &self.health))
     }
 
     /// `GET /plugins`: every stored version of every plugin.
@@ -1067,7 +1091,7 @@ impl Core {
         }
         let trusted = self.trusted_keys();
         let refuse = |e: isthmus_policy::PolicyError| {
-            self.events.emit("plugin-refused", "plugins", Severity::Warning, e.to_string());
+            self.events.emit(EventKind::PluginRefused, "plugins", Severity::Warning, e.to_string());
             plugin_failure(e)
         };
         let verified = isthmus_policy::verify(bytes, &trusted).map_err(refuse)?;
@@ -1096,7 +1120,7 @@ impl Core {
             tracing::info!(plugin = %m.name, "pinned build uploaded; hooks selected again{lines}");
         }
         self.events.emit(
-            "plugin-uploaded",
+            EventKind::PluginUploaded,
             &m.name,
             Severity::Info,
             format!(
@@ -1166,7 +1190,12 @@ impl Core {
 
     /// `GET /metrics`.
     pub fn metrics_text(&self) -> String {
-        crate::obs::monitor::metrics(self)
+        crate::obs::monitor::metrics(
+            &self.readings(),
+            &self.monitor,
+            &self.health,
+            self.alarms.active_count(),
+        )
     }
 
     /// Stops the driver and the dataplane.

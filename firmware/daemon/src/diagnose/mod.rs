@@ -28,15 +28,17 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use isthmus_api::{self as api, PathStage, StageVerdict};
+use isthmus_api::{self as api, EventKind, PathStage, StageVerdict};
 use isthmus_config::{Config, Mode, NextHop};
 use isthmus_dataplane::{ChainVerdict, Dataplane, LanBinding, SgTable, SpdTable};
 use isthmus_tables::sg::{Action, ChainKind, Direction as SgDir};
 use isthmus_tables::spd::SpdAction;
 use isthmus_tables::{FlowKey, Prefix};
 
-use crate::core::Core;
 use crate::core::plan;
+use crate::obs::Readings;
+use crate::obs::events::EventBus;
+use crate::obs::monitor::Monitor;
 
 /// Why a diagnosis cannot be made.
 #[derive(Debug, thiserror::Error)]
@@ -245,15 +247,15 @@ pub struct Live {
 
 impl Live {
     /// Reads the dataplane, the driver's status and the monitor's readings.
-    pub fn read(core: &Core, cfg: &Config) -> Live {
+    pub fn read(r: &Readings, monitor: &Monitor, cfg: &Config) -> Live {
         let mut live = Live {
-            dataplane: core.with_driver(|d| DataplaneView::read(&d.dataplane)),
+            dataplane: r.dataplane.as_ref().map(|(d, _)| DataplaneView::read(d)),
             ..Live::default()
         };
         for t in &cfg.tunnels {
-            let st = core.with_driver(|d| d.tunnels.tunnel(&t.name)).flatten();
-            let (idle_out, idle_in) = core.monitor.idle(&t.name);
-            let tot = core.monitor.totals(&t.name);
+            let st = r.tunnel(&t.name);
+            let (idle_out, idle_in) = monitor.idle(&t.name);
+            let tot = monitor.totals(&t.name);
             let l = TunnelLive {
                 state: st
                     .as_ref()
@@ -628,13 +630,17 @@ mod rtnl {
 }
 
 /// `GET /diagnose/path`: traces `q` through the applied configuration and live state.
-pub fn diagnose_path(core: &Core, q: &Query) -> Result<api::PathReport, DiagnoseError> {
-    let (_, cfg) = core.applied().ok_or(DiagnoseError::NoConfig)?;
-    let live = Live::read(core, &cfg);
-    let route = lan_of(&cfg, q.flow.src)
+pub fn diagnose_path(
+    r: &Readings,
+    monitor: &Monitor,
+    q: &Query,
+) -> Result<api::PathReport, DiagnoseError> {
+    let (_, cfg) = r.applied.as_ref().ok_or(DiagnoseError::NoConfig)?;
+    let live = Live::read(r, monitor, cfg);
+    let route = lan_of(cfg, q.flow.src)
         .map(|(lan, _)| kernel_route(q.flow.src, q.flow.dst, &lan.interface))
         .unwrap_or_else(|| KernelRoute::Refused("the source is on no LAN".into()));
-    Ok(trace(&cfg, &live, &route, q))
+    Ok(trace(cfg, &live, &route, q))
 }
 
 fn proto_name(p: u8) -> String {
@@ -1433,10 +1439,14 @@ pub fn trace(cfg: &Config, live: &Live, route: &KernelRoute, q: &Query) -> api::
 }
 
 /// `GET /diagnose/tunnel/NAME`: the last failure the driver recorded and recent events.
-pub fn diagnose_tunnel(core: &Core, name: &str) -> Result<api::TunnelDiagnosis, DiagnoseError> {
-    let (_, cfg) = core.applied().ok_or(DiagnoseError::NoConfig)?;
+pub fn diagnose_tunnel(
+    r: &Readings,
+    events: &EventBus,
+    name: &str,
+) -> Result<api::TunnelDiagnosis, DiagnoseError> {
+    let (_, cfg) = r.applied.as_ref().ok_or(DiagnoseError::NoConfig)?;
     let t = cfg.tunnel(name).ok_or_else(|| DiagnoseError::UnknownTunnel(name.to_owned()))?;
-    let st = core.with_driver(|d| d.tunnels.tunnel(name)).flatten();
+    let st = r.tunnel(name);
     let state = match &st {
         _ if !t.enabled => "disabled".to_owned(),
         Some(s) => s.state.to_string(),
@@ -1452,24 +1462,27 @@ pub fn diagnose_tunnel(core: &Core, name: &str) -> Result<api::TunnelDiagnosis, 
         });
     // Events of this tunnel, and those of requests from its peer that matched no tunnel.
     let peer = cfg.customer_gateway(&t.customer_gateway).map(|c| c.address.to_string());
-    let mut events = core.events().recent(&format!("tunnel/{name}"), 50);
+    let mut recent = events.recent(&format!("tunnel/{name}"), 50);
     if let Some(p) = &peer {
-        events.extend(
-            core.events()
+        recent.extend(
+            events
                 .recent("tunnel/", 50)
                 .into_iter()
                 .filter(|e| e.message.contains(&format!("peer {p}"))),
         );
     }
-    events.retain(|e| {
+    recent.retain(|e| {
         matches!(
-            e.kind.as_str(),
-            "negotiation-failed" | "tunnel-down" | "install-failed" | "child-down"
+            e.kind,
+            EventKind::NegotiationFailed
+                | EventKind::TunnelDown
+                | EventKind::InstallFailed
+                | EventKind::ChildDown
         )
     });
-    events.sort_by_key(|e| e.time);
-    let keep = events.len().saturating_sub(10);
-    events.drain(..keep);
+    recent.sort_by_key(|e| e.time);
+    let keep = recent.len().saturating_sub(10);
+    recent.drain(..keep);
     let mut advice = Vec::new();
     if !t.enabled {
         advice.push(format!("tunnel {name} is disabled: set enabled = true"));
@@ -1505,8 +1518,8 @@ pub fn diagnose_tunnel(core: &Core, name: &str) -> Result<api::TunnelDiagnosis, 
         tunnel: name.to_owned(),
         state,
         last_failure,
-        last_down_reason: st.and_then(|s| s.last_down_reason),
-        events,
+        last_down_reason: st.and_then(|s| s.last_down_reason.clone()),
+        events: recent,
         advice,
     })
 }

@@ -22,7 +22,7 @@ use axum::http::{Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use isthmus_api::{Action, ApiError, DiffResponse, Message, PREFIX};
+use isthmus_api::{Action, ApiError, DiffResponse, EventKind, Message, PREFIX};
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
@@ -529,7 +529,7 @@ async fn plugin_op(
 ))]
 async fn system_status(State(st): State<AppState>) -> Reply<isthmus_api::SystemStatus> {
     let core = st.core.clone();
-    let s = tokio::task::spawn_blocking(move || crate::system::upgrade::status(&core))
+    let s = tokio::task::spawn_blocking(move || crate::system::upgrade::status(core.data_dir()))
         .await
         .map_err(|e| Failure::internal(format!("reading the slots did not complete: {e}")))?;
     Ok(axum::Json(s))
@@ -591,7 +591,9 @@ async fn system_upgrade(
     let core = st.core.clone();
     let r = tokio::task::spawn_blocking(move || {
         up::stage(
-            &core,
+            &core.readings(),
+            core.data_dir(),
+            core.events(),
             up::Request {
                 image: &body,
                 sha256: q.sha256.as_deref(),
@@ -610,7 +612,7 @@ async fn system_upgrade(
         }
         Err(e @ (E::Format(_) | E::Checksum { .. } | E::NotNewer { .. } | E::Invalid(_))) => {
             st.core.events().emit(
-                "upgrade-refused",
+                EventKind::UpgradeRefused,
                 "system",
                 isthmus_api::Severity::Warning,
                 e.to_string(),
@@ -758,9 +760,11 @@ async fn diagnose_path(
     )
     .map_err(diagnose_failure)?;
     let core = st.core.clone();
-    let r = tokio::task::spawn_blocking(move || crate::diagnose::diagnose_path(&core, &query))
-        .await
-        .map_err(|e| Failure::internal(format!("the diagnosis did not complete: {e}")))?;
+    let r = tokio::task::spawn_blocking(move || {
+        crate::diagnose::diagnose_path(&core.readings(), &core.monitor, &query)
+    })
+    .await
+    .map_err(|e| Failure::internal(format!("the diagnosis did not complete: {e}")))?;
     Ok(axum::Json(r.map_err(diagnose_failure)?))
 }
 
@@ -777,9 +781,11 @@ async fn diagnose_tunnel(
     Path(name): Path<String>,
 ) -> Reply<isthmus_api::TunnelDiagnosis> {
     let core = st.core.clone();
-    let r = tokio::task::spawn_blocking(move || crate::diagnose::diagnose_tunnel(&core, &name))
-        .await
-        .map_err(|e| Failure::internal(format!("the diagnosis did not complete: {e}")))?;
+    let r = tokio::task::spawn_blocking(move || {
+        crate::diagnose::diagnose_tunnel(&core.readings(), core.events(), &name)
+    })
+    .await
+    .map_err(|e| Failure::internal(format!("the diagnosis did not complete: {e}")))?;
     Ok(axum::Json(r.map_err(diagnose_failure)?))
 }
 

@@ -28,8 +28,10 @@ use isthmus_policy::{AlarmAction, AlarmEvent, EventKind};
 use rustls::pki_types::CertificateDer;
 use tokio::sync::mpsc;
 
-use crate::core::Core;
+use crate::obs::Readings;
 use crate::obs::events::{EventBus, unix_now};
+use crate::obs::health::Health;
+use crate::obs::monitor::Monitor;
 
 /// How many notifications may wait for delivery; beyond that new ones are dropped (counted).
 const QUEUE: usize = 256;
@@ -434,9 +436,10 @@ impl Alarms {
     }
 
     /// Evaluates every rule against live state; raises and clears.
-    pub fn evaluate(&self, core: &Core) {
-        let Some((_, cfg)) = core.applied() else { return };
-        let tunnels = core.tunnels();
+    pub fn evaluate(&self, r: &Readings, monitor: &Monitor, health: &Health, events: &EventBus) {
+        let Some((_, cfg)) = &r.applied else { return };
+        let tunnels: Vec<api::TunnelSummary> =
+            cfg.tunnels.iter().map(|t| monitor.summary(r, cfg, &t.name)).collect();
         let rules = self.lock().rules.clone();
         let mut conds: Vec<(usize, String, Option<String>)> = Vec::new();
         for (i, r) in rules.iter().enumerate() {
@@ -460,7 +463,7 @@ impl Alarms {
                         .filter(|s| t.enabled && s.state != api::TunnelState::Up)
                         .map(|s| format!("tunnel {} is {:?}", t.name, s.state).to_lowercase()),
                     AlarmKind::OneWayTraffic => {
-                        let (out, inn) = core.monitor.idle(&t.name);
+                        let (out, inn) = monitor.idle(&t.name);
                         match (out, inn) {
                             (Some(o), i)
                                 if o < 5 && i.is_none_or(|i| i >= r.hold.as_secs().max(1)) =>
@@ -479,12 +482,11 @@ impl Alarms {
                     AlarmKind::PluginFault => None,
                     AlarmKind::HealthLoss => {
                         let min = t.health_check.as_ref().map_or(1, |h| h.failure_threshold);
-                        core.health
+                        health
                             .report(&t.name)
                             .and_then(|h| health_loss(&t.name, &h, r.threshold.unwrap_or(100), min))
                     }
-                    AlarmKind::HealthLatency => core
-                        .health
+                    AlarmKind::HealthLatency => health
                         .report(&t.name)
                         .and_then(|h| health_latency(&t.name, &h, r.threshold.unwrap_or(u32::MAX))),
                 };
@@ -492,7 +494,7 @@ impl Alarms {
             }
         }
         let transitions = self.update(&rules, conds, Instant::now());
-        self.dispatch(transitions, Some(core.events()));
+        self.dispatch(transitions, Some(events));
     }
 
     fn latched(&self, l: Latch, subject: &str) -> Option<String> {
@@ -659,14 +661,14 @@ impl Alarms {
             {
                 if t.raised {
                     ev.emit(
-                        "alarm-raised",
+                        api::EventKind::AlarmRaised,
                         &subject,
                         t.alarm.severity,
                         format!("alarm {}: {}", t.alarm.name, t.alarm.message),
                     );
                 } else {
                     ev.emit(
-                        "alarm-cleared",
+                        api::EventKind::AlarmCleared,
                         &subject,
                         Severity::Info,
                         format!("alarm {} cleared", t.alarm.name),

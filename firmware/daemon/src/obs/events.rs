@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use isthmus_api::{Event, Severity};
+use isthmus_api::{Event, EventKind, Severity};
 use tokio::sync::broadcast;
 
 /// How many recent events are kept for `tunnel show` and late subscribers.
@@ -33,18 +33,24 @@ pub fn unix_now() -> u64 {
 
 impl EventBus {
     /// Records and broadcasts an event; it is logged too.
-    pub fn emit(&self, kind: &str, subject: &str, severity: Severity, message: impl Into<String>) {
+    pub fn emit(
+        &self,
+        kind: EventKind,
+        subject: &str,
+        severity: Severity,
+        message: impl Into<String>,
+    ) {
         let e = Event {
             time: unix_now(),
-            kind: kind.into(),
+            kind,
             subject: subject.into(),
             message: message.into(),
             severity,
         };
         match severity {
-            Severity::Info => tracing::info!(kind, subject, "{}", e.message),
-            Severity::Warning => tracing::warn!(kind, subject, "{}", e.message),
-            Severity::Critical => tracing::error!(kind, subject, "{}", e.message),
+            Severity::Info => tracing::info!(kind = kind.as_str(), subject, "{}", e.message),
+            Severity::Warning => tracing::warn!(kind = kind.as_str(), subject, "{}", e.message),
+            Severity::Critical => tracing::error!(kind = kind.as_str(), subject, "{}", e.message),
         }
         {
             let mut r = self.recent.lock().unwrap_or_else(|p| p.into_inner());

@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use isthmus_api::{self as api, HealthState, Severity};
+use isthmus_api::{self as api, EventKind, HealthState, Severity};
 use isthmus_config::{Config, HealthCheck};
 use isthmus_wire::checksum;
 use isthmus_wire::icmp::{HEADER_LEN, Icmpv4Packet, Icmpv6Packet};
@@ -445,7 +445,7 @@ fn run(
             Some(HealthState::Unhealthy) => {
                 let why = lock(window).report().last_error.unwrap_or_default();
                 events.emit(
-                    "health-unhealthy",
+                    EventKind::HealthUnhealthy,
                     &subject,
                     Severity::Warning,
                     format!(
@@ -455,7 +455,7 @@ fn run(
                 );
             }
             Some(HealthState::Healthy) => events.emit(
-                "health-healthy",
+                EventKind::HealthHealthy,
                 &subject,
                 Severity::Info,
                 format!("health check {src} -> {dst} answers again"),

@@ -11,7 +11,7 @@ use std::fmt::Write;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Instant, SystemTime};
 
-use isthmus_api::{self as api, Severity};
+use isthmus_api::{self as api, EventKind, Severity};
 use isthmus_config::Config;
 use isthmus_dataplane::Direction;
 use isthmus_esp::DropReason;
@@ -20,9 +20,10 @@ use isthmus_ike::codec::ExchangeType;
 use isthmus_tables::sg::{ChainKind, Direction as SgDirection};
 use isthmus_tunnels::{TunnelEvent, TunnelState, TunnelStatus};
 
-use crate::core::Core;
+use crate::obs::Readings;
 use crate::obs::alarms::{Alarms, Signal};
 use crate::obs::events::EventBus;
+use crate::obs::health::Health;
 
 /// Counters of one tunnel (or one SA).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -115,20 +116,17 @@ impl Monitor {
 
     /// Reads the dataplane's counters: each tunnel's totals are its retired SAs' final counters
     /// plus its installed SAs', so that tunnel counters never go backwards nor lose a packet.
-    pub fn sample(&self, core: &Core) {
+    pub fn sample(&self, r: &Readings, health: &Health) {
         // Health checks probe only through tunnels that are up.
-        if let Some((_, cfg)) = core.applied() {
+        if let Some((_, cfg)) = &r.applied {
             for t in &cfg.tunnels {
-                let up = core
-                    .with_driver(|d| d.tunnels.tunnel(&t.name))
-                    .flatten()
+                let up = r
+                    .tunnel(&t.name)
                     .is_some_and(|s| s.state == TunnelState::Up && !s.children.is_empty());
-                core.health.set_up(&t.name, up);
+                health.set_up(&t.name, up);
             }
         }
-        let Some((dataplane, c)) =
-            core.with_driver(|d| (Arc::downgrade(&d.dataplane), d.dataplane.counters()))
-        else {
+        let Some((dataplane, c)) = r.dataplane.as_ref().map(|(d, c)| (Arc::downgrade(d), c)) else {
             return;
         };
         let now = Instant::now();
@@ -193,8 +191,8 @@ impl Monitor {
     }
 
     /// A `tunnel list` row.
-    pub fn summary(&self, core: &Core, cfg: &Config, name: &str) -> api::TunnelSummary {
-        let st = core.with_driver(|d| d.tunnels.tunnel(name)).flatten();
+    pub fn summary(&self, r: &Readings, cfg: &Config, name: &str) -> api::TunnelSummary {
+        let st = r.tunnel(name).cloned();
         let t = cfg.tunnel(name);
         let cg = t.and_then(|t| cfg.customer_gateway(&t.customer_gateway));
         api::TunnelSummary {
@@ -219,9 +217,16 @@ impl Monitor {
     }
 
     /// `tunnel show`.
-    pub fn detail(&self, core: &Core, cfg: &Config, name: &str) -> api::TunnelDetail {
-        let summary = self.summary(core, cfg, name);
-        let st = core.with_driver(|d| d.tunnels.tunnel(name)).flatten();
+    pub fn detail(
+        &self,
+        r: &Readings,
+        cfg: &Config,
+        name: &str,
+        events: &EventBus,
+        health: &Health,
+    ) -> api::TunnelDetail {
+        let summary = self.summary(r, cfg, name);
+        let st = r.tunnel(name).cloned();
         let m = self.lock();
         let children = st
             .as_ref()
@@ -267,9 +272,9 @@ impl Monitor {
             ike_proposal: st.as_ref().and_then(|s| s.ike_suite.clone()),
             children,
             rekeys,
-            events: core.events().recent(&format!("tunnel/{name}"), 20),
-            health: core.health.report(name),
-            drops: tunnel_drops(core, name),
+            events: events.recent(&format!("tunnel/{name}"), 20),
+            health: health.report(name),
+            drops: tunnel_drops(self, r, name),
         }
     }
 }
@@ -286,16 +291,15 @@ fn rule_stage(kind: ChainKind, dir: SgDirection) -> &'static str {
 
 /// The drops attributed to `tunnel`: its SAs' ESP drops (stage `esp`, across rekeys), and the
 /// security-group and ACL drops of its attachment by deciding rule (stage `sg-in`, ...).
-pub fn tunnel_drops(core: &Core, tunnel: &str) -> Vec<api::StageDrop> {
-    let mut v: Vec<api::StageDrop> = core
-        .monitor
+pub fn tunnel_drops(monitor: &Monitor, r: &Readings, tunnel: &str) -> Vec<api::StageDrop> {
+    let mut v: Vec<api::StageDrop> = monitor
         .totals(tunnel)
         .drops
         .iter()
         .filter(|(_, n)| **n > 0)
         .map(|(r, n)| api::StageDrop { stage: "esp".into(), reason: (*r).to_owned(), packets: *n })
         .collect();
-    if let Some(c) = core.with_driver(|d| d.dataplane.counters()) {
+    if let Some(c) = r.counters() {
         v.extend(c.rule_drops.iter().filter(|r| r.attachment == tunnel && r.packets > 0).map(
             |r| api::StageDrop {
                 stage: rule_stage(r.kind, r.direction).into(),
@@ -309,8 +313,8 @@ pub fn tunnel_drops(core: &Core, tunnel: &str) -> Vec<api::StageDrop> {
 
 /// Every drop of the gateway: each stage's non-zero counters (stage and reason as in
 /// `isthmus_drops_total`), then security-group and ACL drops by rule, `rule (attachment)`.
-pub fn gateway_drops(core: &Core) -> Vec<api::StageDrop> {
-    let Some(c) = core.with_driver(|d| d.dataplane.counters()) else { return vec![] };
+pub fn gateway_drops(r: &Readings) -> Vec<api::StageDrop> {
+    let Some(c) = r.counters() else { return vec![] };
     let mut v: Vec<api::StageDrop> = c
         .stage_drops
         .entries()
@@ -338,7 +342,8 @@ fn totals_locked(m: &Inner, tunnel: &str) -> Totals {
     t
 }
 
-fn state(st: Option<&TunnelStatus>, enabled: bool) -> api::TunnelState {
+/// A tunnel's state as the operator sees it, from the driver's status.
+pub fn state(st: Option<&TunnelStatus>, enabled: bool) -> api::TunnelState {
     match st {
         Some(s) if enabled => match s.state {
             TunnelState::Up if s.children.is_empty() => api::TunnelState::Degraded,
@@ -378,7 +383,7 @@ pub fn forward_tunnel_events(
         for ev in rx {
             let (kind, tunnel, sev, msg) = match &ev {
                 TunnelEvent::IkeUp { tunnel, peer, suite, encap, rekeyed } => (
-                    if *rekeyed { "ike-rekeyed" } else { "tunnel-up" },
+                    if *rekeyed { EventKind::IkeRekeyed } else { EventKind::TunnelUp },
                     tunnel.clone(),
                     Severity::Info,
                     format!(
@@ -387,13 +392,13 @@ pub fn forward_tunnel_events(
                     ),
                 ),
                 TunnelEvent::IkeDown { tunnel, reason, .. } => (
-                    "tunnel-down",
+                    EventKind::TunnelDown,
                     tunnel.clone(),
                     Severity::Warning,
                     format!("IKE SA down: {reason}"),
                 ),
                 TunnelEvent::ChildUp { tunnel, child, spi_in, spi_out, esp, rekey_of } => (
-                    if rekey_of.is_some() { "child-rekeyed" } else { "child-up" },
+                    if rekey_of.is_some() { EventKind::ChildRekeyed } else { EventKind::ChildUp },
                     tunnel.clone(),
                     Severity::Info,
                     format!(
@@ -401,27 +406,32 @@ pub fn forward_tunnel_events(
                     ),
                 ),
                 TunnelEvent::ChildDown { tunnel, child, spi_in, spi_out, reason } => (
-                    "child-down",
+                    EventKind::ChildDown,
                     tunnel.clone(),
                     Severity::Info,
                     format!(
                         "CHILD SA {child} (in {spi_in:08x} out {spi_out:08x}) removed: {reason}"
                     ),
                 ),
-                TunnelEvent::Failed(e) => {
-                    ("negotiation-failed", e.tunnel.clone(), Severity::Warning, e.to_string())
-                }
+                TunnelEvent::Failed(e) => (
+                    EventKind::NegotiationFailed,
+                    e.tunnel.clone(),
+                    Severity::Warning,
+                    e.to_string(),
+                ),
                 TunnelEvent::Suppressed { tunnel, .. } => {
-                    ("log-suppressed", tunnel.clone(), Severity::Warning, ev.to_string())
+                    (EventKind::LogSuppressed, tunnel.clone(), Severity::Warning, ev.to_string())
                 }
                 TunnelEvent::InstallFailed { tunnel, child, error } => (
-                    "install-failed",
+                    EventKind::InstallFailed,
                     tunnel.clone(),
                     Severity::Critical,
                     format!("the dataplane refused CHILD SA {child}: {error}"),
                 ),
                 #[allow(unreachable_patterns)]
-                other => ("tunnel-event", String::new(), Severity::Info, format!("{other:?}")),
+                other => {
+                    (EventKind::TunnelEvent, String::new(), Severity::Info, format!("{other:?}"))
+                }
             };
             if let Some(s) = signal_of(&ev) {
                 alarms.signal(&tunnel, s, &msg);
@@ -439,9 +449,9 @@ fn esc(s: &str) -> String {
 }
 
 /// The Prometheus text exposition (format 0.0.4).
-pub fn metrics(core: &Core) -> String {
+pub fn metrics(r: &Readings, monitor: &Monitor, health: &Health, alarms_active: usize) -> String {
     let mut o = String::new();
-    let Some((rev, cfg)) = core.applied() else { return o };
+    let Some((rev, cfg)) = &r.applied else { return o };
     let _ = writeln!(
         o,
         "# HELP isthmus_config_revision The applied configuration revision.\n# TYPE isthmus_config_revision gauge"
@@ -451,11 +461,8 @@ pub fn metrics(core: &Core) -> String {
         o,
         "# HELP isthmus_tunnel_up 1 when the tunnel has an IKE SA and a CHILD SA.\n# TYPE isthmus_tunnel_up gauge"
     );
-    let sums: Vec<(String, api::TunnelSummary)> = cfg
-        .tunnels
-        .iter()
-        .map(|t| (esc(&t.name), core.monitor.summary(core, &cfg, &t.name)))
-        .collect();
+    let sums: Vec<(String, api::TunnelSummary)> =
+        cfg.tunnels.iter().map(|t| (esc(&t.name), monitor.summary(r, cfg, &t.name))).collect();
     for (n, s) in &sums {
         let _ = writeln!(
             o,
@@ -485,7 +492,7 @@ pub fn metrics(core: &Core) -> String {
             let _ = writeln!(o, "isthmus_tunnel_drops_total{{tunnel=\"{n}\",reason=\"{r}\"}} {v}");
         }
     }
-    if let Some(c) = core.with_driver(|d| d.dataplane.counters()) {
+    if let Some(c) = r.counters() {
         let _ = writeln!(
             o,
             "# HELP isthmus_dataplane_drops_total Every dataplane drop, by reason.\n# TYPE isthmus_dataplane_drops_total counter"
@@ -520,8 +527,8 @@ pub fn metrics(core: &Core) -> String {
             let _ = writeln!(o, "isthmus_dataplane_packets_total{{path=\"{k}\"}} {v}");
         }
     }
-    health_metrics(&mut o, core, &cfg);
-    if let Some(c) = core.with_driver(|d| d.dataplane.counters()) {
+    health_metrics(&mut o, health, cfg);
+    if let Some(c) = r.counters() {
         let _ = writeln!(
             o,
             "# HELP isthmus_drops_total Dataplane drops by stage of the packet path and reason.\n# TYPE isthmus_drops_total counter"
@@ -548,17 +555,17 @@ pub fn metrics(core: &Core) -> String {
         o,
         "# HELP isthmus_alarms_active Alarms raised and not cleared.\n# TYPE isthmus_alarms_active gauge"
     );
-    let _ = writeln!(o, "isthmus_alarms_active {}", core.alarms.active_count());
+    let _ = writeln!(o, "isthmus_alarms_active {alarms_active}");
     o
 }
 
 /// Health-check gauges per tunnel that has a check: loss ratio, mean round trip and jitter over
 /// the window (absent until an answer came), and 1/0 for healthy/unhealthy.
-fn health_metrics(o: &mut String, core: &Core, cfg: &Config) {
+fn health_metrics(o: &mut String, health: &Health, cfg: &Config) {
     let reports: Vec<(String, api::Health)> = cfg
         .tunnels
         .iter()
-        .filter_map(|t| core.health.report(&t.name).map(|h| (esc(&t.name), h)))
+        .filter_map(|t| health.report(&t.name).map(|h| (esc(&t.name), h)))
         .collect();
     if reports.is_empty() {
         return;

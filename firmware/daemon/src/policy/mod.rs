@@ -44,7 +44,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use isthmus_api::{self as api, Severity};
+use isthmus_api::{self as api, EventKind, Severity};
 use isthmus_config::Config;
 use isthmus_ike::TunnelConfig;
 use isthmus_policy::{
@@ -380,7 +380,12 @@ impl Policy {
             if !pick.refused.is_empty() && current.note != pick.note {
                 for why in &pick.refused {
                     tracing::warn!(hook = h.name(), "{why}");
-                    self.events.emit("plugin-pin", h.name(), Severity::Warning, why.clone());
+                    self.events.emit(
+                        EventKind::PluginPin,
+                        h.name(),
+                        Severity::Warning,
+                        why.clone(),
+                    );
                     lines.push(format!("policy: {why}"));
                 }
             }
@@ -902,7 +907,7 @@ impl Policy {
     /// A `plugin-fault` event, and the fault latched for the alarm engine (a `plugin-fault`
     /// alarm rule raises it until the plugin recovers).
     fn fault_event(&self, plugin: &str, msg: &str) {
-        self.events.emit("plugin-fault", plugin, Severity::Critical, msg.to_owned());
+        self.events.emit(EventKind::PluginFault, plugin, Severity::Critical, msg.to_owned());
         self.alarms.plugin_fault(plugin, msg);
     }
 
@@ -1582,9 +1587,8 @@ public_key = "ed25519:ab3a4348d857ca512479e5169d9405c1708788db8f5f925e59c001ab6f
         // The plugin-fault event (and the fault latched for a `plugin-fault` alarm) say so.
         let events = events.recent("spd-spin", 10);
         assert!(
-            events.iter().any(
-                |e| e.kind == "plugin-fault" && e.message.contains("builtin default SPD table")
-            ),
+            events.iter().any(|e| e.kind == isthmus_api::EventKind::PluginFault
+                && e.message.contains("builtin default SPD table")),
             "{events:?}"
         );
     }

@@ -29,10 +29,12 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use isthmus_api::{self as api, Severity, TunnelState};
+use isthmus_api::{self as api, EventKind, Severity};
 use sha2::Digest;
 
-use crate::core::Core;
+use crate::obs::Readings;
+use crate::obs::alarms::Alarms;
+use crate::obs::events::EventBus;
 use crate::system::pid1;
 
 /// Largest upgrade image accepted (a generic-flavour UKI is about 40 MiB).
@@ -374,7 +376,12 @@ pub struct Request<'a> {
 
 /// Verifies the image and writes it into the other slot on trial; records the upgrade. The caller
 /// reboots (see [`reboot_soon`]).
-pub fn stage(core: &Core, req: Request<'_>) -> Result<api::UpgradeResponse, UpgradeError> {
+pub fn stage(
+    r: &Readings,
+    data_dir: &Path,
+    events: &EventBus,
+    req: Request<'_>,
+) -> Result<api::UpgradeResponse, UpgradeError> {
     if !(1..=9).contains(&req.tries) {
         return Err(UpgradeError::Invalid(format!(
             "tries must be 1 to 9 (systemd-boot's counter), not {}",
@@ -404,8 +411,7 @@ pub fn stage(core: &Core, req: Request<'_>) -> Result<api::UpgradeResponse, Upgr
     let to = other_slot(&booted);
     let mut image = req.image.to_vec();
     retarget(&mut image, &info, to)?;
-    let tunnels: Vec<String> =
-        core.tunnels().into_iter().filter(|t| t.state == TunnelState::Up).map(|t| t.name).collect();
+    let tunnels = r.tunnels_up();
 
     let esp = pid1::EspMount::mount()?;
     let dir = esp.path().join("EFI/Linux");
@@ -447,9 +453,9 @@ pub fn stage(core: &Core, req: Request<'_>) -> Result<api::UpgradeResponse, Upgr
         state: "trial".into(),
         detail: format!("written to slot {to}; rebooting into it"),
     };
-    write_record(&core.data_dir().join(RECORD_FILE), &record)?;
-    core.events().emit(
-        "upgrade-staged",
+    write_record(&data_dir.join(RECORD_FILE), &record)?;
+    events.emit(
+        EventKind::UpgradeStaged,
         "system",
         Severity::Info,
         format!(
@@ -490,7 +496,7 @@ pub fn reboot_soon(delay: Duration) {
 }
 
 /// `GET /system`.
-pub fn status(core: &Core) -> api::SystemStatus {
+pub fn status(data_dir: &Path) -> api::SystemStatus {
     let booted = pid1::booted_slot().ok();
     let slots = match &booted {
         Some(b) => match pid1::EspMount::mount() {
@@ -506,7 +512,7 @@ pub fn status(core: &Core) -> api::SystemStatus {
         version: running_version(),
         booted_slot: booted,
         slots,
-        upgrade: read_record(&core.data_dir().join(RECORD_FILE)),
+        upgrade: read_record(&data_dir.join(RECORD_FILE)),
     }
 }
 
@@ -547,12 +553,24 @@ fn gate_start(r: &mut api::UpgradeRecord, booted: &str, running: &str) -> GateSt
     GateStart::FellBack { newly: true }
 }
 
+/// What the health gate reads and where it reports.
+pub struct Gate<'a> {
+    /// Fresh readings each time it is called (the gate polls until the tunnels are up).
+    pub readings: &'a dyn Fn() -> Readings,
+    /// The daemon's data folder (the upgrade record lives there).
+    pub data_dir: &'a Path,
+    /// Where the gate's events go.
+    pub events: &'a EventBus,
+    /// Raises and clears `upgrade-failed`.
+    pub alarms: &'a Alarms,
+}
+
 /// The health gate after an upgrade; runs once per daemon start (on its own thread).
 ///
 /// Blesses the booted slot when it is on trial and every tunnel of the record is up within the
 /// gate; otherwise records why and reboots. On the old slot after a fallback, records that.
-pub fn run_gate(core: &Core) {
-    let path = core.data_dir().join(RECORD_FILE);
+pub fn run_gate(g: &Gate<'_>) {
+    let path = g.data_dir.join(RECORD_FILE);
     let Some(mut r) = read_record(&path) else { return };
     let Ok(booted) = pid1::booted_slot() else { return };
     let save = |r: &api::UpgradeRecord| {
@@ -567,9 +585,9 @@ pub fn run_gate(core: &Core) {
             // runs the old firmware until a later upgrade passes its gate.
             if newly {
                 save(&r);
-                failed(core, "upgrade-fell-back", &r.detail);
+                failed(g, EventKind::UpgradeFellBack, &r.detail);
             } else {
-                core.alarms.upgrade_failed(&r.detail);
+                g.alarms.upgrade_failed(&r.detail);
             }
             return;
         }
@@ -577,14 +595,14 @@ pub fn run_gate(core: &Core) {
     }
     // A revision that cannot be applied no longer stops the daemon (it stays up for the
     // operator), so the gate checks it itself: on this firmware nothing applied.
-    if core.applied().is_none() {
+    if (g.readings)().applied.is_none() {
         let why = "configuration not applied (the apply-failed alarm says why)".to_owned();
-        return gate_failed(core, &mut r, &booted, why, save);
+        return gate_failed(g, &mut r, &booted, why, save);
     }
     let started = Instant::now();
     let deadline = started + Duration::from_secs(r.gate_secs);
-    core.events().emit(
-        "upgrade-gate",
+    g.events.emit(
+        EventKind::UpgradeGate,
         "system",
         Severity::Info,
         format!(
@@ -593,12 +611,7 @@ pub fn run_gate(core: &Core) {
         ),
     );
     let missing = loop {
-        let up: Vec<String> = core
-            .tunnels()
-            .into_iter()
-            .filter(|t| t.state == TunnelState::Up)
-            .map(|t| t.name)
-            .collect();
+        let up = (g.readings)().tunnels_up();
         let missing: Vec<String> = r.tunnels.iter().filter(|t| !up.contains(t)).cloned().collect();
         if missing.is_empty() || Instant::now() >= deadline {
             break missing;
@@ -619,26 +632,31 @@ pub fn run_gate(core: &Core) {
                     }
                 );
                 save(&r);
-                core.events().emit("upgrade-blessed", "system", Severity::Info, r.detail.clone());
+                g.events.emit(
+                    EventKind::UpgradeBlessed,
+                    "system",
+                    Severity::Info,
+                    r.detail.clone(),
+                );
                 tracing::info!("{}", r.detail);
-                core.alarms.upgrade_passed();
+                g.alarms.upgrade_passed();
             }
             Err(e) => {
                 r.detail = format!("health gate passed but blessing slot {booted} failed: {e}");
                 save(&r);
-                failed(core, "upgrade-gate-failed", &r.detail);
+                failed(g, EventKind::UpgradeGateFailed, &r.detail);
             }
         }
         return;
     }
     let why = format!("tunnels {} not up within {} s after boot", missing.join(", "), r.gate_secs);
-    gate_failed(core, &mut r, &booted, why, save);
+    gate_failed(g, &mut r, &booted, why, save);
 }
 
 /// The trial firmware failed its gate (`why`): recorded, alarmed, and the box reboots so that
 /// systemd-boot falls back once the tries run out.
 fn gate_failed(
-    core: &Core,
+    g: &Gate<'_>,
     r: &mut api::UpgradeRecord,
     booted: &str,
     why: String,
@@ -651,16 +669,16 @@ fn gate_failed(
         "firmware {} (slot {booted}) failed its health gate: {}; rebooting (the firmware falls back to slot {} once the tries run out)",
         r.to_version, r.detail, r.from_slot
     );
-    failed(core, "upgrade-gate-failed", &msg);
+    failed(g, EventKind::UpgradeGateFailed, &msg);
     reboot_soon(Duration::from_secs(2));
 }
 
 /// An upgrade failed: a critical `event` about `system`, the log, and the `upgrade-failed`
 /// alarm.
-fn failed(core: &Core, event: &str, msg: &str) {
-    core.events().emit(event, "system", Severity::Critical, msg.to_owned());
+fn failed(g: &Gate<'_>, event: EventKind, msg: &str) {
+    g.events.emit(event, "system", Severity::Critical, msg.to_owned());
     tracing::error!("{msg}");
-    core.alarms.upgrade_failed(msg);
+    g.alarms.upgrade_failed(msg);
 }
 
 /// Records, before the daemon exits, that it could not apply its configuration while on trial.
