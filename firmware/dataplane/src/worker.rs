@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use isthmus_esp::{DropReason, HEADER_LEN, max_overhead, peek_spi};
 use isthmus_tables::sg::{AttachmentId, Direction as SgDir};
 use isthmus_tables::spd::SpdAction;
+use isthmus_wire::natt::{NattPayload, classify_natt};
 
 use crate::filter::{LocalDrops, SgState};
 use crate::offload::{self, Coalescer, VNET_HDR_LEN, VnetHdr};
@@ -412,18 +413,20 @@ fn inbound_one(
     let local = &mut *ctx.local;
     local.wan_rx += 1;
     if udp {
-        // RFC 3948 §2.3: a single 0xff octet is a NAT keepalive, ignored.
-        if d == [0xff] {
-            local.keepalives += 1;
-            return;
-        }
-        // RFC 3948 §2.2: four zero octets (an SPI of zero) precede an IKE message.
-        if d.len() >= 4 && d[..4] == [0; 4] {
-            if let Some(from) = from {
-                local.ike_rx += 1;
-                sh.emit(Event::Ike { from, payload: d[4..].to_vec() });
+        // RFC 3948 §2.2, §2.3; ESP and runts go on to the ESP path, which counts them.
+        match classify_natt(d) {
+            Ok(NattPayload::Keepalive) => {
+                local.keepalives += 1;
+                return;
             }
-            return;
+            Ok(NattPayload::Ike(payload)) => {
+                if let Some(from) = from {
+                    local.ike_rx += 1;
+                    sh.emit(Event::Ike { from, payload: payload.to_vec() });
+                }
+                return;
+            }
+            Ok(NattPayload::Esp(_)) | Err(_) => {}
         }
     }
     let Some(spi) = peek_spi(d) else {

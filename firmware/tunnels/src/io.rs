@@ -1,7 +1,7 @@
 //! The IKE sockets: UDP 500 and, unless the dataplane owns it, UDP 4500, bound per local
 //! address so that replies leave from the address the peer talks to.
 //!
-//! On port 4500 a datagram that starts with the four-byte non-ESP marker is IKE (RFC 3948 §2.2),
+//! On port 4500 (classified by `isthmus_wire::natt`) a datagram that starts with the four-byte non-ESP marker is IKE (RFC 3948 §2.2),
 //! a single `0xFF` byte is a NAT-T keepalive (§2.3, ignored), anything else is ESP, which only a
 //! dataplane can use: when the driver owns 4500 it counts and drops it.
 //!
@@ -17,33 +17,9 @@ use std::sync::mpsc::Sender;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use isthmus_wire::natt::{NON_ESP_MARKER, NattPayload, classify_natt};
+
 use crate::driver::Input;
-
-/// The non-ESP marker (RFC 3948 §2.2).
-pub const NON_ESP_MARKER: [u8; 4] = [0; 4];
-
-/// What a datagram received on port 4500 is.
-#[derive(Debug, PartialEq, Eq)]
-pub enum NatTPayload<'a> {
-    /// An IKE message (marker removed).
-    Ike(&'a [u8]),
-    /// A NAT-T keepalive.
-    Keepalive,
-    /// ESP (starts with a non-zero SPI).
-    Esp,
-    /// Too short to be anything.
-    Runt,
-}
-
-/// Classifies a UDP 4500 payload (RFC 3948 §2.1–§2.3).
-pub fn classify_nat_t(data: &[u8]) -> NatTPayload<'_> {
-    match data {
-        [0xff] => NatTPayload::Keepalive,
-        [0, 0, 0, 0, rest @ ..] => NatTPayload::Ike(rest),
-        d if d.len() >= 8 => NatTPayload::Esp,
-        _ => NatTPayload::Runt,
-    }
-}
 
 /// The sockets of one local address.
 struct Bound {
@@ -130,13 +106,14 @@ impl Sockets {
                     };
                     let data = &buf[..n];
                     let msg = if nat_t {
-                        match classify_nat_t(data) {
-                            NatTPayload::Ike(m) => m,
-                            NatTPayload::Esp => {
+                        match classify_natt(data) {
+                            Ok(NattPayload::Ike(m)) => m,
+                            Ok(NattPayload::Esp(_)) => {
                                 esp_dropped.fetch_add(1, Ordering::Relaxed);
                                 continue;
                             }
-                            NatTPayload::Keepalive | NatTPayload::Runt => continue,
+                            // A keepalive, or too short to be anything.
+                            Ok(NattPayload::Keepalive) | Err(_) => continue,
                         }
                     } else {
                         data
@@ -199,18 +176,4 @@ impl Sockets {
 
 fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
     UdpSocket::bind(addr).map_err(|e| io::Error::new(e.kind(), format!("bind {addr}: {e}")))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rfc3948_section_2_nat_t_payloads_are_told_apart() {
-        assert_eq!(classify_nat_t(&[0xff]), NatTPayload::Keepalive);
-        assert_eq!(classify_nat_t(&[0, 0, 0, 0, 1, 2]), NatTPayload::Ike(&[1, 2]));
-        assert_eq!(classify_nat_t(&[0, 0, 0, 1, 0, 0, 0, 1]), NatTPayload::Esp);
-        assert_eq!(classify_nat_t(&[1, 2, 3]), NatTPayload::Runt);
-        assert_eq!(classify_nat_t(&[]), NatTPayload::Runt);
-    }
 }

@@ -7,6 +7,10 @@ use crate::{WireError, need};
 /// Bytes of the non-ESP marker.
 pub const NON_ESP_MARKER_LEN: usize = 4;
 
+/// The non-ESP marker that precedes IKE on port 4500 (RFC 3948 §2.2): where ESP has its SPI,
+/// which is never zero.
+pub const NON_ESP_MARKER: [u8; NON_ESP_MARKER_LEN] = [0; NON_ESP_MARKER_LEN];
+
 /// The classified payload of a UDP 4500 datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NattPayload<'a> {
@@ -27,7 +31,7 @@ pub fn classify_natt(payload: &[u8]) -> Result<NattPayload<'_>, WireError> {
         return Ok(NattPayload::Keepalive);
     }
     need("UDP-encapsulated ESP or IKE", payload, NON_ESP_MARKER_LEN)?;
-    if payload[..NON_ESP_MARKER_LEN] == [0; 4] {
+    if payload[..NON_ESP_MARKER_LEN] == NON_ESP_MARKER {
         return Ok(NattPayload::Ike(&payload[NON_ESP_MARKER_LEN..]));
     }
     need("UDP-encapsulated ESP header", payload, 8)?;
@@ -47,5 +51,6 @@ mod tests {
         assert!(classify_natt(&[]).is_err());
         assert!(classify_natt(&[0xfe]).is_err());
         assert!(classify_natt(&[0, 0, 1, 0, 0]).is_err());
+        assert!(classify_natt(&[1, 2, 3]).is_err());
     }
 }
