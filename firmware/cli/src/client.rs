@@ -285,6 +285,15 @@ impl Client {
         json(r)
     }
 
+    /// Carries out `a` through `POST /actions`, the daemon's one way in for changes, and reads
+    /// its typed answer (an `api::Message` for most actions).
+    pub fn act<T: serde::de::DeserializeOwned>(
+        &self,
+        a: &isthmus_api::Action,
+    ) -> Result<T, CliError> {
+        self.post("/actions", a)
+    }
+
     /// POST raw bytes from a reader of known length, e.g. a plugin package with a progress bar.
     pub fn post_bytes<T: serde::de::DeserializeOwned>(
         &self,

@@ -474,14 +474,35 @@ fn diagnose(cli: &Cli, c: &Client, d: &DiagnoseCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn act(cli: &Cli, c: &Client, path: &str, body: serde_json::Value) -> anyhow::Result<()> {
-    let r: serde_json::Value = c.post(path, &body)?;
+/// What a commit or a rollback did: warnings, the plan, and the revision in force.
+fn print_commit(cli: &Cli, r: &api::CommitResponse, confirm: Option<Duration>) {
+    if cli.json {
+        print_json(r);
+        return;
+    }
+    for w in &r.warnings {
+        println!("warning: {}: {}", w.path, w.message);
+    }
+    for p in &r.plan {
+        println!("  {p}");
+    }
+    match (r.revision, confirm) {
+        (None, _) => println!("dry run: nothing applied"),
+        (Some(n), Some(d)) => println!(
+            "revision {n} applied; it reverts in {} unless you run `isthmus config confirm`",
+            table::secs(d.as_secs())
+        ),
+        (Some(n), None) => println!("revision {n} applied"),
+    }
+}
+
+/// Carries out an action whose answer says what was done.
+fn act(cli: &Cli, c: &Client, a: api::Action) -> anyhow::Result<()> {
+    let r: api::Message = c.act(&a)?;
     if cli.json {
         print_json(&r);
-    } else if let Some(m) = r.get("message").and_then(|m| m.as_str()) {
-        println!("{m}");
     } else {
-        println!("ok");
+        println!("{}", r.message);
     }
     Ok(())
 }
@@ -505,14 +526,13 @@ fn tunnel(cli: &Cli, c: &Client, t: &TunnelCmd) -> anyhow::Result<()> {
             }
         }
         TunnelCmd::Initiate { name } => {
-            act(cli, c, &format!("/tunnels/{name}/initiate"), json!({}))?
+            act(cli, c, api::Action::TunnelInitiate { name: name.clone() })?
         }
         TunnelCmd::Terminate { name } => {
-            act(cli, c, &format!("/tunnels/{name}/terminate"), json!({}))?
+            act(cli, c, api::Action::TunnelTerminate { name: name.clone() })?
         }
         TunnelCmd::Rekey { name, ike } => {
-            let op = if *ike { "rekey-ike" } else { "rekey" };
-            act(cli, c, &format!("/tunnels/{name}/{op}"), json!({}))?
+            act(cli, c, api::Action::TunnelRekey { name: name.clone(), ike: *ike })?
         }
     }
     Ok(())
@@ -553,12 +573,12 @@ fn config(cli: &Cli, c: &Client, cc: &ConfigCmd) -> anyhow::Result<()> {
             }
         }
         ConfigCmd::Diff { file } => {
-            let r: serde_json::Value =
-                c.post("/config/diff", &json!({"text": read_file(file)?}))?;
+            let r: api::DiffResponse =
+                c.act(&api::Action::ConfigDiff { text: read_file(file)? })?;
             if cli.json {
                 print_json(&r);
             } else {
-                print!("{}", r.get("diff").and_then(|d| d.as_str()).unwrap_or(""));
+                print!("{}", r.diff);
             }
         }
         ConfigCmd::Apply { file, confirm, message, dry_run } => {
@@ -575,27 +595,9 @@ fn config(cli: &Cli, c: &Client, cc: &ConfigCmd) -> anyhow::Result<()> {
             }
             let r: Result<api::CommitResponse, CliError> = c.post("/config/commit", &body);
             spinner.finish_and_clear();
-            let r = r?;
-            if cli.json {
-                print_json(&r);
-            } else {
-                for w in &r.warnings {
-                    println!("warning: {}: {}", w.path, w.message);
-                }
-                for p in &r.plan {
-                    println!("  {p}");
-                }
-                match (r.revision, confirm) {
-                    (None, _) => println!("dry run: nothing applied"),
-                    (Some(n), Some(d)) => println!(
-                        "revision {n} applied; it reverts in {} unless you run `isthmus config confirm`",
-                        table::secs(d.as_secs())
-                    ),
-                    (Some(n), None) => println!("revision {n} applied"),
-                }
-            }
+            print_commit(cli, &r?, *confirm);
         }
-        ConfigCmd::Confirm => act(cli, c, "/config/confirm", json!({}))?,
+        ConfigCmd::Confirm => act(cli, c, api::Action::ConfigConfirm {})?,
         ConfigCmd::Rollback { revision } => {
             let rev = match revision {
                 Some(r) => *r,
@@ -611,7 +613,8 @@ fn config(cli: &Cli, c: &Client, cc: &ConfigCmd) -> anyhow::Result<()> {
                     )?
                 }
             };
-            act(cli, c, "/config/rollback", json!({"revision": rev}))?
+            let r: api::CommitResponse = c.act(&api::Action::ConfigRollback { revision: rev })?;
+            print_commit(cli, &r, None);
         }
         ConfigCmd::Revisions => {
             let v: Vec<api::Revision> = c.get("/config/revisions")?;
@@ -674,13 +677,13 @@ fn plugin(cli: &Cli, c: &Client, p: &PluginCmd) -> anyhow::Result<()> {
             }
         }
         PluginCmd::Activate { digest } => {
-            act(cli, c, &format!("/plugins/{digest}/activate"), json!({}))?
+            act(cli, c, api::Action::PluginActivate { digest: digest.clone() })?
         }
         PluginCmd::Rollback { name } => {
-            act(cli, c, &format!("/plugins/{name}/rollback"), json!({}))?
+            act(cli, c, api::Action::PluginRollback { name: name.clone() })?
         }
         PluginCmd::Remove { digest } => {
-            act(cli, c, &format!("/plugins/{digest}/remove"), json!({}))?
+            act(cli, c, api::Action::PluginRemove { digest: digest.clone() })?
         }
         PluginCmd::Keygen { .. } | PluginCmd::Sign { .. } => plugin_offline(cli, p)?,
     }
