@@ -1028,25 +1028,25 @@ impl Core {
     /// `GET /status`.
     pub fn status(&self) -> api::Status {
         let pending = self.store.pending().ok().flatten();
+        // One snapshot for the whole answer.
+        let r = self.readings();
         api::Status {
-            gateway: self.applied().map(|(_, c)| c.gateway.name.clone()).unwrap_or_default(),
+            gateway: r.applied.as_ref().map(|(_, c)| c.gateway.name.clone()).unwrap_or_default(),
             version: env!("CARGO_PKG_VERSION").into(),
             uptime_secs: self.started.elapsed().as_secs(),
             revision: self.store.active().ok().flatten(),
             confirm_pending_secs: pending.map(|p| {
                 p.deadline.duration_since(SystemTime::now()).map(|d| d.as_secs()).unwrap_or(0)
             }),
-            tunnels: self.tunnels(),
+            tunnels: self.monitor.summaries(&r),
             active_alarms: self.alarms.active_count(),
-            drops: crate::obs::monitor::gateway_drops(&self.readings()),
+            drops: crate::obs::monitor::gateway_drops(&r),
         }
     }
 
     /// `GET /tunnels`: every configured tunnel, down ones included.
     pub fn tunnels(&self) -> Vec<api::TunnelSummary> {
-        let Some((_, cfg)) = self.applied() else { return vec![] };
-        let r = self.readings();
-        cfg.tunnels.iter().map(|t| self.monitor.summary(&r, &cfg, &t.name)).collect()
+        self.monitor.summaries(&self.readings())
     }
 
     /// `GET /tunnels/NAME`.

@@ -438,8 +438,7 @@ impl Alarms {
     /// Evaluates every rule against live state; raises and clears.
     pub fn evaluate(&self, r: &Readings, monitor: &Monitor, health: &Health, events: &EventBus) {
         let Some((_, cfg)) = &r.applied else { return };
-        let tunnels: Vec<api::TunnelSummary> =
-            cfg.tunnels.iter().map(|t| monitor.summary(r, cfg, &t.name)).collect();
+        let tunnels = monitor.summaries(r);
         let rules = self.lock().rules.clone();
         let mut conds: Vec<(usize, String, Option<String>)> = Vec::new();
         for (i, r) in rules.iter().enumerate() {

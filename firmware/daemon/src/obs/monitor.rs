@@ -216,6 +216,12 @@ impl Monitor {
         }
     }
 
+    /// Every applied tunnel's `tunnel list` row, down ones included.
+    pub fn summaries(&self, r: &Readings) -> Vec<api::TunnelSummary> {
+        let Some((_, cfg)) = &r.applied else { return vec![] };
+        cfg.tunnels.iter().map(|t| self.summary(r, cfg, &t.name)).collect()
+    }
+
     /// `tunnel show`.
     pub fn detail(
         &self,
