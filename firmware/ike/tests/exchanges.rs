@@ -116,6 +116,28 @@ fn ike_rekey_moves_children_to_the_new_sa() {
 }
 
 #[test]
+fn ike_rekey_retries_with_the_group_the_peer_asks_for() {
+    let (a, b) = configs();
+    let mut p = Pair::new(
+        with_ike(a, "aes256gcm16-prfsha256-x25519-ecp256"),
+        with_ike(b, "aes256gcm16-prfsha256-ecp256-x25519"),
+    );
+    // B initiates: A, the responder, prefers x25519 for the IKE SA.
+    p.b.initiate("t1", p.now).unwrap();
+    p.drive();
+    let suite = |p: &Pair| p.a.status("t1").unwrap().ike.unwrap().suite.unwrap().to_string();
+    assert_eq!(suite(&p), "aes256gcm16-prfsha256-x25519");
+    // A rekeys with x25519; B prefers ecp256 and answers INVALID_KE_PAYLOAD (§1.3.2); A
+    // retries with ecp256.
+    p.a.rekey_ike("t1", p.now).unwrap();
+    p.drive();
+    assert!(p.a_events.iter().any(|e| matches!(e, Event::IkeSaUp { rekeyed: true, .. })));
+    assert_eq!(suite(&p), "aes256gcm16-prfsha256-ecp256");
+    assert!(failures(&p.a_events).is_empty() && failures(&p.b_events).is_empty());
+    assert_paired(&p);
+}
+
+#[test]
 fn simultaneous_child_rekey_leaves_one_sa_pair() {
     let (a, b) = configs();
     let mut p = Pair::new(a, b);

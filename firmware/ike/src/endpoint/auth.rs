@@ -3,16 +3,22 @@
 use super::*;
 
 impl Endpoint {
-    pub(super) fn send_auth(&mut self, sa: &mut IkeSa, cfg: &TunnelConfig, now: Instant) {
-        let Some(keys) = sa.keys.as_ref() else { return };
-        let Some(init) = sa.init.as_ref() else { return };
+    /// Sends our IKE_AUTH request; the SA is `Authenticating` afterwards.
+    pub(super) fn send_auth(
+        &mut self,
+        sa: &mut IkeSa,
+        cfg: &TunnelConfig,
+        auth_phase: Box<Authenticating>,
+        now: Instant,
+    ) {
+        let (keys, tr) = (&auth_phase.keyed.keys, &auth_phase.transcript);
         let (idt, idd) = cfg.local_id.to_wire(cfg.local.ip());
         let idi = Id { ty: idt, data: idd };
         let auth = crypto::psk_auth(
             keys.prf,
             cfg.psk.expose(),
-            &init.msg1,
-            &init.nr,
+            &tr.msg1,
+            &tr.nr,
             &keys.sk_pi,
             &idi.body(),
         );
@@ -20,7 +26,7 @@ impl Endpoint {
         // INITIAL_CONTACT when no other IKE SA with this peer exists (§2.4).
         let others = sa
             .tunnel
-            .is_some_and(|t| !self.tunnel_sas(t, sa.our_spi(), State::Established).is_empty());
+            .is_some_and(|t| !self.tunnel_sas(t, sa.our_spi(), Phase::is_established).is_empty());
         if !others {
             p.push(Payload::Notify(Notify::new(NotifyType::INITIAL_CONTACT, vec![])));
         }
@@ -29,7 +35,7 @@ impl Endpoint {
             p.push(Payload::IdR(Id { ty: t, data: d }));
         }
         p.push(Payload::Auth { method: AUTH_PSK, data: auth });
-        if let Some((c, spi)) = init.first_child {
+        if let Some((c, spi)) = auth_phase.first_child {
             let ch = &cfg.children[c];
             let props = ch
                 .esp_proposals
@@ -41,19 +47,21 @@ impl Endpoint {
             p.push(Payload::TsI(ch.local_ts.clone()));
             p.push(Payload::TsR(ch.remote_ts.clone()));
         }
-        sa.state = State::AuthSent;
+        sa.phase = Phase::Authenticating(auth_phase);
         self.send_request(sa, ExchangeType::IKE_AUTH, &p, ReqKind::Auth, now);
     }
 
+    /// The initiator's IKE_AUTH request on a half-open SA: it ends `Established` (answered
+    /// with our AUTH and the first CHILD SA) or `Deleting` (answered with an error notify).
     pub(super) fn on_auth_request(
         &mut self,
         sa: &mut IkeSa,
+        half_open: HalfOpen,
         now: Instant,
         id: u32,
         payloads: Vec<Payload>,
     ) {
-        let Some(keys) = sa.keys.as_ref() else { return };
-        let Some(init) = sa.init.as_ref() else { return };
+        let HalfOpen { keyed, transcript: tr, candidates } = half_open;
         let idi = payloads
             .iter()
             .find_map(|p| if let Payload::IdI(i) = p { Some(i.clone()) } else { None });
@@ -68,32 +76,33 @@ impl Endpoint {
             }
         });
         let (Some(idi), Some((method, auth))) = (idi, auth) else {
+            sa.phase = Phase::deleting(Some(keyed));
             let n = [Payload::Notify(Notify::new(NotifyType::INVALID_SYNTAX, vec![]))];
             self.respond(sa, ExchangeType::IKE_AUTH, id, &n);
-            sa.state = State::Deleting;
             return;
         };
         let peer_id = Identity::from_wire(idi.ty, &idi.data);
         let our_id = idr.as_ref().and_then(|i| Identity::from_wire(i.ty, &i.data));
-        let suite = sa.suite;
-        let tunnel = init.candidates.iter().copied().find(|&c| {
-            self.tunnel_ref(c).is_some_and(|t| {
+        let suite = keyed.suite;
+        let tunnel = candidates.iter().copied().find_map(|c| {
+            let t = self.tunnel_ref(c).filter(|t| {
                 peer_id.as_ref().is_some_and(|p| t.cfg.remote_id.matches(p))
                     && our_id
                         .as_ref()
                         .is_none_or(|o| t.cfg.local_id.matches(o) || matches!(o, Identity::Any))
-                    && suite.is_some_and(|s| t.cfg.ike_proposals.iter().any(|p| p.allows(&s)))
-            })
+                    && t.cfg.ike_proposals.iter().any(|p| p.allows(&suite))
+            })?;
+            Some((c, t.cfg.clone()))
         });
         let peer_id_s = peer_id
             .as_ref()
             .map(|p| p.to_string())
             .unwrap_or_else(|| format!("ID type {}", idi.ty));
-        let fallback = init.candidates.first().copied();
-        let Some(t) = tunnel else {
+        let fallback = candidates.first().copied();
+        let Some((t, cfg)) = tunnel else {
+            sa.phase = Phase::deleting(Some(keyed));
             let n = [Payload::Notify(Notify::new(NotifyType::AUTHENTICATION_FAILED, vec![]))];
             self.respond(sa, ExchangeType::IKE_AUTH, id, &n);
-            sa.state = State::Deleting;
             let (name, ours) = fallback
                 .and_then(|c| self.tunnel_ref(c))
                 .map(|t| (t.cfg.name.clone(), format!("remote id {}", t.cfg.remote_id)))
@@ -111,19 +120,19 @@ impl Endpoint {
             });
             return;
         };
-        let Some(cfg) = self.tunnel_ref(t).map(|t| t.cfg.clone()) else { return };
+        let keys = &keyed.keys;
         let expect = crypto::psk_auth(
             keys.prf,
             cfg.psk.expose(),
-            &init.msg1,
-            &init.nr,
+            &tr.msg1,
+            &tr.nr,
             &keys.sk_pi,
             &idi.body(),
         );
         if method != AUTH_PSK || !crypto::ct_eq(&expect, &auth) {
+            sa.phase = Phase::deleting(Some(keyed));
             let n = [Payload::Notify(Notify::new(NotifyType::AUTHENTICATION_FAILED, vec![]))];
             self.respond(sa, ExchangeType::IKE_AUTH, id, &n);
-            sa.state = State::Deleting;
             self.fail(Explanation {
                 tunnel: cfg.name.clone(),
                 peer: sa.remote,
@@ -148,12 +157,14 @@ impl Endpoint {
         let our_auth = crypto::psk_auth(
             keys.prf,
             cfg.psk.expose(),
-            &init.msg2,
-            &init.ni,
+            &tr.msg2,
+            &tr.ni,
             &keys.sk_pr,
             &our_idr.body(),
         );
-        let (ni, nr) = (init.ni.clone(), init.nr.clone());
+        let Transcript { ni, nr, .. } = tr;
+        let sk_d = keyed.sk_d();
+        sa.phase = Phase::established(keyed);
         let initial_contact = payloads
             .iter()
             .any(|p| matches!(p, Payload::Notify(n) if n.ty == NotifyType::INITIAL_CONTACT));
@@ -164,9 +175,7 @@ impl Endpoint {
             sa,
             &cfg,
             &payloads,
-            &ni,
-            &nr,
-            None,
+            ChildKeying { sk_d: &sk_d, ni: &ni, nr: &nr, shared: None },
             None,
             ExchangeType::IKE_AUTH,
             now,
@@ -174,27 +183,25 @@ impl Endpoint {
         resp.extend(child.0);
         self.respond(sa, ExchangeType::IKE_AUTH, id, &resp);
         self.half_open.retain(|_, v| *v != sa.spi_r);
-        sa.init = None;
-        self.establish(sa, t, now, initial_contact);
+        self.establish(sa, t, &cfg, now, initial_contact);
         if let Some(ev) = child.1 {
             self.events.push_back(ev);
         }
     }
 
-    /// Marks an SA established: timers, the tunnel's current SA, events, duplicate checks.
+    /// Settles an SA that just became `Established`: timers, the tunnel's current SA, events,
+    /// duplicate checks.
     pub(super) fn establish(
         &mut self,
         sa: &mut IkeSa,
         t: usize,
+        cfg: &TunnelConfig,
         now: Instant,
         initial_contact: bool,
     ) {
-        sa.state = State::Established;
         sa.last_rx = now;
-        let Some(cfg) = self.tunnel_ref(t).map(|t| t.cfg.clone()) else { return };
         let (rekey, expire) = self.jittered(now, &cfg.ike_lifetime);
-        sa.rekey_at = rekey;
-        sa.expire_at = Some(expire);
+        sa.set_lifetime(rekey, expire);
         if sa.behind_nat {
             sa.keepalive_at = Some(now + self.config.nat_keepalive);
         }
@@ -205,9 +212,11 @@ impl Endpoint {
             // also those waiting for a Delete that the old peer will never send or answer (a
             // collision's loser, a rekeyed SA): their CHILD SAs would otherwise stay in use.
             let created = sa.created;
-            let stale: Vec<u64> = [State::Established, State::Rekeyed, State::Deleting]
+            let phases: [fn(&Phase) -> bool; 3] =
+                [Phase::is_established, Phase::is_rekeyed, Phase::is_deleting];
+            let stale: Vec<u64> = phases
                 .into_iter()
-                .flat_map(|state| self.tunnel_sas(t, mine, state))
+                .flat_map(|wanted| self.tunnel_sas(t, mine, wanted))
                 .filter(|k| {
                     self.sas.get(k).is_some_and(|o| o.established_at.is_some_and(|e| e <= created))
                 })
@@ -224,7 +233,7 @@ impl Endpoint {
         let mut winner = mine;
         let mut win_key = sa.nonce_key.clone();
         let others: Vec<(u64, Vec<u8>)> = self
-            .tunnel_sas(t, mine, State::Established)
+            .tunnel_sas(t, mine, Phase::is_established)
             .into_iter()
             .filter_map(|k| self.sas.get(&k).map(|o| (k, o.nonce_key.clone())))
             .collect();
@@ -238,12 +247,12 @@ impl Endpoint {
                 other
             };
             if loser == mine {
-                sa.state = State::Rekeyed;
+                sa.retire();
                 if sa.initiator {
                     sa.queue.push_back(Task::DeleteIke);
                 }
             } else if let Some(mut o) = self.sas.remove(&loser) {
-                o.state = State::Rekeyed;
+                o.retire();
                 if o.initiator {
                     o.queue.push_back(Task::DeleteIke);
                 }
@@ -262,7 +271,7 @@ impl Endpoint {
             tunnel: cfg.name.clone(),
             local: sa.local,
             peer: sa.remote,
-            suite: sa.suite.unwrap_or(IkeSuite {
+            suite: sa.phase.suite().unwrap_or(IkeSuite {
                 encr: crate::proposal::Encr::Aes256Gcm16,
                 prf: crate::proposal::Prf::HmacSha256,
                 dh: DhGroup::Curve25519,
@@ -289,14 +298,21 @@ impl Endpoint {
         }
     }
 
+    /// The answer to our IKE_AUTH request: the SA ends `Established` (and its first CHILD SA
+    /// up, or explained) or given up, explained.
     pub(super) fn on_auth_response(
         &mut self,
         sa: &mut IkeSa,
+        auth_phase: Box<Authenticating>,
         now: Instant,
         payloads: Vec<Payload>,
     ) {
-        let Some(t) = sa.tunnel else { return };
-        let Some(cfg) = self.tunnel_ref(t).map(|t| t.cfg.clone()) else { return };
+        // An initiator's SA always has its tunnel (removing a tunnel destroys its SAs).
+        let (Some(t), Some(cfg)) = (sa.tunnel, self.sa_config(sa)) else {
+            sa.phase = Phase::Authenticating(auth_phase);
+            self.abandon(sa);
+            return;
+        };
         let peer = sa.remote;
         let explain = |cause: Cause,
                        ours: String,
@@ -339,11 +355,11 @@ impl Endpoint {
                 None,
                 suggestion,
             ));
+            sa.phase = Phase::Authenticating(auth_phase);
             self.abandon(sa);
             return;
         };
-        let Some(keys) = sa.keys.as_ref() else { return };
-        let Some(init) = sa.init.as_ref() else { return };
+        let (keys, tr) = (&auth_phase.keyed.keys, &auth_phase.transcript);
         let peer_id = Identity::from_wire(idr.ty, &idr.data);
         let peer_s = peer_id
             .as_ref()
@@ -356,6 +372,7 @@ impl Endpoint {
                 Some(format!("identity {peer_s}")),
                 Some(format!("set remote_id to {peer_s} or %any")),
             ));
+            sa.phase = Phase::Authenticating(auth_phase);
             self.tell_auth_failed(sa);
             self.abandon(sa);
             return;
@@ -363,8 +380,8 @@ impl Endpoint {
         let expect = crypto::psk_auth(
             keys.prf,
             cfg.psk.expose(),
-            &init.msg2,
-            &init.ni,
+            &tr.msg2,
+            &tr.ni,
             &keys.sk_pr,
             &idr.body(),
         );
@@ -375,16 +392,18 @@ impl Endpoint {
                 Some(format!("auth method {method} from {peer_s}")),
                 Some("the pre-shared keys differ; set the same psk on both sides".into()),
             ));
+            sa.phase = Phase::Authenticating(auth_phase);
             self.tell_auth_failed(sa);
             self.abandon(sa);
             return;
         }
-        let (ni, nr) = (init.ni.clone(), init.nr.clone());
-        let first = init.first_child;
-        sa.init = None;
-        self.establish(sa, t, now, false);
+        let Authenticating { keyed, transcript: Transcript { ni, nr, .. }, first_child, .. } =
+            *auth_phase;
+        let sk_d = keyed.sk_d();
+        sa.phase = Phase::established(keyed);
+        self.establish(sa, t, &cfg, now, false);
         // The first CHILD SA.
-        if let Some((c, spi_in)) = first {
+        if let Some((c, spi_in)) = first_child {
             let offered = cfg.children[c].esp_proposals.iter().map(|p| p.without_pfs()).collect();
             self.finish_child(
                 sa,
@@ -393,9 +412,7 @@ impl Endpoint {
                 &payloads,
                 c,
                 spi_in,
-                &ni,
-                &nr,
-                None,
+                ChildKeying { sk_d: &sk_d, ni: &ni, nr: &nr, shared: None },
                 None,
                 offered,
                 ExchangeType::IKE_AUTH,
@@ -409,16 +426,16 @@ impl Endpoint {
         let id = sa.next_req_id;
         sa.next_req_id = sa.next_req_id.wrapping_add(1);
         let n = [Payload::Notify(Notify::new(NotifyType::AUTHENTICATION_FAILED, vec![]))];
-        let data = self.seal(sa, ExchangeType::INFORMATIONAL, false, id, &n);
-        self.send(sa, data);
+        if let Some(data) = Self::seal(sa, ExchangeType::INFORMATIONAL, false, id, &n) {
+            self.send(sa, data);
+        }
     }
 
     /// Gives up an IKE SA that never came up.
     pub(super) fn abandon(&mut self, sa: &mut IkeSa) {
-        sa.state = State::Deleting;
         sa.out = None;
         self.release_pending_spis(sa);
-        sa.init = None;
+        sa.start_deleting();
         self.detach(sa);
     }
 }

@@ -2,6 +2,21 @@
 
 use super::*;
 
+/// What a CHILD SA's keys come from (§2.17): SK_d, the exchange's nonces, the PFS secret.
+pub(super) struct ChildKeying<'a> {
+    pub(super) sk_d: &'a SkD,
+    pub(super) ni: &'a [u8],
+    pub(super) nr: &'a [u8],
+    pub(super) shared: Option<&'a [u8]>,
+}
+
+impl ChildKeying<'_> {
+    /// (initiator-to-responder, responder-to-initiator) KEYMAT for `encr`.
+    fn keymat(&self, encr: crate::proposal::Encr) -> (Vec<u8>, Vec<u8>) {
+        crypto::child_keymat(self.sk_d.prf, &self.sk_d.key, self.shared, self.ni, self.nr, encr)
+    }
+}
+
 impl Endpoint {
     /// Negotiates a CHILD SA as responder (IKE_AUTH or CREATE_CHILD_SA); returns the response
     /// payloads and the ChildSaUp event (or records the failure).
@@ -11,9 +26,7 @@ impl Endpoint {
         sa: &mut IkeSa,
         cfg: &TunnelConfig,
         payloads: &[Payload],
-        ni: &[u8],
-        nr: &[u8],
-        shared: Option<&[u8]>,
+        keying: ChildKeying<'_>,
         rekey: Option<usize>,
         exchange: ExchangeType,
         now: Instant,
@@ -30,11 +43,24 @@ impl Endpoint {
         let tsr = payloads
             .iter()
             .find_map(|p| if let Payload::TsR(t) = p { Some(t.clone()) } else { None });
-        let (Some(tsi), Some(tsr)) = (tsi, tsr) else { return (Vec::new(), None) };
-        if props.is_empty() {
-            return (Vec::new(), None);
-        }
-        let with_pfs = shared.is_some();
+        let (Some(tsi), Some(tsr)) = (tsi.filter(|_| !props.is_empty()), tsr) else {
+            if exchange == ExchangeType::IKE_AUTH {
+                // The peer asked for no CHILD SA with its IKE SA (a childless IKE SA, RFC 6023).
+                return (Vec::new(), None);
+            }
+            // A CREATE_CHILD_SA request needs SA, TSi and TSr (§1.3.1).
+            self.fail(Explanation {
+                tunnel: cfg.name.clone(),
+                peer: sa.remote,
+                exchange,
+                cause: Cause::WeRefused(NotifyType::INVALID_SYNTAX),
+                ours: "a CHILD SA request with SA (ESP, 4-byte SPI), TSi and TSr payloads".into(),
+                theirs: None,
+                suggestion: None,
+            });
+            return (vec![Payload::Notify(Notify::new(NotifyType::INVALID_SYNTAX, vec![]))], None);
+        };
+        let with_pfs = keying.shared.is_some();
         let peer_group = payloads
             .iter()
             .find_map(|p| if let Payload::Ke { group, .. } = p { Some(*group) } else { None });
@@ -114,9 +140,8 @@ impl Endpoint {
             });
             return (vec![Payload::Notify(Notify::new(n, vec![]))], None);
         };
-        let Some(keys) = sa.keys.as_ref() else { return (Vec::new(), None) };
         let spi_in = self.new_child_spi(sa.our_spi());
-        let (i2r, r2i) = crypto::child_keymat(keys.prf, &keys.sk_d, shared, ni, nr, suite.encr);
+        let (i2r, r2i) = keying.keymat(suite.encr);
         let (rekey_at, expire_at) = self.jittered(now, &cfg.children[c].lifetime);
         let rekey_of = rekey.and_then(|_| {
             payloads.iter().find_map(|p| match p {
@@ -166,12 +191,18 @@ impl Endpoint {
     pub(super) fn on_create_child_request(
         &mut self,
         sa: &mut IkeSa,
+        sk_d: &SkD,
         now: Instant,
         id: u32,
         payloads: Vec<Payload>,
     ) {
-        let Some(t) = sa.tunnel else { return };
-        let Some(cfg) = self.tunnel_ref(t).map(|t| t.cfg.clone()) else { return };
+        // An SA without a tunnel never got past IKE_AUTH (a responder's failed one, now
+        // deleting): it has nothing to create or rekey, like any SA that is not established.
+        let Some(cfg) = self.sa_config(sa) else {
+            let n = [Payload::Notify(Notify::new(NotifyType::TEMPORARY_FAILURE, vec![]))];
+            self.respond(sa, ExchangeType::CREATE_CHILD_SA, id, &n);
+            return;
+        };
         let Some(ni) = payloads
             .iter()
             .find_map(|p| if let Payload::Nonce(n) = p { Some(n.clone()) } else { None })
@@ -193,7 +224,7 @@ impl Endpoint {
             self.on_rekey_ike_request(sa, &cfg, now, id, &ike_props, ni, ke);
             return;
         }
-        if sa.state != State::Established {
+        if !sa.phase.is_established() {
             let n = [Payload::Notify(Notify::new(NotifyType::TEMPORARY_FAILURE, vec![]))];
             self.respond(sa, ExchangeType::CREATE_CHILD_SA, id, &n);
             return;
@@ -267,9 +298,7 @@ impl Endpoint {
             sa,
             &cfg,
             &payloads,
-            &ni,
-            &nr,
-            shared.as_deref().map(|s| &s[..]),
+            ChildKeying { sk_d, ni: &ni, nr: &nr, shared: shared.as_deref().map(|s| &s[..]) },
             rekey_cfg,
             ExchangeType::CREATE_CHILD_SA,
             now,
@@ -307,9 +336,7 @@ impl Endpoint {
         payloads: &[Payload],
         c: usize,
         spi_in: u32,
-        ni: &[u8],
-        nr: &[u8],
-        shared: Option<&[u8]>,
+        keying: ChildKeying<'_>,
         rekey_of: Option<u32>,
         offered: Vec<EspProposal>,
         exchange: ExchangeType,
@@ -393,7 +420,7 @@ impl Endpoint {
                 false,
             );
         };
-        if suite.dh.is_some() != shared.is_some() {
+        if suite.dh.is_some() != keying.shared.is_some() {
             return fail(
                 self,
                 Cause::BadResponse("PFS group and KE payload disagree".into()),
@@ -417,8 +444,7 @@ impl Endpoint {
         }
         let p = chosen?;
         let spi_out = u32::from_be_bytes([p.spi[0], p.spi[1], p.spi[2], p.spi[3]]);
-        let keys = sa.keys.as_ref()?;
-        let (i2r, r2i) = crypto::child_keymat(keys.prf, &keys.sk_d, shared, ni, nr, suite.encr);
+        let (i2r, r2i) = keying.keymat(suite.encr);
         let (rekey_at, expire_at) = self.jittered(now, &ch.lifetime);
         sa.children.push(Child {
             cfg: c,
@@ -457,7 +483,7 @@ impl Endpoint {
         rekey_of: Option<u32>,
         now: Instant,
     ) {
-        let Some(cfg) = sa.tunnel.and_then(|t| self.tunnel_ref(t)).map(|t| t.cfg.clone()) else {
+        let Some(cfg) = self.sa_config(sa) else {
             return;
         };
         let Some(ch) = cfg.children.get(c) else { return };
@@ -507,6 +533,7 @@ impl Endpoint {
     pub(super) fn on_create_child_response(
         &mut self,
         sa: &mut IkeSa,
+        sk_d: &SkD,
         now: Instant,
         payloads: Vec<Payload>,
         c: usize,
@@ -516,7 +543,7 @@ impl Endpoint {
         rekey_of: Option<u32>,
         offered: Vec<EspProposal>,
     ) {
-        let Some(cfg) = sa.tunnel.and_then(|t| self.tunnel_ref(t)).map(|t| t.cfg.clone()) else {
+        let Some(cfg) = self.sa_config(sa) else {
             return;
         };
         let reset_old = |sa: &mut IkeSa| {
@@ -587,9 +614,7 @@ impl Endpoint {
                 &payloads,
                 c,
                 spi_in,
-                &ni,
-                &[],
-                None,
+                ChildKeying { sk_d, ni: &ni, nr: &[], shared: None },
                 rekey_of,
                 offered,
                 ExchangeType::CREATE_CHILD_SA,
@@ -606,9 +631,7 @@ impl Endpoint {
             &payloads,
             c,
             spi_in,
-            &ni,
-            &nr,
-            shared.as_deref().map(|s| &s[..]),
+            ChildKeying { sk_d, ni: &ni, nr: &nr, shared: shared.as_deref().map(|s| &s[..]) },
             rekey_of,
             offered,
             ExchangeType::CREATE_CHILD_SA,

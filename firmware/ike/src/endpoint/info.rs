@@ -17,7 +17,7 @@ impl Endpoint {
             .any(|p| matches!(p, Payload::Notify(n) if n.ty == NotifyType::AUTHENTICATION_FAILED))
         {
             // §2.21.2: the initiator could not verify our AUTH; the SA is void.
-            let cfg = sa.tunnel.and_then(|t| self.tunnel_ref(t)).map(|t| t.cfg.clone());
+            let cfg = self.sa_config(sa);
             self.fail(Explanation {
                 tunnel: cfg.as_ref().map(|c| c.name.clone()).unwrap_or_default(),
                 peer: sa.remote,
@@ -58,13 +58,10 @@ impl Endpoint {
             self.release_pending_spis(sa);
             sa.out = None;
             sa.queue.clear();
-            let reason = if sa.state == State::Rekeyed {
-                DownReason::Rekeyed
-            } else {
-                DownReason::DeletedByPeer
-            };
+            let reason =
+                if sa.phase.is_rekeyed() { DownReason::Rekeyed } else { DownReason::DeletedByPeer };
             self.finish_later(sa, reason);
-            sa.linger_until = Some(now + self.config.half_open_timeout);
+            sa.linger(now + self.config.half_open_timeout);
         }
     }
 }

@@ -10,49 +10,50 @@ impl Endpoint {
         if tun.ike.is_some() {
             return;
         }
-        let cfg = &tun.cfg;
+        let cfg = tun.cfg.clone();
         let group = cfg.ike_proposals[0].dh[0];
         let (local, remote) = (cfg.local, cfg.remote);
         let spi_i = self.new_spi64();
         let child_spi = self.new_child_spi(spi_i);
         let dh = DhSecret::generate(group, &mut self.rng);
         let ni = self.nonce();
+        let init = Box::new(Initiating {
+            dh,
+            ni,
+            msg1: Vec::new(),
+            cookie: None,
+            tried_groups: vec![group],
+            first_child: Some((0, child_spi)),
+            persistent,
+        });
+        // Initiating from the start; send_init puts the data in once the request is built.
         let mut sa = IkeSa {
             tunnel: Some(t),
-            init: Some(Box::new(InitData {
-                dh: Some(dh),
-                group,
-                ni,
-                nr: Vec::new(),
-                msg1: Vec::new(),
-                msg2: Vec::new(),
-                cookie: None,
-                tried_groups: vec![group],
-                first_child: Some((0, child_spi)),
-                candidates: Vec::new(),
-                persistent,
-            })),
-            ..IkeSa::new(true, spi_i, 0, local, remote, State::InitSent, now)
+            ..IkeSa::new(true, spi_i, 0, local, remote, Phase::deleting(None), now)
         };
         if let Some(tun) = self.tunnel_mut(t) {
             tun.ike = Some(spi_i);
         }
-        self.send_init(&mut sa, now);
+        self.send_init(&mut sa, &cfg, init, now);
         self.put(sa, now);
     }
 
-    pub(super) fn send_init(&mut self, sa: &mut IkeSa, now: Instant) {
-        let Some(t) = sa.tunnel.and_then(|t| self.tunnel_ref(t)) else { return };
-        let force = t.cfg.force_nat_t;
-        let proposals: Vec<Proposal> = t
-            .cfg
+    /// Sends (or sends again) our IKE_SA_INIT request; the SA is `Initiating` afterwards.
+    pub(super) fn send_init(
+        &mut self,
+        sa: &mut IkeSa,
+        cfg: &TunnelConfig,
+        mut init: Box<Initiating>,
+        now: Instant,
+    ) {
+        let force = cfg.force_nat_t;
+        let proposals: Vec<Proposal> = cfg
             .ike_proposals
             .iter()
             .enumerate()
             .map(|(i, p)| Proposal::from_ike(i as u8 + 1, &[], p))
             .collect();
-        let Some(init) = sa.init.as_mut() else { return };
-        let Some(dh) = init.dh.as_ref() else { return };
+        let dh = &init.dh;
         let mut p = Vec::with_capacity(7);
         if let Some(c) = &init.cookie {
             p.push(Payload::Notify(Notify::new(NotifyType::COOKIE, c.clone())));
@@ -82,10 +83,9 @@ impl Endpoint {
             length: 0,
         };
         let data = codec::encode_plain(h, &p);
-        let Some(init) = sa.init.as_mut() else { return };
         init.msg1 = data.clone();
+        sa.phase = Phase::Initiating(init);
         sa.next_req_id = 1;
-        sa.state = State::InitSent;
         self.send(sa, data.clone());
         sa.out = Some(Request {
             msg_id: 0,
@@ -98,15 +98,21 @@ impl Endpoint {
         });
     }
 
+    /// The answer to our IKE_SA_INIT request: on success the SA is `Authenticating` (IKE_AUTH
+    /// sent) or `Initiating` again (a COOKIE or another group asked for); an error hands the
+    /// phase back to be given up, after the failure is explained.
     pub(super) fn on_init_response(
         &mut self,
         sa: &mut IkeSa,
+        mut init: Box<Initiating>,
         now: Instant,
         msg: Message,
         data: &[u8],
-    ) -> Option<DownReason> {
-        let t = sa.tunnel?;
-        let cfg = self.tunnel_ref(t)?.cfg.clone();
+    ) -> Result<(), Box<Initiating>> {
+        // An initiator's SA always has its tunnel (removing a tunnel destroys its SAs).
+        let Some(cfg) = self.sa_config(sa) else {
+            return Err(init);
+        };
         let ours = ike_list_string(&cfg.ike_proposals);
         let peer = sa.remote;
         let explain =
@@ -125,27 +131,25 @@ impl Endpoint {
             .filter_map(|p| if let Payload::Notify(n) = p { Some(n) } else { None })
             .collect();
         if let Some(c) = notifies.iter().find(|n| n.ty == NotifyType::COOKIE) {
-            let init = sa.init.as_mut()?;
             if init.cookie.is_some() && init.cookie.as_deref() == Some(&c.data[..]) {
-                // The same cookie again: do not loop.
-                return None;
+                // The same cookie again: do not loop; our request keeps its retransmissions.
+                sa.phase = Phase::Initiating(init);
+                return Ok(());
             }
             init.cookie = Some(c.data.clone());
-            self.send_init(sa, now);
-            return None;
+            self.send_init(sa, &cfg, init, now);
+            return Ok(());
         }
         if let Some(n) = notifies.iter().find(|n| n.ty == NotifyType::INVALID_KE_PAYLOAD) {
             let asked = (n.data.len() == 2).then(|| u16::from_be_bytes([n.data[0], n.data[1]]));
             let group = asked.and_then(DhGroup::from_id);
             let allowed = group.filter(|g| cfg.ike_proposals.iter().any(|p| p.dh.contains(g)));
-            let init = sa.init.as_mut()?;
             match allowed {
                 Some(g) if !init.tried_groups.contains(&g) => {
                     init.tried_groups.push(g);
-                    init.group = g;
-                    init.dh = Some(DhSecret::generate(g, &mut self.rng));
-                    self.send_init(sa, now);
-                    return None;
+                    init.dh = DhSecret::generate(g, &mut self.rng);
+                    self.send_init(sa, &cfg, init, now);
+                    return Ok(());
                 }
                 _ => {
                     let name = asked
@@ -164,7 +168,7 @@ impl Endpoint {
                         Some(format!("key exchange {name}")),
                         Some(suggestion),
                     ));
-                    return Some(DownReason::Terminated);
+                    return Err(init);
                 }
             }
         }
@@ -173,7 +177,7 @@ impl Endpoint {
                 "the peer accepts none of our IKE proposals; compare them with the peer's ike proposals (e.g. add the peer's key exchange group)".to_owned()
             });
             self.fail(explain(Cause::PeerRefused(n.ty), None, suggestion));
-            return Some(DownReason::Terminated);
+            return Err(init);
         }
         let (Some(Payload::Sa(props)), Some((group, ke)), Some(nr)) = (
             msg.payloads.iter().find(|p| matches!(p, Payload::Sa(_))),
@@ -189,7 +193,7 @@ impl Endpoint {
                 None,
                 None,
             ));
-            return Some(DownReason::Terminated);
+            return Err(init);
         };
         let chosen = props.first().map(|p| p.to_ike());
         let suite = chosen.as_ref().and_then(|c| {
@@ -203,35 +207,36 @@ impl Endpoint {
                 Some(theirs),
                 None,
             ));
-            return Some(DownReason::Terminated);
+            return Err(init);
         };
-        let init = sa.init.as_mut()?;
-        let dh = init.dh.as_ref()?;
+        let dh = &init.dh;
         if suite.dh.id() != group || dh.group() != suite.dh {
             self.fail(explain(
                 Cause::BadResponse("key exchange group differs from the chosen proposal".into()),
                 Some(suite.to_string()),
                 None,
             ));
-            return Some(DownReason::Terminated);
+            return Err(init);
         }
         let shared = match dh.shared(ke) {
             Ok(s) => s,
             Err(e) => {
                 self.fail(explain(Cause::BadResponse(e.to_string()), None, None));
-                return Some(DownReason::Terminated);
+                return Err(init);
             }
         };
         sa.spi_r = msg.header.spi_r;
-        init.nr = nr.clone();
-        init.msg2 = data.to_vec();
-        init.dh = None;
         let seed = crypto::skeyseed(suite.prf, &init.ni, nr, &shared);
-        sa.keys = Some(Box::new(IkeKeys::derive(
-            suite.encr, suite.prf, &seed, &init.ni, nr, sa.spi_i, sa.spi_r,
-        )));
-        sa.suite = Some(suite);
+        let keys = IkeKeys::derive(suite.encr, suite.prf, &seed, &init.ni, nr, sa.spi_i, sa.spi_r);
         sa.nonce_key = init.ni.clone().min(nr.clone());
+        // The DH secret and cookie end here; the keys and the AUTH transcript go on.
+        let Initiating { ni, msg1, first_child, persistent, .. } = *init;
+        let auth = Box::new(Authenticating {
+            keyed: Keyed::new(keys, suite),
+            transcript: Transcript { ni, nr: nr.clone(), msg1, msg2: data.to_vec() },
+            first_child,
+            persistent,
+        });
         // NAT detection (§2.23).
         let (peer_nat, we_nat) = nat_check(&notifies, sa.spi_i, sa.spi_r, sa.remote, sa.local);
         sa.behind_nat = we_nat;
@@ -241,8 +246,8 @@ impl Endpoint {
             sa.remote.set_port(NAT_T_PORT);
         }
         sa.out = None;
-        self.send_auth(sa, &cfg, now);
-        None
+        self.send_auth(sa, &cfg, auth, now);
+        Ok(())
     }
 
     // ----- IKE_SA_INIT, responder ----------------------------------------------------------
@@ -419,37 +424,22 @@ impl Endpoint {
         let keys = IkeKeys::derive(suite.encr, suite.prf, &seed, ni, &nr, h.spi_i, spi_r);
         let force = cands.iter().any(|&c| self.tunnel_ref(c).is_some_and(|t| t.cfg.force_nat_t));
         let (peer_nat, we_nat) = nat_check(&notifies, h.spi_i, 0, remote, local);
-        let mut sa = IkeSa {
-            nat_t: local.port() == NAT_T_PORT,
-            behind_nat: we_nat,
-            suite: Some(suite),
-            keys: Some(Box::new(keys)),
-            init: Some(Box::new(InitData {
-                dh: None,
-                group: suite.dh,
+        let nonce_key = ni.clone().min(nr.clone());
+        let mut half_open = Box::new(HalfOpen {
+            keyed: Keyed::new(keys, suite),
+            transcript: Transcript {
                 ni: ni.clone(),
                 nr: nr.clone(),
                 msg1: data.to_vec(),
                 msg2: Vec::new(),
-                cookie: None,
-                tried_groups: Vec::new(),
-                first_child: None,
-                candidates: cands.clone(),
-                persistent: false,
-            })),
-            peer_next_req: 1,
-            nonce_key: ni.clone().min(nr.clone()),
-            ..IkeSa::new(false, h.spi_i, spi_r, local, remote, State::HalfOpen, now)
-        };
+            },
+            candidates: cands.clone(),
+        });
         let _ = t;
         let mut src = nat_hash(h.spi_i, spi_r, local);
         if force {
             src = vec![0; 20];
             self.rng.fill_bytes(&mut src);
-        }
-        if peer_nat || we_nat || force {
-            // The initiator moves to 4500 for IKE_AUTH; so do we (on its next message).
-            sa.behind_nat = we_nat;
         }
         let mut chosen_prop = Proposal::from_ike(num, &[], &IkeProposal::from(suite));
         chosen_prop.num = num;
@@ -474,8 +464,17 @@ impl Endpoint {
             length: 0,
         };
         let resp = codec::encode_plain(hdr, &p);
-        if let Some(init) = sa.init.as_mut() {
-            init.msg2 = resp.clone();
+        half_open.transcript.msg2 = resp.clone();
+        let mut sa = IkeSa {
+            nat_t: local.port() == NAT_T_PORT,
+            behind_nat: we_nat,
+            peer_next_req: 1,
+            nonce_key,
+            ..IkeSa::new(false, h.spi_i, spi_r, local, remote, Phase::HalfOpen(half_open), now)
+        };
+        if peer_nat || we_nat || force {
+            // The initiator moves to 4500 for IKE_AUTH; so do we (on its next message).
+            sa.behind_nat = we_nat;
         }
         self.send(&sa, resp.clone());
         sa.cached_resp = Some((0, resp));

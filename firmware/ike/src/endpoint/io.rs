@@ -39,41 +39,52 @@ impl Endpoint {
         }
     }
 
-    /// Encodes an encrypted message (§3.14, RFC 5282).
+    /// Encodes an encrypted message (§3.14, RFC 5282). `None` before IKE_SA_INIT derived the
+    /// keys: nothing but IKE_SA_INIT travels in clear, and the phases without keys
+    /// (initiating, or deleting one that never got them) send nothing else.
     pub(super) fn seal(
-        &mut self,
         sa: &mut IkeSa,
         exchange: ExchangeType,
         response: bool,
         msg_id: u32,
         payloads: &[Payload],
-    ) -> Vec<u8> {
-        let Some(keys) = sa.keys.as_ref() else { return Vec::new() };
+    ) -> Option<Vec<u8>> {
+        let h = Self::header(sa, exchange, response, msg_id);
+        let initiator = sa.initiator;
+        let keyed = sa.phase.keyed_mut();
+        debug_assert!(keyed.is_some(), "sealing {exchange} without keys");
+        let keyed = keyed?;
         let mut plain = Vec::with_capacity(256);
         let first = codec::emit_payloads(payloads, &mut plain);
         plain.push(0); // pad length: AES-GCM needs no padding
         let sk_len = 4 + crypto::IV_LEN + plain.len() + crypto::ICV_LEN;
-        let mut h = Self::header(sa, exchange, response, msg_id);
+        let mut h = h;
         h.next_payload = payload_type::SK;
         h.length = (codec::HEADER_LEN + sk_len) as u32;
         let mut out = Vec::with_capacity(codec::HEADER_LEN + sk_len);
         h.emit(&mut out);
         out.extend_from_slice(&[first, 0]);
         out.extend_from_slice(&(sk_len as u16).to_be_bytes());
-        sa.iv_counter += 1;
-        let key = if sa.initiator { &keys.sk_ei } else { &keys.sk_er };
-        match crypto::seal(keys.encr, key, sa.iv_counter.to_be_bytes(), &out, plain) {
-            Ok(body) => {
-                out.extend_from_slice(&body);
-                out
-            }
-            Err(_) => Vec::new(),
-        }
+        keyed.iv_counter += 1;
+        let keys = &keyed.keys;
+        let key = if initiator { &keys.sk_ei } else { &keys.sk_er };
+        // Fails only for a key of the wrong length, which IkeKeys::derive never makes.
+        let body =
+            crypto::seal(keys.encr, key, keyed.iv_counter.to_be_bytes(), &out, plain).ok()?;
+        out.extend_from_slice(&body);
+        Some(out)
     }
 
-    /// Opens the SK payload of a message from the peer.
-    pub(super) fn open(sa: &IkeSa, data: &[u8], msg: &Message) -> Result<Vec<Payload>, Error> {
-        let keys = sa.keys.as_ref().ok_or(Error::IntegrityCheckFailed)?;
+    /// Opens the SK payload of a message from the peer: its payloads and, as the message
+    /// proved the SA keyed, SK_d for the CHILD SA or IKE SA the exchange may derive.
+    pub(super) fn open(
+        sa: &IkeSa,
+        data: &[u8],
+        msg: &Message,
+    ) -> Result<(Vec<Payload>, SkD), Error> {
+        // Without keys nothing can be authenticated: dropped like a forgery (§2.21).
+        let keyed = sa.phase.keyed().ok_or(Error::IntegrityCheckFailed)?;
+        let keys = &keyed.keys;
         let Some(Payload::Sk { first, body }) = msg.payloads.last() else {
             return Err(Error::malformed("message", "no Encrypted payload"));
         };
@@ -85,7 +96,7 @@ impl Endpoint {
             return Err(Error::malformed("SK payload", "pad length beyond the plaintext"));
         }
         plain.truncate(plain.len() - pad - 1);
-        codec::parse_payloads(*first, &plain)
+        Ok((codec::parse_payloads(*first, &plain)?, keyed.sk_d()))
     }
 
     pub(super) fn send_request(
@@ -98,7 +109,7 @@ impl Endpoint {
     ) {
         let msg_id = sa.next_req_id;
         sa.next_req_id = sa.next_req_id.wrapping_add(1);
-        let data = self.seal(sa, exchange, false, msg_id, payloads);
+        let Some(data) = Self::seal(sa, exchange, false, msg_id, payloads) else { return };
         self.send(sa, data.clone());
         sa.out = Some(Request {
             msg_id,
@@ -118,7 +129,7 @@ impl Endpoint {
         msg_id: u32,
         payloads: &[Payload],
     ) {
-        let data = self.seal(sa, exchange, true, msg_id, payloads);
+        let Some(data) = Self::seal(sa, exchange, true, msg_id, payloads) else { return };
         self.send(sa, data.clone());
         sa.cached_resp = Some((msg_id, data));
     }
@@ -174,8 +185,9 @@ impl Endpoint {
             }
             return;
         }
-        let payloads = match Self::open(sa, data, &msg) {
+        let (payloads, sk_d) = match Self::open(sa, data, &msg) {
             Ok(p) => p,
+            // Fails its integrity check: dropped (§2.21).
             Err(_) => return,
         };
         // Authentic: accept the peer's (possibly NAT-mapped) address (§2.23).
@@ -195,29 +207,37 @@ impl Endpoint {
             let n =
                 [Payload::Notify(Notify::new(NotifyType::UNSUPPORTED_CRITICAL_PAYLOAD, vec![ty]))];
             self.respond(sa, msg.header.exchange, id, &n);
-            if sa.state == State::HalfOpen {
-                sa.state = State::Deleting;
+            if sa.phase.is_half_open() {
+                sa.start_deleting();
             }
             return;
         }
-        match (msg.header.exchange, sa.state) {
-            (ExchangeType::IKE_AUTH, State::HalfOpen) => {
-                self.on_auth_request(sa, now, id, payloads)
+        match (msg.header.exchange, sa.phase.take()) {
+            // IKE_AUTH consumes the half-open phase: it ends established or deleting.
+            (ExchangeType::IKE_AUTH, Phase::HalfOpen(h)) => {
+                self.on_auth_request(sa, *h, now, id, payloads)
             }
-            (ExchangeType::CREATE_CHILD_SA, State::Established | State::Deleting) => {
-                self.on_create_child_request(sa, now, id, payloads)
-            }
-            (
-                ExchangeType::INFORMATIONAL,
-                State::Established | State::Rekeyed | State::Deleting,
-            ) => self.on_informational_request(sa, now, id, payloads),
-            (ExchangeType::CREATE_CHILD_SA, State::Rekeyed) => {
-                let n = [Payload::Notify(Notify::new(NotifyType::TEMPORARY_FAILURE, vec![]))];
-                self.respond(sa, msg.header.exchange, id, &n);
-            }
-            _ => {
-                let n = [Payload::Notify(Notify::new(NotifyType::INVALID_SYNTAX, vec![]))];
-                self.respond(sa, msg.header.exchange, id, &n);
+            (exchange, phase) => {
+                sa.phase = phase;
+                match (exchange, &sa.phase) {
+                    (
+                        ExchangeType::CREATE_CHILD_SA,
+                        Phase::Established(_) | Phase::Deleting { .. },
+                    ) => self.on_create_child_request(sa, &sk_d, now, id, payloads),
+                    (
+                        ExchangeType::INFORMATIONAL,
+                        Phase::Established(_) | Phase::Rekeyed { .. } | Phase::Deleting { .. },
+                    ) => self.on_informational_request(sa, now, id, payloads),
+                    (ExchangeType::CREATE_CHILD_SA, Phase::Rekeyed { .. }) => {
+                        let n =
+                            [Payload::Notify(Notify::new(NotifyType::TEMPORARY_FAILURE, vec![]))];
+                        self.respond(sa, exchange, id, &n);
+                    }
+                    _ => {
+                        let n = [Payload::Notify(Notify::new(NotifyType::INVALID_SYNTAX, vec![]))];
+                        self.respond(sa, exchange, id, &n);
+                    }
+                }
             }
         }
         self.pump(sa, now);
@@ -234,39 +254,56 @@ impl Endpoint {
         data: &[u8],
         msg: Message,
     ) {
-        let Some(out) = sa.out.as_ref() else { return };
-        if msg.header.message_id != out.msg_id || msg.header.exchange != out.exchange {
+        // Only the answer to our outstanding request counts (§2.3): duplicates and strays are
+        // dropped, as handle_datagram documents.
+        let (id, exchange) = (msg.header.message_id, msg.header.exchange);
+        let Some(req) = sa.out.take_if(|o| o.msg_id == id && o.exchange == exchange) else {
             return;
-        }
-        if msg.header.exchange == ExchangeType::IKE_SA_INIT {
-            sa.last_rx = now;
-            if let Some(reason) = self.on_init_response(sa, now, msg, data) {
-                let persistent = sa.init.as_ref().is_some_and(|i| i.persistent);
-                let _ = persistent;
-                sa.state = State::Deleting;
-                sa.out = None;
-                self.release_pending_spis(sa);
-                self.detach(sa);
-                let _ = reason;
+        };
+        if exchange == ExchangeType::IKE_SA_INIT {
+            // Outstanding until the answer proves usable (on_init_response decides).
+            sa.out = Some(req);
+            // Only an initiating SA has IKE_SA_INIT outstanding; the answer consumes that
+            // phase: IKE_AUTH follows, or IKE_SA_INIT again, or the SA is given up.
+            match sa.phase.take() {
+                Phase::Initiating(init) => {
+                    sa.last_rx = now;
+                    if let Err(init) = self.on_init_response(sa, init, now, msg, data) {
+                        sa.phase = Phase::Initiating(init);
+                        self.abandon(sa);
+                    }
+                }
+                other => sa.phase = other,
             }
             return;
         }
-        let Ok(payloads) = Self::open(sa, data, &msg) else { return };
+        let (payloads, sk_d) = match Self::open(sa, data, &msg) {
+            Ok(p) => p,
+            // Fails its integrity check: dropped, the request stays outstanding (§2.21).
+            Err(_) => {
+                sa.out = Some(req);
+                return;
+            }
+        };
         sa.last_rx = now;
         if sa.nat_t {
             sa.local = local;
             sa.remote = remote;
         }
-        let Some(req) = sa.out.take() else { return };
         match req.kind {
             ReqKind::Init => {}
-            ReqKind::Auth => self.on_auth_response(sa, now, payloads),
+            // Only an authenticating SA has IKE_AUTH outstanding; the answer consumes that
+            // phase: the SA ends established or given up.
+            ReqKind::Auth => match sa.phase.take() {
+                Phase::Authenticating(a) => self.on_auth_response(sa, a, now, payloads),
+                other => sa.phase = other,
+            },
             ReqKind::CreateChild { cfg, spi_in, nonce, dh, rekey_of, offered } => self
                 .on_create_child_response(
-                    sa, now, payloads, cfg, spi_in, nonce, dh, rekey_of, offered,
+                    sa, &sk_d, now, payloads, cfg, spi_in, nonce, dh, rekey_of, offered,
                 ),
             ReqKind::RekeyIke { new_spi, nonce, dh } => {
-                self.on_rekey_ike_response(sa, now, payloads, new_spi, nonce, dh)
+                self.on_rekey_ike_response(sa, &sk_d, now, payloads, new_spi, nonce, dh)
             }
             ReqKind::Dpd => {}
             ReqKind::DeleteChildren(spis) => {
@@ -284,13 +321,13 @@ impl Endpoint {
                 }
             }
             ReqKind::DeleteIke => {
-                let reason = if sa.state == State::Rekeyed {
+                let reason = if sa.phase.is_rekeyed() {
                     DownReason::Rekeyed
                 } else {
                     DownReason::Terminated
                 };
                 self.finish_later(sa, reason);
-                sa.linger_until = Some(now);
+                sa.linger(now);
             }
         }
         self.pump(sa, now);

@@ -21,8 +21,10 @@
 //!
 //! One file per exchange, as rustls splits its client by handshake phase: `init` (IKE_SA_INIT),
 //! `auth` (IKE_AUTH), `child` (CHILD SAs), `rekey` (IKE SA rekeys), `info`
-//! (INFORMATIONAL), with `io` (sealing, dispatch), `sa` (bookkeeping), `timers` and
-//! `explain` (what failed and why) beside them. This file holds the types and the public API.
+//! (INFORMATIONAL), with `io` (sealing, dispatch), `sa` (the SA's `Phase`, which owns
+//! each phase's secrets and keys, and bookkeeping), `timers` and `explain` (what failed and
+//! why) beside them. This file holds the other types and the public API. IKEv1 (RFC 2409)
+//! goes into an `ikev1` module beside this one, with its own phases.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -32,6 +34,7 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 use sha1::{Digest, Sha1};
 use sha2::Sha256;
+use zeroize::Zeroizing;
 
 use crate::codec::{
     self, Delete, ExchangeType, Header, Id, Message, Notify, NotifyType, Payload, Proposal, flags,
@@ -41,7 +44,7 @@ use crate::config::{DpdAction, EndpointConfig, Identity, Lifetime, TrafficSelect
 use crate::crypto::{self, DhSecret, IkeKeys};
 use crate::error::Error;
 use crate::event::{Cause, ChildKeys, DownReason, Event, Explanation, Transmit};
-use crate::proposal::{DhGroup, EspProposal, EspSuite, IkeProposal, IkeSuite};
+use crate::proposal::{DhGroup, EspProposal, EspSuite, IkeProposal, IkeSuite, Prf};
 
 mod auth;
 mod child;
@@ -53,7 +56,11 @@ mod rekey;
 mod sa;
 mod timers;
 
+use child::ChildKeying;
 use explain::{esp_list_string, ike_list_string, suggest_esp, suggest_ike};
+use sa::{
+    Authenticating, HalfOpen, IkeCollision, IkeSa, Initiating, Keyed, Phase, SkD, Transcript,
+};
 
 const NAT_T_PORT: u16 = 4500;
 const AUTH_PSK: u8 = 2;
@@ -92,40 +99,6 @@ struct Tunnel {
     wanted: Vec<usize>,
     /// Every IKE SA of this tunnel (our SPIs), whatever its state.
     sas: Vec<u64>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum State {
-    /// Initiator: IKE_SA_INIT sent.
-    InitSent,
-    /// Initiator: IKE_AUTH sent.
-    AuthSent,
-    /// Responder: IKE_SA_INIT answered, waiting for IKE_AUTH.
-    HalfOpen,
-    Established,
-    /// Replaced by a rekeyed IKE SA; waiting for (or sending) its Delete.
-    Rekeyed,
-    /// Being deleted.
-    Deleting,
-}
-
-struct InitData {
-    dh: Option<DhSecret>,
-    group: DhGroup,
-    ni: Vec<u8>,
-    nr: Vec<u8>,
-    /// Our IKE_SA_INIT request (initiator) or the peer's (responder).
-    msg1: Vec<u8>,
-    /// The IKE_SA_INIT response.
-    msg2: Vec<u8>,
-    cookie: Option<Vec<u8>>,
-    tried_groups: Vec<DhGroup>,
-    /// Initiator: the CHILD SA configuration for IKE_AUTH and its reserved inbound SPI.
-    first_child: Option<(usize, u32)>,
-    /// Responder: tunnels this SA may belong to (matched by address), refined by IDi.
-    candidates: Vec<usize>,
-    /// Keep re-initiating on timeouts (a DPD restart).
-    persistent: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -196,92 +169,6 @@ enum Task {
     Dpd,
 }
 
-struct IkeSa {
-    tunnel: Option<usize>,
-    /// We are the original initiator of this IKE SA (it decides the key directions).
-    initiator: bool,
-    spi_i: u64,
-    spi_r: u64,
-    local: SocketAddr,
-    remote: SocketAddr,
-    nat_t: bool,
-    behind_nat: bool,
-    state: State,
-    suite: Option<IkeSuite>,
-    keys: Option<Box<IkeKeys>>,
-    init: Option<Box<InitData>>,
-    next_req_id: u32,
-    peer_next_req: u32,
-    cached_resp: Option<(u32, Vec<u8>)>,
-    out: Option<Request>,
-    queue: VecDeque<Task>,
-    children: Vec<Child>,
-    created: Instant,
-    last_rx: Instant,
-    rekey_at: Option<Instant>,
-    expire_at: Option<Instant>,
-    keepalive_at: Option<Instant>,
-    iv_counter: u64,
-    /// min(Ni, Nr) of the exchange that created this SA, for duplicate resolution.
-    nonce_key: Vec<u8>,
-    /// Our IKE rekey was outstanding when the peer's rekey arrived: (its nonces, new SA spi).
-    ike_collision: Option<(Vec<u8>, Vec<u8>, u64)>,
-    established_at: Option<Instant>,
-    /// The SA is finished and is removed at this time (it lingers to answer retransmissions).
-    linger_until: Option<Instant>,
-    timer: Option<Instant>,
-}
-
-impl IkeSa {
-    /// A new IKE SA with no exchange history: the one place an `IkeSa` is built; the exchange
-    /// that creates it sets what it knows.
-    fn new(
-        initiator: bool,
-        spi_i: u64,
-        spi_r: u64,
-        local: SocketAddr,
-        remote: SocketAddr,
-        state: State,
-        now: Instant,
-    ) -> IkeSa {
-        IkeSa {
-            tunnel: None,
-            initiator,
-            spi_i,
-            spi_r,
-            local,
-            remote,
-            nat_t: false,
-            behind_nat: false,
-            state,
-            suite: None,
-            keys: None,
-            init: None,
-            next_req_id: 0,
-            peer_next_req: 0,
-            cached_resp: None,
-            out: None,
-            queue: VecDeque::new(),
-            children: Vec::new(),
-            created: now,
-            last_rx: now,
-            rekey_at: None,
-            expire_at: None,
-            keepalive_at: None,
-            iv_counter: 0,
-            nonce_key: Vec::new(),
-            ike_collision: None,
-            established_at: None,
-            linger_until: None,
-            timer: None,
-        }
-    }
-
-    fn our_spi(&self) -> u64 {
-        if self.initiator { self.spi_i } else { self.spi_r }
-    }
-}
-
 impl std::fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Counts only: SAs hold keys.
@@ -345,12 +232,15 @@ impl Endpoint {
         spis.sort_unstable();
         for spi in spis {
             if let Some(mut sa) = self.sas.remove(&spi) {
-                if sa.keys.is_some() && matches!(sa.state, State::Established | State::Rekeyed) {
+                if matches!(sa.phase, Phase::Established(_) | Phase::Rekeyed { .. }) {
                     // Best effort, not retransmitted: the tunnel is going away now.
                     let del = [Payload::Delete(Delete { protocol: protocol::IKE, spis: vec![] })];
                     let id = sa.next_req_id;
-                    let data = self.seal(&mut sa, ExchangeType::INFORMATIONAL, false, id, &del);
-                    self.send(&sa, data);
+                    if let Some(data) =
+                        Self::seal(&mut sa, ExchangeType::INFORMATIONAL, false, id, &del)
+                    {
+                        self.send(&sa, data);
+                    }
                 }
                 self.destroy(sa, DownReason::Terminated, now);
             }
@@ -378,7 +268,7 @@ impl Endpoint {
         let t = self.tunnel_index(tunnel)?;
         let Some(spi) = self.tunnel_ref(t).and_then(|t| t.ike) else { return Ok(()) };
         let Some(mut sa) = self.sas.remove(&spi) else { return Ok(()) };
-        if sa.state == State::Established {
+        if sa.phase.is_established() {
             sa.queue.clear();
             sa.queue.push_back(Task::DeleteIke);
             self.pump(&mut sa, now);
@@ -431,14 +321,11 @@ impl Endpoint {
                 let busy = sa.children.iter().any(|c| c.cfg == cfg)
                     || sa.queue.contains(&Task::CreateChild(cfg))
                     || matches!(&sa.out, Some(Request { kind: ReqKind::CreateChild { cfg: c, .. }, .. }) if *c == cfg)
-                    || sa
-                        .init
-                        .as_ref()
-                        .is_some_and(|i| i.first_child.is_some_and(|(c, _)| c == cfg));
+                    || sa.phase.first_child().is_some_and(|(c, _)| c == cfg);
                 if busy {
                     return Ok(());
                 }
-                if sa.state == State::Established {
+                if sa.phase.is_established() {
                     self.enqueue(spi, Task::CreateChild(cfg), now);
                 } else if let Some(tun) = self.tunnel_mut(t)
                     && !tun.wanted.contains(&cfg)
@@ -471,7 +358,7 @@ impl Endpoint {
     pub fn traffic_seen(&mut self, spi: u32, now: Instant) {
         let Some(&ike) = self.child_index.get(&spi) else { return };
         let Some(mut sa) = self.sas.remove(&ike) else { return };
-        if sa.state == State::Established && now > sa.last_rx {
+        if sa.phase.is_established() && now > sa.last_rx {
             sa.last_rx = now;
         }
         self.put(sa, now);
@@ -512,7 +399,7 @@ impl Endpoint {
         let Some(mut sa) = self.sas.remove(&ours) else { return };
         let peer_spi = if h.from_initiator() { h.spi_i } else { h.spi_r };
         let peer_ok = if sa.initiator {
-            sa.spi_r == peer_spi || sa.state == State::InitSent
+            sa.spi_r == peer_spi || matches!(sa.phase, Phase::Initiating(_))
         } else {
             sa.spi_i == peer_spi
         };
@@ -576,14 +463,14 @@ impl Endpoint {
         if let Some(sa) = self.tunnel_ref(t).and_then(|tun| tun.ike).and_then(|s| self.sas.get(&s))
         {
             st.ike = Some(IkeStatus {
-                established: sa.state == State::Established,
+                established: sa.phase.is_established(),
                 initiator: sa.initiator,
                 spi_i: sa.spi_i,
                 spi_r: sa.spi_r,
                 local: sa.local,
                 peer: sa.remote,
                 encap: sa.nat_t,
-                suite: sa.suite,
+                suite: sa.phase.suite(),
             });
             let cfg = self.tunnel_ref(t).map(|t| &t.cfg);
             for c in &sa.children {

@@ -15,7 +15,9 @@ impl Endpoint {
         ke: Option<(u16, Vec<u8>)>,
     ) {
         let refuse = |n: NotifyType, d: Vec<u8>| [Payload::Notify(Notify::new(n, d))];
-        if sa.state != State::Established {
+        // Only an established SA is rekeyed; one being replaced or deleted asks the peer to
+        // wait (§2.25). SK_d seeds the new SA (§2.18).
+        let Phase::Established(est) = &sa.phase else {
             self.respond(
                 sa,
                 ExchangeType::CREATE_CHILD_SA,
@@ -23,7 +25,8 @@ impl Endpoint {
                 &refuse(NotifyType::TEMPORARY_FAILURE, vec![]),
             );
             return;
-        }
+        };
+        let sk_d = est.keyed.sk_d();
         let mut chosen = None;
         'o: for ours in &cfg.ike_proposals {
             for p in props.iter().filter(|p| p.spi.len() == 8) {
@@ -81,8 +84,7 @@ impl Endpoint {
         };
         let nr = self.nonce();
         let new_spi_r = self.new_spi64();
-        let Some(old) = sa.keys.as_ref() else { return };
-        let seed = crypto::skeyseed_rekey(old.prf, &old.sk_d, &shared, &ni, &nr);
+        let seed = crypto::skeyseed_rekey(sk_d.prf, &sk_d.key, &shared, &ni, &nr);
         let keys = IkeKeys::derive(suite.encr, suite.prf, &seed, &ni, &nr, new_spi_i, new_spi_r);
         let mut prop = Proposal::from_ike(num, &new_spi_r.to_be_bytes(), &IkeProposal::from(suite));
         prop.num = num;
@@ -92,18 +94,25 @@ impl Endpoint {
             Payload::Ke { group: suite.dh.id(), data: dh.public() },
         ];
         self.respond(sa, ExchangeType::CREATE_CHILD_SA, id, &resp);
-        if matches!(sa.out, Some(Request { kind: ReqKind::RekeyIke { .. }, .. })) {
-            // Simultaneous IKE rekey (§2.8.1): keep both until our exchange returns.
-            sa.ike_collision = Some((ni.clone(), nr.clone(), new_spi_r));
+        let ours_outstanding =
+            matches!(sa.out, Some(Request { kind: ReqKind::RekeyIke { .. }, .. }));
+        let mut collided = false;
+        if let Phase::Established(e) = &mut sa.phase {
+            if ours_outstanding {
+                // Simultaneous IKE rekey (§2.8.1): keep both until our exchange returns.
+                e.collision =
+                    Some(IkeCollision { ni: ni.clone(), nr: nr.clone(), new_spi: new_spi_r });
+            }
+            collided = e.collision.is_some();
         }
         let mut new =
             self.rekeyed_sa(sa, false, new_spi_i, new_spi_r, suite, keys, ni.min(nr), now);
-        if sa.ike_collision.is_none() {
-            self.take_over(sa, new, now, false);
+        if !collided {
+            self.take_over(sa, new, cfg, now, false);
         } else {
             // Parked until our own rekey returns; adopted if it wins, deleted by the peer if not.
-            new.state = State::Rekeyed;
-            new.linger_until = Some(now + self.config.half_open_timeout);
+            new.retire();
+            new.linger(now + self.config.half_open_timeout);
             self.put(new, now);
         }
     }
@@ -124,28 +133,32 @@ impl Endpoint {
             tunnel: old.tunnel,
             nat_t: old.nat_t,
             behind_nat: old.behind_nat,
-            suite: Some(suite),
-            keys: Some(Box::new(keys)),
             keepalive_at: old.keepalive_at,
             nonce_key,
-            ..IkeSa::new(initiator, spi_i, spi_r, old.local, old.remote, State::Established, now)
+            ..IkeSa::new(
+                initiator,
+                spi_i,
+                spi_r,
+                old.local,
+                old.remote,
+                Phase::established(Keyed::new(keys, suite)),
+                now,
+            )
         }
     }
 
-    /// Moves CHILD SAs and queued work from `old` to `new` and makes `new` the tunnel's SA.
+    /// Moves CHILD SAs and queued work from `old` to `new` and makes `new` the tunnel's SA
+    /// (`cfg`'s, whose index both carry).
     pub(super) fn take_over(
         &mut self,
         old: &mut IkeSa,
         mut new: IkeSa,
+        cfg: &TunnelConfig,
         now: Instant,
         delete_old: bool,
     ) {
-        let Some(t) = new.tunnel else { return };
-        let Some(l) = self.tunnel_ref(t).map(|t| t.cfg.ike_lifetime) else { return };
-        let (rekey, expire) = self.jittered(now, &l);
-        new.rekey_at = rekey;
-        new.expire_at = Some(expire);
-        new.linger_until = None;
+        let (rekey, expire) = self.jittered(now, &cfg.ike_lifetime);
+        new.set_lifetime(rekey, expire);
         new.children = std::mem::take(&mut old.children);
         for c in &new.children {
             self.child_index.insert(c.spi_in, new.our_spi());
@@ -155,19 +168,19 @@ impl Endpoint {
             .drain(..)
             .filter(|t| !matches!(t, Task::RekeyIke | Task::Dpd | Task::DeleteIke))
             .collect();
-        old.state = State::Rekeyed;
+        old.retire();
         old.last_rx = now;
         if delete_old {
             old.queue.push_back(Task::DeleteIke);
         }
-        if let Some(tun) = self.tunnel_mut(t) {
+        if let Some(tun) = new.tunnel.and_then(|t| self.tunnel_mut(t)) {
             tun.ike = Some(new.our_spi());
         }
         self.events.push_back(Event::IkeSaUp {
-            tunnel: self.tunnel_name(Some(t)),
+            tunnel: cfg.name.clone(),
             local: new.local,
             peer: new.remote,
-            suite: new.suite.unwrap_or(IkeSuite {
+            suite: new.phase.suite().unwrap_or(IkeSuite {
                 encr: crate::proposal::Encr::Aes256Gcm16,
                 prf: crate::proposal::Prf::HmacSha256,
                 dh: DhGroup::Curve25519,
@@ -182,12 +195,15 @@ impl Endpoint {
     // ----- IKE SA rekey, initiator ---------------------------------------------------------
 
     pub(super) fn start_rekey_ike(&mut self, sa: &mut IkeSa, now: Instant) {
-        let Some(cfg) = sa.tunnel.and_then(|t| self.tunnel_ref(t)).map(|t| t.cfg.clone()) else {
+        let Some(cfg) = self.sa_config(sa) else {
             return;
         };
         let new_spi = self.new_spi64();
         let nonce = self.nonce();
-        let group = sa.suite.map(|s| s.dh).unwrap_or(cfg.ike_proposals[0].dh[0]);
+        let group = match &sa.phase {
+            Phase::Established(e) => e.rekey_group.unwrap_or(e.keyed.suite.dh),
+            _ => cfg.ike_proposals[0].dh[0],
+        };
         let dh = DhSecret::generate(group, &mut self.rng);
         let props = cfg
             .ike_proposals
@@ -210,16 +226,18 @@ impl Endpoint {
         );
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn on_rekey_ike_response(
         &mut self,
         sa: &mut IkeSa,
+        sk_d: &SkD,
         now: Instant,
         payloads: Vec<Payload>,
         new_spi: u64,
         ni: Vec<u8>,
         dh: DhSecret,
     ) {
-        let Some(cfg) = sa.tunnel.and_then(|t| self.tunnel_ref(t)).map(|t| t.cfg.clone()) else {
+        let Some(cfg) = self.sa_config(sa) else {
             return;
         };
         let props =
@@ -238,8 +256,10 @@ impl Endpoint {
             let n = err.as_ref().map(|n| n.ty).unwrap_or(NotifyType::INVALID_SYNTAX);
             if n == NotifyType::TEMPORARY_FAILURE {
                 // The peer is busy (e.g. its own rekey): try again later.
-                sa.rekey_at = Some(now + Duration::from_secs(2));
-                sa.ike_collision = None;
+                if let Some(e) = sa.established_mut() {
+                    e.rekey_at = Some(now + Duration::from_secs(2));
+                }
+                sa.take_ike_collision();
                 return;
             }
             if n == NotifyType::INVALID_KE_PAYLOAD
@@ -250,8 +270,8 @@ impl Endpoint {
                 && cfg.ike_proposals.iter().any(|p| p.dh.contains(&g))
                 && g != dh.group()
             {
-                if let Some(s) = sa.suite.as_mut() {
-                    s.dh = g;
+                if let Some(e) = sa.established_mut() {
+                    e.rekey_group = Some(g);
                 }
                 sa.queue.push_front(Task::RekeyIke);
                 return;
@@ -266,6 +286,16 @@ impl Endpoint {
                 suggestion: None,
             });
             return;
+        };
+        // Our rekey fails; the SA carries on until its hard lifetime.
+        let bad = |why: &str, theirs: Option<String>| Explanation {
+            tunnel: cfg.name.clone(),
+            peer: sa.remote,
+            exchange: ExchangeType::CREATE_CHILD_SA,
+            cause: Cause::BadResponse(why.into()),
+            ours: format!("IKE {}", ike_list_string(&cfg.ike_proposals)),
+            theirs,
+            suggestion: None,
         };
         let p = props.first();
         let suite = p.map(|p| p.to_ike()).and_then(|c| {
@@ -283,20 +313,29 @@ impl Endpoint {
                     && group == s.dh.id()
             }),
         ) else {
+            let theirs = props.iter().map(|p| p.describe()).collect::<Vec<_>>().join(",");
+            self.fail(bad("the peer chose a proposal or group we did not offer", Some(theirs)));
             return;
         };
-        if p.spi.len() != 8 {
+        let Ok(spi) = <[u8; 8]>::try_from(&p.spi[..]) else {
+            self.fail(bad("the new IKE SA's SPI is not 8 bytes", None));
             return;
-        }
-        let new_spi_r = u64::from_be_bytes(p.spi[..8].try_into().unwrap_or_default());
-        let Ok(shared) = dh.shared(&ke) else { return };
-        let Some(old) = sa.keys.as_ref() else { return };
-        let seed = crypto::skeyseed_rekey(old.prf, &old.sk_d, &shared, &ni, &nr);
+        };
+        let new_spi_r = u64::from_be_bytes(spi);
+        let shared = match dh.shared(&ke) {
+            Ok(s) => s,
+            Err(e) => {
+                self.fail(bad(&e.to_string(), None));
+                return;
+            }
+        };
+        // SK_d seeds the new SA (§2.18).
+        let seed = crypto::skeyseed_rekey(sk_d.prf, &sk_d.key, &shared, &ni, &nr);
         let keys = IkeKeys::derive(suite.encr, suite.prf, &seed, &ni, &nr, new_spi, new_spi_r);
         let mine_low = ni.clone().min(nr.clone());
         let new = self.rekeyed_sa(sa, true, new_spi, new_spi_r, suite, keys, mine_low.clone(), now);
-        match sa.ike_collision.take() {
-            Some((pni, pnr, peer_new)) => {
+        match sa.take_ike_collision() {
+            Some(IkeCollision { ni: pni, nr: pnr, new_spi: peer_new }) => {
                 // §2.8.1 for IKE SAs: the new SA with the lowest nonce is redundant and is
                 // deleted by the peer that created (initiated) it.
                 if mine_low < pni.min(pnr) {
@@ -305,20 +344,20 @@ impl Endpoint {
                         if let Some(t) = winner.timer.take() {
                             self.timers.remove(&(t, peer_new));
                         }
-                        winner.state = State::Established;
-                        self.take_over(sa, winner, now, false);
+                        winner.reinstate();
+                        self.take_over(sa, winner, &cfg, now, false);
                     }
                     let mut redundant = new;
-                    redundant.state = State::Rekeyed;
+                    redundant.retire();
                     redundant.queue.push_back(Task::DeleteIke);
                     self.pump(&mut redundant, now);
                     self.put(redundant, now);
                 } else {
                     // Ours won: we delete the old SA; the peer deletes its redundant one.
-                    self.take_over(sa, new, now, true);
+                    self.take_over(sa, new, &cfg, now, true);
                 }
             }
-            None => self.take_over(sa, new, now, true),
+            None => self.take_over(sa, new, &cfg, now, true),
         }
     }
 }

@@ -9,14 +9,12 @@ impl Endpoint {
         // A liveness check ends at its timeout, not at a retransmission (§2.4): its own
         // deadline, and the retransmission count does not limit it.
         let dpd_deadline = self.dpd_deadline(sa);
-        if dpd_deadline.is_some_and(|d| d <= now) {
-            self.exchange_timed_out(sa, now);
+        if let Some(out) = sa.out.take_if(|_| dpd_deadline.is_some_and(|d| d <= now)) {
+            self.exchange_timed_out(sa, out, now);
             return;
         }
         // Retransmission (§2.1).
-        if let Some(out) = sa.out.as_mut()
-            && out.next_retx <= now
-        {
+        if let Some(mut out) = sa.out.take_if(|o| o.next_retx <= now) {
             let expired = dpd_deadline.is_none() && out.tries > self.config.retransmit_tries;
             if !expired {
                 let wait = Duration::try_from_secs_f64(
@@ -28,30 +26,32 @@ impl Endpoint {
                 out.tries += 1;
                 out.next_retx = now + wait;
                 let data = out.data.clone();
+                sa.out = Some(out);
                 self.send(sa, data);
                 return;
             }
-            self.exchange_timed_out(sa, now);
+            self.exchange_timed_out(sa, out, now);
             return;
         }
-        match sa.state {
-            State::HalfOpen => {
+        match sa.phase {
+            Phase::HalfOpen(_) => {
                 if now >= sa.created + self.config.half_open_timeout {
                     self.half_open.retain(|_, v| *v != sa.spi_r);
-                    sa.state = State::Deleting;
-                    sa.linger_until = Some(now);
+                    sa.start_deleting();
+                    sa.linger(now);
                 }
             }
-            State::Established => {
-                if sa.expire_at.is_some_and(|e| e <= now) {
+            Phase::Established(ref mut e) => {
+                let expired = e.expire_at.is_some_and(|x| x <= now);
+                let rekey_due = e.rekey_at.take_if(|r| *r <= now).is_some();
+                if expired {
                     sa.out = None;
                     self.release_pending_spis(sa);
                     self.finish_later(sa, DownReason::Expired);
-                    sa.linger_until = Some(now);
+                    sa.linger(now);
                     return;
                 }
-                if sa.rekey_at.is_some_and(|r| r <= now) {
-                    sa.rekey_at = None;
+                if rekey_due {
                     // The original initiator... either side may rekey; jitter avoids collisions.
                     if !sa.queue.contains(&Task::RekeyIke) {
                         sa.queue.push_back(Task::RekeyIke);
@@ -106,7 +106,10 @@ impl Endpoint {
                 }
                 self.pump(sa, now);
             }
-            State::Rekeyed | State::Deleting | State::InitSent | State::AuthSent => {}
+            Phase::Rekeyed { .. }
+            | Phase::Deleting { .. }
+            | Phase::Initiating(_)
+            | Phase::Authenticating(_) => {}
         }
     }
 
@@ -120,9 +123,10 @@ impl Endpoint {
         remote: SocketAddr,
         now: Instant,
     ) {
-        let waiting: Vec<u64> = [State::Rekeyed, State::Deleting]
+        let phases: [fn(&Phase) -> bool; 2] = [Phase::is_rekeyed, Phase::is_deleting];
+        let waiting: Vec<u64> = phases
             .into_iter()
-            .flat_map(|state| self.tunnel_sas(t, except, state))
+            .flat_map(|wanted| self.tunnel_sas(t, except, wanted))
             .filter(|k| self.sas.get(k).is_some_and(|o| o.remote == remote))
             .collect();
         for k in waiting {
@@ -132,8 +136,8 @@ impl Endpoint {
         }
     }
 
-    pub(super) fn exchange_timed_out(&mut self, sa: &mut IkeSa, now: Instant) {
-        let Some(out) = sa.out.take() else { return };
+    /// Our request `out` (taken from the SA) got no answer in time.
+    pub(super) fn exchange_timed_out(&mut self, sa: &mut IkeSa, out: Request, now: Instant) {
         let t = sa.tunnel;
         let cfg = t.and_then(|t| self.tunnel_ref(t)).map(|t| t.cfg.clone());
         let name = cfg.as_ref().map(|c| c.name.clone()).unwrap_or_default();
@@ -164,23 +168,22 @@ impl Endpoint {
         });
         match out.kind {
             ReqKind::Init | ReqKind::Auth => {
-                let persistent = sa.init.as_ref().is_some_and(|i| i.persistent);
+                let persistent = sa.phase.persistent();
                 self.release_pending_spis(sa);
-                sa.init = None;
-                sa.state = State::Deleting;
+                sa.start_deleting();
                 self.detach(sa);
                 if persistent && let Some(t) = t {
                     self.initiate_idx(t, now, true);
                 }
             }
             ReqKind::DeleteIke => {
-                let reason = if sa.state == State::Rekeyed {
+                let reason = if sa.phase.is_rekeyed() {
                     DownReason::Rekeyed
                 } else {
                     DownReason::Terminated
                 };
                 self.finish_later(sa, reason);
-                sa.linger_until = Some(now);
+                sa.linger(now);
             }
             _ => {
                 // The peer is dead (§2.4): drop everything; restart if configured.
@@ -191,7 +194,7 @@ impl Endpoint {
                     self.child_index.remove(&spi_in);
                 }
                 self.finish_later(sa, DownReason::DeadPeer);
-                sa.linger_until = Some(now);
+                sa.linger(now);
                 if let Some(t) = t {
                     self.drop_waiting_on(t, sa.our_spi(), sa.remote, now);
                 }
