@@ -68,41 +68,22 @@ impl Wan {
 fn render(me: u8, peer: u8, wan: &Wan, spd: &str, extra: &str) -> String {
     let start = if me == 1 { "start" } else { "none" };
     let id = wan.peer_id.as_ref().map(|i| format!("ike_id = \"{i}\"\n")).unwrap_or_default();
-    format!(
-        r#"
-[gateway]
-name = "gw{me}"
-[gateway.wan]
-interface = "wan0"
-address = "{}"
-next_hop = "{}"
-[[gateway.lan]]
-name = "lan"
-interface = "lan0"
-addresses = ["10.65.{me}.1/24"]
-
-[[customer_gateway]]
-name = "gw{peer}"
-address = "{}"
-{id}
+    isthmus_testkit::config::Gateway::new(&format!("gw{me}"))
+        .wan("wan0", &wan.address, &wan.next_hop)
+        .lan("lan", "lan0", &format!("10.65.{me}.1/24"))
+        .customer_gateway(&format!("gw{peer}"), &wan.peer_address)
+        .push(&format!(
+            r#"{id}
 [[tunnel]]
 name = "to-gw{peer}"
 customer_gateway = "gw{peer}"
 psk = "{PSK}"
 start_action = "{start}"
-{spd}
-
-[[api_token]]
-name = "ops"
-role = "admin"
-token_hash = "sha256:{}"
-{extra}
-"#,
-        wan.address,
-        wan.next_hop,
-        wan.peer_address,
-        token_hash(ADMIN)
-    )
+{spd}"#
+        ))
+        .token("ops", "admin", &format!("sha256:{}", token_hash(ADMIN)))
+        .push(extra)
+        .toml()
 }
 
 fn pair(tag: &str, cfg1: &str, cfg2: &str) -> (Site, Site) {

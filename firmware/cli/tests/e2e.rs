@@ -37,24 +37,12 @@ fn site(n: u8) -> Site {
 fn config(me: u8, peer: u8, extra: &str) -> String {
     let start =
         if me == 1 || std::env::var_os("E2E_BOTH_START").is_some() { "start" } else { "none" };
-    format!(
-        r#"
-[gateway]
-name = "gw{me}"
-[gateway.wan]
-interface = "wan0"
-address = "10.70.0.{me}/24"
-next_hop = "10.70.0.254"
-[[gateway.lan]]
-name = "lan"
-interface = "lan0"
-addresses = ["10.71.{me}.1/24"]
-
-[[customer_gateway]]
-name = "gw{peer}"
-address = "10.70.0.{peer}"
-
-[[tunnel]]
+    isthmus_testkit::config::Gateway::new(&format!("gw{me}"))
+        .wan("wan0", &format!("10.70.0.{me}/24"), "10.70.0.254")
+        .lan("lan", "lan0", &format!("10.71.{me}.1/24"))
+        .customer_gateway(&format!("gw{peer}"), &format!("10.70.0.{peer}"))
+        .push(&format!(
+            r#"[[tunnel]]
 name = "to-gw{peer}"
 customer_gateway = "gw{peer}"
 psk = "{PSK}"
@@ -65,15 +53,11 @@ timeout = "6s"
 [[tunnel.spd]]
 local = ["10.71.{me}.0/24"]
 remote = ["10.71.{peer}.0/24"]
-
-[[api_token]]
-name = "ops"
-role = "admin"
-token_hash = "sha256:{}"
-{extra}
-"#,
-        token_hash(ADMIN)
-    )
+"#
+        ))
+        .token("ops", "admin", &format!("sha256:{}", token_hash(ADMIN)))
+        .push(extra)
+        .toml()
 }
 
 /// A minimal HTTP server on the gateway's loopback that records POST bodies.
@@ -260,24 +244,14 @@ fn health_check_reports_and_its_loss_alarm_raises_and_clears() {
         )
     };
     let hc_config = |me: u8, peer: u8, extra: &str| {
-        format!(
-            r#"
-[gateway]
-name = "hc{me}"
-[gateway.wan]
-interface = "wan0"
-address = "10.63.0.{me}/24"
-next_hop = "10.63.0.254"
-[[gateway.lan]]
-name = "lan"
-interface = "lan0"
-addresses = ["10.63.{l}.1/24"]
-
-[[customer_gateway]]
-name = "hc{peer}"
-address = "10.63.0.{peer}"
-
-[[tunnel]]
+        let (l, r) = (10 + me, 10 + peer);
+        let start = if me == 1 { "start" } else { "none" };
+        isthmus_testkit::config::Gateway::new(&format!("hc{me}"))
+            .wan("wan0", &format!("10.63.0.{me}/24"), "10.63.0.254")
+            .lan("lan", "lan0", &format!("10.63.{l}.1/24"))
+            .customer_gateway(&format!("hc{peer}"), &format!("10.63.0.{peer}"))
+            .push(&format!(
+                r#"[[tunnel]]
 name = "to-hc{peer}"
 customer_gateway = "hc{peer}"
 psk = "{PSK}"
@@ -288,18 +262,10 @@ timeout = "6s"
 [[tunnel.spd]]
 local = ["10.63.{l}.0/24"]
 remote = ["10.63.{r}.0/24"]
-{extra}
-
-[[api_token]]
-name = "ops"
-role = "admin"
-token_hash = "sha256:{hash}"
-"#,
-            l = 10 + me,
-            r = 10 + peer,
-            start = if me == 1 { "start" } else { "none" },
-            hash = token_hash(ADMIN),
-        )
+{extra}"#
+            ))
+            .token("ops", "admin", &format!("sha256:{}", token_hash(ADMIN)))
+            .toml()
     };
     let mut a = hc_site(1);
     let mut b = hc_site(2);

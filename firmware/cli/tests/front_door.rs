@@ -27,12 +27,10 @@ impl Drop for Daemon {
 }
 
 fn config(name: &str, extra: &str) -> String {
-    format!(
-        "[gateway]\nname = \"{name}\"\n[gateway.wan]\ninterface = \"lo\"\naddress = \"127.0.0.1/8\"\n\
-         next_hop = \"127.0.0.2\"\n{extra}\n[[api_token]]\nname = \"ops\"\nrole = \"admin\"\n\
-         token_hash = \"{}\"\n",
-        isthmus_config::hash_token(ADMIN)
-    )
+    isthmus_testkit::config::Gateway::new(name)
+        .push(extra)
+        .token("ops", "admin", &isthmus_config::hash_token(ADMIN))
+        .toml()
 }
 
 /// `isthmus ARGS` with the token, a private settings folder and no endpoint of its own unless

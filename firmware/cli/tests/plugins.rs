@@ -50,26 +50,10 @@ impl Fixture {
     }
 
     fn start(&mut self, trusted_pub: &str) {
-        let cfg = format!(
-            r#"
-[gateway]
-name = "gw1"
-[gateway.wan]
-interface = "lo"
-address = "127.0.0.1/8"
-next_hop = "127.0.0.2"
-
-[[api_token]]
-name = "ops"
-role = "admin"
-token_hash = "{}"
-
-[[trusted_key]]
-name = "ops-signing"
-public_key = "{trusted_pub}"
-"#,
-            isthmus_config::hash_token(ADMIN)
-        );
+        let cfg = isthmus_testkit::config::Gateway::new("gw1")
+            .token("ops", "admin", &isthmus_config::hash_token(ADMIN))
+            .trusted_key("ops-signing", trusted_pub)
+            .toml();
         let file = self.dir.join("gw.toml");
         std::fs::write(&file, cfg).unwrap();
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -274,24 +258,13 @@ mod through_the_tunnel {
     }
 
     fn config(me: u8, peer: u8, public: &str, extra: &str) -> String {
-        format!(
-            r#"
-[gateway]
-name = "pl{me}"
-[gateway.wan]
-interface = "wan0"
-address = "10.62.0.{me}/24"
-next_hop = "10.62.0.254"
-[[gateway.lan]]
-name = "lan"
-interface = "lan0"
-addresses = ["10.62.{me}.1/24"]
-
-[[customer_gateway]]
-name = "pl{peer}"
-address = "10.62.0.{peer}"
-
-[[tunnel]]
+        let start = if me == 1 { "start" } else { "none" };
+        isthmus_testkit::config::Gateway::new(&format!("pl{me}"))
+            .wan("wan0", &format!("10.62.0.{me}/24"), "10.62.0.254")
+            .lan("lan", "lan0", &format!("10.62.{me}.1/24"))
+            .customer_gateway(&format!("pl{peer}"), &format!("10.62.0.{peer}"))
+            .push(&format!(
+                r#"[[tunnel]]
 name = "to-pl{peer}"
 customer_gateway = "pl{peer}"
 psk = "{PSK}"
@@ -299,20 +272,12 @@ start_action = "{start}"
 [[tunnel.spd]]
 local = ["10.62.{me}.0/24"]
 remote = ["10.62.{peer}.0/24"]
-
-[[trusted_key]]
-name = "ops"
-public_key = "{public}"
-
-[[api_token]]
-name = "ops"
-role = "admin"
-token_hash = "sha256:{hash}"
-{extra}
-"#,
-            start = if me == 1 { "start" } else { "none" },
-            hash = token_hash(TOKEN)
-        )
+"#
+            ))
+            .trusted_key("ops", public)
+            .token("ops", "admin", &format!("sha256:{}", token_hash(TOKEN)))
+            .push(extra)
+            .toml()
     }
 
     /// Gateway 2's security group on the tunnel: TCP to port 5201 in, no ICMP in, all out.

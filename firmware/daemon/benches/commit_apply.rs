@@ -23,18 +23,10 @@ fn block(i: usize, j: usize) -> String {
 }
 
 fn base() -> String {
-    r#"[gateway]
-name = "bench"
-[gateway.wan]
-interface = "wan0"
-address = "198.18.255.1/16"
-next_hop = "198.18.255.254"
-[[gateway.lan]]
-name = "app"
-interface = "lan0"
-addresses = ["10.0.0.1/16"]
-"#
-    .to_owned()
+    isthmus_testkit::config::Gateway::new("bench")
+        .wan("wan0", "198.18.255.1/16", "198.18.255.254")
+        .lan("app", "lan0", "10.0.0.1/16")
+        .toml()
 }
 
 fn big(changed_metric: u32) -> String {

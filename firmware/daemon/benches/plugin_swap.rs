@@ -30,26 +30,12 @@ impl Rng {
 /// A configuration with `n` security-group rules bound to the LAN.
 fn config(n: usize, public: &str) -> String {
     let mut rng = Rng(0x62_0000_0001);
-    let mut s = format!(
-        r#"
-[gateway]
-name = "bench"
-[gateway.wan]
-interface = "wan0"
-address = "10.62.9.1/24"
-next_hop = "10.62.9.254"
-[[gateway.lan]]
-name = "lan"
-interface = "lan0"
-addresses = ["10.62.10.1/24"]
-[[trusted_key]]
-name = "bench"
-public_key = "{public}"
-[[security_group]]
-name = "big"
-lans = ["lan"]
-"#
-    );
+    let mut s = isthmus_testkit::config::Gateway::new("bench")
+        .wan("wan0", "10.62.9.1/24", "10.62.9.254")
+        .lan("lan", "lan0", "10.62.10.1/24")
+        .trusted_key("bench", public)
+        .push("[[security_group]]\nname = \"big\"\nlans = [\"lan\"]\n")
+        .toml();
     for i in 0..n {
         let r = rng.next();
         let (a, b, len) = ((r >> 8) as u8, (r >> 16) as u8, 16 + (r >> 24) % 17);
@@ -99,7 +85,8 @@ fn main() {
         peers = Some(peer);
         let p = policy.clone();
         let started = n.run(move || {
-            p.start_tunnels(
+            isthmusd::core::start_planes(
+                &p,
                 isthmus_tunnels::DriverConfig::default(),
                 isthmus_dataplane::Config::new("ist0", "10.62.9.1".parse().unwrap()),
                 isthmus_tunnels::EspOptions::default(),
@@ -109,7 +96,7 @@ fn main() {
         ns = Some(n);
     }
     let trusted = trusted_keys(&cfg);
-    policy.refresh(&cfg, &trusted);
+    policy.refresh(&cfg, &trusted, &[]);
     // The bundled defaults compile in the background after the first refresh: not measured.
     while policy.loading() {
         std::thread::sleep(Duration::from_millis(10));
@@ -129,7 +116,7 @@ fn main() {
     for round in 0..7 {
         let t0 = Instant::now();
         store.activate("tenant-sg", &digests[round % 2]).unwrap();
-        policy.refresh(&cfg, &trusted);
+        policy.reselect(&cfg, &trusted);
         let t1 = Instant::now();
         let h = policy.hooks().into_iter().find(|h| h.hook == "security-group").unwrap();
         assert!(h.plugin.starts_with("tenant-sg@"), "{h:?}");

@@ -46,29 +46,11 @@ mod tempdir {
 }
 
 fn config(name: &str, extra: &str) -> String {
-    format!(
-        r#"
-[gateway]
-name = "{name}"
-[gateway.wan]
-interface = "lo"
-address = "127.0.0.1/8"
-next_hop = "127.0.0.2"
-
-[[api_token]]
-name = "ops"
-role = "admin"
-token_hash = "{}"
-
-[[api_token]]
-name = "grafana"
-role = "read-only"
-token_hash = "{}"
-{extra}
-"#,
-        isthmus_config::hash_token(ADMIN),
-        isthmus_config::hash_token(RO)
-    )
+    isthmus_testkit::config::Gateway::new(name)
+        .token("ops", "admin", &isthmus_config::hash_token(ADMIN))
+        .token("grafana", "read-only", &isthmus_config::hash_token(RO))
+        .push(extra)
+        .toml()
 }
 
 const ADMIN: &str = "ist_admin-token-for-tests";

@@ -51,23 +51,12 @@ fn lab(tag: &str, port: u16) -> Lab {
 /// The gateway: WAN 10.64.1.1, LAN 10.64.10.1, one tunnel to 10.64.1.2, a route table bound
 /// to the LAN with a tunnel route and a route via a LAN router (metric `metric`), plus `extra`.
 fn config(metric: u32, extra: &str) -> String {
-    format!(
-        r#"[gateway]
-name = "netns-gw"
-[gateway.wan]
-interface = "wan0"
-address = "10.64.1.1/24"
-next_hop = "10.64.1.254"
-[[gateway.lan]]
-name = "app"
-interface = "lan0"
-addresses = ["10.64.10.1/24"]
-
-[[customer_gateway]]
-name = "peer"
-address = "10.64.1.2"
-
-[[tunnel]]
+    isthmus_testkit::config::Gateway::new("netns-gw")
+        .wan("wan0", "10.64.1.1/24", "10.64.1.254")
+        .lan("app", "lan0", "10.64.10.1/24")
+        .customer_gateway("peer", "10.64.1.2")
+        .push(&format!(
+            r#"[[tunnel]]
 name = "t1"
 customer_gateway = "peer"
 psk = "apply-netns-psk-0123456789abcdef"
@@ -87,14 +76,10 @@ tunnel = "t1"
 prefix = "10.64.200.0/24"
 via = "10.64.10.9"
 metric = {metric}
-{extra}
-[[api_token]]
-name = "ops"
-role = "admin"
-token_hash = "sha256:{}"
-"#,
-        token_hash(TOKEN)
-    )
+{extra}"#
+        ))
+        .token("ops", "admin", &format!("sha256:{}", token_hash(TOKEN)))
+        .toml()
 }
 
 /// Calls the API from inside the gateway's namespace (it listens on the namespace's loopback).

@@ -27,24 +27,12 @@ impl Drop for Dir {
 }
 
 fn config(public_key: &str) -> String {
-    format!(
-        r#"
-[gateway]
-name = "gw-policy"
-[gateway.wan]
-interface = "wan0"
-address = "10.62.0.1/24"
-next_hop = "10.62.0.254"
-[[gateway.lan]]
-name = "lan"
-interface = "lan0"
-addresses = ["10.62.1.1/24"]
-
-[[trusted_key]]
-name = "test"
-public_key = "{public_key}"
-
-[[security_group]]
+    isthmus_testkit::config::Gateway::new("gw-policy")
+        .wan("wan0", "10.62.0.1/24", "10.62.0.254")
+        .lan("lan", "lan0", "10.62.1.1/24")
+        .trusted_key("test", public_key)
+        .push(
+            r#"[[security_group]]
 name = "web"
 lans = ["lan"]
 
@@ -66,8 +54,9 @@ protocol = "icmp"
 priority = 30
 action = "allow"
 direction = "out"
-"#
-    )
+"#,
+        )
+        .toml()
 }
 
 fn flow(src: &str, dst: &str, proto: u8, dst_port: u16) -> FlowKey {

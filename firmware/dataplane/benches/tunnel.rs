@@ -15,7 +15,7 @@ mod lab;
 
 use std::time::Duration;
 
-use isthmus_dataplane::SgTable;
+use isthmus_dataplane::{Drop, Io, SgTable};
 use isthmus_tables::PortRange;
 use isthmus_tables::sg::{Action, ChainKind, ChainSpec, Direction, Rule};
 use lab::{ChildGuard, LAN_A, LAN_B, Options};
@@ -228,12 +228,17 @@ fn main() {
     );
     println!(
         "  gw-a: {} reads from TUN, {} ESP packets to the WAN, drops {:?}; {ROUNDS} x {SECONDS} s per path",
-        c.io.tun_rx, c.io.wan_tx, c.drops
+        c.io[Io::TunRx],
+        c.io[Io::WanTx],
+        c.drops
     );
     let cb = lab.b.counters();
     println!(
         "  gw-b (the receiver's side): {} ESP packets from the WAN, {} writes to TUN; {} reads from TUN (the ACKs), {} ESP packets back",
-        cb.io.wan_rx, cb.io.tun_tx, cb.io.tun_rx, cb.io.wan_tx
+        cb.io[Io::WanRx],
+        cb.io[Io::TunTx],
+        cb.io[Io::TunRx],
+        cb.io[Io::WanTx]
     );
     println!(
         "  gw-a flow table: {} hits, {} misses, {} flows created, {} re-evaluated after swaps; SG/NACL drops {}",
@@ -241,7 +246,7 @@ fn main() {
         c.flows.misses,
         c.flows.created,
         c.flows.revalidated,
-        c.stage_drops.nacl_in + c.stage_drops.nacl_out + c.stage_drops.sg_in + c.stage_drops.sg_out
+        c.drops[Drop::NaclIn] + c.drops[Drop::NaclOut] + c.drops[Drop::SgIn] + c.drops[Drop::SgOut]
     );
     println!("  TCP retransmits: tunnel {tunnel_rtx}, tunnel+SG {sg_rtx}, plain {plain_rtx}");
     // Where the CPU goes: with every core busy, throughput is the cores divided by the CPU

@@ -39,7 +39,6 @@
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -48,6 +47,8 @@ use isthmus_tables::flow::{
 };
 use isthmus_tables::sg::{Action, AttachmentId, ChainKind, Direction, RuleRef, SgTable};
 use isthmus_tables::{FlowKey, Prefix};
+
+use crate::counters::{Drop, DropCounts};
 
 /// Most rules whose drops are counted by name; beyond, the rule with the fewest drops is evicted
 /// (its count moves to [`Counters`](crate::Counters)'s `rule_drops_evicted`).
@@ -89,84 +90,6 @@ impl SgState {
     }
 }
 
-/// Drops by stage of the packet path and reason: what a drop counter page shows.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct StageDrops {
-    /// Network ACL, tunnel to LAN (`nacl-in`).
-    pub nacl_in: u64,
-    /// Network ACL, LAN to tunnel (`nacl-out`).
-    pub nacl_out: u64,
-    /// Security group, tunnel to LAN (`sg-in`).
-    pub sg_in: u64,
-    /// Security group, LAN to tunnel (`sg-out`).
-    pub sg_out: u64,
-    /// New flows dropped because the flow table was full (`flow-table-full`).
-    pub flow_table_full: u64,
-    /// Packets of a flow waiting for the security-group plugin's decision (`punt-pending`).
-    pub punt_pending: u64,
-    /// Link-scoped packet from the TUN device, never tunnel traffic (`link-scope`).
-    pub link_scope: u64,
-    /// No SPD entry matched (`spd-no-policy`).
-    pub spd_no_policy: u64,
-    /// A `discard` SPD entry matched (`spd-discard`).
-    pub spd_discard: u64,
-    /// A `bypass` SPD entry matched inside the tunnel device (`spd-bypass`).
-    pub spd_bypass: u64,
-    /// Protected traffic without a usable outbound SA (`no-sa`).
-    pub no_sa: u64,
-    /// Outbound SA expired (`sa-expired`).
-    pub sa_expired: u64,
-    /// Decrypted packet outside its SA's traffic selectors (`selector-mismatch`).
-    pub selector_mismatch: u64,
-    /// Packet too big for the tunnel MTU (`too-big`).
-    pub too_big: u64,
-    /// Replayed sequence number (`replay`).
-    pub replay: u64,
-    /// Sequence number left of the anti-replay window (`outside-window`).
-    pub outside_window: u64,
-    /// ICV verification failed (`icv`).
-    pub icv: u64,
-    /// Bad ESP padding (`bad-padding`).
-    pub bad_padding: u64,
-    /// No inbound SA with the packet's SPI (`unknown-spi`).
-    pub unknown_spi: u64,
-    /// Malformed packet (`malformed`).
-    pub malformed: u64,
-}
-
-impl StageDrops {
-    /// Every counter as `(stage, reason, count)`, with the names used in metrics labels.
-    pub fn entries(&self) -> [(&'static str, &'static str, u64); 20] {
-        [
-            ("nacl", "nacl-in", self.nacl_in),
-            ("nacl", "nacl-out", self.nacl_out),
-            ("sg", "sg-in", self.sg_in),
-            ("sg", "sg-out", self.sg_out),
-            ("flow", "flow-table-full", self.flow_table_full),
-            ("flow", "punt-pending", self.punt_pending),
-            ("spd", "link-scope", self.link_scope),
-            ("spd", "spd-no-policy", self.spd_no_policy),
-            ("spd", "spd-discard", self.spd_discard),
-            ("spd", "spd-bypass", self.spd_bypass),
-            ("sa", "no-sa", self.no_sa),
-            ("sa", "sa-expired", self.sa_expired),
-            ("selector", "selector-mismatch", self.selector_mismatch),
-            ("mtu", "too-big", self.too_big),
-            ("esp", "replay", self.replay),
-            ("esp", "outside-window", self.outside_window),
-            ("esp", "icv", self.icv),
-            ("esp", "bad-padding", self.bad_padding),
-            ("esp", "unknown-spi", self.unknown_spi),
-            ("parse", "malformed", self.malformed),
-        ]
-    }
-
-    /// The sum of every counter.
-    pub fn total(&self) -> u64 {
-        self.entries().iter().map(|e| e.2).sum()
-    }
-}
-
 /// Drops decided by one security-group or network-ACL rule (or chain default).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct RuleDrop {
@@ -182,26 +105,11 @@ pub struct RuleDrop {
     pub packets: u64,
 }
 
-/// The filter's own drop counters, shared by the workers.
-#[derive(Default)]
-pub(crate) struct FilterAtomics {
-    nacl_in: AtomicU64,
-    nacl_out: AtomicU64,
-    sg_in: AtomicU64,
-    sg_out: AtomicU64,
-    table_full: AtomicU64,
-    punt_pending: AtomicU64,
-}
-
-/// Counted during one batch by one worker, added to the shared counters once per batch.
+/// Counted during one batch by one worker: drops by reason (the worker's own included, added
+/// to the shared counters with them) and by rule (resolved and added by [`Filter::flush`]).
 #[derive(Default)]
 pub(crate) struct LocalDrops {
-    nacl_in: u64,
-    nacl_out: u64,
-    sg_in: u64,
-    sg_out: u64,
-    table_full: u64,
-    punt_pending: u64,
+    pub(crate) counts: DropCounts,
     rules: Vec<(AttachmentId, ChainKind, Direction, RuleRef, u64)>,
 }
 
@@ -217,7 +125,6 @@ pub(crate) struct Filter {
     shards: Box<[Mutex<FlowTable>]>,
     seed: u64,
     epoch: Instant,
-    atomics: FilterAtomics,
     rules: Mutex<RuleDrops>,
 }
 
@@ -230,7 +137,6 @@ impl Filter {
             shards: (0..n).map(|_| Mutex::new(FlowTable::new(per.clone()))).collect(),
             seed,
             epoch: Instant::now(),
-            atomics: FilterAtomics::default(),
             rules: Mutex::new(RuleDrops::default()),
         }
     }
@@ -288,22 +194,9 @@ impl Filter {
         true
     }
 
-    /// Adds a worker's batch of drops; rule names are resolved against `st`, the table the
-    /// batch was evaluated with.
+    /// Adds a worker's batch of drops by rule (its counts by reason are the worker's to add);
+    /// rule names are resolved against `st`, the table the batch was evaluated with.
     pub(crate) fn flush(&self, st: &SgState, local: &mut LocalDrops) {
-        let a = &self.atomics;
-        for (c, v) in [
-            (&a.nacl_in, local.nacl_in),
-            (&a.nacl_out, local.nacl_out),
-            (&a.sg_in, local.sg_in),
-            (&a.sg_out, local.sg_out),
-            (&a.table_full, local.table_full),
-            (&a.punt_pending, local.punt_pending),
-        ] {
-            if v != 0 {
-                c.fetch_add(v, Ordering::Relaxed);
-            }
-        }
         if !local.rules.is_empty() {
             let mut r = self.rules.lock().unwrap_or_else(|p| p.into_inner());
             for (att, kind, dir, rule, n) in local.rules.drain(..) {
@@ -312,20 +205,10 @@ impl Filter {
                 r.add((name, kind, dir, rule), n);
             }
         }
-        *local = LocalDrops { rules: std::mem::take(&mut local.rules), ..LocalDrops::default() };
     }
 
-    /// The filter's stage counters (into `s`), the rule counts (most drops first) and how many
-    /// drops were evicted from the rule map.
-    pub(crate) fn read(&self, s: &mut StageDrops) -> (Vec<RuleDrop>, u64) {
-        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let a = &self.atomics;
-        s.nacl_in = g(&a.nacl_in);
-        s.nacl_out = g(&a.nacl_out);
-        s.sg_in = g(&a.sg_in);
-        s.sg_out = g(&a.sg_out);
-        s.flow_table_full = g(&a.table_full);
-        s.punt_pending = g(&a.punt_pending);
+    /// The rule counts (most drops first) and how many drops were evicted from the rule map.
+    pub(crate) fn read(&self) -> (Vec<RuleDrop>, u64) {
         let r = self.rules.lock().unwrap_or_else(|p| p.into_inner());
         let mut v: Vec<RuleDrop> = r
             .map
@@ -400,28 +283,22 @@ impl LocalDrops {
     fn count(&mut self, att: AttachmentId, direction: Direction, v: &PacketVerdict) {
         match &v.reason {
             Reason::Rule { kind, direction: d, rule } => {
-                match (kind, direction) {
-                    (ChainKind::NetworkAcl, Direction::Inbound) => self.nacl_in += 1,
-                    (ChainKind::NetworkAcl, Direction::Outbound) => self.nacl_out += 1,
-                    (ChainKind::SecurityGroup, Direction::Inbound) => self.sg_in += 1,
-                    (ChainKind::SecurityGroup, Direction::Outbound) => self.sg_out += 1,
-                }
+                self.counts[Drop::of_chain(*kind, direction)] += 1;
                 let k = (att, *kind, *d, *rule);
                 match self.rules.iter_mut().find(|r| (r.0, r.1, r.2, r.3) == k) {
                     Some(r) => r.4 += 1,
                     None => self.rules.push((att, *kind, *d, *rule, 1)),
                 }
             }
-            Reason::TableFull => self.table_full += 1,
-            Reason::PuntPending => self.punt_pending += 1,
+            Reason::TableFull => self.counts[Drop::FlowTableFull] += 1,
+            Reason::PuntPending => self.counts[Drop::PuntPending] += 1,
             // A plugin's or a default punt verdict: counted as the security group's.
             Reason::Punt(_)
             | Reason::PuntTimeout
             | Reason::PuntQueueFull
-            | Reason::Established { .. } => match direction {
-                Direction::Inbound => self.sg_in += 1,
-                Direction::Outbound => self.sg_out += 1,
-            },
+            | Reason::Established { .. } => {
+                self.counts[Drop::of_chain(ChainKind::SecurityGroup, direction)] += 1
+            }
         }
     }
 }
@@ -483,12 +360,10 @@ impl PacketFilter {
         self.filter.check(&self.state, tunnel, direction, key, now, &mut self.drops)
     }
 
-    /// The drops so far by stage, and by rule.
-    pub fn drops(&mut self) -> (StageDrops, Vec<RuleDrop>) {
+    /// The drops so far by reason, and by rule.
+    pub fn drops(&mut self) -> (DropCounts, Vec<RuleDrop>) {
         self.filter.flush(&self.state, &mut self.drops);
-        let mut s = StageDrops::default();
-        let (r, _) = self.filter.read(&mut s);
-        (s, r)
+        (self.drops.counts, self.filter.read().0)
     }
 
     /// The flow table's counters, summed over the shards, and its live flows.
@@ -703,9 +578,9 @@ mod tests {
         let syn = key("10.61.2.2", "10.61.1.2", 6, 40001, 22);
         assert!(!f.check(&sg, t1, Direction::Inbound, &syn, now, &mut d));
         f.flush(&sg, &mut d);
-        let mut s = StageDrops::default();
-        let (rules, evicted) = f.read(&mut s);
-        assert_eq!((s.sg_in, s.sg_out, s.total(), evicted), (1, 0, 1, 0));
+        let s = d.counts;
+        let (rules, evicted) = f.read();
+        assert_eq!((s[Drop::SgIn], s[Drop::SgOut], s.total(), evicted), (1, 0, 1, 0));
         assert_eq!(rules.len(), 1);
         assert_eq!(rules[0].attachment, "t1");
         assert_eq!(rules[0].rule, "t1/default");
@@ -761,9 +636,8 @@ mod tests {
         assert!(!f.check(&sg, t1, Direction::Outbound, &ping_lab, now, &mut d));
         assert!(f.check(&sg, t1, Direction::Inbound, &ping_lab.reversed(), now, &mut d));
         f.flush(&sg, &mut d);
-        let mut s = StageDrops::default();
-        let (rules, _) = f.read(&mut s);
-        assert_eq!(s.nacl_out, 2);
+        let (rules, _) = f.read();
+        assert_eq!(d.counts[Drop::NaclOut], 2);
         assert_eq!((rules[0].attachment.as_str(), rules[0].rule.as_str()), ("lab", "acl:lab/1"));
         assert_eq!(rules[0].packets, 2);
     }
@@ -789,7 +663,7 @@ mod tests {
         assert!(f.check(&g1, t1, Direction::Inbound, &k, now, &mut d));
         assert!(f.check(&g1, t1, Direction::Inbound, &k, now, &mut d));
         assert!(!f.check(&g2, t1, Direction::Inbound, &k, now, &mut d));
-        assert_eq!(d.sg_in, 1);
+        assert_eq!(d.counts[Drop::SgIn], 1);
     }
 
     #[test]

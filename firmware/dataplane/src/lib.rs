@@ -9,7 +9,7 @@
 //! - Outbound (RFC 4301 §5.1): each packet read from the TUN device is classified by the
 //!   published [`SpdTable`] (first match). `Protect` sends it through the CHILD SA's outbound SA,
 //!   as ESP in UDP (RFC 3948) or plain ESP (RFC 4303), batched with `sendmmsg`. **Never in
-//!   clear**: with no usable SA the packet is dropped, counted as `no_sa`, and an
+//!   clear**: with no usable SA the packet is dropped, counted as `no-sa`, and an
 //!   [`Event::Acquire`] (rate limited) asks the control plane for an SA. Packets matching no
 //!   entry, `Discard` or `Bypass` entries are dropped too (bypass traffic is routed by the
 //!   kernel, not into the tunnel device).
@@ -21,12 +21,12 @@
 //!   one-byte `0xff` is a NAT keepalive (ignored), a zero non-ESP marker precedes IKE (handed to
 //!   the control plane as [`Event::Ike`]), anything else is ESP. ESP is matched to its inbound
 //!   SA by SPI, decrypted and replay-checked by `isthmus-esp`, and the inner packet must lie
-//!   inside the SA's traffic selectors (else `selector_mismatch`) before it is written to TUN.
+//!   inside the SA's traffic selectors (else `selector-mismatch`) before it is written to TUN.
 //! - Security groups and network ACLs ([`filter`]): LAN to tunnel after the SPD chose the
 //!   tunnel, tunnel to LAN after the selector check, each packet passes the network ACL and the
 //!   stateful security group of the tunnel (and of its LAN, when bound) from the published
-//!   [`SgTable`]; an empty table allows everything. Drops are counted by stage and reason
-//!   ([`StageDrops`]) and by the rule that decided ([`RuleDrop`]).
+//!   [`SgTable`]; an empty table allows everything. Drops are counted by reason ([`Drop`], each
+//!   of one stage of the packet path) and by the rule that decided ([`RuleDrop`]).
 //! - Control: [`Dataplane`] adds, replaces and removes SAs, publishes SPD and security-group
 //!   tables, reads counters, and sends IKE out of the shared 4500 socket. Workers read an immutable snapshot
 //!   swapped atomically ([`arc_swap`]), so rekeys and new tables take effect between packets.
@@ -39,6 +39,7 @@
 //!
 //! Measured on the project's 2-core machine: see `benches/tunnel.rs` and the crate README.
 
+mod counters;
 pub mod filter;
 pub mod offload;
 pub mod pmtu;
@@ -49,14 +50,14 @@ mod worker;
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use isthmus_esp::{DropCounters, DropReason, DropSnapshot, InboundSa, OutboundSa, SaCounters};
+use isthmus_esp::{InboundSa, OutboundSa, SaCounters};
 pub use isthmus_tables::FlowKey;
 pub use isthmus_tables::flow::{FlowConfig, FlowCounters, PuntRequest};
 pub use isthmus_tables::sg::SgTable;
@@ -64,9 +65,9 @@ pub use isthmus_tables::spd::{Selector, SpdAction, SpdEntry, SpdTable};
 pub use sad::Retired;
 pub use worker::link_scoped;
 
-pub use crate::filter::{
-    ChainVerdict, LanBinding, PacketFilter, RuleDrop, StageDrops, state_key, trace,
-};
+use crate::counters::Atomics;
+pub use crate::counters::{Counter, Counts, Drop, DropCounts, Io, IoCounts};
+pub use crate::filter::{ChainVerdict, LanBinding, PacketFilter, RuleDrop, state_key, trace};
 use crate::filter::{Filter, SgState};
 use crate::sad::{Inbound, Outbound, Sad, Snapshot};
 use crate::sys::{Tun, WanSocket};
@@ -332,44 +333,6 @@ pub enum DataplaneError {
     },
 }
 
-/// Packet and event counts of the whole dataplane (besides drops by reason).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct IoCounters {
-    /// Packets read from the TUN device.
-    pub tun_rx: u64,
-    /// Packets written to the TUN device (decrypted, and ICMP errors).
-    pub tun_tx: u64,
-    /// ESP packets sent on the WAN.
-    pub wan_tx: u64,
-    /// Datagrams received on the WAN (ESP, IKE and keepalives).
-    pub wan_rx: u64,
-    /// IKE messages handed to the control plane.
-    pub ike_rx: u64,
-    /// NAT-T keepalives received (and ignored, RFC 3948 §2.3).
-    pub keepalives: u64,
-    /// Packets dropped because no SPD entry matched.
-    pub no_policy: u64,
-    /// Link-scoped packets from the TUN device (the kernel's own IPv6 MLD/ND, link-local
-    /// addresses), dropped before the SPD: never forwarded, so never tunnel traffic.
-    pub link_scope: u64,
-    /// Packets dropped by a `Discard` entry.
-    pub policy_discard: u64,
-    /// Packets that matched a `Bypass` entry inside the tunnel device (dropped).
-    pub bypass: u64,
-    /// ICMP "too big" errors sent to LAN senders.
-    pub icmp_too_big: u64,
-    /// TCP SYNs whose MSS was lowered.
-    pub mss_clamped: u64,
-    /// Dummy packets (next header 59) dropped silently.
-    pub dummies: u64,
-    /// Acquire events raised.
-    pub acquires: u64,
-    /// Events dropped because the control plane did not read them fast enough.
-    pub events_lost: u64,
-    /// Errors from sending on the WAN or writing to TUN.
-    pub io_errors: u64,
-}
-
 /// One SA's counters.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SaStats {
@@ -392,8 +355,6 @@ pub struct Counters {
     pub spd_generation: u64,
     /// The published security-group table's generation.
     pub sg_generation: u64,
-    /// Every drop by stage of the packet path and reason.
-    pub stage_drops: StageDrops,
     /// Security-group and network-ACL drops by deciding rule, most drops first (at most
     /// [`filter::MAX_RULE_DROPS`] rules).
     pub rule_drops: Vec<RuleDrop>,
@@ -403,35 +364,15 @@ pub struct Counters {
     pub flows: FlowCounters,
     /// Flows tracked now.
     pub flows_live: u64,
-    /// Every drop by reason (SA-level drops included).
-    pub drops: DropSnapshot,
+    /// Every drop by reason (SA-level drops included: an SA's own counters hold its share).
+    pub drops: DropCounts,
     /// IO counts.
-    pub io: IoCounters,
+    pub io: IoCounts,
     /// Installed SAs.
     pub sas: Vec<SaStats>,
     /// Per tunnel, the final counters of every SA it no longer has: a tunnel's totals are
     /// these plus its installed SAs', exact across rekeys.
     pub retired: HashMap<String, Retired>,
-}
-
-#[derive(Default)]
-struct AtomicIo {
-    tun_rx: AtomicU64,
-    tun_tx: AtomicU64,
-    wan_tx: AtomicU64,
-    wan_rx: AtomicU64,
-    ike_rx: AtomicU64,
-    keepalives: AtomicU64,
-    no_policy: AtomicU64,
-    link_scope: AtomicU64,
-    policy_discard: AtomicU64,
-    bypass: AtomicU64,
-    icmp_too_big: AtomicU64,
-    mss_clamped: AtomicU64,
-    dummies: AtomicU64,
-    acquires: AtomicU64,
-    events_lost: AtomicU64,
-    io_errors: AtomicU64,
 }
 
 /// State shared by the handle and the workers.
@@ -444,8 +385,8 @@ struct Shared {
     /// The control side of `sg` (serialises publishers).
     sg_ctl: Mutex<(Arc<SgTable>, Vec<LanBinding>)>,
     filter: Filter,
-    drops: DropCounters,
-    io: AtomicIo,
+    drops: Atomics<Drop, { Drop::COUNT }>,
+    io: Atomics<Io, { Io::COUNT }>,
     events: SyncSender<Event>,
     stop: AtomicBool,
     tun: Tun,
@@ -462,7 +403,7 @@ impl Shared {
     fn emit(&self, e: Event) {
         if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.events.try_send(e)
         {
-            self.io.events_lost.fetch_add(1, Ordering::Relaxed);
+            self.io.count(Io::EventsLost);
         }
     }
 
@@ -486,12 +427,8 @@ impl Shared {
         }
         last.insert(key, now);
         drop(last);
-        self.io.acquires.fetch_add(1, Ordering::Relaxed);
+        self.io.count(Io::Acquires);
         self.emit(Event::Acquire { tunnel: tunnel.to_owned(), child: child.to_owned(), flow });
-    }
-
-    fn drop_packet(&self, r: DropReason) {
-        self.drops.count(r);
     }
 }
 
@@ -515,7 +452,7 @@ impl std::fmt::Debug for Dataplane {
 impl Dataplane {
     /// Opens the TUN device and the WAN sockets in the calling thread's network namespace,
     /// starts the workers, and returns the handle and the event receiver. Until an SPD table
-    /// is published every packet from the TUN device is dropped (`no_policy`).
+    /// is published every packet from the TUN device is dropped (`spd-no-policy`).
     pub fn start(cfg: Config) -> Result<(Dataplane, Receiver<Event>), DataplaneError> {
         let tun = Tun::open(&cfg.tun_name, false, cfg.tun_offload)
             .map_err(|source| DataplaneError::Tun { name: cfg.tun_name.clone(), source })?;
@@ -555,8 +492,8 @@ impl Dataplane {
             sg: ArcSwap::from_pointee(SgState::new(empty.clone(), &[])),
             sg_ctl: Mutex::new((empty, Vec::new())),
             filter,
-            drops: DropCounters::new(),
-            io: AtomicIo::default(),
+            drops: Atomics::default(),
+            io: Atomics::default(),
             events: tx,
             stop: AtomicBool::new(false),
             tun,
@@ -798,55 +735,17 @@ impl Dataplane {
         sas.sort_by_key(|s| {
             (s.tunnel.clone(), s.child.clone(), s.direction == Direction::Inbound, s.spi)
         });
-        let a = &self.shared.io;
-        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let drops = self.shared.drops.snapshot();
-        let mut stage_drops = StageDrops {
-            spd_no_policy: g(&a.no_policy),
-            link_scope: g(&a.link_scope),
-            spd_discard: g(&a.policy_discard),
-            spd_bypass: g(&a.bypass),
-            no_sa: drops.get(DropReason::NoSa),
-            sa_expired: drops.get(DropReason::Expired),
-            selector_mismatch: drops.get(DropReason::SelectorMismatch),
-            too_big: drops.get(DropReason::TooBig),
-            replay: drops.get(DropReason::Replay),
-            outside_window: drops.get(DropReason::OutsideWindow),
-            icv: drops.get(DropReason::IcvFailure),
-            bad_padding: drops.get(DropReason::BadPadding),
-            unknown_spi: drops.get(DropReason::UnknownSpi),
-            malformed: drops.get(DropReason::Malformed),
-            ..StageDrops::default()
-        };
-        let (rule_drops, rule_drops_evicted) = self.shared.filter.read(&mut stage_drops);
+        let (rule_drops, rule_drops_evicted) = self.shared.filter.read();
         let (flows, flows_live) = self.shared.filter.flow_counters();
         Counters {
             spd_generation: sad.generation(),
             sg_generation: self.shared.sg.load().table.generation(),
-            stage_drops,
             rule_drops,
             rule_drops_evicted,
             flows,
             flows_live,
-            drops,
-            io: IoCounters {
-                tun_rx: g(&a.tun_rx),
-                tun_tx: g(&a.tun_tx),
-                wan_tx: g(&a.wan_tx),
-                wan_rx: g(&a.wan_rx),
-                ike_rx: g(&a.ike_rx),
-                keepalives: g(&a.keepalives),
-                no_policy: g(&a.no_policy),
-                link_scope: g(&a.link_scope),
-                policy_discard: g(&a.policy_discard),
-                bypass: g(&a.bypass),
-                icmp_too_big: g(&a.icmp_too_big),
-                mss_clamped: g(&a.mss_clamped),
-                dummies: g(&a.dummies),
-                acquires: g(&a.acquires),
-                events_lost: g(&a.events_lost),
-                io_errors: g(&a.io_errors),
-            },
+            drops: self.shared.drops.read(),
+            io: self.shared.io.read(),
             sas,
             retired,
         }
@@ -890,7 +789,7 @@ impl Dataplane {
     }
 }
 
-impl Drop for Dataplane {
+impl std::ops::Drop for Dataplane {
     fn drop(&mut self) {
         self.stop_threads();
     }

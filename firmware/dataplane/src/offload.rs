@@ -20,6 +20,8 @@
 //! Inbound, [`Coalescer`] merges in-order TCP segments of one flow from a receive batch back
 //! into one super-segment (as GRO does) before writing it to TUN.
 
+use isthmus_wire::checksum::{copy_and_sum, finish, fold, sum};
+
 /// Bytes of `struct virtio_net_hdr`.
 pub const VNET_HDR_LEN: usize = 10;
 
@@ -86,89 +88,6 @@ impl VnetHdr {
     }
 }
 
-/// One's-complement sum of `data` added to `acc` (RFC 1071), unfolded; `acc` and the result
-/// are in network byte order. `data` must start at an even offset of the checksummed region.
-///
-/// The data is summed as native-endian 64-bit words split into 32-bit halves in four
-/// independent lanes (which the compiler vectorises), then folded and byte-swapped once:
-/// RFC 1071 §2(B), the sum is independent of byte order up to a final swap.
-pub fn sum(acc: u64, data: &[u8]) -> u64 {
-    // Headers (8 to 60 bytes, three per segment) are summed word by word: the lanes' setup
-    // and padded tail cost more than the data there.
-    if data.len() <= 64 {
-        return acc + sum_words(data);
-    }
-    let mut lane = [0u64; 4];
-    let mut chunks = data.chunks_exact(32);
-    for c in &mut chunks {
-        lanes(&mut lane, c);
-    }
-    tail(&mut lane, chunks.remainder());
-    acc + finish(&lane)
-}
-
-/// The sum of `data` as big-endian 16-bit words (a last odd byte is the high half of a word).
-#[inline]
-fn sum_words(data: &[u8]) -> u64 {
-    let mut words = data.chunks_exact(2);
-    let mut acc: u64 = (&mut words).map(|w| u64::from(u16::from_be_bytes([w[0], w[1]]))).sum();
-    if let [b] = words.remainder() {
-        acc += u64::from(*b) << 8;
-    }
-    acc
-}
-
-/// Copies `src` into `dst` (same length) and returns the sum of the bytes, as [`sum`] with
-/// `acc` 0, in one pass over the data.
-pub fn copy_and_sum(dst: &mut [u8], src: &[u8]) -> u64 {
-    let mut lane = [0u64; 4];
-    let mut d = dst.chunks_exact_mut(32);
-    let mut s = src.chunks_exact(32);
-    for (dc, sc) in (&mut d).zip(&mut s) {
-        dc.copy_from_slice(sc);
-        lanes(&mut lane, sc);
-    }
-    let (dr, sr) = (d.into_remainder(), s.remainder());
-    dr.copy_from_slice(sr);
-    tail(&mut lane, sr);
-    finish(&lane)
-}
-
-#[inline(always)]
-fn lanes(lane: &mut [u64; 4], c: &[u8]) {
-    for (k, l) in lane.iter_mut().enumerate() {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(&c[k * 8..k * 8 + 8]);
-        let w = u64::from_ne_bytes(w);
-        *l += (w >> 32) + (w & 0xffff_ffff);
-    }
-}
-
-#[inline(always)]
-fn tail(lane: &mut [u64; 4], rest: &[u8]) {
-    if !rest.is_empty() {
-        let mut pad = [0u8; 32];
-        pad[..rest.len()].copy_from_slice(rest);
-        lanes(lane, &pad);
-    }
-}
-
-/// Folds the lanes and converts from native to network byte order. Each lane holds at most
-/// 2^33 per 32 bytes: no overflow below 2^30 bytes.
-#[inline(always)]
-fn finish(lane: &[u64; 4]) -> u64 {
-    let native = fold(lane.iter().map(|&l| u64::from(fold(l))).sum());
-    u64::from(u16::from_be_bytes(native.to_ne_bytes()))
-}
-
-/// Folds a sum to 16 bits (not inverted).
-pub fn fold(mut acc: u64) -> u16 {
-    while acc > 0xffff {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    acc as u16
-}
-
 /// Finishes a checksum the kernel left partial (`F_NEEDS_CSUM`): the field already holds the
 /// pseudo-header sum, so the checksum is the inverted sum from `start` to the end.
 pub fn finish_checksum(pkt: &mut [u8], start: usize, offset: usize) -> bool {
@@ -176,17 +95,17 @@ pub fn finish_checksum(pkt: &mut [u8], start: usize, offset: usize) -> bool {
     if field + 2 > pkt.len() || start > pkt.len() {
         return false;
     }
-    let c = !fold(sum(0, &pkt[start..]));
+    let c = finish(sum(0, &pkt[start..]));
     pkt[field..field + 2].copy_from_slice(&c.to_be_bytes());
     true
 }
 
 /// The transport-layer pseudo-header sum (RFC 9293 §3.1, RFC 8200 §8.1) of `pkt` for `len`
 /// bytes of upper-layer data.
-fn pseudo_sum(pkt: &[u8], proto: u8, len: usize) -> u64 {
-    let mut acc = if pkt[0] >> 4 == 4 { sum(0, &pkt[12..20]) } else { sum(0, &pkt[8..40]) };
-    acc += u64::from(proto) + len as u64;
-    acc
+fn pseudo_sum(pkt: &[u8], proto: u8, len: usize) -> u32 {
+    let acc = if pkt[0] >> 4 == 4 { sum(0, &pkt[12..20]) } else { sum(0, &pkt[8..40]) };
+    // `len` is at most 64 KiB: the 32-bit sum cannot overflow.
+    acc + u32::from(proto) + len as u32
 }
 
 /// Layout of a TCP super-segment: where TCP starts and where its payload starts.
@@ -241,7 +160,7 @@ pub fn segment_tcp(pkt: &[u8], lay: &TcpLayout, i: usize, dst: &mut [u8]) -> Opt
         dst[4..6].copy_from_slice(&id.to_be_bytes());
         dst[10] = 0;
         dst[11] = 0;
-        let c = !fold(sum(0, &dst[..lay.l4]));
+        let c = finish(sum(0, &dst[..lay.l4]));
         dst[10..12].copy_from_slice(&c.to_be_bytes());
     } else {
         dst[4..6].copy_from_slice(&((total - 40) as u16).to_be_bytes());
@@ -260,7 +179,7 @@ pub fn segment_tcp(pkt: &[u8], lay: &TcpLayout, i: usize, dst: &mut [u8]) -> Opt
     dst[t + 17] = 0;
     // The TCP header is a multiple of 4 bytes long, so the payload's sum adds on directly.
     let acc = pseudo_sum(dst, 6, total - t) + payload_sum;
-    let c = !fold(sum(acc, &dst[t..lay.payload]));
+    let c = finish(sum(acc, &dst[t..lay.payload]));
     dst[t + 16..t + 18].copy_from_slice(&c.to_be_bytes());
     Some(total)
 }
@@ -425,7 +344,7 @@ impl Coalescer {
                 pkt[2..4].copy_from_slice(&(total as u16).to_be_bytes());
                 pkt[10] = 0;
                 pkt[11] = 0;
-                let c = !fold(sum(0, &pkt[..20]));
+                let c = finish(sum(0, &pkt[..20]));
                 pkt[10..12].copy_from_slice(&c.to_be_bytes());
             } else {
                 pkt[4..6].copy_from_slice(&((total - 40) as u16).to_be_bytes());
@@ -460,10 +379,10 @@ mod tests {
         p.extend_from_slice(&seq.to_be_bytes());
         p.extend_from_slice(&[0, 0, 0, 7, 0x50, flags, 0x10, 0, 0, 0, 0, 0]);
         p.extend_from_slice(payload);
-        let c = !fold(sum(0, &p[..20]));
+        let c = finish(sum(0, &p[..20]));
         p[10..12].copy_from_slice(&c.to_be_bytes());
         let acc = pseudo_sum(&p, 6, total - 20);
-        let c = !fold(sum(acc, &p[20..]));
+        let c = finish(sum(acc, &p[20..]));
         p[36..38].copy_from_slice(&c.to_be_bytes());
         p
     }
@@ -472,36 +391,6 @@ mod tests {
         let ip_ok = fold(sum(0, &p[..20])) == 0xffff;
         let acc = pseudo_sum(p, 6, p.len() - 20);
         ip_ok && fold(sum(acc, &p[20..])) == 0xffff
-    }
-
-    /// RFC 1071 the slow way: big-endian 16-bit words, odd byte padded with zero.
-    fn reference_sum(data: &[u8]) -> u16 {
-        let mut acc = 0u64;
-        for c in data.chunks(2) {
-            acc += u64::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
-        }
-        fold(acc)
-    }
-
-    #[test]
-    fn fast_sum_matches_rfc1071() {
-        let data: Vec<u8> =
-            (0..70_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
-        for len in (0..80).chain([1447, 1448, 1500, 65_535, 70_000]) {
-            let d = &data[..len];
-            assert_eq!(fold(sum(0, d)), reference_sum(d), "length {len}");
-            assert_eq!(
-                fold(sum(0x1234, d)),
-                fold(0x1234 + u64::from(reference_sum(d))),
-                "length {len}"
-            );
-        }
-        assert_eq!(fold(sum(0, &[0xff; 64])), 0xffff);
-        for len in [0, 1, 31, 33, 1448] {
-            let mut dst = vec![0u8; len];
-            assert_eq!(fold(copy_and_sum(&mut dst, &data[..len])), reference_sum(&data[..len]));
-            assert_eq!(dst, &data[..len]);
-        }
     }
 
     #[test]

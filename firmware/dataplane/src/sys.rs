@@ -1,15 +1,16 @@
-//! The Linux system calls of the packet path: the TUN device (`TUNSETIFF`, see the kernel's
-//! `Documentation/networking/tuntap.rst`), the UDP 4500 socket, the raw IP-protocol-50 socket,
-//! `poll`, and `recvmmsg`/`sendmmsg` batches.
+//! The Linux system calls of the packet path: the TUN device (attached with
+//! [`isthmus_net::tun::attach`], the one `TUNSETIFF` path), the UDP 4500 socket, the raw
+//! IP-protocol-50 socket, `poll`, and `recvmmsg`/`sendmmsg` batches.
 //!
 //! Every file descriptor is an [`OwnedFd`], closed on drop. All sockets and the TUN queue are
 //! non-blocking; workers wait in [`poll_readable`] with a timeout so they notice a stop request.
 
-use std::ffi::CStr;
 use std::io;
 use std::mem;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use isthmus_net::tun::ifreq;
 
 /// Converts a `-1` return into the thread's `errno`.
 fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
@@ -18,22 +19,6 @@ fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
 
 fn cvt_size(r: libc::ssize_t) -> io::Result<usize> {
     if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r as usize) }
-}
-
-/// Builds an `ifreq` naming `name`; refuses names the kernel would truncate.
-fn ifreq(name: &str) -> io::Result<libc::ifreq> {
-    if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.as_bytes().contains(&0) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("interface name `{name}` must be 1 to 15 bytes without NUL"),
-        ));
-    }
-    // SAFETY: `ifreq` is a plain C struct/union for which all-zero bytes are a valid value.
-    let mut req: libc::ifreq = unsafe { mem::zeroed() };
-    for (d, s) in req.ifr_name.iter_mut().zip(name.as_bytes()) {
-        *d = *s as libc::c_char;
-    }
-    Ok(req)
 }
 
 /// One queue of a TUN device in `IFF_TUN | IFF_NO_PI` mode: each read returns one IP packet.
@@ -51,12 +36,6 @@ impl Tun {
     /// prefixed by a `virtio_net_hdr` and TCP segmentation offload is asked for (see
     /// [`crate::offload`]); [`Tun::offload`] says whether the kernel granted it.
     pub fn open(name: &str, multi_queue: bool, vnet: bool) -> io::Result<Tun> {
-        let path = c"/dev/net/tun";
-        // SAFETY: `path` is a valid NUL-terminated string; the result is checked.
-        let raw = cvt(unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) })?;
-        // SAFETY: `raw` is a freshly opened descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let mut req = ifreq(name)?;
         let mut flags = libc::IFF_TUN | libc::IFF_NO_PI;
         if multi_queue {
             flags |= libc::IFF_MULTI_QUEUE;
@@ -64,12 +43,8 @@ impl Tun {
         if vnet {
             flags |= libc::IFF_VNET_HDR;
         }
-        req.ifr_ifru.ifru_flags = flags as libc::c_short;
-        // SAFETY: TUNSETIFF reads and writes an `ifreq`, which `req` is, and it outlives the call.
-        cvt(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut req) })?;
-        // SAFETY: the kernel NUL-terminates `ifr_name` within IFNAMSIZ bytes.
-        let actual = unsafe { CStr::from_ptr(req.ifr_name.as_ptr()) };
-        let mut tun = Tun { fd, name: actual.to_string_lossy().into_owned(), vnet, offload: false };
+        let (fd, name) = isthmus_net::tun::attach(name, flags)?;
+        let mut tun = Tun { fd, name, vnet, offload: false };
         if vnet {
             let features = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6;
             // SAFETY: TUNSETOFFLOAD takes the feature bits by value; no memory is passed.
@@ -741,13 +716,6 @@ mod tests {
             assert_eq!(RawAddr::from_socket_addr(a).to_socket_addr(), Some(a));
         }
         assert_eq!(RawAddr::empty().to_socket_addr(), None);
-    }
-
-    #[test]
-    fn interface_names_are_checked() {
-        assert!(ifreq("ist0").is_ok());
-        assert!(ifreq("").is_err());
-        assert!(ifreq("a-name-that-is-too-long").is_err());
     }
 
     #[test]

@@ -13,7 +13,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use isthmus_esp::{DropReason, HEADER_LEN, max_overhead, peek_spi};
@@ -21,6 +21,7 @@ use isthmus_tables::sg::{AttachmentId, Direction as SgDir};
 use isthmus_tables::spd::SpdAction;
 use isthmus_wire::natt::{NattPayload, classify_natt};
 
+use crate::counters::{Drop, Io, IoCounts};
 use crate::filter::{LocalDrops, SgState};
 use crate::offload::{self, Coalescer, VNET_HDR_LEN, VnetHdr};
 use crate::sad::{Outbound, Snapshot};
@@ -40,45 +41,19 @@ const TAG_RAW: u8 = 1;
 /// Counts summed during one batch.
 #[derive(Default)]
 struct Local {
-    tun_rx: u64,
-    tun_tx: u64,
-    wan_tx: u64,
-    wan_rx: u64,
-    ike_rx: u64,
-    keepalives: u64,
-    no_policy: u64,
-    link_scope: u64,
-    policy_discard: u64,
-    bypass: u64,
-    icmp_too_big: u64,
-    mss_clamped: u64,
-    dummies: u64,
-    io_errors: u64,
+    io: IoCounts,
+    drops: LocalDrops,
 }
 
 impl Local {
     fn flush(&mut self, sh: &Shared) {
-        let a = &sh.io;
-        let add = |c: &AtomicU64, v: u64| {
-            if v != 0 {
-                c.fetch_add(v, Ordering::Relaxed);
-            }
-        };
-        add(&a.tun_rx, self.tun_rx);
-        add(&a.tun_tx, self.tun_tx);
-        add(&a.wan_tx, self.wan_tx);
-        add(&a.wan_rx, self.wan_rx);
-        add(&a.ike_rx, self.ike_rx);
-        add(&a.keepalives, self.keepalives);
-        add(&a.no_policy, self.no_policy);
-        add(&a.link_scope, self.link_scope);
-        add(&a.policy_discard, self.policy_discard);
-        add(&a.bypass, self.bypass);
-        add(&a.icmp_too_big, self.icmp_too_big);
-        add(&a.mss_clamped, self.mss_clamped);
-        add(&a.dummies, self.dummies);
-        add(&a.io_errors, self.io_errors);
-        *self = Local::default();
+        sh.io.add(&mut self.io);
+        sh.drops.add(&mut self.drops.counts);
+    }
+
+    #[inline]
+    fn drop(&mut self, d: impl Into<Drop>) {
+        self.drops.counts[d.into()] += 1;
     }
 }
 
@@ -90,7 +65,6 @@ pub(crate) fn outbound(sh: &Shared) {
         filled: 0,
         icmp: vec![0u8; 1400],
         local: Local::default(),
-        drops: LocalDrops::default(),
     };
     let vnet = sh.tun.vnet();
     // Room for the largest super-segment the kernel hands over with offloads.
@@ -117,13 +91,13 @@ pub(crate) fn outbound(sh: &Shared) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     tracing::warn!(error = %e, "reading the TUN device failed");
-                    out.local.io_errors += 1;
+                    out.local.io[Io::IoErrors] += 1;
                     break;
                 }
             };
             got += 1;
             bytes += n;
-            out.local.tun_rx += 1;
+            out.local.io[Io::TunRx] += 1;
             let (hdr, pkt) = if vnet {
                 let Some(hdr) = VnetHdr::parse(&scratch[..n]) else { continue };
                 (hdr, &mut scratch[VNET_HDR_LEN..n])
@@ -133,7 +107,7 @@ pub(crate) fn outbound(sh: &Shared) {
             outbound_one(sh, &snap, &sg, hdr, pkt, now, &mut out);
         }
         out.flush(sh);
-        sh.filter.flush(&sg, &mut out.drops);
+        sh.filter.flush(&sg, &mut out.local.drops);
         if got == 0 {
             // An error other than EAGAIN: do not spin on it.
             drained = true;
@@ -147,8 +121,6 @@ struct Out {
     filled: usize,
     icmp: Vec<u8>,
     local: Local,
-    /// Security-group and network-ACL drops of the batch.
-    drops: LocalDrops,
 }
 
 impl Out {
@@ -196,8 +168,8 @@ fn flush(sh: &Shared, batch: &SendBatch, filled: usize, local: &mut Local) {
             (_, Some(raw)) => raw.send_batch(batch, start, end),
             (_, None) => (0, end - start),
         };
-        local.wan_tx += ok as u64;
-        local.io_errors += failed as u64;
+        local.io[Io::WanTx] += ok as u64;
+        local.io[Io::IoErrors] += failed as u64;
         start = end;
     }
 }
@@ -219,29 +191,29 @@ fn outbound_one(
         && !gso
         && !offload::finish_checksum(pkt, usize::from(hdr.csum_start), usize::from(hdr.csum_offset))
     {
-        sh.drop_packet(DropReason::Malformed);
+        out.local.drop(Drop::Malformed);
         return;
     }
     let Ok(flow) = isthmus_wire::flow_key(pkt) else {
-        sh.drop_packet(DropReason::Malformed);
+        out.local.drop(Drop::Malformed);
         return;
     };
     if link_scoped(&flow) {
-        out.local.link_scope += 1;
+        out.local.drop(Drop::LinkScope);
         return;
     }
     let Some((idx, entry)) = snap.spd.lookup(&flow) else {
-        out.local.no_policy += 1;
+        out.local.drop(Drop::SpdNoPolicy);
         return;
     };
     let (tunnel, child) = match &entry.action {
         SpdAction::Protect { tunnel, child } => (tunnel, child),
         SpdAction::Discard => {
-            out.local.policy_discard += 1;
+            out.local.drop(Drop::SpdDiscard);
             return;
         }
         SpdAction::Bypass => {
-            out.local.bypass += 1;
+            out.local.drop(Drop::SpdBypass);
             return;
         }
     };
@@ -249,12 +221,12 @@ fn outbound_one(
     // Network ACL and security group of the tunnel (and LAN) before the SA: denied traffic
     // neither leaves nor asks for an SA.
     let att = ob.map_or_else(|| AttachmentId::of(tunnel), |o| o.att);
-    if !sh.filter.check(sg, att, SgDir::Outbound, &flow, now, &mut out.drops) {
+    if !sh.filter.check(sg, att, SgDir::Outbound, &flow, now, &mut out.local.drops) {
         return;
     }
     let Some(ob) = ob else {
         // Never in clear: no SA, no packet; ask the control plane for one.
-        sh.drop_packet(DropReason::NoSa);
+        out.local.drop(Drop::NoSa);
         sh.acquire(tunnel, child, flow, now);
         return;
     };
@@ -262,7 +234,7 @@ fn outbound_one(
         match offload::tcp_layout(pkt, &hdr) {
             Some(l) => Some(l),
             None => {
-                sh.drop_packet(DropReason::Malformed);
+                out.local.drop(Drop::Malformed);
                 return;
             }
         }
@@ -278,13 +250,13 @@ fn outbound_one(
         if let Some(n) = pmtu::build_too_big(pkt, advice, &mut out.icmp) {
             match sh.tun.write(&out.icmp[..n]) {
                 Ok(_) => {
-                    out.local.icmp_too_big += 1;
-                    out.local.tun_tx += 1;
+                    out.local.io[Io::IcmpTooBig] += 1;
+                    out.local.io[Io::TunTx] += 1;
                 }
-                Err(_) => out.local.io_errors += 1,
+                Err(_) => out.local.io[Io::IoErrors] += 1,
             }
         }
-        sh.drop_packet(DropReason::TooBig);
+        out.local.drop(Drop::TooBig);
         ob.sa.count_drop(DropReason::TooBig);
         return;
     }
@@ -292,7 +264,7 @@ fn outbound_one(
         let ip_len = if flow.dst.is_ipv4() { 20 } else { 40 };
         let mss = advice.saturating_sub(ip_len + 20).min(u32::from(u16::MAX)) as u16;
         if isthmus_wire::tcp::clamp_mss(pkt, mss).unwrap_or(false) {
-            out.local.mss_clamped += 1;
+            out.local.io[Io::MssClamped] += 1;
         }
     }
     let result = match layout {
@@ -314,7 +286,7 @@ fn outbound_one(
         }),
     };
     if let Err(r) = result {
-        sh.drop_packet(r);
+        out.local.drop(r);
         if r == DropReason::Expired {
             sh.acquire(tunnel, child, flow, now);
         }
@@ -352,7 +324,6 @@ pub(crate) fn inbound(sh: &Shared, udp: bool) {
         if gro { (sh.cfg.batch.clamp(1, 16), 65_536) } else { (sh.cfg.batch.max(1), sh.buf_size) };
     let mut rb = RecvBatch::new(cap, size);
     let mut local = Local::default();
-    let mut drops = LocalDrops::default();
     let mut co = sh.tun.offload().then(Coalescer::default);
     // A batch that came back short emptied the socket: wait in poll before the next receive.
     let mut drained = false;
@@ -368,7 +339,7 @@ pub(crate) fn inbound(sh: &Shared, udp: bool) {
             Err(e) => {
                 // ICMP errors queued on the socket (peer unreachable) surface here; go on.
                 tracing::debug!(error = %e, "WAN receive error");
-                local.io_errors += 1;
+                local.io[Io::IoErrors] += 1;
                 local.flush(sh);
                 continue;
             }
@@ -377,7 +348,7 @@ pub(crate) fn inbound(sh: &Shared, udp: bool) {
         let snap = sh.state.load();
         let sg = sh.sg.load();
         let now = Instant::now();
-        let mut ctx = InCtx { sg: &sg, local: &mut local, drops: &mut drops };
+        let mut ctx = InCtx { sg: &sg, local: &mut local };
         for i in 0..n {
             let (d, from, seg) = rb.get_mut(i);
             for dgram in d.chunks_mut(seg) {
@@ -388,7 +359,7 @@ pub(crate) fn inbound(sh: &Shared, udp: bool) {
             co.flush(&mut |h, p| to_tun(sh, h, p, &mut local));
         }
         local.flush(sh);
-        sh.filter.flush(&sg, &mut drops);
+        sh.filter.flush(&sg, &mut local.drops);
     }
 }
 
@@ -396,7 +367,6 @@ pub(crate) fn inbound(sh: &Shared, udp: bool) {
 struct InCtx<'a> {
     sg: &'a SgState,
     local: &'a mut Local,
-    drops: &'a mut LocalDrops,
 }
 
 #[allow(clippy::too_many_arguments)] // the per-packet state of one worker, kept on its stack
@@ -411,17 +381,17 @@ fn inbound_one(
     co: Option<&mut Coalescer>,
 ) {
     let local = &mut *ctx.local;
-    local.wan_rx += 1;
+    local.io[Io::WanRx] += 1;
     if udp {
         // RFC 3948 §2.2, §2.3; ESP and runts go on to the ESP path, which counts them.
         match classify_natt(d) {
             Ok(NattPayload::Keepalive) => {
-                local.keepalives += 1;
+                local.io[Io::Keepalives] += 1;
                 return;
             }
             Ok(NattPayload::Ike(payload)) => {
                 if let Some(from) = from {
-                    local.ike_rx += 1;
+                    local.io[Io::IkeRx] += 1;
                     sh.emit(Event::Ike { from, payload: payload.to_vec() });
                 }
                 return;
@@ -430,45 +400,45 @@ fn inbound_one(
         }
     }
     let Some(spi) = peek_spi(d) else {
-        sh.drop_packet(DropReason::Malformed);
+        local.drop(Drop::Malformed);
         return;
     };
     let Some(ib) = snap.inbound.get(&spi) else {
-        sh.drop_packet(DropReason::UnknownSpi);
+        local.drop(Drop::UnknownSpi);
         return;
     };
     let dec = match ib.sa.decapsulate_in_place(d, now) {
         Ok(dec) => dec,
         Err(r) => {
-            sh.drop_packet(r);
+            local.drop(r);
             return;
         }
     };
     if dec.is_dummy() {
-        local.dummies += 1;
+        local.io[Io::Dummies] += 1;
         return;
     }
     let Some(inner) = d.get(dec.offset..dec.offset + dec.len) else {
-        sh.drop_packet(DropReason::Malformed);
+        local.drop(Drop::Malformed);
         return;
     };
     // RFC 4301 §5.2 step 4: the inner packet must be one this SA may carry.
     match isthmus_wire::flow_key(inner).ok() {
         Some(f) if !ib.admits(&f) => {
-            sh.drop_packet(DropReason::SelectorMismatch);
+            local.drop(Drop::SelectorMismatch);
             ib.sa.count_drop(DropReason::SelectorMismatch);
         }
         // Network ACL and security group of the tunnel (and LAN), inbound.
-        Some(f) if !sh.filter.check(ctx.sg, ib.att, SgDir::Inbound, &f, now, ctx.drops) => {}
+        Some(f) if !sh.filter.check(ctx.sg, ib.att, SgDir::Inbound, &f, now, &mut local.drops) => {}
         Some(_) => match co {
             Some(co) => co.push(inner, &mut |h, p| to_tun(sh, h, p, local)),
             None => match sh.tun.write(inner) {
-                Ok(_) => local.tun_tx += 1,
-                Err(_) => local.io_errors += 1,
+                Ok(_) => local.io[Io::TunTx] += 1,
+                Err(_) => local.io[Io::IoErrors] += 1,
             },
         },
         None => {
-            sh.drop_packet(DropReason::Malformed);
+            local.drop(Drop::Malformed);
             ib.sa.count_drop(DropReason::Malformed);
         }
     }
@@ -477,8 +447,8 @@ fn inbound_one(
 /// Writes a (possibly coalesced) packet to the offloading TUN device.
 fn to_tun(sh: &Shared, hdr: &VnetHdr, pkt: &[u8], local: &mut Local) {
     match sh.tun.write_vnet(&hdr.to_bytes(), pkt) {
-        Ok(_) => local.tun_tx += 1,
-        Err(_) => local.io_errors += 1,
+        Ok(_) => local.io[Io::TunTx] += 1,
+        Err(_) => local.io[Io::IoErrors] += 1,
     }
 }
 

@@ -18,8 +18,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use isthmus_dataplane::{
-    Config, Counters, Dataplane, Encap, InboundBinding, OutboundBinding, SgTable, SpdAction,
-    SpdEntry, SpdTable,
+    Config, Counters, Dataplane, Drop, Encap, InboundBinding, Io, OutboundBinding, SgTable,
+    SpdAction, SpdEntry, SpdTable,
 };
 use isthmus_esp::{InboundSa, OutboundSa};
 use isthmus_tables::PortRange;
@@ -211,14 +211,14 @@ fn sg_deny_icmp_drops_ping_names_the_rule_and_tcp_passes() {
     assert!(!out.status.success(), "ping must fail: {}", String::from_utf8_lossy(&out.stdout));
     let c = lab.b.counters();
     assert_eq!(c.sg_generation, 1);
-    assert!(c.stage_drops.sg_in >= 3, "sg-in drops: {:?}", c.stage_drops);
+    assert!(c.drops[Drop::SgIn] >= 3, "sg-in drops: {:?}", c.drops);
     assert!(
         has_rule(&c, ChainKind::SecurityGroup, Direction::Inbound, "sg:no-icmp/1") >= 3,
         "the drop names its rule: {:?}",
         c.rule_drops
     );
     // Nothing decrypted was otherwise lost: the SA itself accepted the packets.
-    assert_eq!(c.stage_drops.icv + c.stage_drops.selector_mismatch, 0);
+    assert_eq!(c.drops[Drop::Icv] + c.drops[Drop::SelectorMismatch], 0);
 
     // TCP is not ICMP: it passes.
     assert_eq!(tcp(&lab.host_a, &lab.host_b, HOST_B, 5001, 200_000), Some(200_000));
@@ -242,10 +242,10 @@ fn sg_deny_icmp_drops_ping_names_the_rule_and_tcp_passes() {
     lab.a.publish_sg(table).unwrap();
     assert_eq!(tcp(&lab.host_a, &lab.host_b, HOST_B, 5002, 1000), None, "port 5002 is denied");
     let c = lab.a.counters();
-    assert!(c.stage_drops.nacl_out >= 1, "nacl-out drops: {:?}", c.stage_drops);
+    assert!(c.drops[Drop::NaclOut] >= 1, "nacl-out drops: {:?}", c.drops);
     assert!(has_rule(&c, ChainKind::NetworkAcl, Direction::Outbound, "acl:t1/no-5002") >= 1);
     // The denied SYNs never reached the WAN: no SA ever saw them, no acquire was needed.
-    assert_eq!(c.stage_drops.no_sa, 0);
+    assert_eq!(c.drops[Drop::NoSa], 0);
     assert_eq!(tcp(&lab.host_a, &lab.host_b, HOST_B, 5003, 1000), Some(1000), "port 5003 passes");
 }
 
@@ -277,12 +277,12 @@ fn stateful_group_admits_replies_and_drops_unsolicited_syn() {
     let c = lab.b.counters();
     assert!(c.flows.created >= 1 && c.flows.hits > 10, "flow table: {:?}", c.flows);
     assert!(c.flows_live >= 1);
-    assert_eq!(c.stage_drops.sg_in, 0, "no reply was dropped: {:?}", c.rule_drops);
+    assert_eq!(c.drops[Drop::SgIn], 0, "no reply was dropped: {:?}", c.rule_drops);
 
     // host-a's own SYN towards host-b is unsolicited: dropped by the inbound default.
     assert_eq!(tcp(&lab.host_a, &lab.host_b, HOST_B, 5012, 1000), None, "unsolicited SYN");
     let c = lab.b.counters();
-    assert!(c.stage_drops.sg_in >= 1, "sg-in drops: {:?}", c.stage_drops);
+    assert!(c.drops[Drop::SgIn] >= 1, "sg-in drops: {:?}", c.drops);
     assert!(
         has_rule(&c, ChainKind::SecurityGroup, Direction::Inbound, "sg:default-deny-inbound") >= 1,
         "the drop names the default: {:?}",
@@ -290,7 +290,7 @@ fn stateful_group_admits_replies_and_drops_unsolicited_syn() {
     );
     // And ICMP is not outbound TCP: host-b cannot ping out.
     assert!(!ping(&lab.host_b, HOST_A, "-c 1 -W 1").status.success());
-    assert!(lab.b.counters().stage_drops.sg_out >= 1);
+    assert!(lab.b.counters().drops[Drop::SgOut] >= 1);
 }
 
 #[test]
@@ -342,7 +342,7 @@ fn swapping_tables_under_a_running_ping_loses_nothing() {
     assert!(report.contains("300 received"), "every echo came back across the swaps: {report}");
     assert!(generations > 20, "tables swapped: {generations}");
     let (ca, cb) = (a.counters(), b.counters());
-    assert_eq!(ca.stage_drops.total() + cb.stage_drops.total(), 0, "{ca:?} {cb:?}");
+    assert_eq!(ca.drops.total() + cb.drops.total(), 0, "{ca:?} {cb:?}");
     assert!(ca.flows.revalidated > 0 && cb.flows.revalidated > 0, "flows were re-evaluated");
     assert!(ca.sg_generation >= 20 && cb.sg_generation >= 20);
 }
@@ -359,7 +359,7 @@ fn nat_keepalive_reaches_the_peer_rfc3948_2_3() {
     for _ in 0..3 {
         lab.a.send_keepalive(to).unwrap();
     }
-    assert!(lab::wait_for(Duration::from_secs(3), || lab.b.counters().io.keepalives == 3));
+    assert!(lab::wait_for(Duration::from_secs(3), || lab.b.counters().io[Io::Keepalives] == 3));
     let c = lab.b.counters();
-    assert_eq!((c.io.ike_rx, c.stage_drops.total()), (0, 0));
+    assert_eq!((c.io[Io::IkeRx], c.drops.total()), (0, 0));
 }

@@ -554,11 +554,7 @@ pub(crate) fn observe(sock: &mut NlSocket) -> Result<Option<ObservedTable>, Erro
     let mut exists = false;
     let sub = NFNL_SUBSYS_NFTABLES << 8;
     sock.dump("nftables tables", sub | NFT_MSG_GETTABLE, &nfgen(NFPROTO_INET, 0), |_, p| {
-        for (t, v) in Attrs::new(p.get(4..).unwrap_or(&[])) {
-            if t == NFTA_TABLE_NAME && attr_str(v) == TABLE {
-                exists = true;
-            }
-        }
+        exists |= is_our_table(p);
         Ok(())
     })?;
     if !exists {
@@ -566,20 +562,7 @@ pub(crate) fn observe(sock: &mut NlSocket) -> Result<Option<ObservedTable>, Erro
     }
     let mut table = ObservedTable::default();
     sock.dump("nftables chains", sub | NFT_MSG_GETCHAIN, &nfgen(NFPROTO_INET, 0), |_, p| {
-        let (mut tname, mut name, mut drop, mut hook) =
-            (String::new(), String::new(), false, false);
-        for (t, v) in Attrs::new(p.get(4..).unwrap_or(&[])) {
-            match t {
-                NFTA_CHAIN_TABLE => tname = attr_str(v),
-                NFTA_CHAIN_NAME => name = attr_str(v),
-                NFTA_CHAIN_HOOK => hook = true,
-                NFTA_CHAIN_POLICY => drop = v == NF_DROP.to_be_bytes(),
-                _ => {}
-            }
-        }
-        if tname == TABLE {
-            table.chains.push((name, drop, hook, Vec::new()));
-        }
+        table.chains.extend(parse_chain(p));
         Ok(())
     })?;
     let mut a = Nla::default();
@@ -587,6 +570,36 @@ pub(crate) fn observe(sock: &mut NlSocket) -> Result<Option<ObservedTable>, Erro
     let mut req = nfgen(NFPROTO_INET, 0);
     req.extend_from_slice(&a.buf);
     sock.dump("nftables rules", sub | NFT_MSG_GETRULE, &req, |_, p| {
+        table.add_rule(p);
+        Ok(())
+    })?;
+    Ok(Some(table))
+}
+
+/// True when an `NFT_MSG_NEWTABLE` (after its `nfgenmsg`) is `inet isthmus`'s.
+pub(crate) fn is_our_table(p: &[u8]) -> bool {
+    Attrs::new(p.get(4..).unwrap_or(&[])).any(|(t, v)| t == NFTA_TABLE_NAME && attr_str(v) == TABLE)
+}
+
+/// Reads an `NFT_MSG_NEWCHAIN`: the chain, when it belongs to `inet isthmus`.
+pub(crate) fn parse_chain(p: &[u8]) -> Option<(String, bool, bool, Vec<String>)> {
+    let (mut tname, mut name, mut drop, mut hook) = (String::new(), String::new(), false, false);
+    for (t, v) in Attrs::new(p.get(4..).unwrap_or(&[])) {
+        match t {
+            NFTA_CHAIN_TABLE => tname = attr_str(v),
+            NFTA_CHAIN_NAME => name = attr_str(v),
+            NFTA_CHAIN_HOOK => hook = true,
+            NFTA_CHAIN_POLICY => drop = v == NF_DROP.to_be_bytes(),
+            _ => {}
+        }
+    }
+    (tname == TABLE).then_some((name, drop, hook, Vec::new()))
+}
+
+impl ObservedTable {
+    /// Adds the comment of an `NFT_MSG_NEWRULE` to its chain, when the rule is in one of the
+    /// table's chains.
+    pub(crate) fn add_rule(&mut self, p: &[u8]) {
         let (mut tname, mut chain, mut comment) = (String::new(), String::new(), String::new());
         for (t, v) in Attrs::new(p.get(4..).unwrap_or(&[])) {
             match t {
@@ -597,13 +610,11 @@ pub(crate) fn observe(sock: &mut NlSocket) -> Result<Option<ObservedTable>, Erro
             }
         }
         if tname == TABLE
-            && let Some(c) = table.chains.iter_mut().find(|c| c.0 == chain)
+            && let Some(c) = self.chains.iter_mut().find(|c| c.0 == chain)
         {
             c.3.push(comment);
         }
-        Ok(())
-    })?;
-    Ok(Some(table))
+    }
 }
 
 /// The comment TLV of rule userdata (empty when there is none).

@@ -33,7 +33,7 @@ pub(crate) const RTM_DELADDR: u16 = 21;
 const RTM_GETADDR: u16 = 22;
 pub(crate) const RTM_NEWROUTE: u16 = 24;
 pub(crate) const RTM_DELROUTE: u16 = 25;
-const RTM_GETROUTE: u16 = 26;
+pub(crate) const RTM_GETROUTE: u16 = 26;
 pub(crate) const RTM_NEWRULE: u16 = 32;
 pub(crate) const RTM_DELRULE: u16 = 33;
 const RTM_GETRULE: u16 = 34;
@@ -84,7 +84,7 @@ impl Observed {
     }
 }
 
-fn emit<T: Emitable>(m: &T) -> Vec<u8> {
+pub(crate) fn emit<T: Emitable>(m: &T) -> Vec<u8> {
     let mut v = vec![0; m.buffer_len()];
     m.emit(&mut v);
     v
@@ -103,37 +103,41 @@ pub(crate) fn dump_links(sock: &mut NlSocket) -> Result<Vec<KLink>, Error> {
     let mut out = Vec::new();
     let req = emit(&LinkMessage::default());
     sock.dump("links", RTM_GETLINK, &req, |kind, p| {
-        if kind != RTM_NEWLINK {
-            return Ok(());
+        if kind == RTM_NEWLINK {
+            out.push(parse_link(p)?);
         }
-        let m = LinkMessage::parse(p).map_err(|e| parse_err("a link", e))?;
-        let mut l = KLink {
-            index: m.header.index,
-            name: String::new(),
-            up: m.header.flags.contains(LinkFlags::Up),
-            mtu: 0,
-            kind: None,
-            alias: None,
-        };
-        for a in m.attributes {
-            match a {
-                LinkAttribute::IfName(n) => l.name = n,
-                LinkAttribute::Mtu(v) => l.mtu = v,
-                LinkAttribute::IfAlias(s) => l.alias = Some(s),
-                LinkAttribute::LinkInfo(infos) => {
-                    for i in infos {
-                        if let LinkInfo::Kind(k) = i {
-                            l.kind = Some(k.to_string());
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-        out.push(l);
         Ok(())
     })?;
     Ok(out)
+}
+
+/// Reads one `RTM_NEWLINK`.
+pub(crate) fn parse_link(p: &[u8]) -> Result<KLink, Error> {
+    let m = LinkMessage::parse(p).map_err(|e| parse_err("a link", e))?;
+    let mut l = KLink {
+        index: m.header.index,
+        name: String::new(),
+        up: m.header.flags.contains(LinkFlags::Up),
+        mtu: 0,
+        kind: None,
+        alias: None,
+    };
+    for a in m.attributes {
+        match a {
+            LinkAttribute::IfName(n) => l.name = n,
+            LinkAttribute::Mtu(v) => l.mtu = v,
+            LinkAttribute::IfAlias(s) => l.alias = Some(s),
+            LinkAttribute::LinkInfo(infos) => {
+                for i in infos {
+                    if let LinkInfo::Kind(k) = i {
+                        l.kind = Some(k.to_string());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(l)
 }
 
 /// Reads every address; `names` maps indexes to interface names.
@@ -144,29 +148,39 @@ pub(crate) fn dump_addresses(
     let mut out = Vec::new();
     let req = emit(&AddressMessage::default());
     sock.dump("addresses", RTM_GETADDR, &req, |kind, p| {
-        if kind != RTM_NEWADDR {
-            return Ok(());
-        }
-        let m = AddressMessage::parse(p).map_err(|e| parse_err("an address", e))?;
-        let mut ip = None;
-        let mut local = None;
-        let mut ours = false;
-        for a in m.attributes {
-            match a {
-                AddressAttribute::Address(a) => ip = Some(a),
-                AddressAttribute::Local(a) => local = Some(a),
-                AddressAttribute::Protocol(p) => ours = u8::from(p) == RTPROT_ISTHMUS,
-                _ => {}
-            }
-        }
-        // IFA_LOCAL is the interface's own address on point-to-point links.
-        if let Some(ip) = local.or(ip) {
-            let ifname = names.get(&m.header.index).cloned().unwrap_or_default();
-            out.push((Address { ifname, ip, prefix_len: m.header.prefix_len }, ours));
+        if kind == RTM_NEWADDR
+            && let Some(a) = parse_address(p, names)?
+        {
+            out.push(a);
         }
         Ok(())
     })?;
     Ok(out)
+}
+
+/// Reads one `RTM_NEWADDR`: the address and whether it carries Isthmus's protocol (`None`
+/// when the message holds no address).
+pub(crate) fn parse_address(
+    p: &[u8],
+    names: &HashMap<u32, String>,
+) -> Result<Option<(Address, bool)>, Error> {
+    let m = AddressMessage::parse(p).map_err(|e| parse_err("an address", e))?;
+    let mut ip = None;
+    let mut local = None;
+    let mut ours = false;
+    for a in m.attributes {
+        match a {
+            AddressAttribute::Address(a) => ip = Some(a),
+            AddressAttribute::Local(a) => local = Some(a),
+            AddressAttribute::Protocol(p) => ours = u8::from(p) == RTPROT_ISTHMUS,
+            _ => {}
+        }
+    }
+    // IFA_LOCAL is the interface's own address on point-to-point links.
+    Ok(local.or(ip).map(|ip| {
+        let ifname = names.get(&m.header.index).cloned().unwrap_or_default();
+        (Address { ifname, ip, prefix_len: m.header.prefix_len }, ours)
+    }))
 }
 
 /// Reads Isthmus's routes of one family (the kernel filters by protocol when it can).
@@ -200,7 +214,7 @@ pub(crate) fn dump_routes(
 /// then attributes: RTA_DST 1, RTA_OIF 4, RTA_GATEWAY 5, RTA_PRIORITY 6, RTA_MULTIPATH 9,
 /// RTA_TABLE 15
 /// ```
-fn parse_route(p: &[u8], names: &HashMap<u32, String>) -> Option<KRoute> {
+pub(crate) fn parse_route(p: &[u8], names: &HashMap<u32, String>) -> Option<KRoute> {
     const RTA_DST: u16 = 1;
     const RTA_OIF: u16 = 4;
     const RTA_GATEWAY: u16 = 5;
@@ -262,29 +276,33 @@ pub(crate) fn dump_rules(sock: &mut NlSocket, v4: bool, out: &mut Vec<KRule>) ->
     req.header.family = family(v4);
     let req = emit(&req);
     sock.dump("rules", RTM_GETRULE, &req, |kind, p| {
-        if kind != RTM_NEWRULE {
-            return Ok(());
-        }
-        let m = RuleMessage::parse(p).map_err(|e| parse_err("a rule", e))?;
-        let mut rule = Rule { priority: 0, from: None, to: None, table: u32::from(m.header.table) };
-        let mut ours = false;
-        for a in m.attributes {
-            match a {
-                RuleAttribute::Priority(p) => rule.priority = p,
-                RuleAttribute::Table(t) => rule.table = t,
-                RuleAttribute::Source(ip) => rule.from = Prefix::new(ip, m.header.src_len).ok(),
-                RuleAttribute::Destination(ip) => {
-                    rule.to = Prefix::new(ip, m.header.dst_len).ok();
-                }
-                RuleAttribute::Protocol(p) => ours = u8::from(p) == RTPROT_ISTHMUS,
-                _ => {}
-            }
-        }
-        if ours {
-            out.push(KRule { v4, rule });
+        if kind == RTM_NEWRULE
+            && let Some(r) = parse_rule(p, v4)?
+        {
+            out.push(r);
         }
         Ok(())
     })
+}
+
+/// Reads one `RTM_NEWRULE` of a dump of family `v4`; `None` unless it is Isthmus's.
+pub(crate) fn parse_rule(p: &[u8], v4: bool) -> Result<Option<KRule>, Error> {
+    let m = RuleMessage::parse(p).map_err(|e| parse_err("a rule", e))?;
+    let mut rule = Rule { priority: 0, from: None, to: None, table: u32::from(m.header.table) };
+    let mut ours = false;
+    for a in m.attributes {
+        match a {
+            RuleAttribute::Priority(p) => rule.priority = p,
+            RuleAttribute::Table(t) => rule.table = t,
+            RuleAttribute::Source(ip) => rule.from = Prefix::new(ip, m.header.src_len).ok(),
+            RuleAttribute::Destination(ip) => {
+                rule.to = Prefix::new(ip, m.header.dst_len).ok();
+            }
+            RuleAttribute::Protocol(p) => ours = u8::from(p) == RTPROT_ISTHMUS,
+            _ => {}
+        }
+    }
+    Ok(ours.then_some(KRule { v4, rule }))
 }
 
 /// Reads everything the planner compares.
@@ -393,7 +411,7 @@ pub(crate) fn delete_address(a: &Address, index: u32) -> Request {
     Request { kind: RTM_DELADDR, flags: 0, payload: emit(&address_msg(a, index)) }
 }
 
-fn route_msg(key: &RouteKey, via: &NextHop, oif: Option<u32>) -> RouteMessage {
+pub(crate) fn route_msg(key: &RouteKey, via: &NextHop, oif: Option<u32>) -> RouteMessage {
     let v4 = key.dst.addr().is_ipv4();
     let mut m = RouteMessage::default();
     m.header.address_family = family(v4);
@@ -436,7 +454,7 @@ pub(crate) fn delete_route(key: &RouteKey) -> Request {
     Request { kind: RTM_DELROUTE, flags: 0, payload: emit(&m) }
 }
 
-fn rule_msg(r: &KRule) -> RuleMessage {
+pub(crate) fn rule_msg(r: &KRule) -> RuleMessage {
     let mut m = RuleMessage::default();
     m.header.family = family(r.v4);
     m.header.table = u8::try_from(r.rule.table).unwrap_or(0);

@@ -41,7 +41,11 @@
 //! from that namespace.
 
 pub mod firewall;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod kernel;
+mod lookup;
 mod nl;
 mod plan;
 mod reconciler;
@@ -50,6 +54,7 @@ pub mod tun;
 
 pub use firewall::Ruleset;
 pub use kernel::LINK_ALIAS;
+pub use lookup::{LookupError, RouteKind, RouteLookup, route_get};
 pub use plan::{Change, Drift, Plan};
 pub use reconciler::{Failure, Reconciler, Report};
 pub use state::{

@@ -154,20 +154,7 @@ impl NlSocket {
             let mut pending = i - first;
             while pending > 0 {
                 let n = self.recv()?;
-                let mut off = 0;
-                while let Some((kind, flags, seq, payload, next)) = parse_header(&self.rx[..n], off)
-                {
-                    off = next;
-                    if kind != NLMSG_ERROR {
-                        continue;
-                    }
-                    let idx = seq.wrapping_sub(base) as usize;
-                    if idx >= i - first || results[first + idx].is_some() {
-                        continue;
-                    }
-                    results[first + idx] = Some(parse_ack(payload, flags));
-                    pending -= 1;
-                }
+                pending -= take_acks(&self.rx[..n], base, &mut results[first..i]);
             }
         }
         Ok(results.into_iter().map(|r| r.unwrap_or(Ok(()))).collect())
@@ -228,19 +215,23 @@ impl NlSocket {
         Ok(results.into_iter().map(|r| r.unwrap_or_else(|| Err(aborted.clone()))).collect())
     }
 
-    /// Runs a dump request and calls `each(type, payload)` for every message of the answer.
-    pub(crate) fn dump(
-        &mut self,
-        what: &'static str,
-        kind: u16,
-        payload: &[u8],
-        mut each: impl FnMut(u16, &[u8]) -> Result<(), Error>,
-    ) -> Result<(), Error> {
+    /// Sends one message; returns its sequence number.
+    fn send_one(&mut self, kind: u16, flags: u16, payload: &[u8]) -> Result<u32, Error> {
         let seq = self.next_seq();
         let mut buf = Vec::with_capacity(NLMSG_HDRLEN + payload.len() + 4);
-        Self::push(&mut buf, kind, NLM_F_REQUEST | NLM_F_DUMP, seq, payload);
+        Self::push(&mut buf, kind, flags, seq, payload);
         self.send_all(&buf)?;
-        let mut interrupted = false;
+        Ok(seq)
+    }
+
+    /// Sends one request that the kernel answers with one message (no ACK asked), and returns
+    /// that message's type and payload, or the kernel's error.
+    pub(crate) fn get(
+        &mut self,
+        kind: u16,
+        payload: &[u8],
+    ) -> Result<Result<(u16, Vec<u8>), KernelError>, Error> {
+        let seq = self.send_one(kind, NLM_F_REQUEST, payload)?;
         loop {
             let n = self.recv()?;
             let mut off = 0;
@@ -249,18 +240,32 @@ impl NlSocket {
                 if mseq != seq {
                     continue;
                 }
-                interrupted |= flags & NLM_F_DUMP_INTR != 0;
-                match kind {
-                    NLMSG_DONE if interrupted => return Err(Error::DumpInterrupted(what)),
-                    NLMSG_DONE => return Ok(()),
-                    NLMSG_ERROR => {
-                        return match parse_ack(payload, flags) {
-                            Ok(()) => Ok(()),
-                            Err(e) => Err(Error::Dump(what, e.to_string())),
-                        };
-                    }
-                    _ => each(kind, payload)?,
-                }
+                return Ok(match kind {
+                    NLMSG_ERROR => match parse_ack(payload, flags) {
+                        Ok(()) => Err(KernelError { errno: libc::ENODATA, message: None }),
+                        Err(e) => Err(e),
+                    },
+                    _ => Ok((kind, payload.to_vec())),
+                });
+            }
+        }
+    }
+
+    /// Runs a dump request and calls `each(type, payload)` for every message of the answer.
+    pub(crate) fn dump(
+        &mut self,
+        what: &'static str,
+        kind: u16,
+        payload: &[u8],
+        mut each: impl FnMut(u16, &[u8]) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        let seq = self.send_one(kind, NLM_F_REQUEST | NLM_F_DUMP, payload)?;
+        let mut interrupted = false;
+        loop {
+            let n = self.recv()?;
+            if let Some(end) = dump_datagram(&self.rx[..n], what, seq, &mut interrupted, &mut each)
+            {
+                return end;
             }
         }
     }
@@ -318,6 +323,67 @@ fn force_rcvbuf(sock: &Socket, size: libc::c_int) -> bool {
     r == 0
 }
 
+/// Reads one datagram of answers to requests numbered `base..base + results.len()`: fills in
+/// the result of each request whose ACK (`NLMSG_ERROR`) it holds, ignoring other messages and
+/// repeated or foreign sequence numbers. Returns how many results it filled in.
+pub(crate) fn take_acks(
+    buf: &[u8],
+    base: u32,
+    results: &mut [Option<Result<(), KernelError>>],
+) -> usize {
+    let mut filled = 0;
+    let mut off = 0;
+    while let Some((kind, flags, seq, payload, next)) = parse_header(buf, off) {
+        off = next;
+        if kind != NLMSG_ERROR {
+            continue;
+        }
+        let Some(slot) = results.get_mut(seq.wrapping_sub(base) as usize) else { continue };
+        if slot.is_none() {
+            *slot = Some(parse_ack(payload, flags));
+            filled += 1;
+        }
+    }
+    filled
+}
+
+/// Reads one datagram of the answer to dump request `seq`: calls `each(type, payload)` for its
+/// messages, and returns the end of the dump (`NLMSG_DONE`, or the `NLMSG_ERROR` that refuses it)
+/// when the datagram holds it, `None` when more is to come. Messages of other requests are
+/// skipped; `interrupted` remembers `NLM_F_DUMP_INTR` across datagrams.
+pub(crate) fn dump_datagram(
+    buf: &[u8],
+    what: &'static str,
+    seq: u32,
+    interrupted: &mut bool,
+    each: &mut impl FnMut(u16, &[u8]) -> Result<(), Error>,
+) -> Option<Result<(), Error>> {
+    let mut off = 0;
+    while let Some((kind, flags, mseq, payload, next)) = parse_header(buf, off) {
+        off = next;
+        if mseq != seq {
+            continue;
+        }
+        *interrupted |= flags & NLM_F_DUMP_INTR != 0;
+        match kind {
+            NLMSG_DONE if *interrupted => return Some(Err(Error::DumpInterrupted(what))),
+            NLMSG_DONE => return Some(Ok(())),
+            NLMSG_ERROR => {
+                return Some(match parse_ack(payload, flags) {
+                    Ok(()) => Ok(()),
+                    Err(e) => Err(Error::Dump(what, e.to_string())),
+                });
+            }
+            _ => {
+                if let Err(e) = each(kind, payload) {
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
+    None
+}
+
 /// Splits the message at `off`: (type, flags, seq, payload, offset of the next message).
 /// Returns `None` at the end or on a malformed length (never panics on kernel bytes).
 pub(crate) fn parse_header(buf: &[u8], off: usize) -> Option<(u16, u16, u32, &[u8], usize)> {
@@ -334,7 +400,7 @@ pub(crate) fn parse_header(buf: &[u8], off: usize) -> Option<(u16, u16, u32, &[u
 }
 
 /// Reads an `NLMSG_ERROR` payload: error code, the echoed header (capped), extended-ACK TLVs.
-fn parse_ack(payload: &[u8], flags: u16) -> Result<(), KernelError> {
+pub(crate) fn parse_ack(payload: &[u8], flags: u16) -> Result<(), KernelError> {
     let Some(code) = payload.get(0..4).and_then(|b| b.try_into().ok()).map(i32::from_ne_bytes)
     else {
         return Err(KernelError { errno: libc::EBADMSG, message: Some("short ACK".into()) });

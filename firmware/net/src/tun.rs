@@ -29,49 +29,63 @@
 //! goes into a tunnel; an IPv4-only gateway that goes below and back gets a few MLD packets from
 //! the device, which the dataplane drops as `link-scope`.
 
+use std::ffi::CStr;
 use std::fs::OpenOptions;
-use std::os::fd::AsRawFd;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
 
 use crate::Error;
 
-const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
-const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
-const IFF_TUN: libc::c_short = 0x0001;
-const IFF_NO_PI: libc::c_short = 0x1000;
-const IFF_MULTI_QUEUE: libc::c_short = 0x0100;
+/// An `ifreq` naming `name`, everything else zero; refuses names the kernel would truncate.
+/// The one place an interface name goes into an `ifreq` (TUNSETIFF here, SIOCSIFMTU and
+/// friends in the dataplane).
+pub fn ifreq(name: &str) -> io::Result<libc::ifreq> {
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.as_bytes().contains(&0) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("interface name `{name}` must be 1 to 15 bytes without NUL"),
+        ));
+    }
+    // SAFETY: `ifreq` is a plain C struct/union for which all-zero bytes are a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(name.as_bytes()) {
+        *d = *s as libc::c_char;
+    }
+    Ok(req)
+}
 
-/// `struct ifreq` as TUNSETIFF reads it: the name and the flags member of the union.
-#[repr(C)]
-struct IfReq {
-    name: [libc::c_char; libc::IFNAMSIZ],
-    flags: libc::c_short,
-    _pad: [u8; 22],
+/// Opens a queue of the TUN device `name` (`TUNSETIFF` with `flags`, e.g. `IFF_TUN |
+/// IFF_NO_PI`), creating the device if it is missing; returns the queue (blocking,
+/// close-on-exec) and the device's name as the kernel reports it.
+pub fn attach(name: &str, flags: libc::c_int) -> io::Result<(OwnedFd, String)> {
+    let mut req = ifreq(name)?;
+    req.ifr_ifru.ifru_flags = flags as libc::c_short;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot open /dev/net/tun: {e}")))?;
+    // SAFETY: TUNSETIFF reads and writes an `ifreq`, which `req` is, and it outlives the call.
+    let r = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut req) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel NUL-terminates `ifr_name` within IFNAMSIZ bytes.
+    let actual = unsafe { CStr::from_ptr(req.ifr_name.as_ptr()) };
+    Ok((file.into(), actual.to_string_lossy().into_owned()))
 }
 
 /// Creates (or attaches to and keeps) the persistent TUN device `name`.
 pub fn create_persistent_tun(name: &str, multi_queue: bool) -> Result<(), Error> {
     crate::state::check_ifname(name)?;
     let fail = |what: &'static str, e: std::io::Error| Error::Tun(name.to_owned(), what, e);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/net/tun")
-        .map_err(|e| fail("open /dev/net/tun", e))?;
-    let mut req = IfReq { name: [0; libc::IFNAMSIZ], flags: IFF_TUN | IFF_NO_PI, _pad: [0; 22] };
+    let mut flags = libc::IFF_TUN | libc::IFF_NO_PI;
     if multi_queue {
-        req.flags |= IFF_MULTI_QUEUE;
+        flags |= libc::IFF_MULTI_QUEUE;
     }
-    for (d, s) in req.name.iter_mut().zip(name.bytes()) {
-        *d = s as libc::c_char;
-    }
-    // SAFETY: TUNSETIFF reads and writes a `struct ifreq`; `req` is a live, correctly laid out
-    // (40-byte, repr(C)) ifreq with a NUL-terminated name (at most 15 bytes, checked above).
-    let r = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF as _, &mut req as *mut IfReq) };
-    if r < 0 {
-        return Err(fail("TUNSETIFF", std::io::Error::last_os_error()));
-    }
+    let (fd, _) = attach(name, flags).map_err(|e| fail("TUNSETIFF", e))?;
     // SAFETY: TUNSETPERSIST takes an integer argument by value; the fd is open.
-    let r = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETPERSIST as _, 1 as libc::c_ulong) };
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETPERSIST, 1 as libc::c_ulong) };
     if r < 0 {
         return Err(fail("TUNSETPERSIST", std::io::Error::last_os_error()));
     }
@@ -109,8 +123,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ifreq_has_the_kernel_layout() {
-        assert_eq!(std::mem::size_of::<IfReq>(), 40);
-        assert_eq!(std::mem::offset_of!(IfReq, flags), 16);
+    fn interface_names_are_checked() {
+        assert!(ifreq("ist0").is_ok());
+        assert!(ifreq("").is_err());
+        assert!(ifreq("a-name-that-is-too-long").is_err());
     }
 }

@@ -255,23 +255,11 @@ fn apply_converges_when_the_kernel_already_did_part_of_the_plan() {
     assert!(with(&gw, move |r| r.plan(&d).unwrap()).is_empty(), "the kernel is at the state");
 }
 
-const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
-
-/// Attaches to a TUN device as the dataplane will (`IFF_TUN | IFF_NO_PI`).
+/// Attaches to a TUN device as the dataplane will (`IFF_TUN | IFF_NO_PI`), blocking.
 fn attach_tun(name: &str) -> std::fs::File {
-    #[repr(C)]
-    struct IfReq {
-        name: [u8; 16],
-        flags: libc::c_short,
-        pad: [u8; 22],
-    }
-    let f = std::fs::OpenOptions::new().read(true).write(true).open("/dev/net/tun").unwrap();
-    let mut req = IfReq { name: [0; 16], flags: 0x0001 | 0x1000, pad: [0; 22] };
-    req.name[..name.len()].copy_from_slice(name.as_bytes());
-    // SAFETY: TUNSETIFF reads/writes a 40-byte struct ifreq; `req` is one and outlives the call.
-    let r = unsafe { libc::ioctl(f.as_raw_fd(), TUNSETIFF as _, &mut req as *mut IfReq) };
-    assert!(r >= 0, "TUNSETIFF {name}: {}", std::io::Error::last_os_error());
-    f
+    let (fd, _) = isthmus_net::tun::attach(name, libc::IFF_TUN | libc::IFF_NO_PI)
+        .unwrap_or_else(|e| panic!("TUNSETIFF {name}: {e}"));
+    fd.into()
 }
 
 /// Has the reconciler in `gw` create the persistent TUN device `ist0` with `address` and route
@@ -337,27 +325,11 @@ fn udp6(
     dport: u16,
     data: &[u8],
 ) -> Vec<u8> {
-    let len = (8 + data.len()) as u16;
-    let mut udp =
-        [&sport.to_be_bytes()[..], &dport.to_be_bytes(), &len.to_be_bytes(), &[0, 0], data]
-            .concat();
-    let mut pseudo =
-        [&src.octets()[..], &dst.octets(), &u32::from(len).to_be_bytes(), &[0, 0, 0, 17]].concat();
-    pseudo.extend_from_slice(&udp);
-    if pseudo.len() % 2 == 1 {
-        pseudo.push(0);
-    }
-    let mut sum: u32 = pseudo.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], c[1]]))).sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    udp[6..8].copy_from_slice(&(!(sum as u16)).to_be_bytes());
-    let mut ip = vec![0x60, 0, 0, 0];
-    ip.extend_from_slice(&len.to_be_bytes());
-    ip.extend_from_slice(&[17, 64]);
-    ip.extend_from_slice(&src.octets());
-    ip.extend_from_slice(&dst.octets());
-    ip.extend_from_slice(&udp);
+    let mut ip = vec![0u8; 48 + data.len()];
+    isthmus_wire::ipv6::write_header(&mut ip, src, dst, 17, 8 + data.len(), 64).unwrap();
+    let over = Some((src.into(), dst.into(), data));
+    isthmus_wire::udp::write_header(&mut ip[40..], sport, dport, data.len(), over).unwrap();
+    ip[48..].copy_from_slice(data);
     ip
 }
 

@@ -1,12 +1,14 @@
 //! Test support for root-only tests: network namespaces that delete themselves, veth links between
 //! them, and commands or closures run inside them; [`site`] runs a real gateway (`isthmusd`
 //! with a LAN host) in them, [`strongswan`] an independent IKEv2 peer; [`plugins`] finds and
-//! signs the built policy plugins; [`docs`] reads the complete configurations of `docs/`.
+//! signs the built policy plugins; [`docs`] reads the complete configurations of `docs/`;
+//! [`config`] builds the gateway configurations tests apply.
 //!
 //! Tests that need root call [`require_root`] first and return early (saying so) when not root;
 //! `make test` runs as root in CI, so they always run there. Traffic stays inside the namespaces.
 #![forbid(unsafe_code)]
 
+pub mod config;
 pub mod docs;
 pub mod plugins;
 pub mod site;

@@ -46,12 +46,25 @@ pub struct ChildInstall<'a> {
     pub answered: bool,
 }
 
+/// Why the dataplane refused a CHILD SA or a tunnel's policies. The messages are the ESP
+/// engine's and the dataplane's own; none carries key material.
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    /// The negotiated keys do not make an ESP SA (e.g. the wrong length for the algorithm).
+    #[error(transparent)]
+    Sa(#[from] isthmus_esp::EspError),
+    /// The dataplane refused the SA or the table (a duplicate SPI, an invalid SPD, a stopped
+    /// dataplane), or did not start.
+    #[error(transparent)]
+    Dataplane(#[from] isthmus_dataplane::DataplaneError),
+}
+
 /// The ESP dataplane as the driver drives it. Implemented for `isthmus-dataplane` by the daemon's
 /// wiring; [`ControlOnly`] runs IKE with no ESP at all.
 pub trait Dataplane: Send + 'static {
     /// Installs both directions of a CHILD SA. An error is reported as a
     /// [`crate::TunnelEvent::InstallFailed`] and the CHILD SA is deleted with the peer.
-    fn install_child(&mut self, sa: &ChildInstall<'_>) -> Result<(), String>;
+    fn install_child(&mut self, sa: &ChildInstall<'_>) -> Result<(), DataplaneError>;
 
     /// Removes both directions of a CHILD SA. After a rekey (`reason` is
     /// [`DownReason::Rekeyed`]) the inbound half may linger for a grace time, and the outbound
@@ -68,7 +81,7 @@ pub trait Dataplane: Send + 'static {
     /// A tunnel was added: install what protects its traffic before any SA exists (SPD
     /// `Protect` entries, so that matching packets are dropped and raise acquires, never leave
     /// in clear). An error refuses the tunnel.
-    fn tunnel_added(&mut self, cfg: &TunnelConfig) -> Result<(), String> {
+    fn tunnel_added(&mut self, cfg: &TunnelConfig) -> Result<(), DataplaneError> {
         let _ = cfg;
         Ok(())
     }
@@ -108,7 +121,7 @@ pub trait Dataplane: Send + 'static {
 pub struct ControlOnly;
 
 impl Dataplane for ControlOnly {
-    fn install_child(&mut self, _sa: &ChildInstall<'_>) -> Result<(), String> {
+    fn install_child(&mut self, _sa: &ChildInstall<'_>) -> Result<(), DataplaneError> {
         Ok(())
     }
 

@@ -680,8 +680,8 @@ impl Driver {
                     rekey_of,
                     answered: self.answering,
                 };
-                if let Err(error) = self.dp.install_child(&install) {
-                    self.emit(TunnelEvent::InstallFailed { tunnel, child, error });
+                if let Err(e) = self.dp.install_child(&install) {
+                    self.emit(TunnelEvent::InstallFailed { tunnel, child, error: e.to_string() });
                     return;
                 }
                 if let Some(s) = lock(&self.shared.status).get_mut(&tunnel) {

@@ -11,8 +11,10 @@
 //!   7296 §2.8; the peer installs the SA when our answer arrives, as strongSwan does). The old
 //!   SA's removal after a rekey therefore leaves its inbound half to the dataplane.
 //! - For every configured CHILD SA the SPD gets `Protect` entries for each local × remote
-//!   selector pair as soon as the tunnel is added, so matching traffic is never sent in clear
-//!   and, while no SA exists, raises the acquire that starts an on-traffic tunnel.
+//!   selector pair ([`spd_entries`]) as soon as the tunnel is added, so matching traffic is never
+//!   sent in clear and, while no SA exists, raises the acquire that starts an on-traffic tunnel.
+//!   [`EspDataplane::sas_only`] leaves the SPD to its owner instead (the daemon compiles it from
+//!   the configuration through its `spd` plugin hook, before the tunnels are added).
 //! - Port 4500 belongs to the dataplane: IKE after the non-ESP marker comes back as
 //!   [`DataplaneEvent::Ike`] through [`forward_events`], and the driver's IKE messages for 4500
 //!   leave through [`isthmus_dataplane::Dataplane::send_ike`]; the NAT-T keepalives the endpoint
@@ -33,7 +35,7 @@ use isthmus_esp::{Aead, Backend, InboundSa, OutboundSa, SaConfig};
 use isthmus_ike::event::ChildKeys;
 use isthmus_ike::{DownReason, Encr, TrafficSelector, TunnelConfig};
 
-use crate::dataplane::{ChildInstall, Dataplane, DataplaneEvent};
+use crate::dataplane::{ChildInstall, Dataplane, DataplaneError, DataplaneEvent};
 use crate::driver::DataplaneSender;
 
 /// How CHILD SAs are built in the ESP engine.
@@ -76,8 +78,9 @@ pub struct EspDataplane {
     dp: Arc<isthmus_dataplane::Dataplane>,
     options: EspOptions,
     generation: u64,
-    /// Protect entries per tunnel, in configuration order.
-    policies: BTreeMap<String, Vec<SpdEntry>>,
+    /// Protect entries per tunnel, in configuration order; `None` when the SPD has another
+    /// owner ([`EspDataplane::sas_only`]).
+    policies: Option<BTreeMap<String, Vec<SpdEntry>>>,
     /// The outbound SA currently installed per (tunnel, child).
     outbound: HashMap<(String, String), Current>,
     /// Outbound SAs of successors not sending yet: one we created answering the peer's rekey
@@ -113,22 +116,29 @@ struct Current {
 }
 
 impl EspDataplane {
-    /// Drives `dp`, building SAs as `options` say.
+    /// Drives `dp`, building SAs as `options` say, and publishing the SPD of the tunnels the
+    /// driver adds ([`spd_entries`]).
     pub fn new(dp: Arc<isthmus_dataplane::Dataplane>, options: EspOptions) -> Self {
+        EspDataplane { policies: Some(BTreeMap::new()), ..Self::sas_only(dp, options) }
+    }
+
+    /// Drives `dp` for the CHILD SAs only: the SPD is published by its owner.
+    pub fn sas_only(dp: Arc<isthmus_dataplane::Dataplane>, options: EspOptions) -> Self {
         EspDataplane {
             dp,
             options,
             generation: 0,
-            policies: BTreeMap::new(),
+            policies: None,
             outbound: HashMap::new(),
             standby: HashMap::new(),
         }
     }
 
-    fn publish(&mut self) -> Result<(), String> {
+    fn publish(&mut self) -> Result<(), DataplaneError> {
+        let Some(policies) = &self.policies else { return Ok(()) };
         self.generation += 1;
-        let entries = self.policies.values().flatten().cloned().collect();
-        self.dp.publish_spd(SpdTable::new(self.generation, entries)).map_err(|e| e.to_string())
+        let entries = policies.values().flatten().cloned().collect();
+        Ok(self.dp.publish_spd(SpdTable::new(self.generation, entries))?)
     }
 
     fn sa_config(&self, keys: &ChildKeys, encr: Encr, esn: bool) -> SaConfig {
@@ -186,36 +196,41 @@ pub fn selectors(local: &[TrafficSelector], remote: &[TrafficSelector]) -> Vec<S
     out
 }
 
-impl Dataplane for EspDataplane {
-    fn tunnel_added(&mut self, cfg: &TunnelConfig) -> Result<(), String> {
-        let mut entries = Vec::new();
-        for c in &cfg.children {
-            for (i, s) in selectors(&c.local_ts, &c.remote_ts).into_iter().enumerate() {
-                entries.push(SpdEntry {
-                    id: format!("{}/{}#{i}", cfg.name, c.name),
-                    selector: s,
-                    action: SpdAction::Protect { tunnel: cfg.name.clone(), child: c.name.clone() },
-                });
-            }
+/// The SPD entries that protect `cfg`'s traffic: a `Protect` entry per local × remote selector
+/// pair of each CHILD SA (RFC 4301 §4.4.1.1), named `tunnel/child#i`, in configuration order.
+pub fn spd_entries(cfg: &TunnelConfig) -> Vec<SpdEntry> {
+    let mut entries = Vec::new();
+    for c in &cfg.children {
+        for (i, s) in selectors(&c.local_ts, &c.remote_ts).into_iter().enumerate() {
+            entries.push(SpdEntry {
+                id: format!("{}/{}#{i}", cfg.name, c.name),
+                selector: s,
+                action: SpdAction::Protect { tunnel: cfg.name.clone(), child: c.name.clone() },
+            });
         }
-        self.policies.insert(cfg.name.clone(), entries);
+    }
+    entries
+}
+
+impl Dataplane for EspDataplane {
+    fn tunnel_added(&mut self, cfg: &TunnelConfig) -> Result<(), DataplaneError> {
+        let Some(policies) = &mut self.policies else { return Ok(()) };
+        policies.insert(cfg.name.clone(), spd_entries(cfg));
         self.publish()
     }
 
     fn tunnel_removed(&mut self, tunnel: &str) {
-        if self.policies.remove(tunnel).is_some()
+        if self.policies.as_mut().is_some_and(|p| p.remove(tunnel).is_some())
             && let Err(e) = self.publish()
         {
             tracing::warn!(%tunnel, error = %e, "SPD publish after tunnel removal failed");
         }
     }
 
-    fn install_child(&mut self, sa: &ChildInstall<'_>) -> Result<(), String> {
+    fn install_child(&mut self, sa: &ChildInstall<'_>) -> Result<(), DataplaneError> {
         let now = Instant::now();
-        let inbound = InboundSa::new(self.sa_config(sa.inbound, sa.esp.encr, sa.esp.esn), now)
-            .map_err(|e| e.to_string())?;
-        let outbound = OutboundSa::new(self.sa_config(sa.outbound, sa.esp.encr, sa.esp.esn), now)
-            .map_err(|e| e.to_string())?;
+        let inbound = InboundSa::new(self.sa_config(sa.inbound, sa.esp.encr, sa.esp.esn), now)?;
+        let outbound = OutboundSa::new(self.sa_config(sa.outbound, sa.esp.encr, sa.esp.esn), now)?;
         let binding = InboundBinding {
             tunnel: sa.tunnel.to_owned(),
             child: sa.child.to_owned(),
@@ -227,14 +242,13 @@ impl Dataplane for EspDataplane {
                 // The old SA may be gone already (peer deleted it first): a plain add then.
                 Err(_) => {
                     let inbound =
-                        InboundSa::new(self.sa_config(sa.inbound, sa.esp.encr, sa.esp.esn), now)
-                            .map_err(|e| e.to_string())?;
+                        InboundSa::new(self.sa_config(sa.inbound, sa.esp.encr, sa.esp.esn), now)?;
                     self.dp.add_inbound(binding, inbound)
                 }
             },
             None => self.dp.add_inbound(binding, inbound),
         };
-        added.map_err(|e| e.to_string())?;
+        added?;
         let encap =
             if sa.encap { Encap::Udp { peer: sa.peer } } else { Encap::Esp { peer: sa.peer.ip() } };
         let b = OutboundBinding { tunnel: sa.tunnel.to_owned(), child: sa.child.to_owned(), encap };
@@ -257,7 +271,7 @@ impl Dataplane for EspDataplane {
         }
         if let Err(e) = self.dp.install_outbound(b, outbound) {
             let _ = self.dp.remove_inbound(sa.inbound.spi);
-            return Err(e.to_string());
+            return Err(e.into());
         }
         self.outbound.insert(key, Current { spi_out: sa.outbound.spi, rekey_of: sa.rekey_of });
         Ok(())
@@ -336,7 +350,7 @@ pub fn start_with_dataplane(
     options: EspOptions,
 ) -> Result<(crate::Tunnels, Arc<isthmus_dataplane::Dataplane>), crate::Error> {
     let (dp, events) = isthmus_dataplane::Dataplane::start(dataplane)
-        .map_err(|e| crate::Error::Dataplane(String::new(), e.to_string()))?;
+        .map_err(|e| crate::Error::DataplaneStart(e.into()))?;
     let dp = Arc::new(dp);
     let local = dp.udp_addr();
     let adapter = EspDataplane::new(dp.clone(), options);

@@ -49,9 +49,11 @@ pub mod io;
 pub mod ratelimit;
 pub mod status;
 
-pub use dataplane::{ChildInstall, ControlOnly, Dataplane, DataplaneEvent};
+pub use dataplane::{ChildInstall, ControlOnly, Dataplane, DataplaneError, DataplaneEvent};
 pub use driver::{CloseAction, DataplaneSender, DriverConfig, Tunnel, Tunnels};
-pub use esp::{DataLimits, EspDataplane, EspOptions, forward_events, start_with_dataplane};
+pub use esp::{
+    DataLimits, EspDataplane, EspOptions, forward_events, spd_entries, start_with_dataplane,
+};
 pub use status::{ChildStatus, TunnelEvent, TunnelState, TunnelStatus};
 
 /// Everything the driver can fail at. Messages name the tunnel and what is wrong; none carries
@@ -78,9 +80,12 @@ pub enum Error {
     /// A socket could not be bound or the driver thread not started.
     #[error("IKE driver I/O: {0}")]
     Io(#[source] std::io::Error),
-    /// The dataplane refused the tunnel's policies (or, with no tunnel named, did not start).
+    /// The dataplane refused the tunnel's policies.
     #[error("tunnel `{0}`: the dataplane refused: {1}")]
-    Dataplane(String, String),
+    Dataplane(String, #[source] DataplaneError),
+    /// The dataplane did not start (its TUN device, its sockets).
+    #[error("the dataplane did not start: {0}")]
+    DataplaneStart(#[source] DataplaneError),
     /// The OS random source could not be read.
     #[error("reading /dev/urandom for the IKE random seed: {0}")]
     Random(#[source] std::io::Error),

@@ -645,10 +645,10 @@ fn only_the_gateway_behind_a_nat_sends_keepalives() {
     let out = a.host.sh_output("ping -n -q -c 3 -i 0.2 -W 2 10.42.32.2");
     assert!(out.status.success(), "no LAN traffic across the NAT: {out:?}");
 
-    let at_b = b.dp.counters().io.keepalives;
+    let at_b = b.dp.counters().io[isthmus_dataplane::Io::Keepalives];
     std::thread::sleep(interval * 10);
-    let received_by_b = b.dp.counters().io.keepalives - at_b;
-    let received_by_a = a.dp.counters().io.keepalives;
+    let received_by_b = b.dp.counters().io[isthmus_dataplane::Io::Keepalives] - at_b;
+    let received_by_a = a.dp.counters().io[isthmus_dataplane::Io::Keepalives];
     assert!(
         received_by_b >= 5,
         "the gateway behind the NAT sent {received_by_b} keepalives in 10 intervals"

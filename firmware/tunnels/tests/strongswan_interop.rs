@@ -531,9 +531,9 @@ fn trap_start_action_brings_the_tunnel_up_on_traffic_never_in_clear() {
     let _ = lab.ping(2, "0.5");
     lab.expect(Duration::from_secs(20), "CHILD SA on traffic", is_child_up);
     let c = lab.dp.counters();
-    assert!(c.io.acquires >= 1, "no acquire raised: {c:#?}");
+    assert!(c.io[isthmus_dataplane::Io::Acquires] >= 1, "no acquire raised: {c:#?}");
     assert!(
-        c.drops.get(isthmus_esp::DropReason::NoSa) >= 1,
+        c.drops[isthmus_dataplane::Drop::NoSa] >= 1,
         "the packets before the SA were not dropped as no_sa: {c:#?}"
     );
     lab.assert_up_both_sides();
@@ -845,7 +845,7 @@ fn waiting_tunnel_is_not_started_by_traffic_and_drops_it() {
     assert_eq!((sent, got), (3, 0), "traffic passed without a tunnel");
     std::thread::sleep(Duration::from_millis(500));
     let c = lab.dp.counters();
-    assert!(c.drops.get(isthmus_esp::DropReason::NoSa) >= 3, "not dropped as no_sa: {c:#?}");
+    assert!(c.drops[isthmus_dataplane::Drop::NoSa] >= 3, "not dropped as no_sa: {c:#?}");
     assert_eq!(lab.tunnels.tunnel("to-swan").unwrap().state, TunnelState::Down);
     assert!(!lab.swan.ike_established("to-isthmus"), "traffic started the tunnel");
     // The peer brings it up.

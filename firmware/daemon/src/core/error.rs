@@ -2,6 +2,9 @@
 //! each kind its status code and stable code.
 
 use isthmus_api as api;
+use isthmus_config::Config;
+
+use super::plan;
 
 /// Why an action or a query did not succeed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -57,4 +60,40 @@ impl CoreError {
     pub fn internal(message: impl Into<String>) -> CoreError {
         CoreError::Internal(message.into())
     }
+}
+
+pub(super) fn store_failure(e: isthmus_config::Error) -> CoreError {
+    use isthmus_config::Error as E;
+    match e {
+        E::Invalid(errs) => CoreError::InvalidConfig {
+            message: format!("the configuration has {} error(s)", errs.issues().len()),
+            issues: issues(errs.issues()),
+        },
+        E::NoSuchRevision(n) => CoreError::not_found(format!("revision {n} does not exist")),
+        E::Empty => CoreError::not_found("no configuration has been committed yet"),
+        e @ (E::Unchanged(_)
+        | E::ConfirmPending { .. }
+        | E::NothingToConfirm
+        | E::ConfirmExpired { .. }
+        | E::NothingToRevertTo) => CoreError::conflict(e.to_string()),
+        e => CoreError::internal(e.to_string()),
+    }
+}
+
+pub(super) fn issues(v: &[isthmus_config::Issue]) -> Vec<api::Issue> {
+    v.iter()
+        .map(|i| api::Issue {
+            path: i.path.clone(),
+            message: match i.line {
+                Some(l) => format!("{} (line {l})", i.message),
+                None => i.message.clone(),
+            },
+        })
+        .collect()
+}
+
+/// What planning says of a configuration that validated ([`plan::check`]), as a validation
+/// error: validation and apply agree on what can be planned because both run the planner.
+pub(super) fn plan_issue(cfg: &Config) -> Option<api::Issue> {
+    plan::check(cfg).err().map(|message| api::Issue { path: String::new(), message })
 }

@@ -561,24 +561,13 @@ mod tests {
     use super::*;
 
     fn cfg(psk: &str, remote: &str) -> Config {
-        Config::from_toml(&format!(
-            r#"[gateway]
-name = "gw"
-[gateway.wan]
-interface = "wan0"
-address = "192.0.2.1/24"
-next_hop = "192.0.2.254"
-[[gateway.lan]]
-name = "app"
-interface = "lan0"
-addresses = ["10.1.0.1/24"]
-[[customer_gateway]]
-name = "a"
-address = "198.51.100.1"
-[[customer_gateway]]
-name = "b"
-address = "198.51.100.2"
-[[tunnel]]
+        let toml = isthmus_testkit::config::Gateway::new("gw")
+            .wan("wan0", "192.0.2.1/24", "192.0.2.254")
+            .lan("app", "lan0", "10.1.0.1/24")
+            .customer_gateway("a", "198.51.100.1")
+            .customer_gateway("b", "198.51.100.2")
+            .push(&format!(
+                r#"[[tunnel]]
 name = "ta"
 customer_gateway = "a"
 psk = {psk}
@@ -593,8 +582,9 @@ psk = "0123456789abcdef0123456789abcdef"
 local = "10.1.0.0/24"
 remote = "{remote}"
 "#
-        ))
-        .expect("parses")
+            ))
+            .toml();
+        Config::from_toml(&toml).expect("parses")
     }
 
     #[test]
@@ -613,16 +603,18 @@ remote = "{remote}"
 
     /// A gateway with `lans` (name, extra `networks`) and `tables` (id, bound LANs).
     fn routed(lans: &[(&str, &[&str])], tables: &[(u32, &[&str])]) -> String {
-        let mut t = String::from(
-            "[gateway]\nname = \"gw\"\n[gateway.wan]\ninterface = \"wan0\"\naddress = \"192.0.2.1/24\"\nnext_hop = \"192.0.2.254\"\n",
-        );
+        let mut g =
+            isthmus_testkit::config::Gateway::new("gw").wan("wan0", "192.0.2.1/24", "192.0.2.254");
         for (i, (name, nets)) in lans.iter().enumerate() {
-            let nets: Vec<String> = nets.iter().map(|n| format!("\"{n}\"")).collect();
-            t += &format!(
-                "[[gateway.lan]]\nname = \"{name}\"\ninterface = \"lan{i}\"\naddresses = [\"10.{i}.0.1/24\", \"fd00:{i}::1/64\"]\nnetworks = [{}]\nnext_hop = \"10.{i}.0.254\"\n",
-                nets.join(", ")
+            g = g.routed_lan(
+                name,
+                &format!("lan{i}"),
+                &[&format!("10.{i}.0.1/24"), &format!("fd00:{i}::1/64")],
+                nets,
+                Some(&format!("10.{i}.0.254")),
             );
         }
+        let mut t = g.toml();
         for (id, bound) in tables {
             let bound: Vec<String> = bound.iter().map(|n| format!("\"{n}\"")).collect();
             t += &format!(

@@ -25,10 +25,11 @@ use std::time::{Duration, Instant};
 use isthmus_api::{self as api, Severity};
 use isthmus_config::{AlarmKind, AlarmSeverity, Config};
 use isthmus_policy::{AlarmAction, AlarmEvent, EventKind};
-use rustls::pki_types::CertificateDer;
 use tokio::sync::mpsc;
 
 use crate::obs::Readings;
+pub use crate::obs::delivery::Notification;
+use crate::obs::delivery::{Target, notification};
 use crate::obs::events::{EventBus, unix_now};
 use crate::obs::health::Health;
 use crate::obs::monitor::Monitor;
@@ -73,49 +74,6 @@ pub enum Signal {
     RekeyFailed,
     /// A rekey succeeded: a rekey-failure condition ends.
     Rekeyed,
-}
-
-#[derive(Clone)]
-struct Target {
-    name: String,
-    url: String,
-    retries: u32,
-    timeout: Duration,
-    secret: Option<String>,
-    /// Trusted for this target besides the built-in roots (`notify.ca`).
-    ca: Vec<CertificateDer<'static>>,
-}
-
-impl std::fmt::Debug for Target {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Target")
-            .field("name", &self.name)
-            .field("url", &self.url)
-            .field("retries", &self.retries)
-            .field("timeout", &self.timeout)
-            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
-            .field("ca", &self.ca.len())
-            .finish()
-    }
-}
-
-/// One notification on its way.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct Notification {
-    /// `raised` or `cleared`.
-    pub state: &'static str,
-    /// The alarm's name.
-    pub alarm: String,
-    /// What it concerns, e.g. `tunnel/to-idc`.
-    pub subject: String,
-    /// Severity.
-    pub severity: Severity,
-    /// What is wrong.
-    pub message: String,
-    /// Seconds since the epoch.
-    pub time: u64,
-    /// The gateway that sends it.
-    pub gateway: String,
 }
 
 /// What latches: a condition set by one signal and ended by another.
@@ -280,7 +238,7 @@ impl Alarms {
 
     /// Starts delivering notifications (needs a tokio runtime).
     pub fn start_delivery(&self) {
-        let (tx, mut rx) = mpsc::channel::<(Target, Notification)>(QUEUE);
+        let (tx, rx) = mpsc::channel::<(Target, Notification)>(QUEUE);
         {
             let mut st = self.lock();
             for n in std::mem::take(&mut st.early) {
@@ -290,25 +248,7 @@ impl Alarms {
             }
             st.queue = Some(tx);
         }
-        tokio::spawn(async move {
-            // One client per CA bundle: targets without one share a client.
-            let mut clients: HashMap<Vec<CertificateDer<'static>>, reqwest::Client> =
-                HashMap::new();
-            while let Some((t, n)) = rx.recv().await {
-                let client = match clients.get(&t.ca) {
-                    Some(c) => c.clone(),
-                    None => match webhook_client(&t.ca) {
-                        Ok(c) => clients.entry(t.ca.clone()).or_insert(c).clone(),
-                        Err(e) => {
-                            tracing::error!(target = %t.name, "webhook client: {e:#}");
-                            continue;
-                        }
-                    },
-                };
-                // Logged inside; the result is for tests.
-                let _ = deliver(&client, &t, &n).await;
-            }
-        });
+        tokio::spawn(super::delivery::run(rx));
     }
 
     /// Notes a typed signal from the IKE driver about `tunnel`.
@@ -763,18 +703,6 @@ fn health_latency(tunnel: &str, h: &api::Health, ms: u32) -> Option<String> {
     })
 }
 
-fn notification(state: &'static str, a: &api::Alarm, gateway: &str) -> Notification {
-    Notification {
-        state,
-        alarm: a.name.clone(),
-        subject: a.subject.clone(),
-        severity: a.severity,
-        message: a.message.clone(),
-        time: unix_now(),
-        gateway: gateway.to_owned(),
-    }
-}
-
 fn enqueue(st: &mut State, t: Target, n: Notification) {
     tracing::warn!(alarm = %n.alarm, subject = %n.subject, state = n.state, target = %t.name, "{}", n.message);
     match &st.queue {
@@ -789,80 +717,10 @@ fn enqueue(st: &mut State, t: Target, n: Notification) {
     }
 }
 
-/// The HTTPS client of webhooks: Mozilla's root CAs (`webpki-roots`, compiled in: the appliance
-/// image carries no system CA store for `rustls-native-certs` to read) plus the target's own
-/// bundle (`notify.ca`).
-fn webhook_client(ca: &[CertificateDer<'static>]) -> anyhow::Result<reqwest::Client> {
-    let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
-    for c in ca {
-        roots.add(c.clone())?;
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(reqwest::Client::builder().use_preconfigured_tls(tls).build()?)
-}
-
-/// Posts `n` to `t` with retries. The error of the last attempt names its cause (a TLS
-/// failure says which) and never the URL, which may carry a token.
-async fn deliver(client: &reqwest::Client, t: &Target, n: &Notification) -> Result<(), String> {
-    let body = serde_json::to_vec(n).unwrap_or_default();
-    let mut delay = Duration::from_millis(500);
-    let mut last = String::new();
-    for attempt in 0..=t.retries {
-        let mut req =
-            client.post(&t.url).timeout(t.timeout).header("content-type", "application/json");
-        if let Some(s) = &t.secret {
-            req = req.header(
-                "x-isthmus-signature",
-                format!("sha256={}", hmac_sha256(s.as_bytes(), &body)),
-            );
-        }
-        match req.body(body.clone()).send().await {
-            Ok(r) if r.status().is_success() => return Ok(()),
-            Ok(r) => {
-                last = format!("webhook refused the notification: {}", r.status());
-                tracing::warn!(target = %t.name, status = %r.status(), attempt, "webhook refused the notification")
-            }
-            Err(e) => {
-                // `{:#}` walks the source chain: "error sending request: client error
-                // (Connect): invalid peer certificate: UnknownIssuer".
-                last = format!("webhook unreachable: {:#}", anyhow::Error::from(e.without_url()));
-                tracing::warn!(target = %t.name, attempt, "{last}");
-            }
-        }
-        if attempt < t.retries {
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(30));
-        }
-    }
-    tracing::error!(target = %t.name, alarm = %n.alarm, "giving up on the notification after {} retries: {last}", t.retries);
-    Err(last)
-}
-
-/// HMAC-SHA256 (RFC 2104) as hex.
-fn hmac_sha256(key: &[u8], msg: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
-    let mut k = [0u8; 64];
-    if key.len() > 64 {
-        k[..32].copy_from_slice(&Sha256::digest(key));
-    } else {
-        k[..key.len()].copy_from_slice(key);
-    }
-    let mut inner = Sha256::new();
-    inner.update(k.map(|b| b ^ 0x36));
-    inner.update(msg);
-    let mut outer = Sha256::new();
-    outer.update(k.map(|b| b ^ 0x5c));
-    outer.update(inner.finalize());
-    hex::encode(outer.finalize())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::obs::delivery::{deliver, webhook_client};
     use crate::obs::monitor::signal_of;
     use isthmus_config::Dur;
     use isthmus_ike::codec::ExchangeType;
@@ -962,8 +820,9 @@ mod tests {
         round(&a, "to-idc");
         a.configure(
             &Config::from_toml(
-                "[gateway]\nname = \"gw\"\n[gateway.wan]\ninterface = \"wan0\"\n\
-                 address = \"10.72.0.1/24\"\nnext_hop = \"10.72.0.254\"\n",
+                &isthmus_testkit::config::Gateway::new("gw")
+                    .wan("wan0", "10.72.0.1/24", "10.72.0.254")
+                    .toml(),
             )
             .unwrap(),
         );
@@ -1230,7 +1089,7 @@ mod tests {
     fn hmac_matches_rfc4231_test_case_2() {
         // RFC 4231 §4.3: key "Jefe", data "what do ya want for nothing?".
         assert_eq!(
-            super::hmac_sha256(b"Jefe", b"what do ya want for nothing?"),
+            crate::obs::delivery::hmac_sha256(b"Jefe", b"what do ya want for nothing?"),
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
     }
@@ -1315,13 +1174,13 @@ mod tests {
         let ca_file = dir.join("ca.pem");
         std::fs::write(&ca_file, &ca_pem).unwrap();
         let doc = |ca: &str| {
-            format!(
-                "[gateway]\nname = \"gw\"\n[gateway.wan]\ninterface = \"wan0\"\n\
-                 address = \"10.62.0.1/24\"\nnext_hop = \"10.62.0.254\"\n\
-                 [[gateway.lan]]\nname = \"lan\"\ninterface = \"lan0\"\n\
-                 addresses = [\"10.62.1.1/24\"]\n\
-                 [[notify]]\nname = \"ops\"\nwebhook = \"{url}\"\nretries = 0\n{ca}"
-            )
+            isthmus_testkit::config::Gateway::new("gw")
+                .wan("wan0", "10.62.0.1/24", "10.62.0.254")
+                .lan("lan", "lan0", "10.62.1.1/24")
+                .push(&format!(
+                    "[[notify]]\nname = \"ops\"\nwebhook = \"{url}\"\nretries = 0\n{ca}"
+                ))
+                .toml()
         };
 
         // With the CA configured: the receiver gets the notification.

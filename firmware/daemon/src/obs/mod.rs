@@ -3,6 +3,7 @@
 //! they do not reach back into the core.
 
 pub mod alarms;
+pub mod delivery;
 pub mod events;
 pub mod health;
 pub mod monitor;

@@ -13,11 +13,10 @@ use std::time::{Instant, SystemTime};
 
 use isthmus_api::{self as api, EventKind, Severity};
 use isthmus_config::Config;
-use isthmus_dataplane::Direction;
+use isthmus_dataplane::{Direction, Drop, Io};
 use isthmus_esp::DropReason;
 use isthmus_ike::DownReason;
 use isthmus_ike::codec::ExchangeType;
-use isthmus_tables::sg::{ChainKind, Direction as SgDirection};
 use isthmus_tunnels::{TunnelEvent, TunnelState, TunnelStatus};
 
 use crate::obs::Readings;
@@ -286,15 +285,6 @@ impl Monitor {
 }
 
 /// The stage a security-group or network-ACL rule drop is counted at: `sg-in`, `nacl-out`, ...
-fn rule_stage(kind: ChainKind, dir: SgDirection) -> &'static str {
-    match (kind, dir) {
-        (ChainKind::SecurityGroup, SgDirection::Inbound) => "sg-in",
-        (ChainKind::SecurityGroup, SgDirection::Outbound) => "sg-out",
-        (ChainKind::NetworkAcl, SgDirection::Inbound) => "nacl-in",
-        (ChainKind::NetworkAcl, SgDirection::Outbound) => "nacl-out",
-    }
-}
-
 /// The drops attributed to `tunnel`: its SAs' ESP drops (stage `esp`, across rekeys), and the
 /// security-group and ACL drops of its attachment by deciding rule (stage `sg-in`, ...).
 pub fn tunnel_drops(monitor: &Monitor, r: &Readings, tunnel: &str) -> Vec<api::StageDrop> {
@@ -308,7 +298,7 @@ pub fn tunnel_drops(monitor: &Monitor, r: &Readings, tunnel: &str) -> Vec<api::S
     if let Some(c) = r.counters() {
         v.extend(c.rule_drops.iter().filter(|r| r.attachment == tunnel && r.packets > 0).map(
             |r| api::StageDrop {
-                stage: rule_stage(r.kind, r.direction).into(),
+                stage: Drop::of_chain(r.kind, r.direction).as_str().into(),
                 reason: r.rule.clone(),
                 packets: r.packets,
             },
@@ -322,18 +312,17 @@ pub fn tunnel_drops(monitor: &Monitor, r: &Readings, tunnel: &str) -> Vec<api::S
 pub fn gateway_drops(r: &Readings) -> Vec<api::StageDrop> {
     let Some(c) = r.counters() else { return vec![] };
     let mut v: Vec<api::StageDrop> = c
-        .stage_drops
-        .entries()
+        .drops
         .iter()
-        .filter(|e| e.2 > 0)
-        .map(|(stage, reason, n)| api::StageDrop {
-            stage: (*stage).into(),
-            reason: (*reason).into(),
-            packets: *n,
+        .filter(|(_, n)| *n > 0)
+        .map(|(d, n)| api::StageDrop {
+            stage: d.stage().into(),
+            reason: d.as_str().into(),
+            packets: n,
         })
         .collect();
     v.extend(c.rule_drops.iter().filter(|r| r.packets > 0).map(|r| api::StageDrop {
-        stage: rule_stage(r.kind, r.direction).into(),
+        stage: Drop::of_chain(r.kind, r.direction).as_str().into(),
         reason: format!("{} ({})", r.rule, r.attachment),
         packets: r.packets,
     }));
@@ -503,12 +492,13 @@ pub fn metrics(r: &Readings, monitor: &Monitor, health: &Health, alarms_active: 
             o,
             "# HELP isthmus_dataplane_drops_total Every dataplane drop, by reason.\n# TYPE isthmus_dataplane_drops_total counter"
         );
+        // The SA-level reasons under their `isthmus_esp` names, as this metric always had them.
         for r in DropReason::ALL {
             let _ = writeln!(
                 o,
                 "isthmus_dataplane_drops_total{{reason=\"{}\"}} {}",
                 r.as_str(),
-                c.drops.get(r)
+                c.drops[Drop::from(r)]
             );
         }
         let io = &c.io;
@@ -516,20 +506,14 @@ pub fn metrics(r: &Readings, monitor: &Monitor, health: &Health, alarms_active: 
             o,
             "# HELP isthmus_dataplane_packets_total Dataplane IO by path.\n# TYPE isthmus_dataplane_packets_total counter"
         );
-        for (k, v) in [
-            ("tun_rx", io.tun_rx),
-            ("tun_tx", io.tun_tx),
-            ("wan_rx", io.wan_rx),
-            ("wan_tx", io.wan_tx),
-            ("ike_rx", io.ike_rx),
-            ("keepalives", io.keepalives),
-            ("no_policy", io.no_policy),
-            ("link_scope", io.link_scope),
-            ("policy_discard", io.policy_discard),
-            ("icmp_too_big", io.icmp_too_big),
-            ("mss_clamped", io.mss_clamped),
-            ("acquires", io.acquires),
-        ] {
+        let paths = Io::ALL.iter().map(|&k| (k.as_str(), io[k]));
+        // Three drops were IO paths before `isthmus_drops_total`; kept under their old names.
+        let drops = [
+            ("no_policy", Drop::SpdNoPolicy),
+            ("link_scope", Drop::LinkScope),
+            ("policy_discard", Drop::SpdDiscard),
+        ];
+        for (k, v) in paths.chain(drops.map(|(k, d)| (k, c.drops[d]))) {
             let _ = writeln!(o, "isthmus_dataplane_packets_total{{path=\"{k}\"}} {v}");
         }
     }
@@ -539,7 +523,8 @@ pub fn metrics(r: &Readings, monitor: &Monitor, health: &Health, alarms_active: 
             o,
             "# HELP isthmus_drops_total Dataplane drops by stage of the packet path and reason.\n# TYPE isthmus_drops_total counter"
         );
-        for (stage, reason, n) in c.stage_drops.entries() {
+        for (d, n) in c.drops.iter() {
+            let (stage, reason) = (d.stage(), d.as_str());
             let _ = writeln!(o, "isthmus_drops_total{{stage=\"{stage}\",reason=\"{reason}\"}} {n}");
         }
         let _ = writeln!(
@@ -551,7 +536,7 @@ pub fn metrics(r: &Readings, monitor: &Monitor, health: &Health, alarms_active: 
                 o,
                 "isthmus_rule_drops_total{{attachment=\"{}\",stage=\"{}\",rule=\"{}\"}} {}",
                 esc(&r.attachment),
-                rule_stage(r.kind, r.direction),
+                Drop::of_chain(r.kind, r.direction).as_str(),
                 esc(&r.rule),
                 r.packets
             );

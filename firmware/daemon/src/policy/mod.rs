@@ -26,10 +26,9 @@
 //! builtin at that moment: a plugin uploaded and activated while the bundled one compiles is
 //! never replaced by it.
 //!
-//! One owner for the SPD (RFC 4301 §4.4.1): the IKE driver no longer publishes its own table.
-//! The daemon hands the driver a [`Dataplane`] adapter that keeps the userspace ESP engine for
-//! SAs but, when a tunnel is added or removed, asks this module to recompile the SPD from every
-//! tunnel's CHILD SA selectors through the `spd` hook and publishes that table.
+//! One owner for the SPD (RFC 4301 §4.4.1): [`Policy::refresh`] plans it from the tunnels of the
+//! configuration, next to the security-group inputs, and compiles both; the IKE driver only
+//! installs SAs ([`isthmus_tunnels::EspDataplane::sas_only`]).
 //!
 //! Containment: a table is validated before it is published; a trap, a deadline or memory
 //! exhaustion quarantines the plugin (exponential back-off, see the supervisor), raises a
@@ -37,24 +36,25 @@
 //! good tables in force. A compilation that failed because of a fault is retried once the
 //! quarantine ends, so a crash loop costs one call per quarantine period.
 
+mod inputs;
 pub mod punt;
+mod select;
 
-use std::collections::BTreeMap;
+use inputs::Inputs;
+pub use select::{pinned_digest, trusted_keys};
+
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use isthmus_api::{self as api, EventKind, Severity};
 use isthmus_config::Config;
-use isthmus_ike::TunnelConfig;
 use isthmus_policy::{
     AlarmAction, AlarmEvent, Hook, Limits, Manifest, Package, PluginHost, PluginStore, PolicyError,
-    PolicyTables, PublicKey, SgGroup, SgRule, SpdPolicy, Supervisor,
+    PolicyTables, PublicKey, SpdPolicy, Supervisor,
 };
-use isthmus_tables::sg::{Action, ChainKind, Direction};
-use isthmus_tables::spd::{SpdAction, SpdTable};
-use isthmus_tables::{PortRange, Prefix};
-use isthmus_tunnels::{ChildInstall, Dataplane, EspDataplane};
+use isthmus_tables::sg::{ChainKind, Direction};
+use isthmus_tables::spd::SpdTable;
 
 use crate::obs::alarms::Alarms;
 use crate::obs::events::EventBus;
@@ -137,18 +137,6 @@ impl Default for HookState {
     }
 }
 
-/// What the tables are compiled from.
-#[derive(Default)]
-struct Inputs {
-    /// Per tunnel the driver runs: its SPD policies and CHILD SA names.
-    spd: BTreeMap<String, (Vec<SpdPolicy>, Vec<String>)>,
-    groups: Vec<SgGroup>,
-    acls: Vec<SgGroup>,
-    attachments: Vec<String>,
-    /// LAN prefixes by LAN name, so LAN-bound chains apply to their hosts.
-    lans: Vec<isthmus_dataplane::LanBinding>,
-}
-
 /// The dataplane the tables are published into.
 type Sink = Arc<isthmus_dataplane::Dataplane>;
 
@@ -173,10 +161,6 @@ pub struct Policy {
     /// Test hooks run at [`Checkpoint`]s.
     #[cfg(test)]
     checkpoints: Mutex<Option<CheckpointFn>>,
-    /// Applies in progress ([`Policy::batch`]): tunnel changes only update the SPD inputs.
-    batch: AtomicUsize,
-    /// A tunnel changed during a batch: the SPD is compiled when the batch ends.
-    spd_dirty: AtomicBool,
     me: Weak<Policy>,
 }
 
@@ -192,30 +176,9 @@ enum Checkpoint {
 #[cfg(test)]
 type CheckpointFn = Arc<dyn Fn(Hook, Checkpoint) + Send + Sync>;
 
-/// Holds back SPD compilations while an apply adds or removes tunnels (see [`Policy::batch`]).
-pub struct SpdBatch<'a>(&'a Policy);
-
-impl Drop for SpdBatch<'_> {
-    fn drop(&mut self) {
-        if self.0.batch.fetch_sub(1, Ordering::AcqRel) == 1
-            && self.0.spd_dirty.swap(false, Ordering::AcqRel)
-        {
-            self.0.compile(true, false);
-        }
-    }
-}
-
 impl std::fmt::Debug for Policy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Policy").finish_non_exhaustive()
-    }
-}
-
-fn bundled_component(h: Hook) -> (&'static str, &'static [u8]) {
-    match h {
-        Hook::Spd => ("spd-selectors", bundled::SPD),
-        Hook::SecurityGroup => ("security-group", bundled::SECURITY_GROUP),
-        Hook::Alarm => ("alarm-notify", bundled::ALARM),
     }
 }
 
@@ -243,8 +206,6 @@ impl Policy {
             loading: Default::default(),
             #[cfg(test)]
             checkpoints: Mutex::new(None),
-            batch: AtomicUsize::new(0),
-            spd_dirty: AtomicBool::new(false),
             me: me.clone(),
         });
         // The alarm engine passes every raise and clear through the alarm hook.
@@ -283,62 +244,34 @@ impl Policy {
         actions
     }
 
-    /// Starts the IKE driver on a new userspace ESP dataplane whose SPD this runner owns.
-    pub fn start_tunnels(
-        self: &Arc<Self>,
-        driver: isthmus_tunnels::DriverConfig,
-        dataplane: isthmus_dataplane::Config,
-        options: isthmus_tunnels::EspOptions,
-    ) -> Result<(isthmus_tunnels::Tunnels, Sink), isthmus_tunnels::Error> {
-        let (dp, events) = isthmus_dataplane::Dataplane::start(dataplane)
-            .map_err(|e| isthmus_tunnels::Error::Dataplane(String::new(), e.to_string()))?;
-        let dp = Arc::new(dp);
-        let local = dp.udp_addr();
-        // The SAs of the old dataplane are gone with it; so are the tunnels' policies.
-        lock(&self.inputs).spd.clear();
-        *lock(&self.sink) = Some(dp.clone());
-        let adapter = PolicyDataplane {
-            esp: EspDataplane::new(dp.clone(), options),
-            policy: Arc::downgrade(self),
-        };
-        let tunnels = isthmus_tunnels::Tunnels::start(driver, Box::new(adapter))?;
-        isthmus_tunnels::forward_events(events, tunnels.dataplane_events(), local)
-            .map_err(isthmus_tunnels::Error::Io)?;
-        crate::policy::punt::spawn(Arc::downgrade(&dp), Arc::downgrade(self))
-            .map_err(isthmus_tunnels::Error::Io)?;
+    /// Publishes the tables into `dp` from now on (a new dataplane: the old one's are gone with
+    /// it), starting with the current ones.
+    pub fn attach(&self, dp: Sink) {
+        *lock(&self.sink) = Some(dp);
         self.compile(true, true);
-        Ok((tunnels, dp))
     }
 
-    /// Takes a new configuration (or a changed plugin store): selects and loads the plugin of
-    /// each hook, then recompiles and publishes the security-group table and the SPD. Returns
-    /// what changed, for the apply report. Failures do not fail the apply: the last good tables
-    /// stay and the hook's status and a `plugin-fault` event say why.
-    pub fn refresh(&self, cfg: &Config, trusted: &[PublicKey]) -> Vec<String> {
+    /// Takes a new configuration (or a changed plugin store) and the tunnels planned from it
+    /// (those the IKE driver is to run): selects and loads the plugin of each hook, then
+    /// recompiles and publishes the security-group table and the SPD. The SPD is in force
+    /// before the driver adds a tunnel, so its traffic never leaves in clear. Returns what
+    /// changed, for the apply report. Failures do not fail the apply: the last good tables stay
+    /// and the hook's status and a `plugin-fault` event say why.
+    pub fn refresh(
+        &self,
+        cfg: &Config,
+        trusted: &[PublicKey],
+        tunnels: &[isthmus_tunnels::Tunnel],
+    ) -> Vec<String> {
+        *lock(&self.inputs) = Inputs::plan(cfg, tunnels);
+        self.reselect(cfg, trusted)
+    }
+
+    /// The plugin store changed (an upload activated, a version rolled back): selects the
+    /// plugin of each hook again and recompiles the tables from the inputs of the last
+    /// [`Policy::refresh`]. Returns what changed.
+    pub fn reselect(&self, cfg: &Config, trusted: &[PublicKey]) -> Vec<String> {
         let mut lines = self.select(cfg, trusted);
-        {
-            let mut i = lock(&self.inputs);
-            let (groups, acls) = sg_inputs(cfg);
-            i.groups = groups;
-            i.acls = acls;
-            i.attachments = cfg
-                .tunnels
-                .iter()
-                .map(|t| t.name.clone())
-                .chain(cfg.gateway.lans.iter().map(|l| l.name.clone()))
-                .collect();
-            i.lans = cfg
-                .gateway
-                .lans
-                .iter()
-                .flat_map(|l| {
-                    l.all_networks().map(|prefix| isthmus_dataplane::LanBinding {
-                        prefix,
-                        name: l.name.clone(),
-                    })
-                })
-                .collect();
-        }
         let before = self.generations();
         self.compile(true, true);
         let after = self.generations();
@@ -363,337 +296,6 @@ impl Policy {
         [h[0].published, h[1].published, h[2].published]
     }
 
-    /// Chooses and loads the plugin of each hook; returns lines for what changed.
-    fn select(&self, cfg: &Config, trusted: &[PublicKey]) -> Vec<String> {
-        let mut lines = Vec::new();
-        let listed = match self.store.list() {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!("listing the plugin store: {e}");
-                Vec::new()
-            }
-        };
-        for h in HOOKS {
-            let pick = self.pick(h, cfg, &listed, trusted);
-            let current = lock(&self.hooks)[idx(h)].clone();
-            // A pin that cannot be honoured is said once, when the hook's note changes.
-            if !pick.refused.is_empty() && current.note != pick.note {
-                for why in &pick.refused {
-                    tracing::warn!(hook = h.name(), "{why}");
-                    self.events.emit(
-                        EventKind::PluginPin,
-                        h.name(),
-                        Severity::Warning,
-                        why.clone(),
-                    );
-                    lines.push(format!("policy: {why}"));
-                }
-            }
-            let Pick { chosen, note, .. } = pick;
-            // What to install (`None`: the builtin). Loading runs without the hook lock (it
-            // takes seconds under TCG); installing and recording the state happen under it.
-            let result = match &chosen {
-                Some(c) => {
-                    if current.digest.as_deref() == Some(&c.digest) {
-                        lock(&self.hooks)[idx(h)].note = note;
-                        continue;
-                    }
-                    self.load_uploaded(h, c, trusted).map(|(st, l)| (st, Some(l)))
-                }
-                None => {
-                    let (_, wasm) = bundled_component(h);
-                    if wasm.is_empty() {
-                        if current.source == Source::Builtin {
-                            lock(&self.hooks)[idx(h)].note = note;
-                            continue;
-                        }
-                        Ok((HookState::default(), None))
-                    } else {
-                        if current.source == Source::Bundled {
-                            lock(&self.hooks)[idx(h)].note = note;
-                            continue;
-                        }
-                        // Compiling a component takes 0.2 s here and seconds under QEMU's
-                        // TCG: the builtin tables (same semantics) serve until it is done.
-                        let start = {
-                            let mut hooks = lock(&self.hooks);
-                            if hooks[idx(h)].source != Source::Builtin {
-                                // An uploaded plugin was removed: builtin until the bundled
-                                // loads.
-                                self.sup.uninstall(h);
-                                let published = hooks[idx(h)].published;
-                                hooks[idx(h)] = HookState { published, ..HookState::default() };
-                            }
-                            hooks[idx(h)].note = note;
-                            // `pending` is set and cleared under the hook lock, so a loader
-                            // either decides after this state change or a new one starts.
-                            let start = !self.pending[idx(h)].swap(true, Ordering::AcqRel);
-                            if start {
-                                self.loading[idx(h)].fetch_add(1, Ordering::AcqRel);
-                            }
-                            start
-                        };
-                        if start {
-                            self.load_bundled_in_background(h, cfg.clone());
-                            lines.push(format!(
-                                "policy: hook {} compiles the bundled {} in the background \
-                                 (builtin tables meanwhile)",
-                                h.name(),
-                                bundled_component(h).0
-                            ));
-                        }
-                        continue;
-                    }
-                }
-            };
-            self.checkpoint(h, Checkpoint::UploadedLoaded);
-            match result {
-                Ok((mut st, loaded)) => {
-                    st.note = note;
-                    lines.push(format!(
-                        "policy: hook {} runs {} ({})",
-                        h.name(),
-                        st.plugin,
-                        st.source.name()
-                    ));
-                    let replaced = {
-                        // One step under the hook lock: a background load of the bundled
-                        // plugin checks the hook's source under it before installing, so it
-                        // can never replace what is installed here.
-                        let mut hooks = lock(&self.hooks);
-                        st.published = hooks[idx(h)].published;
-                        st.fallback = hooks[idx(h)].fallback;
-                        hooks[idx(h)] = st;
-                        match loaded {
-                            Some(l) => self.sup.install(l),
-                            None => self.sup.uninstall(h),
-                        }
-                    };
-                    drop(replaced);
-                    // Replaced or rolled back: a fault of the one before no longer holds.
-                    self.alarms.plugin_recovered(plugin_name(&current.plugin));
-                }
-                Err(e) => {
-                    let msg = format!(
-                        "plugin for hook `{}` could not be loaded, {} stays in force: {e}",
-                        h.name(),
-                        current.plugin
-                    );
-                    self.fault_event(chosen.as_ref().map_or("bundled", |c| c.name.as_str()), &msg);
-                    let mut hooks = lock(&self.hooks);
-                    hooks[idx(h)].last_error = Some(msg.clone());
-                    hooks[idx(h)].note = note;
-                    lines.push(format!("policy: {msg}"));
-                }
-            }
-        }
-        lines
-    }
-
-    fn plugin_config(cfg: &Config, name: &str) -> String {
-        cfg.plugins
-            .iter()
-            .find(|b| b.enabled && b.plugin == name)
-            .map(|b| b.config.to_string())
-            .unwrap_or_default()
-    }
-
-    /// What hook `h` runs. A hook the configuration binds (an enabled `[[plugin]]` of that
-    /// hook) runs only a build a binding pins: the first binding whose `digest` is in the store
-    /// and whose signer its `signed_by` allows, active or not; with none, the hook's default
-    /// (bundled or builtin), never an unpinned upload. An unbound hook runs the active upload
-    /// (the first by name when several are active), else its default.
-    fn pick(
-        &self,
-        h: Hook,
-        cfg: &Config,
-        listed: &[isthmus_policy::PluginInfo],
-        trusted: &[PublicKey],
-    ) -> Pick {
-        let mut active: Vec<(String, String)> = listed
-            .iter()
-            .filter_map(|p| {
-                let d = p.active.as_ref()?;
-                let v = p.versions.iter().find(|v| &v.digest == d)?;
-                (v.hook == h).then(|| (p.name.clone(), d.clone()))
-            })
-            .collect();
-        active.sort();
-        let bindings: Vec<&isthmus_config::Plugin> =
-            cfg.plugins.iter().filter(|b| b.enabled && config_hook(b.hook) == h).collect();
-        if bindings.is_empty() {
-            let note = (active.len() > 1).then(|| {
-                format!(
-                    "{} plugins of this hook are active ({}); `{}` runs. Bind one with a \
-                     [[plugin]] entry in the configuration",
-                    active.len(),
-                    active.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", "),
-                    active[0].0
-                )
-            });
-            let chosen = active.into_iter().next().map(|(name, digest)| Chosen {
-                config: Self::plugin_config(cfg, &name),
-                name,
-                digest,
-                verified: None,
-            });
-            return Pick { chosen, note, refused: Vec::new() };
-        }
-        let mut refused = Vec::new();
-        for b in bindings {
-            let digest = pinned_digest(b);
-            let pin = format!("binding `{}` pins `{}` {}", b.name, b.plugin, short(&digest));
-            let info = listed.iter().find(|p| p.name == b.plugin);
-            let stored = info.and_then(|p| p.versions.iter().find(|v| v.digest == digest));
-            match stored {
-                None => {
-                    refused.push(format!("{pin}, which is not in the plugin store"));
-                    continue;
-                }
-                Some(v) if v.hook != h => {
-                    refused.push(format!("{pin}, a `{}` plugin: not run", v.hook.name()));
-                    continue;
-                }
-                Some(_) => {}
-            }
-            // Only a signer restriction needs the package read and verified here; otherwise
-            // `load_uploaded` reads it when the hook changes build, not at every refresh.
-            let mut verified = None;
-            if !b.signed_by.is_empty() {
-                let v = match self.store.load_version(&b.plugin, &digest, trusted) {
-                    Ok(Some(v)) => v,
-                    Ok(None) => {
-                        refused.push(format!("{pin}, which is not in the plugin store"));
-                        continue;
-                    }
-                    Err(e) => {
-                        refused.push(format!("{pin}, which does not load: {e}"));
-                        continue;
-                    }
-                };
-                let signer = v.package().signer();
-                let name = signer.and_then(|k| key_name(cfg, k));
-                if !name.as_ref().is_some_and(|n| b.signed_by.contains(n)) {
-                    let by = match (name, signer) {
-                        (Some(n), _) => format!("key `{n}`"),
-                        (None, Some(k)) => k.to_string(),
-                        (None, None) => "no key".into(),
-                    };
-                    refused.push(format!(
-                        "{pin}, signed by {by}; the binding takes only builds signed by {}: \
-                         not run",
-                        b.signed_by.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
-                    ));
-                    continue;
-                }
-                verified = Some(v);
-            }
-            let mut notes = refused.clone();
-            match info.and_then(|p| p.active.as_deref()) {
-                Some(a) if a == digest => {}
-                Some(a) => notes.push(format!(
-                    "{pin}, which runs; the store's active version is {} (`plugin activate` \
-                     does not override the configuration's pin)",
-                    short(a)
-                )),
-                None => notes.push(format!("{pin}, which runs; it is not active in the store")),
-            }
-            let chosen =
-                Chosen { name: b.plugin.clone(), digest, verified, config: b.config.to_string() };
-            return Pick { chosen: Some(chosen), note: join_notes(notes), refused };
-        }
-        let mut notes = refused.clone();
-        notes.push(match active.first() {
-            Some((n, _)) => format!(
-                "the hook's default runs: the configuration binds this hook, so the active \
-                 `{n}` does not run unpinned"
-            ),
-            None => "the hook's default runs".into(),
-        });
-        Pick { chosen: None, note: join_notes(notes), refused }
-    }
-
-    fn load_uploaded(
-        &self,
-        h: Hook,
-        c: &Chosen,
-        trusted: &[PublicKey],
-    ) -> Result<(HookState, isthmus_policy::LoadedPlugin), PolicyError> {
-        let v = match &c.verified {
-            Some(v) => v.clone(),
-            None => self.store.load_version(&c.name, &c.digest, trusted)?.ok_or_else(|| {
-                PolicyError::NoSuchVersion { name: c.name.clone(), digest: c.digest.clone() }
-            })?,
-        };
-        let clock: Arc<dyn isthmus_policy::Clock> =
-            Arc::new(isthmus_policy::SystemClock::default());
-        let loaded = self.host.load(&v, &c.config, Some(clock))?;
-        let st = HookState {
-            source: Source::Uploaded,
-            plugin: format!("{}@{}", v.manifest().name, v.manifest().version),
-            digest: Some(v.digest().to_owned()),
-            compile: Some(loaded.compile_time()),
-            ..HookState::default()
-        };
-        tracing::info!(
-            hook = h.name(),
-            plugin = st.plugin,
-            compile_ms = loaded.compile_time().as_millis() as u64,
-            "plugin loaded"
-        );
-        Ok((st, loaded))
-    }
-
-    /// Loads the bundled plugin of `h` on a thread and installs it unless an uploaded plugin
-    /// took the hook meanwhile; then recompiles that hook's table. The caller has set
-    /// `pending[h]` and counted the loader in `loading[h]` under the hook lock.
-    fn load_bundled_in_background(&self, h: Hook, cfg: Config) {
-        let me = self.me.clone();
-        let spawned = std::thread::Builder::new().name("policy-load".into()).spawn(move || {
-            let Some(p) = me.upgrade() else { return };
-            let r = p.load_bundled(h, &cfg);
-            p.checkpoint(h, Checkpoint::BundledLoaded);
-            let mut hooks = lock(&p.hooks);
-            // The decision and the install are one step under the hook lock, as is every
-            // other change of the hook's plugin (see `select`): whatever took the hook while
-            // the component compiled stays.
-            p.pending[idx(h)].store(false, Ordering::Release);
-            let installed = match r {
-                Ok((st, loaded)) if hooks[idx(h)].source == Source::Builtin => {
-                    tracing::info!(hook = h.name(), plugin = st.plugin, "bundled plugin loaded");
-                    let (published, note) = (hooks[idx(h)].published, hooks[idx(h)].note.take());
-                    hooks[idx(h)] = HookState { published, note, ..st };
-                    p.sup.install(loaded);
-                    true
-                }
-                Ok(_) => false,
-                Err(e) => {
-                    let msg = format!(
-                        "the bundled plugin for hook `{}` could not be loaded, builtin stays in \
-                         force: {e}",
-                        h.name()
-                    );
-                    hooks[idx(h)].last_error = Some(msg.clone());
-                    drop(hooks);
-                    p.fault_event(bundled_component(h).0, &msg);
-                    p.loading[idx(h)].fetch_sub(1, Ordering::AcqRel);
-                    return;
-                }
-            };
-            drop(hooks);
-            if installed {
-                p.compile(h == Hook::Spd, h == Hook::SecurityGroup);
-            }
-            p.loading[idx(h)].fetch_sub(1, Ordering::AcqRel);
-        });
-        if let Err(e) = spawned {
-            tracing::error!("starting the plugin loader: {e}");
-            let _hooks = lock(&self.hooks);
-            self.pending[idx(h)].store(false, Ordering::Release);
-            self.loading[idx(h)].fetch_sub(1, Ordering::AcqRel);
-        }
-    }
-
     /// True while a bundled plugin is still being compiled, or its first table (its hook runs
     /// the builtin tables until then).
     pub fn loading(&self) -> bool {
@@ -712,39 +314,6 @@ impl Policy {
         }
         #[cfg(not(test))]
         let _ = (h, at);
-    }
-
-    /// Holds back SPD compilations until the returned guard drops, so an apply that adds a
-    /// thousand tunnels compiles the SPD once, not once per tunnel.
-    pub fn batch(&self) -> SpdBatch<'_> {
-        self.batch.fetch_add(1, Ordering::AcqRel);
-        SpdBatch(self)
-    }
-
-    fn load_bundled(
-        &self,
-        h: Hook,
-        cfg: &Config,
-    ) -> Result<(HookState, isthmus_policy::LoadedPlugin), PolicyError> {
-        let (name, wasm) = bundled_component(h);
-        let m = Manifest {
-            name: name.to_owned(),
-            version: format!("{}-bundled", env!("CARGO_PKG_VERSION")),
-            hook: h,
-            capabilities: vec![],
-            description: format!("the default {} plugin bundled with isthmusd", h.name()),
-        };
-        let pkg = isthmus_policy::sign(Package::unsigned(m, wasm.to_vec())?, &self.bundled_key.0)?;
-        let v = isthmus_policy::verify(&pkg.to_bytes(), std::slice::from_ref(&self.bundled_key.1))?;
-        let loaded = self.host.load(&v, &Self::plugin_config(cfg, name), None)?;
-        let st = HookState {
-            source: Source::Bundled,
-            plugin: format!("{}@{}", v.manifest().name, v.manifest().version),
-            digest: Some(v.digest().to_owned()),
-            compile: Some(loaded.compile_time()),
-            ..HookState::default()
-        };
-        Ok((st, loaded))
     }
 
     /// Compiles and publishes the SPD and/or the security-group table from the current inputs.
@@ -926,27 +495,6 @@ impl Policy {
         self.report_faults(Hook::Alarm);
     }
 
-    /// The driver added a tunnel: its CHILD SAs' selectors join the SPD.
-    fn tunnel_added(&self, cfg: &TunnelConfig) {
-        let (policies, children) = spd_policies(cfg);
-        lock(&self.inputs).spd.insert(cfg.name.clone(), (policies, children));
-        self.spd_changed();
-    }
-
-    fn tunnel_removed(&self, tunnel: &str) {
-        if lock(&self.inputs).spd.remove(tunnel).is_some() {
-            self.spd_changed();
-        }
-    }
-
-    fn spd_changed(&self) {
-        if self.batch.load(Ordering::Acquire) > 0 {
-            self.spd_dirty.store(true, Ordering::Release);
-        } else {
-            self.compile(true, false);
-        }
-    }
-
     /// How long wasmtime took to compile the component of `hook`'s plugin when it was loaded
     /// (`None` for the builtin).
     pub fn compile_time(&self, hook: Hook) -> Option<Duration> {
@@ -1019,280 +567,34 @@ fn count_sg(t: &isthmus_tables::sg::SgTable) -> (usize, usize) {
     (rules, chains)
 }
 
-/// The uploaded build a hook is to run.
-struct Chosen {
-    name: String,
-    digest: String,
-    /// Already read and verified (a pinned build whose signer was checked).
-    verified: Option<isthmus_policy::VerifiedPlugin>,
-    /// Its configuration text (the binding's `config`).
-    config: String,
-}
-
-/// [`Policy::pick`]'s answer.
-struct Pick {
-    /// `None`: the hook's default (bundled or builtin).
-    chosen: Option<Chosen>,
-    /// For the hook's status.
-    note: Option<String>,
-    /// Pins that could not be honoured, and why.
-    refused: Vec<String>,
-}
-
-/// The store's form of the digest a binding pins: lowercase hex, without `sha256:`.
-pub fn pinned_digest(b: &isthmus_config::Plugin) -> String {
-    b.digest.strip_prefix("sha256:").unwrap_or(&b.digest).to_ascii_lowercase()
-}
-
-/// A digest's first 12 hex digits, as `sha256:0123456789ab`.
-fn short(digest: &str) -> String {
-    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
-    format!("sha256:{}", hex.get(..12).unwrap_or(hex))
-}
-
-fn join_notes(notes: Vec<String>) -> Option<String> {
-    (!notes.is_empty()).then(|| notes.join("; "))
-}
-
-/// The name of the configuration's trusted key `k`.
-fn key_name(cfg: &Config, k: &PublicKey) -> Option<String> {
-    cfg.trusted_keys
-        .iter()
-        .find(|t| trusted_keys_of(std::slice::from_ref(*t)).first() == Some(k))
-        .map(|t| t.name.clone())
-}
-
-fn config_hook(h: isthmus_config::Hook) -> Hook {
-    match h {
-        isthmus_config::Hook::Spd => Hook::Spd,
-        isthmus_config::Hook::SecurityGroup => Hook::SecurityGroup,
-        isthmus_config::Hook::Alarm => Hook::Alarm,
-    }
-}
-
-/// The `spd` hook's input for one tunnel: a `protect` policy per local × remote selector pair of
-/// each CHILD SA (RFC 4301 §4.4.1.1), named `tunnel/child#i` as the driver names them, no
-/// explicit priority (the plugin orders them).
-fn spd_policies(cfg: &TunnelConfig) -> (Vec<SpdPolicy>, Vec<String>) {
-    let mut out = Vec::new();
-    for c in &cfg.children {
-        for (i, s) in
-            isthmus_tunnels::esp::selectors(&c.local_ts, &c.remote_ts).into_iter().enumerate()
-        {
-            out.push(SpdPolicy {
-                id: format!("{}/{}#{i}", cfg.name, c.name),
-                selector: s,
-                action: SpdAction::Protect { tunnel: cfg.name.clone(), child: c.name.clone() },
-                priority: None,
-            });
-        }
-    }
-    (out, cfg.children.iter().map(|c| c.name.clone()).collect())
-}
-
-fn any_prefixes() -> [Prefix; 2] {
-    [
-        Prefix::new(std::net::Ipv4Addr::UNSPECIFIED.into(), 0)
-            .unwrap_or(Prefix::host(std::net::Ipv4Addr::UNSPECIFIED.into())),
-        Prefix::new(std::net::Ipv6Addr::UNSPECIFIED.into(), 0)
-            .unwrap_or(Prefix::host(std::net::Ipv6Addr::UNSPECIFIED.into())),
-    ]
-}
-
-/// One configuration rule in the hook's cloud form: one rule per peer prefix (the source of an
-/// `in` rule, the destination of an `out` rule; any IPv4 and any IPv6 when none is given). The
-/// prefixes on the bound side (an `in` rule's destination, an `out` rule's source) have no place
-/// in that form: traffic there is the attachment's own by construction, so they are not used.
-fn cloud_rules(r: &isthmus_config::Rule, out: &mut Vec<SgRule>) {
-    let direction = match r.direction {
-        isthmus_config::Direction::In => Direction::Inbound,
-        isthmus_config::Direction::Out => Direction::Outbound,
-    };
-    let peers: Vec<Prefix> = match direction {
-        Direction::Inbound => r.source.clone(),
-        Direction::Outbound => r.destination.clone(),
-    };
-    let peers = if peers.is_empty() { any_prefixes().to_vec() } else { peers };
-    let single = peers.len() == 1;
-    for (k, peer) in peers.into_iter().enumerate() {
-        out.push(SgRule {
-            id: if single { r.priority.to_string() } else { format!("{}#{k}", r.priority) },
-            priority: r.priority,
-            direction,
-            action: match r.action {
-                isthmus_config::Action::Allow => Action::Allow,
-                isthmus_config::Action::Deny => Action::Deny,
-            },
-            protocol: r.protocol.number(),
-            peer,
-            ports: if r.protocol.has_ports() { r.ports } else { PortRange::ANY },
-        });
-    }
-}
-
-/// Rules that give a group the configuration's `default_action` where the hook's cloud defaults
-/// (security groups: inbound deny, outbound allow; ACLs: deny) differ: catch-alls after every
-/// other rule.
-fn defaults(
-    default: isthmus_config::Action,
-    cloud_in: Action,
-    cloud_out: Action,
-    out: &mut Vec<SgRule>,
-) {
-    let want = match default {
-        isthmus_config::Action::Allow => Action::Allow,
-        isthmus_config::Action::Deny => Action::Deny,
-    };
-    for (dir, cloud, tag) in
-        [(Direction::Inbound, cloud_in, "in"), (Direction::Outbound, cloud_out, "out")]
-    {
-        if cloud == want {
-            continue;
-        }
-        for (k, peer) in any_prefixes().into_iter().enumerate() {
-            out.push(SgRule {
-                id: format!("default-{tag}#{k}"),
-                priority: u32::MAX,
-                direction: dir,
-                action: want,
-                protocol: None,
-                peer,
-                ports: PortRange::ANY,
-            });
-        }
-    }
-}
-
-/// The `security-group` hook's input from the configuration.
-fn sg_inputs(cfg: &Config) -> (Vec<SgGroup>, Vec<SgGroup>) {
-    let groups = cfg
-        .security_groups
-        .iter()
-        .map(|g| {
-            let mut rules = Vec::new();
-            for r in &g.rules {
-                cloud_rules(r, &mut rules);
-            }
-            defaults(g.default_action, Action::Deny, Action::Allow, &mut rules);
-            SgGroup {
-                name: g.name.clone(),
-                attach: g.tunnels.iter().chain(g.lans.iter()).cloned().collect(),
-                rules,
-            }
-        })
-        .collect();
-    let acls = cfg
-        .network_acls
-        .iter()
-        .map(|a| {
-            let mut rules = Vec::new();
-            for r in &a.rules {
-                cloud_rules(r, &mut rules);
-            }
-            defaults(a.default_action, Action::Deny, Action::Deny, &mut rules);
-            SgGroup { name: a.name.clone(), attach: a.lans.clone(), rules }
-        })
-        .collect();
-    (groups, acls)
-}
-
-/// The driver's dataplane: SAs go to the userspace ESP engine; tunnels added or removed change
-/// the SPD, which [`Policy`] compiles through the `spd` hook and publishes (one owner).
-struct PolicyDataplane {
-    esp: EspDataplane,
-    policy: Weak<Policy>,
-}
-
-impl Dataplane for PolicyDataplane {
-    fn install_child(&mut self, sa: &ChildInstall<'_>) -> Result<(), String> {
-        self.esp.install_child(sa)
-    }
-
-    fn remove_child(
-        &mut self,
-        tunnel: &str,
-        child: &str,
-        spi_in: u32,
-        spi_out: u32,
-        reason: &isthmus_ike::DownReason,
-    ) {
-        self.esp.remove_child(tunnel, child, spi_in, spi_out, reason)
-    }
-
-    fn tunnel_added(&mut self, cfg: &TunnelConfig) -> Result<(), String> {
-        if let Some(p) = self.policy.upgrade() {
-            p.tunnel_added(cfg);
-        }
-        Ok(())
-    }
-
-    fn tunnel_removed(&mut self, tunnel: &str) {
-        if let Some(p) = self.policy.upgrade() {
-            p.tunnel_removed(tunnel);
-        }
-    }
-
-    fn owns_nat_t(&self) -> bool {
-        self.esp.owns_nat_t()
-    }
-
-    fn send_nat_t(
-        &self,
-        local: std::net::SocketAddr,
-        remote: std::net::SocketAddr,
-        data: &[u8],
-        marker: bool,
-    ) -> std::io::Result<()> {
-        self.esp.send_nat_t(local, remote, data, marker)
-    }
-}
-
-/// The trusted plugin signing keys of `cfg` (malformed ones skipped: validation reports them).
-pub fn trusted_keys(cfg: &Config) -> Vec<PublicKey> {
-    trusted_keys_of(&cfg.trusted_keys)
-}
-
-fn trusted_keys_of(keys: &[isthmus_config::TrustedKey]) -> Vec<PublicKey> {
-    keys.iter()
-        .filter_map(|k| k.key_bytes())
-        .filter_map(|b| {
-            let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-            PublicKey::parse(&format!("ed25519:{hex}")).ok()
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
+    use super::inputs::{sg_inputs, spd_policies};
     use super::*;
     use isthmus_tables::FlowKey;
+    use isthmus_tables::PortRange;
+    use isthmus_tables::sg::Action;
     use isthmus_tables::sg::{AttachmentId, SgTable};
+    use isthmus_tables::spd::SpdAction;
 
-    const BASE: &str = r#"
-[gateway]
-name = "gw"
-[gateway.wan]
-interface = "wan0"
-address = "10.62.0.1/24"
-next_hop = "10.62.0.254"
-[[gateway.lan]]
-name = "lan"
-interface = "lan0"
-addresses = ["10.62.1.1/24"]
-[[customer_gateway]]
-name = "dc"
-address = "10.62.0.2"
-[[tunnel]]
+    fn cfg(extra: &str) -> Config {
+        let toml = isthmus_testkit::config::Gateway::new("gw")
+            .wan("wan0", "10.62.0.1/24", "10.62.0.254")
+            .lan("lan", "lan0", "10.62.1.1/24")
+            .customer_gateway("dc", "10.62.0.2")
+            .push(
+                r#"[[tunnel]]
 name = "to-dc"
 customer_gateway = "dc"
 psk = "a-long-enough-pre-shared-key-0123456789"
 [[tunnel.spd]]
 local = ["10.62.1.0/24"]
 remote = ["10.62.2.0/24", "10.62.3.0/24"]
-"#;
-
-    fn cfg(extra: &str) -> Config {
-        Config::from_toml(&format!("{BASE}{extra}")).expect("valid configuration")
+"#,
+            )
+            .push(extra)
+            .toml();
+        Config::from_toml(&toml).expect("valid configuration")
     }
 
     fn key(src: &str, dst: &str, proto: u8, dst_port: u16) -> FlowKey {
@@ -1508,7 +810,7 @@ public_key = "ed25519:ab3a4348d857ca512479e5169d9405c1708788db8f5f925e59c001ab6f
             }
         }));
 
-        let lines = p.refresh(&c, &trusted);
+        let lines = p.refresh(&c, &trusted, &[]);
         assert!(
             lines.iter().any(|l| l.contains("compiles the bundled security-group")),
             "{lines:?}"
@@ -1525,7 +827,7 @@ public_key = "ed25519:ab3a4348d857ca512479e5169d9405c1708788db8f5f925e59c001ab6f
         );
         let digest = store.put(&isthmus_policy::verify(&pkg, &trusted).unwrap()).unwrap();
         store.activate("tenant-sg", &digest).unwrap();
-        let lines = p.refresh(&c, &trusted);
+        let lines = p.refresh(&c, &trusted, &[]);
         assert!(lines.iter().any(|l| l.contains("runs tenant-sg@1.0.0-open")), "{lines:?}");
         let t0 = Instant::now();
         while p.loading() {
@@ -1538,7 +840,7 @@ public_key = "ed25519:ab3a4348d857ca512479e5169d9405c1708788db8f5f925e59c001ab6f
         assert_eq!(sg.entries, Some(0), "{sg:?}");
         // The open plugin binds nothing: ICMP passes, not by the bundled plugin's rule 20.
         assert_eq!(ping_verdict(&p), (Action::Allow, "unbound".into()));
-        p.refresh(&c, &trusted);
+        p.refresh(&c, &trusted, &[]);
         assert_eq!(ping_verdict(&p), (Action::Allow, "unbound".into()));
     }
 
@@ -1555,7 +857,7 @@ public_key = "ed25519:ab3a4348d857ca512479e5169d9405c1708788db8f5f925e59c001ab6f
         let (sk, pk) = isthmus_policy::generate_key().unwrap();
         let c = cfg(&format!("[[trusted_key]]\nname = \"test\"\npublic_key = \"{pk}\"\n"));
         let trusted = trusted_keys(&c);
-        let tunnel = crate::core::plan::ike_tunnels(&c).unwrap().remove(0).ike;
+        let tunnels = crate::core::plan::ike_tunnels(&c).unwrap();
         let pkg = isthmus_testkit::plugins::package("spd-spin", "0.0.1", Hook::Spd, &spin, &sk);
         let digest = store.put(&isthmus_policy::verify(&pkg, &trusted).unwrap()).unwrap();
         store.activate("spd-spin", &digest).unwrap();
@@ -1563,8 +865,7 @@ public_key = "ed25519:ab3a4348d857ca512479e5169d9405c1708788db8f5f925e59c001ab6f
         // The restart: nothing survives but the store, whose active SPD plugin spins.
         let events = Arc::new(EventBus::default());
         let p = Policy::start(store, events.clone(), Arc::default()).unwrap();
-        p.refresh(&c, &trusted);
-        p.tunnel_added(&tunnel);
+        p.refresh(&c, &trusted, &tunnels);
         let spd = p.hooks().into_iter().find(|h| h.hook == "spd").unwrap();
         assert_eq!((spd.source.as_str(), spd.plugin.as_str()), ("uploaded", "spd-spin@0.0.1"));
         // Each call spins to its deadline: the quarantine may be over by now, not the faults.

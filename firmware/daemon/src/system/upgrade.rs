@@ -4,10 +4,11 @@
 //! The upgrade file is the firmware as one unified kernel image (UKI), the
 //! `build/isthmus-VERSION.efi` that `make image` writes: a PE/COFF image (Microsoft PE/COFF
 //! specification §3–4) with the `.osrel`, `.cmdline`, `.linux` and `.initrd` sections of the Boot
-//! Loader Specification's type #2 entries. [`parse_uki`] checks it (PE headers, the four
-//! sections in bounds, `ID=isthmus` and an `IMAGE_VERSION` in `.osrel`, `isthmus.slot=` on the
-//! command line, a bzImage in `.linux`) and refuses anything else with a message naming what is
-//! wrong; the upload's SHA-256 is compared with the one the client computed.
+//! Loader Specification's type #2 entries. [`parse_uki`] (in [`crate::system::uki`]) checks it
+//! (PE headers, the four sections in bounds, `ID=isthmus` and an `IMAGE_VERSION` in `.osrel`,
+//! `isthmus.slot=` on the command line, a bzImage in `.linux`) and refuses anything else with a
+//! message naming what is wrong; the upload's SHA-256 is compared with the one the client
+//! computed. The slots it goes into are [`crate::system::slot`]'s.
 //!
 //! [`stage`] writes it into the slot that is not running as `EFI/Linux/fw-X+N.efi` (systemd's
 //! Automatic Boot Assessment: N tries), with its command line retargeted in place to
@@ -36,6 +37,8 @@ use crate::obs::Readings;
 use crate::obs::alarms::Alarms;
 use crate::obs::events::EventBus;
 use crate::system::pid1;
+use crate::system::slot::{other_slot, parse_slot_file, running_version, slots_in, version_cmp};
+use crate::system::uki::{UkiError, parse_uki, retarget};
 
 /// Largest upgrade image accepted (a generic-flavour UKI is about 40 MiB).
 pub const MAX_IMAGE: usize = 192 << 20;
@@ -93,242 +96,18 @@ pub enum UpgradeError {
     Boot(#[from] pid1::BootError),
 }
 
+impl From<UkiError> for UpgradeError {
+    fn from(e: UkiError) -> UpgradeError {
+        match e {
+            UkiError::Format(m) => UpgradeError::Format(m),
+            UkiError::Invalid(m) => UpgradeError::Invalid(m),
+        }
+    }
+}
+
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> UpgradeError {
     let what = what.into();
     move |source| UpgradeError::Io { what, source }
-}
-
-/// What [`parse_uki`] found in an image.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct UkiInfo {
-    /// `IMAGE_VERSION` (else `VERSION_ID`) of `.osrel`.
-    pub version: String,
-    /// The kernel command line (`.cmdline`, without trailing NULs and whitespace).
-    pub cmdline: String,
-    /// Byte range of `.cmdline`'s data in the file.
-    pub cmdline_at: std::ops::Range<usize>,
-}
-
-fn rd16(b: &[u8], at: usize) -> Option<u16> {
-    b.get(at..at + 2).map(|s| u16::from_le_bytes([s[0], s[1]]))
-}
-
-fn rd32(b: &[u8], at: usize) -> Option<u32> {
-    b.get(at..at + 4).map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
-}
-
-/// The sections of a PE image: name → byte range of its data in the file.
-fn pe_sections(b: &[u8]) -> Result<Vec<(String, std::ops::Range<usize>)>, UpgradeError> {
-    let bad = |m: &str| UpgradeError::Format(m.to_string());
-    if !b.starts_with(b"MZ") {
-        return Err(bad("no MZ header (a unified kernel image is a PE/COFF file)"));
-    }
-    let pe = rd32(b, 0x3c).ok_or_else(|| bad("truncated DOS header"))? as usize;
-    if b.get(pe..pe + 4) != Some(b"PE\0\0") {
-        return Err(bad("no PE signature at the offset the DOS header names"));
-    }
-    let coff = pe + 4;
-    let machine = rd16(b, coff).ok_or_else(|| bad("truncated COFF header"))?;
-    if machine != 0x8664 {
-        return Err(UpgradeError::Format(format!(
-            "machine type {machine:#06x} is not x86-64 (0x8664)"
-        )));
-    }
-    let count = rd16(b, coff + 2).ok_or_else(|| bad("truncated COFF header"))? as usize;
-    let opt = rd16(b, coff + 16).ok_or_else(|| bad("truncated COFF header"))? as usize;
-    let table = coff + 20 + opt;
-    let mut out = Vec::with_capacity(count);
-    for i in 0..count {
-        let h = table + i * 40;
-        let raw = b.get(h..h + 40).ok_or_else(|| bad("section table runs past the end"))?;
-        let name: String = raw[..8]
-            .iter()
-            .take_while(|&&c| c != 0)
-            .map(|&c| if c.is_ascii_graphic() { c as char } else { '?' })
-            .collect();
-        let vsize = rd32(raw, 8).unwrap_or(0) as usize;
-        let rsize = rd32(raw, 16).unwrap_or(0) as usize;
-        let ptr = rd32(raw, 20).unwrap_or(0) as usize;
-        let len = if vsize == 0 { rsize } else { vsize.min(rsize) };
-        let end = ptr.checked_add(len).filter(|&e| e <= b.len()).ok_or_else(|| {
-            UpgradeError::Format(format!("section {name} runs past the end of the file"))
-        })?;
-        out.push((name, ptr..end));
-    }
-    Ok(out)
-}
-
-/// `KEY=value` from an os-release text (quotes removed).
-fn osrel_value<'a>(osrel: &'a str, key: &str) -> Option<&'a str> {
-    osrel.lines().find_map(|l| {
-        l.strip_prefix(key)
-            .and_then(|r| r.strip_prefix('='))
-            .map(|v| v.trim().trim_matches('"'))
-            .filter(|v| !v.is_empty())
-    })
-}
-
-/// Checks that `b` is an Isthmus unified kernel image and reads its version and command line.
-pub fn parse_uki(b: &[u8]) -> Result<UkiInfo, UpgradeError> {
-    let sections = pe_sections(b)?;
-    let find = |name: &str| {
-        sections.iter().find(|(n, _)| n == name).map(|(_, r)| r.clone()).ok_or_else(|| {
-            UpgradeError::Format(format!(
-                "no {name} section (a unified kernel image has .osrel, .cmdline, .linux and .initrd)"
-            ))
-        })
-    };
-    let osrel = find(".osrel")?;
-    let cmdline_at = find(".cmdline")?;
-    let linux = find(".linux")?;
-    let initrd = find(".initrd")?;
-    let osrel = String::from_utf8_lossy(&b[osrel]);
-    let osrel = osrel.trim_end_matches('\0');
-    if osrel_value(osrel, "ID") != Some("isthmus") {
-        return Err(UpgradeError::Format(format!(
-            "its .osrel says ID={}, not isthmus",
-            osrel_value(osrel, "ID").unwrap_or("(none)")
-        )));
-    }
-    let version = osrel_value(osrel, "IMAGE_VERSION")
-        .or_else(|| osrel_value(osrel, "VERSION_ID"))
-        .ok_or_else(|| UpgradeError::Format("its .osrel has no IMAGE_VERSION".into()))?
-        .to_string();
-    let cmdline = String::from_utf8_lossy(&b[cmdline_at.clone()])
-        .trim_end_matches(['\0', '\n', ' '])
-        .to_string();
-    if slot_in(&cmdline).is_none() {
-        return Err(UpgradeError::Format(format!(
-            "its command line has no isthmus.slot=a|b: {cmdline:?}"
-        )));
-    }
-    // Linux boot protocol: the setup header's magic "HdrS" at 0x202 of a bzImage.
-    if b.get(linux.start + 0x202..linux.start + 0x206) != Some(b"HdrS") {
-        return Err(UpgradeError::Format("its .linux section is not a bzImage kernel".into()));
-    }
-    if initrd.is_empty() {
-        return Err(UpgradeError::Format("its .initrd section is empty".into()));
-    }
-    Ok(UkiInfo { version, cmdline, cmdline_at })
-}
-
-fn slot_in(cmdline: &str) -> Option<&str> {
-    cmdline
-        .split_ascii_whitespace()
-        .find_map(|w| w.strip_prefix("isthmus.slot="))
-        .filter(|s| *s == "a" || *s == "b")
-}
-
-/// Rewrites `isthmus.slot=?` in the image's `.cmdline` to `slot`, in place (same length).
-pub fn retarget(b: &mut [u8], info: &UkiInfo, slot: &str) -> Result<(), UpgradeError> {
-    let key = b"isthmus.slot=";
-    let at = info.cmdline_at.clone();
-    let pos = b[at.clone()]
-        .windows(key.len())
-        .position(|w| w == key)
-        .ok_or_else(|| UpgradeError::Format("no isthmus.slot= on the command line".into()))?;
-    let i = at.start + pos + key.len();
-    match (b.get(i), slot.as_bytes()) {
-        (Some(b'a' | b'b'), [s @ (b'a' | b'b')]) => {
-            b[i] = *s;
-            Ok(())
-        }
-        _ => Err(UpgradeError::Invalid(format!("cannot retarget the image to slot {slot:?}"))),
-    }
-}
-
-/// Compares versions the way systemd-boot orders them for the common case: dot- and
-/// dash-separated parts, numeric parts numerically.
-pub fn version_cmp(a: &str, b: &str) -> std::cmp::Ordering {
-    let parts = |s: &str| -> Vec<String> {
-        s.split(['.', '-', '~', '+']).map(str::to_string).collect::<Vec<_>>()
-    };
-    let (pa, pb) = (parts(a), parts(b));
-    for i in 0..pa.len().max(pb.len()) {
-        let (x, y) = (pa.get(i), pb.get(i));
-        let o = match (x, y) {
-            (None, None) => std::cmp::Ordering::Equal,
-            (None, Some(_)) => std::cmp::Ordering::Less,
-            (Some(_), None) => std::cmp::Ordering::Greater,
-            (Some(x), Some(y)) => match (x.parse::<u64>(), y.parse::<u64>()) {
-                (Ok(x), Ok(y)) => x.cmp(&y),
-                _ => x.cmp(y),
-            },
-        };
-        if o != std::cmp::Ordering::Equal {
-            return o;
-        }
-    }
-    std::cmp::Ordering::Equal
-}
-
-/// The other slot.
-pub fn other_slot(slot: &str) -> &'static str {
-    if slot == "a" { "b" } else { "a" }
-}
-
-/// The firmware's own version (the image writes it to `/etc/isthmus/version`).
-pub fn running_version() -> String {
-    fs::read_to_string("/etc/isthmus/version")
-        .map(|v| v.trim().to_string())
-        .unwrap_or_else(|_| env!("CARGO_PKG_VERSION").to_string())
-}
-
-/// Parses a slot file name `fw-X[+L[-D]].efi` into (slot, tries left when counted).
-pub fn parse_slot_file(name: &str) -> Option<(String, Option<u32>)> {
-    let stem = name.strip_prefix("fw-")?.strip_suffix(".efi")?;
-    let (slot, counter) = match stem.split_once('+') {
-        Some((s, c)) => (s, Some(c)),
-        None => (stem, None),
-    };
-    if slot != "a" && slot != "b" {
-        return None;
-    }
-    let left = match counter {
-        Some(c) => Some(c.split('-').next()?.parse().ok()?),
-        None => None,
-    };
-    Some((slot.to_string(), left))
-}
-
-/// The slots as found in an ESP's `EFI/Linux` folder.
-pub fn slots_in(dir: &Path, booted: Option<&str>) -> Vec<api::Slot> {
-    let mut files: Vec<String> = fs::read_dir(dir)
-        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-        .unwrap_or_default();
-    files.sort();
-    ["a", "b"]
-        .iter()
-        .map(|&slot| {
-            let found = files
-                .iter()
-                .find_map(|f| parse_slot_file(f).filter(|(s, _)| s == slot).map(|(_, l)| (f, l)));
-            match found {
-                Some((file, left)) => {
-                    let version = fs::read(dir.join(file))
-                        .ok()
-                        .and_then(|b| parse_uki(&b).ok())
-                        .map(|i| i.version);
-                    api::Slot {
-                        slot: slot.into(),
-                        file: format!("EFI/Linux/{file}"),
-                        version,
-                        booted: booted == Some(slot),
-                        blessed: left.is_none(),
-                        tries_left: left,
-                    }
-                }
-                None => api::Slot {
-                    slot: slot.into(),
-                    file: String::new(),
-                    version: None,
-                    booted: booted == Some(slot),
-                    blessed: false,
-                    tries_left: None,
-                },
-            }
-        })
-        .collect()
 }
 
 /// Reads the upgrade record.
@@ -697,81 +476,6 @@ pub fn note_start_failure(data_dir: &Path, error: &str) {
 mod tests {
     use super::*;
 
-    /// A minimal PE image with the four UKI sections (PE/COFF §3: DOS stub, PE signature, COFF
-    /// header, section table).
-    fn fake_uki(osrel: &str, cmdline: &str, bzimage: bool) -> Vec<u8> {
-        let mut linux = vec![0u8; 0x300];
-        if bzimage {
-            linux[0x202..0x206].copy_from_slice(b"HdrS");
-        }
-        let sections: Vec<(&str, Vec<u8>)> = vec![
-            (".osrel", osrel.as_bytes().to_vec()),
-            (".cmdline", cmdline.as_bytes().to_vec()),
-            (".linux", linux),
-            (".initrd", vec![0x1f, 0x8b, 8, 0]),
-        ];
-        let pe = 0x80usize;
-        let table = pe + 4 + 20;
-        let mut data_at = table + 40 * sections.len();
-        let mut b = vec![0u8; data_at];
-        b[..2].copy_from_slice(b"MZ");
-        b[0x3c..0x40].copy_from_slice(&(pe as u32).to_le_bytes());
-        b[pe..pe + 4].copy_from_slice(b"PE\0\0");
-        b[pe + 4..pe + 6].copy_from_slice(&0x8664u16.to_le_bytes());
-        b[pe + 6..pe + 8].copy_from_slice(&(sections.len() as u16).to_le_bytes());
-        for (i, (name, data)) in sections.iter().enumerate() {
-            let h = table + i * 40;
-            b[h..h + name.len()].copy_from_slice(name.as_bytes());
-            b[h + 8..h + 12].copy_from_slice(&(data.len() as u32).to_le_bytes());
-            b[h + 16..h + 20].copy_from_slice(&(data.len() as u32).to_le_bytes());
-            b[h + 20..h + 24].copy_from_slice(&(data_at as u32).to_le_bytes());
-            data_at += data.len();
-        }
-        for (_, data) in &sections {
-            b.extend_from_slice(data);
-        }
-        b
-    }
-
-    const OSREL: &str = "NAME=Isthmus\nID=isthmus\nIMAGE_VERSION=0.1.1\n";
-
-    #[test]
-    fn a_uki_is_parsed_and_retargeted_in_place() {
-        let mut b = fake_uki(OSREL, "console=ttyS0 isthmus.slot=a quiet", true);
-        let info = parse_uki(&b).unwrap();
-        assert_eq!(info.version, "0.1.1");
-        assert_eq!(info.cmdline, "console=ttyS0 isthmus.slot=a quiet");
-        let len = b.len();
-        retarget(&mut b, &info, "b").unwrap();
-        assert_eq!(b.len(), len);
-        assert_eq!(parse_uki(&b).unwrap().cmdline, "console=ttyS0 isthmus.slot=b quiet");
-    }
-
-    #[test]
-    fn images_that_are_not_isthmus_ukis_are_refused_with_the_reason() {
-        let msg = |b: &[u8]| parse_uki(b).unwrap_err().to_string();
-        assert!(msg(b"\x1f\x8b\x08 a gzip file").contains("no MZ header"));
-        let other = fake_uki("ID=debian\nIMAGE_VERSION=12\n", "isthmus.slot=a", true);
-        assert!(msg(&other).contains("ID=debian, not isthmus"), "{}", msg(&other));
-        let noslot = fake_uki(OSREL, "console=ttyS0", true);
-        assert!(msg(&noslot).contains("no isthmus.slot="), "{}", msg(&noslot));
-        let nokernel = fake_uki(OSREL, "isthmus.slot=a", false);
-        assert!(msg(&nokernel).contains("not a bzImage"), "{}", msg(&nokernel));
-        let mut cut = fake_uki(OSREL, "isthmus.slot=a", true);
-        cut.truncate(cut.len() - 10);
-        assert!(msg(&cut).contains("runs past the end"), "{}", msg(&cut));
-        // Arbitrary bytes never panic.
-        for n in 0..200 {
-            let junk: Vec<u8> = (0..n).map(|i| (i * 37 % 251) as u8).collect();
-            let _ = parse_uki(&junk);
-            let mut mz = junk.clone();
-            if mz.len() > 2 {
-                mz[..2].copy_from_slice(b"MZ");
-            }
-            let _ = parse_uki(&mz);
-        }
-    }
-
     fn record(state: &str, detail: &str) -> api::UpgradeRecord {
         api::UpgradeRecord {
             from_slot: "a".into(),
@@ -811,43 +515,6 @@ mod tests {
         assert!(r.detail.ends_with("health gate; the firmware fell back to 1.1.0 (slot a)"));
         assert_eq!(gate_start(&mut record("trial", ""), "b", "1.2.0"), GateStart::Trial);
         assert_eq!(gate_start(&mut record("blessed", ""), "b", "1.2.0"), GateStart::Done);
-    }
-
-    #[test]
-    fn versions_order_like_systemd_boot() {
-        use std::cmp::Ordering::*;
-        assert_eq!(version_cmp("0.1.0.1", "0.1.0"), Greater);
-        assert_eq!(version_cmp("0.1.10", "0.1.9"), Greater);
-        assert_eq!(version_cmp("0.1.0", "0.1.0"), Equal);
-        assert_eq!(version_cmp("0.0.9", "0.1.0"), Less);
-    }
-
-    #[test]
-    fn slot_files_follow_boot_counting_names() {
-        assert_eq!(parse_slot_file("fw-a.efi"), Some(("a".into(), None)));
-        assert_eq!(parse_slot_file("fw-b+3.efi"), Some(("b".into(), Some(3))));
-        assert_eq!(parse_slot_file("fw-b+2-1.efi"), Some(("b".into(), Some(2))));
-        assert_eq!(parse_slot_file("fw-b+0-3.efi"), Some(("b".into(), Some(0))));
-        assert_eq!(parse_slot_file("fw-c.efi"), None);
-        assert_eq!(parse_slot_file("fw-b.new"), None);
-    }
-
-    #[test]
-    fn slots_are_read_from_the_esp_folder() {
-        let dir = std::env::temp_dir().join(format!("isthmus-slots-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
-        fs::write(dir.join("fw-a.efi"), fake_uki(OSREL, "isthmus.slot=a", true)).unwrap();
-        fs::write(
-            dir.join("fw-b+2-1.efi"),
-            fake_uki("ID=isthmus\nIMAGE_VERSION=0.2\n", "isthmus.slot=b", true),
-        )
-        .unwrap();
-        let s = slots_in(&dir, Some("b"));
-        assert_eq!(s[0].version.as_deref(), Some("0.1.1"));
-        assert!(s[0].blessed && !s[0].booted);
-        assert_eq!(s[1].file, "EFI/Linux/fw-b+2-1.efi");
-        assert_eq!((s[1].blessed, s[1].booted, s[1].tries_left), (false, true, Some(2)));
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
