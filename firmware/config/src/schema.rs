@@ -323,6 +323,10 @@ pub struct Tunnel {
     /// ESP proposals, strongSwan syntax, most preferred first.
     #[serde(default = "esp_proposals")]
     pub esp_proposals: Vec<String>,
+    /// Accept the weak algorithms (3DES, HMAC-SHA1-96, PRF-SHA1, MODP 1024 and 1536) that old
+    /// peers still need; validation names each one in a warning (RFC 8247 §2, RFC 8221 §5).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_weak: bool,
     /// IKE SA lifetime.
     #[serde(default = "ike_lifetime")]
     pub ike_lifetime: Dur,

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-use isthmus_ike::proposal::{EspProposal, IkeProposal};
+use isthmus_ike::proposal::{Encr, EspProposal, IkeProposal};
 use isthmus_tables::Prefix;
 
 use crate::error::{Issue, Report};
@@ -503,8 +503,8 @@ impl<'c> V<'c> {
                     "an IKE identity cannot be empty; remove it to use the WAN address",
                 );
             }
-            self.proposals(&base, "ike_proposals", &t.ike_proposals, true);
-            self.proposals(&base, "esp_proposals", &t.esp_proposals, false);
+            self.proposals(&base, "ike_proposals", &t.ike_proposals, true, t.allow_weak);
+            self.proposals(&base, "esp_proposals", &t.esp_proposals, false, t.allow_weak);
             self.lifetime(
                 &base,
                 "ike",
@@ -615,7 +615,7 @@ impl<'c> V<'c> {
         }
     }
 
-    fn proposals(&mut self, base: &str, field: &str, list: &[String], ike: bool) {
+    fn proposals(&mut self, base: &str, field: &str, list: &[String], ike: bool, allow_weak: bool) {
         if list.is_empty() {
             self.err(
                 format!("{base}.{field}"),
@@ -624,13 +624,47 @@ impl<'c> V<'c> {
         }
         // The IKE crate's own parser: what validates here is what the firmware negotiates.
         for (k, p) in list.iter().enumerate() {
-            let r = if ike {
-                IkeProposal::parse(p).map(|_| ())
+            let path = format!("{base}.{field}[{k}]");
+            let weak = if ike {
+                IkeProposal::parse(p).map(|p| p.weak())
             } else {
-                EspProposal::parse(p).map(|_| ())
+                EspProposal::parse(p).map(|e| {
+                    // The ESP engine does AES-GCM only so far: a suite it cannot install
+                    // would come up in IKE and then fail, so it is refused here.
+                    if let Some(x) =
+                        e.encr.iter().find(|x| !matches!(x, Encr::Aes128Gcm16 | Encr::Aes256Gcm16))
+                    {
+                        self.err(
+                            path.clone(),
+                            format!(
+                                "the ESP fast path does not do {} yet; use aes256gcm16 or \
+                                 aes128gcm16 for ESP (IKE takes it already)",
+                                x.name()
+                            ),
+                        );
+                    }
+                    e.weak()
+                })
             };
-            if let Err(e) = r {
-                self.err(format!("{base}.{field}[{k}]"), e.to_string());
+            match weak {
+                Err(e) => self.err(path, e.to_string()),
+                Ok(w) if w.is_empty() => {}
+                Ok(w) if allow_weak => self.warn(
+                    path,
+                    format!(
+                        "uses weak algorithms ({}), accepted because allow_weak = true; move the \
+                         peer to aes256-sha256-modp2048 or better when it can",
+                        w.join(", ")
+                    ),
+                ),
+                Ok(w) => self.err(
+                    path,
+                    format!(
+                        "uses weak algorithms ({}); remove them, or set allow_weak = true on the \
+                         tunnel if the peer offers nothing stronger",
+                        w.join(", ")
+                    ),
+                ),
             }
         }
     }

@@ -349,3 +349,37 @@ fn tunnels_share_one_tun_device_and_say_so() {
     let lan = find(&e, "gateway.lan[0].interface");
     assert!(lan.message.contains("`ist0` is already used by the shared TUN device"), "{lan}");
 }
+
+#[test]
+fn weak_algorithms_need_allow_weak_and_are_named_in_warnings() {
+    let psk = "correct-horse-battery-staple-42";
+    let with = |extra: &str| {
+        common::gateway(psk, 0).replace("psk = \"correct", &format!("{extra}psk = \"correct"))
+    };
+    let weak = with(
+        "ike_proposals = [\"aes256-sha256-modp2048\", \"aes128-sha1-modp1024\"]\n\
+         esp_proposals = [\"aes256gcm16-modp1536\"]\n",
+    );
+    let e = errors(&weak);
+    let ike = find(&e, "tunnel[0].ike_proposals[1]");
+    assert_eq!(
+        ike.message,
+        "uses weak algorithms (sha1, prfsha1, modp1024); remove them, or set allow_weak = true \
+         on the tunnel if the peer offers nothing stronger"
+    );
+    assert!(find(&e, "tunnel[0].esp_proposals[0]").message.contains("(modp1536)"));
+    assert!(e.iter().all(|i| i.path != "tunnel[0].ike_proposals[0]"), "a cloud default is fine");
+
+    let w = warnings(&weak.replace("ike_proposals", "allow_weak = true\nike_proposals"));
+    let ike = find(&w, "tunnel[0].ike_proposals[1]");
+    assert!(ike.message.starts_with("uses weak algorithms (sha1, prfsha1, modp1024), accepted"));
+    find(&w, "tunnel[0].esp_proposals[0]");
+
+    // ESP takes AES-GCM only until the fast path does more; IKE takes CBC already.
+    let e = errors(&with("esp_proposals = [\"aes128-sha256-modp2048\"]\n"));
+    assert!(
+        find(&e, "tunnel[0].esp_proposals[0]")
+            .message
+            .contains("the ESP fast path does not do aes128 yet"),
+    );
+}

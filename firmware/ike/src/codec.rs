@@ -32,7 +32,7 @@ use isthmus_tables::PortRange;
 
 use crate::config::TrafficSelector;
 use crate::error::Error;
-use crate::proposal::{DhGroup, Encr, EspProposal, IkeProposal, Prf, transform_type};
+use crate::proposal::{DhGroup, Encr, EspProposal, IkeProposal, Integ, Prf, transform_type};
 
 /// A notify message type (RFC 7296 §3.10.1; RFC 7383; RFC 3948). Types below 16384 are errors.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -384,18 +384,31 @@ pub struct Proposal {
     pub transforms: Vec<Transform>,
 }
 
+/// ENCR transforms, then INTEG ones (none with AEAD ciphers, RFC 7296 §3.3).
+fn push_encr_integ(t: &mut Vec<Transform>, encr: &[Encr], integ: &[Integ]) {
+    for e in encr {
+        t.push(Transform {
+            ty: transform_type::ENCR,
+            id: e.transform_id(),
+            key_len: e.key_bits(),
+            unknown_attr: false,
+        });
+    }
+    for i in integ {
+        t.push(Transform {
+            ty: transform_type::INTEG,
+            id: i.transform_id(),
+            key_len: None,
+            unknown_attr: false,
+        });
+    }
+}
+
 impl Proposal {
     /// The wire form of an IKE proposal.
     pub fn from_ike(num: u8, spi: &[u8], p: &IkeProposal) -> Proposal {
         let mut t = Vec::new();
-        for e in &p.encr {
-            t.push(Transform {
-                ty: transform_type::ENCR,
-                id: e.transform_id(),
-                key_len: Some(e.key_bits()),
-                unknown_attr: false,
-            });
-        }
+        push_encr_integ(&mut t, &p.encr, &p.integ);
         for f in &p.prf {
             t.push(Transform {
                 ty: transform_type::PRF,
@@ -418,14 +431,7 @@ impl Proposal {
     /// The wire form of an ESP proposal; `pfs` says whether its DH groups are included.
     pub fn from_esp(num: u8, spi: u32, p: &EspProposal, pfs: bool) -> Proposal {
         let mut t = Vec::new();
-        for e in &p.encr {
-            t.push(Transform {
-                ty: transform_type::ENCR,
-                id: e.transform_id(),
-                key_len: Some(e.key_bits()),
-                unknown_attr: false,
-            });
-        }
+        push_encr_integ(&mut t, &p.encr, &p.integ);
         if pfs {
             for g in &p.dh {
                 t.push(Transform {
@@ -449,10 +455,12 @@ impl Proposal {
 
     /// The supported part of an IKE proposal.
     pub fn to_ike(&self) -> IkeProposal {
-        let mut p = IkeProposal { encr: Vec::new(), prf: Vec::new(), dh: Vec::new() };
+        let mut p =
+            IkeProposal { encr: Vec::new(), integ: Vec::new(), prf: Vec::new(), dh: Vec::new() };
         for t in self.transforms.iter().filter(|t| !t.unknown_attr) {
             match t.ty {
                 transform_type::ENCR => p.encr.extend(Encr::from_wire(t.id, t.key_len)),
+                transform_type::INTEG => p.integ.extend(Integ::from_wire(t.id)),
                 transform_type::PRF => p.prf.extend(Prf::from_wire(t.id)),
                 transform_type::DH => p.dh.extend(DhGroup::from_id(t.id)),
                 _ => {}
@@ -461,14 +469,15 @@ impl Proposal {
         p
     }
 
-    /// The supported part of an ESP proposal. A proposal with any integrity algorithm besides
-    /// AEAD is combined-mode-incompatible and yields no encryption algorithm.
+    /// The supported part of an ESP proposal. Selection takes an integrity algorithm only for a
+    /// non-AEAD cipher (RFC 7296 §3.3), so a proposal mixing both still yields a suite.
     pub fn to_esp(&self) -> EspProposal {
-        let mut p = EspProposal { encr: Vec::new(), dh: Vec::new(), esn: Vec::new() };
-        let integ = self.transforms.iter().any(|t| t.ty == transform_type::INTEG && t.id != 0);
+        let mut p =
+            EspProposal { encr: Vec::new(), integ: Vec::new(), dh: Vec::new(), esn: Vec::new() };
         for t in self.transforms.iter().filter(|t| !t.unknown_attr) {
             match t.ty {
-                transform_type::ENCR if !integ => p.encr.extend(Encr::from_wire(t.id, t.key_len)),
+                transform_type::ENCR => p.encr.extend(Encr::from_wire(t.id, t.key_len)),
+                transform_type::INTEG => p.integ.extend(Integ::from_wire(t.id)),
                 transform_type::DH => p.dh.extend(DhGroup::from_id(t.id)),
                 transform_type::ESN if t.id <= 1 => p.esn.push(t.id == 1),
                 _ => {}
@@ -1074,6 +1083,12 @@ mod tests {
             ],
         };
         assert_eq!(p.describe(), "aes256-sha256-prfsha256-modp2048");
-        assert!(p.to_ike().encr.is_empty());
+        assert_eq!(p.to_ike().chosen().unwrap().to_string(), "aes256-sha256-prfsha256-modp2048");
+        let ctr = Proposal {
+            transforms: vec![Transform { ty: 1, id: 13, key_len: Some(256), unknown_attr: false }],
+            ..p
+        };
+        assert_eq!(ctr.describe(), "aes256ctr");
+        assert!(ctr.to_ike().encr.is_empty());
     }
 }

@@ -31,6 +31,17 @@ pub enum Error {
         /// What could be added.
         supported: &'static str,
     },
+    /// A proposal combines algorithms that cannot go together (RFC 7296 §3.3: an AEAD cipher
+    /// takes no integrity algorithm, any other cipher needs one).
+    #[error("{kind} proposal `{proposal}` {why}")]
+    ConflictingProposal {
+        /// The proposal.
+        proposal: String,
+        /// `IKE` or `ESP`.
+        kind: &'static str,
+        /// What conflicts and how to write it instead.
+        why: &'static str,
+    },
     /// A proposal list is empty (or holds only separators).
     #[error("the {kind} proposal list is empty; give at least one proposal such as `{example}`")]
     EmptyProposalList {

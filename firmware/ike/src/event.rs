@@ -27,45 +27,57 @@ pub struct Transmit {
     pub nat_t: bool,
 }
 
-/// The keys of one direction of a CHILD SA, ready for an RFC 4106 ESP SA: the SPI and the AES
-/// key followed by the 4-byte salt. Debug output never shows the key.
+/// The keys of one direction of a CHILD SA (RFC 7296 §2.17): the SPI, the encryption key (with
+/// the 4-byte salt of an AEAD cipher, RFC 4106 §8.1 and RFC 7634 §4) and the integrity key of a
+/// CBC cipher. Debug output never shows a key.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ChildKeys {
     /// The ESP SPI of this direction.
     pub spi: u32,
-    key_salt: Vec<u8>,
+    /// Encryption key || salt || integrity key, as KEYMAT lays them out.
+    material: Vec<u8>,
+    /// Bytes of encryption key and salt at the front of `material`.
+    enc_len: usize,
+    salt_len: usize,
 }
 
 impl ChildKeys {
-    #[allow(dead_code)]
-    pub(crate) fn new(spi: u32, key_salt: Vec<u8>) -> ChildKeys {
-        ChildKeys { spi, key_salt }
+    /// Splits one direction's KEYMAT for `encr`: the encryption key (and salt) first, the
+    /// integrity key after it (§2.17).
+    pub(crate) fn new(spi: u32, material: Vec<u8>, encr: crate::proposal::Encr) -> ChildKeys {
+        let salt_len = encr.salt_len();
+        let enc_len = (encr.key_len() + salt_len).min(material.len());
+        ChildKeys { spi, material, enc_len, salt_len }
     }
 
-    /// AES key followed by the 4-byte salt (RFC 4106 §8.1 KEYMAT layout).
+    /// The encryption key followed by the salt of an AEAD cipher.
     pub fn key_and_salt(&self) -> &[u8] {
-        &self.key_salt
+        &self.material[..self.enc_len]
     }
 
-    /// The AES key (16 or 32 bytes).
+    /// The encryption key alone.
     pub fn key(&self) -> &[u8] {
-        &self.key_salt[..self.key_salt.len().saturating_sub(4)]
+        &self.material[..self.enc_len - self.salt_len.min(self.enc_len)]
     }
 
-    /// The 4-byte salt.
+    /// The 4-byte salt of an AEAD cipher; zeros for CBC.
     pub fn salt(&self) -> [u8; 4] {
-        let n = self.key_salt.len();
         let mut s = [0; 4];
-        if n >= 4 {
-            s.copy_from_slice(&self.key_salt[n - 4..]);
+        if self.salt_len == 4 {
+            s.copy_from_slice(&self.material[self.enc_len - 4..self.enc_len]);
         }
         s
+    }
+
+    /// The integrity key; empty with an AEAD cipher.
+    pub fn integ_key(&self) -> &[u8] {
+        &self.material[self.enc_len..]
     }
 }
 
 impl Drop for ChildKeys {
     fn drop(&mut self) {
-        self.key_salt.zeroize();
+        self.material.zeroize();
     }
 }
 
@@ -253,7 +265,7 @@ mod tests {
 
     #[test]
     fn child_keys_redact_and_split() {
-        let k = ChildKeys::new(0x1234, (0u8..36).collect());
+        let k = ChildKeys::new(0x1234, (0u8..36).collect(), crate::proposal::Encr::Aes256Gcm16);
         assert_eq!(format!("{k:?}"), "ChildKeys { spi: 0x00001234, key: <redacted> }");
         assert_eq!(k.key().len(), 32);
         assert_eq!(k.salt(), [32, 33, 34, 35]);

@@ -20,6 +20,7 @@
 //! - [`event`]: what comes out: [`Transmit`], [`Event`], [`Explanation`];
 //! - [`codec`]: the message codec (§3);
 //! - [`crypto`]: key schedule, AUTH, SK payload protection, Diffie-Hellman;
+//! - [`modp`]: the finite-field Diffie-Hellman groups;
 //! - [`error`]: the crate's error type.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -30,6 +31,7 @@ pub mod crypto;
 pub mod endpoint;
 pub mod error;
 pub mod event;
+pub mod modp;
 pub mod proposal;
 
 pub use config::{
@@ -40,6 +42,6 @@ pub use endpoint::Endpoint;
 pub use error::Error;
 pub use event::{Cause, ChildKeys, DownReason, Event, Explanation, Transmit};
 pub use proposal::{
-    DhGroup, Encr, EspProposal, EspSuite, IkeProposal, IkeSuite, Prf, parse_esp_list,
+    DhGroup, Encr, EspProposal, EspSuite, IkeProposal, IkeSuite, Integ, Prf, parse_esp_list,
     parse_ike_list,
 };

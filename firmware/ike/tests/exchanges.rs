@@ -380,6 +380,134 @@ fn every_suite_negotiates() {
     }
 }
 
+/// The IKE and ESP suites of the last SAs that came up on A.
+fn suites(p: &Pair) -> (String, String) {
+    let ike = p.a.status("t1").unwrap().ike.unwrap().suite.unwrap().to_string();
+    let esp = match child_ups(&p.a_events).last().unwrap() {
+        Event::ChildSaUp { esp, .. } => esp.to_string(),
+        _ => unreachable!(),
+    };
+    (ike, esp)
+}
+
+#[test]
+fn cloud_and_idc_suites_negotiate_and_rekey_with_pfs() {
+    // The defaults of cloud VPN gateways and IDC routers (docs/interop.md), and the rest of
+    // the new ciphers, groups and integrity algorithms.
+    for (ike, esp, want_ike, want_esp) in [
+        (
+            "aes128-sha256-modp2048",
+            "aes128-sha256-modp2048",
+            "aes128-sha256-prfsha256-modp2048",
+            "aes128-sha256-modp2048-noesn",
+        ),
+        (
+            "aes256-sha1-modp1024",
+            "aes256-sha1-modp1024",
+            "aes256-sha1-prfsha1-modp1024",
+            "aes256-sha1-modp1024-noesn",
+        ),
+        (
+            "3des-sha1-modp1536",
+            "3des-sha1-modp1536",
+            "3des-sha1-prfsha1-modp1536",
+            "3des-sha1-modp1536-noesn",
+        ),
+        (
+            "aes192-sha384-prfsha384-ecp521",
+            "aes192-sha512-ecp521-esn",
+            "aes192-sha384-prfsha384-ecp521",
+            "aes192-sha512-ecp521-esn",
+        ),
+        (
+            "aes256-sha512-modp2048s256",
+            "aes256-sha256-modp2048s256",
+            "aes256-sha512-prfsha512-modp2048s256",
+            "aes256-sha256-modp2048s256-noesn",
+        ),
+        (
+            "chacha20poly1305-prfsha256-x25519",
+            "chacha20poly1305-x25519",
+            "chacha20poly1305-prfsha256-x25519",
+            "chacha20poly1305-x25519-noesn",
+        ),
+        (
+            "aes256gcm16-prfsha384-modp3072",
+            "aes128-sha256-modp3072",
+            "aes256gcm16-prfsha384-modp3072",
+            "aes128-sha256-modp3072-noesn",
+        ),
+    ] {
+        let (a, b) = configs();
+        let mut p = Pair::new(with_esp(with_ike(a, ike), esp), with_esp(with_ike(b, ike), esp));
+        p.handshake();
+        assert_paired(&p);
+        let spi = first_child_spi(&p);
+        p.a.rekey_child("t1", spi, p.now).unwrap();
+        p.drive();
+        assert_eq!(suites(&p), (want_ike.to_owned(), want_esp.to_owned()), "{ike} / {esp}");
+        p.b.rekey_ike("t1", p.now).unwrap();
+        p.drive();
+        let spi = keys(child_ups(&p.b_events).last().unwrap()).0;
+        p.b.rekey_child("t1", spi, p.now).unwrap();
+        p.drive();
+        assert!(p.a_events.iter().any(|e| matches!(e, Event::IkeSaUp { rekeyed: true, .. })));
+        assert_eq!(suites(&p), (want_ike.to_owned(), want_esp.to_owned()), "{ike} / {esp}");
+        assert!(failures(&p.a_events).is_empty() && failures(&p.b_events).is_empty());
+        assert_paired(&p);
+        assert_eq!(installed(&p.a_events).len(), 1, "{ike} / {esp}");
+    }
+}
+
+#[test]
+fn invalid_ke_payload_retries_between_modp_and_ecp_groups() {
+    for (a_ike, b_ike, want) in [
+        ("aes128-sha256-modp2048-ecp256", "aes128-sha256-ecp256", "aes128-sha256-prfsha256-ecp256"),
+        (
+            "aes128-sha256-x25519-modp2048",
+            "aes128-sha256-modp2048",
+            "aes128-sha256-prfsha256-modp2048",
+        ),
+    ] {
+        let (a, b) = configs();
+        let mut p = Pair::new(with_ike(a, a_ike), with_ike(b, b_ike));
+        p.handshake();
+        assert_eq!(suites(&p).0, want);
+        assert!(failures(&p.a_events).is_empty(), "{:?}", failures(&p.a_events));
+        assert_paired(&p);
+    }
+    // The same for an IKE rekey and for a CHILD SA's PFS group.
+    let (a, b) = configs();
+    let mut p = Pair::new(
+        with_esp(with_ike(a, "aes128-sha256-x25519-modp2048"), "aes128-sha256-modp2048-ecp256"),
+        with_esp(with_ike(b, "aes128-sha256-modp2048-x25519"), "aes128-sha256-ecp256-modp2048"),
+    );
+    p.b.initiate("t1", p.now).unwrap();
+    p.drive();
+    assert_eq!(suites(&p).0, "aes128-sha256-prfsha256-x25519");
+    p.a.rekey_ike("t1", p.now).unwrap();
+    p.drive();
+    assert_eq!(suites(&p).0, "aes128-sha256-prfsha256-modp2048");
+    let spi = first_child_spi(&p);
+    p.a.rekey_child("t1", spi, p.now).unwrap();
+    p.drive();
+    // B accepts A's KE group (modp2048) although it prefers ecp256, as strongSwan does.
+    assert_eq!(suites(&p).1, "aes128-sha256-modp2048-noesn");
+    // B rekeys with ecp256, which A does not accept for PFS: A asks for modp2048.
+    let (a, b) = configs();
+    let mut p = Pair::new(
+        with_esp(a, "aes128-sha256-modp2048"),
+        with_esp(b, "aes128-sha256-ecp256-modp2048"),
+    );
+    p.handshake();
+    let spi = keys(child_ups(&p.b_events)[0]).0;
+    p.b.rekey_child("t1", spi, p.now).unwrap();
+    p.drive();
+    assert_eq!(suites(&p).1, "aes128-sha256-modp2048-noesn");
+    assert!(failures(&p.a_events).is_empty() && failures(&p.b_events).is_empty());
+    assert_paired(&p);
+}
+
 #[test]
 fn esp_proposal_mismatch_keeps_the_ike_sa_and_explains() {
     let (a, b) = configs();

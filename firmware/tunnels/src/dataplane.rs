@@ -53,6 +53,9 @@ pub enum DataplaneError {
     /// The negotiated keys do not make an ESP SA (e.g. the wrong length for the algorithm).
     #[error(transparent)]
     Sa(#[from] isthmus_esp::EspError),
+    /// The negotiated ESP suite is one the ESP engine does not implement.
+    #[error("the ESP engine does not do {0}")]
+    UnsupportedSuite(String),
     /// The dataplane refused the SA or the table (a duplicate SPI, an invalid SPD, a stopped
     /// dataplane), or did not start.
     #[error(transparent)]

@@ -141,12 +141,18 @@ impl EspDataplane {
         Ok(self.dp.publish_spd(SpdTable::new(self.generation, entries))?)
     }
 
-    fn sa_config(&self, keys: &ChildKeys, encr: Encr, esn: bool) -> SaConfig {
-        SaConfig {
+    fn sa_config(
+        &self,
+        keys: &ChildKeys,
+        encr: Encr,
+        esn: bool,
+    ) -> Result<SaConfig, DataplaneError> {
+        Ok(SaConfig {
             spi: keys.spi,
             aead: match encr {
                 Encr::Aes128Gcm16 => Aead::Aes128Gcm16,
                 Encr::Aes256Gcm16 => Aead::Aes256Gcm16,
+                other => return Err(DataplaneError::UnsupportedSuite(other.name().to_owned())),
             },
             backend: self.options.backend,
             key: keys.key_and_salt().to_vec(),
@@ -161,7 +167,7 @@ impl EspDataplane {
                 soft_time: None,
                 hard_time: None,
             },
-        }
+        })
     }
 }
 
@@ -229,8 +235,8 @@ impl Dataplane for EspDataplane {
 
     fn install_child(&mut self, sa: &ChildInstall<'_>) -> Result<(), DataplaneError> {
         let now = Instant::now();
-        let inbound = InboundSa::new(self.sa_config(sa.inbound, sa.esp.encr, sa.esp.esn), now)?;
-        let outbound = OutboundSa::new(self.sa_config(sa.outbound, sa.esp.encr, sa.esp.esn), now)?;
+        let inbound = InboundSa::new(self.sa_config(sa.inbound, sa.esp.encr, sa.esp.esn)?, now)?;
+        let outbound = OutboundSa::new(self.sa_config(sa.outbound, sa.esp.encr, sa.esp.esn)?, now)?;
         let binding = InboundBinding {
             tunnel: sa.tunnel.to_owned(),
             child: sa.child.to_owned(),
@@ -242,7 +248,7 @@ impl Dataplane for EspDataplane {
                 // The old SA may be gone already (peer deleted it first): a plain add then.
                 Err(_) => {
                     let inbound =
-                        InboundSa::new(self.sa_config(sa.inbound, sa.esp.encr, sa.esp.esn), now)?;
+                        InboundSa::new(self.sa_config(sa.inbound, sa.esp.encr, sa.esp.esn)?, now)?;
                     self.dp.add_inbound(binding, inbound)
                 }
             },

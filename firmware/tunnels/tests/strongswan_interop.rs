@@ -707,9 +707,60 @@ fn proposals_interoperate_in_both_roles() {
             "aes256gcm16",
             ["AES_GCM_16-256/PRF_HMAC_SHA2_256/ECP_256", "ESP:AES_GCM_16-256"],
         ),
+        // The IKE defaults of cloud VPN gateways and IDC routers (docs/interop.md): AES-CBC
+        // with HMAC and MODP groups, and the other new transforms.
+        (
+            "aes128-sha256-modp2048",
+            "aes128gcm16",
+            "aes128-sha256-modp2048",
+            "aes128gcm16",
+            ["AES_CBC-128/HMAC_SHA2_256_128/PRF_HMAC_SHA2_256/MODP_2048", "ESP:AES_GCM_16-128"],
+        ),
+        (
+            "aes256-sha1-modp1024",
+            "aes256gcm16",
+            "aes256-sha1-modp1024",
+            "aes256gcm16",
+            ["AES_CBC-256/HMAC_SHA1_96/PRF_HMAC_SHA1/MODP_1024", "ESP:AES_GCM_16-256"],
+        ),
+        (
+            "aes256-sha384-prfsha384-modp3072",
+            "aes256gcm16-modp3072",
+            "aes256-sha384-prfsha384-modp3072",
+            "aes256gcm16-modp3072",
+            ["AES_CBC-256/HMAC_SHA2_384_192/PRF_HMAC_SHA2_384/MODP_3072", "ESP:AES_GCM_16-256"],
+        ),
+        (
+            "aes192-sha512-ecp521",
+            "aes128gcm16",
+            "aes192-sha512-ecp521",
+            "aes128gcm16",
+            ["AES_CBC-192/HMAC_SHA2_512_256/PRF_HMAC_SHA2_512/ECP_521", "ESP:AES_GCM_16-128"],
+        ),
+        (
+            "3des-sha1-modp1536",
+            "aes128gcm16",
+            "3des-sha1-modp1536",
+            "aes128gcm16",
+            ["3DES_CBC/HMAC_SHA1_96/PRF_HMAC_SHA1/MODP_1536", "ESP:AES_GCM_16-128"],
+        ),
+        (
+            "aes256-sha256-modp2048s256",
+            "aes256gcm16",
+            "aes256-sha256-modp2048s256",
+            "aes256gcm16",
+            ["AES_CBC-256/HMAC_SHA2_256_128/PRF_HMAC_SHA2_256/MODP_2048_256", "ESP:AES_GCM_16-256"],
+        ),
+        (
+            "chacha20poly1305-prfsha256-x25519",
+            "aes256gcm16",
+            "chacha20poly1305-prfsha256-x25519",
+            "aes256gcm16",
+            ["CHACHA20_POLY1305/PRF_HMAC_SHA2_256/CURVE_25519", "ESP:AES_GCM_16-256"],
+        ),
     ];
     for (i, (oi, oe, ti, te, shown)) in cases.into_iter().enumerate() {
-        let n = 23 + i as u8;
+        let n = 40 + i as u8;
         let mut ours = isthmus_tunnel(n);
         ours.ike_proposals = parse_ike_list(oi).unwrap();
         ours.children[0].esp_proposals = parse_esp_list(oe).unwrap();

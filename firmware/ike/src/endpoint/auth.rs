@@ -273,6 +273,7 @@ impl Endpoint {
             peer: sa.remote,
             suite: sa.phase.suite().unwrap_or(IkeSuite {
                 encr: crate::proposal::Encr::Aes256Gcm16,
+                integ: None,
                 prf: crate::proposal::Prf::HmacSha256,
                 dh: DhGroup::Curve25519,
             }),

@@ -11,9 +11,18 @@ pub(super) struct ChildKeying<'a> {
 }
 
 impl ChildKeying<'_> {
-    /// (initiator-to-responder, responder-to-initiator) KEYMAT for `encr`.
-    fn keymat(&self, encr: crate::proposal::Encr) -> (Vec<u8>, Vec<u8>) {
-        crypto::child_keymat(self.sk_d.prf, &self.sk_d.key, self.shared, self.ni, self.nr, encr)
+    /// (initiator-to-responder, responder-to-initiator) keys of the CHILD SA.
+    fn keys(&self, s: &EspSuite, spi_i2r: u32, spi_r2i: u32) -> (ChildKeys, ChildKeys) {
+        let (i2r, r2i) = crypto::child_keymat(
+            self.sk_d.prf,
+            &self.sk_d.key,
+            self.shared,
+            self.ni,
+            self.nr,
+            s.encr,
+            s.integ,
+        );
+        (ChildKeys::new(spi_i2r, i2r, s.encr), ChildKeys::new(spi_r2i, r2i, s.encr))
     }
 }
 
@@ -83,7 +92,17 @@ impl Endpoint {
                 for p in &props {
                     let theirs = p.to_esp();
                     let sel = if with_pfs {
-                        ours.select(&theirs, true).filter(|s| s.dh.map(|g| g.id()) == peer_group)
+                        // The initiator's KE group wins where both sides allow it, as in
+                        // strongSwan: asking for our favourite would cost a round trip
+                        // (INVALID_KE_PAYLOAD is for groups we do not accept, §1.3).
+                        let mut o = ours.clone();
+                        if let Some(g) =
+                            peer_group.and_then(DhGroup::from_id).filter(|g| o.dh.contains(g))
+                        {
+                            o.dh.retain(|x| *x != g);
+                            o.dh.insert(0, g);
+                        }
+                        o.select(&theirs, true).filter(|s| s.dh.map(|g| g.id()) == peer_group)
                     } else if exchange == ExchangeType::CREATE_CHILD_SA && !ours.dh.is_empty() {
                         None
                     } else {
@@ -141,7 +160,8 @@ impl Endpoint {
             return (vec![Payload::Notify(Notify::new(n, vec![]))], None);
         };
         let spi_in = self.new_child_spi(sa.our_spi());
-        let (i2r, r2i) = keying.keymat(suite.encr);
+        // We respond: the initiator-to-responder keys are our inbound ones.
+        let (inbound, outbound) = keying.keys(&suite, spi_in, spi_out);
         let (rekey_at, expire_at) = self.jittered(now, &cfg.children[c].lifetime);
         let rekey_of = rekey.and_then(|_| {
             payloads.iter().find_map(|p| match p {
@@ -175,8 +195,8 @@ impl Endpoint {
         let ev = Event::ChildSaUp {
             tunnel: cfg.name.clone(),
             child: cfg.children[c].name.clone(),
-            inbound: ChildKeys::new(spi_in, i2r),
-            outbound: ChildKeys::new(spi_out, r2i),
+            inbound,
+            outbound,
             esp: suite,
             local_ts,
             remote_ts,
@@ -393,23 +413,9 @@ impl Endpoint {
         let chosen = props
             .first()
             .filter(|p| props.len() == 1 && p.protocol == protocol::ESP && p.spi.len() == 4);
-        let suite = chosen.and_then(|p| {
-            let e = p.to_esp();
-            let s = EspSuite {
-                encr: *e.encr.first()?,
-                dh: e.dh.first().copied(),
-                esn: *e.esn.first()?,
-            };
-            (e.encr.len() == 1
-                && e.dh.len() <= 1
-                && e.esn.len() == 1
-                && offered.iter().any(|o| {
-                    o.encr.contains(&s.encr)
-                        && o.esn.contains(&s.esn)
-                        && s.dh.is_none_or(|g| o.dh.contains(&g))
-                }))
-            .then_some(s)
-        });
+        let suite = chosen
+            .and_then(|p| p.to_esp().chosen())
+            .filter(|s| offered.iter().any(|o| o.allows(s)));
         let Some(suite) = suite else {
             let theirs = props.iter().map(|p| p.describe()).collect::<Vec<_>>().join(",");
             return fail(
@@ -444,7 +450,8 @@ impl Endpoint {
         }
         let p = chosen?;
         let spi_out = u32::from_be_bytes([p.spi[0], p.spi[1], p.spi[2], p.spi[3]]);
-        let (i2r, r2i) = keying.keymat(suite.encr);
+        // We initiated: the initiator-to-responder keys are our outbound ones.
+        let (outbound, inbound) = keying.keys(&suite, spi_out, spi_in);
         let (rekey_at, expire_at) = self.jittered(now, &ch.lifetime);
         sa.children.push(Child {
             cfg: c,
@@ -461,8 +468,8 @@ impl Endpoint {
         self.events.push_back(Event::ChildSaUp {
             tunnel: cfg.name.clone(),
             child: ch.name.clone(),
-            inbound: ChildKeys::new(spi_in, r2i),
-            outbound: ChildKeys::new(spi_out, i2r),
+            inbound,
+            outbound,
             esp: suite,
             local_ts: tsi,
             remote_ts: tsr,

@@ -23,6 +23,7 @@ pub(super) fn suggest_ike(ours: &[IkeProposal], theirs: &[Proposal]) -> Option<S
     for p in theirs.iter().filter(|p| p.protocol == protocol::IKE) {
         let sup = p.to_ike();
         let our_encr: Vec<_> = ours.iter().flat_map(|o| o.encr.iter()).collect();
+        let our_integ: Vec<_> = ours.iter().flat_map(|o| o.integ.iter()).collect();
         let our_prf: Vec<_> = ours.iter().flat_map(|o| o.prf.iter()).collect();
         let our_dh: Vec<_> = ours.iter().flat_map(|o| o.dh.iter()).collect();
         let mut missing = Vec::new();
@@ -34,12 +35,20 @@ pub(super) fn suggest_ike(ours: &[IkeProposal], theirs: &[Proposal]) -> Option<S
                 .map(|t| crate::proposal::transform_name(t.ty, t.id, t.key_len))
                 .collect()
         };
+        // Integrity matters only next to a cipher that is not AEAD (RFC 7296 §3.3).
+        let needs_integ = !names(tt::INTEG).is_empty() && !sup.encr.iter().all(|e| e.is_aead());
         for (ty, what, ok, any_sup) in [
             (
                 tt::ENCR,
                 "encryption",
                 sup.encr.iter().any(|e| our_encr.contains(&e)),
                 !sup.encr.is_empty(),
+            ),
+            (
+                tt::INTEG,
+                "integrity",
+                !needs_integ || sup.integ.iter().any(|e| our_integ.contains(&e)),
+                !sup.integ.is_empty(),
             ),
             (tt::PRF, "PRF", sup.prf.iter().any(|e| our_prf.contains(&e)), !sup.prf.is_empty()),
             (
@@ -55,6 +64,7 @@ pub(super) fn suggest_ike(ours: &[IkeProposal], theirs: &[Proposal]) -> Option<S
                 if any_sup {
                     let first = match ty {
                         tt::ENCR => sup.encr[0].name(),
+                        tt::INTEG => sup.integ[0].name(),
                         tt::PRF => sup.prf[0].name(),
                         _ => sup.dh[0].name(),
                     };
@@ -71,7 +81,25 @@ pub(super) fn suggest_ike(ours: &[IkeProposal], theirs: &[Proposal]) -> Option<S
         if cost == 0 {
             continue;
         }
-        let text = missing.into_iter().chain(unsupported).collect::<Vec<_>>().join("; ");
+        // A cipher of the other kind (AEAD or not) cannot join our proposals: AEAD and
+        // integrity do not mix in one proposal, so the change is a new proposal.
+        let other_kind = sup.encr.first().is_some_and(|e| {
+            !ours.iter().flat_map(|o| o.encr.iter()).any(|o| o.is_aead() == e.is_aead())
+        });
+        let whole = IkeProposal {
+            encr: sup.encr.iter().copied().take(1).collect(),
+            integ: if needs_integ { sup.integ.iter().copied().take(1).collect() } else { vec![] },
+            prf: sup.prf.iter().copied().take(1).collect(),
+            dh: sup.dh.iter().copied().take(1).collect(),
+        };
+        let text = if unsupported.is_empty()
+            && (missing.len() > 1 || other_kind)
+            && whole.chosen().is_some()
+        {
+            format!("the peer offers {}; add the proposal {whole} to ike proposals", p.describe())
+        } else {
+            missing.into_iter().chain(unsupported).collect::<Vec<_>>().join("; ")
+        };
         if best.as_ref().is_none_or(|(c, _)| cost < *c) {
             best = Some((cost, text));
         }
@@ -93,12 +121,21 @@ pub(super) fn suggest_esp(ours: &[EspProposal], theirs: &[&Proposal], pfs: bool)
                 .map(|t| crate::proposal::transform_name(t.ty, t.id, t.key_len))
                 .collect()
         };
-        if !sup.encr.iter().any(|e| ours.iter().any(|o| o.encr.contains(e))) {
+        let needs_integ = !sup.encr.iter().all(|e| e.is_aead());
+        let encr_ok = sup.encr.iter().any(|e| ours.iter().any(|o| o.encr.contains(e)));
+        let integ_ok =
+            !needs_integ || sup.integ.iter().any(|i| ours.iter().any(|o| o.integ.contains(i)));
+        if !encr_ok || !integ_ok {
             let mut n = names(tt::ENCR);
             n.extend(names(tt::INTEG));
-            parts.push(match sup.encr.first() {
-                Some(e) => format!("the peer offers {} for ESP encryption; add {} to esp proposals", n.join(", "), e.name()),
-                None => format!("the peer offers {}, which Isthmus does not support for ESP; configure the peer with aes128gcm16 or aes256gcm16", n.join(", ")),
+            let first = sup.encr.first().map(|&e| {
+                let i = sup.integ.first().filter(|_| !e.is_aead());
+                i.map_or(e.name().to_owned(), |i| format!("{}-{}", e.name(), i.name()))
+            });
+            parts.push(match first {
+                Some(_) if needs_integ && sup.integ.is_empty() => format!("the peer offers {} for ESP, with an integrity algorithm Isthmus does not support; configure the peer with sha256", n.join(", ")),
+                Some(f) => format!("the peer offers {} for ESP encryption; add {f} to esp proposals", n.join(", ")),
+                None => format!("the peer offers {}, which Isthmus does not support for ESP; configure the peer with aes256gcm16 or aes256-sha256", n.join(", ")),
             });
         }
         if !sup.esn.iter().any(|e| ours.iter().any(|o| o.esn.contains(e))) {
@@ -143,12 +180,22 @@ mod tests {
             suggest_ike(&ours, &theirs).unwrap(),
             "the peer offers only ecp384 for key exchange; add ecp384 to ike proposals"
         );
+        // A cloud default: AES-CBC with HMAC and a MODP group needs a proposal of its own.
+        let cloud =
+            Proposal::from_ike(1, &[], &IkeProposal::parse("aes128-sha256-modp2048").unwrap());
+        assert_eq!(
+            suggest_ike(&ours, &[cloud]).unwrap(),
+            "the peer offers aes128-sha256-prfsha256-modp2048; add the proposal \
+             aes128-sha256-prfsha256-modp2048 to ike proposals"
+        );
         let foreign = Proposal {
             num: 1,
             protocol: protocol::IKE,
             spi: vec![],
             transforms: vec![
-                codec::Transform { ty: 1, id: 12, key_len: Some(128), unknown_attr: false },
+                // AES-CTR (13) is not supported.
+                codec::Transform { ty: 1, id: 13, key_len: Some(128), unknown_attr: false },
+                codec::Transform { ty: 3, id: 12, key_len: None, unknown_attr: false },
                 codec::Transform { ty: 2, id: 5, key_len: None, unknown_attr: false },
                 codec::Transform { ty: 4, id: 14, key_len: None, unknown_attr: false },
             ],
@@ -156,7 +203,7 @@ mod tests {
         let s = suggest_ike(&ours, &[foreign]).unwrap();
         assert!(
             s.contains(
-                "the peer offers only aes128 for encryption, which Isthmus does not support"
+                "the peer offers only aes128ctr for encryption, which Isthmus does not support"
             ),
             "{s}"
         );

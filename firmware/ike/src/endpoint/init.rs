@@ -196,10 +196,7 @@ impl Endpoint {
             return Err(init);
         };
         let chosen = props.first().map(|p| p.to_ike());
-        let suite = chosen.as_ref().and_then(|c| {
-            (props.len() == 1 && c.encr.len() == 1 && c.prf.len() == 1 && c.dh.len() == 1)
-                .then(|| IkeSuite { encr: c.encr[0], prf: c.prf[0], dh: c.dh[0] })
-        });
+        let suite = chosen.as_ref().filter(|_| props.len() == 1).and_then(IkeProposal::chosen);
         let Some(suite) = suite.filter(|s| cfg.ike_proposals.iter().any(|p| p.allows(s))) else {
             let theirs = props.iter().map(|p| p.describe()).collect::<Vec<_>>().join(",");
             self.fail(explain(
@@ -227,7 +224,7 @@ impl Endpoint {
         };
         sa.spi_r = msg.header.spi_r;
         let seed = crypto::skeyseed(suite.prf, &init.ni, nr, &shared);
-        let keys = IkeKeys::derive(suite.encr, suite.prf, &seed, &init.ni, nr, sa.spi_i, sa.spi_r);
+        let keys = IkeKeys::derive(&suite, &seed, &init.ni, nr, sa.spi_i, sa.spi_r);
         sa.nonce_key = init.ni.clone().min(nr.clone());
         // The DH secret and cookie end here; the keys and the AUTH transcript go on.
         let Initiating { ni, msg1, first_child, persistent, .. } = *init;
@@ -421,7 +418,7 @@ impl Endpoint {
         };
         let nr = self.nonce();
         let seed = crypto::skeyseed(suite.prf, ni, &nr, &shared);
-        let keys = IkeKeys::derive(suite.encr, suite.prf, &seed, ni, &nr, h.spi_i, spi_r);
+        let keys = IkeKeys::derive(&suite, &seed, ni, &nr, h.spi_i, spi_r);
         let force = cands.iter().any(|&c| self.tunnel_ref(c).is_some_and(|t| t.cfg.force_nat_t));
         let (peer_nat, we_nat) = nat_check(&notifies, h.spi_i, 0, remote, local);
         let nonce_key = ni.clone().min(nr.clone());

@@ -54,10 +54,15 @@ impl Endpoint {
         let keyed = sa.phase.keyed_mut();
         debug_assert!(keyed.is_some(), "sealing {exchange} without keys");
         let keyed = keyed?;
+        keyed.iv_counter += 1;
+        let n = keyed.iv_counter;
+        let keys = keyed.keys.sealing(initiator);
         let mut plain = Vec::with_capacity(256);
         let first = codec::emit_payloads(payloads, &mut plain);
-        plain.push(0); // pad length: AES-GCM needs no padding
-        let sk_len = 4 + crypto::IV_LEN + plain.len() + crypto::ICV_LEN;
+        crypto::pad(keys.encr, &mut plain);
+        // Fails only for a key of the wrong length, which IkeKeys::derive never makes.
+        let iv = keys.iv(n).ok()?;
+        let sk_len = 4 + iv.len() + plain.len() + keys.icv_len();
         let mut h = h;
         h.next_payload = payload_type::SK;
         h.length = (codec::HEADER_LEN + sk_len) as u32;
@@ -65,12 +70,7 @@ impl Endpoint {
         h.emit(&mut out);
         out.extend_from_slice(&[first, 0]);
         out.extend_from_slice(&(sk_len as u16).to_be_bytes());
-        keyed.iv_counter += 1;
-        let keys = &keyed.keys;
-        let key = if initiator { &keys.sk_ei } else { &keys.sk_er };
-        // Fails only for a key of the wrong length, which IkeKeys::derive never makes.
-        let body =
-            crypto::seal(keys.encr, key, keyed.iv_counter.to_be_bytes(), &out, plain).ok()?;
+        let body = crypto::seal(keys, &iv, &out, plain).ok()?;
         out.extend_from_slice(&body);
         Some(out)
     }
@@ -84,13 +84,11 @@ impl Endpoint {
     ) -> Result<(Vec<Payload>, SkD), Error> {
         // Without keys nothing can be authenticated: dropped like a forgery (§2.21).
         let keyed = sa.phase.keyed().ok_or(Error::IntegrityCheckFailed)?;
-        let keys = &keyed.keys;
         let Some(Payload::Sk { first, body }) = msg.payloads.last() else {
             return Err(Error::malformed("message", "no Encrypted payload"));
         };
         let aad = &data[..data.len() - body.len()];
-        let key = if sa.initiator { &keys.sk_er } else { &keys.sk_ei };
-        let mut plain = crypto::open(keys.encr, key, aad, body)?;
+        let mut plain = crypto::open(keyed.keys.sealing(!sa.initiator), aad, body)?;
         let pad = usize::from(plain.last().copied().unwrap_or(0));
         if pad + 1 > plain.len() {
             return Err(Error::malformed("SK payload", "pad length beyond the plaintext"));

@@ -85,7 +85,7 @@ impl Endpoint {
         let nr = self.nonce();
         let new_spi_r = self.new_spi64();
         let seed = crypto::skeyseed_rekey(sk_d.prf, &sk_d.key, &shared, &ni, &nr);
-        let keys = IkeKeys::derive(suite.encr, suite.prf, &seed, &ni, &nr, new_spi_i, new_spi_r);
+        let keys = IkeKeys::derive(&suite, &seed, &ni, &nr, new_spi_i, new_spi_r);
         let mut prop = Proposal::from_ike(num, &new_spi_r.to_be_bytes(), &IkeProposal::from(suite));
         prop.num = num;
         let resp = [
@@ -182,6 +182,7 @@ impl Endpoint {
             peer: new.remote,
             suite: new.phase.suite().unwrap_or(IkeSuite {
                 encr: crate::proposal::Encr::Aes256Gcm16,
+                integ: None,
                 prf: crate::proposal::Prf::HmacSha256,
                 dh: DhGroup::Curve25519,
             }),
@@ -298,13 +299,7 @@ impl Endpoint {
             suggestion: None,
         };
         let p = props.first();
-        let suite = p.map(|p| p.to_ike()).and_then(|c| {
-            (c.encr.len() == 1 && c.prf.len() == 1 && c.dh.len() == 1).then(|| IkeSuite {
-                encr: c.encr[0],
-                prf: c.prf[0],
-                dh: c.dh[0],
-            })
-        });
+        let suite = p.and_then(|p| p.to_ike().chosen());
         let (Some(p), Some(suite)) = (
             p,
             suite.filter(|s| {
@@ -331,7 +326,7 @@ impl Endpoint {
         };
         // SK_d seeds the new SA (§2.18).
         let seed = crypto::skeyseed_rekey(sk_d.prf, &sk_d.key, &shared, &ni, &nr);
-        let keys = IkeKeys::derive(suite.encr, suite.prf, &seed, &ni, &nr, new_spi, new_spi_r);
+        let keys = IkeKeys::derive(&suite, &seed, &ni, &nr, new_spi, new_spi_r);
         let mine_low = ni.clone().min(nr.clone());
         let new = self.rekeyed_sa(sa, true, new_spi, new_spi_r, suite, keys, mine_low.clone(), now);
         match sa.take_ike_collision() {

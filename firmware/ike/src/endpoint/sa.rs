@@ -721,9 +721,13 @@ mod tests {
     use crate::proposal::Encr;
 
     fn keyed() -> Keyed {
-        let suite =
-            IkeSuite { encr: Encr::Aes256Gcm16, prf: Prf::HmacSha256, dh: DhGroup::Curve25519 };
-        let keys = IkeKeys::derive(suite.encr, suite.prf, &[1; 32], &[2; 32], &[3; 32], 1, 2);
+        let suite = IkeSuite {
+            encr: Encr::Aes256Gcm16,
+            integ: None,
+            prf: Prf::HmacSha256,
+            dh: DhGroup::Curve25519,
+        };
+        let keys = IkeKeys::derive(&suite, &[1; 32], &[2; 32], &[3; 32], 1, 2);
         Keyed::new(keys, suite)
     }
 

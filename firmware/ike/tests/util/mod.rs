@@ -298,14 +298,15 @@ pub fn failures(ev: &[Event]) -> Vec<&isthmus_ike::Explanation> {
         .collect()
 }
 
-/// (inbound spi, outbound spi, inbound key, outbound key) of a ChildSaUp.
+/// (inbound spi, outbound spi, inbound keys, outbound keys) of a ChildSaUp; the keys are the
+/// encryption key and salt followed by the integrity key.
 pub fn keys(e: &Event) -> (u32, u32, Vec<u8>, Vec<u8>) {
     match e {
         Event::ChildSaUp { inbound, outbound, .. } => (
             inbound.spi,
             outbound.spi,
-            inbound.key_and_salt().to_vec(),
-            outbound.key_and_salt().to_vec(),
+            [inbound.key_and_salt(), inbound.integ_key()].concat(),
+            [outbound.key_and_salt(), outbound.integ_key()].concat(),
         ),
         _ => panic!("not a ChildSaUp: {e:?}"),
     }
