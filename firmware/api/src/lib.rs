@@ -234,6 +234,9 @@ pub struct TunnelDetail {
     pub summary: TunnelSummary,
     /// The IKE proposal in force, strongSwan syntax.
     pub ike_proposal: Option<String>,
+    /// The weak algorithms the tunnel's proposals allow (`allow_weak = true`), by keyword.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub weak_algorithms: Vec<String>,
     /// CHILD SAs in force.
     pub children: Vec<ChildSa>,
     /// How many rekeys succeeded since the daemon started.

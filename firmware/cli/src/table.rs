@@ -71,6 +71,12 @@ pub fn tunnel_detail(d: &api::TunnelDetail) {
         if s.uptime_secs > 0 { format!(", up {}", secs(s.uptime_secs)) } else { String::new() }
     );
     println!("ike        {}", d.ike_proposal.clone().unwrap_or("-".into()));
+    if !d.weak_algorithms.is_empty() {
+        println!(
+            "weak       {} (allowed by allow_weak = true; RFC 8247 advises against them)",
+            d.weak_algorithms.join(", ")
+        );
+    }
     println!("rekeys     {}", d.rekeys);
     println!(
         "traffic    out {} pkts / {} B, in {} pkts / {} B (since start, across rekeys)",

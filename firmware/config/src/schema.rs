@@ -414,6 +414,19 @@ impl Tunnel {
         }
     }
 
+    /// The weak algorithms its proposals name (`3des`, `sha1`, `prfsha1`, `modp1024`,
+    /// `modp1536`), each once; validation refuses them unless `allow_weak` is set.
+    pub fn weak_algorithms(&self) -> Vec<&'static str> {
+        use isthmus_ike::proposal::{EspProposal, IkeProposal};
+        let ike = self.ike_proposals.iter().filter_map(|p| IkeProposal::parse(p).ok());
+        let esp = self.esp_proposals.iter().filter_map(|p| EspProposal::parse(p).ok());
+        let mut v: Vec<&'static str> = ike.flat_map(|p| p.weak()).collect();
+        v.extend(esp.flat_map(|p| p.weak()));
+        let mut seen = std::collections::HashSet::new();
+        v.retain(|w| seen.insert(*w));
+        v
+    }
+
     /// True when dead peer detection runs.
     pub fn dpd_enabled(&self) -> bool {
         !self.dpd.delay.is_zero() && self.dpd.action != DpdAction::None

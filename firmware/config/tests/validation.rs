@@ -370,10 +370,15 @@ fn weak_algorithms_need_allow_weak_and_are_named_in_warnings() {
     assert!(find(&e, "tunnel[0].esp_proposals[0]").message.contains("(modp1536)"));
     assert!(e.iter().all(|i| i.path != "tunnel[0].ike_proposals[0]"), "a cloud default is fine");
 
-    let w = warnings(&weak.replace("ike_proposals", "allow_weak = true\nike_proposals"));
+    let allowed = weak.replace("ike_proposals", "allow_weak = true\nike_proposals");
+    let w = warnings(&allowed);
     let ike = find(&w, "tunnel[0].ike_proposals[1]");
     assert!(ike.message.starts_with("uses weak algorithms (sha1, prfsha1, modp1024), accepted"));
     find(&w, "tunnel[0].esp_proposals[0]");
+    // What `isthmus tunnel show` lists.
+    let c = Config::check(&allowed).unwrap().config;
+    let t = c.tunnel("to-idc").unwrap();
+    assert_eq!(t.weak_algorithms(), ["sha1", "prfsha1", "modp1024", "modp1536"]);
 
     // ESP takes AES-GCM only until the fast path does more; IKE takes CBC already.
     let e = errors(&with("esp_proposals = [\"aes128-sha256-modp2048\"]\n"));

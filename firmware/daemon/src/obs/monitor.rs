@@ -275,6 +275,10 @@ impl Monitor {
         api::TunnelDetail {
             summary,
             ike_proposal: st.as_ref().and_then(|s| s.ike_suite.clone()),
+            weak_algorithms: cfg
+                .tunnel(name)
+                .map(|t| t.weak_algorithms().into_iter().map(String::from).collect())
+                .unwrap_or_default(),
             children,
             rekeys,
             events: events.recent(&format!("tunnel/{name}"), 20),
