@@ -54,9 +54,17 @@ pub fn ifreq(name: &str) -> io::Result<libc::ifreq> {
     Ok(req)
 }
 
+/// How long [`attach`] waits for a busy single-queue device to be released.
+pub const BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Opens a queue of the TUN device `name` (`TUNSETIFF` with `flags`, e.g. `IFF_TUN |
 /// IFF_NO_PI`), creating the device if it is missing; returns the queue (blocking,
 /// close-on-exec) and the device's name as the kernel reports it.
+///
+/// A single-queue device still attached to a descriptor answers `EBUSY`. A descriptor of a
+/// dataplane that just stopped can outlive it for a moment: a process forked elsewhere in this
+/// program holds a copy until its `exec` closes it. So `EBUSY` is retried for up to
+/// [`BUSY_WAIT`] before it is returned.
 pub fn attach(name: &str, flags: libc::c_int) -> io::Result<(OwnedFd, String)> {
     let mut req = ifreq(name)?;
     req.ifr_ifru.ifru_flags = flags as libc::c_short;
@@ -65,10 +73,21 @@ pub fn attach(name: &str, flags: libc::c_int) -> io::Result<(OwnedFd, String)> {
         .write(true)
         .open("/dev/net/tun")
         .map_err(|e| io::Error::new(e.kind(), format!("cannot open /dev/net/tun: {e}")))?;
-    // SAFETY: TUNSETIFF reads and writes an `ifreq`, which `req` is, and it outlives the call.
-    let r = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut req) };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
+    let deadline = std::time::Instant::now() + BUSY_WAIT;
+    loop {
+        let mut try_req = req;
+        // SAFETY: TUNSETIFF reads and writes an `ifreq`, which `try_req` is, and it outlives
+        // the call.
+        let r = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut try_req) };
+        if r == 0 {
+            req = try_req;
+            break;
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EBUSY) || std::time::Instant::now() >= deadline {
+            return Err(e);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
     // SAFETY: the kernel NUL-terminates `ifr_name` within IFNAMSIZ bytes.
     let actual = unsafe { CStr::from_ptr(req.ifr_name.as_ptr()) };
