@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-use isthmus_ike::proposal::{Encr, EspProposal, IkeProposal};
+use isthmus_ike::proposal::{EspProposal, IkeProposal};
 use isthmus_tables::Prefix;
 
 use crate::error::{Issue, Report};
@@ -628,23 +628,7 @@ impl<'c> V<'c> {
             let weak = if ike {
                 IkeProposal::parse(p).map(|p| p.weak())
             } else {
-                EspProposal::parse(p).map(|e| {
-                    // The ESP engine does AES-GCM only so far: a suite it cannot install
-                    // would come up in IKE and then fail, so it is refused here.
-                    if let Some(x) =
-                        e.encr.iter().find(|x| !matches!(x, Encr::Aes128Gcm16 | Encr::Aes256Gcm16))
-                    {
-                        self.err(
-                            path.clone(),
-                            format!(
-                                "the ESP fast path does not do {} yet; use aes256gcm16 or \
-                                 aes128gcm16 for ESP (IKE takes it already)",
-                                x.name()
-                            ),
-                        );
-                    }
-                    e.weak()
-                })
+                EspProposal::parse(p).map(|e| e.weak())
             };
             match weak {
                 Err(e) => self.err(path, e.to_string()),

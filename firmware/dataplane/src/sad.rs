@@ -353,7 +353,7 @@ mod tests {
     fn cfg(spi: u32, lifetime: Lifetime) -> SaConfig {
         SaConfig {
             spi,
-            aead: Aead::Aes128Gcm16,
+            transform: Aead::Aes128Gcm16.into(),
             backend: Backend::Ring,
             key: vec![7; 20],
             esn: false,

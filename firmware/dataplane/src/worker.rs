@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use isthmus_esp::{DropReason, HEADER_LEN, max_overhead, peek_spi};
+use isthmus_esp::{DropReason, peek_spi};
 use isthmus_tables::sg::{AttachmentId, Direction as SgDir};
 use isthmus_tables::spd::SpdAction;
 use isthmus_wire::natt::{NattPayload, classify_natt};
@@ -139,7 +139,8 @@ impl Out {
         self.batch.slot(self.filled)
     }
 
-    /// Encrypts the inner packet of `len` bytes at `HEADER_LEN` in the current slot and queues it.
+    /// Encrypts the inner packet of `len` bytes at the SA's header length in the current slot
+    /// and queues it.
     fn seal(&mut self, ob: &Outbound, len: usize, now: Instant) -> Result<(), DropReason> {
         let slot = self.batch.slot(self.filled);
         let n = ob.sa.encapsulate_in_place(slot, len, now)?;
@@ -244,7 +245,7 @@ fn outbound_one(
     let mtu = sh.cfg.tunnel_mtu;
     // What the sender should use: the worst-case ESP overhead keeps the advice valid whatever
     // the padding of the next packet.
-    let advice = pmtu::inner_mtu(mtu, ob.outer_len + max_overhead(), flow.dst);
+    let advice = pmtu::inner_mtu(mtu, ob.outer_len + ob.sa.max_overhead(), flow.dst);
     let seg_len = layout.map_or(pkt.len(), |l| (l.payload + l.mss).min(pkt.len()));
     if seg_len + ob.outer_len + ob.sa.overhead(seg_len) > mtu as usize && pmtu::dont_fragment(pkt) {
         if let Some(n) = pmtu::build_too_big(pkt, advice, &mut out.icmp) {
@@ -267,10 +268,12 @@ fn outbound_one(
             out.local.io[Io::MssClamped] += 1;
         }
     }
+    // The inner packet goes where the SA's ESP header and IV end (RFC 4303 §2).
+    let hl = ob.sa.header_len();
     let result = match layout {
         None => {
             let slot = out.slot(sh);
-            match slot.get_mut(HEADER_LEN..HEADER_LEN + pkt.len()) {
+            match slot.get_mut(hl..hl + pkt.len()) {
                 Some(dst) => {
                     dst.copy_from_slice(pkt);
                     out.seal(ob, pkt.len(), now)
@@ -280,8 +283,8 @@ fn outbound_one(
         }
         Some(lay) => (0..lay.count).try_for_each(|i| {
             let slot = out.slot(sh);
-            let n = offload::segment_tcp(pkt, &lay, i, &mut slot[HEADER_LEN..])
-                .ok_or(DropReason::TooBig)?;
+            let n =
+                offload::segment_tcp(pkt, &lay, i, &mut slot[hl..]).ok_or(DropReason::TooBig)?;
             out.seal(ob, n, now)
         }),
     };

@@ -1,9 +1,10 @@
-//! AES-GCM for ESP behind a small trait, with two backends: `ring` and RustCrypto's `aes-gcm`.
+//! The AEADs of ESP behind a small trait: AES-GCM with two backends (`ring` and RustCrypto's
+//! `aes-gcm`), and ChaCha20-Poly1305 from `ring`.
 //!
 //! ESP keeps the ICV right after the ciphertext (RFC 4303 §2), so both operations work on one
 //! buffer: the plaintext or ciphertext followed by the 16-byte tag. The nonce is the 4-byte salt
-//! followed by the 8-byte explicit IV (RFC 4106 §4); the AAD is SPI and sequence number
-//! (RFC 4106 §5).
+//! followed by the 8-byte explicit IV (RFC 4106 §4, RFC 7634 §2); the AAD is SPI and sequence
+//! number (RFC 4106 §5, RFC 7634 §2.1).
 
 use std::fmt;
 
@@ -16,27 +17,31 @@ pub const NONCE_LEN: usize = 12;
 /// Bytes of the salt at the end of the ESP key material (RFC 4106 §8.1).
 pub const SALT_LEN: usize = 4;
 
-/// The ESP AEAD transforms this engine implements (IKEv2 transform IDs 20, RFC 4106 §8.4).
+/// The ESP AEAD transforms this engine implements (IKEv2 transform IDs 20 and 28, RFC 4106
+/// §8.4, RFC 7634 §3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Aead {
     /// AES-128-GCM with a 16-byte ICV (`aes128gcm16`).
     Aes128Gcm16,
     /// AES-256-GCM with a 16-byte ICV (`aes256gcm16`).
     Aes256Gcm16,
+    /// ChaCha20-Poly1305 (`chacha20poly1305`, RFC 7634). Always runs on `ring`, whichever
+    /// [`Backend`] is asked for: the backend picks the AES-GCM implementation only.
+    ChaCha20Poly1305,
 }
 
 impl Aead {
-    /// Bytes of the AES key alone.
-    pub fn aes_key_len(self) -> usize {
+    /// Bytes of the key alone (without salt).
+    pub fn key_len(self) -> usize {
         match self {
             Aead::Aes128Gcm16 => 16,
-            Aead::Aes256Gcm16 => 32,
+            Aead::Aes256Gcm16 | Aead::ChaCha20Poly1305 => 32,
         }
     }
 
-    /// Bytes of key material the SA takes: AES key and salt (RFC 4106 §8.1).
+    /// Bytes of key material the SA takes: key and salt (RFC 4106 §8.1, RFC 7634 §2).
     pub fn key_material_len(self) -> usize {
-        self.aes_key_len() + SALT_LEN
+        self.key_len() + SALT_LEN
     }
 
     /// The strongSwan proposal name of the transform.
@@ -44,6 +49,7 @@ impl Aead {
         match self {
             Aead::Aes128Gcm16 => "aes128gcm16",
             Aead::Aes256Gcm16 => "aes256gcm16",
+            Aead::ChaCha20Poly1305 => "chacha20poly1305",
         }
     }
 }
@@ -109,25 +115,26 @@ pub trait AeadBackend: Send + Sync {
     ) -> Result<(), AeadError>;
 }
 
-/// AES-GCM from `ring`.
-pub struct RingGcm {
+/// AES-GCM or ChaCha20-Poly1305 from `ring`.
+pub struct RingAead {
     key: ring::aead::LessSafeKey,
 }
 
-impl RingGcm {
-    /// A key for `aead` from the AES key alone (without salt).
-    pub fn new(aead: Aead, aes_key: &[u8]) -> Result<RingGcm, EspError> {
+impl RingAead {
+    /// A key for `aead` from the key alone (without salt).
+    pub fn new(aead: Aead, key: &[u8]) -> Result<RingAead, EspError> {
         let alg = match aead {
             Aead::Aes128Gcm16 => &ring::aead::AES_128_GCM,
             Aead::Aes256Gcm16 => &ring::aead::AES_256_GCM,
+            Aead::ChaCha20Poly1305 => &ring::aead::CHACHA20_POLY1305,
         };
-        let key = ring::aead::UnboundKey::new(alg, aes_key)
+        let key = ring::aead::UnboundKey::new(alg, key)
             .map_err(|_| EspError::BackendRefusedKey(Backend::Ring))?;
-        Ok(RingGcm { key: ring::aead::LessSafeKey::new(key) })
+        Ok(RingAead { key: ring::aead::LessSafeKey::new(key) })
     }
 }
 
-impl AeadBackend for RingGcm {
+impl AeadBackend for RingAead {
     #[inline]
     fn seal_in_place(
         &self,
@@ -182,17 +189,18 @@ pub enum RustCryptoGcm {
 }
 
 impl RustCryptoGcm {
-    /// A key for `aead` from the AES key alone (without salt).
-    pub fn new(aead: Aead, aes_key: &[u8]) -> Result<RustCryptoGcm, EspError> {
+    /// A key for `aead` from the AES key alone (without salt). `None` for ChaCha20-Poly1305.
+    pub fn new(aead: Aead, aes_key: &[u8]) -> Result<Option<RustCryptoGcm>, EspError> {
         let refused = |_| EspError::BackendRefusedKey(Backend::RustCrypto);
-        Ok(match aead {
+        Ok(Some(match aead {
             Aead::Aes128Gcm16 => {
                 RustCryptoGcm::Aes128(aes_gcm::Aes128Gcm::new_from_slice(aes_key).map_err(refused)?)
             }
             Aead::Aes256Gcm16 => {
                 RustCryptoGcm::Aes256(aes_gcm::Aes256Gcm::new_from_slice(aes_key).map_err(refused)?)
             }
-        })
+            Aead::ChaCha20Poly1305 => return Ok(None),
+        }))
     }
 }
 
@@ -249,7 +257,7 @@ impl AeadBackend for RustCryptoGcm {
     }
 }
 
-/// One AES-GCM key on either backend, dispatched by a `match` (no virtual call per packet).
+/// One AEAD key on either backend, dispatched by a `match` (no virtual call per packet).
 /// Its `Debug` shows the algorithm and backend, never the key.
 pub struct Cipher {
     aead: Aead,
@@ -259,23 +267,27 @@ pub struct Cipher {
 // Keys stay inline: a box would add a pointer chase per packet.
 #[allow(clippy::large_enum_variant)]
 enum CipherInner {
-    Ring(RingGcm),
+    Ring(RingAead),
     RustCrypto(RustCryptoGcm),
 }
 
 impl Cipher {
-    /// A key for `aead` on `backend` from the AES key alone (without salt).
-    pub fn new(aead: Aead, backend: Backend, aes_key: &[u8]) -> Result<Cipher, EspError> {
-        if aes_key.len() != aead.aes_key_len() {
+    /// A key for `aead` on `backend` from the key alone (without salt).
+    pub fn new(aead: Aead, backend: Backend, key: &[u8]) -> Result<Cipher, EspError> {
+        if key.len() != aead.key_len() {
             return Err(EspError::KeyLength {
-                aead,
-                expected: aead.aes_key_len(),
-                got: aes_key.len(),
+                transform: aead.into(),
+                expected: aead.key_len(),
+                got: key.len(),
             });
         }
-        let inner = match backend {
-            Backend::Ring => CipherInner::Ring(RingGcm::new(aead, aes_key)?),
-            Backend::RustCrypto => CipherInner::RustCrypto(RustCryptoGcm::new(aead, aes_key)?),
+        let rust_crypto = match backend {
+            Backend::Ring => None,
+            Backend::RustCrypto => RustCryptoGcm::new(aead, key)?,
+        };
+        let inner = match rust_crypto {
+            Some(c) => CipherInner::RustCrypto(c),
+            None => CipherInner::Ring(RingAead::new(aead, key)?),
         };
         Ok(Cipher { aead, inner })
     }
@@ -379,6 +391,34 @@ mod tests {
             bad_aad.push(0);
             let mut copy = expected.clone();
             assert_eq!(c.open_in_place(&nonce, &bad_aad, &mut copy), Err(AeadError));
+        }
+    }
+
+    /// RFC 8439 §2.8.2, the AEAD construction RFC 7634 uses for ESP: its nonce is the 4-byte
+    /// salt `07000000` and the 8-byte IV `4041424344454647` (RFC 7634 §2).
+    #[test]
+    fn chacha20poly1305_rfc8439_2_8_2() {
+        let key: Vec<u8> = (0x80..0xa0).collect();
+        let nonce: [u8; NONCE_LEN] =
+            hex::decode("070000004041424344454647").unwrap().try_into().unwrap();
+        let aad = hex::decode("50515253c0c1c2c3c4c5c6c7").unwrap();
+        let pt = b"Ladies and Gentlemen of the class of '99: If I could offer you only one tip for the future, sunscreen would be it.";
+        let ct = "d31a8d34648e60db7b86afbc53ef7ec2a4aded51296e08fea9e2b5a736ee62d63dbea45e8ca9671282fafb69da92728b1a71de0a9e060b2905d6a5b67ecd3b3692ddbd7f2d778b8c9803aee328091b58fab324e4fad675945585808b4831d7bc3ff4def08e4b7a9de576d26586cec64b6116";
+        let tag = "1ae10b594f09e26a7e902ecbd0600691";
+        // The RustCrypto backend has no ChaCha20: both run ring's.
+        for backend in Backend::ALL {
+            let c = Cipher::new(Aead::ChaCha20Poly1305, backend, &key).unwrap();
+            assert_eq!(c.backend(), Backend::Ring);
+            let mut buf = pt.to_vec();
+            buf.extend([0; ICV_LEN]);
+            c.seal_in_place(&nonce, &aad, &mut buf).unwrap();
+            assert_eq!(hex::encode(&buf), format!("{ct}{tag}"));
+            c.open_in_place(&nonce, &aad, &mut buf).unwrap();
+            assert_eq!(&buf[..pt.len()], pt);
+            let last = buf.len() - 1;
+            let mut bad = hex::decode(format!("{ct}{tag}")).unwrap();
+            bad[last] ^= 1;
+            assert_eq!(c.open_in_place(&nonce, &aad, &mut bad), Err(AeadError));
         }
     }
 
@@ -609,7 +649,10 @@ mod tests {
     #[test]
     fn wrong_key_lengths_are_refused_and_debug_hides_the_key() {
         let e = Cipher::new(Aead::Aes256Gcm16, Backend::Ring, &[0; 16]).unwrap_err();
-        assert_eq!(e, EspError::KeyLength { aead: Aead::Aes256Gcm16, expected: 32, got: 16 });
+        assert_eq!(
+            e,
+            EspError::KeyLength { transform: Aead::Aes256Gcm16.into(), expected: 32, got: 16 }
+        );
         let c = Cipher::new(Aead::Aes128Gcm16, Backend::RustCrypto, &[7; 16]).unwrap();
         assert_eq!(
             format!("{c:?}"),

@@ -1,5 +1,6 @@
 //! Security associations: tunnel-mode encapsulation (RFC 4303 §3.1.2, §3.3) and decapsulation
-//! (RFC 4303 §3.4) with AES-GCM (RFC 4106), lifetimes and counters.
+//! (RFC 4303 §3.4) with an AEAD (AES-GCM, RFC 4106; ChaCha20-Poly1305, RFC 7634) or a CBC cipher
+//! with HMAC (RFC 3602, RFC 2451, RFC 4868, RFC 2404), lifetimes and counters.
 
 use std::fmt;
 use std::sync::Mutex;
@@ -7,10 +8,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::aead::{AeadBackend, NONCE_LEN, SALT_LEN};
+use crate::cbc::{CbcKey, IvSource};
 use crate::replay;
 use crate::{
-    Aead, Backend, Cipher, DropCounters, DropReason, ESP_HEADER_LEN, EspError, HEADER_LEN, ICV_LEN,
-    IV_LEN, NH_IPV4, NH_IPV6, NH_NONE, ReplayWindow, SaCounters, TRAILER_LEN,
+    Backend, Cipher, DropCounters, DropReason, ESP_HEADER_LEN, EspError, HEADER_LEN, NH_IPV4,
+    NH_IPV6, NH_NONE, ReplayWindow, SaCounters, TRAILER_LEN, Transform,
 };
 
 /// Lifetime limits of an SA (RFC 4301 §4.4.2.1); `None` is no limit. The control plane sets the
@@ -47,11 +49,13 @@ pub enum LifetimeState {
 pub struct SaConfig {
     /// The SPI the receiver chose (RFC 4303 §2.1).
     pub spi: u32,
-    /// The AEAD transform.
-    pub aead: Aead,
-    /// Which implementation runs it.
+    /// The algorithms.
+    pub transform: Transform,
+    /// Which implementation runs AES-GCM (other transforms ignore it).
     pub backend: Backend,
-    /// AES key followed by the 4-byte salt (RFC 4106 §8.1). Never shown by `Debug`.
+    /// Key material as KEYMAT lays it out (RFC 7296 §2.17): the encryption key, the 4-byte
+    /// salt of an AEAD (RFC 4106 §8.1), the integrity key of a CBC cipher
+    /// ([`Transform::key_material_len`] bytes). Never shown by `Debug`.
     pub key: Vec<u8>,
     /// Extended (64-bit) sequence numbers (RFC 4303 §2.2.1).
     pub esn: bool,
@@ -65,7 +69,7 @@ impl fmt::Debug for SaConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SaConfig")
             .field("spi", &format_args!("{:#010x}", self.spi))
-            .field("aead", &self.aead)
+            .field("transform", &self.transform)
             .field("backend", &self.backend)
             .field("key", &format_args!("<redacted {} bytes>", self.key.len()))
             .field("esn", &self.esn)
@@ -79,7 +83,8 @@ impl fmt::Debug for SaConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decapsulated {
     /// Where the inner packet starts in the output buffer (0 for
-    /// [`decapsulate`](InboundSa::decapsulate), [`HEADER_LEN`] for
+    /// [`decapsulate`](InboundSa::decapsulate), the SA's
+    /// [`header_len`](InboundSa::header_len) for
     /// [`decapsulate_in_place`](InboundSa::decapsulate_in_place)).
     pub offset: usize,
     /// Bytes of the inner packet.
@@ -105,17 +110,47 @@ pub fn peek_spi(esp: &[u8]) -> Option<u32> {
     Some(u32::from_be_bytes(b))
 }
 
-/// The largest ESP overhead for any inner packet: header, IV, at most 3 padding bytes, trailer
-/// and ICV (37 bytes).
+/// The largest ESP overhead of any transform for any inner packet: header with a 16-byte IV,
+/// at most 15 padding bytes, trailer and a 32-byte ICV (73 bytes). Buffers sized with it fit
+/// every SA; [`OutboundSa::max_overhead`] is one SA's.
 pub const fn max_overhead() -> usize {
-    HEADER_LEN + 3 + TRAILER_LEN + ICV_LEN
+    HEADER_LEN + 15 + TRAILER_LEN + crate::MAX_ICV_LEN
 }
 
-/// Padding so that payload, padding and trailer end on a 4-byte boundary (RFC 4303 §2.4; GCM
-/// itself needs none, RFC 4106 §3.2).
+/// Padding so that payload, padding and trailer end on a multiple of `align`: the cipher's
+/// block, or 4 bytes for an AEAD (RFC 4303 §2.4; GCM and ChaCha20 need none themselves,
+/// RFC 4106 §3.2). `align` is a power of two.
 #[inline]
-fn pad_len(inner_len: usize) -> usize {
-    (4 - (inner_len + TRAILER_LEN) % 4) % 4
+fn pad_len(inner_len: usize, align: usize) -> usize {
+    (align - (inner_len + TRAILER_LEN) % align) % align
+}
+
+/// Salt and explicit IV (RFC 4106 §4, RFC 7634 §2).
+#[inline]
+fn nonce(salt: &[u8; SALT_LEN], iv: [u8; 8]) -> [u8; NONCE_LEN] {
+    let mut n = [0; NONCE_LEN];
+    n[..SALT_LEN].copy_from_slice(salt);
+    n[SALT_LEN..].copy_from_slice(&iv);
+    n
+}
+
+/// How an SA's packets are protected.
+// Keys stay inline, as in `Cipher`: a box would add a pointer chase per packet.
+#[allow(clippy::large_enum_variant)]
+enum Protection {
+    /// AES-GCM or ChaCha20-Poly1305 and the salt of the nonce.
+    Aead { cipher: Cipher, salt: [u8; SALT_LEN] },
+    /// A CBC cipher, then HMAC (encrypt-then-MAC, RFC 4303 §3.3.2).
+    Cbc { cipher: CbcKey, mac: ring::hmac::Key },
+}
+
+impl fmt::Debug for Protection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Protection::Aead { cipher, .. } => cipher.fmt(f),
+            Protection::Cbc { cipher, .. } => cipher.fmt(f),
+        }
+    }
 }
 
 /// Overwrites key material before its memory is freed (`black_box` keeps the stores from being
@@ -129,8 +164,13 @@ fn wipe(key: &mut [u8]) {
 struct Common {
     spi: u32,
     esn: bool,
-    cipher: Cipher,
-    salt: [u8; SALT_LEN],
+    transform: Transform,
+    /// [`Transform::header_len`], [`Transform::align`] and [`Transform::icv_len`], kept so the
+    /// packet path reads fields instead of matching.
+    header_len: usize,
+    align: usize,
+    icv_len: usize,
+    prot: Protection,
     lifetime: Lifetime,
     created: Instant,
     packets: AtomicU64,
@@ -144,18 +184,34 @@ impl Common {
         if cfg.spi < 256 {
             return Err(EspError::ReservedSpi(cfg.spi));
         }
-        let expected = cfg.aead.key_material_len();
+        let t = cfg.transform;
+        let expected = t.key_material_len();
         if cfg.key.len() != expected {
-            return Err(EspError::KeyLength { aead: cfg.aead, expected, got: cfg.key.len() });
+            return Err(EspError::KeyLength { transform: t, expected, got: cfg.key.len() });
         }
-        let (aes_key, salt) = cfg.key.split_at(cfg.aead.aes_key_len());
-        let mut s = [0; SALT_LEN];
-        s.copy_from_slice(salt);
+        let prot = match t {
+            Transform::Aead(aead) => {
+                let (key, salt) = cfg.key.split_at(aead.key_len());
+                let mut s = [0; SALT_LEN];
+                s.copy_from_slice(salt);
+                Protection::Aead { cipher: Cipher::new(aead, cfg.backend, key)?, salt: s }
+            }
+            Transform::Cbc(cipher, integ) => {
+                let (key, mac) = cfg.key.split_at(cipher.key_len());
+                Protection::Cbc {
+                    cipher: CbcKey::new(cipher, key)?,
+                    mac: ring::hmac::Key::new(integ.ring(), mac),
+                }
+            }
+        };
         Ok(Common {
             spi: cfg.spi,
             esn: cfg.esn,
-            cipher: Cipher::new(cfg.aead, cfg.backend, aes_key)?,
-            salt: s,
+            transform: t,
+            header_len: t.header_len(),
+            align: t.align(),
+            icv_len: t.icv_len(),
+            prot,
             lifetime: cfg.lifetime,
             created: now,
             packets: AtomicU64::new(0),
@@ -165,13 +221,73 @@ impl Common {
         })
     }
 
-    /// Salt and explicit IV (RFC 4106 §4).
+    /// Protects `buf`: SPI and sequence number are in `buf[..8]`, the IV is to be written at
+    /// `buf[8..header_len]`, the plaintext (payload, padding, trailer) follows up to
+    /// `buf.len() - icv_len`, and the ICV goes last. `iv` is this packet's IV source.
     #[inline]
-    fn nonce(&self, iv: [u8; IV_LEN]) -> [u8; NONCE_LEN] {
-        let mut n = [0; NONCE_LEN];
-        n[..SALT_LEN].copy_from_slice(&self.salt);
-        n[SALT_LEN..].copy_from_slice(&iv);
-        n
+    fn protect(&self, buf: &mut [u8], seq: u64, iv: &IvSource) -> Result<(), DropReason> {
+        let (hl, icv) = (self.header_len, self.icv_len);
+        match &self.prot {
+            Protection::Aead { cipher, salt } => {
+                // Explicit IV: the full sequence number, unique per key (RFC 4106 §3.1,
+                // RFC 7634 §2).
+                let iv = seq.to_be_bytes();
+                buf[ESP_HEADER_LEN..hl].copy_from_slice(&iv);
+                let (aad, aad_len) = self.aad(seq);
+                cipher
+                    .seal_in_place(&nonce(salt, iv), &aad[..aad_len], &mut buf[hl..])
+                    .map_err(|_| DropReason::TooBig)
+            }
+            Protection::Cbc { cipher, mac } => {
+                let ct_end = buf.len() - icv;
+                let (head, body) = buf.split_at_mut(hl);
+                iv.fill(seq, &mut head[ESP_HEADER_LEN..]);
+                cipher.encrypt(&head[ESP_HEADER_LEN..], &mut body[..ct_end - hl])?;
+                let tag = self.mac(mac, head, &body[..ct_end - hl], seq);
+                body[ct_end - hl..].copy_from_slice(&tag.as_ref()[..icv]);
+                Ok(())
+            }
+        }
+    }
+
+    /// Verifies and decrypts: `head` is SPI, sequence number and IV, `body` the ciphertext
+    /// followed by the ICV; the plaintext is left at the front of `body`.
+    #[inline]
+    fn unprotect(&self, head: &[u8], body: &mut [u8], seq: u64) -> Result<(), DropReason> {
+        match &self.prot {
+            Protection::Aead { cipher, salt } => {
+                let mut iv = [0; 8];
+                iv.copy_from_slice(&head[ESP_HEADER_LEN..]);
+                let (aad, aad_len) = self.aad(seq);
+                cipher
+                    .open_in_place(&nonce(salt, iv), &aad[..aad_len], body)
+                    .map_err(|_| DropReason::IcvFailure)
+            }
+            Protection::Cbc { cipher, mac } => {
+                let ct_len = body.len() - self.icv_len;
+                let (ct, icv) = body.split_at_mut(ct_len);
+                let tag = self.mac(mac, head, ct, seq);
+                // Constant time, so a forger learns nothing from how long the refusal took.
+                let equal = subtle::ConstantTimeEq::ct_eq(&tag.as_ref()[..self.icv_len], &*icv);
+                if !bool::from(equal) {
+                    return Err(DropReason::IcvFailure);
+                }
+                cipher.decrypt(&head[ESP_HEADER_LEN..], ct)
+            }
+        }
+    }
+
+    /// The ICV of encrypt-then-MAC: HMAC over SPI, sequence number, IV and ciphertext, and with
+    /// ESN the high 32 bits of the sequence number after them (RFC 4303 §2.2.1, §3.3.2.2.1).
+    #[inline]
+    fn mac(&self, key: &ring::hmac::Key, head: &[u8], ct: &[u8], seq: u64) -> ring::hmac::Tag {
+        let mut ctx = ring::hmac::Context::with_key(key);
+        ctx.update(head);
+        ctx.update(ct);
+        if self.esn {
+            ctx.update(&((seq >> 32) as u32).to_be_bytes());
+        }
+        ctx.sign()
     }
 
     /// AAD: SPI and the 32-bit sequence number, or SPI, high and low halves with ESN
@@ -258,13 +374,16 @@ pub struct OutboundSa {
     common: Common,
     /// The next sequence number to send; starts at 1 (RFC 4303 §3.3.3).
     next_seq: AtomicU64,
+    /// Where a CBC cipher's IVs come from.
+    iv: IvSource,
 }
 
 impl fmt::Debug for OutboundSa {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OutboundSa")
             .field("spi", &format_args!("{:#010x}", self.common.spi))
-            .field("cipher", &self.common.cipher)
+            .field("transform", &self.common.transform)
+            .field("protection", &self.common.prot)
             .field("esn", &self.common.esn)
             .field("next_seq", &self.next_seq.load(Ordering::Relaxed))
             .finish_non_exhaustive()
@@ -277,7 +396,31 @@ impl OutboundSa {
     pub fn new(mut cfg: SaConfig, now: Instant) -> Result<OutboundSa, EspError> {
         let common = Common::new(&cfg, now);
         wipe(&mut cfg.key);
-        Ok(OutboundSa { common: common?, next_seq: AtomicU64::new(1) })
+        let common = common?;
+        let iv = match common.prot {
+            Protection::Cbc { .. } => IvSource::random()?,
+            Protection::Aead { .. } => IvSource::none(),
+        };
+        Ok(OutboundSa { common, next_seq: AtomicU64::new(1), iv })
+    }
+
+    /// The algorithms.
+    pub fn transform(&self) -> Transform {
+        self.common.transform
+    }
+
+    /// Bytes in front of the inner packet: SPI, sequence number and IV. The in-place API
+    /// takes the inner packet at this offset.
+    #[inline]
+    pub fn header_len(&self) -> usize {
+        self.common.header_len
+    }
+
+    /// The most bytes this SA adds to any inner packet (for path MTU advice that holds
+    /// whatever the padding of the next packet).
+    #[inline]
+    pub fn max_overhead(&self) -> usize {
+        self.common.header_len + self.common.align - 1 + TRAILER_LEN + self.common.icv_len
     }
 
     /// The SPI (the peer chose it).
@@ -299,7 +442,8 @@ impl OutboundSa {
     /// trailer and ICV).
     #[inline]
     pub fn overhead(&self, inner_len: usize) -> usize {
-        HEADER_LEN + pad_len(inner_len) + TRAILER_LEN + ICV_LEN
+        let c = &self.common;
+        c.header_len + pad_len(inner_len, c.align) + TRAILER_LEN + c.icv_len
     }
 
     /// Tunnel mode: `inner` is a whole IPv4/IPv6 packet; next header 4 or 41 is taken from its
@@ -319,13 +463,15 @@ impl OutboundSa {
         if out.len() < total {
             return Err(self.common.drop(DropReason::TooBig));
         }
-        out[HEADER_LEN..HEADER_LEN + inner.len()].copy_from_slice(inner);
+        let hl = self.common.header_len;
+        out[hl..hl + inner.len()].copy_from_slice(inner);
         self.seal(out, inner.len(), nh, now)
     }
 
     /// Like [`encapsulate`](Self::encapsulate), for a packet already in place:
-    /// `buf[HEADER_LEN..HEADER_LEN + inner_len]` holds the inner packet, and `buf` has room for
-    /// the trailer and ICV after it. Saves the copy of the packet.
+    /// `buf[h..h + inner_len]` holds the inner packet, where `h` is
+    /// [`header_len`](Self::header_len) (at most [`HEADER_LEN`]), and `buf` has room for the
+    /// padding, trailer and ICV after it. Saves the copy of the packet.
     #[inline]
     pub fn encapsulate_in_place(
         &self,
@@ -333,7 +479,8 @@ impl OutboundSa {
         inner_len: usize,
         now: Instant,
     ) -> Result<usize, DropReason> {
-        let inner = buf.get(HEADER_LEN..HEADER_LEN + inner_len);
+        let hl = self.common.header_len;
+        let inner = buf.get(hl..hl + inner_len);
         let Some(inner) = inner else { return Err(self.common.drop(DropReason::TooBig)) };
         let nh = inner_next_header(inner).map_err(|r| self.common.drop(r))?;
         self.seal(buf, inner_len, nh, now)
@@ -347,7 +494,8 @@ impl OutboundSa {
         out: &mut [u8],
         now: Instant,
     ) -> Result<usize, DropReason> {
-        let dst = out.get_mut(HEADER_LEN..HEADER_LEN + len);
+        let hl = self.common.header_len;
+        let dst = out.get_mut(hl..hl + len);
         let Some(dst) = dst else { return Err(self.common.drop(DropReason::TooBig)) };
         dst.fill(0);
         self.seal(out, len, NH_NONE, now)
@@ -362,9 +510,10 @@ impl OutboundSa {
         now: Instant,
     ) -> Result<usize, DropReason> {
         let c = &self.common;
-        let pad = pad_len(inner_len);
-        let ct_end = HEADER_LEN + inner_len + pad + TRAILER_LEN;
-        let total = ct_end + ICV_LEN;
+        let pad = pad_len(inner_len, c.align);
+        let trailer_at = c.header_len + inner_len;
+        let ct_end = trailer_at + pad + TRAILER_LEN;
+        let total = ct_end + c.icv_len;
         if buf.len() < total {
             return Err(c.drop(DropReason::TooBig));
         }
@@ -377,19 +526,12 @@ impl OutboundSa {
         }
         buf[0..4].copy_from_slice(&c.spi.to_be_bytes());
         buf[4..8].copy_from_slice(&(seq as u32).to_be_bytes());
-        // Explicit IV: the full sequence number, unique per key (RFC 4106 §3.1).
-        let iv = seq.to_be_bytes();
-        buf[8..16].copy_from_slice(&iv);
-        let trailer_at = HEADER_LEN + inner_len;
         for (i, b) in buf[trailer_at..trailer_at + pad].iter_mut().enumerate() {
             *b = i as u8 + 1;
         }
         buf[ct_end - 2] = pad as u8;
         buf[ct_end - 1] = nh;
-        let (aad, aad_len) = c.aad(seq);
-        c.cipher
-            .seal_in_place(&c.nonce(iv), &aad[..aad_len], &mut buf[HEADER_LEN..total])
-            .map_err(|_| c.drop(DropReason::TooBig))?;
+        c.protect(&mut buf[..total], seq, &self.iv).map_err(|r| c.drop(r))?;
         c.carried(inner_len);
         Ok(total)
     }
@@ -452,7 +594,8 @@ impl fmt::Debug for InboundSa {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("InboundSa")
             .field("spi", &format_args!("{:#010x}", self.common.spi))
-            .field("cipher", &self.common.cipher)
+            .field("transform", &self.common.transform)
+            .field("protection", &self.common.prot)
             .field("esn", &self.common.esn)
             .finish_non_exhaustive()
     }
@@ -478,6 +621,18 @@ impl InboundSa {
         self.common.spi
     }
 
+    /// The algorithms.
+    pub fn transform(&self) -> Transform {
+        self.common.transform
+    }
+
+    /// Bytes of SPI, sequence number and IV: where
+    /// [`decapsulate_in_place`](Self::decapsulate_in_place) leaves the inner packet.
+    #[inline]
+    pub fn header_len(&self) -> usize {
+        self.common.header_len
+    }
+
     /// Whether extended sequence numbers are on.
     pub fn esn(&self) -> bool {
         self.common.esn
@@ -499,34 +654,39 @@ impl InboundSa {
         now: Instant,
     ) -> Result<Decapsulated, DropReason> {
         let c = &self.common;
-        let (seq, iv, ct_len) = self.precheck(esp, now)?;
-        let Some(dst) = out.get_mut(..ct_len + ICV_LEN) else {
+        let (seq, ct_len) = self.precheck(esp, now)?;
+        let Some(dst) = out.get_mut(..ct_len + c.icv_len) else {
             return Err(c.drop(DropReason::TooBig));
         };
-        dst.copy_from_slice(&esp[HEADER_LEN..]);
-        self.open(seq, iv, dst, now, 0)
+        let (head, body) = esp.split_at(c.header_len);
+        dst.copy_from_slice(body);
+        self.open(seq, head, dst, now, 0)
     }
 
     /// Like [`decapsulate`](Self::decapsulate), in place: the inner packet ends up at
-    /// `esp[HEADER_LEN..HEADER_LEN + len]` (see [`Decapsulated::offset`]). Saves the copy.
+    /// `esp[h..h + len]` where `h` is [`header_len`](Self::header_len) (see
+    /// [`Decapsulated::offset`]). Saves the copy.
     #[inline]
     pub fn decapsulate_in_place(
         &self,
         esp: &mut [u8],
         now: Instant,
     ) -> Result<Decapsulated, DropReason> {
-        let (seq, iv, _) = self.precheck(esp, now)?;
-        self.open(seq, iv, &mut esp[HEADER_LEN..], now, HEADER_LEN)
+        let (seq, _) = self.precheck(esp, now)?;
+        let hl = self.common.header_len;
+        let (head, body) = esp.split_at_mut(hl);
+        self.open(seq, head, body, now, hl)
     }
 
-    /// Length, SPI, expiry and replay checks before spending time on the AEAD. Returns the
-    /// (inferred) sequence number, the explicit IV and the ciphertext length.
+    /// Length, SPI, expiry and replay checks before spending time on the cipher. Returns the
+    /// (inferred) sequence number and the ciphertext length.
     #[inline]
-    fn precheck(&self, esp: &[u8], now: Instant) -> Result<(u64, [u8; IV_LEN], usize), DropReason> {
+    fn precheck(&self, esp: &[u8], now: Instant) -> Result<(u64, usize), DropReason> {
         let c = &self.common;
-        // At least header, IV, trailer and ICV; the ciphertext is 4-byte aligned (RFC 4303 §2.4).
-        let ct_len = esp.len().checked_sub(HEADER_LEN + ICV_LEN);
-        let ct_len = ct_len.filter(|&l| l >= TRAILER_LEN && l % 4 == 0);
+        // At least header, IV, trailer and ICV; the ciphertext fills whole blocks, or 4-byte
+        // units for an AEAD (RFC 4303 §2.4).
+        let ct_len = esp.len().checked_sub(c.header_len + c.icv_len);
+        let ct_len = ct_len.filter(|&l| l >= TRAILER_LEN && l % c.align == 0);
         let Some(ct_len) = ct_len else { return Err(c.drop(DropReason::Malformed)) };
         if peek_spi(esp) != Some(c.spi) {
             return Err(c.drop(DropReason::UnknownSpi));
@@ -546,35 +706,30 @@ impl InboundSa {
         if seq <= top || seq == 0 {
             self.lock_window().check(seq).map_err(|r| c.drop(r))?;
         }
-        let mut iv = [0; IV_LEN];
-        iv.copy_from_slice(&esp[ESP_HEADER_LEN..HEADER_LEN]);
-        Ok((seq, iv, ct_len))
+        Ok((seq, ct_len))
     }
 
-    /// Verifies and decrypts `buf` (ciphertext followed by the ICV), then updates the window,
-    /// checks the trailer and the inner packet. `offset` is reported back as where the inner
-    /// packet starts in the caller's buffer.
+    /// Verifies and decrypts `buf` (ciphertext followed by the ICV; `head` is SPI, sequence
+    /// number and IV), then updates the window, checks the trailer and the inner packet.
+    /// `offset` is reported back as where the inner packet starts in the caller's buffer.
     #[inline]
     fn open(
         &self,
         seq: u64,
-        iv: [u8; IV_LEN],
+        head: &[u8],
         buf: &mut [u8],
         now: Instant,
         offset: usize,
     ) -> Result<Decapsulated, DropReason> {
         let c = &self.common;
-        let (aad, aad_len) = c.aad(seq);
-        c.cipher
-            .open_in_place(&c.nonce(iv), &aad[..aad_len], buf)
-            .map_err(|_| c.drop(DropReason::IcvFailure))?;
+        c.unprotect(head, buf, seq).map_err(|r| c.drop(r))?;
         // Only an authenticated packet moves the window (RFC 4303 §3.4.3).
         {
             let mut w = self.lock_window();
             w.accept(seq).map_err(|r| c.drop(r))?;
             self.top.store(w.top(), Ordering::Release);
         }
-        let ct_len = buf.len() - ICV_LEN;
+        let ct_len = buf.len() - c.icv_len;
         let pad = usize::from(buf[ct_len - 2]);
         let nh = buf[ct_len - 1];
         let Some(len) = ct_len.checked_sub(TRAILER_LEN + pad) else {
@@ -645,16 +800,19 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
-    fn key_for(aead: Aead) -> Vec<u8> {
-        (0..aead.key_material_len() as u8).map(|i| i.wrapping_mul(37).wrapping_add(11)).collect()
+    use crate::{Aead, CbcCipher, ICV_LEN, Integ};
+
+    fn key_for(t: Transform) -> Vec<u8> {
+        (0..t.key_material_len() as u8).map(|i| i.wrapping_mul(37).wrapping_add(11)).collect()
     }
 
-    fn cfg(aead: Aead, backend: Backend, esn: bool, window: u32) -> SaConfig {
+    fn cfg(t: impl Into<Transform>, backend: Backend, esn: bool, window: u32) -> SaConfig {
+        let transform = t.into();
         SaConfig {
             spi: 0x1234_5678,
-            aead,
+            transform,
             backend,
-            key: key_for(aead),
+            key: key_for(transform),
             esn,
             replay_window: window,
             lifetime: Lifetime::default(),
@@ -678,38 +836,93 @@ mod tests {
         p
     }
 
-    /// Builds an ESP packet by hand from the RFCs, independently of `OutboundSa`:
-    /// SPI, seq, IV, then AES-GCM over `plaintext` (payload, padding and trailer).
-    fn craft(c: &SaConfig, seq: u64, iv: [u8; 8], plaintext: &[u8]) -> Vec<u8> {
-        let cipher = Cipher::new(c.aead, c.backend, &c.key[..c.aead.aes_key_len()]).unwrap();
-        let mut nonce = [0u8; 12];
-        nonce[..4].copy_from_slice(&c.key[c.aead.aes_key_len()..]);
-        nonce[4..].copy_from_slice(&iv);
-        let mut aad = c.spi.to_be_bytes().to_vec();
-        if c.esn {
-            aad.extend(((seq >> 32) as u32).to_be_bytes());
-        }
-        aad.extend((seq as u32).to_be_bytes());
+    /// Builds an ESP packet by hand from the RFCs, independently of `OutboundSa`: SPI, seq,
+    /// IV, then the AEAD over `plaintext` (payload, padding and trailer, RFC 4106 §5), or CBC
+    /// and an HMAC from the `hmac` crate over SPI, seq, IV, ciphertext and, with ESN, the high
+    /// half of seq (RFC 4303 §3.3.2.2.1). `iv` is as long as the transform's.
+    fn craft(c: &SaConfig, seq: u64, iv: &[u8], plaintext: &[u8]) -> Vec<u8> {
         let mut pkt = c.spi.to_be_bytes().to_vec();
         pkt.extend((seq as u32).to_be_bytes());
         pkt.extend(iv);
         let mut body = plaintext.to_vec();
-        body.extend([0; ICV_LEN]);
-        cipher.seal_in_place(&nonce, &aad, &mut body).unwrap();
-        pkt.extend(body);
+        match c.transform {
+            Transform::Aead(aead) => {
+                let cipher = Cipher::new(aead, c.backend, &c.key[..aead.key_len()]).unwrap();
+                let mut nonce = [0u8; 12];
+                nonce[..4].copy_from_slice(&c.key[aead.key_len()..]);
+                nonce[4..].copy_from_slice(iv);
+                let mut aad = c.spi.to_be_bytes().to_vec();
+                if c.esn {
+                    aad.extend(((seq >> 32) as u32).to_be_bytes());
+                }
+                aad.extend((seq as u32).to_be_bytes());
+                body.extend([0; ICV_LEN]);
+                cipher.seal_in_place(&nonce, &aad, &mut body).unwrap();
+                pkt.extend(body);
+            }
+            Transform::Cbc(cipher, integ) => {
+                let (ek, ak) = c.key.split_at(cipher.key_len());
+                CbcKey::new(cipher, ek).unwrap().encrypt(iv, &mut body).unwrap();
+                pkt.extend(body);
+                let mut mac_input = pkt.clone();
+                if c.esn {
+                    mac_input.extend(((seq >> 32) as u32).to_be_bytes());
+                }
+                let tag = hmac_of(integ, ak, &mac_input);
+                pkt.extend(&tag[..integ.icv_len()]);
+            }
+        }
         pkt
     }
 
+    /// HMAC from RustCrypto's `hmac`, not ring's (which the engine uses).
+    fn hmac_of(integ: Integ, key: &[u8], data: &[u8]) -> Vec<u8> {
+        use hmac::{Mac, SimpleHmac};
+        fn run<D: hmac::digest::Digest + hmac::digest::core_api::BlockSizeUser>(
+            key: &[u8],
+            data: &[u8],
+        ) -> Vec<u8> {
+            let mut m = SimpleHmac::<D>::new_from_slice(key).unwrap();
+            m.update(data);
+            m.finalize().into_bytes().to_vec()
+        }
+        match integ {
+            Integ::HmacSha1_96 => run::<sha1::Sha1>(key, data),
+            Integ::HmacSha256_128 => run::<sha2::Sha256>(key, data),
+            Integ::HmacSha384_192 => run::<sha2::Sha384>(key, data),
+            Integ::HmacSha512_256 => run::<sha2::Sha512>(key, data),
+        }
+    }
+
+    /// Every transform, with a CBC cipher of each size against each HMAC once.
+    const TRANSFORMS: [Transform; 7] = [
+        Transform::Aead(Aead::Aes128Gcm16),
+        Transform::Aead(Aead::Aes256Gcm16),
+        Transform::Aead(Aead::ChaCha20Poly1305),
+        Transform::Cbc(CbcCipher::Aes128, Integ::HmacSha256_128),
+        Transform::Cbc(CbcCipher::Aes192, Integ::HmacSha384_192),
+        Transform::Cbc(CbcCipher::Aes256, Integ::HmacSha512_256),
+        Transform::Cbc(CbcCipher::TripleDes, Integ::HmacSha1_96),
+    ];
+
     fn all_configs() -> Vec<SaConfig> {
         let mut v = Vec::new();
-        for aead in [Aead::Aes128Gcm16, Aead::Aes256Gcm16] {
+        for t in TRANSFORMS {
             for backend in Backend::ALL {
                 for esn in [false, true] {
-                    v.push(cfg(aead, backend, esn, 64));
+                    v.push(cfg(t, backend, esn, 64));
                 }
             }
         }
         v
+    }
+
+    /// Payload, default padding (RFC 4303 §2.4) and trailer for `inner` under `t`.
+    fn padded(t: Transform, inner: &[u8], nh: u8) -> Vec<u8> {
+        let pad = pad_len(inner.len(), t.align());
+        let mut p = inner.to_vec();
+        p.extend((1..=pad as u8).chain([pad as u8, nh]));
+        p
     }
 
     #[test]
@@ -717,17 +930,30 @@ mod tests {
         let now = Instant::now();
         for c in all_configs() {
             let (out_sa, in_sa) = pair(c.clone(), now);
+            let t = c.transform;
             let inner = ip_packet(4, 21, 0);
             let mut out = [0u8; 128];
             let n = out_sa.encapsulate(&inner, &mut out, now).unwrap();
-            // 21 bytes, one padding byte (1), pad length 1, next header 4: 24 bytes.
-            let mut plain = inner.clone();
-            plain.extend([1, 1, NH_IPV4]);
-            let expected = craft(&c, 1, 1u64.to_be_bytes(), &plain);
+            // 21 bytes, then padding to 4 bytes (GCM, ChaCha20: one byte), 8 (3DES) or 16 (AES),
+            // pad length and next header 4.
+            let plain = padded(t, &inner, NH_IPV4);
+            assert_eq!(plain.len() % t.align(), 0);
+            // An AEAD's IV is the sequence number (RFC 4106 §3.1); a CBC one's is not.
+            let hl = t.header_len();
+            let iv = match t {
+                Transform::Aead(_) => 1u64.to_be_bytes().to_vec(),
+                Transform::Cbc(..) => {
+                    assert_ne!(&out[8..16], &1u64.to_be_bytes(), "{c:?}");
+                    out[8..hl].to_vec()
+                }
+            };
+            let expected = craft(&c, 1, &iv, &plain);
             assert_eq!(hex::encode(&out[..n]), hex::encode(&expected), "{c:?}");
             assert_eq!(n, inner.len() + out_sa.overhead(inner.len()));
             // And a hand-built packet with a peer's arbitrary IV decapsulates.
-            let peer = craft(&c, 1, *b"\x9a\x11\x00\x42\xde\xad\xbe\xef", &plain);
+            let peer_iv: Vec<u8> =
+                (0..t.iv_len() as u8).map(|i| 0x9a ^ i.wrapping_mul(29)).collect();
+            let peer = craft(&c, 1, &peer_iv, &plain);
             let mut back = [0u8; 128];
             let d = in_sa.decapsulate(&peer, &mut back, now).unwrap();
             assert_eq!(d, Decapsulated { offset: 0, len: 21, next_header: NH_IPV4, seq: 1 });
@@ -738,7 +964,7 @@ mod tests {
     #[test]
     fn both_backends_interoperate_and_ipv6_uses_next_header_41() {
         let now = Instant::now();
-        for aead in [Aead::Aes128Gcm16, Aead::Aes256Gcm16] {
+        for aead in [Aead::Aes128Gcm16, Aead::Aes256Gcm16, Aead::ChaCha20Poly1305] {
             let tx = OutboundSa::new(cfg(aead, Backend::Ring, true, 64), now).unwrap();
             let rx = InboundSa::new(cfg(aead, Backend::RustCrypto, true, 64), now).unwrap();
             let inner = ip_packet(6, 100, 3);
@@ -754,19 +980,78 @@ mod tests {
     #[test]
     fn in_place_variants_match_the_copying_ones() {
         let now = Instant::now();
-        let c = cfg(Aead::Aes256Gcm16, Backend::Ring, false, 64);
-        let (a, _) = pair(c.clone(), now);
-        let (b, rx) = pair(c, now);
-        let inner = ip_packet(4, 1400, 9);
-        let mut copy = vec![0u8; 1500];
-        let n = a.encapsulate(&inner, &mut copy, now).unwrap();
-        let mut buf = vec![0u8; 1500];
-        buf[HEADER_LEN..HEADER_LEN + 1400].copy_from_slice(&inner);
-        let m = b.encapsulate_in_place(&mut buf, 1400, now).unwrap();
-        assert_eq!(&copy[..n], &buf[..m]);
-        let d = rx.decapsulate_in_place(&mut buf[..m], now).unwrap();
-        assert_eq!(d.offset, HEADER_LEN);
-        assert_eq!(&buf[d.offset..d.offset + d.len], &inner[..]);
+        for t in TRANSFORMS {
+            let c = cfg(t, Backend::Ring, false, 64);
+            let (a, rx_a) = pair(c.clone(), now);
+            let (b, rx) = pair(c, now);
+            let inner = ip_packet(4, 1400, 9);
+            let mut copy = vec![0u8; 1500];
+            let n = a.encapsulate(&inner, &mut copy, now).unwrap();
+            let mut buf = vec![0u8; 1400 + max_overhead()];
+            let hl = b.header_len();
+            assert!(hl <= HEADER_LEN);
+            buf[hl..hl + 1400].copy_from_slice(&inner);
+            let m = b.encapsulate_in_place(&mut buf, 1400, now).unwrap();
+            assert_eq!(m, n);
+            if let Transform::Aead(_) = t {
+                assert_eq!(&copy[..n], &buf[..m]);
+            }
+            let d = rx.decapsulate_in_place(&mut buf[..m], now).unwrap();
+            assert_eq!(d.offset, hl);
+            assert_eq!(&buf[d.offset..d.offset + d.len], &inner[..]);
+            let d = rx_a.decapsulate_in_place(&mut copy[..n], now).unwrap();
+            assert_eq!(&copy[d.offset..d.offset + d.len], &inner[..], "{t}");
+        }
+    }
+
+    /// RFC 3602 §4 cases 5 and 6: ESP packets (transport mode, ICMP inside, no ICV) whose
+    /// ciphertext the CBC layer must turn back into payload, default padding and trailer.
+    #[test]
+    fn rfc3602_esp_cases_5_and_6_decrypt() {
+        let key = hex::decode("90d382b410eeba7ad938c46cec1a82bf").unwrap();
+        let cases = [
+            (
+                "0000432100000001e96e8c08ab465763fd098d45dd3ff893f663c25d325c18c6a9453e194e120849a4870b66cc6b9965330013b4898dc856a4699e523a55db080b59ec3a8e4b7e52775b07d1db34ed9c538ab50c551b874aa269add047ad2d5913ac19b7cfbad4a6",
+                "08000ebda70a00008e9c083db95b070008090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f202122232425262728292a2b2c2d2e2f3031323334353637",
+            ),
+            (
+                "000043210000000869d08df7d203329db093fc4924e5bd80f51995881ec4e0c4488987ce742e8109689bb379d2d750c0d915dca346a89f75",
+                "0800b5e8a80a0500a69c083d0b660e00777777777777777777777777",
+            ),
+        ];
+        let t = Transform::Cbc(CbcCipher::Aes128, Integ::HmacSha256_128);
+        let k = CbcKey::new(CbcCipher::Aes128, &key).unwrap();
+        for (msg, payload) in cases {
+            let msg = hex::decode(msg).unwrap();
+            let (head, ct) = msg.split_at(t.header_len());
+            let mut plain = ct.to_vec();
+            k.decrypt(&head[8..], &mut plain).unwrap();
+            // Next header 1: ICMP in transport mode.
+            let expected = padded(t, &hex::decode(payload).unwrap(), 1);
+            assert_eq!(hex::encode(&plain), hex::encode(&expected));
+            // And back.
+            k.encrypt(&head[8..], &mut plain).unwrap();
+            assert_eq!(plain, ct);
+        }
+    }
+
+    #[test]
+    fn cbc_ivs_are_fresh_per_packet_and_per_sa() {
+        let now = Instant::now();
+        let c =
+            cfg(Transform::Cbc(CbcCipher::Aes256, Integ::HmacSha256_128), Backend::Ring, false, 64);
+        let (a, b) = (OutboundSa::new(c.clone(), now).unwrap(), OutboundSa::new(c, now).unwrap());
+        let inner = ip_packet(4, 40, 0);
+        let mut ivs = std::collections::HashSet::new();
+        for _ in 0..100 {
+            for sa in [&a, &b] {
+                let mut w = [0u8; 128];
+                sa.encapsulate(&inner, &mut w, now).unwrap();
+                assert!(ivs.insert(w[8..24].to_vec()), "IV repeated");
+            }
+        }
+        // Two SAs with the same key and sequence numbers still send different IVs.
+        assert_eq!(ivs.len(), 200);
     }
 
     #[test]
@@ -788,9 +1073,14 @@ mod tests {
             let mut bad = pkt.clone();
             bad[3] ^= 1;
             assert_eq!(rx.decapsulate(&bad, &mut out, now), Err(DropReason::UnknownSpi));
-            // Truncated: not 4-byte aligned, cut by a word, and shorter than any packet.
+            // Truncated: not aligned, cut by a block (a word for an AEAD), and shorter than any
+            // packet.
+            let align = c.transform.align();
             assert_eq!(rx.decapsulate(&pkt[..n - 1], &mut out, now), Err(DropReason::Malformed));
-            assert_eq!(rx.decapsulate(&pkt[..n - 4], &mut out, now), Err(DropReason::IcvFailure));
+            assert_eq!(
+                rx.decapsulate(&pkt[..n - align], &mut out, now),
+                Err(DropReason::IcvFailure)
+            );
             assert_eq!(rx.decapsulate(&pkt[..20], &mut out, now), Err(DropReason::Malformed));
             assert_eq!(rx.decapsulate(&[], &mut out, now), Err(DropReason::Malformed));
             // No room for the result.
@@ -821,7 +1111,7 @@ mod tests {
         forged_cfg.key[0] ^= 1;
         let mut plain = ip_packet(4, 20, 0);
         plain.extend([1, 2, 2, NH_IPV4]);
-        let forged = craft(&forged_cfg, 1_000_000, [0; 8], &plain);
+        let forged = craft(&forged_cfg, 1_000_000, &[0; 8], &plain);
         let mut out = [0u8; 256];
         assert_eq!(rx.decapsulate(&forged, &mut out, now), Err(DropReason::IcvFailure));
         assert_eq!(rx.highest_seq(), 0);
@@ -852,20 +1142,20 @@ mod tests {
         let mut bad = inner.clone();
         bad.extend([7, 9, 2, NH_IPV4]);
         assert_eq!(
-            rx.decapsulate(&craft(&c, 1, [1; 8], &bad), &mut out, now),
+            rx.decapsulate(&craft(&c, 1, &[1; 8], &bad), &mut out, now),
             Err(DropReason::BadPadding)
         );
         // Pad length longer than what was sent.
         let mut long = ip_packet(4, 20, 0)[..2].to_vec();
         long.extend([200, NH_IPV4]);
         assert_eq!(
-            rx.decapsulate(&craft(&c, 2, [2; 8], &long), &mut out, now),
+            rx.decapsulate(&craft(&c, 2, &[2; 8], &long), &mut out, now),
             Err(DropReason::BadPadding)
         );
         // Good padding passes; a larger-than-needed padding (TFC style, RFC 4303 §2.4) too.
         let mut good = inner.clone();
         good.extend([1, 2, 3, 4, 5, 6, 6, NH_IPV4]);
-        let d = rx.decapsulate(&craft(&c, 3, [3; 8], &good), &mut out, now).unwrap();
+        let d = rx.decapsulate(&craft(&c, 3, &[3; 8], &good), &mut out, now).unwrap();
         assert_eq!(d.len, 20);
         assert_eq!(rx.counters().drops.get(DropReason::BadPadding), 2);
     }
@@ -886,13 +1176,13 @@ mod tests {
         let mut v6_as_v4 = ip_packet(6, 40, 0);
         v6_as_v4.extend([1, 2, 2, NH_IPV4]);
         assert_eq!(
-            rx.decapsulate(&craft(&c, 1, [0; 8], &v6_as_v4), &mut out, now),
+            rx.decapsulate(&craft(&c, 1, &[0; 8], &v6_as_v4), &mut out, now),
             Err(DropReason::Malformed)
         );
         let mut udp = ip_packet(4, 20, 0);
         udp.extend([1, 2, 2, 17]);
         assert_eq!(
-            rx.decapsulate(&craft(&c, 2, [0; 8], &udp), &mut out, now),
+            rx.decapsulate(&craft(&c, 2, &[0; 8], &udp), &mut out, now),
             Err(DropReason::Malformed)
         );
     }
@@ -1051,7 +1341,7 @@ mod tests {
         let e = OutboundSa::new(c.clone(), now).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "ESP key for aes256gcm16 must be 36 bytes (AES key and 4-byte salt, RFC 4106 §8.1), got 35"
+            "ESP key material for aes256gcm16 must be 36 bytes (encryption key, the 4-byte salt of an AEAD, the integrity key of CBC; RFC 7296 §2.17), got 35"
         );
         c.key.push(0);
         c.spi = 255;
@@ -1087,8 +1377,8 @@ mod tests {
         use super::*;
         use proptest::prelude::*;
 
-        fn aead() -> impl Strategy<Value = Aead> {
-            prop_oneof![Just(Aead::Aes128Gcm16), Just(Aead::Aes256Gcm16)]
+        fn transform() -> impl Strategy<Value = Transform> {
+            proptest::sample::select(TRANSFORMS.to_vec())
         }
         fn backend() -> impl Strategy<Value = Backend> {
             prop_oneof![Just(Backend::Ring), Just(Backend::RustCrypto)]
@@ -1102,14 +1392,14 @@ mod tests {
                 v6 in any::<bool>(),
                 len in 40usize..9100,
                 fill in any::<u8>(),
-                aead in aead(),
+                t in transform(),
                 tx_backend in backend(),
                 rx_backend in backend(),
                 esn in any::<bool>(),
                 start in prop_oneof![Just(1u64), 1u64..u64::from(u32::MAX), (1u64 << 32) - 8..(1 << 32) + 8],
             ) {
                 let now = Instant::now();
-                let mut c = cfg(aead, tx_backend, esn, 128);
+                let mut c = cfg(t, tx_backend, esn, 128);
                 let start = if esn { start } else { start.min(u64::from(u32::MAX)) };
                 let tx = OutboundSa::new(c.clone(), now).unwrap();
                 tx.next_seq.store(start, Ordering::Relaxed);
@@ -1125,7 +1415,7 @@ mod tests {
                 let mut wire = vec![0u8; len + max_overhead()];
                 let n = tx.encapsulate(&inner, &mut wire, now).unwrap();
                 prop_assert_eq!(n, len + tx.overhead(len));
-                prop_assert_eq!(n % 4, 0);
+                prop_assert_eq!((n - t.header_len() - t.icv_len()) % t.align(), 0);
                 prop_assert!(n - len <= max_overhead());
                 let mut out = vec![0u8; n];
                 let d = rx.decapsulate(&wire[..n], &mut out, now).unwrap();
@@ -1137,9 +1427,13 @@ mod tests {
             }
 
             #[test]
-            fn any_single_bit_flip_is_refused(at in any::<proptest::sample::Index>(), bit in 0u8..8) {
+            fn any_single_bit_flip_is_refused(
+                at in any::<proptest::sample::Index>(),
+                bit in 0u8..8,
+                t in transform(),
+            ) {
                 let now = Instant::now();
-                let (tx, rx) = pair(cfg(Aead::Aes128Gcm16, Backend::Ring, true, 64), now);
+                let (tx, rx) = pair(cfg(t, Backend::Ring, true, 64), now);
                 let inner = ip_packet(4, 100, 0);
                 let mut wire = [0u8; 256];
                 let n = tx.encapsulate(&inner, &mut wire, now).unwrap();
@@ -1152,9 +1446,12 @@ mod tests {
             }
 
             #[test]
-            fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            fn arbitrary_bytes_never_panic(
+                bytes in proptest::collection::vec(any::<u8>(), 0..200),
+                t in transform(),
+            ) {
                 let now = Instant::now();
-                let rx = InboundSa::new(cfg(Aead::Aes128Gcm16, Backend::Ring, true, 64), now).unwrap();
+                let rx = InboundSa::new(cfg(t, Backend::Ring, true, 64), now).unwrap();
                 let mut out = [0u8; 256];
                 let mut b = bytes.clone();
                 if b.len() >= 4 {

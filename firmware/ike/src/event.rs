@@ -50,6 +50,12 @@ impl ChildKeys {
         ChildKeys { spi, material, enc_len, salt_len }
     }
 
+    /// All of this direction's key material as KEYMAT lays it out (RFC 7296 §2.17): the
+    /// encryption key, the salt of an AEAD cipher, the integrity key of a CBC cipher.
+    pub fn material(&self) -> &[u8] {
+        &self.material
+    }
+
     /// The encryption key followed by the salt of an AEAD cipher.
     pub fn key_and_salt(&self) -> &[u8] {
         &self.material[..self.enc_len]

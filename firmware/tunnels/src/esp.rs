@@ -31,9 +31,9 @@ use std::time::Instant;
 use isthmus_dataplane::{
     Encap, InboundBinding, OutboundBinding, Selector, SpdAction, SpdEntry, SpdTable,
 };
-use isthmus_esp::{Aead, Backend, InboundSa, OutboundSa, SaConfig};
+use isthmus_esp::{Aead, Backend, CbcCipher, InboundSa, OutboundSa, SaConfig, Transform};
 use isthmus_ike::event::ChildKeys;
-use isthmus_ike::{DownReason, Encr, TrafficSelector, TunnelConfig};
+use isthmus_ike::{DownReason, Encr, EspSuite, Integ, TrafficSelector, TunnelConfig};
 
 use crate::dataplane::{ChildInstall, Dataplane, DataplaneError, DataplaneEvent};
 use crate::driver::DataplaneSender;
@@ -141,22 +141,13 @@ impl EspDataplane {
         Ok(self.dp.publish_spd(SpdTable::new(self.generation, entries))?)
     }
 
-    fn sa_config(
-        &self,
-        keys: &ChildKeys,
-        encr: Encr,
-        esn: bool,
-    ) -> Result<SaConfig, DataplaneError> {
+    fn sa_config(&self, keys: &ChildKeys, esp: &EspSuite) -> Result<SaConfig, DataplaneError> {
         Ok(SaConfig {
             spi: keys.spi,
-            aead: match encr {
-                Encr::Aes128Gcm16 => Aead::Aes128Gcm16,
-                Encr::Aes256Gcm16 => Aead::Aes256Gcm16,
-                other => return Err(DataplaneError::UnsupportedSuite(other.name().to_owned())),
-            },
+            transform: transform(esp)?,
             backend: self.options.backend,
-            key: keys.key_and_salt().to_vec(),
-            esn,
+            key: keys.material().to_vec(),
+            esn: esp.esn,
             replay_window: self.options.replay_window,
             // Time-based rekeys and expiry are the IKE layer's timers.
             lifetime: isthmus_esp::Lifetime {
@@ -169,6 +160,34 @@ impl EspDataplane {
             },
         })
     }
+}
+
+/// The ESP engine's transform for a negotiated suite: the IKE crate's algorithm names mapped to
+/// what the fast path implements.
+fn transform(esp: &EspSuite) -> Result<Transform, DataplaneError> {
+    let cbc = match esp.encr {
+        Encr::Aes128Gcm16 => return Ok(Aead::Aes128Gcm16.into()),
+        Encr::Aes256Gcm16 => return Ok(Aead::Aes256Gcm16.into()),
+        Encr::ChaCha20Poly1305 => return Ok(Aead::ChaCha20Poly1305.into()),
+        Encr::Aes128Cbc => CbcCipher::Aes128,
+        Encr::Aes192Cbc => CbcCipher::Aes192,
+        Encr::Aes256Cbc => CbcCipher::Aes256,
+        Encr::TripleDesCbc => CbcCipher::TripleDes,
+    };
+    let integ = match esp.integ {
+        Some(Integ::HmacSha1_96) => isthmus_esp::Integ::HmacSha1_96,
+        Some(Integ::HmacSha256_128) => isthmus_esp::Integ::HmacSha256_128,
+        Some(Integ::HmacSha384_192) => isthmus_esp::Integ::HmacSha384_192,
+        Some(Integ::HmacSha512_256) => isthmus_esp::Integ::HmacSha512_256,
+        // IKE never chooses CBC without integrity (RFC 7296 §3.3.3); refuse rather than guess.
+        None => {
+            return Err(DataplaneError::UnsupportedSuite(format!(
+                "{} without integrity",
+                esp.encr.name()
+            )));
+        }
+    };
+    Ok(Transform::Cbc(cbc, integ))
 }
 
 /// The SPD selectors of every local × remote traffic selector pair (RFC 4301 §4.4.1.1): each
@@ -235,8 +254,8 @@ impl Dataplane for EspDataplane {
 
     fn install_child(&mut self, sa: &ChildInstall<'_>) -> Result<(), DataplaneError> {
         let now = Instant::now();
-        let inbound = InboundSa::new(self.sa_config(sa.inbound, sa.esp.encr, sa.esp.esn)?, now)?;
-        let outbound = OutboundSa::new(self.sa_config(sa.outbound, sa.esp.encr, sa.esp.esn)?, now)?;
+        let inbound = InboundSa::new(self.sa_config(sa.inbound, sa.esp)?, now)?;
+        let outbound = OutboundSa::new(self.sa_config(sa.outbound, sa.esp)?, now)?;
         let binding = InboundBinding {
             tunnel: sa.tunnel.to_owned(),
             child: sa.child.to_owned(),
@@ -247,8 +266,7 @@ impl Dataplane for EspDataplane {
                 Ok(()) => Ok(()),
                 // The old SA may be gone already (peer deleted it first): a plain add then.
                 Err(_) => {
-                    let inbound =
-                        InboundSa::new(self.sa_config(sa.inbound, sa.esp.encr, sa.esp.esn)?, now)?;
+                    let inbound = InboundSa::new(self.sa_config(sa.inbound, sa.esp)?, now)?;
                     self.dp.add_inbound(binding, inbound)
                 }
             },

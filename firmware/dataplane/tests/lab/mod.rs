@@ -80,7 +80,7 @@ pub fn key(byte: u8) -> Vec<u8> {
 pub fn sa_config(spi: u32, key_byte: u8) -> SaConfig {
     SaConfig {
         spi,
-        aead: Aead::Aes128Gcm16,
+        transform: Aead::Aes128Gcm16.into(),
         backend: Backend::Ring,
         key: key(key_byte),
         esn: true,
