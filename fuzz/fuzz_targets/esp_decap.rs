@@ -1,32 +1,46 @@
 //! Inbound ESP decapsulation on untrusted bytes must never panic, and must only ever return a
 //! packet that the sender sealed.
 //!
-//! The first byte picks the mode and SA options:
-//! - raw mode: the rest goes straight to `decapsulate` and `decapsulate_in_place` (length, SPI,
-//!   replay and ICV checks);
-//! - sealed mode: the rest is a sequence number and a plaintext (payload, padding and trailer,
-//!   any bytes) sealed with the SA's own key, so the fuzzer reaches what lies behind the ICV:
-//!   padding, next header and inner-packet checks, the replay window and ESN inference.
+//! The first byte picks the mode and SA options, the second the transform (AES-GCM,
+//! ChaCha20-Poly1305, AES-CBC or 3DES-CBC with each HMAC):
+//! - raw mode: the rest goes straight to `decapsulate` and `decapsulate_in_place` (length,
+//!   alignment, SPI, replay and ICV checks), for every transform;
+//! - sealed mode (the AEADs): the rest is a sequence number and a plaintext (payload, padding
+//!   and trailer, any bytes) sealed with the SA's own key, so the fuzzer reaches what lies behind
+//!   the ICV: padding, next header and inner-packet checks, the replay window and ESN inference.
 #![no_main]
 
 use std::sync::OnceLock;
 use std::time::Instant;
 
-use isthmus_esp::{Aead, AeadBackend, Backend, Cipher, InboundSa, Lifetime, SaConfig};
+use isthmus_esp::{
+    Aead, AeadBackend, Backend, CbcCipher, Cipher, InboundSa, Integ, Lifetime, SaConfig, Transform,
+};
 use libfuzzer_sys::fuzz_target;
 
 const SPI: u32 = 0x0000_1234;
 
-fn key() -> Vec<u8> {
-    (0..20u8).collect()
+const TRANSFORMS: [Transform; 8] = [
+    Transform::Aead(Aead::Aes128Gcm16),
+    Transform::Aead(Aead::Aes256Gcm16),
+    Transform::Aead(Aead::ChaCha20Poly1305),
+    Transform::Cbc(CbcCipher::Aes128, Integ::HmacSha256_128),
+    Transform::Cbc(CbcCipher::Aes192, Integ::HmacSha384_192),
+    Transform::Cbc(CbcCipher::Aes256, Integ::HmacSha512_256),
+    Transform::Cbc(CbcCipher::Aes256, Integ::HmacSha1_96),
+    Transform::Cbc(CbcCipher::TripleDes, Integ::HmacSha1_96),
+];
+
+fn key(t: Transform) -> Vec<u8> {
+    (0..t.key_material_len() as u8).collect()
 }
 
-fn config(esn: bool, backend: Backend, window: u32) -> SaConfig {
+fn config(t: Transform, esn: bool, backend: Backend, window: u32) -> SaConfig {
     SaConfig {
         spi: SPI,
-        aead: Aead::Aes128Gcm16,
+        transform: t,
         backend,
-        key: key(),
+        key: key(t),
         esn,
         replay_window: window,
         lifetime: Lifetime::default(),
@@ -39,13 +53,20 @@ fn epoch() -> Instant {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&sel, rest)) = data.split_first() else { return };
+    let [sel, which, rest @ ..] = data else { return };
+    let (sel, t) = (*sel, TRANSFORMS[usize::from(*which) % TRANSFORMS.len()]);
     let esn = sel & 1 != 0;
     let backend = if sel & 2 != 0 { Backend::RustCrypto } else { Backend::Ring };
     let window = [0, 32, 64, 4096][usize::from(sel >> 2 & 3)];
     let now = epoch();
-    let sa = InboundSa::new(config(esn, backend, window), now).expect("valid config");
+    let sa = InboundSa::new(config(t, esn, backend, window), now).expect("valid config");
     let mut out = vec![0u8; 2048];
+    let Transform::Aead(aead) = t else {
+        let _ = sa.decapsulate(rest, &mut out, now);
+        let mut copy = rest.to_vec();
+        let _ = sa.decapsulate_in_place(&mut copy, now);
+        return;
+    };
     if sel & 0x10 == 0 {
         // Raw mode.
         let _ = sa.decapsulate(rest, &mut out, now);
@@ -56,7 +77,8 @@ fuzz_target!(|data: &[u8]| {
     // Sealed mode: [seq: 8][iv: 8][plaintext...], possibly several packets split by length
     // bytes so the window sees sequences.
     let mut input = rest;
-    let cipher = Cipher::new(Aead::Aes128Gcm16, backend, &key()[..16]).expect("key");
+    let k = key(t);
+    let cipher = Cipher::new(aead, backend, &k[..aead.key_len()]).expect("key");
     while input.len() >= 17 {
         let seq = u64::from_be_bytes(input[..8].try_into().expect("8 bytes"));
         let iv: [u8; 8] = input[8..16].try_into().expect("8 bytes");
@@ -75,7 +97,7 @@ fuzz_target!(|data: &[u8]| {
         }
         aad.extend((seq as u32).to_be_bytes());
         let mut nonce = [0u8; 12];
-        nonce[..4].copy_from_slice(&key()[16..20]);
+        nonce[..4].copy_from_slice(&k[aead.key_len()..]);
         nonce[4..].copy_from_slice(&iv);
         cipher.seal_in_place(&nonce, &aad, &mut body).expect("seal");
         pkt.extend(&body);

@@ -100,6 +100,22 @@ pub struct ValidateResponse {
     pub errors: Vec<Issue>,
     /// Likely mistakes.
     pub warnings: Vec<Issue>,
+    /// Per tunnel of a valid document, the cloud VPN gateways and IDC routers of
+    /// docs/interop.md whose default proposals its proposals can meet.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub interop: Vec<TunnelInterop>,
+}
+
+/// Which peers' default proposals one tunnel can meet.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TunnelInterop {
+    /// The tunnel.
+    pub tunnel: String,
+    /// Peers whose defaults share an IKE and an ESP suite with the tunnel's proposals.
+    pub meets: Vec<String>,
+    /// The other peers of docs/interop.md.
+    pub misses: Vec<String>,
 }
 
 /// A document's differences from the active revision.

@@ -562,6 +562,17 @@ fn config(cli: &Cli, c: &Client, cc: &ConfigCmd) -> anyhow::Result<()> {
                 if r.ok {
                     println!("{}: valid", file.display());
                 }
+                for t in &r.interop {
+                    let list =
+                        |v: &[String]| if v.is_empty() { "none".into() } else { v.join("; ") };
+                    println!(
+                        "tunnel {}: meets the default proposals of {}; not those of {} \
+                         (docs/interop.md)",
+                        t.tunnel,
+                        list(&t.meets),
+                        list(&t.misses)
+                    );
+                }
             }
             if !r.ok {
                 return Err(CliError {

@@ -175,6 +175,11 @@ notify = ["hook"]
     let out = a.cli(&["config", "apply", f.to_str().unwrap(), "-m", "rename"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("revision 2 applied"));
+    // A valid document: validation says which peers' default proposals each tunnel meets.
+    let out = a.cli(&["config", "validate", f.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains("tunnel to-gw2: meets the default proposals of "), "{text}");
+    assert!(text.contains("(docs/interop.md)"), "{text}");
     std::fs::write(&f, "[gateway]\nname = 5\n").unwrap();
     let out = a.cli(&["config", "validate", f.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(5));

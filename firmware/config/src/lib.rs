@@ -32,6 +32,7 @@
 pub mod diff;
 mod error;
 mod incremental;
+pub mod interop;
 mod parse;
 mod schema;
 pub mod secret;

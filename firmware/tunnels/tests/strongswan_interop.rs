@@ -816,51 +816,6 @@ fn proposals_interoperate_in_both_roles() {
     }
 }
 
-/// One row of docs/interop.md that `make test` proves.
-struct VendorRow {
-    peer: String,
-    /// strongSwan's IKE and ESP proposals: the vendor's defaults.
-    theirs: [String; 2],
-    /// Isthmus `ike_proposals` and `esp_proposals`.
-    ours: [String; 2],
-    /// What `swanctl --list-sas` must show for the IKE SA and the CHILD SA.
-    shown: [String; 2],
-}
-
-/// The rows of the table in docs/interop.md whose last column says `yes`: the document is the
-/// one place the vendor defaults and their Isthmus counterparts are written.
-fn vendor_rows() -> Vec<VendorRow> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/interop.md");
-    let text = std::fs::read_to_string(path).unwrap();
-    let spans = |cell: &str| -> Vec<String> {
-        cell.split('`').skip(1).step_by(2).map(str::to_owned).collect()
-    };
-    let pair = |cell: &str, what: &str, peer: &str| -> [String; 2] {
-        let v = spans(cell);
-        assert!(
-            v.len() >= 2,
-            "docs/interop.md, {peer}: the {what} cell needs IKE and ESP in code spans"
-        );
-        [v[0].clone(), v[1].clone()]
-    };
-    let mut rows = Vec::new();
-    for line in text.lines().filter(|l| l.starts_with("| ") && !l.starts_with("| Peer ")) {
-        let cells: Vec<&str> = line.trim_matches('|').split(" | ").map(str::trim).collect();
-        assert_eq!(cells.len(), 7, "docs/interop.md row has {} cells: {line}", cells.len());
-        if !cells[6].starts_with("yes") {
-            continue;
-        }
-        let peer = cells[0].to_owned();
-        rows.push(VendorRow {
-            theirs: pair(cells[3], "peer", &peer),
-            ours: pair(cells[4], "Isthmus", &peer),
-            shown: pair(cells[5], "swanctl", &peer),
-            peer,
-        });
-    }
-    rows
-}
-
 /// Every tested row of docs/interop.md: strongSwan with the vendor's default proposals, Isthmus
 /// with the row's, taking turns as initiator. Each comes up showing the row's algorithms, passes
 /// a ping, and rekeys its CHILD SA and its IKE SA under traffic without losing a packet.
@@ -869,17 +824,21 @@ fn vendor_defaults_from_docs_interop_md() {
     if !require_root() || !isthmus_testkit::strongswan::available() {
         return;
     }
-    let rows = vendor_rows();
+    let rows: Vec<_> = isthmus_config::interop::peers().into_iter().filter(|r| r.tested).collect();
     assert!(rows.len() >= 10, "docs/interop.md lost its tested rows: {}", rows.len());
     for (i, row) in rows.iter().enumerate() {
         let n = 60 + i as u8;
-        let what = format!("{} ({} / {})", row.peer, row.ours[0], row.ours[1]);
+        let missing = |what: &str| format!("docs/interop.md, {}: no {what}", row.peer);
+        let theirs_p = row.defaults.as_ref().unwrap_or_else(|| panic!("{}", missing("defaults")));
+        let ours_p = row.isthmus.as_ref().unwrap_or_else(|| panic!("{}", missing("proposals")));
+        let shown = row.shown.as_ref().unwrap_or_else(|| panic!("{}", missing("swanctl names")));
+        let what = format!("{} ({} / {})", row.peer, ours_p[0], ours_p[1]);
         let mut ours = isthmus_tunnel(n);
-        ours.ike_proposals = parse_ike_list(&row.ours[0]).unwrap();
-        ours.children[0].esp_proposals = parse_esp_list(&row.ours[1]).unwrap();
+        ours.ike_proposals = parse_ike_list(&ours_p[0]).unwrap();
+        ours.children[0].esp_proposals = parse_esp_list(&ours_p[1]).unwrap();
         let mut theirs = swan_conn(n);
-        theirs.ike_proposals = row.theirs[0].clone();
-        theirs.esp_proposals = row.theirs[1].clone();
+        theirs.ike_proposals = theirs_p[0].clone();
+        theirs.esp_proposals = theirs_p[1].clone();
         let lab = lab(n, ours, CloseAction::None, theirs);
         if i % 2 == 0 {
             lab.tunnels.initiate("to-swan").unwrap();
@@ -889,7 +848,7 @@ fn vendor_defaults_from_docs_interop_md() {
         lab.expect(Duration::from_secs(20), &format!("CHILD SA with {what}"), is_child_up);
         lab.assert_up_both_sides();
         let st = lab.swan.status();
-        for s in &row.shown {
+        for s in shown {
             assert!(st.contains(s.as_str()), "{what}: strongSwan does not show {s}: {st}");
         }
         lab.assert_ping_passes();
@@ -917,7 +876,7 @@ fn vendor_defaults_from_docs_interop_md() {
         lab.assert_up_both_sides();
         // The rekeyed SAs still name the row's algorithms.
         let st = lab.swan.status();
-        for s in &row.shown {
+        for s in shown {
             assert!(st.contains(s.as_str()), "{what}: after the rekeys strongSwan shows {st}");
         }
         println!("interop ok: {what}, {sent} pings through both rekeys");

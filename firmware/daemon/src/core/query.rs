@@ -16,15 +16,28 @@ impl Core {
             Ok(c) => {
                 let mut errors = issues(&c.config.check_secrets());
                 errors.extend(plan_issue(&c.config));
+                let interop = c
+                    .config
+                    .tunnels
+                    .iter()
+                    .map(|t| {
+                        let (meets, misses) = isthmus_config::interop::meets(t);
+                        api::TunnelInterop { tunnel: t.name.clone(), meets, misses }
+                    })
+                    .collect();
                 api::ValidateResponse {
                     ok: errors.is_empty(),
                     errors,
                     warnings: issues(&c.warnings),
+                    interop,
                 }
             }
-            Err(e) => {
-                api::ValidateResponse { ok: false, errors: issues(e.issues()), warnings: vec![] }
-            }
+            Err(e) => api::ValidateResponse {
+                ok: false,
+                errors: issues(e.issues()),
+                warnings: vec![],
+                interop: vec![],
+            },
         }
     }
 

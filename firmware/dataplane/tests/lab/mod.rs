@@ -16,7 +16,7 @@ use isthmus_dataplane::{
     Config, Dataplane, Encap, Event, InboundBinding, OutboundBinding, Selector, SpdAction,
     SpdEntry, SpdTable,
 };
-use isthmus_esp::{Aead, Backend, InboundSa, Lifetime, OutboundSa, SaConfig};
+use isthmus_esp::{Aead, Backend, InboundSa, Lifetime, OutboundSa, SaConfig, Transform};
 use isthmus_testkit::{Netns, veth};
 
 pub const HOST_A: &str = "10.32.1.2";
@@ -50,11 +50,23 @@ pub struct Options {
     /// Also number the LANs with IPv6 (fd32:1::/64, fd32:2::/64) and protect them through the
     /// same CHILD SA; IPv6 then stays on in the namespaces.
     pub ipv6: bool,
+    /// The algorithms of the SAs `build` installs.
+    pub transform: Transform,
 }
+
+/// The transform of the lab's SAs unless [`Options::transform`] says otherwise.
+pub const DEFAULT_TRANSFORM: Transform = Transform::Aead(Aead::Aes128Gcm16);
 
 impl Default for Options {
     fn default() -> Options {
-        Options { raw: false, wan_mtu: 1500, tun_mtu: None, ipv6: false, wan6: false }
+        Options {
+            raw: false,
+            wan_mtu: 1500,
+            tun_mtu: None,
+            ipv6: false,
+            wan6: false,
+            transform: DEFAULT_TRANSFORM,
+        }
     }
 }
 
@@ -72,17 +84,22 @@ pub struct Lab {
     pub opts: Options,
 }
 
-/// Static test key material: AES-128 key and 4-byte salt.
-pub fn key(byte: u8) -> Vec<u8> {
-    vec![byte; 20]
+/// Static test key material for `t`: every byte `byte`.
+pub fn key(t: Transform, byte: u8) -> Vec<u8> {
+    vec![byte; t.key_material_len()]
 }
 
+/// An SA of the default transform.
 pub fn sa_config(spi: u32, key_byte: u8) -> SaConfig {
+    sa_config_for(DEFAULT_TRANSFORM, spi, key_byte)
+}
+
+pub fn sa_config_for(transform: Transform, spi: u32, key_byte: u8) -> SaConfig {
     SaConfig {
         spi,
-        transform: Aead::Aes128Gcm16.into(),
+        transform,
         backend: Backend::Ring,
-        key: key(key_byte),
+        key: key(transform, key_byte),
         esn: true,
         replay_window: 1024,
         lifetime: Lifetime::default(),
@@ -115,8 +132,8 @@ pub fn install_out(
     key_byte: u8,
 ) -> Option<u32> {
     let b = OutboundBinding { tunnel: "t1".into(), child: "c1".into(), encap: encap(opts, peer) };
-    dp.install_outbound(b, OutboundSa::new(sa_config(spi, key_byte), Instant::now()).unwrap())
-        .unwrap()
+    let sa = OutboundSa::new(sa_config_for(opts.transform, spi, key_byte), Instant::now());
+    dp.install_outbound(b, sa.unwrap()).unwrap()
 }
 
 pub fn inbound_binding(local: &str, remote: &str) -> InboundBinding {
@@ -195,8 +212,9 @@ pub fn build(opts: Options) -> Lab {
     b.publish_spd(SpdTable::new(1, spd_b)).unwrap();
     install_out(&a, &opts, wan_b, SPI_AB, 0x11);
     install_out(&b, &opts, wan_a, SPI_BA, 0x22);
-    a.add_inbound(inbound_binding(LAN_A, LAN_B), inbound_sa(SPI_BA, 0x22)).unwrap();
-    b.add_inbound(inbound_binding(LAN_B, LAN_A), inbound_sa(SPI_AB, 0x11)).unwrap();
+    let inbound = |spi, k| InboundSa::new(sa_config_for(opts.transform, spi, k), Instant::now());
+    a.add_inbound(inbound_binding(LAN_A, LAN_B), inbound(SPI_BA, 0x22).unwrap()).unwrap();
+    b.add_inbound(inbound_binding(LAN_B, LAN_A), inbound(SPI_AB, 0x11).unwrap()).unwrap();
     Lab { a, b, events_a, events_b, host_a, gw_a, gw_b, host_b, opts }
 }
 
