@@ -285,6 +285,16 @@ impl Client {
         json(r)
     }
 
+    /// POST a JSON body and read a text answer (a generated file).
+    pub fn post_text<B: serde::Serialize>(&self, path: &str, body: &B) -> Result<String, CliError> {
+        let r = self
+            .auth(self.http.post(self.url(path)).json(body))
+            .send()
+            .map_err(|e| unreachable(&self.base, &self.origin, e))?;
+        let r = ok(r)?;
+        r.text().map_err(|e| other(e.to_string()))
+    }
+
     /// Carries out `a` through `POST /actions`, the daemon's one way in for changes, and reads
     /// its typed answer (an `api::Message` for most actions).
     pub fn act<T: serde::de::DeserializeOwned>(

@@ -115,6 +115,19 @@ enum TunnelCmd {
         #[arg(long)]
         ike: bool,
     },
+    /// Print the customer gateway's side of a tunnel for its software (needs an admin token).
+    ///
+    /// Mirrored from this gateway's: addresses, identities, proposals, selectors, lifetimes and
+    /// DPD. Formats: `swanctl` (strongSwan's swanctl.conf; tested against a real charon).
+    PeerConfig {
+        name: String,
+        /// The peer's configuration format.
+        #[arg(long, default_value = "swanctl")]
+        format: String,
+        /// Include the pre-shared key (otherwise the secret line is a comment).
+        #[arg(long)]
+        show_secret: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -533,6 +546,10 @@ fn tunnel(cli: &Cli, c: &Client, t: &TunnelCmd) -> anyhow::Result<()> {
         }
         TunnelCmd::Rekey { name, ike } => {
             act(cli, c, api::Action::TunnelRekey { name: name.clone(), ike: *ike })?
+        }
+        TunnelCmd::PeerConfig { name, format, show_secret } => {
+            let body = json!({"format": format, "show_secret": show_secret});
+            print!("{}", c.post_text(&format!("/tunnels/{name}/peer-config"), &body)?);
         }
     }
     Ok(())

@@ -273,6 +273,21 @@ impl Strongswan {
 
     /// Like [`Strongswan::start`] with explicit retransmission settings.
     pub fn start_with(ns: &Netns, conns: &[SwanConn], rt: Retransmit) -> Strongswan {
+        let mut sw = String::from("connections {\n");
+        for c in conns {
+            sw.push_str(&c.connection());
+        }
+        sw.push_str("}\nsecrets {\n");
+        for c in conns {
+            sw.push_str(&c.secret());
+        }
+        sw.push_str("}\n");
+        Strongswan::start_conf(ns, &sw, rt)
+    }
+
+    /// Starts charon in `ns` with `swanctl_conf` as its swanctl.conf, as given (a file made
+    /// elsewhere, such as `isthmus tunnel peer-config`); not loaded yet.
+    pub fn start_conf(ns: &Netns, swanctl_conf: &str, rt: Retransmit) -> Strongswan {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("ist-sw-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -307,16 +322,7 @@ impl Strongswan {
             rt.timeout, rt.base, rt.tries
         );
         std::fs::write(dir.join("strongswan.conf"), conf).expect("write strongswan.conf");
-        let mut sw = String::from("connections {\n");
-        for c in conns {
-            sw.push_str(&c.connection());
-        }
-        sw.push_str("}\nsecrets {\n");
-        for c in conns {
-            sw.push_str(&c.secret());
-        }
-        sw.push_str("}\n");
-        std::fs::write(dir.join("swanctl/swanctl.conf"), sw).expect("write swanctl.conf");
+        std::fs::write(dir.join("swanctl/swanctl.conf"), swanctl_conf).expect("write swanctl.conf");
 
         // A private mount namespace whose /run is the instance's own folder; `ip netns exec`,
         // `unshare` and `exec` keep one process, so the child's pid is charon's.

@@ -46,6 +46,7 @@ pub mod dataplane;
 pub mod driver;
 pub mod esp;
 pub mod io;
+pub mod peer_config;
 pub mod ratelimit;
 pub mod status;
 

@@ -117,6 +117,30 @@ impl Core {
         Ok(self.monitor.detail(&self.readings(), &cfg, name, &self.events, &self.health))
     }
 
+    /// `POST /tunnels/NAME/peer-config`: the customer gateway's side of tunnel `name` in
+    /// `format` (`swanctl`), mirrored from what the driver negotiates with; the PSK only with
+    /// `show_secret`.
+    pub fn peer_config(
+        &self,
+        name: &str,
+        format: &str,
+        show_secret: bool,
+    ) -> Result<String, CoreError> {
+        if format != "swanctl" {
+            return Err(CoreError::BadRequest(format!(
+                "unknown peer configuration format `{format}`: use swanctl"
+            )));
+        }
+        let (_, cfg) =
+            self.applied().ok_or_else(|| CoreError::not_found("no configuration applied"))?;
+        let t = cfg.tunnel(name).ok_or_else(|| {
+            CoreError::not_found(format!("no tunnel named `{name}` is configured"))
+        })?;
+        let planned = super::plan::ike_tunnel(&cfg, t)
+            .map_err(|e| CoreError::Conflict(format!("tunnel `{}`: {}", e.tunnel, e.why)))?;
+        Ok(isthmus_tunnels::peer_config::swanctl(&planned.ike, show_secret))
+    }
+
     /// `GET /alarms`.
     pub fn alarms(&self) -> Vec<api::Alarm> {
         self.alarms.list()

@@ -92,6 +92,7 @@ pub fn router(core: Arc<Core>) -> Router {
         .route("/config/revisions/{n}", get(revision_text))
         .route("/tunnels", get(tunnels))
         .route("/tunnels/{name}", get(tunnel))
+        .route("/tunnels/{name}/peer-config", post(peer_config))
         .route("/tunnels/{name}/{op}", post(tunnel_op))
         .route(
             "/plugins",
@@ -429,6 +430,42 @@ async fn tunnel_op(
         }
     };
     act(&st.core, a, &who).await
+}
+
+/// What to print in `POST /tunnels/{name}/peer-config`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct PeerConfigBody {
+    /// `swanctl` (strongSwan's swanctl.conf).
+    format: String,
+    /// Put the pre-shared key in the file.
+    #[serde(default)]
+    show_secret: bool,
+}
+
+/// The customer gateway's side of a tunnel, for the peer's software
+///
+/// Mirrored from what this gateway negotiates: addresses, identities, proposals, selectors,
+/// lifetimes and DPD. Needs an admin token: with `show_secret` the file carries the PSK.
+#[utoipa::path(post, path = "/tunnels/{name}/peer-config", context_path = PREFIX, tag = "tunnels",
+    params(("name" = String, Path, description = "The tunnel's name")),
+    request_body = PeerConfigBody, responses(
+    (status = 200, description = "The configuration file", body = String,
+        content_type = "text/plain"),
+    (status = 400, response = BadRequest),
+    (status = 401, response = Unauthorized),
+    (status = 403, response = Forbidden),
+    (status = 404, response = NotFound),
+    (status = 409, response = Conflict),
+))]
+async fn peer_config(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    req: Request,
+) -> Result<Response, Failure> {
+    let (_, body): (String, PeerConfigBody) = caller_and_body(req).await?;
+    let text = st.core.peer_config(&name, &body.format, body.show_secret)?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
 }
 
 /// Stored plugin versions
