@@ -303,53 +303,45 @@ pub fn pad(encr: Encr, plain: &mut Vec<u8>) {
     plain.push(pad as u8);
 }
 
-fn cbc_encrypt(encr: Encr, key: &[u8], iv: &[u8], buf: &mut [u8]) -> Result<(), Error> {
-    let bad = |_| Error::IntegrityCheckFailed;
-    let n = buf.len();
-    let r = match encr {
-        Encr::Aes128Cbc => cbc::Encryptor::<aes::Aes128>::new_from_slices(key, iv)
-            .map_err(bad)?
-            .encrypt_padded_mut::<NoPadding>(buf, n)
-            .map(|_| ()),
-        Encr::Aes192Cbc => cbc::Encryptor::<aes::Aes192>::new_from_slices(key, iv)
-            .map_err(bad)?
-            .encrypt_padded_mut::<NoPadding>(buf, n)
-            .map(|_| ()),
-        Encr::Aes256Cbc => cbc::Encryptor::<aes::Aes256>::new_from_slices(key, iv)
-            .map_err(bad)?
-            .encrypt_padded_mut::<NoPadding>(buf, n)
-            .map(|_| ()),
-        Encr::TripleDesCbc => cbc::Encryptor::<des::TdesEde3>::new_from_slices(key, iv)
-            .map_err(bad)?
-            .encrypt_padded_mut::<NoPadding>(buf, n)
-            .map(|_| ()),
-        _ => return Err(Error::IntegrityCheckFailed),
-    };
-    r.map_err(|_| Error::IntegrityCheckFailed)
+/// Runs `$body` with `$m` bound to the CBC `$mode` (`Encryptor` or `Decryptor`) of `$encr`'s
+/// block cipher, keyed with `$key` and `$iv`; a non-CBC cipher or a wrong key or IV length is
+/// an error, never a panic.
+macro_rules! with_cbc {
+    ($encr:expr, $mode:ident, $key:expr, $iv:expr, |$m:ident| $body:expr) => {{
+        let bad = |_| Error::IntegrityCheckFailed;
+        match $encr {
+            Encr::Aes128Cbc => {
+                let $m = cbc::$mode::<aes::Aes128>::new_from_slices($key, $iv).map_err(bad)?;
+                $body
+            }
+            Encr::Aes192Cbc => {
+                let $m = cbc::$mode::<aes::Aes192>::new_from_slices($key, $iv).map_err(bad)?;
+                $body
+            }
+            Encr::Aes256Cbc => {
+                let $m = cbc::$mode::<aes::Aes256>::new_from_slices($key, $iv).map_err(bad)?;
+                $body
+            }
+            Encr::TripleDesCbc => {
+                let $m = cbc::$mode::<des::TdesEde3>::new_from_slices($key, $iv).map_err(bad)?;
+                $body
+            }
+            _ => return Err(Error::IntegrityCheckFailed),
+        }
+    }};
 }
 
+/// Encrypts whole blocks in place (the caller padded them, §3.14).
+fn cbc_encrypt(encr: Encr, key: &[u8], iv: &[u8], buf: &mut [u8]) -> Result<(), Error> {
+    let n = buf.len();
+    with_cbc!(encr, Encryptor, key, iv, |m| m.encrypt_padded_mut::<NoPadding>(buf, n).map(|_| ()))
+        .map_err(|_| Error::IntegrityCheckFailed)
+}
+
+/// Decrypts whole blocks in place.
 fn cbc_decrypt(encr: Encr, key: &[u8], iv: &[u8], buf: &mut [u8]) -> Result<(), Error> {
-    let bad = |_| Error::IntegrityCheckFailed;
-    let r = match encr {
-        Encr::Aes128Cbc => cbc::Decryptor::<aes::Aes128>::new_from_slices(key, iv)
-            .map_err(bad)?
-            .decrypt_padded_mut::<NoPadding>(buf)
-            .map(|_| ()),
-        Encr::Aes192Cbc => cbc::Decryptor::<aes::Aes192>::new_from_slices(key, iv)
-            .map_err(bad)?
-            .decrypt_padded_mut::<NoPadding>(buf)
-            .map(|_| ()),
-        Encr::Aes256Cbc => cbc::Decryptor::<aes::Aes256>::new_from_slices(key, iv)
-            .map_err(bad)?
-            .decrypt_padded_mut::<NoPadding>(buf)
-            .map(|_| ()),
-        Encr::TripleDesCbc => cbc::Decryptor::<des::TdesEde3>::new_from_slices(key, iv)
-            .map_err(bad)?
-            .decrypt_padded_mut::<NoPadding>(buf)
-            .map(|_| ()),
-        _ => return Err(Error::IntegrityCheckFailed),
-    };
-    r.map_err(|_| Error::IntegrityCheckFailed)
+    with_cbc!(encr, Decryptor, key, iv, |m| m.decrypt_padded_mut::<NoPadding>(buf).map(|_| ()))
+        .map_err(|_| Error::IntegrityCheckFailed)
 }
 
 /// Encrypts `plain` (already padded, see [`pad`]) and returns IV || ciphertext || ICV for an

@@ -923,6 +923,77 @@ pub fn transform_name(ty: u8, id: u16, key_bits: Option<u16>) -> String {
 mod tests {
     use super::*;
 
+    /// Random keyword strings (a fixed-seed generator, 20,000 of them): whatever parses prints
+    /// as a proposal that parses back to itself, meets itself, and allows what it selects. The
+    /// fuzz target `proposal_parse` checks the same on arbitrary text.
+    #[test]
+    fn any_keyword_string_that_parses_round_trips_and_meets_itself() {
+        const WORDS: [&str; 33] = [
+            "aes128gcm16",
+            "aes256gcm",
+            "chacha20poly1305",
+            "aes128",
+            "aes",
+            "aes192",
+            "aes256",
+            "3des",
+            "sha1",
+            "sha",
+            "sha256",
+            "sha2_384",
+            "sha512",
+            "prfsha1",
+            "prfsha256",
+            "prfsha384",
+            "prfsha512",
+            "modp1024",
+            "modp1536",
+            "modp2048",
+            "modp3072",
+            "modp4096",
+            "modp8192",
+            "modp2048s256",
+            "ecp256",
+            "ecp384",
+            "ecp521",
+            "x25519",
+            "curve25519",
+            "esn",
+            "noesn",
+            "md5",
+            "",
+        ];
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = |n: usize| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % n as u64) as usize
+        };
+        let (mut ike_ok, mut esp_ok) = (0, 0);
+        for _ in 0..20_000 {
+            let len = 1 + next(6);
+            let text: Vec<&str> = (0..len).map(|_| WORDS[next(WORDS.len())]).collect();
+            let text = text.join("-");
+            if let Ok(p) = IkeProposal::parse(&text) {
+                ike_ok += 1;
+                assert_eq!(IkeProposal::parse(&p.to_string()).as_ref(), Ok(&p), "{text}");
+                let suite = p.select(&p).unwrap_or_else(|| panic!("{text} does not meet itself"));
+                assert!(p.allows(&suite), "{text}");
+            }
+            if let Ok(p) = EspProposal::parse(&text) {
+                esp_ok += 1;
+                assert_eq!(EspProposal::parse(&p.to_string()).as_ref(), Ok(&p), "{text}");
+                for pfs in [false, true] {
+                    let suite = p.select(&p, pfs).unwrap_or_else(|| panic!("{text}: no suite"));
+                    assert!(p.allows(&suite), "{text}");
+                }
+            }
+        }
+        // The generator reaches valid proposals of both kinds, not only errors.
+        assert!(ike_ok > 100 && esp_ok > 1000, "ike {ike_ok}, esp {esp_ok}");
+    }
+
     #[test]
     fn parses_and_prints_ike_proposals() {
         let p = IkeProposal::parse("aes256gcm16-prfsha256-x25519").unwrap();
