@@ -86,6 +86,6 @@ remote = ["10.66.2.0/24"]
     let st = swan.status();
     assert!(st.contains("AES_CBC-128/HMAC_SHA2_256_128/PRF_HMAC_SHA2_256/MODP_2048"), "{st}");
     assert!(st.contains("ESP:AES_CBC-128/HMAC_SHA2_256_128"), "{st}");
-    let show = site.show(&["tunnel", "show", "to-idc"]);
-    assert!(show.contains("up"), "{show}");
+    let list = site.json(&["tunnel", "list"]);
+    assert_eq!(list[0]["state"], "up", "{list}");
 }

@@ -420,7 +420,7 @@ impl OutboundSa {
     /// whatever the padding of the next packet).
     #[inline]
     pub fn max_overhead(&self) -> usize {
-        self.common.header_len + self.common.align - 1 + TRAILER_LEN + self.common.icv_len
+        self.common.transform.max_overhead()
     }
 
     /// The SPI (the peer chose it).

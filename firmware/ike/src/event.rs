@@ -27,57 +27,26 @@ pub struct Transmit {
     pub nat_t: bool,
 }
 
-/// The keys of one direction of a CHILD SA (RFC 7296 §2.17): the SPI, the encryption key (with
-/// the 4-byte salt of an AEAD cipher, RFC 4106 §8.1 and RFC 7634 §4) and the integrity key of a
-/// CBC cipher. Debug output never shows a key.
+/// The keys of one direction of a CHILD SA (RFC 7296 §2.17): the SPI and the key material, the
+/// encryption key (with the 4-byte salt of an AEAD cipher, RFC 4106 §8.1 and RFC 7634 §2) then the
+/// integrity key of a CBC cipher. The ESP engine splits it by its transform. Debug output never
+/// shows a key.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ChildKeys {
     /// The ESP SPI of this direction.
     pub spi: u32,
     /// Encryption key || salt || integrity key, as KEYMAT lays them out.
     material: Vec<u8>,
-    /// Bytes of encryption key and salt at the front of `material`.
-    enc_len: usize,
-    salt_len: usize,
 }
 
 impl ChildKeys {
-    /// Splits one direction's KEYMAT for `encr`: the encryption key (and salt) first, the
-    /// integrity key after it (§2.17).
-    pub(crate) fn new(spi: u32, material: Vec<u8>, encr: crate::proposal::Encr) -> ChildKeys {
-        let salt_len = encr.salt_len();
-        let enc_len = (encr.key_len() + salt_len).min(material.len());
-        ChildKeys { spi, material, enc_len, salt_len }
+    pub(crate) fn new(spi: u32, material: Vec<u8>) -> ChildKeys {
+        ChildKeys { spi, material }
     }
 
-    /// All of this direction's key material as KEYMAT lays it out (RFC 7296 §2.17): the
-    /// encryption key, the salt of an AEAD cipher, the integrity key of a CBC cipher.
+    /// This direction's key material as KEYMAT lays it out (§2.17).
     pub fn material(&self) -> &[u8] {
         &self.material
-    }
-
-    /// The encryption key followed by the salt of an AEAD cipher.
-    pub fn key_and_salt(&self) -> &[u8] {
-        &self.material[..self.enc_len]
-    }
-
-    /// The encryption key alone.
-    pub fn key(&self) -> &[u8] {
-        &self.material[..self.enc_len - self.salt_len.min(self.enc_len)]
-    }
-
-    /// The 4-byte salt of an AEAD cipher; zeros for CBC.
-    pub fn salt(&self) -> [u8; 4] {
-        let mut s = [0; 4];
-        if self.salt_len == 4 {
-            s.copy_from_slice(&self.material[self.enc_len - 4..self.enc_len]);
-        }
-        s
-    }
-
-    /// The integrity key; empty with an AEAD cipher.
-    pub fn integ_key(&self) -> &[u8] {
-        &self.material[self.enc_len..]
     }
 }
 
@@ -270,11 +239,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn child_keys_redact_and_split() {
-        let k = ChildKeys::new(0x1234, (0u8..36).collect(), crate::proposal::Encr::Aes256Gcm16);
+    fn child_keys_redact() {
+        let k = ChildKeys::new(0x1234, (0u8..36).collect());
         assert_eq!(format!("{k:?}"), "ChildKeys { spi: 0x00001234, key: <redacted> }");
-        assert_eq!(k.key().len(), 32);
-        assert_eq!(k.salt(), [32, 33, 34, 35]);
+        assert_eq!(k.material().len(), 36);
     }
 
     #[test]

@@ -22,7 +22,7 @@ impl ChildKeying<'_> {
             s.encr,
             s.integ,
         );
-        (ChildKeys::new(spi_i2r, i2r, s.encr), ChildKeys::new(spi_r2i, r2i, s.encr))
+        (ChildKeys::new(spi_i2r, i2r), ChildKeys::new(spi_r2i, r2i))
     }
 }
 

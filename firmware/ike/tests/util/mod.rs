@@ -299,15 +299,12 @@ pub fn failures(ev: &[Event]) -> Vec<&isthmus_ike::Explanation> {
 }
 
 /// (inbound spi, outbound spi, inbound keys, outbound keys) of a ChildSaUp; the keys are the
-/// encryption key and salt followed by the integrity key.
+/// key material (encryption key, salt, integrity key).
 pub fn keys(e: &Event) -> (u32, u32, Vec<u8>, Vec<u8>) {
     match e {
-        Event::ChildSaUp { inbound, outbound, .. } => (
-            inbound.spi,
-            outbound.spi,
-            [inbound.key_and_salt(), inbound.integ_key()].concat(),
-            [outbound.key_and_salt(), outbound.integ_key()].concat(),
-        ),
+        Event::ChildSaUp { inbound, outbound, .. } => {
+            (inbound.spi, outbound.spi, inbound.material().to_vec(), outbound.material().to_vec())
+        }
         _ => panic!("not a ChildSaUp: {e:?}"),
     }
 }
