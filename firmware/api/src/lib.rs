@@ -411,6 +411,8 @@ pub enum EventKind {
     InstallFailed,
     /// Another event of the IKE driver.
     TunnelEvent,
+    /// A customer gateway's DNS name resolved to a new address (or stopped resolving).
+    PeerAddress,
     /// A kind this program does not know (a newer daemon's).
     #[serde(other)]
     Unknown,
@@ -418,7 +420,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind this program emits.
-    pub const ALL: [EventKind; 33] = [
+    pub const ALL: [EventKind; 34] = [
         EventKind::ConfigApplied,
         EventKind::ConfigConfirmed,
         EventKind::ConfirmTimeout,
@@ -452,6 +454,7 @@ impl EventKind {
         EventKind::LogSuppressed,
         EventKind::InstallFailed,
         EventKind::TunnelEvent,
+        EventKind::PeerAddress,
     ];
 
     /// The wire name, e.g. `tunnel-up`.
@@ -490,6 +493,7 @@ impl EventKind {
             EventKind::LogSuppressed => "log-suppressed",
             EventKind::InstallFailed => "install-failed",
             EventKind::TunnelEvent => "tunnel-event",
+            EventKind::PeerAddress => "peer-address",
             EventKind::Unknown => "unknown",
         }
     }

@@ -44,7 +44,7 @@ pub use error::{Error, Errors, Issue, Report, Severity};
 pub use schema::*;
 pub use secret::{Secret, SecretValue};
 pub use store::{Committed, Pending, Reverted, Revision, RevisionInfo, RevisionKind, Store};
-pub use types::{Dur, IfAddr, Protocol};
+pub use types::{Dur, IfAddr, PeerAddress, Protocol};
 
 /// Reads a configuration file as text. A file that is not UTF-8 is refused with the line and
 /// byte offset of the first bad byte (an editor or `iconv` can fix it there), not just "invalid

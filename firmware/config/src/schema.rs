@@ -10,7 +10,7 @@ use isthmus_tables::{PortRange, Prefix};
 use serde::{Deserialize, Serialize};
 
 use crate::secret::Secret;
-use crate::types::{Dur, IfAddr, Protocol, any_ports, ports, prefix, prefixes};
+use crate::types::{Dur, IfAddr, PeerAddress, Protocol, any_ports, ports, prefix, prefixes};
 
 /// The whole configuration document.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -144,23 +144,33 @@ fn api_port() -> u16 {
     8443
 }
 
+/// The kernel route table that holds the WAN's default route for the IKE and ESP packets of
+/// customer gateways whose address is not fixed (`"any"` or a DNS name); policy rules send only
+/// those packets to it, so LAN traffic still has no path to the Internet.
+pub const PEER_ROUTE_TABLE: u32 = 252;
+
 /// A remote peer.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CustomerGateway {
     /// Name tunnels refer to.
     pub name: String,
-    /// Its public IP address.
-    pub address: IpAddr,
-    /// Its IKE identity (default: its address).
+    /// Its public IP address, `"any"` (a peer whose address changes: it initiates and is
+    /// recognised by `ike_id`), or a DNS name that is resolved and re-resolved.
+    pub address: PeerAddress,
+    /// Its IKE identity (default: its address; required with `address = "any"`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ike_id: Option<String>,
+    /// How often a DNS name in `address` is resolved again (default 60 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_refresh: Option<Dur>,
 }
 
 impl CustomerGateway {
-    /// The identity the peer must present.
-    pub fn ike_identity(&self) -> String {
-        self.ike_id.clone().unwrap_or_else(|| self.address.to_string())
+    /// The identity the peer must present: `ike_id`, else its address (`resolved` for a DNS
+    /// name); `None` when neither is known.
+    pub fn ike_identity(&self, resolved: Option<IpAddr>) -> Option<String> {
+        self.ike_id.clone().or_else(|| self.address.ip().or(resolved).map(|a| a.to_string()))
     }
 }
 

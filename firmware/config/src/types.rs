@@ -426,6 +426,94 @@ pub mod prefixes {
     }
 }
 
+/// Where a customer gateway is: a fixed IP address, `"any"` (a peer on a dynamic or NATed line,
+/// recognised by its IKE identity; it must initiate), or a DNS name the daemon resolves and
+/// re-resolves.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub enum PeerAddress {
+    /// A fixed public address.
+    Ip(IpAddr),
+    /// Any address: responder only, matched by identity.
+    Any,
+    /// A DNS name (RFC 1123 host name syntax).
+    Name(String),
+}
+
+impl PeerAddress {
+    /// The fixed address, if it is one.
+    pub fn ip(&self) -> Option<IpAddr> {
+        match self {
+            PeerAddress::Ip(a) => Some(*a),
+            _ => None,
+        }
+    }
+}
+
+impl From<IpAddr> for PeerAddress {
+    fn from(a: IpAddr) -> PeerAddress {
+        PeerAddress::Ip(a)
+    }
+}
+
+impl fmt::Debug for PeerAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl fmt::Display for PeerAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PeerAddress::Ip(a) => write!(f, "{a}"),
+            PeerAddress::Any => f.write_str("any"),
+            PeerAddress::Name(n) => f.write_str(n),
+        }
+    }
+}
+
+impl FromStr for PeerAddress {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<PeerAddress, String> {
+        if let Ok(a) = s.parse::<IpAddr>() {
+            return Ok(PeerAddress::Ip(a));
+        }
+        if s == "any" {
+            return Ok(PeerAddress::Any);
+        }
+        // RFC 1123 §2.1 host names: labels of letters, digits and hyphens, 1–63 characters, not
+        // starting or ending with a hyphen; at most 253 characters; a trailing dot is allowed.
+        // An all-numeric last label would be a mistyped address, not a name.
+        let name = s.strip_suffix('.').unwrap_or(s);
+        let labels: Vec<&str> = name.split('.').collect();
+        let label_ok = |l: &&str| {
+            (1..=63).contains(&l.len())
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        };
+        let numeric_tld = labels.last().is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()));
+        if name.len() > 253 || !labels.iter().all(label_ok) || numeric_tld {
+            return Err(format!(
+                "`{s}` is neither an IP address, \"any\", nor a DNS name (letters, digits, hyphens and dots)"
+            ));
+        }
+        Ok(PeerAddress::Name(name.to_ascii_lowercase()))
+    }
+}
+
+impl Serialize for PeerAddress {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for PeerAddress {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<PeerAddress, D::Error> {
+        String::deserialize(d)?.parse().map_err(de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -467,5 +555,20 @@ mod tests {
         assert_eq!(Protocol::Number(6).to_string(), "tcp");
         assert_eq!(Protocol::Number(99).to_string(), "99");
         assert!(Protocol::Number(17).has_ports() && !Protocol::Number(1).has_ports());
+    }
+
+    #[test]
+    fn peer_addresses_are_an_address_any_or_a_host_name() {
+        assert_eq!("192.0.2.7".parse(), Ok(PeerAddress::Ip("192.0.2.7".parse().unwrap())));
+        assert_eq!("any".parse(), Ok(PeerAddress::Any));
+        assert_eq!(
+            "VPN.Branch-1.example.".parse(),
+            Ok(PeerAddress::Name("vpn.branch-1.example".into()))
+        );
+        for bad in ["", "192.0.2.300", "-a.example", "a..example", "a_b.example", "%any", "a b"] {
+            let e = bad.parse::<PeerAddress>().unwrap_err();
+            assert!(e.contains("neither an IP address"), "{bad}: {e}");
+        }
+        assert_eq!(PeerAddress::Any.to_string(), "any");
     }
 }

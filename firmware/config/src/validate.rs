@@ -15,6 +15,7 @@ use crate::error::{Issue, Report};
 use crate::parse::suggest;
 use crate::schema::*;
 use crate::secret::Secret;
+use crate::types::{Dur, PeerAddress};
 
 /// IPv6's minimum link MTU (RFC 8200 §5).
 const IPV6_MIN_MTU: u32 = 1280;
@@ -442,11 +443,54 @@ impl<'c> V<'c> {
     fn customer_gateways(&mut self) {
         let c = self.c;
         let mut by_addr: HashMap<IpAddr, usize> = HashMap::new();
+        let mut any_ids: HashMap<String, usize> = HashMap::new();
         for (i, cg) in c.customer_gateways.iter().enumerate() {
             let path = format!("customer_gateway[{i}].address");
-            let a = cg.address;
+            if cg.ike_id.as_deref().is_some_and(|s| s.trim().is_empty()) {
+                self.err(
+                    format!("customer_gateway[{i}].ike_id"),
+                    "an IKE identity cannot be empty; remove it to use the address",
+                );
+            }
+            if let Some(d) = cg.dns_refresh {
+                if !matches!(cg.address, PeerAddress::Name(_)) {
+                    self.err(
+                        format!("customer_gateway[{i}].dns_refresh"),
+                        "only a DNS name in `address` is resolved again; remove dns_refresh",
+                    );
+                } else if d < Dur::secs(1) {
+                    self.err(format!("customer_gateway[{i}].dns_refresh"), "at least 1s");
+                }
+            }
+            let a = match &cg.address {
+                PeerAddress::Ip(a) => *a,
+                PeerAddress::Name(_) => continue,
+                PeerAddress::Any => {
+                    // Only the identity tells such peers apart (RFC 7296 §2.15 binds it to the
+                    // PSK): one that matched anything would let any PSK holder be this peer.
+                    let id = cg.ike_id.as_deref().map(str::trim).filter(|s| !s.is_empty());
+                    match id {
+                        None | Some("%any") => self.err(
+                            format!("customer_gateway[{i}].ike_id"),
+                            "a peer with address = \"any\" is recognised only by its IKE identity; set ike_id to the identity it sends, e.g. \"@branch1.example.com\"",
+                        ),
+                        Some(id) => {
+                            if let Some(first) = any_ids.insert(id.to_ascii_lowercase(), i) {
+                                self.err(
+                                    format!("customer_gateway[{i}].ike_id"),
+                                    format!("customer_gateway[{first}] also has address = \"any\" and identity {id}: a connecting peer could not be told apart; give each its own identity"),
+                                );
+                            }
+                        }
+                    }
+                    continue;
+                }
+            };
             if a.is_unspecified() || a.is_loopback() || a.is_multicast() {
-                self.err(path.clone(), format!("{a} cannot be a peer's public address"));
+                self.err(
+                    path.clone(),
+                    format!("{a} cannot be a peer's public address (write \"any\" for a peer whose address changes)"),
+                );
             }
             if a == c.gateway.wan.address.addr {
                 self.err(path.clone(), format!("{a} is this gateway's own WAN address"));
@@ -461,12 +505,6 @@ impl<'c> V<'c> {
             }
             if let Some(first) = by_addr.insert(a, i) {
                 self.warn(path, format!("customer_gateway[{first}] has the same address; tunnels to both will compete"));
-            }
-            if cg.ike_id.as_deref().is_some_and(|s| s.trim().is_empty()) {
-                self.err(
-                    format!("customer_gateway[{i}].ike_id"),
-                    "an IKE identity cannot be empty; remove it to use the address",
-                );
             }
         }
     }
@@ -541,6 +579,15 @@ impl<'c> V<'c> {
                 self.warn(
                     format!("{base}.dpd"),
                     "dead peer detection is off: a dead peer keeps this tunnel black-holing traffic until its SAs expire",
+                );
+            }
+            if let Some(cg) = cgw
+                && cg.address == PeerAddress::Any
+                && t.start_action != StartAction::None
+            {
+                self.err(
+                    format!("{base}.start_action"),
+                    format!("customer gateway `{}` has address = \"any\": this gateway cannot initiate to it, it connects to us; set start_action = \"none\"", cg.name),
                 );
             }
             self.mtu(&format!("{base}.mtu"), t.mtu, false);
@@ -735,13 +782,13 @@ impl<'c> V<'c> {
             } else if let Some(n) = local.iter().find(|n| n.overlaps(p)) {
                 self.warn(rp.clone(), format!("{p} overlaps the local network {n}: those hosts would be unreachable locally"));
             }
-            if let Some(cg) = cgw
-                && p.contains(cg.address)
+            if let Some(a) = cgw.and_then(|cg| cg.address.ip())
+                && p.contains(a)
                 && !p.is_default()
             {
                 self.warn(
                     rp,
-                    format!("{p} contains the customer gateway's own address {}; LAN traffic to it is tunnelled", cg.address),
+                    format!("{p} contains the customer gateway's own address {a}; LAN traffic to it is tunnelled"),
                 );
             }
         }
@@ -801,8 +848,12 @@ impl<'c> V<'c> {
         let c = self.c;
         let g = &c.gateway;
         // Sorted peer addresses, for "does this prefix contain a customer gateway?" in log time.
-        let mut peers: Vec<((bool, u128), usize)> =
-            c.customer_gateways.iter().enumerate().map(|(i, cg)| (ip_key(cg.address), i)).collect();
+        let mut peers: Vec<((bool, u128), usize)> = c
+            .customer_gateways
+            .iter()
+            .enumerate()
+            .filter_map(|(i, cg)| Some((ip_key(cg.address.ip()?), i)))
+            .collect();
         peers.sort_unstable();
         let mut ids: HashMap<u32, usize> = HashMap::new();
         let mut lan_table: HashMap<&str, usize> = HashMap::new();
@@ -812,7 +863,11 @@ impl<'c> V<'c> {
             match t.id {
                 0 | 253..=255 => self.err(
                     format!("{base}.id"),
-                    format!("table {} is reserved by the kernel (0 unspec, 253 default, 254 main, 255 local); choose 1–252 or 256 and above", t.id),
+                    format!("table {} is reserved by the kernel (0 unspec, 253 default, 254 main, 255 local); choose 1–251 or 256 and above", t.id),
+                ),
+                PEER_ROUTE_TABLE => self.err(
+                    format!("{base}.id"),
+                    format!("table {PEER_ROUTE_TABLE} is Isthmus's own (the WAN's path to customer gateways with address \"any\" or a DNS name); choose 1–251 or 256 and above"),
                 ),
                 _ => {}
             }
@@ -911,15 +966,15 @@ impl<'c> V<'c> {
         let c = self.c;
         let t = &c.tunnels[tunnel];
         let own = self.peer_of[tunnel].map(|i| &c.customer_gateways[i]);
-        if let Some(cg) = own
-            && r.prefix.contains(cg.address)
+        if let Some((cg, a)) = own.and_then(|cg| Some((cg, cg.address.ip()?)))
+            && r.prefix.contains(a)
         {
             self.err(
                 format!("{path}.prefix"),
                 format!(
                     "{} contains {}, the address of customer gateway `{}`, and sends it into tunnel `{}` that runs to that address: \
                      the tunnel's own IKE and ESP packets would loop. Narrow the prefix or route it elsewhere",
-                    r.prefix, cg.address, cg.name, t.name
+                    r.prefix, a, cg.name, t.name
                 ),
             );
         }

@@ -386,3 +386,51 @@ fn weak_algorithms_need_allow_weak_and_are_named_in_warnings() {
     );
     assert_eq!(warnings(&ok), []);
 }
+
+#[test]
+fn peers_without_a_fixed_address_are_recognised_by_identity_and_only_answered() {
+    let psk = "correct-horse-battery-staple-42";
+    let any = common::gateway(psk, 0).replace("address = \"198.51.100.20\"", "address = \"any\"");
+    let e = errors(&any);
+    assert!(
+        find(&e, "customer_gateway[0].ike_id")
+            .message
+            .contains("recognised only by its IKE identity")
+    );
+    assert!(find(&e, "tunnel[0].start_action").message.contains("set start_action = \"none\""));
+
+    let ok = any
+        .replace("address = \"any\"", "address = \"any\"\nike_id = \"@branch1.example.com\"")
+        .replace("psk = \"correct", "start_action = \"none\"\npsk = \"correct");
+    Config::check(&ok).unwrap_or_else(|e| panic!("refused:\n{e}"));
+    // Two such peers with one identity could not be told apart.
+    let twice = ok.replace(
+        "[[tunnel]]",
+        "[[customer_gateway]]\nname = \"idc2\"\naddress = \"any\"\nike_id = \"@Branch1.example.com\"\n\n[[tunnel]]",
+    );
+    assert!(find(&errors(&twice), "customer_gateway[1].ike_id").message.contains("told apart"));
+
+    // A DNS name, re-resolved as often as `dns_refresh` says; a typo is named.
+    let named = common::gateway(psk, 0)
+        .replace("\"198.51.100.20\"", "\"vpn.idc.example.com\"\ndns_refresh = \"30s\"");
+    let c = Config::check(&named).unwrap_or_else(|e| panic!("refused:\n{e}")).config;
+    assert_eq!(c.customer_gateways[0].address.to_string(), "vpn.idc.example.com");
+    let typo = common::gateway(psk, 0).replace("\"198.51.100.20\"", "\"198.51.100.300\"");
+    let e = errors(&typo);
+    assert!(
+        find(&e, "customer_gateway[0].address")
+            .message
+            .contains("neither an IP address, \"any\", nor a DNS name"),
+        "{e:?}"
+    );
+    let refresh_on_ip = common::gateway(psk, 0)
+        .replace("\"198.51.100.20\"", "\"198.51.100.20\"\ndns_refresh = \"5s\"");
+    assert!(
+        find(&errors(&refresh_on_ip), "customer_gateway[0].dns_refresh")
+            .message
+            .contains("only a DNS name")
+    );
+    // Isthmus's own table for such peers is not a route table's.
+    let t252 = common::gateway(psk, 0).replace("id = 100", "id = 252");
+    assert!(find(&errors(&t252), "route_table[0].id").message.contains("Isthmus's own"));
+}

@@ -93,6 +93,14 @@ fn run(args: Args) -> anyhow::Result<()> {
             alarms: &gate.alarms,
         })
     });
+    // Customer gateways known by DNS name: resolved off the apply path, followed when they move.
+    let resolver = core.clone();
+    std::thread::Builder::new().name("peer-names".into()).spawn(move || {
+        loop {
+            resolver.refresh_peer_names();
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    })?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(serve(core, args))
 }

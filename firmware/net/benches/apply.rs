@@ -44,6 +44,8 @@ fn state() -> DesiredState {
             priority: 1000,
             from: Some("10.60.91.0/24".parse().unwrap()),
             to: None,
+            ip_proto: None,
+            sport: None,
             table: 100,
         }],
         firewall: Some(FirewallSpec {

@@ -11,6 +11,7 @@ use std::net::IpAddr;
 use isthmus_tables::Prefix;
 use netlink_packet_core::{Emitable, Parseable};
 use netlink_packet_route::AddressFamily;
+use netlink_packet_route::IpProtocol;
 use netlink_packet_route::address::{
     AddressAttribute, AddressHeaderFlags, AddressMessage, AddressProtocol, AddressScope,
 };
@@ -18,7 +19,7 @@ use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, L
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
-use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
+use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage, RulePortRange};
 
 use crate::nl::{NlSocket, Request};
 use crate::state::{Address, NextHop, Route, RouteKey, Rule};
@@ -288,7 +289,14 @@ pub(crate) fn dump_rules(sock: &mut NlSocket, v4: bool, out: &mut Vec<KRule>) ->
 /// Reads one `RTM_NEWRULE` of a dump of family `v4`; `None` unless it is Isthmus's.
 pub(crate) fn parse_rule(p: &[u8], v4: bool) -> Result<Option<KRule>, Error> {
     let m = RuleMessage::parse(p).map_err(|e| parse_err("a rule", e))?;
-    let mut rule = Rule { priority: 0, from: None, to: None, table: u32::from(m.header.table) };
+    let mut rule = Rule {
+        priority: 0,
+        from: None,
+        to: None,
+        ip_proto: None,
+        sport: None,
+        table: u32::from(m.header.table),
+    };
     let mut ours = false;
     for a in m.attributes {
         match a {
@@ -299,6 +307,8 @@ pub(crate) fn parse_rule(p: &[u8], v4: bool) -> Result<Option<KRule>, Error> {
                 rule.to = Prefix::new(ip, m.header.dst_len).ok();
             }
             RuleAttribute::Protocol(p) => ours = u8::from(p) == RTPROT_ISTHMUS,
+            RuleAttribute::IpProtocol(p) => rule.ip_proto = Some(u8::from(p)),
+            RuleAttribute::SourcePortRange(r) if r.start == r.end => rule.sport = Some(r.start),
             _ => {}
         }
     }
@@ -469,6 +479,12 @@ pub(crate) fn rule_msg(r: &KRule) -> RuleMessage {
         m.header.dst_len = p.len();
         m.attributes.push(RuleAttribute::Destination(p.addr()));
     }
+    if let Some(p) = r.rule.ip_proto {
+        m.attributes.push(RuleAttribute::IpProtocol(IpProtocol::from(p)));
+    }
+    if let Some(p) = r.rule.sport {
+        m.attributes.push(RuleAttribute::SourcePortRange(RulePortRange { start: p, end: p }));
+    }
     m.attributes.push(RuleAttribute::Protocol(RouteProtocol::from(RTPROT_ISTHMUS)));
     m
 }
@@ -533,12 +549,17 @@ mod tests {
                 priority: 1000,
                 from: Some("10.60.1.0/24".parse().unwrap()),
                 to: None,
+                ip_proto: Some(17),
+                sport: Some(4500),
                 table: 100,
             },
         };
-        let m = RuleMessage::parse(&add_rule(&r).payload[..]).unwrap();
+        let req = add_rule(&r);
+        let m = RuleMessage::parse(&req.payload[..]).unwrap();
         assert_eq!(m.header.src_len, 24);
         assert!(m.attributes.contains(&RuleAttribute::Protocol(RouteProtocol::from(181))));
         assert!(m.attributes.contains(&RuleAttribute::Priority(1000)));
+        // The same code reads dumps: the rule parses back whole.
+        assert_eq!(parse_rule(&req.payload, true).unwrap().map(|k| k.rule), Some(r.rule));
     }
 }

@@ -505,6 +505,8 @@ mod tests {
                 priority: 100,
                 from: Some(p("10.60.0.0/16")),
                 to: None,
+                ip_proto: None,
+                sport: None,
                 table: 100,
             }],
             firewall: None,
@@ -603,7 +605,14 @@ mod tests {
         let r6 = Route { table: 254, dst: p("2001:db8::/32"), via: NextHop::Blackhole, metric: 0 };
         let desired = DesiredState {
             routes: vec![r6.clone()],
-            rules: vec![Rule { priority: 50, from: None, to: None, table: 100 }],
+            rules: vec![Rule {
+                priority: 50,
+                from: None,
+                to: None,
+                ip_proto: None,
+                sport: None,
+                table: 100,
+            }],
             ..Default::default()
         };
         let kernel = Observed {

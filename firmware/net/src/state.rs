@@ -174,6 +174,10 @@ pub struct Rule {
     pub from: Option<Prefix>,
     /// Destination prefix, any when `None`.
     pub to: Option<Prefix>,
+    /// IP protocol (`FRA_IP_PROTO`, Linux 4.17), any when `None`.
+    pub ip_proto: Option<u8>,
+    /// Source port (`FRA_SPORT_RANGE` of one port), any when `None`.
+    pub sport: Option<u16>,
     /// Table to look up.
     pub table: u32,
 }
@@ -197,6 +201,12 @@ impl fmt::Display for Rule {
         }
         if let Some(p) = self.to {
             write!(f, " to {p}")?;
+        }
+        if let Some(p) = self.ip_proto {
+            write!(f, " ipproto {p}")?;
+        }
+        if let Some(p) = self.sport {
+            write!(f, " sport {p}")?;
         }
         write!(f, " lookup {}", self.table)
     }
@@ -367,8 +377,15 @@ mod tests {
         assert!(s.validate().unwrap_err().to_string().contains("a-very-long-interface"));
         s.links.clear();
         s.rules = vec![
-            Rule { priority: 100, from: None, to: None, table: 100 },
-            Rule { priority: 100, from: Some(p("10.0.0.0/8")), to: None, table: 101 },
+            Rule { priority: 100, from: None, to: None, ip_proto: None, sport: None, table: 100 },
+            Rule {
+                priority: 100,
+                from: Some(p("10.0.0.0/8")),
+                to: None,
+                ip_proto: None,
+                sport: None,
+                table: 101,
+            },
         ];
         assert!(s.validate().unwrap_err().to_string().contains("priority 100"));
     }

@@ -58,7 +58,25 @@ fn base_state() -> DesiredState {
             route(100, "0.0.0.0/0", NextHop::Blackhole, 4000),
             route(100, "2001:db8:61::/48", dev("ist0"), 0),
         ],
-        rules: vec![Rule { priority: 1000, from: Some(p("10.60.1.0/24")), to: None, table: 100 }],
+        rules: vec![
+            Rule {
+                priority: 1000,
+                from: Some(p("10.60.1.0/24")),
+                to: None,
+                ip_proto: None,
+                sport: None,
+                table: 100,
+            },
+            // The shape of the rules that send IKE from the WAN address to the peers' table.
+            Rule {
+                priority: 900,
+                from: Some(p("10.60.1.1/32")),
+                to: None,
+                ip_proto: Some(17),
+                sport: Some(4500),
+                table: 100,
+            },
+        ],
         firewall: None,
     }
 }
@@ -87,7 +105,7 @@ fn reconciles_links_addresses_routes_rules_and_repairs_drift() {
     assert!(!gw.sh_output("ip link show ist0").status.success());
     let report = with(&gw, move |r| r.apply(&plan).unwrap());
     assert_eq!(report.routes, 5, "{report}");
-    assert_eq!(report.rules, 1, "{report}");
+    assert_eq!(report.rules, 2, "{report}");
 
     // What an operator sees.
     let link = gw.sh("ip -d link show ist0");
@@ -109,6 +127,10 @@ fn reconciles_links_addresses_routes_rules_and_repairs_drift() {
     assert!(gw.sh("ip -6 route show table 100").contains("2001:db8:61::/48 dev ist0 proto 181"));
     let rules = gw.sh("ip rule show");
     assert!(rules.contains("1000:\tfrom 10.60.1.0/24 lookup 100 proto 181"), "{rules}");
+    assert!(
+        rules.contains("900:\tfrom 10.60.1.1 ipproto udp sport 4500 lookup 100 proto 181"),
+        "{rules}"
+    );
 
     // A second reconcile changes nothing.
     let d = desired.clone();
@@ -161,7 +183,7 @@ fn reconciles_links_addresses_routes_rules_and_repairs_drift() {
     smaller.rules.clear();
     let d = smaller.clone();
     let report = with(&gw, move |r| r.reconcile(&d).unwrap());
-    assert_eq!((report.routes, report.rules), (4, 1), "{report}");
+    assert_eq!((report.routes, report.rules), (4, 2), "{report}");
     assert!(!gw.sh_output("ip link show ist1").status.success(), "ist1 deleted");
     let all = gw.sh("ip route show table all");
     assert!(all.contains("10.61.50.0/24 dev lan0 proto static"), "{all}");
@@ -169,7 +191,7 @@ fn reconciles_links_addresses_routes_rules_and_repairs_drift() {
     assert!(!all.contains("10.61.3.0/24"), "{all}");
     let rules = gw.sh("ip rule show");
     assert!(rules.contains("2000:\tfrom 10.60.2.0/24 lookup 100"), "{rules}");
-    assert!(!rules.contains("1000:"), "{rules}");
+    assert!(!rules.contains("1000:") && !rules.contains("900:"), "{rules}");
     assert!(gw.sh("ip addr show dev lan0").contains("inet 10.60.1.1/24"));
 }
 
@@ -224,7 +246,14 @@ fn apply_converges_when_the_kernel_already_did_part_of_the_plan() {
             NextHop::Gateway("10.60.70.2".parse().unwrap()),
             0,
         )],
-        rules: vec![Rule { priority: 1000, from: Some(p("10.60.70.0/24")), to: None, table: 100 }],
+        rules: vec![Rule {
+            priority: 1000,
+            from: Some(p("10.60.70.0/24")),
+            to: None,
+            ip_proto: None,
+            sport: None,
+            table: 100,
+        }],
         firewall: None,
     };
     let d = with_routes.clone();

@@ -61,6 +61,25 @@ impl Netns {
         c
     }
 
+    /// Writes `/etc/netns/NAME/FILE`, which `ip netns exec` mounts over `/etc/FILE` for the
+    /// processes this namespace starts (`hosts` gives them their own names). Rewritten in place,
+    /// so a process that runs already sees the new contents. Removed with the namespace.
+    pub fn etc_file(&self, file: &str, contents: &str) {
+        std::fs::create_dir_all(self.etc_dir()).expect("create /etc/netns/NAME");
+        let path = self.etc_dir().join(file);
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        std::io::Write::write_all(&mut f, contents.as_bytes()).expect("write the file");
+    }
+
+    fn etc_dir(&self) -> std::path::PathBuf {
+        std::path::Path::new("/etc/netns").join(&self.name)
+    }
+
     /// Runs a shell line inside the namespace; panics with its output if it fails.
     pub fn sh(&self, line: &str) -> String {
         let out = run_ok(self.command("sh").args(["-c", line]));
@@ -118,6 +137,7 @@ impl Drop for Netns {
         // Processes started with `spawn` must have been ended by their owner; the namespace and
         // its interfaces go with it.
         let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = std::fs::remove_dir_all(self.etc_dir());
     }
 }
 

@@ -25,7 +25,10 @@ pub fn swanctl(t: &TunnelConfig, show_secret: bool) -> String {
          # this file's remote side. Load it with `swanctl --load-all`."
     );
     let _ = writeln!(s, "connections {{\n  {name} {{\n    version = 2");
-    let _ = writeln!(s, "    local_addrs = {}", t.remote.ip());
+    // A peer we know by identity only (`address = "any"`) takes whatever address it has.
+    if !t.remote.ip().is_unspecified() {
+        let _ = writeln!(s, "    local_addrs = {}", t.remote.ip());
+    }
     let _ = writeln!(s, "    remote_addrs = {}", t.local.ip());
     let _ = writeln!(s, "    proposals = {}", list_to_string(&t.ike_proposals));
     let ike = &t.ike_lifetime;

@@ -232,6 +232,12 @@ impl Core {
     /// the kernel plan is the difference from the last applied state, and tunnels whose
     /// settings did not change keep running.
     pub(super) fn apply(&self, rev: u64, cfg: Config) -> Result<Vec<String>, ApplyError> {
+        let _applying = lock(&self.applying);
+        self.apply_held(rev, cfg)
+    }
+
+    /// [`Core::apply`], with the apply lock already held.
+    pub(super) fn apply_held(&self, rev: u64, cfg: Config) -> Result<Vec<String>, ApplyError> {
         let mut st = plan::Stages::start();
         let r = self.apply_planes(&cfg, &mut st);
         *lock(&self.stages) = st;

@@ -10,6 +10,7 @@ pub mod error;
 pub mod plan;
 mod plugins;
 mod query;
+pub mod resolve;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -75,6 +76,9 @@ pub struct Core {
     planes: Mutex<Planes>,
     /// The kernel side; held for the whole of an apply, which makes applies run one at a time.
     net: Mutex<plan::NetPlane>,
+    /// Held across a whole apply (planes and the applied revision), so that a re-apply for a
+    /// peer's new address never interleaves with a commit.
+    applying: Mutex<()>,
     /// The last configuration text checked, so that an edit of it is parsed incrementally.
     checked: Mutex<Option<Arc<isthmus_config::Checked>>>,
     /// Where the time of the last commit went.
@@ -201,6 +205,7 @@ impl Core {
             applied: RwLock::new(None),
             planes: Mutex::new(Planes::default()),
             net: Mutex::new(plan::NetPlane::default()),
+            applying: Mutex::new(()),
             checked: Mutex::new(None),
             stages: Mutex::new(plan::Stages::default()),
             monitor: Monitor::default(),

@@ -9,7 +9,10 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use isthmus_config::{Config, DpdAction, Mode, NatT, NextHop as CfgNextHop, StartAction};
+use isthmus_config::{
+    Config, DpdAction, Mode, NatT, NextHop as CfgNextHop, PEER_ROUTE_TABLE, PeerAddress,
+    StartAction,
+};
 use isthmus_ike::{ChildConfig, Identity, Lifetime, Psk, TrafficSelector};
 use isthmus_net::{
     Address, DesiredState, FirewallSpec, Link, LinkKind, NextHop, Route, Rule, TABLE_MAIN,
@@ -25,6 +28,10 @@ const BLACKHOLE_METRIC: u32 = 4_000_000;
 
 /// The priority of the first policy rule (a LAN network looking up its route table).
 pub const RULE_PRIORITY_FIRST: u32 = 1000;
+
+/// The priorities of the rules that send IKE and ESP from the WAN address to
+/// [`PEER_ROUTE_TABLE`] (three, before the LANs' rules).
+pub const PEER_RULE_PRIORITY: u32 = RULE_PRIORITY_FIRST - 3;
 
 /// The last priority a policy rule may take: the kernel's rule for the main table is at 32766,
 /// and a LAN's tables must be looked up before it.
@@ -100,13 +107,41 @@ pub fn desired_state(cfg: &Config, tun: TunnelDevice) -> DesiredState {
     }
     // The WAN's upstream: only customer gateways are reachable through it (the gateway gives no
     // path to the Internet), so host routes to each peer rather than a default route.
-    for cg in &cfg.customer_gateways {
-        if !gw.wan.address.network().contains(cg.address) {
+    for a in cfg.customer_gateways.iter().filter_map(|cg| cg.address.ip()) {
+        if !gw.wan.address.network().contains(a) {
             s.routes.push(Route {
                 table: TABLE_MAIN,
-                dst: Prefix::host(cg.address),
+                dst: Prefix::host(a),
                 via: NextHop::Gateway(gw.wan.next_hop),
                 metric: 50,
+            });
+        }
+    }
+    // Peers without a fixed address (`any`, a DNS name) may be anywhere: the WAN's default
+    // route, in a table that only IKE (UDP 500 and 4500) and ESP sent from the WAN address
+    // look up. LAN traffic still finds no route to the Internet.
+    if cfg.customer_gateways.iter().any(|cg| cg.address.ip().is_none()) {
+        let wan = gw.wan.address.addr;
+        let any = Prefix::new(unspecified(wan), 0).expect("length 0 fits every family");
+        s.routes.push(Route {
+            table: PEER_ROUTE_TABLE,
+            dst: any,
+            via: NextHop::Gateway(gw.wan.next_hop),
+            metric: 0,
+        });
+        let from = Some(Prefix::host(wan));
+        for (k, (ip_proto, sport)) in
+            [(17, Some(500)), (17, Some(isthmus_tunnels::driver::NAT_T_PORT)), (50, None)]
+                .into_iter()
+                .enumerate()
+        {
+            s.rules.push(Rule {
+                priority: PEER_RULE_PRIORITY + k as u32,
+                from,
+                to: None,
+                ip_proto: Some(ip_proto),
+                sport,
+                table: PEER_ROUTE_TABLE,
             });
         }
     }
@@ -147,7 +182,7 @@ pub fn desired_state(cfg: &Config, tun: TunnelDevice) -> DesiredState {
                 s.routes.push(Route { table: rt.id, dst: r.prefix, via, metric: r.metric });
             }
         }
-        s.rules = lan_rules(cfg);
+        s.rules.extend(lan_rules(cfg));
         if tun == TunnelDevice::Absent {
             s.routes.retain(|r| r.via != NextHop::Interface(TUN_NAME.into()));
         }
@@ -199,7 +234,14 @@ pub fn lan_rules(cfg: &Config) -> Vec<Rule> {
         }
         for n in nets {
             for t in &tables {
-                rules.push(Rule { priority: 0, from: Some(n), to: None, table: t.id });
+                rules.push(Rule {
+                    priority: 0,
+                    from: Some(n),
+                    to: None,
+                    ip_proto: None,
+                    sport: None,
+                    table: t.id,
+                });
             }
         }
     }
@@ -275,7 +317,32 @@ pub struct PlanError {
 /// The IKE driver's tunnels: one CHILD SA per SPD entry (route mode: one for any <-> any).
 /// Secrets are resolved here, and only here.
 pub fn ike_tunnels(cfg: &Config) -> Result<Vec<isthmus_tunnels::Tunnel>, PlanError> {
-    cfg.tunnels.iter().filter(|t| t.enabled).map(|t| ike_tunnel(cfg, t)).collect()
+    cfg.tunnels
+        .iter()
+        .filter(|t| t.enabled && peer_address(cfg, t).is_some())
+        .map(|t| ike_tunnel(cfg, t))
+        .collect()
+}
+
+/// The address of `t`'s customer gateway as the driver sees it: its fixed address, the
+/// unspecified address for `any` (the endpoint then matches the peer by identity wherever it
+/// comes from), or what its DNS name resolved to; `None` while the name has no answer (or the
+/// gateway is not configured), and the tunnel waits.
+pub fn peer_address(cfg: &Config, t: &isthmus_config::Tunnel) -> Option<IpAddr> {
+    let wan = cfg.gateway.wan.address.addr;
+    match &cfg.customer_gateway(&t.customer_gateway)?.address {
+        PeerAddress::Ip(a) => Some(*a),
+        PeerAddress::Any => Some(unspecified(wan)),
+        PeerAddress::Name(n) => super::resolve::address(n, wan.is_ipv4()),
+    }
+}
+
+/// The unspecified address of `like`'s family.
+fn unspecified(like: IpAddr) -> IpAddr {
+    match like {
+        IpAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
+        IpAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+    }
 }
 
 /// The IKE driver's configuration of one tunnel (see [`ike_tunnels`]).
@@ -340,12 +407,25 @@ pub fn ike_tunnel(
             Some(s) => s.parse().map_err(|e| err(format!("local_id: {e}")))?,
             None => wan.into(),
         };
-        let remote_id: Identity =
-            cg.ike_identity().parse().map_err(|e| err(format!("ike_id: {e}")))?;
+        let remote = peer_address(cfg, t).ok_or_else(|| {
+            let why = match &cg.address {
+                PeerAddress::Name(n) => match super::resolve::answer(n, wan.is_ipv4()) {
+                    Some(super::resolve::Answer::Failed(why)) => why,
+                    _ => format!("{n} has not been resolved yet"),
+                },
+                a => format!("{a} is not an address"),
+            };
+            err(format!("customer gateway `{}`: {why}", cg.name))
+        })?;
+        let remote_id: Identity = cg
+            .ike_identity(Some(remote))
+            .unwrap_or_else(|| remote.to_string())
+            .parse()
+            .map_err(|e| err(format!("ike_id: {e}")))?;
         let mut ike = isthmus_ike::TunnelConfig::new(
             &t.name,
             SocketAddr::new(wan, 500),
-            SocketAddr::new(cg.address, 500),
+            SocketAddr::new(remote, 500),
             Psk::new(psk.expose().as_bytes().to_vec()),
             Vec::new(),
             Vec::new(),
@@ -359,6 +439,8 @@ pub fn ike_tunnel(
             delay: if t.dpd_enabled() { t.dpd.delay.as_duration() } else { Duration::ZERO },
             timeout: t.dpd.timeout.as_duration(),
             action: match t.dpd.action {
+                // Restarting would initiate to a peer we cannot address; it comes back itself.
+                _ if cg.address == PeerAddress::Any => isthmus_ike::DpdAction::Clear,
                 DpdAction::Clear => isthmus_ike::DpdAction::Clear,
                 DpdAction::Restart | DpdAction::None => isthmus_ike::DpdAction::Restart,
             },
@@ -393,9 +475,12 @@ pub fn unchanged_tunnels<'a>(old: &Config, new: &'a Config) -> std::collections:
     let new_cgs: HashMap<&str, &isthmus_config::CustomerGateway> =
         new.customer_gateways.iter().map(|g| (g.name.as_str(), g)).collect();
     for t in &new.tunnels {
+        let cg = new_cgs.get(t.customer_gateway.as_str());
+        // A DNS name can resolve differently now: such tunnels are fingerprinted.
         let same = tunnels.get(t.name.as_str()).is_some_and(|o| *o == t)
             && matches!(t.psk, isthmus_config::Secret::Inline(_))
-            && old_cgs.get(t.customer_gateway.as_str()) == new_cgs.get(t.customer_gateway.as_str());
+            && !cg.is_some_and(|g| matches!(g.address, PeerAddress::Name(_)))
+            && old_cgs.get(t.customer_gateway.as_str()) == cg;
         if same {
             out.insert(t.name.as_str());
         }
@@ -462,7 +547,8 @@ pub fn tunnel_fingerprint(cfg: &Config, name: &str) -> String {
     let Some(t) = cfg.tunnel(name) else { return String::new() };
     let cg = cfg.customer_gateway(&t.customer_gateway);
     let psk = t.psk.resolve().map(|v| v.fingerprint()).unwrap_or_default();
-    let text = format!("{t:?}|{cg:?}|{psk}|{}", cfg.gateway.wan.address.addr);
+    let peer = peer_address(cfg, t);
+    let text = format!("{t:?}|{cg:?}|{peer:?}|{psk}|{}", cfg.gateway.wan.address.addr);
     hex::encode(Sha256::digest(text.as_bytes()))
 }
 
@@ -585,6 +671,49 @@ remote = "{remote}"
             ))
             .toml();
         Config::from_toml(&toml).expect("parses")
+    }
+
+    #[test]
+    fn peers_without_a_fixed_address_get_the_wan_default_for_ike_and_esp_only() {
+        let fixed = desired_state(
+            &cfg("\"0123456789abcdef0123456789abcdef\"", "10.3.0.0/24"),
+            TunnelDevice::Routed,
+        );
+        assert!(fixed.rules.iter().all(|r| r.table != PEER_ROUTE_TABLE));
+        let text = isthmus_testkit::config::Gateway::new("gw")
+            .wan("wan0", "192.0.2.1/24", "192.0.2.254")
+            .lan("app", "lan0", "10.1.0.1/24")
+            .push(
+                "[[customer_gateway]]\nname = \"b\"\naddress = \"any\"\nike_id = \"@b.example\"\n\
+                 [[tunnel]]\nname = \"tb\"\ncustomer_gateway = \"b\"\nstart_action = \"none\"\n\
+                 psk = \"0123456789abcdef0123456789abcdef\"\n[tunnel.dpd]\naction = \"restart\"\n\
+                 [[tunnel.spd]]\nlocal = \"10.1.0.0/24\"\nremote = \"10.2.0.0/24\"\n",
+            )
+            .toml();
+        let c = Config::from_toml(&text).unwrap();
+        let s = desired_state(&c, TunnelDevice::Routed);
+        let rules: Vec<String> = s.rules.iter().map(|r| r.to_string()).collect();
+        assert_eq!(
+            rules[..3],
+            [
+                "priority 997 from 192.0.2.1/32 ipproto 17 sport 500 lookup 252",
+                "priority 998 from 192.0.2.1/32 ipproto 17 sport 4500 lookup 252",
+                "priority 999 from 192.0.2.1/32 ipproto 50 lookup 252",
+            ]
+        );
+        let peer_routes: Vec<String> = s
+            .routes
+            .iter()
+            .filter(|r| r.table == PEER_ROUTE_TABLE)
+            .map(|r| r.to_string())
+            .collect();
+        assert_eq!(peer_routes, ["0.0.0.0/0 via 192.0.2.254 table 252 metric 0"]);
+        assert!(!s.routes.iter().any(|r| r.table == TABLE_MAIN && r.dst.is_default()));
+        // The driver answers it from any address, matched by identity; DPD cannot restart it.
+        let t = &ike_tunnels(&c).unwrap()[0].ike;
+        assert!(t.remote.ip().is_unspecified());
+        assert_eq!(t.remote_id.to_string(), "b.example");
+        assert_eq!(t.dpd.action, isthmus_ike::DpdAction::Clear);
     }
 
     #[test]

@@ -93,7 +93,8 @@ pub(super) fn route_target(
         }
         k => return Err(format!("table {tname}: {prefix} is a {k:?} route").to_lowercase()),
     }
-    let cg = cfg.customer_gateways.iter().find(|c| c.address == dst).map(|c| c.name.clone());
+    let cg =
+        cfg.customer_gateways.iter().find(|c| c.address.ip() == Some(dst)).map(|c| c.name.clone());
     let oif = oif.clone().unwrap_or_default();
     let target = if oif == plan::TUN_NAME {
         // The tunnel a configured route of this table names for this prefix.

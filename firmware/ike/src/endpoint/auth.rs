@@ -115,7 +115,7 @@ impl Endpoint {
                 ours,
                 theirs: Some(format!("identity {peer_id_s}")),
                 suggestion: Some(format!(
-                    "no tunnel accepts the identity {peer_id_s}; set remote_id to it"
+                    "no tunnel accepts the identity {peer_id_s}: if this is the peer, set its customer gateway's ike_id to {peer_id_s}; otherwise the peer's identity is wrong"
                 )),
             });
             return;
