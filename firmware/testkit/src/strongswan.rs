@@ -185,9 +185,14 @@ impl SwanConn {
         if let Some(t) = self.dpd_delay {
             let _ = writeln!(s, "    dpd_delay = {}s", t.as_secs());
         }
-        let _ = writeln!(s, "    local {{\n      auth = psk\n      id = {}\n    }}", self.local_id);
+        // Quoted: `#` (a key ID, `@#0a1b`) would start a comment.
         let _ =
-            writeln!(s, "    remote {{\n      auth = psk\n      id = {}\n    }}", self.remote_id);
+            writeln!(s, "    local {{\n      auth = psk\n      id = \"{}\"\n    }}", self.local_id);
+        let _ = writeln!(
+            s,
+            "    remote {{\n      auth = psk\n      id = \"{}\"\n    }}",
+            self.remote_id
+        );
         let _ = writeln!(s, "    children {{");
         let first = SwanChild {
             name: self.child.clone(),
@@ -216,7 +221,7 @@ impl SwanConn {
         // Hex form avoids any quoting issue with the key's characters.
         let hex: String = self.psk.bytes().map(|b| format!("{b:02x}")).collect();
         format!(
-            "  ike-{} {{\n    id-a = {}\n    id-b = {}\n    secret = 0x{hex}\n  }}\n",
+            "  ike-{} {{\n    id-a = \"{}\"\n    id-b = \"{}\"\n    secret = 0x{hex}\n  }}\n",
             self.name, self.local_id, self.remote_id
         )
     }

@@ -44,8 +44,9 @@ pub fn swanctl(t: &TunnelConfig, show_secret: bool) -> String {
     if t.force_nat_t {
         let _ = writeln!(s, "    encap = yes");
     }
-    let _ = writeln!(s, "    local {{\n      auth = psk\n      id = {}\n    }}", t.remote_id);
-    let _ = writeln!(s, "    remote {{\n      auth = psk\n      id = {}\n    }}", t.local_id);
+    let (us, them) = (id(&t.local_id), id(&t.remote_id));
+    let _ = writeln!(s, "    local {{\n      auth = psk\n      id = {them}\n    }}");
+    let _ = writeln!(s, "    remote {{\n      auth = psk\n      id = {us}\n    }}");
     let _ = writeln!(s, "    children {{");
     // When we only answer, the peer must start the tunnel; otherwise it waits for traffic
     // (or for us).
@@ -65,7 +66,7 @@ pub fn swanctl(t: &TunnelConfig, show_secret: bool) -> String {
     }
     let _ = writeln!(s, "    }}\n  }}\n}}");
     let _ = writeln!(s, "secrets {{\n  ike-{name} {{");
-    let _ = writeln!(s, "    id-local = {}\n    id-remote = {}", t.remote_id, t.local_id);
+    let _ = writeln!(s, "    id-local = {them}\n    id-remote = {us}");
     if show_secret {
         let hex: String = t.psk.expose().iter().map(|b| format!("{b:02x}")).collect();
         let _ = writeln!(s, "    secret = 0x{hex}");
@@ -77,6 +78,17 @@ pub fn swanctl(t: &TunnelConfig, show_secret: bool) -> String {
     }
     let _ = writeln!(s, "  }}\n}}");
     s
+}
+
+/// An identity as a swanctl.conf value: quoted unless it is a plain word, since `#` (a key ID is
+/// written `@#0a1b`) starts a comment there.
+fn id(i: &isthmus_ike::Identity) -> String {
+    let s = i.to_string();
+    if s.bytes().all(|b| b.is_ascii_alphanumeric() || b".-_@:".contains(&b)) {
+        s
+    } else {
+        format!("\"{s}\"")
+    }
 }
 
 /// Traffic selectors in swanctl's syntax: one entry per prefix, each with the protocol and
@@ -134,5 +146,17 @@ mod tests {
         assert!(conf.contains("# secret = (hidden"), "{conf}");
         let shown = swanctl(&t, true);
         assert!(shown.contains("secret = 0x7333637265742d70736b"), "{shown}");
+    }
+
+    #[test]
+    fn a_peer_known_by_identity_only_gets_no_address_and_key_ids_are_quoted() {
+        let mut t = tunnel();
+        t.remote = "0.0.0.0:500".parse().unwrap();
+        t.remote_id = "@#0a1b2c".parse().unwrap();
+        t.start_action = StartAction::None;
+        let conf = swanctl(&t, false);
+        assert!(!conf.contains("local_addrs"), "{conf}");
+        assert!(conf.contains("id = \"@#0a1b2c\"") && conf.contains("id-local = \"@#0a1b2c\""));
+        assert!(conf.contains("start_action = start"), "{conf}");
     }
 }

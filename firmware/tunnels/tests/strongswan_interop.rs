@@ -1043,3 +1043,40 @@ fn ipv6_wan_with_strongswan() {
     drop(tunnels);
     drop(swan);
 }
+
+/// Every IKE identity type of RFC 7296 §3.5 that PSK peers use, on the wire both ways: each
+/// side presents one type and expects the other's, strongSwan initiating and answering in turn.
+#[test]
+fn identity_types_interoperate() {
+    if !require_root() || !isthmus_testkit::strongswan::available() {
+        return;
+    }
+    // (Isthmus's identity, strongSwan's, how strongSwan lists them, who starts).
+    let cases = [
+        (22, "gw@vpc.example", "ops@idc.example", ["'gw@vpc.example'", "'ops@idc.example'"], true),
+        (24, "@#0a1b2c3d", "@#99887766", ["0a:1b:2c:3d", "99:88:77:66"], false),
+        (25, "10.40.25.1", "@idc.example", ["'10.40.25.1'", "'idc.example'"], true),
+    ];
+    for (n, ours_id, theirs_id, shown, we_start) in cases {
+        let mut ours = isthmus_tunnel(n);
+        ours.local_id = ours_id.parse().unwrap();
+        ours.remote_id = theirs_id.parse().unwrap();
+        let mut theirs = swan_conn(n);
+        theirs.local_id = theirs_id.into();
+        theirs.remote_id = ours_id.into();
+        let lab = lab(n, ours, CloseAction::None, theirs);
+        if we_start {
+            lab.tunnels.initiate("to-swan").unwrap();
+        } else {
+            lab.swan.initiate("net").unwrap_or_else(|e| panic!("{e}\n{}", lab.swan.log()));
+        }
+        let what = format!("{ours_id} <-> {theirs_id}");
+        lab.expect(Duration::from_secs(20), &format!("CHILD SA with {what}"), is_child_up);
+        lab.assert_up_both_sides();
+        let st = lab.swan.status();
+        for s in shown {
+            assert!(st.contains(s), "{what}: strongSwan does not list {s}: {st}");
+        }
+        lab.assert_ping_passes();
+    }
+}
