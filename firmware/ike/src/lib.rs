@@ -21,7 +21,8 @@
 //! - [`codec`]: the message codec (§3);
 //! - [`crypto`]: key schedule, AUTH, SK payload protection, Diffie-Hellman;
 //! - [`modp`]: the finite-field Diffie-Hellman groups;
-//! - [`error`]: the crate's error type.
+//! - [`error`]: the crate's error type;
+//! - [`v1`]: IKEv1 (RFC 2409), beginning with its ISAKMP codec (RFC 2408).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -33,6 +34,7 @@ pub mod error;
 pub mod event;
 pub mod modp;
 pub mod proposal;
+pub mod v1;
 
 pub use config::{
     ChildConfig, Dpd, DpdAction, EndpointConfig, Identity, Lifetime, Psk, StartAction,
