@@ -332,14 +332,14 @@ macro_rules! with_cbc {
 }
 
 /// Encrypts whole blocks in place (the caller padded them, §3.14).
-fn cbc_encrypt(encr: Encr, key: &[u8], iv: &[u8], buf: &mut [u8]) -> Result<(), Error> {
+pub(crate) fn cbc_encrypt(encr: Encr, key: &[u8], iv: &[u8], buf: &mut [u8]) -> Result<(), Error> {
     let n = buf.len();
     with_cbc!(encr, Encryptor, key, iv, |m| m.encrypt_padded_mut::<NoPadding>(buf, n).map(|_| ()))
         .map_err(|_| Error::IntegrityCheckFailed)
 }
 
 /// Decrypts whole blocks in place.
-fn cbc_decrypt(encr: Encr, key: &[u8], iv: &[u8], buf: &mut [u8]) -> Result<(), Error> {
+pub(crate) fn cbc_decrypt(encr: Encr, key: &[u8], iv: &[u8], buf: &mut [u8]) -> Result<(), Error> {
     with_cbc!(encr, Decryptor, key, iv, |m| m.decrypt_padded_mut::<NoPadding>(buf).map(|_| ()))
         .map_err(|_| Error::IntegrityCheckFailed)
 }

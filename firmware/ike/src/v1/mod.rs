@@ -2,5 +2,6 @@
 //! bounds-checked reader and the error type with IKEv2's codec.
 
 pub mod codec;
+pub mod crypt;
 pub mod keys;
 pub mod proposal;
