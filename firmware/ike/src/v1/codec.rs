@@ -497,8 +497,9 @@ fn emit_sa(sa: &Sa, out: &mut Vec<u8>) {
     }
 }
 
-/// Parses a plaintext payload chain that starts with type `first`.
-pub fn parse_payloads(first: u8, data: &[u8]) -> Result<Vec<Payload>, Error> {
+/// The raw bodies of a payload chain that starts with type `first`, with their types: what
+/// the hashes of RFC 2409 cover (SAi_b, IDii_b are bodies as sent, not as re-encoded).
+pub fn chain(first: u8, data: &[u8]) -> Result<Vec<(u8, &[u8])>, Error> {
     let mut r = Reader::new(data);
     let mut next = first;
     let mut out = Vec::new();
@@ -506,14 +507,19 @@ pub fn parse_payloads(first: u8, data: &[u8]) -> Result<Vec<Payload>, Error> {
         let ty = next;
         let (n, body) = generic(&mut r, "payload header")?;
         next = n;
-        out.push(Payload::parse_body(ty, body)?);
+        out.push((ty, body));
         if out.len() > MAX_PAYLOADS {
             return Err(Error::malformed("message", format!("more than {MAX_PAYLOADS} payloads")));
         }
     }
     // RFC 2409 Appendix B pads the plaintext to the cipher's block size: after decryption the
-    // chain may be followed by padding, which the caller strips by the chain's own lengths.
+    // chain may be followed by padding, which the chain's own lengths leave out.
     Ok(out)
+}
+
+/// Parses a plaintext payload chain that starts with type `first`.
+pub fn parse_payloads(first: u8, data: &[u8]) -> Result<Vec<Payload>, Error> {
+    chain(first, data)?.into_iter().map(|(ty, body)| Payload::parse_body(ty, body)).collect()
 }
 
 /// Appends a payload chain; returns the type of its first payload.

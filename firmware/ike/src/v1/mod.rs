@@ -4,4 +4,5 @@
 pub mod codec;
 pub mod crypt;
 pub mod keys;
+pub mod main_mode;
 pub mod proposal;
