@@ -99,6 +99,14 @@ pub enum Failure {
         /// What the peer sent.
         got: String,
     },
+    /// Quick Mode proxy IDs that no selector pair of ours covers: ours and theirs, each as
+    /// `local <=> remote` from its own side.
+    ProxyIdMismatch {
+        /// Our selector pairs.
+        ours: String,
+        /// What the peer proposed.
+        theirs: String,
+    },
     /// The peer answered with an error notification.
     Notified(u16),
     /// A message we cannot use here: what is wrong with it.
@@ -111,7 +119,9 @@ impl Failure {
         match self {
             Failure::NoProposalChosen { .. } => Some(notify::NO_PROPOSAL_CHOSEN),
             Failure::HashMismatch => Some(notify::INVALID_HASH_INFORMATION),
-            Failure::IdentityMismatch { .. } => Some(notify::INVALID_ID_INFORMATION),
+            Failure::IdentityMismatch { .. } | Failure::ProxyIdMismatch { .. } => {
+                Some(notify::INVALID_ID_INFORMATION)
+            }
             Failure::Notified(_) | Failure::Malformed(_) => None,
         }
     }

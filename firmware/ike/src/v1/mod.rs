@@ -6,3 +6,4 @@ pub mod crypt;
 pub mod keys;
 pub mod main_mode;
 pub mod proposal;
+pub mod quick_mode;
