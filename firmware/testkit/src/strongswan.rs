@@ -77,6 +77,8 @@ impl Action {
 pub struct SwanConn {
     /// Connection (IKE SA) name.
     pub name: String,
+    /// IKE version: 2, or 1 (Main Mode and Quick Mode).
+    pub version: u8,
     /// CHILD SA name (what [`Strongswan::initiate`] takes).
     pub child: String,
     /// Our WAN address (`local_addrs`).
@@ -148,6 +150,7 @@ impl SwanConn {
     pub fn new(name: &str, local_addr: &str, remote_addr: &str, psk: &str) -> SwanConn {
         SwanConn {
             name: name.to_owned(),
+            version: 2,
             child: format!("{name}-child"),
             local_addr: local_addr.to_owned(),
             remote_addr: remote_addr.to_owned(),
@@ -172,7 +175,7 @@ impl SwanConn {
     fn connection(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "  {} {{", self.name);
-        let _ = writeln!(s, "    version = 2");
+        let _ = writeln!(s, "    version = {}", self.version);
         let _ = writeln!(s, "    local_addrs = {}", self.local_addr);
         let _ = writeln!(s, "    remote_addrs = {}", self.remote_addr);
         let _ = writeln!(s, "    proposals = {}", self.ike_proposals);

@@ -404,6 +404,12 @@ impl MainMode {
         (self.cky_i, self.cky_r)
     }
 
+    /// What the NAT-D payloads showed so far: after message 3 or 4 with a NAT between us, the
+    /// exchange moves to port 4500 (RFC 3947 §4).
+    pub fn nat(&self) -> NatState {
+        self.nat
+    }
+
     /// True while the exchange waits for a message.
     pub fn is_open(&self) -> bool {
         self.state != State::Over
