@@ -7,9 +7,10 @@
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use isthmus_ike::v1::codec;
+use isthmus_ike::v1::main_mode::notify;
 use isthmus_ike::v1::main_mode::{Established, MainMode, Phase1Config, Step};
 use isthmus_ike::v1::quick_mode::{QmStep, QuickConfig, QuickMode};
+use isthmus_ike::v1::{codec, info};
 use isthmus_ike::{Psk, parse_esp_list, parse_ike_list};
 use isthmus_testkit::strongswan::{Strongswan, SwanConn};
 use isthmus_testkit::{Netns, require_root, veth};
@@ -39,6 +40,11 @@ impl Wire {
 
     /// The next Main or Quick Mode datagram (informational ones and keepalives are skipped).
     fn recv(&mut self, timeout: Duration) -> Vec<u8> {
+        self.recv_where(timeout, |x| x != codec::exchange::INFORMATIONAL.0)
+    }
+
+    /// The next datagram whose exchange type `want` accepts (keepalives are skipped).
+    fn recv_where(&mut self, timeout: Duration, want: impl Fn(u8) -> bool) -> Vec<u8> {
         let deadline = Instant::now() + timeout;
         let mut buf = [0u8; 4096];
         while Instant::now() < deadline {
@@ -53,7 +59,7 @@ impl Wire {
                 } else {
                     &buf[..n]
                 };
-                if d.len() > 18 && d[18] != codec::exchange::INFORMATIONAL.0 {
+                if d.len() > 18 && want(d[18]) {
                     return d.to_vec();
                 }
             }
@@ -170,6 +176,34 @@ fn isthmus_initiates_main_mode_and_quick_mode_to_strongswan() {
             "AES_CBC-128/HMAC_SHA2_256_128/MODP_2048",
             &format!("{:08x}", child.spi_in),
         ],
+    );
+
+    // DPD (RFC 3706): charon answers an R-U-THERE with its ACK and our sequence number.
+    lab.wire.send(&info::encode(&sa, 0x7001, &[info::dpd(&sa, notify::R_U_THERE, 41)]).unwrap());
+    let ack = loop {
+        let d =
+            lab.wire.recv_where(Duration::from_secs(10), |x| x == codec::exchange::INFORMATIONAL.0);
+        if let Ok(p) = info::decode(&sa, &d)
+            && let Some(seq) = info::dpd_seq(&p, true)
+        {
+            break seq;
+        }
+    };
+    assert_eq!(ack, 41);
+    // A Delete of our inbound SA removes the CHILD SA on charon, and the ISAKMP SA stays.
+    lab.wire.send(&info::encode(&sa, 0x7002, &[info::delete_esp(&[child.spi_in])]).unwrap());
+    assert!(
+        lab.swan.wait_until(Duration::from_secs(5), |s| s.children_installed("net") == 0
+            && s.ike_established("v1")),
+        "{}",
+        lab.swan.status()
+    );
+    // Deleting the ISAKMP SA ends it too.
+    lab.wire.send(&info::encode(&sa, 0x7003, &[info::delete_isakmp(&sa)]).unwrap());
+    assert!(
+        lab.swan.wait_until(Duration::from_secs(5), |s| !s.ike_established("v1")),
+        "{}",
+        lab.swan.status()
     );
 }
 

@@ -3,6 +3,7 @@
 
 pub mod codec;
 pub mod crypt;
+pub mod info;
 pub mod keys;
 pub mod main_mode;
 pub mod proposal;
