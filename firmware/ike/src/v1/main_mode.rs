@@ -840,4 +840,42 @@ mod tests {
         assert!(mi.handle(&m1, &mut rng).is_err());
         assert!(!mi.is_open());
     }
+
+    proptest::proptest! {
+        #[test]
+        fn mutated_messages_never_panic_either_side(
+            at in proptest::collection::vec(0usize..2000, 1..4),
+            xor in 1u8..=255,
+            which in 0usize..5,
+        ) {
+            let mut rng = ChaCha20Rng::from_seed([12; 32]);
+            let (mut i, m1) = MainMode::initiate(cfg(true, "aes128-sha256-modp2048", "k"), &mut rng).unwrap();
+            let (mut r, m2) = MainMode::respond(cfg(false, "aes128-sha256-modp2048", "k"), &m1, &mut rng).unwrap();
+            let Step::Send(m3) = i.handle(&m2, &mut rng).unwrap() else { panic!() };
+            // Message `which` (1..5) is mutated and handed to its receiver, which must refuse or
+            // cope, never panic.
+            let mutate = |m: &[u8]| {
+                let mut m = m.to_vec();
+                for a in &at {
+                    let k = a % m.len();
+                    m[k] ^= xor;
+                }
+                m
+            };
+            match which {
+                0 => { let _ = MainMode::respond(cfg(false, "aes128-sha256-modp2048", "k"), &mutate(&m1), &mut rng); }
+                1 => { let _ = i.handle(&mutate(&m2), &mut rng); }
+                2 => { let _ = r.handle(&mutate(&m3), &mut rng); }
+                _ => {
+                    let Step::Send(m4) = r.handle(&m3, &mut rng).unwrap() else { panic!() };
+                    if which == 3 {
+                        let _ = i.handle(&mutate(&m4), &mut rng);
+                    } else {
+                        let Step::Send(m5) = i.handle(&m4, &mut rng).unwrap() else { panic!() };
+                        let _ = r.handle(&mutate(&m5), &mut rng);
+                    }
+                }
+            }
+        }
+    }
 }
