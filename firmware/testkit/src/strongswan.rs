@@ -79,6 +79,8 @@ pub struct SwanConn {
     pub name: String,
     /// IKE version: 2, or 1 (Main Mode and Quick Mode).
     pub version: u8,
+    /// IKEv1 Aggressive Mode instead of Main Mode.
+    pub aggressive: bool,
     /// CHILD SA name (what [`Strongswan::initiate`] takes).
     pub child: String,
     /// Our WAN address (`local_addrs`).
@@ -151,6 +153,7 @@ impl SwanConn {
         SwanConn {
             name: name.to_owned(),
             version: 2,
+            aggressive: false,
             child: format!("{name}-child"),
             local_addr: local_addr.to_owned(),
             remote_addr: remote_addr.to_owned(),
@@ -176,6 +179,9 @@ impl SwanConn {
         let mut s = String::new();
         let _ = writeln!(s, "  {} {{", self.name);
         let _ = writeln!(s, "    version = {}", self.version);
+        if self.aggressive {
+            let _ = writeln!(s, "    aggressive = yes");
+        }
         let _ = writeln!(s, "    local_addrs = {}", self.local_addr);
         let _ = writeln!(s, "    remote_addrs = {}", self.remote_addr);
         let _ = writeln!(s, "    proposals = {}", self.ike_proposals);
@@ -319,8 +325,11 @@ impl Strongswan {
             std::fs::create_dir_all(dir.join(sub)).expect("create strongSwan folder");
         }
         let d = dir.display();
+        // charon refuses Aggressive Mode with a PSK as responder unless told otherwise; the
+        // IKEv1 interop tests need it (Isthmus turns it on per tunnel, with a warning).
         let conf = format!(
             "charon {{\n  load_modular = no\n  load = {PLUGINS}\n  install_virtual_ip = no\n  \
+             i_dont_care_about_security_and_use_aggressive_mode_psk = yes\n  \
              retransmit_timeout = {}\n  retransmit_base = {}\n  retransmit_tries = {}\n  \
              plugins {{\n    vici {{\n      socket = unix://{d}/charon.vici\n    }}\n  }}\n  \
              filelog {{\n    isthmus {{\n      path = {d}/charon.log\n      time_format = %H:%M:%S\n      \

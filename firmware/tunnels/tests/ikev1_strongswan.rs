@@ -69,14 +69,36 @@ impl Wire {
 }
 
 struct Lab {
-    swan: Strongswan,
+    swan: LoggedSwan,
     wire: Wire,
     _gw_i: Netns,
     _gw_s: Netns,
     _host_s: Netns,
 }
 
+/// charon, whose log is printed when a test fails.
+struct LoggedSwan(Strongswan);
+
+impl std::ops::Deref for LoggedSwan {
+    type Target = Strongswan;
+    fn deref(&self) -> &Strongswan {
+        &self.0
+    }
+}
+
+impl Drop for LoggedSwan {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- charon\n{}\n{}", self.0.status(), self.0.log());
+        }
+    }
+}
+
 fn lab(n: u8, esp: &str) -> Lab {
+    lab_with(n, esp, false)
+}
+
+fn lab_with(n: u8, esp: &str, aggressive: bool) -> Lab {
     let gw_i = Netns::new("v1i");
     let gw_s = Netns::new("v1s");
     veth(&gw_i, "wan-i", &format!("10.40.{n}.1/24"), &gw_s, "wan-s", &format!("10.40.{n}.2/24"));
@@ -85,6 +107,7 @@ fn lab(n: u8, esp: &str) -> Lab {
     veth(&gw_s, "lan-s", &format!("10.42.{n}.1/24"), &host_s, "eth0", &format!("10.42.{n}.2/24"));
     let mut c = SwanConn::new("v1", &format!("10.40.{n}.2"), &format!("10.40.{n}.1"), PSK);
     c.version = 1;
+    c.aggressive = aggressive;
     c.child = "net".into();
     c.ike_proposals = "aes128-sha256-modp2048".into();
     c.esp_proposals = esp.into();
@@ -102,7 +125,7 @@ fn lab(n: u8, esp: &str) -> Lab {
         (s(500), s(4500))
     });
     let wire = Wire { s500, s4500, peer: format!("10.40.{n}.2").parse().unwrap(), floated: false };
-    Lab { swan, wire, _gw_i: gw_i, _gw_s: gw_s, _host_s: host_s }
+    Lab { swan: LoggedSwan(swan), wire, _gw_i: gw_i, _gw_s: gw_s, _host_s: host_s }
 }
 
 fn phase1(n: u8) -> Phase1Config {
@@ -217,7 +240,7 @@ fn strongswan_initiates_main_mode_and_quick_mode_to_isthmus() {
     let mut lab = lab(n, esp);
     let mut rng = ChaCha20Rng::from_seed([31; 32]);
     let started = std::thread::scope(|s| {
-        let swan = &lab.swan;
+        let swan: &Strongswan = &lab.swan;
         let h = s.spawn(move || swan.initiate("net"));
         let m1 = lab.wire.recv(Duration::from_secs(10));
         let (mut mm, m2) = MainMode::respond(phase1(n), &m1, &mut rng).unwrap();
@@ -244,4 +267,70 @@ fn strongswan_initiates_main_mode_and_quick_mode_to_isthmus() {
     initiated.unwrap_or_else(|e| panic!("{e}\n{}", lab.swan.log()));
     assert_eq!(child.spi_in, 0xc0de_0002);
     assert_up(&lab.swan, &["AES_CBC-256/HMAC_SHA1_96", "c0de0002"]);
+}
+
+#[test]
+fn aggressive_mode_with_strongswan_in_both_roles() {
+    if !require_root() || !isthmus_testkit::strongswan::available() {
+        return;
+    }
+    for (n, we_start) in [(32, true), (33, false)] {
+        let esp = "aes128-sha256";
+        let mut lab = lab_with(n, esp, true);
+        let mut rng = ChaCha20Rng::from_seed([n; 32]);
+        let sa = std::thread::scope(|s| {
+            let swan: &Strongswan = &lab.swan;
+            let h = (!we_start).then(|| s.spawn(move || swan.initiate("net")));
+            let sa = if we_start {
+                let (mut mm, m1) = MainMode::initiate_aggressive(phase1(n), &mut rng).unwrap();
+                lab.wire.send(&m1);
+                let d = lab.wire.recv(Duration::from_secs(10));
+                let Step::Done { send: Some(m3), sa } =
+                    mm.handle(&d, &mut rng).unwrap_or_else(|e| panic!("{e:?}\n{}", lab.swan.log()))
+                else {
+                    panic!("two messages")
+                };
+                let nat = sa.nat;
+                lab.wire.floated |= nat.local_behind || nat.remote_behind;
+                lab.wire.send(&m3);
+                // charon, the responder, waits for our Quick Mode.
+                let (mut qm, q1) =
+                    QuickMode::initiate(&sa, quick(n, esp), 0x5252_0001, 0xc0de_0003, &mut rng)
+                        .unwrap();
+                lab.wire.send(&q1);
+                let d = lab.wire.recv(Duration::from_secs(10));
+                let QmStep::Done { send: Some(q3), .. } =
+                    qm.handle(&sa, &d).unwrap_or_else(|e| panic!("{e:?}\n{}", lab.swan.log()))
+                else {
+                    panic!()
+                };
+                lab.wire.send(&q3);
+                sa
+            } else {
+                let m1 = lab.wire.recv(Duration::from_secs(10));
+                let (mut mm, m2) = MainMode::respond(phase1(n), &m1, &mut rng).unwrap();
+                lab.wire.send(&m2);
+                let m3 = lab.wire.recv(Duration::from_secs(10));
+                let Step::Done { sa, .. } = mm
+                    .handle(&m3, &mut rng)
+                    .unwrap_or_else(|e| panic!("{e:?}\n{}", lab.swan.log()))
+                else {
+                    panic!("three messages")
+                };
+                let q1 = lab.wire.recv(Duration::from_secs(10));
+                let (mut qm, q2) =
+                    QuickMode::respond(&sa, &[quick(n, esp)], &q1, 0xc0de_0004, &mut rng).unwrap();
+                lab.wire.send(&q2);
+                let q3 = lab.wire.recv(Duration::from_secs(10));
+                qm.handle(&sa, &q3).unwrap();
+                sa
+            };
+            if let Some(h) = h {
+                h.join().unwrap().unwrap_or_else(|e| panic!("{e}\n{}", lab.swan.log()));
+            }
+            sa
+        });
+        assert_eq!(sa.peer_id.to_string(), format!("10.40.{n}.2"));
+        assert_up(&lab.swan, &["AES_CBC-128/HMAC_SHA2_256_128/PRF_HMAC_SHA2_256/MODP_2048"]);
+    }
 }

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use rand_core::CryptoRngCore;
 
+use crate::codec::ExchangeType;
 use crate::config::{Identity, Psk};
 use crate::crypto::{DhSecret, ct_eq};
 use crate::proposal::{IkeProposal, IkeSuite, list_to_string};
@@ -193,6 +194,10 @@ enum State {
     SentSaReply,
     /// Responder: message 4 sent.
     SentKeReply,
+    /// Aggressive Mode initiator: message 1 sent.
+    AggrSent1,
+    /// Aggressive Mode responder: message 2 sent.
+    AggrSent2,
     /// Finished (or failed).
     Over,
 }
@@ -201,6 +206,8 @@ enum State {
 pub struct MainMode {
     cfg: Phase1Config,
     initiator: bool,
+    /// Main Mode, or Aggressive Mode (§5.4: three messages, identities in clear).
+    exchange: ExchangeType,
     cky_i: u64,
     cky_r: u64,
     state: State,
@@ -218,6 +225,9 @@ pub struct MainMode {
     iv: Vec<u8>,
     nat: NatState,
     peer_dpd: bool,
+    /// Aggressive Mode: the peer's identity and ID payload body, received in clear.
+    peer_id: Option<Identity>,
+    peer_idii: Vec<u8>,
 }
 
 impl std::fmt::Debug for MainMode {
@@ -253,8 +263,8 @@ type Raw = Vec<(u8, Vec<u8>)>;
 /// The message's cookies, exchange and plaintext payload chain (raw bodies with their types).
 fn plain(d: &[u8]) -> Result<(codec::Message, Raw), Failure> {
     let m = codec::parse_message(d)?;
-    if m.header.exchange != exchange::MAIN {
-        return Err(Failure::Malformed(format!("exchange {} in Main Mode", m.header.exchange)));
+    if m.header.exchange != exchange::MAIN && m.header.exchange != exchange::AGGRESSIVE {
+        return Err(Failure::Malformed(format!("exchange {} in phase 1", m.header.exchange)));
     }
     let raw = match &m.body {
         Body::Plain(_) => codec::chain(m.header.next_payload, &d[crate::codec::HEADER_LEN..])?
@@ -297,6 +307,21 @@ impl MainMode {
         cfg: Phase1Config,
         rng: &mut impl CryptoRngCore,
     ) -> Result<(MainMode, Vec<u8>), Failure> {
+        let (mut mm, sa) = MainMode::offer(cfg, rng)?;
+        mm.state = State::SentSa;
+        let h = header(mm.cky_i, 0, exchange::MAIN, 0, 0);
+        let msg = codec::encode_plain(
+            h,
+            &[sa, Payload::Vendor(VID_NAT_T.to_vec()), Payload::Vendor(VID_DPD.to_vec())],
+        );
+        Ok((mm, msg))
+    }
+
+    /// An initiator's state with its SA payload (kept as SAi_b for the hashes).
+    fn offer(
+        cfg: Phase1Config,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<(MainMode, Payload), Failure> {
         let transforms = phase1_transforms(&cfg.proposals, cfg.life).ok_or_else(|| {
             Failure::NoProposalChosen {
                 ours: list_to_string(&cfg.proposals),
@@ -314,12 +339,46 @@ impl MainMode {
         sai_b.drain(..4);
         let mut mm = MainMode::new(cfg, true, cookie(rng), 0);
         mm.sai_b = sai_b;
-        mm.state = State::SentSa;
-        let h = header(mm.cky_i, 0, exchange::MAIN, 0, 0);
-        let msg = codec::encode_plain(
-            h,
-            &[sa, Payload::Vendor(VID_NAT_T.to_vec()), Payload::Vendor(VID_DPD.to_vec())],
-        );
+        Ok((mm, sa))
+    }
+
+    /// Starts phase 1 in Aggressive Mode (§5.4) as initiator: the state and message 1, which
+    /// carries our key share and identity at once, so only the first group of our first CBC
+    /// proposal is offered. Aggressive Mode lets an eavesdropper guess the PSK offline from
+    /// HASH_R; the configuration warns where it is turned on.
+    pub fn initiate_aggressive(
+        mut cfg: Phase1Config,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<(MainMode, Vec<u8>), Failure> {
+        let all = cfg.proposals.clone();
+        let group = phase1_transforms(&all, cfg.life)
+            .and_then(|t| phase1_suite(&t[0]).ok())
+            .map(|(s, _)| s.dh)
+            .ok_or_else(|| Failure::NoProposalChosen {
+                ours: list_to_string(&all),
+                theirs: "(IKEv1 phase 1 has no AEAD cipher: add a CBC proposal)".into(),
+            })?;
+        for p in &mut cfg.proposals {
+            p.dh.retain(|g| *g == group);
+        }
+        cfg.proposals.retain(|p| !p.dh.is_empty());
+        let (mut mm, sa) = MainMode::offer(cfg, rng)?;
+        mm.exchange = exchange::AGGRESSIVE;
+        let dh = DhSecret::generate(group, rng);
+        mm.gxi = dh.public();
+        mm.dh = Some(dh);
+        mm.ni = nonce(rng);
+        mm.state = State::AggrSent1;
+        let id = id_payload(&mm.cfg.local_id, mm.cfg.local.ip());
+        let out = [
+            sa,
+            Payload::Ke(mm.gxi.clone()),
+            Payload::Nonce(mm.ni.clone()),
+            Payload::Id(id),
+            Payload::Vendor(VID_NAT_T.to_vec()),
+            Payload::Vendor(VID_DPD.to_vec()),
+        ];
+        let msg = codec::encode_plain(header(mm.cky_i, 0, exchange::AGGRESSIVE, 0, 0), &out);
         Ok((mm, msg))
     }
 
@@ -361,6 +420,7 @@ impl MainMode {
         mm.peer_dpd = payloads.iter().any(|p| matches!(p, Payload::Vendor(v) if v[..] == VID_DPD));
         mm.nat.supported =
             payloads.iter().any(|p| matches!(p, Payload::Vendor(v) if v[..] == VID_NAT_T));
+        mm.exchange = m.header.exchange;
         mm.state = State::SentSaReply;
         let reply = Sa {
             doi: DOI_IPSEC,
@@ -372,7 +432,43 @@ impl MainMode {
             out.push(Payload::Vendor(VID_NAT_T.to_vec()));
         }
         out.push(Payload::Vendor(VID_DPD.to_vec()));
-        let h = header(mm.cky_i, mm.cky_r, exchange::MAIN, 0, 0);
+        if mm.exchange == exchange::AGGRESSIVE {
+            // §5.4 message 2: our key share, nonce, identity and HASH_R after checking theirs.
+            mm.gxi = find(&raw, payload_type::KE)
+                .ok_or_else(|| Failure::Malformed("no KE payload in message 1".into()))?
+                .to_vec();
+            mm.ni = find(&raw, payload_type::NONCE)
+                .ok_or_else(|| Failure::Malformed("no nonce in message 1".into()))?
+                .to_vec();
+            let idii_b = find(&raw, payload_type::ID)
+                .ok_or_else(|| Failure::Malformed("no ID payload in message 1".into()))?
+                .to_vec();
+            mm.peer_id = Some(mm.check_id(&idii_b)?);
+            mm.check_nat(&raw)?;
+            let dh = DhSecret::generate(suite.dh, rng);
+            mm.gxr = dh.public();
+            let shared = dh.shared(&mm.gxi)?;
+            mm.nr = nonce(rng);
+            mm.derive(&shared)?;
+            mm.peer_idii = idii_b;
+            let our = id_payload(&mm.cfg.local_id, mm.cfg.local.ip());
+            let hash_r = mm.hash(false, &our.body())?;
+            out.splice(
+                1..1,
+                [
+                    Payload::Ke(mm.gxr.clone()),
+                    Payload::Nonce(mm.nr.clone()),
+                    Payload::Id(our),
+                    Payload::Hash(hash_r),
+                ],
+            );
+            if mm.nat.supported {
+                out.push(Payload::NatD(mm.nat_hash(suite, mm.cfg.remote)));
+                out.push(Payload::NatD(mm.nat_hash(suite, mm.cfg.local)));
+            }
+            mm.state = State::AggrSent2;
+        }
+        let h = header(mm.cky_i, mm.cky_r, mm.exchange, 0, 0);
         Ok((mm, codec::encode_plain(h, &out)))
     }
 
@@ -381,6 +477,7 @@ impl MainMode {
         MainMode {
             cfg,
             initiator,
+            exchange: exchange::MAIN,
             cky_i,
             cky_r,
             state: State::Over,
@@ -396,6 +493,8 @@ impl MainMode {
             iv: Vec::new(),
             nat: NatState::default(),
             peer_dpd: false,
+            peer_id: None,
+            peer_idii: Vec::new(),
         }
     }
 
@@ -430,6 +529,12 @@ impl MainMode {
 
     fn step(&mut self, datagram: &[u8], rng: &mut impl CryptoRngCore) -> Result<Step, Failure> {
         let (m, raw) = plain(datagram)?;
+        if m.header.exchange != self.exchange {
+            return Err(Failure::Malformed(format!(
+                "exchange {} in {}",
+                m.header.exchange, self.exchange
+            )));
+        }
         if m.header.spi_i != self.cky_i || (self.cky_r != 0 && m.header.spi_r != self.cky_r) {
             return Err(Failure::Malformed("cookies of another exchange".into()));
         }
@@ -520,6 +625,70 @@ impl MainMode {
                 self.state = State::Over;
                 Ok(Step::Done { send: None, sa: Box::new(self.established(id)?) })
             }
+            (State::AggrSent1, Body::Plain(p)) => {
+                if m.header.spi_r == 0 {
+                    return Err(Failure::Malformed("a reply without a responder cookie".into()));
+                }
+                self.cky_r = m.header.spi_r;
+                self.chosen(p)?;
+                self.peer_dpd =
+                    p.iter().any(|x| matches!(x, Payload::Vendor(v) if v[..] == VID_DPD));
+                self.nat.supported =
+                    p.iter().any(|x| matches!(x, Payload::Vendor(v) if v[..] == VID_NAT_T));
+                let need = |ty, what: &str| {
+                    find(&raw, ty)
+                        .map(<[u8]>::to_vec)
+                        .ok_or_else(|| Failure::Malformed(format!("no {what} in message 2")))
+                };
+                self.gxr = need(payload_type::KE, "KE payload")?;
+                self.nr = need(payload_type::NONCE, "nonce")?;
+                let idir_b = need(payload_type::ID, "ID payload")?;
+                let hash_r = need(payload_type::HASH, "HASH payload")?;
+                self.check_nat(&raw)?;
+                let dh = self.dh.take().ok_or_else(|| Failure::Malformed("no DH".into()))?;
+                let shared = dh.shared(&self.gxr)?;
+                self.derive(&shared)?;
+                let peer = self.check_id(&idir_b)?;
+                if !ct_eq(&self.hash(false, &idir_b)?, &hash_r) {
+                    return Err(Failure::HashMismatch);
+                }
+                let id = id_payload(&self.cfg.local_id, self.cfg.local.ip());
+                let mut out = vec![Payload::Hash(self.hash(true, &id.body())?)];
+                if self.nat.supported {
+                    let s = self.suite()?;
+                    out.push(Payload::NatD(self.nat_hash(s, self.cfg.remote)));
+                    out.push(Payload::NatD(self.nat_hash(s, self.cfg.local)));
+                }
+                let msg = self.encrypt(&out)?;
+                self.state = State::Over;
+                Ok(Step::Done { send: Some(msg), sa: Box::new(self.established(peer)?) })
+            }
+            (State::AggrSent2, body) => {
+                let raw = match body {
+                    Body::Plain(_) => raw,
+                    Body::Encrypted(ct) => {
+                        let s = self.suite()?;
+                        let k = self
+                            .keys
+                            .as_ref()
+                            .ok_or_else(|| Failure::Malformed("no keys".into()))?;
+                        let (plain, next) = crypt::open(s.encr, &k.enc_key, &self.iv, ct)?;
+                        let chain = codec::chain(m.header.next_payload, &plain)
+                            .map_err(|_| Failure::HashMismatch)?;
+                        self.iv = next;
+                        chain.into_iter().map(|(t, b)| (t, b.to_vec())).collect()
+                    }
+                };
+                let hash = find(&raw, payload_type::HASH).ok_or(Failure::HashMismatch)?.to_vec();
+                if !ct_eq(&self.hash(true, &self.peer_idii.clone())?, &hash) {
+                    return Err(Failure::HashMismatch);
+                }
+                self.check_nat(&raw)?;
+                let peer =
+                    self.peer_id.take().ok_or_else(|| Failure::Malformed("no peer".into()))?;
+                self.state = State::Over;
+                Ok(Step::Done { send: None, sa: Box::new(self.established(peer)?) })
+            }
             (s, _) => Err(Failure::Malformed(format!("an unexpected message in state {s:?}"))),
         }
     }
@@ -562,7 +731,7 @@ impl MainMode {
             out.push(Payload::NatD(self.nat_hash(s, self.cfg.remote)));
             out.push(Payload::NatD(self.nat_hash(s, self.cfg.local)));
         }
-        codec::encode_plain(header(self.cky_i, self.cky_r, exchange::MAIN, 0, 0), &out)
+        codec::encode_plain(header(self.cky_i, self.cky_r, self.exchange, 0, 0), &out)
     }
 
     /// HASH(CKY-I | CKY-R | IP | Port) (RFC 3947 §3.2).
@@ -622,7 +791,7 @@ impl MainMode {
     fn encrypt(&mut self, payloads: &[Payload]) -> Result<Vec<u8>, Failure> {
         let s = self.suite()?;
         let k = self.keys.as_ref().ok_or_else(|| Failure::Malformed("no keys".into()))?;
-        let h = header(self.cky_i, self.cky_r, exchange::MAIN, 0, 0);
+        let h = header(self.cky_i, self.cky_r, self.exchange, 0, 0);
         let (msg, next) = crypt::encrypt_message(h, payloads, s.encr, &k.enc_key, &self.iv)?;
         self.iv = next;
         Ok(msg)
@@ -661,6 +830,21 @@ impl MainMode {
                     got: shown,
                 })
             }
+        }
+    }
+
+    /// The identity in an ID payload body, if it is the configured remote one.
+    fn check_id(&self, id_b: &[u8]) -> Result<Identity, Failure> {
+        let got = id_b.get(4..).and_then(|d| Identity::from_wire(id_b[0], d));
+        match got {
+            Some(i) if self.cfg.remote_id.matches(&i) => Ok(i),
+            other => Err(Failure::IdentityMismatch {
+                expected: self.cfg.remote_id.to_string(),
+                got: other.map_or_else(
+                    || format!("ID type {}", id_b.first().copied().unwrap_or(0)),
+                    |i| i.to_string(),
+                ),
+            }),
         }
     }
 
@@ -813,6 +997,50 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(e, Failure::NoProposalChosen { .. }));
+    }
+
+    #[test]
+    fn aggressive_mode_establishes_in_three_messages_and_names_a_wrong_identity() {
+        let mut rng = ChaCha20Rng::from_seed([13; 32]);
+        // Our list has two groups; Aggressive Mode can send one key share, so it offers the first.
+        let (mut i, m1) = MainMode::initiate_aggressive(
+            cfg(true, "aes256-sha256-modp2048-modp3072", "k"),
+            &mut rng,
+        )
+        .unwrap();
+        let (mut r, m2) =
+            MainMode::respond(cfg(false, "aes256-sha256-modp3072-modp2048", "k"), &m1, &mut rng)
+                .unwrap();
+        let Step::Done { send: Some(m3), sa: isa } = i.handle(&m2, &mut rng).unwrap() else {
+            panic!()
+        };
+        let Step::Done { send: None, sa: rsa } = r.handle(&m3, &mut rng).unwrap() else { panic!() };
+        assert_eq!(isa.suite.to_string(), "aes256-sha256-prfsha256-modp2048");
+        assert_eq!(isa.keys.enc_key[..], rsa.keys.enc_key[..]);
+        assert_eq!(isa.iv, rsa.iv);
+        assert_eq!(
+            (isa.peer_id.to_string(), rsa.peer_id.to_string()),
+            ("idc.example".into(), "vpc.example".into())
+        );
+        // A wrong PSK fails HASH_R at the initiator; another identity is named by the responder.
+        let (mut i, m1) =
+            MainMode::initiate_aggressive(cfg(true, "aes128-sha1-modp2048", "one"), &mut rng)
+                .unwrap();
+        let (_, m2) =
+            MainMode::respond(cfg(false, "aes128-sha1-modp2048", "two"), &m1, &mut rng).unwrap();
+        assert_eq!(i.handle(&m2, &mut rng).unwrap_err(), Failure::HashMismatch);
+        let mut other = cfg(true, "aes128-sha1-modp2048", "k");
+        other.local_id = "intruder.example".parse().unwrap();
+        let (_, m1) = MainMode::initiate_aggressive(other, &mut rng).unwrap();
+        let e =
+            MainMode::respond(cfg(false, "aes128-sha1-modp2048", "k"), &m1, &mut rng).unwrap_err();
+        assert_eq!(
+            e,
+            Failure::IdentityMismatch {
+                expected: "vpc.example".into(),
+                got: "intruder.example".into()
+            }
+        );
     }
 
     #[test]
