@@ -181,6 +181,7 @@ fn isthmus_initiates_main_mode_and_quick_mode_to_strongswan() {
                 lab.wire.floated |= nat.local_behind || nat.remote_behind;
                 lab.wire.send(&m);
             }
+            Step::Resend(m) => m.iter().for_each(|m| lab.wire.send(m)),
             Step::Done { sa, .. } => break sa,
         }
     };
@@ -249,6 +250,7 @@ fn strongswan_initiates_main_mode_and_quick_mode_to_isthmus() {
             let d = lab.wire.recv(Duration::from_secs(10));
             match mm.handle(&d, &mut rng).unwrap_or_else(|e| panic!("{e:?}")) {
                 Step::Send(m) => lab.wire.send(&m),
+                Step::Resend(m) => m.iter().for_each(|m| lab.wire.send(m)),
                 Step::Done { send, sa } => {
                     lab.wire.send(&send.unwrap());
                     break sa;

@@ -173,6 +173,9 @@ pub struct Established {
 pub enum Step {
     /// Send this datagram and wait for the next.
     Send(Vec<u8>),
+    /// The peer sent its last message again (ours was lost): send our answer again, if there
+    /// was one. Nothing else changes (RFC 2408 §5 leaves retransmission to the sender).
+    Resend(Option<Vec<u8>>),
     /// Phase 1 is complete; send `send` if there is one (the responder's last message).
     Done {
         /// The last message, for the responder.
@@ -228,6 +231,9 @@ pub struct MainMode {
     /// Aggressive Mode: the peer's identity and ID payload body, received in clear.
     peer_id: Option<Identity>,
     peer_idii: Vec<u8>,
+    /// The last datagram taken and what it was answered with, for retransmissions.
+    last_in: Vec<u8>,
+    last_out: Vec<u8>,
 }
 
 impl std::fmt::Debug for MainMode {
@@ -314,6 +320,7 @@ impl MainMode {
             h,
             &[sa, Payload::Vendor(VID_NAT_T.to_vec()), Payload::Vendor(VID_DPD.to_vec())],
         );
+        mm.last_out.clone_from(&msg);
         Ok((mm, msg))
     }
 
@@ -379,6 +386,7 @@ impl MainMode {
             Payload::Vendor(VID_DPD.to_vec()),
         ];
         let msg = codec::encode_plain(header(mm.cky_i, 0, exchange::AGGRESSIVE, 0, 0), &out);
+        mm.last_out.clone_from(&msg);
         Ok((mm, msg))
     }
 
@@ -469,7 +477,10 @@ impl MainMode {
             mm.state = State::AggrSent2;
         }
         let h = header(mm.cky_i, mm.cky_r, mm.exchange, 0, 0);
-        Ok((mm, codec::encode_plain(h, &out)))
+        let msg = codec::encode_plain(h, &out);
+        mm.last_in = datagram.to_vec();
+        mm.last_out.clone_from(&msg);
+        Ok((mm, msg))
     }
 
     fn new(cfg: Phase1Config, initiator: bool, cky_i: u64, cky_r: u64) -> MainMode {
@@ -495,6 +506,8 @@ impl MainMode {
             peer_dpd: false,
             peer_id: None,
             peer_idii: Vec::new(),
+            last_in: Vec::new(),
+            last_out: Vec::new(),
         }
     }
 
@@ -520,11 +533,27 @@ impl MainMode {
         datagram: &[u8],
         rng: &mut impl CryptoRngCore,
     ) -> Result<Step, Failure> {
+        if !self.last_in.is_empty() && datagram == self.last_in.as_slice() {
+            return Ok(Step::Resend((!self.last_out.is_empty()).then(|| self.last_out.clone())));
+        }
         let r = self.step(datagram, rng);
-        if r.is_err() {
-            self.state = State::Over;
+        match &r {
+            Ok(Step::Send(m) | Step::Done { send: Some(m), .. }) => {
+                self.last_in = datagram.to_vec();
+                self.last_out.clone_from(m);
+            }
+            Ok(_) => {
+                self.last_in = datagram.to_vec();
+                self.last_out.clear();
+            }
+            Err(_) => self.state = State::Over,
         }
         r
+    }
+
+    /// The last message we sent: what a retransmission timer sends again.
+    pub fn last_sent(&self) -> &[u8] {
+        &self.last_out
     }
 
     fn step(&mut self, datagram: &[u8], rng: &mut impl CryptoRngCore) -> Result<Step, Failure> {
@@ -909,17 +938,18 @@ mod tests {
             match mr.handle(&to_r, &mut rng) {
                 Ok(Step::Send(m)) => match mi.handle(&m, &mut rng) {
                     Ok(Step::Send(n)) => to_r = n,
-                    Ok(Step::Done { .. }) => unreachable!("the initiator finishes last"),
+                    Ok(Step::Done { .. } | Step::Resend(_)) => unreachable!("one step each"),
                     Err(e) => return (Err(e), Err(Failure::Malformed("-".into()))),
                 },
                 Ok(Step::Done { send, sa }) => {
                     let last = mi.handle(&send.unwrap(), &mut rng);
                     let i = last.and_then(|s| match s {
                         Step::Done { sa, .. } => Ok(sa),
-                        Step::Send(_) => Err(Failure::Malformed("more".into())),
+                        Step::Send(_) | Step::Resend(_) => Err(Failure::Malformed("more".into())),
                     });
                     return (i, Ok(sa));
                 }
+                Ok(Step::Resend(_)) => unreachable!("no repeats here"),
                 Err(e) => return (Err(Failure::Notified(e.notify().unwrap_or(0))), Err(e)),
             }
         }
@@ -1041,6 +1071,30 @@ mod tests {
                 got: "intruder.example".into()
             }
         );
+    }
+
+    #[test]
+    fn a_retransmitted_message_gets_the_same_answer_and_changes_nothing() {
+        let mut rng = ChaCha20Rng::from_seed([14; 32]);
+        let (mut i, m1) =
+            MainMode::initiate(cfg(true, "aes128-sha256-modp2048", "k"), &mut rng).unwrap();
+        let (mut r, m2) =
+            MainMode::respond(cfg(false, "aes128-sha256-modp2048", "k"), &m1, &mut rng).unwrap();
+        assert_eq!(i.last_sent(), &m1[..]);
+        let Step::Send(m3) = i.handle(&m2, &mut rng).unwrap() else { panic!() };
+        // Our message 3 was lost and the responder repeats message 2.
+        let Step::Resend(Some(again)) = i.handle(&m2, &mut rng).unwrap() else { panic!() };
+        assert_eq!(again, m3);
+        let Step::Send(m4) = r.handle(&m3, &mut rng).unwrap() else { panic!() };
+        let Step::Resend(Some(again)) = r.handle(&m3, &mut rng).unwrap() else { panic!() };
+        assert_eq!(again, m4);
+        let Step::Send(m5) = i.handle(&m4, &mut rng).unwrap() else { panic!() };
+        let Step::Done { send: Some(m6), .. } = r.handle(&m5, &mut rng).unwrap() else { panic!() };
+        // Message 6 was lost: the finished responder answers a repeated message 5 again.
+        let Step::Resend(Some(again)) = r.handle(&m5, &mut rng).unwrap() else { panic!() };
+        assert_eq!(again, m6);
+        let Step::Done { send: None, .. } = i.handle(&m6, &mut rng).unwrap() else { panic!() };
+        let Step::Resend(None) = i.handle(&m6, &mut rng).unwrap() else { panic!() };
     }
 
     #[test]

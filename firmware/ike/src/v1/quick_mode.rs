@@ -101,6 +101,8 @@ impl std::fmt::Debug for ChildSa {
 pub enum QmStep {
     /// Send this and wait (the responder's message 2).
     Send(Vec<u8>),
+    /// The peer sent its last message again: send our answer again, if there was one.
+    Resend(Option<Vec<u8>>),
     /// The SAs are negotiated; send `send` if there is one (the initiator's message 3).
     Done {
         /// Message 3, for the initiator.
@@ -200,6 +202,9 @@ pub struct QuickMode {
     dh: Option<DhSecret>,
     /// The responder's result, kept until message 3 proves the initiator saw message 2.
     pending: Option<Box<ChildSa>>,
+    /// The last datagram taken and what it was answered with, for retransmissions.
+    last_in: Vec<u8>,
+    last_out: Vec<u8>,
 }
 
 impl std::fmt::Debug for QuickMode {
@@ -314,6 +319,8 @@ impl QuickMode {
             nr: Vec::new(),
             dh,
             pending: None,
+            last_in: Vec::new(),
+            last_out: msg.clone(),
         };
         Ok((qm, msg))
     }
@@ -449,6 +456,8 @@ impl QuickMode {
             nr,
             dh: None,
             pending: Some(Box::new(child)),
+            last_in: datagram.to_vec(),
+            last_out: msg.clone(),
         };
         Ok((qm, msg))
     }
@@ -460,9 +469,24 @@ impl QuickMode {
 
     /// Takes the next datagram of the exchange. A failure ends the exchange.
     pub fn handle(&mut self, p1: &Established, datagram: &[u8]) -> Result<QmStep, Failure> {
+        if !self.last_in.is_empty() && datagram == self.last_in.as_slice() {
+            return Ok(QmStep::Resend((!self.last_out.is_empty()).then(|| self.last_out.clone())));
+        }
         let r = self.step(p1, datagram);
+        if let Ok(step) = &r {
+            self.last_in = datagram.to_vec();
+            match step {
+                QmStep::Send(m) | QmStep::Done { send: Some(m), .. } => self.last_out.clone_from(m),
+                _ => self.last_out.clear(),
+            }
+        }
         self.state = State::Over;
         r
+    }
+
+    /// The last message we sent: what a retransmission timer sends again.
+    pub fn last_sent(&self) -> &[u8] {
+        &self.last_out
     }
 
     fn step(&mut self, p1: &Established, datagram: &[u8]) -> Result<QmStep, Failure> {
@@ -629,7 +653,13 @@ mod tests {
         let (mut qi, m1) = QuickMode::initiate(&p_i, ic, 0x1234_5678, 0xc1c1_0001, &mut rng)?;
         let (mut qr, m2) = QuickMode::respond(&p_r, rc, &m1, 0xd2d2_0002, &mut rng)?;
         let QmStep::Done { send: Some(m3), child: ci } = qi.handle(&p_i, &m2)? else { panic!() };
+        // Retransmissions get the same answers: message 1 repeated (our 2 was lost) and
+        // message 2 repeated (our 3 was lost).
+        let QmStep::Resend(Some(again)) = qi.handle(&p_i, &m2)? else { panic!() };
+        assert_eq!(again, m3);
         let QmStep::Done { send: None, child: cr } = qr.handle(&p_r, &m3)? else { panic!() };
+        let QmStep::Resend(None) = qr.handle(&p_r, &m3)? else { panic!() };
+        assert!(qr.last_sent().is_empty(), "nothing to repeat once the exchange is complete");
         Ok((ci, cr))
     }
 
