@@ -159,6 +159,24 @@ impl Attribute {
     }
 }
 
+/// Data attributes laid end to end (a transform's, or RESPONDER-LIFETIME's notification data).
+pub fn parse_attributes(data: &[u8]) -> Result<Vec<Attribute>, Error> {
+    let mut r = Reader::new(data);
+    let mut out = Vec::new();
+    while r.remaining() > 0 {
+        out.push(Attribute::parse(&mut r)?);
+        if out.len() > MAX_ITEMS {
+            return Err(Error::malformed("attributes", "too many"));
+        }
+    }
+    Ok(out)
+}
+
+/// Appends one attribute.
+pub fn emit_attribute(a: &Attribute, out: &mut Vec<u8>) {
+    a.emit(out);
+}
+
 /// A Transform payload (RFC 2408 §3.6).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Transform {
@@ -447,10 +465,7 @@ fn parse_sa(r: &mut Reader<'_>) -> Result<Sa, Error> {
             let num = t.u8("transform")?;
             let id = t.u8("transform")?;
             t.take(2, "transform")?;
-            let mut attrs = Vec::new();
-            while t.remaining() > 0 {
-                attrs.push(Attribute::parse(&mut t)?);
-            }
+            let attrs = parse_attributes(t.rest())?;
             transforms.push(Transform { num, id, attrs });
             if transforms.len() > MAX_ITEMS {
                 return Err(Error::malformed("proposal", "too many transforms"));

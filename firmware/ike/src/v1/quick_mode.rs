@@ -23,12 +23,13 @@ use crate::crypto::{DhSecret, ct_eq};
 use crate::proposal::{EspProposal, EspSuite, list_to_string};
 
 use super::codec::{
-    self, Body, DOI_IPSEC, Id, Payload, SIT_IDENTITY_ONLY, Sa, exchange, header, payload_type,
+    self, Attribute, Body, DOI_IPSEC, Id, Notify, Payload, SIT_IDENTITY_ONLY, Sa, exchange, header,
+    payload_type,
 };
 use super::crypt;
 use super::keys;
-use super::main_mode::{Established, Failure};
-use super::proposal::{PROTO_ESP, esp_proposal, esp_suite};
+use super::main_mode::{Established, Failure, notify};
+use super::proposal::{LIFE_SECONDS, PROTO_ESP, esp_proposal, esp_suite, p2};
 
 /// ID types of proxy identities (RFC 2407 §4.6.2.1).
 pub mod id_type {
@@ -403,6 +404,7 @@ impl QuickMode {
             theirs: offered.join(", "),
         })?;
         let spi_out = u32::from_be_bytes(prop.spi[..4].try_into().unwrap_or_default());
+        let offered_life = life;
         let life = life.map_or(cfg.life, |l| cfg.life.min(Duration::from_secs(l)));
         let nr = nonce(rng);
         let (ke_r, shared) = match (suite.dh, &ke) {
@@ -428,6 +430,26 @@ impl QuickMode {
             rest.push(Payload::Ke(k));
         }
         rest.extend([Payload::Id(idci.clone()), Payload::Id(idcr.clone())]);
+        // A shorter lifetime than the initiator offered is announced, so that it rekeys in
+        // time (RFC 2407 §4.6.3.1 RESPONDER-LIFETIME, for our inbound SA).
+        if offered_life.is_some_and(|l| Duration::from_secs(l) > life) {
+            rest.push(Payload::Notify(Notify {
+                doi: DOI_IPSEC,
+                protocol: PROTO_ESP,
+                ty: notify::RESPONDER_LIFETIME,
+                spi: spi_in.to_be_bytes().to_vec(),
+                data: {
+                    let mut d = Vec::new();
+                    for a in [
+                        Attribute::basic(p2::LIFE_TYPE, LIFE_SECONDS),
+                        Attribute::number(p2::LIFE_DURATION, life.as_secs()),
+                    ] {
+                        codec::emit_attribute(&a, &mut d);
+                    }
+                    d
+                },
+            }));
+        }
         let payloads = with_hash(&rest, |tail| keys::qm_hash2(f, &p1.keys, mid, &ni, tail));
         let h = header(p1.cky_i, p1.cky_r, exchange::QUICK, 0, mid);
         let (msg, next) =
@@ -545,6 +567,18 @@ impl QuickMode {
                     _ => return Err(Failure::Malformed("PFS on one side only".into())),
                 };
                 let spi_out = u32::from_be_bytes(prop.spi[..4].try_into().unwrap_or_default());
+                // The responder's RESPONDER-LIFETIME, if it sent one, is the SA's lifetime.
+                let told = payloads.iter().find_map(|p| match p {
+                    Payload::Notify(n) if n.ty == notify::RESPONDER_LIFETIME => {
+                        codec::parse_attributes(&n.data)
+                            .ok()?
+                            .iter()
+                            .find(|a| a.ty == p2::LIFE_DURATION)?
+                            .as_u64()
+                    }
+                    _ => None,
+                });
+                let life = told.or(life);
                 let life =
                     life.map_or(self.cfg.life, |l| self.cfg.life.min(Duration::from_secs(l)));
                 self.nr = nr;
@@ -686,6 +720,14 @@ mod tests {
             assert_eq!(r.local_ts.to_string(), "10.2.0.0/24");
             assert_eq!(r.remote_ts.to_string(), "10.1.0.0/16");
         }
+    }
+
+    #[test]
+    fn a_responder_with_a_shorter_lifetime_says_so_and_the_initiator_follows() {
+        let mut short = qc("10.2.0.0/16", "10.1.0.0/16", "aes128-sha256");
+        short.life = Duration::from_secs(600);
+        let (i, r) = run(qc("10.1.0.0/16", "10.2.0.0/16", "aes128-sha256"), &[short]).unwrap();
+        assert_eq!((i.life, r.life), (Duration::from_secs(600), Duration::from_secs(600)));
     }
 
     #[test]
