@@ -1,7 +1,7 @@
 //! The IKEv1 key schedule with pre-shared keys (RFC 2409 §5, §5.5, Appendix B).
 //!
 //! The PRF is the HMAC of the negotiated hash algorithm ([`Prf`], shared with IKEv2's
-//! [`crypto::prf`]); the IVs use the bare hash. Every secret is returned in a [`Zeroizing`]
+//! [`crate::crypto::prf`]); the IVs use the bare hash. Every secret is returned in a [`Zeroizing`]
 //! buffer.
 
 use sha1::Sha1;

@@ -425,9 +425,7 @@ impl MainMode {
         // The initiator's lifetime unless ours is shorter (RFC 2409 §4.5 lets either side
         // expire first; the shorter one avoids a surprise expiry on the peer).
         mm.life = life.map_or(mm.cfg.life, |l| mm.cfg.life.min(Duration::from_secs(l)));
-        mm.peer_dpd = payloads.iter().any(|p| matches!(p, Payload::Vendor(v) if v[..] == VID_DPD));
-        mm.nat.supported =
-            payloads.iter().any(|p| matches!(p, Payload::Vendor(v) if v[..] == VID_NAT_T));
+        mm.vendor_ids(payloads);
         mm.exchange = m.header.exchange;
         mm.state = State::SentSaReply;
         let reply = Sa {
@@ -574,16 +572,7 @@ impl MainMode {
         }
         match (self.state, &m.body) {
             (State::SentSa, Body::Plain(p)) => {
-                // A reflected message 1 carries no responder cookie.
-                if m.header.spi_r == 0 {
-                    return Err(Failure::Malformed("a reply without a responder cookie".into()));
-                }
-                self.cky_r = m.header.spi_r;
-                self.chosen(p)?;
-                self.peer_dpd =
-                    p.iter().any(|x| matches!(x, Payload::Vendor(v) if v[..] == VID_DPD));
-                self.nat.supported =
-                    p.iter().any(|x| matches!(x, Payload::Vendor(v) if v[..] == VID_NAT_T));
+                self.take_choice(m.header.spi_r, p)?;
                 let suite = self.suite.ok_or_else(|| Failure::Malformed("no suite".into()))?;
                 let dh = DhSecret::generate(suite.dh, rng);
                 self.gxi = dh.public();
@@ -655,15 +644,7 @@ impl MainMode {
                 Ok(Step::Done { send: None, sa: Box::new(self.established(id)?) })
             }
             (State::AggrSent1, Body::Plain(p)) => {
-                if m.header.spi_r == 0 {
-                    return Err(Failure::Malformed("a reply without a responder cookie".into()));
-                }
-                self.cky_r = m.header.spi_r;
-                self.chosen(p)?;
-                self.peer_dpd =
-                    p.iter().any(|x| matches!(x, Payload::Vendor(v) if v[..] == VID_DPD));
-                self.nat.supported =
-                    p.iter().any(|x| matches!(x, Payload::Vendor(v) if v[..] == VID_NAT_T));
+                self.take_choice(m.header.spi_r, p)?;
                 let need = |ty, what: &str| {
                     find(&raw, ty)
                         .map(<[u8]>::to_vec)
@@ -720,6 +701,26 @@ impl MainMode {
             }
             (s, _) => Err(Failure::Malformed(format!("an unexpected message in state {s:?}"))),
         }
+    }
+
+    /// Message 2's common part: the responder's cookie (a reflected message 1 has none), its
+    /// choice, and what its vendor IDs announce.
+    fn take_choice(&mut self, spi_r: u64, p: &[Payload]) -> Result<(), Failure> {
+        if spi_r == 0 {
+            return Err(Failure::Malformed("a reply without a responder cookie".into()));
+        }
+        self.cky_r = spi_r;
+        self.chosen(p)?;
+        self.vendor_ids(p);
+        Ok(())
+    }
+
+    /// DPD and RFC 3947 NAT traversal, if the peer's vendor IDs announce them.
+    fn vendor_ids(&mut self, p: &[Payload]) {
+        let has =
+            |vid: &[u8; 16]| p.iter().any(|x| matches!(x, Payload::Vendor(v) if v[..] == vid[..]));
+        self.peer_dpd = has(&VID_DPD);
+        self.nat.supported = has(&VID_NAT_T);
     }
 
     /// The initiator checks the responder's choice: one transform, one we offered.
