@@ -8,3 +8,4 @@ pub mod keys;
 pub mod main_mode;
 pub mod proposal;
 pub mod quick_mode;
+pub mod session;
