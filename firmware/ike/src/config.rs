@@ -454,6 +454,30 @@ pub enum StartAction {
     None,
 }
 
+/// Which IKE version a tunnel speaks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum IkeVersion {
+    /// IKEv2 (RFC 7296).
+    #[default]
+    V2,
+    /// IKEv1 (RFC 2409): Main Mode (or Aggressive Mode when asked) and Quick Mode.
+    V1,
+    /// Answer whichever version the peer starts with; initiate with IKEv2, as strongSwan's
+    /// `version = 0` does.
+    Any,
+}
+
+impl IkeVersion {
+    /// This tunnel answers an IKEv1 peer.
+    pub fn accepts_v1(self) -> bool {
+        self != IkeVersion::V2
+    }
+    /// This tunnel answers an IKEv2 peer.
+    pub fn accepts_v2(self) -> bool {
+        self != IkeVersion::V1
+    }
+}
+
 /// One CHILD SA of a tunnel: which traffic it protects, with which ESP proposals.
 #[derive(Clone, Debug)]
 pub struct ChildConfig {
@@ -497,6 +521,11 @@ pub struct TunnelConfig {
     pub force_nat_t: bool,
     /// When the tunnel is brought up.
     pub start_action: StartAction,
+    /// The IKE version spoken.
+    pub version: IkeVersion,
+    /// IKEv1 phase 1 in Aggressive Mode (RFC 2409 §5.4) instead of Main Mode. It sends the PSK's
+    /// hash where a passive listener can guess the key offline, so it is off unless asked for.
+    pub aggressive: bool,
 }
 
 impl TunnelConfig {
@@ -530,6 +559,8 @@ impl TunnelConfig {
             dpd: Dpd::default(),
             force_nat_t: false,
             start_action: StartAction::Start,
+            version: IkeVersion::V2,
+            aggressive: false,
         }
     }
 
@@ -571,6 +602,9 @@ impl TunnelConfig {
                     "{what} lifetime: life_time must not be shorter than rekey_time"
                 )));
             }
+        }
+        if self.aggressive && self.version == IkeVersion::V2 {
+            return Err(bad("Aggressive Mode is IKEv1: it needs version 1 or any"));
         }
         if self.dpd.delay > year || self.dpd.timeout > year {
             return Err(bad("DPD delay and timeout must be at most a year"));

@@ -37,7 +37,7 @@ pub mod proposal;
 pub mod v1;
 
 pub use config::{
-    ChildConfig, Dpd, DpdAction, EndpointConfig, Identity, Lifetime, Psk, StartAction,
+    ChildConfig, Dpd, DpdAction, EndpointConfig, Identity, IkeVersion, Lifetime, Psk, StartAction,
     TrafficSelector, TunnelConfig,
 };
 pub use endpoint::Endpoint;
