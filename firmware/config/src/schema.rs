@@ -7,7 +7,8 @@
 use std::net::IpAddr;
 
 use isthmus_tables::{PortRange, Prefix};
-use serde::{Deserialize, Serialize};
+use serde::de::{self, Deserializer, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
 
 use crate::secret::Secret;
 use crate::types::{Dur, IfAddr, PeerAddress, Protocol, any_ports, ports, prefix, prefixes};
@@ -224,6 +225,59 @@ pub enum NatT {
     Off,
 }
 
+/// The IKE version a tunnel speaks, written `2`, `1` or `"any"` (TOML has no integer-or-string
+/// enum, so serde is done by hand).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum IkeVersion {
+    /// IKEv2 (RFC 7296).
+    #[default]
+    V2,
+    /// IKEv1 (RFC 2409): Main Mode, or Aggressive Mode with `aggressive_mode`, then Quick Mode.
+    V1,
+    /// Answer whichever version the peer starts with; initiate with IKEv2.
+    Any,
+}
+
+impl Serialize for IkeVersion {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            IkeVersion::V2 => s.serialize_u8(2),
+            IkeVersion::V1 => s.serialize_u8(1),
+            IkeVersion::Any => s.serialize_str("any"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for IkeVersion {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<IkeVersion, D::Error> {
+        const ACCEPTED: &str = "ike_version must be 2 (IKEv2), 1 (IKEv1) or \"any\"";
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = IkeVersion;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("2, 1 or \"any\" for ike_version")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<IkeVersion, E> {
+                match v {
+                    2 => Ok(IkeVersion::V2),
+                    1 => Ok(IkeVersion::V1),
+                    _ => Err(E::custom(format!("{ACCEPTED}, not {v}"))),
+                }
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<IkeVersion, E> {
+                self.visit_i64(i64::try_from(v).unwrap_or(i64::MAX))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<IkeVersion, E> {
+                if v.trim().eq_ignore_ascii_case("any") {
+                    return Ok(IkeVersion::Any);
+                }
+                Err(E::custom(format!("{ACCEPTED} (a number, unquoted), not {v:?}")))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 /// Dead peer detection (RFC 7296 §2.4 liveness checks).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -380,6 +434,13 @@ pub struct Tunnel {
     /// UDP encapsulation.
     #[serde(default)]
     pub nat_t: NatT,
+    /// IKEv2, IKEv1 or either.
+    #[serde(default)]
+    pub ike_version: IkeVersion,
+    /// IKEv1 phase 1 in Aggressive Mode (RFC 2409 §5.4) instead of Main Mode; validation warns
+    /// that it exposes the PSK's hash to offline guessing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub aggressive_mode: bool,
 }
 
 /// Default IKE proposals: AES-GCM with Curve25519, then with the NIST P-256 group.
@@ -932,6 +993,7 @@ mod tests {
         assert!(t.dpd_enabled());
         assert_eq!(t.ike_lifetime, Dur::secs(28_800));
         assert_eq!(t.ike_proposals[0], "aes256gcm16-prfsha256-x25519");
+        assert_eq!((t.ike_version, t.aggressive_mode), (IkeVersion::V2, false));
         let r = Route {
             prefix: "10.0.0.0/8".parse().unwrap(),
             tunnel: None,
@@ -940,5 +1002,33 @@ mod tests {
             metric: 1,
         };
         assert_eq!(r.next_hop(), Some(NextHop::Interface("app", None)));
+    }
+
+    #[test]
+    fn ike_version_reads_2_1_or_any_and_writes_them_back() {
+        let base = "name = \"t\"\ncustomer_gateway = \"idc\"\npsk = { env = \"P\" }\n";
+        let read = |v: &str| toml::from_str::<Tunnel>(&format!("{base}ike_version = {v}"));
+        for (text, want) in
+            [("2", IkeVersion::V2), ("1", IkeVersion::V1), ("\"any\"", IkeVersion::Any)]
+        {
+            let t = read(text).unwrap();
+            assert_eq!(t.ike_version, want, "{text}");
+            let shown = toml::to_string(&t).unwrap();
+            assert!(shown.contains(&format!("\nike_version = {text}\n")), "{shown}");
+            assert_eq!(toml::from_str::<Tunnel>(&shown).unwrap(), t);
+        }
+        for bad in ["3", "0", "-1", "\"v1\"", "\"2\"", "true", "1.0"] {
+            let e = read(bad).unwrap_err().to_string();
+            assert!(e.contains("ike_version") && e.contains("\"any\""), "{bad}: {e}");
+        }
+        let e = read("3").unwrap_err().to_string();
+        assert!(e.contains("ike_version must be 2 (IKEv2), 1 (IKEv1) or \"any\", not 3"), "{e}");
+        // aggressive_mode is written only when set.
+        let t = toml::from_str::<Tunnel>(&format!("{base}ike_version = 1\naggressive_mode = true"))
+            .unwrap();
+        assert!(
+            t.aggressive_mode && toml::to_string(&t).unwrap().contains("aggressive_mode = true")
+        );
+        assert!(!toml::to_string(&read("1").unwrap()).unwrap().contains("aggressive_mode"));
     }
 }

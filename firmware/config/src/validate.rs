@@ -543,6 +543,7 @@ impl<'c> V<'c> {
             }
             self.proposals(&base, "ike_proposals", &t.ike_proposals, true, t.allow_weak);
             self.proposals(&base, "esp_proposals", &t.esp_proposals, false, t.allow_weak);
+            self.ike_version(&base, t);
             self.lifetime(
                 &base,
                 "ike",
@@ -696,6 +697,98 @@ impl<'c> V<'c> {
                         w.join(", ")
                     ),
                 ),
+            }
+        }
+    }
+
+    /// What IKEv1 (RFC 2409) cannot negotiate, and Aggressive Mode's risk. Proposals that do not
+    /// parse were reported by [`V::proposals`].
+    fn ike_version(&mut self, base: &str, t: &Tunnel) {
+        use isthmus_ike::proposal::{DhGroup, Encr};
+        if t.aggressive_mode {
+            if t.ike_version == IkeVersion::V2 {
+                self.err(
+                    format!("{base}.aggressive_mode"),
+                    "aggressive_mode is IKEv1 Main Mode's alternative; set ike_version = 1 or \"any\"",
+                );
+            } else {
+                self.warn(
+                    format!("{base}.aggressive_mode"),
+                    "Aggressive Mode (RFC 2409 §5.4) sends a hash of the pre-shared key in clear: anyone \
+                     who sees the exchange can guess the key offline. Use it only if the peer needs it, \
+                     with a long random key; Main Mode (the default) encrypts that hash",
+                );
+            }
+        }
+        let x25519 = |dh: &[DhGroup]| dh.contains(&DhGroup::Curve25519);
+        let v1_phase1 = |p: &IkeProposal| !p.encr.iter().any(|e| e.is_aead()) && !x25519(&p.dh);
+        match t.ike_version {
+            IkeVersion::V2 => return,
+            IkeVersion::Any => {
+                let mut ike = t.ike_proposals.iter().filter_map(|p| IkeProposal::parse(p).ok());
+                if !t.ike_proposals.is_empty() && !ike.any(|p| v1_phase1(&p)) {
+                    self.warn(
+                        format!("{base}.ike_proposals"),
+                        "no proposal can be used with IKEv1 (AEAD ciphers and x25519 are IKEv2 \
+                         only): an IKEv1 peer will be refused; add one such as aes256-sha256-modp2048",
+                    );
+                }
+                return;
+            }
+            IkeVersion::V1 => {}
+        }
+        let suggest = "such as aes256-sha256-modp2048";
+        for (k, text) in t.ike_proposals.iter().enumerate() {
+            let Ok(p) = IkeProposal::parse(text) else { continue };
+            let path = format!("{base}.ike_proposals[{k}]");
+            if p.encr.iter().any(|e| e.is_aead()) {
+                self.err(
+                    path.clone(),
+                    format!(
+                        "`{text}` uses an AEAD cipher, and IKEv1 has none for phase 1 (RFC 2409); \
+                         with ike_version = 1 use a CBC cipher with a hash, {suggest}"
+                    ),
+                );
+            }
+            if x25519(&p.dh) {
+                self.err(
+                    path,
+                    format!(
+                        "`{text}` uses x25519, an IKEv2 group (RFC 8031); with ike_version = 1 use \
+                         a MODP or ECP group, {suggest} or aes256-sha256-ecp256"
+                    ),
+                );
+            }
+        }
+        for (k, text) in t.esp_proposals.iter().enumerate() {
+            let Ok(p) = EspProposal::parse(text) else { continue };
+            let path = format!("{base}.esp_proposals[{k}]");
+            if p.encr.contains(&Encr::ChaCha20Poly1305) {
+                self.err(
+                    path.clone(),
+                    format!(
+                        "`{text}`: chacha20poly1305 has no IKEv1 ESP transform (RFC 7634 is IKEv2 \
+                         only); with ike_version = 1 use aes256gcm16 or aes256-sha256"
+                    ),
+                );
+            }
+            if x25519(&p.dh) {
+                self.err(
+                    path.clone(),
+                    format!(
+                        "`{text}`: x25519 is an IKEv2 group (RFC 8031) and cannot be the PFS group of \
+                         IKEv1 Quick Mode; use a MODP or ECP group, such as modp2048 or ecp256"
+                    ),
+                );
+            }
+            if !p.esn.contains(&false) {
+                self.err(
+                    path,
+                    format!(
+                        "`{text}`: IKEv1 has no extended sequence numbers; remove `esn` with \
+                         ike_version = 1"
+                    ),
+                );
             }
         }
     }

@@ -1,9 +1,9 @@
-//! The two-site example of docs/config.md: both documents validate cleanly and their tunnels
-//! mirror each other, so an operator copying them gets a working pair.
+//! The examples of docs/config.md: the two sites validate cleanly and their tunnels mirror each
+//! other, so an operator copying them gets a working pair; the IKEv1 gateway validates cleanly.
 
 mod common;
 
-use isthmus_config::{Config, Mode, Secret};
+use isthmus_config::{Config, IkeVersion, Mode, Secret};
 
 #[test]
 fn both_sites_validate_without_errors_or_warnings() {
@@ -55,4 +55,14 @@ fn canonical_form_reads_back_to_the_same_configuration() {
         assert!(shown.contains("rekey_fuzz_percent = 100"), "{shown}");
         assert!(shown.contains("port = 8443"), "{shown}");
     }
+}
+
+#[test]
+fn the_ikev1_example_validates_cleanly_and_speaks_ikev1() {
+    let text = common::doc_example("ikev1");
+    let checked = Config::check(&text).unwrap_or_else(|e| panic!("ikev1:\n{e}"));
+    assert!(checked.warnings.is_empty(), "ikev1 warnings: {:#?}", checked.warnings);
+    let t = &checked.config.tunnels[0];
+    assert_eq!((t.ike_version, t.aggressive_mode), (IkeVersion::V1, false));
+    assert!(Config::from_toml(&checked.config.to_toml_redacted()).unwrap() == checked.config);
 }

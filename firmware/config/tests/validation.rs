@@ -434,3 +434,71 @@ fn peers_without_a_fixed_address_are_recognised_by_identity_and_only_answered() 
     let t252 = common::gateway(psk, 0).replace("id = 100", "id = 252");
     assert!(find(&errors(&t252), "route_table[0].id").message.contains("Isthmus's own"));
 }
+
+#[test]
+fn ikev1_refuses_what_it_cannot_negotiate_and_warns_about_aggressive_mode() {
+    let psk = "correct-horse-battery-staple-42";
+    let with = |extra: &str| {
+        common::gateway(psk, 0).replace("psk = \"correct", &format!("{extra}psk = \"correct"))
+    };
+    // A value other than 2, 1 or "any" is reported at its field, with the accepted values.
+    for bad in ["3", "\"v1\""] {
+        let e = errors(&with(&format!("ike_version = {bad}\n")));
+        let v = find(&e, "tunnel[0].ike_version");
+        assert!(v.message.contains("ike_version must be 2 (IKEv2), 1 (IKEv1) or \"any\""), "{v}");
+    }
+    // Aggressive Mode is IKEv1's.
+    let e = errors(&with("aggressive_mode = true\n"));
+    assert_eq!(
+        find(&e, "tunnel[0].aggressive_mode").message,
+        "aggressive_mode is IKEv1 Main Mode's alternative; set ike_version = 1 or \"any\""
+    );
+
+    // The defaults (AES-GCM with x25519) have no IKEv1 phase 1; ESP AES-GCM is fine.
+    let e = errors(&with("ike_version = 1\n"));
+    let gcm: Vec<&Issue> = e.iter().filter(|i| i.path == "tunnel[0].ike_proposals[0]").collect();
+    assert_eq!(gcm.len(), 2, "{}", Errors(e.clone()));
+    assert!(
+        gcm[0].message.starts_with("`aes256gcm16-prfsha256-x25519` uses an AEAD cipher")
+            && gcm[0].message.contains("RFC 2409")
+            && gcm[0].message.contains("aes256-sha256-modp2048"),
+        "{}",
+        gcm[0]
+    );
+    assert!(gcm[1].message.contains("x25519, an IKEv2 group"), "{}", gcm[1]);
+    assert!(find(&e, "tunnel[0].ike_proposals[1]").message.contains("AEAD"));
+    assert!(e.iter().all(|i| !i.path.contains("esp_proposals")), "{}", Errors(e.clone()));
+
+    // MODP and ECP groups, GCM in Quick Mode: no findings.
+    let v1 =
+        "ike_version = 1\nike_proposals = [\"aes256-sha256-modp2048\", \"aes128-sha256-ecp256\"]\n";
+    let ok = with(&format!(
+        "{v1}esp_proposals = [\"aes256gcm16-ecp256\", \"aes256-sha256-modp2048\"]\n"
+    ));
+    assert_eq!(warnings(&ok), []);
+
+    // x25519 as the PFS group, ChaCha20-Poly1305 and ESN are IKEv2 only.
+    let e = errors(&with(&format!(
+        "{v1}esp_proposals = [\"aes256gcm16-x25519\", \"chacha20poly1305\", \"aes128gcm16-esn\"]\n"
+    )));
+    assert!(find(&e, "tunnel[0].esp_proposals[0]").message.contains("x25519"));
+    assert!(find(&e, "tunnel[0].esp_proposals[1]").message.contains("no IKEv1 ESP transform"));
+    assert!(find(&e, "tunnel[0].esp_proposals[2]").message.contains("extended sequence numbers"));
+
+    // Aggressive Mode with IKEv1 (or either version) is allowed, with a warning on the PSK.
+    for version in ["1", "\"any\""] {
+        let text =
+            with(&format!("{v1}aggressive_mode = true\n").replace("= 1", &format!("= {version}")));
+        let w = warnings(&text);
+        let a = find(&w, "tunnel[0].aggressive_mode");
+        assert!(
+            a.message.contains("RFC 2409 §5.4") && a.message.contains("guess the key offline"),
+            "{a}"
+        );
+        assert_eq!(w.len(), 1, "{}", Errors(w.clone()));
+    }
+
+    // Either version with only IKEv2 proposals: IKEv1 peers are refused, which is likely a mistake.
+    let w = warnings(&with("ike_version = \"any\"\n"));
+    assert!(find(&w, "tunnel[0].ike_proposals").message.contains("IKEv1 peer will be refused"));
+}

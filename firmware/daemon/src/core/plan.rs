@@ -451,6 +451,12 @@ pub fn ike_tunnel(
             StartAction::Trap => isthmus_ike::StartAction::Trap,
             StartAction::None => isthmus_ike::StartAction::None,
         };
+        ike.version = match t.ike_version {
+            isthmus_config::IkeVersion::V2 => isthmus_ike::IkeVersion::V2,
+            isthmus_config::IkeVersion::V1 => isthmus_ike::IkeVersion::V1,
+            isthmus_config::IkeVersion::Any => isthmus_ike::IkeVersion::Any,
+        };
+        ike.aggressive = t.aggressive_mode;
         let close_action = match t.start_action {
             StartAction::Start => isthmus_tunnels::CloseAction::Restart,
             _ => isthmus_tunnels::CloseAction::None,
@@ -728,6 +734,26 @@ remote = "{remote}"
         let (a, b) = (cfg(env, "10.3.0.0/24"), cfg(env, "10.3.0.0/24"));
         let same = unchanged_tunnels(&a, &b);
         assert!(!same.contains("ta") && same.contains("tb"), "{same:?}");
+    }
+
+    #[test]
+    fn ike_version_and_aggressive_mode_reach_the_driver_and_a_change_recreates_the_tunnel() {
+        let inline = "\"0123456789abcdef0123456789abcdef\"";
+        let old = cfg(inline, "10.3.0.0/24");
+        let t = &ike_tunnels(&old).unwrap()[0].ike;
+        assert_eq!((t.version, t.aggressive), (isthmus_ike::IkeVersion::V2, false));
+        let mut new = old.clone();
+        new.tunnels[0].ike_version = isthmus_config::IkeVersion::V1;
+        new.tunnels[0].aggressive_mode = true;
+        let t = &ike_tunnels(&new).unwrap()[0].ike;
+        assert_eq!((t.version, t.aggressive), (isthmus_ike::IkeVersion::V1, true));
+        let same = unchanged_tunnels(&old, &new);
+        assert!(!same.contains("ta") && same.contains("tb"), "{same:?}");
+        new.tunnels[0].ike_version = isthmus_config::IkeVersion::Any;
+        new.tunnels[0].aggressive_mode = false;
+        assert_eq!(ike_tunnels(&new).unwrap()[0].ike.version, isthmus_ike::IkeVersion::Any);
+        assert!(!unchanged_tunnels(&old, &new).contains("ta"));
+        assert_ne!(tunnel_fingerprint(&old, "ta"), tunnel_fingerprint(&new, "ta"));
     }
 
     /// A gateway with `lans` (name, extra `networks`) and `tables` (id, bound LANs).
