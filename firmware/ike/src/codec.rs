@@ -113,6 +113,10 @@ impl NotifyType {
             Self::MULTIPLE_AUTH_SUPPORTED => "MULTIPLE_AUTH_SUPPORTED",
             Self::IKEV2_FRAGMENTATION_SUPPORTED => "IKEV2_FRAGMENTATION_SUPPORTED",
             Self::SIGNATURE_HASH_ALGORITHMS => "SIGNATURE_HASH_ALGORITHMS",
+            // IKEv1's (RFC 2408 §3.14.1) where IKEv2 leaves the number unassigned, so that one
+            // type names both versions' notifications.
+            NotifyType(18) => "INVALID-ID-INFORMATION",
+            NotifyType(23) => "INVALID-HASH-INFORMATION",
             _ => return None,
         })
     }
@@ -152,6 +156,11 @@ impl fmt::Display for ExchangeType {
             Self::IKE_AUTH => f.write_str("IKE_AUTH"),
             Self::CREATE_CHILD_SA => f.write_str("CREATE_CHILD_SA"),
             Self::INFORMATIONAL => f.write_str("INFORMATIONAL"),
+            // IKEv1's exchanges (RFC 2408 §3.1, RFC 2409 §5.5): numbers IKEv2 does not use.
+            ExchangeType(2) => f.write_str("Main Mode"),
+            ExchangeType(4) => f.write_str("Aggressive Mode"),
+            ExchangeType(5) => f.write_str("Informational (IKEv1)"),
+            ExchangeType(32) => f.write_str("Quick Mode"),
             ExchangeType(n) => write!(f, "EXCHANGE_{n}"),
         }
     }

@@ -6,6 +6,10 @@ impl Endpoint {
     // ----- IKE_SA_INIT, initiator ----------------------------------------------------------
 
     pub(super) fn initiate_idx(&mut self, t: usize, now: Instant, persistent: bool) {
+        if self.initiates_v1(t) {
+            self.v1_initiate(t, now);
+            return;
+        }
         let Some(tun) = self.tunnel_ref(t) else { return };
         if tun.ike.is_some() {
             return;
@@ -249,7 +253,8 @@ impl Endpoint {
 
     // ----- IKE_SA_INIT, responder ----------------------------------------------------------
 
-    pub(super) fn candidates(&self, local: SocketAddr, remote: SocketAddr) -> Vec<usize> {
+    /// The tunnels that may answer a peer at `remote` speaking IKEv1 (`v1`) or IKEv2.
+    pub(super) fn candidates(&self, local: SocketAddr, remote: SocketAddr, v1: bool) -> Vec<usize> {
         let any = match remote.ip() {
             IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
             IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
@@ -261,7 +266,9 @@ impl Endpoint {
             .copied()
             .filter(|&i| {
                 self.tunnel_ref(i).is_some_and(|t| {
-                    t.cfg.local.ip() == local.ip() || t.cfg.local.ip().is_unspecified()
+                    let version =
+                        if v1 { t.cfg.version.accepts_v1() } else { t.cfg.version.accepts_v2() };
+                    version && (t.cfg.local.ip() == local.ip() || t.cfg.local.ip().is_unspecified())
                 })
             })
             .collect()
@@ -351,7 +358,7 @@ impl Endpoint {
                 return;
             }
         }
-        let cands = self.candidates(local, remote);
+        let cands = self.candidates(local, remote, false);
         if cands.is_empty() {
             self.answer_plain(&h, local, remote, NotifyType::NO_PROPOSAL_CHOSEN, vec![]);
             self.fail(Explanation {

@@ -26,7 +26,7 @@
 //! why) beside them. This file holds the other types and the public API. IKEv1 (RFC 2409)
 //! goes into an `ikev1` module beside this one, with its own phases.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -55,6 +55,7 @@ mod io;
 mod rekey;
 mod sa;
 mod timers;
+mod v1;
 
 use child::ChildKeying;
 use explain::{esp_list_string, ike_list_string, suggest_esp, suggest_ike};
@@ -87,6 +88,8 @@ pub struct Endpoint {
     child_index: HashMap<u32, u64>,
     timers: BTreeSet<(Instant, u64)>,
     cookie_secret: [u8; 32],
+    /// IKEv1 sessions by tunnel index (ordered, so timers run in a fixed order).
+    v1: BTreeMap<usize, crate::v1::session::Session>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
 }
@@ -200,6 +203,7 @@ impl Endpoint {
             child_index: HashMap::new(),
             timers: BTreeSet::new(),
             cookie_secret,
+            v1: BTreeMap::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
         }
@@ -227,6 +231,8 @@ impl Endpoint {
     /// `ChildSaDown`/`IkeSaDown` events follow at once).
     pub fn remove_tunnel(&mut self, name: &str, now: Instant) -> Result<(), Error> {
         let t = self.tunnel_index(name)?;
+        self.v1_terminate(t);
+        self.v1.remove(&t);
         let mut spis: Vec<u64> = self.tunnel_ref(t).map(|tun| tun.sas.clone()).unwrap_or_default();
         // Hash map order is random; events must not be.
         spis.sort_unstable();
@@ -266,6 +272,9 @@ impl Endpoint {
     /// down events come when the peer answers (or the exchange times out).
     pub fn terminate(&mut self, tunnel: &str, now: Instant) -> Result<(), Error> {
         let t = self.tunnel_index(tunnel)?;
+        if self.active_v1(t) {
+            self.v1_terminate(t);
+        }
         let Some(spi) = self.tunnel_ref(t).and_then(|t| t.ike) else { return Ok(()) };
         let Some(mut sa) = self.sas.remove(&spi) else { return Ok(()) };
         if sa.phase.is_established() {
@@ -289,6 +298,10 @@ impl Endpoint {
     /// Rekeys the tunnel's IKE SA (CREATE_CHILD_SA, §1.3.2).
     pub fn rekey_ike(&mut self, tunnel: &str, now: Instant) -> Result<(), Error> {
         let t = self.tunnel_index(tunnel)?;
+        if self.active_v1(t) {
+            self.v1_rekey_ike(t, now);
+            return Ok(());
+        }
         let spi = self.established(t, tunnel)?;
         self.enqueue(spi, Task::RekeyIke, now);
         Ok(())
@@ -306,6 +319,11 @@ impl Endpoint {
                 tunnel: tunnel.to_owned(),
                 why: format!("no CHILD SA named `{child}`"),
             })?;
+        if self.initiates_v1(t) {
+            // IKEv1 brings up every missing selector pair of the tunnel.
+            self.v1_initiate(t, now);
+            return Ok(());
+        }
         match self.tunnel_ref(t).and_then(|tun| tun.ike) {
             None => {
                 if let Some(tun) = self.tunnel_mut(t)
@@ -340,6 +358,13 @@ impl Endpoint {
     /// The dataplane reports the soft (byte or packet) lifetime of the CHILD SA with inbound
     /// SPI `spi` expired: rekey it.
     pub fn child_soft_expired(&mut self, spi: u32, now: Instant) -> Result<(), Error> {
+        if let Some(t) = self.v1_child_owner(spi) {
+            return if self.v1_rekey_child(t, spi, now) {
+                Ok(())
+            } else {
+                Err(Error::UnknownChild(spi))
+            };
+        }
         let ike = *self.child_index.get(&spi).ok_or(Error::UnknownChild(spi))?;
         let ok = self.sas.get(&ike).is_some_and(|sa| {
             sa.children.iter().any(|c| c.spi_in == spi && c.state == ChildState::Installed)
@@ -356,6 +381,10 @@ impl Endpoint {
     /// any inbound traffic. Unknown SPIs are ignored. Cheap enough to call once per second per
     /// SA.
     pub fn traffic_seen(&mut self, spi: u32, now: Instant) {
+        if let Some(t) = self.v1_child_owner(spi) {
+            self.v1_traffic_seen(t, spi, now);
+            return;
+        }
         let Some(&ike) = self.child_index.get(&spi) else { return };
         let Some(mut sa) = self.sas.remove(&ike) else { return };
         if sa.phase.is_established() && now > sa.last_rx {
@@ -376,6 +405,10 @@ impl Endpoint {
     ) {
         // A NAT-T keepalive (RFC 3948 §2.3) or a bare marker carries nothing for us.
         if data.len() < codec::HEADER_LEN {
+            return;
+        }
+        if Self::is_v1(data) {
+            self.v1_datagram(now, local, remote, data);
             return;
         }
         let msg = match codec::parse_message(data) {
@@ -429,6 +462,7 @@ impl Endpoint {
             self.on_timer(&mut sa, now);
             self.put(sa, now);
         }
+        self.v1_timeout(now);
     }
 
     /// The next datagram to send, if any.
@@ -438,7 +472,8 @@ impl Endpoint {
 
     /// When [`Endpoint::handle_timeout`] must next be called, if ever.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.first().map(|(t, _)| *t)
+        let v2 = self.timers.first().map(|(t, _)| *t);
+        v2.into_iter().chain(self.v1_poll_timeout()).min()
     }
 
     /// The next event, if any.
@@ -459,6 +494,11 @@ impl Endpoint {
     /// A snapshot of a tunnel's SAs for status displays.
     pub fn status(&self, tunnel: &str) -> Result<TunnelStatus, Error> {
         let t = self.tunnel_index(tunnel)?;
+        if (self.initiates_v1(t) || self.active_v1(t))
+            && let Some(st) = self.v1_status(t)
+        {
+            return Ok(st);
+        }
         let mut st = TunnelStatus::default();
         if let Some(sa) = self.tunnel_ref(t).and_then(|tun| tun.ike).and_then(|s| self.sas.get(&s))
         {

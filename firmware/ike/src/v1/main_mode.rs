@@ -231,6 +231,9 @@ pub struct MainMode {
     /// Aggressive Mode: the peer's identity and ID payload body, received in clear.
     peer_id: Option<Identity>,
     peer_idii: Vec<u8>,
+    /// Send INITIAL-CONTACT in message 5 (not in a re-keying phase 1, where the peer must keep
+    /// the IPsec SAs).
+    initial_contact: bool,
     /// The last datagram taken and what it was answered with, for retransmissions.
     last_in: Vec<u8>,
     last_out: Vec<u8>,
@@ -504,9 +507,22 @@ impl MainMode {
             peer_dpd: false,
             peer_id: None,
             peer_idii: Vec::new(),
+            initial_contact: true,
             last_in: Vec::new(),
             last_out: Vec::new(),
         }
+    }
+
+    /// Leaves INITIAL-CONTACT (RFC 2407 §4.6.3.3) out of message 5: this phase 1 replaces one
+    /// whose IPsec SAs the peer must keep.
+    pub fn without_initial_contact(&mut self) {
+        self.initial_contact = false;
+    }
+
+    /// True once our identity and HASH are sent and we wait for the peer's: no answer now most
+    /// often means the peer could not verify our HASH (a different pre-shared key).
+    pub fn awaits_peer_hash(&self) -> bool {
+        self.state == State::SentId
     }
 
     /// The cookies (initiator's, responder's; 0 until known).
@@ -619,7 +635,10 @@ impl MainMode {
                     spi: [self.cky_i.to_be_bytes(), self.cky_r.to_be_bytes()].concat(),
                     data: Vec::new(),
                 };
-                let out = [Payload::Id(id), Payload::Hash(hash), Payload::Notify(ic)];
+                let mut out = vec![Payload::Id(id), Payload::Hash(hash), Payload::Notify(ic)];
+                if !self.initial_contact {
+                    out.pop();
+                }
                 let msg = self.encrypt(&out)?;
                 self.state = State::SentId;
                 Ok(Step::Send(msg))

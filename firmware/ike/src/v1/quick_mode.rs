@@ -484,6 +484,12 @@ impl QuickMode {
         Ok((qm, msg))
     }
 
+    /// The selector pair and proposals this exchange negotiates (for a responder, the one of
+    /// its configurations that took the peer's proxy IDs).
+    pub fn config(&self) -> &QuickConfig {
+        &self.cfg
+    }
+
     /// The exchange's message ID.
     pub fn message_id(&self) -> u32 {
         self.message_id
