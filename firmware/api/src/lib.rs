@@ -250,6 +250,9 @@ pub struct TunnelDetail {
     pub summary: TunnelSummary,
     /// The IKE proposal in force, strongSwan syntax.
     pub ike_proposal: Option<String>,
+    /// The IKE version of the SA in force: 2, or 1 (IKEv1, RFC 2409).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ike_version: Option<u8>,
     /// The weak algorithms the tunnel's proposals allow (`allow_weak = true`), by keyword.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub weak_algorithms: Vec<String>,

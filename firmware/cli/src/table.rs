@@ -70,7 +70,11 @@ pub fn tunnel_detail(d: &api::TunnelDetail) {
         state(s.state),
         if s.uptime_secs > 0 { format!(", up {}", secs(s.uptime_secs)) } else { String::new() }
     );
-    println!("ike        {}", d.ike_proposal.clone().unwrap_or("-".into()));
+    match (&d.ike_proposal, d.ike_version) {
+        (Some(p), Some(v)) => println!("ike        IKEv{v} {p}"),
+        (Some(p), None) => println!("ike        {p}"),
+        (None, _) => println!("ike        -"),
+    }
     if !d.weak_algorithms.is_empty() {
         println!(
             "weak       {} (allowed by allow_weak = true; RFC 8247 advises against them)",

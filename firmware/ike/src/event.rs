@@ -182,6 +182,8 @@ pub enum Event {
         encap: bool,
         /// True when this IKE SA replaces a rekeyed one (CHILD SAs carry over).
         rekeyed: bool,
+        /// The IKE version spoken: 2, or 1 for an ISAKMP SA (RFC 2409).
+        version: u8,
     },
     /// An IKE SA is gone (its CHILD SAs get their own [`Event::ChildSaDown`] first).
     IkeSaDown {

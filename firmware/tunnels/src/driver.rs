@@ -412,6 +412,7 @@ impl Driver {
                         local: t.ike.local,
                         peer: t.ike.remote,
                         ike_suite: None,
+                        ike_version: None,
                         encap: false,
                         up_since: None,
                         children: Vec::new(),
@@ -580,7 +581,7 @@ impl Driver {
     fn event(&mut self, e: Event) {
         let now = Instant::now();
         match e {
-            Event::IkeSaUp { tunnel, local, peer, suite, encap, rekeyed } => {
+            Event::IkeSaUp { tunnel, local, peer, suite, encap, rekeyed, version } => {
                 if let Some(r) = self.tunnels.get_mut(&tunnel) {
                     r.retry_at = None;
                     r.backoff = self.retry_initial;
@@ -590,6 +591,7 @@ impl Driver {
                     s.local = local;
                     s.peer = peer;
                     s.ike_suite = Some(suite.to_string());
+                    s.ike_version = Some(version);
                     s.encap = encap;
                     // A rekey keeps the tunnel up: its uptime goes on.
                     if !rekeyed || s.up_since.is_none() {
@@ -608,6 +610,7 @@ impl Driver {
                     suite: suite.to_string(),
                     encap,
                     rekeyed,
+                    version,
                 });
             }
             Event::IkeSaDown { tunnel, reason } => {
@@ -622,6 +625,7 @@ impl Driver {
                 {
                     s.state = TunnelState::Down;
                     s.ike_suite = None;
+                    s.ike_version = None;
                     s.up_since = None;
                     s.last_down_reason = Some(reason.to_string());
                 }

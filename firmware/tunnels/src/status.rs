@@ -61,6 +61,8 @@ pub struct TunnelStatus {
     pub peer: SocketAddr,
     /// Negotiated IKE algorithms while up.
     pub ike_suite: Option<String>,
+    /// The IKE version of the SA up: 2, or 1 (IKEv1).
+    pub ike_version: Option<u8>,
     /// UDP encapsulation in use.
     pub encap: bool,
     /// Since when the tunnel has been up (an IKE SA rekey keeps it up; a new IKE SA after
@@ -95,6 +97,8 @@ pub enum TunnelEvent {
         encap: bool,
         /// A rekeyed IKE SA took over.
         rekeyed: bool,
+        /// 2, or 1 for IKEv1.
+        version: u8,
     },
     /// The IKE SA is gone.
     IkeDown {
@@ -163,9 +167,10 @@ pub enum TunnelEvent {
 impl std::fmt::Display for TunnelEvent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            TunnelEvent::IkeUp { tunnel, peer, suite, encap, rekeyed } => write!(
+            TunnelEvent::IkeUp { tunnel, peer, suite, encap, rekeyed, version } => write!(
                 f,
-                "tunnel `{tunnel}`: IKE SA {} with {peer} ({suite}{})",
+                "tunnel `{tunnel}`: IKE{} SA {} with {peer} ({suite}{})",
+                if *version == 1 { "v1" } else { "" },
                 if *rekeyed { "rekeyed" } else { "established" },
                 if *encap { ", UDP-encapsulated" } else { "" }
             ),
@@ -231,6 +236,7 @@ mod tests {
             suite: "aes256gcm16-prfsha256-x25519".into(),
             encap: true,
             rekeyed: false,
+            version: 2,
         };
         assert_eq!(
             ike.to_string(),

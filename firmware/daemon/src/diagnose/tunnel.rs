@@ -75,8 +75,9 @@ pub fn diagnose_tunnel(
                 format!("ESP in UDP 4500 to {} (nat_t = force)", s.peer)
             }
             (true, _) => format!(
-                "ESP in UDP 4500 to {}: NAT detected on the path (RFC 7296 §2.23); the NAT device must pass UDP 500 and 4500",
-                s.peer
+                "ESP in UDP 4500 to {}: NAT detected on the path ({}); the NAT device must pass UDP 500 and 4500",
+                s.peer,
+                if s.ike_version == Some(1) { "RFC 3947" } else { "RFC 7296 §2.23" }
             ),
             (false, _) => format!("ESP (IP protocol 50) to {}: no NAT detected", s.peer),
         }

@@ -926,6 +926,7 @@ mod tests {
                 suite: "aes256gcm16-prfsha256-x25519".into(),
                 encap: false,
                 rekeyed: false,
+                version: 2,
             },
         );
         round(&a, "to-idc");

@@ -275,6 +275,7 @@ impl Monitor {
         api::TunnelDetail {
             summary,
             ike_proposal: st.as_ref().and_then(|s| s.ike_suite.clone()),
+            ike_version: st.as_ref().and_then(|s| s.ike_version),
             weak_algorithms: cfg
                 .tunnel(name)
                 .map(|t| t.weak_algorithms().into_iter().map(String::from).collect())
@@ -381,12 +382,13 @@ pub fn forward_tunnel_events(
     let spawned = std::thread::Builder::new().name("tunnel-events".into()).spawn(move || {
         for ev in rx {
             let (kind, tunnel, sev, msg) = match &ev {
-                TunnelEvent::IkeUp { tunnel, peer, suite, encap, rekeyed } => (
+                TunnelEvent::IkeUp { tunnel, peer, suite, encap, rekeyed, version } => (
                     if *rekeyed { EventKind::IkeRekeyed } else { EventKind::TunnelUp },
                     tunnel.clone(),
                     Severity::Info,
                     format!(
-                        "IKE SA with {peer} established ({suite}{})",
+                        "IKE{} SA with {peer} established ({suite}{})",
+                        if *version == 1 { "v1" } else { "" },
                         if *encap { ", UDP-encapsulated" } else { "" }
                     ),
                 ),

@@ -279,6 +279,7 @@ impl Endpoint {
             }),
             encap: sa.nat_t,
             rekeyed: false,
+            version: 2,
         });
         // Further configured CHILD SAs and acquires (initiator side only).
         if sa.initiator {

@@ -188,6 +188,7 @@ impl Endpoint {
             }),
             encap: new.nat_t,
             rekeyed: true,
+            version: 2,
         });
         self.pump(&mut new, now);
         self.put(new, now);

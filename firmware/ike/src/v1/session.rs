@@ -536,6 +536,7 @@ impl Session {
             suite,
             encap: self.floated,
             rekeyed,
+            version: 1,
         });
         if self.p1s[k].initiator && (self.wanted || rekeyed) {
             self.wanted = true;
@@ -770,16 +771,16 @@ impl Session {
         let lifetime =
             self.cfg.children.get(cfg).map(|c| c.lifetime).unwrap_or(Lifetime::CHILD_DEFAULT);
         let (rekey_at, expire_at) = jittered(now, &lifetime, sa.life, rng);
-        // Our rekey: the old pair goes after a grace period. The peer's: it deletes the old
-        // pair itself (or it expires).
+        // The old pair goes after a grace period for packets on their way, whoever rekeyed:
+        // strongSwan keeps an IKEv1 SA it rekeyed until it expires (`delete_rekeyed = no`),
+        // which would leave two pairs per selector pair for most of a lifetime. The initiator
+        // deletes first; the responder waits twice as long, so that crossing Deletes are rare.
         if let Some(old) = rekey_of
             && let Some(c) = self.children.iter_mut().find(|c| c.sa.spi_in == old)
         {
             c.replaced = true;
             c.rekey_at = None;
-            if ours {
-                c.delete_at = Some(now + REPLACED_GRACE);
-            }
+            c.delete_at = Some(now + if ours { REPLACED_GRACE } else { REPLACED_GRACE * 2 });
         }
         self.events.push(Event::ChildSaUp {
             tunnel: self.cfg.name.clone(),
