@@ -733,9 +733,37 @@ impl<'c> V<'c> {
                          only): an IKEv1 peer will be refused; add one such as aes256-sha256-modp2048",
                     );
                 }
+                // An IKEv2 CHILD SA carries all of an entry's prefixes; IKEv1 needs one SA pair
+                // per prefix pair, named apart in the dataplane: which one applies is only
+                // known once the peer has spoken.
+                for (k, e) in t.spd.iter().enumerate() {
+                    if e.local.len() * e.remote.len() > 1 {
+                        self.err(
+                            format!("{base}.spd[{k}]"),
+                            "with ike_version = \"any\" each spd entry takes one local and one \
+                             remote prefix (IKEv1 negotiates one SA pair per prefix pair, IKEv2 one \
+                             for all); write one entry per pair",
+                        );
+                    }
+                }
                 return;
             }
             IkeVersion::V1 => {}
+        }
+        // An IKEv1 proxy ID names one port or all of them (RFC 2407 §4.6.2).
+        for (k, e) in t.spd.iter().enumerate() {
+            for (side, r) in [("local_ports", e.local_ports), ("remote_ports", e.remote_ports)] {
+                if r != isthmus_tables::PortRange::ANY && r.first != r.last {
+                    self.err(
+                        format!("{base}.spd[{k}].{side}"),
+                        format!(
+                            "{}-{}: an IKEv1 proxy ID carries one port or all of them \
+                             (RFC 2407 §4.6.2); write one spd entry per port, or use IKEv2",
+                            r.first, r.last
+                        ),
+                    );
+                }
+            }
         }
         let suggest = "such as aes256-sha256-modp2048";
         for (k, text) in t.ike_proposals.iter().enumerate() {

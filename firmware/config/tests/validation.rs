@@ -501,4 +501,17 @@ fn ikev1_refuses_what_it_cannot_negotiate_and_warns_about_aggressive_mode() {
     // Either version with only IKEv2 proposals: IKEv1 peers are refused, which is likely a mistake.
     let w = warnings(&with("ike_version = \"any\"\n"));
     assert!(find(&w, "tunnel[0].ike_proposals").message.contains("IKEv1 peer will be refused"));
+
+    // A port range has no IKEv1 proxy ID; several prefixes per entry need one version.
+    let ports = with(v1).replace(
+        "remote = \"10.20.0.0/16\"",
+        "remote = \"10.20.0.0/16\"\nprotocol = \"tcp\"\nremote_ports = \"8000-8080\"",
+    );
+    let e = errors(&ports);
+    assert!(find(&e, "tunnel[0].spd[0].remote_ports").message.contains("one port or all"));
+    let two = with(&v1.replace("= 1", "= \"any\""))
+        .replace("remote = \"10.20.0.0/16\"", "remote = [\"10.20.0.0/16\", \"10.30.0.0/16\"]");
+    assert!(find(&errors(&two), "tunnel[0].spd[0]").message.contains("one entry per pair"));
+    let two_v1 = two.replace("ike_version = \"any\"", "ike_version = 1");
+    assert_eq!(warnings(&two_v1), [], "IKEv1 alone names the pairs apart");
 }

@@ -564,6 +564,20 @@ impl TunnelConfig {
         }
     }
 
+    /// The name under which the dataplane knows the SA pair of CHILD SA `child` for its
+    /// `pair`-th selector pair (local-major order). IKEv1 negotiates one SA pair per selector
+    /// pair (RFC 2409 §5.5), so an IKEv1 CHILD SA with several pairs is several dataplane
+    /// children, `name/1`, `name/2`, ...; IKEv2 carries all of a CHILD SA's selectors in one SA
+    /// pair (RFC 7296 §2.9).
+    pub fn dataplane_child(&self, child: usize, pair: usize) -> String {
+        let Some(c) = self.children.get(child) else { return String::new() };
+        if self.version == IkeVersion::V1 && c.local_ts.len() * c.remote_ts.len() > 1 {
+            format!("{}/{}", c.name, pair + 1)
+        } else {
+            c.name.clone()
+        }
+    }
+
     /// Checks what the state machines rely on.
     pub fn validate(&self) -> Result<(), Error> {
         let bad =

@@ -225,12 +225,15 @@ pub fn selectors(local: &[TrafficSelector], remote: &[TrafficSelector]) -> Vec<S
 /// pair of each CHILD SA (RFC 4301 §4.4.1.1), named `tunnel/child#i`, in configuration order.
 pub fn spd_entries(cfg: &TunnelConfig) -> Vec<SpdEntry> {
     let mut entries = Vec::new();
-    for c in &cfg.children {
+    for (ci, c) in cfg.children.iter().enumerate() {
         for (i, s) in selectors(&c.local_ts, &c.remote_ts).into_iter().enumerate() {
             entries.push(SpdEntry {
                 id: format!("{}/{}#{i}", cfg.name, c.name),
                 selector: s,
-                action: SpdAction::Protect { tunnel: cfg.name.clone(), child: c.name.clone() },
+                action: SpdAction::Protect {
+                    tunnel: cfg.name.clone(),
+                    child: cfg.dataplane_child(ci, i),
+                },
             });
         }
     }

@@ -176,6 +176,74 @@ impl Lab {
 }
 
 impl Lab {
+    /// A stream of `count` pings, one every `interval` seconds, from the Isthmus side's LAN
+    /// host, running while the test goes on.
+    fn ping_stream(&self, count: u32, interval: &str) -> KillOnDrop {
+        let child = self
+            .host_i
+            .command("ping")
+            .args(["-n", "-q", "-c", &count.to_string(), "-i", interval, "-W", "2"])
+            .arg(format!("10.42.{}.2", self.n))
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        KillOnDrop(Some(child))
+    }
+
+    /// Waits for a [`Lab::ping_stream`] to end and asserts that every ping was answered;
+    /// returns (sent, received).
+    fn finish_stream(&self, mut ping: KillOnDrop, what: &str) -> (u32, u32) {
+        let out = ping.0.take().unwrap().wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (sent, got) = parse_ping(&text).unwrap_or_else(|| panic!("no ping summary: {text}"));
+        println!("{what}: {sent} pings sent, {got} answered");
+        assert_eq!(
+            got,
+            sent,
+            "pings lost {what}\ndataplane: {:#?}\nstrongSwan: {}\n{}",
+            self.dp.counters(),
+            self.swan.status(),
+            self.swan.log()
+        );
+        (sent, got)
+    }
+
+    /// Traffic all along (`pings` at 20 a second) while both sides rekey both SAs: we rekey the
+    /// CHILD SA whose inbound SPI is `first_in` (the successor replaces it, make-before-break,
+    /// and the old one goes), strongSwan rekeys it, then each side rekeys the IKE SA. Not a ping
+    /// may be lost.
+    fn rekeys_by_both_sides_under_traffic(&self, first_in: u32, pings: u32) {
+        let ping = self.ping_stream(pings, "0.05");
+        std::thread::sleep(Duration::from_secs(1));
+        self.tunnels.rekey_child("to-swan", "net").unwrap();
+        self.expect(
+            Duration::from_secs(10),
+            "CHILD SA rekeyed by us",
+            |e| matches!(e, TunnelEvent::ChildUp { rekey_of: Some(old), .. } if *old == first_in),
+        );
+        self.expect(
+            Duration::from_secs(15),
+            "old CHILD SA removed",
+            |e| matches!(e, TunnelEvent::ChildDown { spi_in, .. } if *spi_in == first_in),
+        );
+        std::thread::sleep(Duration::from_secs(1));
+        self.swan.rekey_child("net").unwrap();
+        self.expect(Duration::from_secs(10), "CHILD SA rekeyed by strongSwan", |e| {
+            matches!(e, TunnelEvent::ChildUp { rekey_of: Some(_), .. })
+        });
+        std::thread::sleep(Duration::from_secs(1));
+        self.tunnels.rekey_ike("to-swan").unwrap();
+        self.expect(Duration::from_secs(10), "IKE SA rekeyed by us", |e| {
+            matches!(e, TunnelEvent::IkeUp { rekeyed: true, .. })
+        });
+        std::thread::sleep(Duration::from_secs(1));
+        self.swan.rekey_ike("to-isthmus").unwrap();
+        self.expect(Duration::from_secs(10), "IKE SA rekeyed by strongSwan", |e| {
+            matches!(e, TunnelEvent::IkeUp { rekeyed: true, .. })
+        });
+        self.finish_stream(ping, "under rekeys by both sides");
+    }
+
     /// Pings the strongSwan side's LAN host from the Isthmus side's; returns (sent, received).
     fn ping(&self, count: u32, interval: &str) -> (u32, u32) {
         let out = self
@@ -311,60 +379,7 @@ fn rekeys_with_strongswan_under_traffic_lose_nothing() {
     let TunnelEvent::ChildUp { spi_in: first_in, .. } = first else { unreachable!() };
     lab.assert_ping_passes();
 
-    // Traffic all along: 20 pings a second while both sides rekey both SAs.
-    let n = lab.n;
-    let ping = lab
-        .host_i
-        .command("ping")
-        .args(["-n", "-q", "-c", "240", "-i", "0.05", "-W", "2", &format!("10.42.{n}.2")])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut ping = KillOnDrop(Some(ping));
-    std::thread::sleep(Duration::from_secs(1));
-
-    // We rekey the CHILD SA: the successor replaces it (make-before-break), the old one goes.
-    lab.tunnels.rekey_child("to-swan", "net").unwrap();
-    let e = lab.expect(Duration::from_secs(10), "rekeyed CHILD SA", |e| {
-        matches!(e, TunnelEvent::ChildUp { rekey_of: Some(_), .. })
-    });
-    assert!(matches!(e, TunnelEvent::ChildUp { rekey_of: Some(old), .. } if old == first_in));
-    lab.expect(
-        Duration::from_secs(10),
-        "old CHILD SA removed",
-        |e| matches!(e, TunnelEvent::ChildDown { spi_in, .. } if *spi_in == first_in),
-    );
-    std::thread::sleep(Duration::from_secs(1));
-
-    // strongSwan rekeys the CHILD SA.
-    lab.swan.rekey_child("net").unwrap();
-    lab.expect(Duration::from_secs(10), "CHILD SA rekeyed by strongSwan", |e| {
-        matches!(e, TunnelEvent::ChildUp { rekey_of: Some(_), .. })
-    });
-    std::thread::sleep(Duration::from_secs(1));
-
-    // We rekey the IKE SA; then strongSwan does.
-    lab.tunnels.rekey_ike("to-swan").unwrap();
-    lab.expect(Duration::from_secs(10), "rekeyed IKE SA", |e| {
-        matches!(e, TunnelEvent::IkeUp { rekeyed: true, .. })
-    });
-    std::thread::sleep(Duration::from_secs(1));
-    lab.swan.rekey_ike("to-isthmus").unwrap();
-    lab.expect(Duration::from_secs(10), "IKE SA rekeyed by strongSwan", |e| {
-        matches!(e, TunnelEvent::IkeUp { rekeyed: true, .. })
-    });
-
-    let out = ping.0.take().unwrap().wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (sent, got) = parse_ping(&text).unwrap_or_else(|| panic!("no ping summary: {text}"));
-    println!("under rekeys: {sent} pings sent, {got} answered");
-    assert_eq!(
-        got,
-        sent,
-        "pings lost during the rekeys\ndataplane: {:#?}\nstrongSwan: {}",
-        lab.dp.counters(),
-        lab.swan.status()
-    );
+    lab.rekeys_by_both_sides_under_traffic(first_in, 240);
     lab.assert_up_both_sides();
     assert!(
         lab.swan
@@ -389,15 +404,7 @@ fn counters_stay_exact_across_rekeys_by_either_side() {
     let up_since = lab.tunnels.tunnel("to-swan").unwrap().up_since.unwrap();
 
     // A counted stream: 50 echo requests a second while each side rekeys the CHILD SA twice.
-    let n = lab.n;
-    let ping = lab
-        .host_i
-        .command("ping")
-        .args(["-n", "-q", "-c", "400", "-i", "0.02", "-W", "2", &format!("10.42.{n}.2")])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut ping = KillOnDrop(Some(ping));
+    let ping = lab.ping_stream(400, "0.02");
     let rekeyed = |who: &str| {
         lab.expect(Duration::from_secs(10), &format!("CHILD SA rekeyed by {who}"), |e| {
             matches!(e, TunnelEvent::ChildUp { rekey_of: Some(_), .. })
@@ -415,11 +422,7 @@ fn counters_stay_exact_across_rekeys_by_either_side() {
     lab.expect(Duration::from_secs(10), "rekeyed IKE SA", |e| {
         matches!(e, TunnelEvent::IkeUp { rekeyed: true, .. })
     });
-    let out = ping.0.take().unwrap().wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (sent, got) = parse_ping(&text).unwrap_or_else(|| panic!("no ping summary: {text}"));
-    println!("under rekeys: {sent} echo requests sent, {got} answered");
-    assert_eq!(got, sent, "pings lost during the rekeys");
+    let (sent, got) = lab.finish_stream(ping, "under rekeys (echo requests)");
 
     // The tunnel's totals: every SA it no longer has plus the installed ones.
     let totals = |dp: &isthmus_dataplane::Dataplane| {
@@ -852,14 +855,7 @@ fn vendor_defaults_from_docs_interop_md() {
             assert!(st.contains(s.as_str()), "{what}: strongSwan does not show {s}: {st}");
         }
         lab.assert_ping_passes();
-        let ping = lab
-            .host_i
-            .command("ping")
-            .args(["-n", "-q", "-c", "60", "-i", "0.05", "-W", "2", &format!("10.42.{n}.2")])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut ping = KillOnDrop(Some(ping));
+        let ping = lab.ping_stream(60, "0.05");
         std::thread::sleep(Duration::from_millis(500));
         lab.tunnels.rekey_child("to-swan", "net").unwrap();
         lab.expect(Duration::from_secs(10), &format!("CHILD rekey with {what}"), |e| {
@@ -869,10 +865,7 @@ fn vendor_defaults_from_docs_interop_md() {
         lab.expect(Duration::from_secs(10), &format!("IKE rekey with {what}"), |e| {
             matches!(e, TunnelEvent::IkeUp { rekeyed: true, .. })
         });
-        let out = ping.0.take().unwrap().wait_with_output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (sent, got) = parse_ping(&text).unwrap_or_else(|| panic!("no ping summary: {text}"));
-        assert_eq!(got, sent, "{what}: pings lost during the rekeys: {:#?}", lab.dp.counters());
+        let (sent, _) = lab.finish_stream(ping, &format!("{what}: during the rekeys"));
         lab.assert_up_both_sides();
         // The rekeyed SAs still name the row's algorithms.
         let st = lab.swan.status();
@@ -1079,4 +1072,171 @@ fn identity_types_interoperate() {
         }
         lab.assert_ping_passes();
     }
+}
+
+// ----- IKEv1 (issue 17) --------------------------------------------------------------------
+
+/// Our tunnel and strongSwan's in lab `n` with IKEv1 (`version = 1`), AES-CBC/HMAC-SHA-256 and
+/// MODP 2048, PFS on.
+fn v1_pair(n: u8) -> (TunnelConfig, SwanConn) {
+    let mut ours = isthmus_tunnel(n);
+    ours.version = isthmus_ike::IkeVersion::V1;
+    ours.ike_proposals = parse_ike_list("aes256-sha256-modp2048").unwrap();
+    ours.children[0].esp_proposals = parse_esp_list("aes256-sha256-modp2048").unwrap();
+    let mut theirs = swan_conn(n);
+    theirs.version = 1;
+    theirs.ike_proposals = "aes256-sha256-modp2048".into();
+    theirs.esp_proposals = "aes256-sha256-modp2048".into();
+    (ours, theirs)
+}
+
+#[test]
+fn ikev1_rekeys_of_both_phases_by_either_side_under_traffic_lose_nothing() {
+    if !require_root() || !isthmus_testkit::strongswan::available() {
+        return;
+    }
+    let (ours, theirs) = v1_pair(40);
+    let lab = lab(40, ours, CloseAction::None, theirs);
+    lab.tunnels.initiate("to-swan").unwrap();
+    let first = lab.expect(Duration::from_secs(20), "IKEv1 SA pair", is_child_up);
+    let TunnelEvent::ChildUp { spi_in: first_in, esp, .. } = first else { unreachable!() };
+    assert_eq!(esp, "aes256-sha256-modp2048-noesn");
+    lab.assert_up_both_sides();
+    assert!(lab.swan.status().contains("IKEv1"), "{}", lab.swan.status());
+    assert_eq!(lab.tunnels.tunnel("to-swan").unwrap().ike_version, Some(1));
+    lab.assert_ping_passes();
+
+    // The old pair goes after its grace period, so the stream runs longer than IKEv2's.
+    lab.rekeys_by_both_sides_under_traffic(first_in, 400);
+    // Replaced SAs are deleted on both sides: one ISAKMP SA and one SA pair remain.
+    assert!(
+        lab.swan.wait_until(Duration::from_secs(20), |s| s.status().matches("ESTABLISHED").count()
+            == 1
+            && s.children_installed("net") == 1),
+        "strongSwan holds more than one SA after the rekeys: {}",
+        lab.swan.status()
+    );
+    std::thread::sleep(Duration::from_secs(11));
+    lab.assert_up_both_sides();
+    lab.assert_ping_passes();
+}
+
+#[test]
+fn ikev1_strongswan_initiates_and_a_frozen_peer_is_found_by_dpd() {
+    if !require_root() || !isthmus_testkit::strongswan::available() {
+        return;
+    }
+    let (mut ours, mut theirs) = v1_pair(41);
+    ours.dpd = Dpd {
+        delay: Duration::from_secs(1),
+        timeout: Duration::from_secs(8),
+        action: DpdAction::Restart,
+    };
+    theirs.dpd_delay = Some(Duration::from_secs(2));
+    let lab = lab(41, ours, CloseAction::Restart, theirs);
+    lab.swan.initiate("net").unwrap_or_else(|e| panic!("{e}\n{}", lab.swan.log()));
+    lab.expect(Duration::from_secs(10), "IKEv1 SA pair", is_child_up);
+    lab.assert_up_both_sides();
+    lab.assert_ping_passes();
+    // R-U-THERE both ways keeps an idle tunnel up.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(lab.tunnels.tunnel("to-swan").unwrap().state, TunnelState::Up);
+
+    lab.swan.freeze();
+    let t0 = Instant::now();
+    let down = lab
+        .expect(Duration::from_secs(30), "dead peer", |e| matches!(e, TunnelEvent::IkeDown { .. }));
+    println!("dead peer declared after {:?}: {down}", t0.elapsed());
+    assert!(down.to_string().contains("stopped answering"), "{down}");
+    assert!(t0.elapsed() >= Duration::from_secs(8), "{:?}", t0.elapsed());
+    lab.swan.thaw();
+    lab.expect(Duration::from_secs(40), "ISAKMP SA back", |e| {
+        matches!(e, TunnelEvent::IkeUp { .. })
+    });
+    lab.expect(Duration::from_secs(10), "SA pair back", is_child_up);
+    lab.assert_ping_passes();
+}
+
+#[test]
+fn ikev1_two_selector_pairs_are_two_sa_pairs() {
+    if !require_root() || !isthmus_testkit::strongswan::available() {
+        return;
+    }
+    let n = 42u8;
+    let (mut ours, mut theirs) = v1_pair(n);
+    ours.children[0].remote_ts =
+        vec![ts(&format!("10.42.{n}.0/25")), ts(&format!("10.42.{n}.128/25"))];
+    // strongSwan's IKEv1 CHILD_SA takes one selector pair: one per half.
+    theirs.local_ts = format!("10.42.{n}.0/25");
+    theirs.extra_children.push(SwanChild {
+        name: "net2".into(),
+        local_ts: format!("10.42.{n}.128/25"),
+        remote_ts: format!("10.41.{n}.0/24"),
+    });
+    let lab = lab(n, ours, CloseAction::None, theirs);
+    lab.host_s.sh(&format!("ip addr add 10.42.{n}.130/24 dev eth0"));
+    lab.gw_s.sh(&format!("ip addr add 10.42.{n}.129/24 dev lan-s"));
+    lab.tunnels.initiate("to-swan").unwrap();
+    lab.expect(Duration::from_secs(20), "first SA pair", is_child_up);
+    lab.expect(Duration::from_secs(10), "second SA pair", is_child_up);
+    assert!(
+        lab.swan.wait_until(Duration::from_secs(5), |s| s.children_installed("net") == 1
+            && s.children_installed("net2") == 1),
+        "strongSwan does not show both SA pairs: {}",
+        lab.swan.status()
+    );
+    let st = lab.tunnels.tunnel("to-swan").unwrap();
+    assert_eq!(st.children.len(), 2, "{st:#?}");
+    let mut remote: Vec<_> = st.children.iter().map(|c| c.remote_ts.join(",")).collect();
+    remote.sort();
+    assert_eq!(remote, [format!("10.42.{n}.0/25"), format!("10.42.{n}.128/25")]);
+    for dst in [format!("10.42.{n}.2"), format!("10.42.{n}.130")] {
+        let out = lab.host_i.sh_output(&format!("ping -n -q -c 3 -i 0.2 -W 2 {dst}"));
+        assert!(out.status.success(), "ping {dst}: {}", String::from_utf8_lossy(&out.stdout));
+    }
+    // Each SA pair carried its own half's pings.
+    let c = lab.dp.counters();
+    let out: Vec<u64> = c
+        .sas
+        .iter()
+        .filter(|s| s.direction == isthmus_dataplane::Direction::Outbound)
+        .map(|s| s.counters.packets)
+        .collect();
+    assert_eq!(out.iter().filter(|p| **p >= 3).count(), 2, "{c:#?}");
+}
+
+#[test]
+fn ikev1_proxy_id_mismatch_and_wrong_psk_are_explained() {
+    if !require_root() || !isthmus_testkit::strongswan::available() {
+        return;
+    }
+    // strongSwan protects another subnet than the one we ask for.
+    let (ours, mut theirs) = v1_pair(43);
+    theirs.local_ts = "10.42.143.0/24".into();
+    let first = lab(43, ours, CloseAction::None, theirs);
+    first.tunnels.initiate("to-swan").unwrap();
+    let e = first.expect(Duration::from_secs(20), "explained Quick Mode failure", |e| {
+        matches!(e, TunnelEvent::Failed(_))
+    });
+    let TunnelEvent::Failed(x) = e else { unreachable!() };
+    println!("proxy-ID mismatch: {x}");
+    assert_eq!(x.exchange.to_string(), "Quick Mode", "{x}");
+    assert!(x.to_string().contains("INVALID-ID-INFORMATION"), "{x}");
+    assert!(x.ours.contains("10.41.43.0/24") && x.ours.contains("10.42.43.0/24"), "{x}");
+    assert!(x.suggestion.as_deref().is_some_and(|s| s.contains("spd")), "{x}");
+    drop(first);
+
+    // And a key that differs.
+    let (ours, mut theirs) = v1_pair(44);
+    theirs.psk = "not-the-same-psk-at-all".into();
+    let lab = lab(44, ours, CloseAction::None, theirs);
+    lab.tunnels.initiate("to-swan").unwrap();
+    let e = lab.expect(Duration::from_secs(30), "explained Main Mode failure", |e| {
+        matches!(e, TunnelEvent::Failed(_))
+    });
+    println!("wrong PSK: {e}");
+    assert!(e.to_string().contains("Main Mode"), "{e}");
+    assert!(e.to_string().contains("pre-shared key"), "{e}");
+    assert!(!e.to_string().contains(PSK), "the explanation shows the PSK: {e}");
+    assert_ne!(lab.tunnels.tunnel("to-swan").unwrap().state, TunnelState::Up);
 }

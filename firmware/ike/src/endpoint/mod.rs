@@ -312,6 +312,12 @@ impl Endpoint {
     /// are ignored.
     pub fn acquire(&mut self, tunnel: &str, child: &str, now: Instant) -> Result<(), Error> {
         let t = self.tunnel_index(tunnel)?;
+        if self.initiates_v1(t) {
+            // IKEv1 brings up every missing selector pair of the tunnel (whose dataplane
+            // names, `child/k`, are not CHILD SA names).
+            self.v1_initiate(t, now);
+            return Ok(());
+        }
         let cfg = self
             .tunnel_ref(t)
             .and_then(|tun| tun.cfg.children.iter().position(|c| c.name == child))
@@ -319,11 +325,6 @@ impl Endpoint {
                 tunnel: tunnel.to_owned(),
                 why: format!("no CHILD SA named `{child}`"),
             })?;
-        if self.initiates_v1(t) {
-            // IKEv1 brings up every missing selector pair of the tunnel.
-            self.v1_initiate(t, now);
-            return Ok(());
-        }
         match self.tunnel_ref(t).and_then(|tun| tun.ike) {
             None => {
                 if let Some(tun) = self.tunnel_mut(t)

@@ -54,12 +54,12 @@ pub fn phase1_config(t: &TunnelConfig) -> Phase1Config {
 }
 
 /// One Quick Mode per selector pair of each CHILD SA (IKEv1 negotiates one pair at a time), with
-/// the index of its CHILD SA configuration.
+/// the index of its CHILD SA configuration. Pairs of two address families are no pair.
 pub fn quick_configs(t: &TunnelConfig, udp: bool) -> Vec<(usize, QuickConfig)> {
     let mut out = Vec::new();
     for (i, c) in t.children.iter().enumerate() {
         for l in &c.local_ts {
-            for r in &c.remote_ts {
+            for r in c.remote_ts.iter().filter(|r| r.is_ipv4() == l.is_ipv4()) {
                 out.push((
                     i,
                     QuickConfig {
@@ -74,6 +74,17 @@ pub fn quick_configs(t: &TunnelConfig, udp: bool) -> Vec<(usize, QuickConfig)> {
         }
     }
     out
+}
+
+/// The dataplane name of each of [`quick_configs`]'s pairs.
+fn pair_names(t: &TunnelConfig) -> Vec<String> {
+    let configs = quick_configs(t, false);
+    let mut names = Vec::with_capacity(configs.len());
+    for (k, (i, _)) in configs.iter().enumerate() {
+        let within = configs[..k].iter().filter(|(j, _)| j == i).count();
+        names.push(t.dataplane_child(*i, within));
+    }
+    names
 }
 
 /// An outstanding message of ours, sent again with growing waits until answered.
@@ -144,6 +155,8 @@ pub struct Session {
     cfg: TunnelConfig,
     /// The selector pairs with the index of their CHILD SA configuration.
     pairs: Vec<(usize, QuickConfig)>,
+    /// Each pair's name in events and the dataplane ([`TunnelConfig::dataplane_child`]).
+    names: Vec<String>,
     local: SocketAddr,
     remote: SocketAddr,
     floated: bool,
@@ -169,6 +182,7 @@ impl Session {
     pub fn new(cfg: TunnelConfig, now: Instant) -> Session {
         Session {
             pairs: quick_configs(&cfg, false),
+            names: pair_names(&cfg),
             local: cfg.local,
             remote: cfg.remote,
             cfg,
@@ -768,6 +782,7 @@ impl Session {
         rng: &mut impl CryptoRngCore,
     ) {
         let cfg = self.pairs.get(pair).map_or(0, |(i, _)| *i);
+        let name = self.names.get(pair).cloned().unwrap_or_default();
         let lifetime =
             self.cfg.children.get(cfg).map(|c| c.lifetime).unwrap_or(Lifetime::CHILD_DEFAULT);
         let (rekey_at, expire_at) = jittered(now, &lifetime, sa.life, rng);
@@ -784,7 +799,7 @@ impl Session {
         }
         self.events.push(Event::ChildSaUp {
             tunnel: self.cfg.name.clone(),
-            child: self.cfg.children.get(cfg).map(|c| c.name.clone()).unwrap_or_default(),
+            child: name,
             inbound: ChildKeys::new(sa.spi_in, sa.keymat_in.to_vec()),
             outbound: ChildKeys::new(sa.spi_out, sa.keymat_out.to_vec()),
             esp: sa.suite,
@@ -806,10 +821,9 @@ impl Session {
     }
 
     fn child_down(&mut self, c: &Child, reason: DownReason) {
-        let cfg = self.pairs.get(c.pair).map_or(0, |(i, _)| *i);
         self.events.push(Event::ChildSaDown {
             tunnel: self.cfg.name.clone(),
-            child: self.cfg.children.get(cfg).map(|c| c.name.clone()).unwrap_or_default(),
+            child: self.names.get(c.pair).cloned().unwrap_or_default(),
             spi_in: c.sa.spi_in,
             spi_out: c.sa.spi_out,
             reason,
@@ -1237,9 +1251,8 @@ impl Session {
             });
         }
         for c in &self.children {
-            let cfg = self.pairs.get(c.pair).map_or(0, |(i, _)| *i);
             st.children.push(ChildStatus {
-                name: self.cfg.children.get(cfg).map(|c| c.name.clone()).unwrap_or_default(),
+                name: self.names.get(c.pair).cloned().unwrap_or_default(),
                 spi_in: c.sa.spi_in,
                 spi_out: c.sa.spi_out,
                 esp: c.sa.suite,
