@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
-use isthmus_testkit::site::{Binaries, Site, SiteSpec, token_hash, wait_for};
+use isthmus_testkit::require_root;
+use isthmus_testkit::site::{Binaries, Peer, Site, SiteSpec, token_hash, wait_for};
 use isthmus_testkit::strongswan::{Retransmit, Strongswan};
-use isthmus_testkit::{Netns, require_root, veth, veth_bare};
 
 const ADMIN: &str = "ist_peer-config-admin-token";
 const PSK: &str = "peer-config-psk-0123456789abcdef";
@@ -28,12 +28,7 @@ fn the_generated_swanctl_conf_brings_the_tunnel_up_in_a_real_charon() {
         &Binaries::next_to_cli(env!("CARGO_BIN_EXE_isthmus")),
     );
     // The customer gateway's namespace (charon) and the host behind it.
-    let swan_ns = Netns::new("pcs");
-    let swan_host = Netns::new("pcsh");
-    veth_bare(&site.gw, "wan0", &swan_ns, "wan");
-    swan_ns.sh("ip addr add 10.66.100.2/24 dev wan && sysctl -qw net.ipv4.ip_forward=1");
-    veth(&swan_ns, "lan", "10.66.2.1/24", &swan_host, "eth0", "10.66.2.10/24");
-    swan_host.sh("ip route add default via 10.66.2.1");
+    let peer = Peer::beside(&site, "pc", "10.66.100.2/24", "10.66.2.1/24", "10.66.2.10/24");
 
     // Isthmus only answers (start_action none): the peer's file must start the tunnel. The
     // proposals are a cloud default with PFS, and the identity of our side is an FQDN.
@@ -72,7 +67,7 @@ remote = ["10.66.2.0/24"]
     let (ok, unknown) = site.cli_text(&["tunnel", "peer-config", "to-idc", "--format", "junos"]);
     assert!(!ok && unknown.contains("unknown peer configuration format `junos`"), "{unknown}");
 
-    let swan = Strongswan::start_conf(&swan_ns, &conf, Retransmit::default());
+    let swan = Strongswan::start_conf(&peer.gw, &conf, Retransmit::default());
     swan.load_all().unwrap_or_else(|e| panic!("charon refused the file: {e}\n{conf}"));
     let ctx = || {
         format!("--- file\n{conf}\n--- charon\n{}\n{}\n{}", swan.status(), swan.log(), site.log())

@@ -263,6 +263,31 @@ pub fn link_wans(a: &Site, b: &Site) {
     crate::veth_bare(&a.gw, "wan0", &b.gw, "wan0");
 }
 
+/// A customer gateway beside a site, for a peer such as charon: its own namespace `gw` with
+/// `wan` linked to the site's `wan0` (address `wan_addr`, forwarding on), and a LAN host
+/// namespace `host` behind `lan` (`lan_gw` on the gateway, `lan_host` on the host, which
+/// routes through it). The prefixes are CIDR strings.
+pub struct Peer {
+    /// The peer gateway's namespace.
+    pub gw: Netns,
+    /// The host on the peer's LAN.
+    pub host: Netns,
+}
+
+impl Peer {
+    /// Creates the namespaces `{tag}s` and `{tag}sh` and their links.
+    pub fn beside(site: &Site, tag: &str, wan_addr: &str, lan_gw: &str, lan_host: &str) -> Peer {
+        let gw = Netns::new(&format!("{tag}s"));
+        let host = Netns::new(&format!("{tag}sh"));
+        crate::veth_bare(&site.gw, "wan0", &gw, "wan");
+        gw.sh(&format!("ip addr add {wan_addr} dev wan && sysctl -qw net.ipv4.ip_forward=1"));
+        veth(&gw, "lan", lan_gw, &host, "eth0", lan_host);
+        let via = lan_gw.split('/').next().unwrap_or(lan_gw);
+        host.sh(&format!("ip route add default via {via}"));
+        Peer { gw, host }
+    }
+}
+
 /// Waits (polling every 250 ms) until `f` holds; panics after `timeout` with `what` and `ctx()`.
 pub fn wait_for(
     what: &str,
