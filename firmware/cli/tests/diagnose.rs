@@ -705,12 +705,27 @@ direction = "out"
 /// commands say so, and traffic passes as the tracer says.
 #[test]
 fn a_nat_device_in_the_path() {
+    nat_device_in_the_path("dn", "", "RFC 7296 §2.23");
+}
+
+/// The same with IKEv1 (issue 17): NAT-D payloads (RFC 3947), the float to 4500 after Main
+/// Mode message 4, ESP in UDP and keepalives through the masquerade.
+#[test]
+fn ikev1_through_a_nat_device() {
+    let v1 = "ike_version = 1\nike_proposals = [\"aes256-sha256-modp2048\"]\n\
+              esp_proposals = [\"aes256-sha256-modp2048\"]\n";
+    nat_device_in_the_path("dv", v1, "RFC 3947");
+}
+
+/// Two gateways with `fields` in their tunnel, through a NAT; `rfc` is what `diagnose tunnel`
+/// cites for the NAT detection.
+fn nat_device_in_the_path(tag: &str, fields: &str, rfc: &str) {
     if !require_root() {
         return;
     }
-    let mut a = site("dn", 1);
-    let mut b = site("dn", 2);
-    let nat = Netns::new("dnn");
+    let mut a = site(tag, 1);
+    let mut b = site(tag, 2);
+    let nat = Netns::new(&format!("{tag}n"));
     isthmus_testkit::veth_bare(&a.gw, "wan0", &nat, "n1");
     isthmus_testkit::veth_bare(&nat, "n2", &b.gw, "wan0");
     nat.sh("ip addr add 10.65.100.254/24 dev n1 && ip addr add 10.65.101.254/24 dev n2 \
@@ -718,7 +733,9 @@ fn a_nat_device_in_the_path() {
          && nft add table ip nat \
          && nft add chain ip nat post '{ type nat hook postrouting priority 100; }' \
          && nft add rule ip nat post oifname n2 masquerade");
-    let spd = |l: &str, r: &str| format!("[[tunnel.spd]]\nlocal = [\"{l}\"]\nremote = [\"{r}\"]\n");
+    let spd = |l: &str, r: &str| {
+        format!("{fields}[[tunnel.spd]]\nlocal = [\"{l}\"]\nremote = [\"{r}\"]\n")
+    };
     // gw1 sits behind the NAT; gw2 sees it as the NAT's outside address, with gw1's identity.
     let gw1 = Wan {
         address: "10.65.100.1/24".into(),
@@ -745,6 +762,7 @@ fn a_nat_device_in_the_path() {
     let out = a.show(&["diagnose", "tunnel", "to-gw2"]);
     assert!(out.contains("NAT detected"), "{out}");
     assert!(out.contains("UDP 4500"), "{out}");
+    assert!(out.contains(rfc), "{out}");
     let flow =
         Flow { src: "10.65.1.10".into(), dst: "10.65.2.10".into(), udp: Some((41000, 5000)) };
     let out = a.show(&flow.diagnose_args().iter().map(String::as_str).collect::<Vec<_>>());
