@@ -324,3 +324,76 @@ fn terminate_deletes_everything_on_both_sides() {
     );
     assert!(p.a.status("t1").unwrap().ike.is_none());
 }
+
+#[test]
+fn rfc2408_commit_bit_is_refused_politely() {
+    // A sets the commit bit on its Quick Mode messages (RFC 2408 §3.1), as some routers do.
+    let mut p = pair();
+    p.tamper_from_a = Some(|d: &mut Vec<u8>| {
+        if d.len() > 19 && d[18] == 32 {
+            d[19] |= 0x02;
+        }
+    });
+    p.handshake();
+    p.run_for(Duration::from_secs(5));
+    // B answers without the bit, so nobody waits for a CONNECTED notification, and the SA pair
+    // comes up on both sides.
+    let answers: Vec<_> = p.wire.iter().filter(|s| !s.from_a && s.t.data[18] == 32).collect();
+    assert!(!answers.is_empty() && answers.iter().all(|s| s.t.data[19] & 0x02 == 0));
+    assert_paired(&p);
+    assert_eq!(installed(&p.b_events).len(), 1);
+    assert!(failures(&p.a_events).is_empty() && failures(&p.b_events).is_empty());
+}
+
+#[test]
+fn aggressive_mode_only_where_the_tunnel_allows_it() {
+    let (a, b) = configs();
+    let (mut a, mut b) = (v1(a), v1(b));
+    a.aggressive = true;
+    let mut p = Pair::new(a.clone(), b.clone());
+    p.a.initiate("t1", p.now).unwrap();
+    p.drive();
+    let f = failures(&p.b_events);
+    assert_eq!(f[0].exchange.to_string(), "Aggressive Mode");
+    assert!(f[0].suggestion.as_deref().unwrap().contains("aggressive_mode = true"), "{}", f[0]);
+    assert!(!up(&p.b_events));
+    b.aggressive = true;
+    let mut p = Pair::new(a, b);
+    p.handshake();
+    p.run_for(Duration::from_secs(5));
+    assert_paired(&p);
+    // Three phase-1 messages, then Quick Mode.
+    assert_eq!(p.wire.iter().filter(|s| s.t.data[18] == 4).count(), 3);
+}
+
+#[test]
+fn rfc3706_dead_peer_detection_clears() {
+    let (a, b) = configs();
+    let (mut a, b) = (v1(a), v1(b));
+    a.dpd.delay = Duration::from_secs(10);
+    a.dpd.timeout = Duration::from_secs(30);
+    a.dpd.action = isthmus_ike::DpdAction::Clear;
+    // B's own liveness check would restart the tunnel from its side.
+    let mut b = b;
+    b.dpd.delay = Duration::ZERO;
+    let mut p = Pair::new(a, b);
+    p.handshake();
+    p.b_dead = true;
+    p.run_until(Duration::from_secs(600), |p| {
+        p.a_events
+            .iter()
+            .any(|e| matches!(e, Event::IkeSaDown { reason: DownReason::DeadPeer, .. }))
+    });
+    let sent = p.wire.len();
+    p.b_dead = false;
+    p.run_for(Duration::from_secs(300));
+    // Nothing more from A: the tunnel stays down until someone asks for it.
+    let from_a: Vec<_> = p.wire[sent..]
+        .iter()
+        .filter(|s| s.from_a)
+        .map(|s| (s.t.data.len(), s.t.data.get(18).copied()))
+        .collect();
+    assert!(from_a.is_empty(), "A restarted: {from_a:?}");
+    assert!(p.a.status("t1").unwrap().ike.is_none());
+    assert!(installed(&p.a_events).is_empty());
+}

@@ -89,6 +89,8 @@ pub struct Pair {
     pub duplicate: bool,
     /// Drop every datagram this matches (e.g. one exchange type).
     pub drop_if: Option<fn(&Seen) -> bool>,
+    /// Rewrites every datagram A sends, on the wire.
+    pub tamper_from_a: Option<fn(&mut Vec<u8>)>,
     /// Timer runs without the clock moving (a timer that never clears would spin).
     stalls: usize,
 }
@@ -128,6 +130,7 @@ impl Pair {
             nat: false,
             duplicate: false,
             drop_if: None,
+            tamper_from_a: None,
             stalls: 0,
         }
     }
@@ -165,7 +168,10 @@ impl Pair {
         panic!("the pair never went quiet");
     }
 
-    fn deliver(&mut self, from_a: bool, t: Transmit) {
+    fn deliver(&mut self, from_a: bool, mut t: Transmit) {
+        if from_a && let Some(f) = self.tamper_from_a {
+            f(&mut t.data);
+        }
         let h = codec::Header::parse(&t.data).ok();
         let seen = Seen {
             from_a,
