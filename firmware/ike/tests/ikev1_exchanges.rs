@@ -397,3 +397,22 @@ fn rfc3706_dead_peer_detection_clears() {
     assert!(p.a.status("t1").unwrap().ike.is_none());
     assert!(installed(&p.a_events).is_empty());
 }
+
+#[test]
+fn ecp_groups_and_aes_gcm_in_quick_mode() {
+    let (a, b) = configs();
+    let f = |t: TunnelConfig| {
+        let mut t = with_esp(with_ike(t, "aes256-sha384-ecp384"), "aes256gcm16-ecp256");
+        t.version = IkeVersion::V1;
+        t
+    };
+    let mut p = Pair::new(f(a), f(b));
+    p.handshake();
+    p.run_for(Duration::from_secs(5));
+    assert_paired(&p);
+    let ike = p.a.status("t1").unwrap().ike.unwrap();
+    assert_eq!(ike.suite.unwrap().to_string(), "aes256-sha384-prfsha384-ecp384");
+    assert!(
+        matches!(child_ups(&p.a_events)[0], Event::ChildSaUp { esp, .. } if esp.to_string() == "aes256gcm16-ecp256-noesn")
+    );
+}
