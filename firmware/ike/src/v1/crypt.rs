@@ -19,9 +19,8 @@ use crate::proposal::Encr;
 
 use super::codec::{self, Payload, flags};
 
-/// Encrypts a payload chain (as laid out by [`codec::emit_payloads`]) under `key` and `iv`;
-/// returns the ciphertext and the IV of the next message.
-pub fn seal(encr: Encr, key: &[u8], iv: &[u8], chain: &[u8]) -> Result<(Vec<u8>, Vec<u8>), Error> {
+/// The cipher's block length, once it is a CBC cipher and `iv` fits it.
+fn cbc_block(encr: Encr, iv: &[u8]) -> Result<usize, Error> {
     let b = encr.block_len();
     if b < 2 || iv.len() != b {
         return Err(Error::malformed(
@@ -29,6 +28,13 @@ pub fn seal(encr: Encr, key: &[u8], iv: &[u8], chain: &[u8]) -> Result<(Vec<u8>,
             format!("{} is not a CBC cipher", encr.name()),
         ));
     }
+    Ok(b)
+}
+
+/// Encrypts a payload chain (as laid out by [`codec::emit_payloads`]) under `key` and `iv`;
+/// returns the ciphertext and the IV of the next message.
+pub fn seal(encr: Encr, key: &[u8], iv: &[u8], chain: &[u8]) -> Result<(Vec<u8>, Vec<u8>), Error> {
+    let b = cbc_block(encr, iv)?;
     let mut buf = chain.to_vec();
     buf.resize(chain.len().div_ceil(b).max(1) * b, 0);
     cbc_encrypt(encr, key, iv, &mut buf)?;
@@ -44,13 +50,7 @@ pub fn open(
     iv: &[u8],
     ciphertext: &[u8],
 ) -> Result<(Zeroizing<Vec<u8>>, Vec<u8>), Error> {
-    let b = encr.block_len();
-    if b < 2 || iv.len() != b {
-        return Err(Error::malformed(
-            "IKEv1 encryption",
-            format!("{} is not a CBC cipher", encr.name()),
-        ));
-    }
+    let b = cbc_block(encr, iv)?;
     if ciphertext.is_empty() || !ciphertext.len().is_multiple_of(b) {
         return Err(Error::malformed(
             "encrypted ISAKMP message",

@@ -110,11 +110,11 @@ pub fn hash_i(
     sai_b: &[u8],
     idii_b: &[u8],
 ) -> Vec<u8> {
-    let (ci, cr) = (cky.0.to_be_bytes(), cky.1.to_be_bytes());
-    prf(f, &k.skeyid, &[gxi, gxr, &ci, &cr, sai_b, idii_b])
+    phase1_hash(f, k, [gxi, gxr], [cky.0, cky.1], sai_b, idii_b)
 }
 
-/// HASH_R = prf(SKEYID, g^xr | g^xi | CKY-R | CKY-I | SAi_b | IDir_b) (§5).
+/// HASH_R = prf(SKEYID, g^xr | g^xi | CKY-R | CKY-I | SAi_b | IDir_b) (§5): HASH_I with the
+/// key shares and cookies the other way round.
 pub fn hash_r(
     f: Prf,
     k: &Phase1Keys,
@@ -124,8 +124,19 @@ pub fn hash_r(
     sai_b: &[u8],
     idir_b: &[u8],
 ) -> Vec<u8> {
-    let (ci, cr) = (cky.0.to_be_bytes(), cky.1.to_be_bytes());
-    prf(f, &k.skeyid, &[gxr, gxi, &cr, &ci, sai_b, idir_b])
+    phase1_hash(f, k, [gxr, gxi], [cky.1, cky.0], sai_b, idir_b)
+}
+
+fn phase1_hash(
+    f: Prf,
+    k: &Phase1Keys,
+    shares: [&[u8]; 2],
+    cookies: [u64; 2],
+    sai_b: &[u8],
+    id_b: &[u8],
+) -> Vec<u8> {
+    let (c1, c2) = (cookies[0].to_be_bytes(), cookies[1].to_be_bytes());
+    prf(f, &k.skeyid, &[shares[0], shares[1], &c1, &c2, sai_b, id_b])
 }
 
 /// Quick Mode HASH(1) = prf(SKEYID_a, M-ID | the payloads after HASH) (§5.5), also the HASH of

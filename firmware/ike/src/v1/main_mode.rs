@@ -260,7 +260,9 @@ fn cookie(rng: &mut impl CryptoRngCore) -> u64 {
     }
 }
 
-fn nonce(rng: &mut impl CryptoRngCore) -> Vec<u8> {
+/// A fresh nonce (RFC 2409 §5: 8 to 256 bytes; 32 as strongSwan sends), for phase 1 and
+/// Quick Mode alike.
+pub(super) fn nonce(rng: &mut impl CryptoRngCore) -> Vec<u8> {
     let mut n = vec![0; NONCE_LEN];
     rng.fill_bytes(&mut n);
     n
@@ -859,25 +861,18 @@ impl MainMode {
         if id_b.len() < 4 {
             return Err(Failure::HashMismatch);
         }
-        let got = Identity::from_wire(id_b[0], &id_b[4..]);
-        let shown = got.as_ref().map_or_else(|| format!("ID type {}", id_b[0]), |i| i.to_string());
-        match got {
-            Some(i) if self.cfg.remote_id.matches(&i) => {
+        match self.check_id(id_b) {
+            Ok(i) => {
                 self.iv = next;
                 Ok((i, id_b.to_vec(), hash.to_vec()))
             }
-            _ => {
+            Err(mismatch) => {
                 // Only a peer with our key can produce this plaintext; it names another
                 // identity. Check the hash first so a wrong key is reported as such.
-                let theirs =
-                    if self.initiator { self.hash(false, id_b)? } else { self.hash(true, id_b)? };
-                if !ct_eq(&theirs, hash) {
+                if !ct_eq(&self.hash(!self.initiator, id_b)?, hash) {
                     return Err(Failure::HashMismatch);
                 }
-                Err(Failure::IdentityMismatch {
-                    expected: self.cfg.remote_id.to_string(),
-                    got: shown,
-                })
+                Err(mismatch)
             }
         }
     }

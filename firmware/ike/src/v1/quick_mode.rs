@@ -28,7 +28,7 @@ use super::codec::{
 };
 use super::crypt;
 use super::keys;
-use super::main_mode::{Established, Failure, notify};
+use super::main_mode::{Established, Failure, nonce, notify};
 use super::proposal::{LIFE_SECONDS, PROTO_ESP, esp_proposal, esp_suite, p2};
 
 /// ID types of proxy identities (RFC 2407 §4.6.2.1).
@@ -255,12 +255,6 @@ fn open(p1: &Established, iv: &[u8], m: &codec::Message) -> Result<Opened, Failu
     let rest = plain.get(start..end).ok_or_else(|| Failure::Malformed("chain lengths".into()))?;
     let payloads = codec::parse_payloads(m.header.next_payload, &plain)?;
     Ok(Opened { payloads, rest: rest.to_vec(), hash: hash.to_vec(), next })
-}
-
-fn nonce(rng: &mut impl CryptoRngCore) -> Vec<u8> {
-    let mut n = vec![0; 32];
-    rng.fill_bytes(&mut n);
-    n
 }
 
 impl QuickMode {
