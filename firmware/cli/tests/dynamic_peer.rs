@@ -144,8 +144,9 @@ fn a_peer_known_by_dns_name_is_followed_when_its_address_changes() {
     veth(&idc, "lan", "10.67.12.1/24", &idc_host, "eth0", "10.67.12.10/24");
     idc.sh("sysctl -qw net.ipv4.ip_forward=1");
     idc_host.sh("ip route add default via 10.67.12.1");
-    // The gateway's resolver: a hosts file of its own namespace (see `Netns::etc_file`).
-    site.gw.etc_file("hosts", "127.0.0.1 localhost\n10.67.202.9 idc.dyn.example\n");
+    // The gateway's resolver: a hosts file of its own namespace (see `Netns::etc_file`),
+    // without the IDC's name at first.
+    site.gw.etc_file("hosts", "127.0.0.1 localhost\n");
 
     let cfg = isthmus_testkit::config::Gateway::new("dn")
         .wan("wan0", "10.67.100.1/24", "10.67.100.2")
@@ -184,6 +185,17 @@ remote = ["10.67.12.0/24"]
     let ctx =
         || format!("--- charon\n{}\n{}\n--- isthmusd\n{}", swan.status(), swan.log(), site.log());
     let ping = |site: &Site| site.host.sh_output("ping -c 1 -W 1 10.67.12.10").status.success();
+    // A name that does not resolve: the tunnel waits, and diagnose says why.
+    wait_for(
+        "diagnose to say the tunnel waits for DNS",
+        Duration::from_secs(20),
+        || {
+            let out = site.cli_text(&["diagnose", "tunnel", "to-idc"]).1;
+            out.contains("customer gateway idc:") && out.contains("waits for an answer")
+        },
+        || format!("{}\n{}", site.cli_text(&["diagnose", "tunnel", "to-idc"]).1, ctx()),
+    );
+    site.gw.etc_file("hosts", "127.0.0.1 localhost\n10.67.202.9 idc.dyn.example\n");
     wait_for("a ping to the IDC at 10.67.202.9", Duration::from_secs(40), || ping(&site), ctx);
     let shown = site.show(&["tunnel", "show", "to-idc"]);
     assert!(shown.contains("10.67.202.9"), "{shown}");

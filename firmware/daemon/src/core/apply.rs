@@ -386,13 +386,19 @@ impl Core {
         if self.opts.run_tunnels {
             self.health.configure(&cfg, self.events.clone());
         }
-        *self.applied.write().unwrap_or_else(|p| p.into_inner()) = Some((rev, Arc::new(cfg)));
-        self.events.emit(
-            EventKind::ConfigApplied,
-            "config",
-            Severity::Info,
-            format!("revision {rev} applied"),
-        );
+        let before = self
+            .applied
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace((rev, Arc::new(cfg)))
+            .map(|(r, _)| r);
+        // The same revision again (a peer's DNS name moved): its cause has its own event.
+        let text = if before == Some(rev) {
+            format!("revision {rev} re-applied")
+        } else {
+            format!("revision {rev} applied")
+        };
+        self.events.emit(EventKind::ConfigApplied, "config", Severity::Info, text);
     }
 
     /// Who may use the API and who is told of alarms, from `cfg` (also when nothing else of it

@@ -21,7 +21,7 @@ use isthmus_api::{EventKind, Severity};
 /// How often a name that resolved is asked again, unless its gateway sets `dns_refresh`; a
 /// name that failed is retried sooner.
 pub const REFRESH: Duration = Duration::from_secs(60);
-const RETRY: Duration = Duration::from_secs(5);
+pub const RETRY: Duration = Duration::from_secs(5);
 
 /// What a name last resolved to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -111,11 +111,18 @@ impl Core {
                 continue;
             }
             let new = query(&name, v4);
-            let old = ANSWERS
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert((name.clone(), v4), Entry { answer: new.clone(), at: Instant::now() })
-                .map(|e| e.answer);
+            let old = {
+                let mut answers = ANSWERS.write().unwrap_or_else(|p| p.into_inner());
+                let old = answers.get(&(name.clone(), v4)).map(|e| e.answer.clone());
+                // A name that stops resolving keeps its last address: a DNS outage must not
+                // take down a tunnel that works.
+                let answer = match (&new, &old) {
+                    (Answer::Failed(_), Some(kept @ Answer::Addr(_))) => kept.clone(),
+                    _ => new.clone(),
+                };
+                answers.insert((name.clone(), v4), Entry { answer, at: Instant::now() });
+                old
+            };
             if old.as_ref() == Some(&new) {
                 continue;
             }
@@ -129,17 +136,7 @@ impl Core {
                     Severity::Info,
                     format!("customer gateway `{gw}`: {name} resolves to {a} (was {})", show(&old)),
                 ),
-                // A name that stops resolving keeps its last address: a DNS outage must not
-                // take down a tunnel that works.
                 Answer::Failed(why) if matches!(old, Some(Answer::Addr(_))) => {
-                    let kept = old.clone();
-                    if let Some(e) = ANSWERS
-                        .write()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .get_mut(&(name.clone(), v4))
-                    {
-                        e.answer = kept.unwrap_or(new.clone());
-                    }
                     tracing::warn!("customer gateway `{gw}`: {why}; keeping {}", show(&old));
                     continue;
                 }

@@ -61,7 +61,30 @@ pub fn diagnose_tunnel(
             None => advice.push(format!("{} failed: {}", f.exchange, f.cause)),
         }
     }
-    if state != "up" && last_failure.is_none() && t.enabled {
+    // A peer known by a DNS name: its tunnels wait for an answer (core::resolve keeps them).
+    let unresolved = cfg.customer_gateway(&t.customer_gateway).and_then(|c| match &c.address {
+        isthmus_config::PeerAddress::Name(n) => {
+            let v4 = cfg.gateway.wan.address.addr.is_ipv4();
+            match crate::core::resolve::answer(n, v4) {
+                Some(crate::core::resolve::Answer::Addr(_)) => None,
+                Some(crate::core::resolve::Answer::Failed(why)) => Some(format!(
+                    "customer gateway {}: {why}; the tunnel waits for an answer (asked again every {} s)",
+                    c.name,
+                    crate::core::resolve::RETRY.as_secs()
+                )),
+                None => Some(format!(
+                    "customer gateway {}: {n} has not been resolved yet; the tunnel waits for an answer",
+                    c.name
+                )),
+            }
+        }
+        _ => None,
+    });
+    if state != "up"
+        && let Some(u) = unresolved
+    {
+        advice.push(u);
+    } else if state != "up" && last_failure.is_none() && t.enabled {
         match &peer {
             Some(p) => advice.push(format!(
                 "no negotiation has failed yet: check that the peer {p} is reachable on UDP 500/4500 and configured for this gateway"
