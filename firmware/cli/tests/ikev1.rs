@@ -2,13 +2,14 @@
 //! answers, and a real charon (strongSwan with kernel-libipsec, `version = 1`) loaded with the
 //! file `isthmus tunnel peer-config` prints. The tunnel comes up and LAN traffic passes;
 //! `tunnel show` says IKEv1; then the peer's proxy IDs and its key are changed in turn, and
-//! `isthmus diagnose tunnel` explains each failure. Root only (network namespaces).
+//! `isthmus diagnose tunnel` explains each failure. And IKEv1 NAT traversal with charon behind
+//! an nftables masquerade. Root only (network namespaces).
 
 use std::time::Duration;
 
-use isthmus_testkit::require_root;
 use isthmus_testkit::site::{Binaries, Peer, Site, SiteSpec, token_hash, wait_for};
-use isthmus_testkit::strongswan::{Retransmit, Strongswan};
+use isthmus_testkit::strongswan::{Action, Retransmit, Strongswan, SwanConn};
+use isthmus_testkit::{Netns, require_root, veth, veth_bare};
 
 const ADMIN: &str = "ist_ikev1-admin-token";
 const PSK: &str = "ikev1-psk-0123456789abcdef";
@@ -106,4 +107,91 @@ remote = ["10.68.2.0/24"]
         assert!(!out.contains(PSK), "diagnose shows the PSK: {out}");
         println!("{out}");
     }
+}
+
+/// IKEv1 NAT traversal with strongSwan behind an nftables masquerade (a branch on a NATed
+/// line): NAT-D shows the NAT (RFC 3947), both sides move to UDP 4500, ESP goes in UDP
+/// (RFC 3948) through the NAT, and `diagnose tunnel` says so.
+#[test]
+fn ikev1_with_strongswan_behind_an_nftables_masquerade() {
+    if !require_root() || !isthmus_testkit::strongswan::available() {
+        return;
+    }
+    let mut site = Site::new(
+        SiteSpec {
+            tag: "v1n".into(),
+            lan_gw: "10.69.1.1/24".into(),
+            lan_host: "10.69.1.10/24".into(),
+            api_port: 18094,
+            token: ADMIN.into(),
+        },
+        &Binaries::next_to_cli(env!("CARGO_BIN_EXE_isthmus")),
+    );
+    let nat = Netns::new("v1nn");
+    let swan_ns = Netns::new("v1ns");
+    let swan_host = Netns::new("v1nh");
+    veth_bare(&site.gw, "wan0", &nat, "n1");
+    veth(&nat, "n2", "10.69.101.254/24", &swan_ns, "wan", "10.69.101.2/24");
+    nat.sh("ip addr add 10.69.100.254/24 dev n1 && sysctl -qw net.ipv4.ip_forward=1 \
+         && nft add table ip nat \
+         && nft add chain ip nat post '{ type nat hook postrouting priority 100; }' \
+         && nft add rule ip nat post oifname n1 masquerade");
+    swan_ns.sh("ip route add default via 10.69.101.254 && sysctl -qw net.ipv4.ip_forward=1");
+    veth(&swan_ns, "lan", "10.69.2.1/24", &swan_host, "eth0", "10.69.2.10/24");
+    swan_host.sh("ip route add default via 10.69.2.1");
+
+    // We know the branch by the NAT's outside address and its identity.
+    let cfg = isthmus_testkit::config::Gateway::new("v1n")
+        .wan("wan0", "10.69.100.1/24", "10.69.100.254")
+        .lan("lan", "lan0", "10.69.1.1/24")
+        .push(&format!(
+            r#"
+[[customer_gateway]]
+name = "branch"
+address = "10.69.100.254"
+ike_id = "branch.example"
+
+[[tunnel]]
+name = "to-branch"
+customer_gateway = "branch"
+ike_version = 1
+psk = "{PSK}"
+ike_proposals = ["aes256-sha256-modp2048"]
+esp_proposals = ["aes256-sha256-modp2048"]
+start_action = "none"
+[[tunnel.spd]]
+local = ["10.69.1.0/24"]
+remote = ["10.69.2.0/24"]
+"#
+        ))
+        .token("ops", "admin", &format!("sha256:{}", token_hash(ADMIN)))
+        .toml();
+    site.start(&cfg);
+    let mut conn = SwanConn::new("gw", "10.69.101.2", "10.69.100.1", PSK);
+    conn.version = 1;
+    conn.child = "net".into();
+    conn.local_id = "branch.example".into();
+    conn.ike_proposals = "aes256-sha256-modp2048".into();
+    conn.esp_proposals = "aes256-sha256-modp2048".into();
+    conn.local_ts = "10.69.2.0/24".into();
+    conn.remote_ts = "10.69.1.0/24".into();
+    conn.start_action = Action::Start;
+    let swan = Strongswan::start(&swan_ns, &[conn]);
+    swan.load_all().unwrap_or_else(|e| panic!("{e}"));
+    let ctx =
+        || format!("--- charon\n{}\n{}\n--- isthmusd\n{}", swan.status(), swan.log(), site.log());
+    wait_for(
+        "a LAN-to-LAN ping through IKEv1 across the NAT",
+        Duration::from_secs(40),
+        || site.host.sh_output("ping -c 1 -W 1 10.69.2.10").status.success(),
+        ctx,
+    );
+    let out = site.show(&["diagnose", "tunnel", "to-branch"]);
+    assert!(out.contains("ESP in UDP 4500") && out.contains("NAT detected"), "{out}");
+    assert!(out.contains("RFC 3947"), "{out}");
+    // The NAT really rewrote the branch: we see it at the NAT's address, on a mapped port.
+    let show = site.show(&["tunnel", "show", "to-branch"]);
+    assert!(show.contains("IKEv1") && show.contains("10.69.100.254"), "{show}");
+    let st = swan.status();
+    assert!(st.contains("IKEv1") && st.contains("10.69.101.2[4500]"), "{st}");
 }
