@@ -14,42 +14,53 @@ use isthmus_testkit::{Netns, require_root, veth, veth_bare};
 const ADMIN: &str = "ist_ikev1-admin-token";
 const PSK: &str = "ikev1-psk-0123456789abcdef";
 
-#[test]
-fn ikev1_tunnel_from_peer_config_passes_traffic_and_diagnose_explains_mismatches() {
-    if !require_root() || !isthmus_testkit::strongswan::available() {
-        return;
-    }
-    let mut site = Site::new(
+/// A site: LAN `{net}.1.0/24` with the gateway at .1 and the host at .10.
+fn site(tag: &str, net: u8, api_port: u16) -> Site {
+    Site::new(
         SiteSpec {
-            tag: "v1".into(),
-            lan_gw: "10.68.1.1/24".into(),
-            lan_host: "10.68.1.10/24".into(),
-            api_port: 18093,
+            tag: tag.into(),
+            lan_gw: format!("10.{net}.1.1/24"),
+            lan_host: format!("10.{net}.1.10/24"),
+            api_port,
             token: ADMIN.into(),
         },
         &Binaries::next_to_cli(env!("CARGO_BIN_EXE_isthmus")),
-    );
-    let peer = Peer::beside(&site, "v1", "10.68.100.2/24", "10.68.2.1/24", "10.68.2.10/24");
+    )
+}
 
-    let cfg = isthmus_testkit::config::Gateway::new("v1")
-        .wan("wan0", "10.68.100.1/24", "10.68.100.2")
-        .lan("lan", "lan0", "10.68.1.1/24")
-        .customer_gateway("idc", "10.68.100.2")
-        .push(&format!(
-            r#"
+/// An IKEv1 tunnel that only answers, AES-CBC/SHA-256/MODP-2048 with PFS, protecting
+/// `{net}.1.0/24` <-> `{net}.2.0/24`.
+fn tunnel(name: &str, peer: &str, net: &str) -> String {
+    format!(
+        r#"
 [[tunnel]]
-name = "to-idc"
-customer_gateway = "idc"
+name = "{name}"
+customer_gateway = "{peer}"
 ike_version = 1
 psk = "{PSK}"
 ike_proposals = ["aes256-sha256-modp2048"]
 esp_proposals = ["aes256-sha256-modp2048"]
 start_action = "none"
 [[tunnel.spd]]
-local = ["10.68.1.0/24"]
-remote = ["10.68.2.0/24"]
+local = ["{net}.1.0/24"]
+remote = ["{net}.2.0/24"]
 "#
-        ))
+    )
+}
+
+#[test]
+fn ikev1_tunnel_from_peer_config_passes_traffic_and_diagnose_explains_mismatches() {
+    if !require_root() || !isthmus_testkit::strongswan::available() {
+        return;
+    }
+    let mut site = site("v1", 68, 18093);
+    let peer = Peer::beside(&site, "v1", "10.68.100.2/24", "10.68.2.1/24", "10.68.2.10/24");
+
+    let cfg = isthmus_testkit::config::Gateway::new("v1")
+        .wan("wan0", "10.68.100.1/24", "10.68.100.2")
+        .lan("lan", "lan0", "10.68.1.1/24")
+        .customer_gateway("idc", "10.68.100.2")
+        .push(&tunnel("to-idc", "idc", "10.68"))
         .token("ops", "admin", &format!("sha256:{}", token_hash(ADMIN)))
         .toml();
     site.start(&cfg);
@@ -117,16 +128,7 @@ fn ikev1_with_strongswan_behind_an_nftables_masquerade() {
     if !require_root() || !isthmus_testkit::strongswan::available() {
         return;
     }
-    let mut site = Site::new(
-        SiteSpec {
-            tag: "v1n".into(),
-            lan_gw: "10.69.1.1/24".into(),
-            lan_host: "10.69.1.10/24".into(),
-            api_port: 18094,
-            token: ADMIN.into(),
-        },
-        &Binaries::next_to_cli(env!("CARGO_BIN_EXE_isthmus")),
-    );
+    let mut site = site("v1n", 69, 18094);
     let nat = Netns::new("v1nn");
     let swan_ns = Netns::new("v1ns");
     let swan_host = Netns::new("v1nh");
@@ -144,26 +146,8 @@ fn ikev1_with_strongswan_behind_an_nftables_masquerade() {
     let cfg = isthmus_testkit::config::Gateway::new("v1n")
         .wan("wan0", "10.69.100.1/24", "10.69.100.254")
         .lan("lan", "lan0", "10.69.1.1/24")
-        .push(&format!(
-            r#"
-[[customer_gateway]]
-name = "branch"
-address = "10.69.100.254"
-ike_id = "branch.example"
-
-[[tunnel]]
-name = "to-branch"
-customer_gateway = "branch"
-ike_version = 1
-psk = "{PSK}"
-ike_proposals = ["aes256-sha256-modp2048"]
-esp_proposals = ["aes256-sha256-modp2048"]
-start_action = "none"
-[[tunnel.spd]]
-local = ["10.69.1.0/24"]
-remote = ["10.69.2.0/24"]
-"#
-        ))
+        .push("[[customer_gateway]]\nname = \"branch\"\naddress = \"10.69.100.254\"\nike_id = \"branch.example\"")
+        .push(&tunnel("to-branch", "branch", "10.69"))
         .token("ops", "admin", &format!("sha256:{}", token_hash(ADMIN)))
         .toml();
     site.start(&cfg);
