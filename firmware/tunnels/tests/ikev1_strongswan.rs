@@ -295,6 +295,15 @@ fn aggressive_mode_with_strongswan_in_both_roles() {
                 let nat = sa.nat;
                 lab.wire.floated |= nat.local_behind || nat.remote_behind;
                 lab.wire.send(&m3);
+                // Message 3 is the last of phase 1 and nothing answers it: Quick Mode waits
+                // until charon has taken it, or charon's workers may see Quick Mode first
+                // and drop it ("phase 1 is incomplete"); these raw exchanges do not
+                // retransmit.
+                assert!(
+                    lab.swan.wait_until(Duration::from_secs(5), |s| s.ike_established("v1")),
+                    "{}",
+                    lab.swan.log()
+                );
                 // charon, the responder, waits for our Quick Mode.
                 let (mut qm, q1) =
                     QuickMode::initiate(&sa, quick(n, esp), 0x5252_0001, 0xc0de_0003, &mut rng)
