@@ -238,8 +238,47 @@ pub struct ChildSa {
     pub last_in_secs: Option<u64>,
     /// Seconds since the last packet out (None: never).
     pub last_out_secs: Option<u64>,
+    /// Seconds until it rekeys, 0 once due (None: no rekey is configured, or it was replaced).
+    #[serde(default)]
+    pub rekey_in_secs: Option<u64>,
+    /// Seconds until it ends unless rekeyed before.
+    #[serde(default)]
+    pub expire_in_secs: Option<u64>,
     /// Counters of this SA only.
     pub counters: Counters,
+}
+
+/// `sa list` (`GET /sa`): an established IKE SA with its CHILD SAs, like an entry of
+/// strongSwan's `swanctl --list-sas`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct IkeSa {
+    /// The tunnel it belongs to.
+    pub tunnel: String,
+    /// 2, or 1 (IKEv1: an ISAKMP SA, RFC 2409).
+    pub ike_version: u8,
+    /// Our address and port in use.
+    pub local: String,
+    /// The peer's address and port in use.
+    pub peer: String,
+    /// The initiator's SPI (IKEv1: cookie), 16 hex digits.
+    pub spi_i: String,
+    /// The responder's SPI (IKEv1: cookie), 16 hex digits.
+    pub spi_r: String,
+    /// This gateway initiated it (its SPI is `spi_i`, else `spi_r`).
+    pub initiator: bool,
+    /// The IKE proposal in force, strongSwan syntax.
+    pub proposal: String,
+    /// UDP encapsulation (NAT traversal, port 4500) in use.
+    pub encap: bool,
+    /// Seconds since it was established (a rekey makes a new one).
+    pub age_secs: u64,
+    /// Seconds until it rekeys, 0 once due (None: no rekey is configured).
+    pub rekey_in_secs: Option<u64>,
+    /// Seconds until it ends unless rekeyed before.
+    pub expire_in_secs: Option<u64>,
+    /// Its CHILD SAs (IKEv1: the SA pairs of its tunnel), with their own counters.
+    pub children: Vec<ChildSa>,
 }
 
 /// `tunnel show`: the summary plus SAs, rekeys and recent events.

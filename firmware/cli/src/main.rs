@@ -40,6 +40,9 @@ enum Cmd {
     /// Tunnels and their SAs.
     #[command(subcommand)]
     Tunnel(TunnelCmd),
+    /// Security associations across all tunnels.
+    #[command(subcommand)]
+    Sa(SaCmd),
     /// The configuration: show, validate, diff, apply, confirm, roll back.
     #[command(subcommand)]
     Config(ConfigCmd),
@@ -128,6 +131,13 @@ enum TunnelCmd {
         #[arg(long)]
         show_secret: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum SaCmd {
+    /// Every established IKE SA with its CHILD SAs, like `swanctl --list-sas`: peers, SPIs,
+    /// algorithms, ages, rekey countdowns, bytes and packets.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -349,6 +359,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Cmd::Tunnel(t) => tunnel(&cli, &c, t)?,
+        Cmd::Sa(SaCmd::List) => {
+            let v: Vec<api::IkeSa> = c.get("/sa")?;
+            if cli.json {
+                print_json(&v);
+            } else {
+                print!("{}", table::sas(&v));
+            }
+        }
         Cmd::Config(cc) => config(&cli, &c, cc)?,
         Cmd::Plugin(p) => plugin(&cli, &c, p)?,
         Cmd::System(sc) => system(&cli, &c, sc)?,

@@ -12,15 +12,23 @@ pub fn secs(s: u64) -> String {
 }
 
 fn print(rows: Vec<Vec<String>>) {
+    print!("{}", render(rows));
+}
+
+/// Columns padded to their widest cell, two spaces apart, a line per row.
+fn render(rows: Vec<Vec<String>>) -> String {
     let cols = rows.iter().map(|r| r.len()).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
         .map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0))
         .collect();
+    let mut out = String::new();
     for r in rows {
         let line: Vec<String> =
             r.iter().enumerate().map(|(i, s)| format!("{s:<w$}", w = widths[i])).collect();
-        println!("{}", line.join("  ").trim_end());
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
     }
+    out
 }
 
 fn state(s: api::TunnelState) -> String {
@@ -133,6 +141,70 @@ pub fn tunnel_detail(d: &api::TunnelDetail) {
             println!("  {} {} {}", e.time, e.kind, e.message);
         }
     }
+}
+
+/// A rekey countdown: `-` for none (not configured, or replaced), `due` once it has passed (the
+/// rekey is under way).
+fn countdown(s: Option<u64>) -> String {
+    match s {
+        None => "-".into(),
+        Some(0) => "due".into(),
+        Some(s) => secs(s),
+    }
+}
+
+/// `sa list`: a row per IKE SA with its CHILD SAs indented below it. IKE SPIs are written as
+/// swanctl does, `_i` / `_r` with a `*` on this gateway's; CHILD SA SPIs as `tunnel show` does.
+/// Bytes and packets are the CHILD SAs' (inner packets, this SA only).
+pub fn sas(v: &[api::IkeSa]) -> String {
+    if v.is_empty() {
+        return "no IKE SA is established (`isthmus tunnel list` says why)\n".into();
+    }
+    let head = [
+        "SA",
+        "TYPE",
+        "PEER / SELECTORS",
+        "SPIS",
+        "ALGORITHMS",
+        "AGE",
+        "REKEY IN",
+        "BYTES IN",
+        "BYTES OUT",
+        "PKTS IN",
+        "PKTS OUT",
+    ];
+    let mut rows = vec![head.into_iter().map(String::from).collect::<Vec<_>>()];
+    for s in v {
+        let (ours_i, ours_r) = if s.initiator { ("*", "") } else { ("", "*") };
+        let mut ike = vec![
+            s.tunnel.clone(),
+            format!("IKEv{}", s.ike_version),
+            s.peer.clone(),
+            format!("{}_i{ours_i} {}_r{ours_r}", s.spi_i, s.spi_r),
+            s.proposal.clone(),
+            secs(s.age_secs),
+            countdown(s.rekey_in_secs),
+        ];
+        ike.extend(["-"; 4].map(String::from));
+        rows.push(ike);
+        for c in &s.children {
+            let k = &c.counters;
+            rows.push(vec![
+                format!("  {}", c.name),
+                if s.encap { "ESP/UDP" } else { "ESP" }.into(),
+                format!("{} <=> {}", c.local_ts.join(","), c.remote_ts.join(",")),
+                format!("in {} out {}", c.spi_in, c.spi_out),
+                c.proposal.clone(),
+                secs(c.age_secs),
+                countdown(c.rekey_in_secs),
+                k.bytes_in.to_string(),
+                k.bytes_out.to_string(),
+                k.packets_in.to_string(),
+                k.packets_out.to_string(),
+            ]);
+        }
+    }
+    render(rows)
 }
 
 /// `config revisions`.
@@ -249,4 +321,105 @@ pub fn stage_drops(v: &[api::StageDrop]) -> String {
         .map(|d| format!("{}/{}={}", d.stage, d.reason, d.packets))
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn child(name: &str, spi_in: &str, rekey_in: Option<u64>, packets: u64) -> api::ChildSa {
+        api::ChildSa {
+            name: name.into(),
+            spi_in: spi_in.into(),
+            spi_out: "a45032f7".into(),
+            proposal: "aes256gcm16-noesn".into(),
+            local_ts: vec!["10.1.0.0/16".into()],
+            remote_ts: vec!["10.2.0.0/16".into(), "10.3.0.0/16".into()],
+            age_secs: 192,
+            last_in_secs: None,
+            last_out_secs: None,
+            rekey_in_secs: rekey_in,
+            expire_in_secs: Some(3600),
+            counters: api::Counters {
+                packets_in: packets,
+                bytes_in: packets * 84,
+                packets_out: packets + 1,
+                bytes_out: (packets + 1) * 84,
+                drops: Default::default(),
+            },
+        }
+    }
+
+    fn ike(tunnel: &str, version: u8, initiator: bool, children: Vec<api::ChildSa>) -> api::IkeSa {
+        api::IkeSa {
+            tunnel: tunnel.into(),
+            ike_version: version,
+            local: "192.0.2.1:500".into(),
+            peer: "198.51.100.2:4500".into(),
+            spi_i: "0123456789abcdef".into(),
+            spi_r: "fedcba9876543210".into(),
+            initiator,
+            proposal: "aes256gcm16-prfsha256-x25519".into(),
+            encap: version == 1,
+            age_secs: 3725,
+            rekey_in_secs: Some(13_000),
+            expire_in_secs: Some(14_000),
+            children,
+        }
+    }
+
+    #[test]
+    fn sa_list_marks_our_spi_and_nests_children_with_countdowns_and_counters() {
+        let v = [
+            ike(
+                "to-a",
+                2,
+                true,
+                vec![child("net", "6db4f79a", Some(3190), 12), child("net", "c0ffee01", None, 0)],
+            ),
+            ike("to-b", 1, false, vec![child("to-b/0", "00000001", Some(0), 0)]),
+        ];
+        let got = sas(&v);
+        let lines: Vec<&str> = got.lines().collect();
+        assert_eq!(lines.len(), 6, "{got}");
+        assert!(lines[1].starts_with("to-a "), "{got}");
+        assert!(lines[1].contains("0123456789abcdef_i* fedcba9876543210_r "), "{got}");
+        assert!(lines[4].contains("0123456789abcdef_i fedcba9876543210_r*"), "{got}");
+        assert!(lines[4].contains(" IKEv1 "), "{got}");
+        let cells = |l: &str| {
+            l.split("  ")
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .map(String::from)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            cells(lines[2]),
+            [
+                "net",
+                "ESP",
+                "10.1.0.0/16 <=> 10.2.0.0/16,10.3.0.0/16",
+                "in 6db4f79a out a45032f7",
+                "aes256gcm16-noesn",
+                "3m12s",
+                "53m10s",
+                "1008",
+                "1092",
+                "12",
+                "13"
+            ],
+            "{got}"
+        );
+        assert_eq!(cells(lines[1])[5..], ["1h02m", "3h36m", "-", "-", "-", "-"], "{got}");
+        assert_eq!(cells(lines[3])[6], "-", "a replaced SA has no rekey: {got}");
+        assert_eq!(cells(lines[5])[1], "ESP/UDP", "{got}");
+        assert_eq!(cells(lines[5])[6], "due", "{got}");
+        // Columns line up: every row's SPIs start where the header's do.
+        let col = lines[0].find("SPIS").unwrap();
+        assert!(
+            lines.iter().skip(1).all(|l| l[col..].starts_with(|c: char| c.is_ascii_alphanumeric())),
+            "{got}"
+        );
+        assert_eq!(sas(&[]), "no IKE SA is established (`isthmus tunnel list` says why)\n");
+    }
 }

@@ -113,6 +113,19 @@ fn healthy_path_missing_route_and_the_internet() {
         ctx,
     );
 
+    // `sa list` (issue 18): both ends list the one IKE SA gw1 initiated, with the same SPIs,
+    // and each end's inbound CHILD SA SPI is the other's outbound one.
+    let (sa, sb) = (a.sa_list_checked("to-gw2"), b.sa_list_checked("to-gw1"));
+    assert_eq!(
+        (&sa["ike_version"], &sa["initiator"], &sb["initiator"]),
+        (&2.into(), &true.into(), &false.into())
+    );
+    assert_eq!((&sa["spi_i"], &sa["spi_r"]), (&sb["spi_i"], &sb["spi_r"]), "{sa:#}\n{sb:#}");
+    assert_eq!(sa["peer"], "10.65.100.2:500");
+    assert_eq!(sa["children"][0]["spi_in"], sb["children"][0]["spi_out"]);
+    assert_eq!(sa["children"][0]["spi_out"], sb["children"][0]["spi_in"]);
+    assert_eq!(sa["children"][0]["local_ts"][0], "10.65.1.0/24");
+
     // A healthy path: every stage passes, both ways, no advice.
     let out = a.show(&[
         "diagnose",

@@ -86,6 +86,17 @@ fn ikev1_tunnel_from_peer_config_passes_traffic_and_diagnose_explains_mismatches
     assert!(show.contains("10.68.1.0/24 <=> 10.68.2.0/24"), "{show}");
     let list = site.json(&["tunnel", "list"]);
     assert_eq!(list[0]["state"], "up", "{list}");
+    // `sa list` (issue 18) names the ISAKMP SA by the cookies charon lists (charon initiated:
+    // its `_i*`), and the SA pair by the SPIs charon has the other way round.
+    let sa = site.sa_list_checked("to-idc");
+    assert_eq!((&sa["ike_version"], &sa["initiator"]), (&1.into(), &false.into()), "{sa:#}");
+    let st = swan.status();
+    let cookies =
+        format!("{}_i* {}_r", sa["spi_i"].as_str().unwrap(), sa["spi_r"].as_str().unwrap());
+    assert!(st.contains(&cookies), "charon does not list {cookies}:\n{st}");
+    let child = &sa["children"][0];
+    assert!(st.contains(&format!("in  {}", child["spi_out"].as_str().unwrap())), "{child:#}\n{st}");
+    assert!(st.contains(&format!("out {}", child["spi_in"].as_str().unwrap())), "{child:#}\n{st}");
 
     // The peer changes what it protects, then its key: each failure is explained.
     let mismatches = [

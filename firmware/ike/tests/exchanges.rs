@@ -7,7 +7,7 @@ use isthmus_ike::Event;
 use std::time::Duration;
 
 use isthmus_ike::codec::{ExchangeType, NotifyType};
-use isthmus_ike::{Cause, DownReason};
+use isthmus_ike::{Cause, DownReason, Lifetime};
 use util::*;
 
 #[test]
@@ -34,6 +34,7 @@ fn handshake_brings_up_ike_and_child_with_matching_keys() {
     let st = p.a.status("t1").unwrap();
     assert!(st.ike.unwrap().established);
     assert_eq!(st.children.len(), 1);
+    assert_status_lifetimes(&p, Lifetime::IKE_DEFAULT, Lifetime::CHILD_DEFAULT);
 }
 
 fn first_child_spi(p: &Pair) -> u32 {

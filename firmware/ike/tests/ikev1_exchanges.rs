@@ -78,6 +78,7 @@ fn main_mode_and_quick_mode_bring_up_one_sa_pair_with_matching_keys() {
     assert_eq!(ike.suite.unwrap().to_string(), "aes128-sha256-prfsha256-modp2048");
     assert_eq!(st.children.len(), 1);
     assert!(!p.b.status("t1").unwrap().ike.unwrap().initiator);
+    assert_status_lifetimes(&p, Lifetime::IKE_DEFAULT, Lifetime::CHILD_DEFAULT);
 }
 
 #[test]

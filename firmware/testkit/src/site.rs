@@ -233,6 +233,81 @@ impl Site {
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
+
+    /// `isthmus sa list` for `tunnel`, once each of its CHILD SAs has counted packets both ways
+    /// (the monitor samples every second), checked against `tunnel show`: the same SPIs and
+    /// algorithms, and rekey countdowns within the lifetimes, in the table and in `--json`.
+    /// Returns the tunnel's IKE SA as `--json` gives it.
+    pub fn sa_list_checked(&self, tunnel: &str) -> serde_json::Value {
+        let entry = || {
+            let all = self.json(&["sa", "list"]);
+            all.as_array().and_then(|v| v.iter().find(|s| s["tunnel"] == tunnel)).cloned()
+        };
+        let counted = |sa: &serde_json::Value| {
+            let c = sa["children"].as_array().cloned().unwrap_or_default();
+            let moved = |k: &str| c.iter().all(|c| c["counters"][k].as_u64() > Some(0));
+            !c.is_empty() && moved("packets_in") && moved("packets_out") && moved("bytes_in")
+        };
+        wait_for(
+            &format!("`sa list` to count packets both ways on every CHILD SA of {tunnel}"),
+            Duration::from_secs(10),
+            || entry().is_some_and(|s| counted(&s)),
+            || format!("{:#?}\n{}", entry(), self.log()),
+        );
+        let sa = entry().expect("listed");
+        let table = self.show(&["sa", "list"]);
+        let show = self.show(&["tunnel", "show", tunnel]);
+        let text = |k: &str| sa[k].as_str().unwrap_or_default().to_owned();
+        let (version, proposal) = (sa["ike_version"].as_u64().unwrap_or(0), text("proposal"));
+        assert!(show.contains(&format!("ike        IKEv{version} {proposal}")), "{sa:#}\n{show}");
+        let (i, r) = if sa["initiator"] == true { ("*", "") } else { ("", "*") };
+        let ike_row = table.lines().find(|l| l.starts_with(&format!("{tunnel} "))).unwrap_or("");
+        for want in [
+            format!("IKEv{version}"),
+            text("peer"),
+            format!("{}_i{i} {}_r{r}", text("spi_i"), text("spi_r")),
+            proposal,
+        ] {
+            assert!(ike_row.contains(&want), "no {want} in the IKE SA's row:\n{table}");
+        }
+        let secs = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap_or(0);
+        let soon = |v: &serde_json::Value| {
+            secs(v, "rekey_in_secs") > 0 && secs(v, "rekey_in_secs") <= secs(v, "expire_in_secs")
+        };
+        assert!(soon(&sa), "IKE SA rekey countdown: {sa:#}");
+        for c in sa["children"].as_array().into_iter().flatten() {
+            let spis = format!(
+                "in {} out {}",
+                c["spi_in"].as_str().unwrap_or("?"),
+                c["spi_out"].as_str().unwrap_or("?")
+            );
+            assert!(
+                show.contains(&format!("spi {spis}, {}", c["proposal"].as_str().unwrap_or("?"))),
+                "{c:#}\n{show}"
+            );
+            let row = table
+                .lines()
+                .find(|l| l.contains(&spis))
+                .unwrap_or_else(|| panic!("no CHILD SA row with {spis}:\n{table}"));
+            assert!(
+                row.starts_with(&format!("  {} ", c["name"].as_str().unwrap_or("?"))),
+                "{table}"
+            );
+            assert!(soon(c), "CHILD SA rekey countdown: {c:#}");
+            // The countdown is printed as a duration (`52m10s`), and the counters as JSON has them.
+            let cells: Vec<&str> =
+                row.split("  ").map(str::trim).filter(|c| !c.is_empty()).collect();
+            assert!(cells.len() >= 4, "{row}");
+            let n = cells.len();
+            assert!(
+                cells[n - 5].ends_with('s') && cells[n - 5].contains('m'),
+                "rekey countdown: {row}"
+            );
+            assert!(cells[n - 4].parse::<u64>().is_ok_and(|b| b > 0), "bytes in: {row}");
+            assert!(cells[n - 2].parse::<u64>().is_ok_and(|p| p > 0), "packets in: {row}");
+        }
+        sa
+    }
 }
 
 /// The first child of the `sh -c` that `Netns::spawn` runs (the daemon), else the shell.

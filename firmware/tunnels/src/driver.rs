@@ -415,6 +415,11 @@ impl Driver {
                         ike_version: None,
                         encap: false,
                         up_since: None,
+                        ike_spis: None,
+                        ike_initiator: false,
+                        ike_since: None,
+                        ike_rekey_at: None,
+                        ike_expire_at: None,
                         children: Vec::new(),
                         ike_sas_established: 0,
                         child_sas_installed: 0,
@@ -562,6 +567,28 @@ impl Driver {
         }
     }
 
+    /// Copies from the endpoint's snapshot what its events do not carry: the IKE SA's SPIs
+    /// and role, and every SA's rekey and expiry times. These change only when an SA comes up
+    /// (or a rekey starts, which leaves the last deadline shown, now past, until it is done),
+    /// so they are read then, before subscribers hear of it.
+    fn sync_sas(&self, tunnel: &str) {
+        let Ok(ep) = self.ep.status(tunnel) else { return };
+        let mut all = lock(&self.shared.status);
+        let Some(s) = all.get_mut(tunnel) else { return };
+        if let Some(ike) = ep.ike.filter(|i| i.established && s.state == TunnelState::Up) {
+            s.ike_spis = Some((ike.spi_i, ike.spi_r));
+            s.ike_initiator = ike.initiator;
+            s.ike_rekey_at = ike.rekey_at;
+            s.ike_expire_at = ike.expire_at;
+        }
+        for c in &mut s.children {
+            if let Some(e) = ep.children.iter().find(|e| e.spi_in == c.spi_in) {
+                c.rekey_at = e.rekey_at;
+                c.expire_at = Some(e.expire_at);
+            }
+        }
+    }
+
     fn transmit(&self, t: &Transmit) {
         let r = if t.local.port() == IKE_PORT && !t.nat_t || self.own_nat_t {
             self.sockets.send(t.local, t.remote, &t.data, t.nat_t)
@@ -597,6 +624,7 @@ impl Driver {
                     if !rekeyed || s.up_since.is_none() {
                         s.up_since = Some(SystemTime::now());
                     }
+                    s.ike_since = Some(SystemTime::now());
                     s.ike_sas_established += 1;
                     s.rekeys += u64::from(rekeyed);
                     s.last_failure = None;
@@ -604,6 +632,7 @@ impl Driver {
                         s.last_down_reason = None;
                     }
                 }
+                self.sync_sas(&tunnel);
                 self.emit(TunnelEvent::IkeUp {
                     tunnel,
                     peer,
@@ -627,6 +656,10 @@ impl Driver {
                     s.ike_suite = None;
                     s.ike_version = None;
                     s.up_since = None;
+                    s.ike_spis = None;
+                    s.ike_since = None;
+                    s.ike_rekey_at = None;
+                    s.ike_expire_at = None;
                     s.last_down_reason = Some(reason.to_string());
                 }
                 self.emit(TunnelEvent::IkeDown {
@@ -698,11 +731,15 @@ impl Driver {
                         remote_ts: remote_ts.iter().map(|t| t.to_string()).collect(),
                         encap,
                         since: SystemTime::now(),
+                        // From the endpoint's snapshot, below.
+                        rekey_at: None,
+                        expire_at: None,
                     });
                     s.child_sas_installed += 1;
                     s.rekeys += u64::from(rekey_of.is_some());
                     s.last_failure = None;
                 }
+                self.sync_sas(&tunnel);
                 self.emit(TunnelEvent::ChildUp {
                     tunnel,
                     child,

@@ -2,7 +2,7 @@
 //! ever carries key material.
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use isthmus_ike::event::{DownReason, Explanation};
 
@@ -46,6 +46,11 @@ pub struct ChildStatus {
     pub encap: bool,
     /// When it was installed.
     pub since: SystemTime,
+    /// When it rekeys (None: no rekey is configured, or one is under way) and when it ends, as
+    /// the IKE endpoint last said (it sets them when the SA comes up).
+    pub rekey_at: Option<Instant>,
+    /// When it ends unless rekeyed before.
+    pub expire_at: Option<Instant>,
 }
 
 /// A tunnel as the operator sees it.
@@ -68,6 +73,16 @@ pub struct TunnelStatus {
     /// Since when the tunnel has been up (an IKE SA rekey keeps it up; a new IKE SA after
     /// it went down starts it again).
     pub up_since: Option<SystemTime>,
+    /// The IKE SA in force while up: its SPIs (initiator's, responder's; IKEv1: the cookies).
+    pub ike_spis: Option<(u64, u64)>,
+    /// We initiated the IKE SA in force.
+    pub ike_initiator: bool,
+    /// When the IKE SA in force came up (each rekey makes a new one).
+    pub ike_since: Option<SystemTime>,
+    /// When the IKE SA in force rekeys (None: no rekey is configured, or one is under way).
+    pub ike_rekey_at: Option<Instant>,
+    /// When the IKE SA in force ends unless rekeyed before.
+    pub ike_expire_at: Option<Instant>,
     /// Installed CHILD SAs (two of the same name for a moment during a rekey).
     pub children: Vec<ChildStatus>,
     /// IKE SAs established so far (the first one and every rekey or restart).

@@ -230,6 +230,20 @@ fn two_isthmus_gateways_negotiate() {
     assert_eq!(sa.children[0].spi_out, sb.children[0].spi_in);
     assert_eq!(sa.children[0].local_ts, ["10.41.31.0/24"]);
     assert_eq!(sb.children[0].local_ts, ["10.42.31.0/24"]);
+    // What `sa list` shows beside the events' facts: one IKE SA seen from both ends, and the
+    // default lifetimes (IKE rekey at 4 h less up to 24 min, CHILD at 1 h less up to 6 min).
+    assert!(sa.ike_spis.is_some_and(|(i, r)| i != 0 && r != 0), "{sa:?}");
+    assert_eq!(sa.ike_spis, sb.ike_spis);
+    assert!(sa.ike_initiator && !sb.ike_initiator);
+    let now = Instant::now();
+    let left = |at: Option<Instant>| at.expect("a deadline").duration_since(now).as_secs();
+    for s in [&sa, &sb] {
+        assert!((4 * 3600 - 1440 - 60..=4 * 3600).contains(&left(s.ike_rekey_at)), "{s:?}");
+        assert!((4 * 3600 + 1440 - 60..=4 * 3600 + 1440).contains(&left(s.ike_expire_at)));
+        let c = &s.children[0];
+        assert!((3600 - 360 - 60..=3600).contains(&left(c.rekey_at)), "{c:?}");
+        assert!((3960 - 60..=3960).contains(&left(c.expire_at)), "{c:?}");
+    }
 }
 
 /// One site: a gateway running the driver on the ESP dataplane, and a LAN host behind it.

@@ -107,6 +107,11 @@ impl Core {
         self.monitor.summaries(&self.readings())
     }
 
+    /// `GET /sa`: every established IKE SA with its CHILD SAs.
+    pub fn sas(&self) -> Vec<api::IkeSa> {
+        self.monitor.sas(&self.readings())
+    }
+
     /// `GET /tunnels/NAME`.
     pub fn tunnel(&self, name: &str) -> Result<api::TunnelDetail, CoreError> {
         let (_, cfg) =

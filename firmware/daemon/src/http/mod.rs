@@ -94,6 +94,7 @@ pub fn router(core: Arc<Core>) -> Router {
         .route("/tunnels/{name}", get(tunnel))
         .route("/tunnels/{name}/peer-config", post(peer_config))
         .route("/tunnels/{name}/{op}", post(tunnel_op))
+        .route("/sa", get(sas))
         .route(
             "/plugins",
             get(plugins).post(plugin_upload).layer(DefaultBodyLimit::max(MAX_PLUGIN)),
@@ -380,6 +381,19 @@ async fn revision_text(
 ))]
 async fn tunnels(State(st): State<AppState>) -> Reply<Vec<isthmus_api::TunnelSummary>> {
     Ok(axum::Json(st.core.tunnels()))
+}
+
+/// Every established IKE SA with its CHILD SAs
+///
+/// SPIs, algorithms, ages, rekey and expiry countdowns, and each CHILD SA's bytes and packets,
+/// like `swanctl --list-sas`. Tunnels without an IKE SA are not listed (see `GET /tunnels`).
+#[utoipa::path(get, path = "/sa", context_path = PREFIX, tag = "tunnels", responses(
+    (status = 200, description = "One entry per IKE SA, by tunnel name",
+        body = Vec<isthmus_api::IkeSa>),
+    (status = 401, response = Unauthorized),
+))]
+async fn sas(State(st): State<AppState>) -> Reply<Vec<isthmus_api::IkeSa>> {
+    Ok(axum::Json(st.core.sas()))
 }
 
 /// One tunnel with its SAs, health, drops and recent events

@@ -27,6 +27,7 @@ use crate::http;
         http::tunnels,
         http::tunnel,
         http::tunnel_op,
+        http::sas,
         http::peer_config,
         http::plugins,
         http::plugin_upload,

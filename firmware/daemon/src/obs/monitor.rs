@@ -199,12 +199,7 @@ impl Monitor {
             peer: cg.map(|c| c.name.clone()).unwrap_or_default(),
             peer_address: cg.map(|c| c.address.to_string()).unwrap_or_default(),
             state: state(st.as_ref(), t.is_some_and(|t| t.enabled)),
-            uptime_secs: st
-                .as_ref()
-                .and_then(|s| s.up_since)
-                .and_then(|u| SystemTime::now().duration_since(u).ok())
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
+            uptime_secs: st.as_ref().and_then(|s| s.up_since).map(secs_since).unwrap_or(0),
             counters: self.totals(name).to_api(),
             last_error: st.as_ref().and_then(|s| {
                 s.last_failure
@@ -232,45 +227,7 @@ impl Monitor {
     ) -> api::TunnelDetail {
         let summary = self.summary(r, cfg, name);
         let st = r.tunnel(name).cloned();
-        let m = self.lock();
-        let children = st
-            .as_ref()
-            .map(|s| {
-                s.children
-                    .iter()
-                    .map(|c| {
-                        let mut t = Totals::default();
-                        let mut ago = |k: (u32, bool)| {
-                            if let Some((_, _, tt)) = m.sas.get(&k) {
-                                t.add(tt);
-                            }
-                            m.sa_last
-                                .get(&k)
-                                .filter(|(_, n)| *n > 0)
-                                .map(|(i, _)| i.elapsed().as_secs())
-                        };
-                        let last_in = ago((c.spi_in, true));
-                        let last_out = ago((c.spi_out, false));
-                        api::ChildSa {
-                            name: c.name.clone(),
-                            spi_in: format!("{:08x}", c.spi_in),
-                            spi_out: format!("{:08x}", c.spi_out),
-                            proposal: c.esp.clone(),
-                            local_ts: c.local_ts.clone(),
-                            remote_ts: c.remote_ts.clone(),
-                            age_secs: SystemTime::now()
-                                .duration_since(c.since)
-                                .map(|d| d.as_secs())
-                                .unwrap_or(0),
-                            last_in_secs: last_in,
-                            last_out_secs: last_out,
-                            counters: t.to_api(),
-                        }
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        drop(m);
+        let children = st.as_ref().map(|s| self.child_sas(s)).unwrap_or_default();
         let rekeys = st.as_ref().map_or(0, |s| s.rekeys);
         api::TunnelDetail {
             summary,
@@ -287,6 +244,82 @@ impl Monitor {
             drops: tunnel_drops(self, r, name),
         }
     }
+
+    /// A tunnel's CHILD SAs as `tunnel show` and `sa list` print them, with each SA's
+    /// counters as last sampled.
+    fn child_sas(&self, s: &TunnelStatus) -> Vec<api::ChildSa> {
+        let m = self.lock();
+        let now = Instant::now();
+        s.children
+            .iter()
+            .map(|c| {
+                let mut t = Totals::default();
+                let mut ago = |k: (u32, bool)| {
+                    if let Some((_, _, tt)) = m.sas.get(&k) {
+                        t.add(tt);
+                    }
+                    m.sa_last.get(&k).filter(|(_, n)| *n > 0).map(|(i, _)| i.elapsed().as_secs())
+                };
+                let last_in = ago((c.spi_in, true));
+                let last_out = ago((c.spi_out, false));
+                api::ChildSa {
+                    name: c.name.clone(),
+                    spi_in: format!("{:08x}", c.spi_in),
+                    spi_out: format!("{:08x}", c.spi_out),
+                    proposal: c.esp.clone(),
+                    local_ts: c.local_ts.clone(),
+                    remote_ts: c.remote_ts.clone(),
+                    age_secs: secs_since(c.since),
+                    last_in_secs: last_in,
+                    last_out_secs: last_out,
+                    rekey_in_secs: secs_until(c.rekey_at, now),
+                    expire_in_secs: secs_until(c.expire_at, now),
+                    counters: t.to_api(),
+                }
+            })
+            .collect()
+    }
+
+    /// `sa list`: every established IKE SA with its CHILD SAs, by tunnel name.
+    pub fn sas(&self, r: &Readings) -> Vec<api::IkeSa> {
+        let now = Instant::now();
+        let mut up: Vec<&TunnelStatus> = r
+            .tunnels
+            .values()
+            .filter(|s| s.state == TunnelState::Up && s.ike_spis.is_some())
+            .collect();
+        up.sort_by(|a, b| a.name.cmp(&b.name));
+        up.into_iter()
+            .map(|s| {
+                let (spi_i, spi_r) = s.ike_spis.unwrap_or_default();
+                api::IkeSa {
+                    tunnel: s.name.clone(),
+                    ike_version: s.ike_version.unwrap_or(2),
+                    local: s.local.to_string(),
+                    peer: s.peer.to_string(),
+                    spi_i: format!("{spi_i:016x}"),
+                    spi_r: format!("{spi_r:016x}"),
+                    initiator: s.ike_initiator,
+                    proposal: s.ike_suite.clone().unwrap_or_default(),
+                    encap: s.encap,
+                    age_secs: s.ike_since.map(secs_since).unwrap_or(0),
+                    rekey_in_secs: secs_until(s.ike_rekey_at, now),
+                    expire_in_secs: secs_until(s.ike_expire_at, now),
+                    children: self.child_sas(s),
+                }
+            })
+            .collect()
+    }
+}
+
+/// Whole seconds since `t` (0 if the clock went back).
+fn secs_since(t: SystemTime) -> u64 {
+    SystemTime::now().duration_since(t).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Whole seconds until a deadline, rounded up so that a rekey shows 0 only once due.
+fn secs_until(at: Option<Instant>, now: Instant) -> Option<u64> {
+    at.map(|at| at.saturating_duration_since(now).as_millis().div_ceil(1000) as u64)
 }
 
 /// The stage a security-group or network-ACL rule drop is counted at: `sg-in`, `nacl-out`, ...

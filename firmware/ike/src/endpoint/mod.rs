@@ -512,6 +512,8 @@ impl Endpoint {
                 peer: sa.remote,
                 encap: sa.nat_t,
                 suite: sa.phase.suite(),
+                rekey_at: sa.established().and_then(|e| e.rekey_at),
+                expire_at: sa.established().and_then(|e| e.expire_at),
             });
             let cfg = self.tunnel_ref(t).map(|t| &t.cfg);
             for c in &sa.children {
@@ -526,6 +528,8 @@ impl Endpoint {
                     local_ts: c.local_ts.clone(),
                     remote_ts: c.remote_ts.clone(),
                     installed: matches!(c.state, ChildState::Installed | ChildState::Rekeying),
+                    rekey_at: c.rekey_at,
+                    expire_at: c.expire_at,
                 });
             }
         }
@@ -561,6 +565,10 @@ pub struct IkeStatus {
     pub encap: bool,
     /// Negotiated algorithms (once IKE_SA_INIT completed).
     pub suite: Option<IkeSuite>,
+    /// When it rekeys, while established (None: no rekey is configured, or one is under way).
+    pub rekey_at: Option<Instant>,
+    /// When it ends unless rekeyed before, while established.
+    pub expire_at: Option<Instant>,
 }
 
 /// A CHILD SA in a [`TunnelStatus`].
@@ -580,4 +588,8 @@ pub struct ChildStatus {
     pub remote_ts: Vec<TrafficSelector>,
     /// Carrying traffic (not replaced or being deleted).
     pub installed: bool,
+    /// When it rekeys (None: no rekey is configured, one is under way, or it was replaced).
+    pub rekey_at: Option<Instant>,
+    /// When it ends (its hard lifetime).
+    pub expire_at: Instant,
 }

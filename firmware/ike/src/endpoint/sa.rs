@@ -286,6 +286,13 @@ impl IkeSa {
         }
     }
 
+    pub(super) fn established(&self) -> Option<&Established> {
+        match &self.phase {
+            Phase::Established(e) => Some(e),
+            _ => None,
+        }
+    }
+
     pub(super) fn established_mut(&mut self) -> Option<&mut Established> {
         match &mut self.phase {
             Phase::Established(e) => Some(e),

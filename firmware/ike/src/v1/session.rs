@@ -1248,6 +1248,8 @@ impl Session {
                 peer: self.remote,
                 encap: self.floated,
                 suite: p.up().map(|e| e.suite),
+                rekey_at: p.rekey_at,
+                expire_at: p.expire_at,
             });
         }
         for c in &self.children {
@@ -1259,6 +1261,8 @@ impl Session {
                 local_ts: vec![c.sa.local_ts],
                 remote_ts: vec![c.sa.remote_ts],
                 installed: !c.replaced,
+                rekey_at: c.rekey_at,
+                expire_at: c.expire_at,
             });
         }
         st

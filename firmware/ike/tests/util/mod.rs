@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use isthmus_ike::codec::{self, ExchangeType};
 use isthmus_ike::{
-    ChildConfig, DownReason, Endpoint, EndpointConfig, Event, Psk, TrafficSelector, Transmit,
-    TunnelConfig, parse_esp_list, parse_ike_list,
+    ChildConfig, DownReason, Endpoint, EndpointConfig, Event, Lifetime, Psk, TrafficSelector,
+    Transmit, TunnelConfig, parse_esp_list, parse_ike_list,
 };
 
 pub const A: &str = "192.0.2.1";
@@ -275,6 +275,28 @@ impl Pair {
             self.a_events,
             self.b_events
         );
+    }
+}
+
+/// The status of both endpoints' tunnel `t1` gives each SA its rekey and expiry times: the
+/// configured ones (less at most the rekey's random part) counted from when it came up, some
+/// time between `p.start` and `p.now`.
+pub fn assert_status_lifetimes(p: &Pair, ike: Lifetime, child: Lifetime) {
+    let within = |at: Instant, after: Duration, jitter: Duration, what: &str| {
+        let (lo, hi) = (p.start + after - jitter, p.now + after);
+        assert!(lo <= at && at <= hi, "{what} at {:?} after the start", at - p.start);
+    };
+    for ep in [&p.a, &p.b] {
+        let st = ep.status("t1").unwrap();
+        let sa = st.ike.expect("an IKE SA");
+        within(sa.rekey_at.expect("IKE rekey"), ike.rekey_time, ike.rand_time, "IKE rekey");
+        within(sa.expire_at.expect("IKE expiry"), ike.life_time, Duration::ZERO, "IKE expiry");
+        assert!(!st.children.is_empty());
+        for c in &st.children {
+            let rekey = c.rekey_at.expect("CHILD rekey");
+            within(rekey, child.rekey_time, child.rand_time, "CHILD rekey");
+            within(c.expire_at, child.life_time, Duration::ZERO, "CHILD expiry");
+        }
     }
 }
 
