@@ -148,7 +148,14 @@ enum ConfigCmd {
         revision: Option<u64>,
     },
     /// Validate a file; every error names its field path.
-    Validate { file: PathBuf },
+    Validate {
+        file: PathBuf,
+        /// Check the file alone, without a daemon: errors and warnings on standard error as
+        /// `FILE:LINE:COLUMN: error: PATH: MESSAGE` (with --json, a JSON array on standard
+        /// output). Secrets kept in files or the environment are not read.
+        #[arg(long)]
+        offline: bool,
+    },
     /// What applying a file would change.
     Diff { file: PathBuf },
     /// Validate, commit and apply a file.
@@ -330,6 +337,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Plugin(p @ (PluginCmd::Keygen { .. } | PluginCmd::Sign { .. })) => {
             return plugin_offline(&cli, p);
+        }
+        Cmd::Config(ConfigCmd::Validate { file, offline: true }) => {
+            return validate_offline(&cli, file);
         }
         _ => {}
     }
@@ -527,6 +537,49 @@ fn print_commit(cli: &Cli, r: &api::CommitResponse, confirm: Option<Duration>) {
     }
 }
 
+/// Which peers' default proposals a tunnel meets, after `config validate` of a valid file.
+fn print_interop(t: &api::TunnelInterop) {
+    let list = |v: &[String]| if v.is_empty() { "none".into() } else { v.join("; ") };
+    println!(
+        "tunnel {}: meets the default proposals of {}; not those of {} (docs/interop.md)",
+        t.tunnel,
+        list(&t.meets),
+        list(&t.misses)
+    );
+}
+
+/// `config validate` found errors (exit 5).
+fn invalid_file(file: &std::path::Path, errors: usize) -> anyhow::Error {
+    CliError {
+        code: exit::INVALID,
+        message: format!("{}: {errors} error(s)", file.display()),
+        details: vec![],
+    }
+    .into()
+}
+
+/// `config validate FILE --offline`: the daemon's validation of the file alone
+/// ([`isthmus_config::offline`]), printed for editors and CI.
+fn validate_offline(cli: &Cli, file: &std::path::Path) -> anyhow::Result<()> {
+    let c = isthmus_config::offline::check_file(file).map_err(|e| CliError {
+        code: exit::ERROR,
+        message: e.to_string(),
+        details: vec![],
+    })?;
+    c.print(cli.json)?;
+    if c.has_errors() {
+        let errors = c.diagnostics.iter().filter(|d| d.severity == isthmus_config::Severity::Error);
+        return Err(invalid_file(file, errors.count()));
+    }
+    if let (false, Some(k)) = (cli.json, &c.checked) {
+        for t in &k.config.tunnels {
+            let (meets, misses) = isthmus_config::interop::meets(t);
+            print_interop(&api::TunnelInterop { tunnel: t.name.clone(), meets, misses });
+        }
+    }
+    Ok(())
+}
+
 /// Carries out an action whose answer says what was done.
 fn act(cli: &Cli, c: &Client, a: api::Action) -> anyhow::Result<()> {
     let r: api::Message = c.act(&a)?;
@@ -582,7 +635,7 @@ fn config(cli: &Cli, c: &Client, cc: &ConfigCmd) -> anyhow::Result<()> {
             };
             print!("{}", c.get_text(&path)?);
         }
-        ConfigCmd::Validate { file } => {
+        ConfigCmd::Validate { file, .. } => {
             let r: api::ValidateResponse =
                 c.post("/config/validate", &json!({"text": read_file(file)?}))?;
             if cli.json {
@@ -597,25 +650,10 @@ fn config(cli: &Cli, c: &Client, cc: &ConfigCmd) -> anyhow::Result<()> {
                 if r.ok {
                     println!("{}: valid", file.display());
                 }
-                for t in &r.interop {
-                    let list =
-                        |v: &[String]| if v.is_empty() { "none".into() } else { v.join("; ") };
-                    println!(
-                        "tunnel {}: meets the default proposals of {}; not those of {} \
-                         (docs/interop.md)",
-                        t.tunnel,
-                        list(&t.meets),
-                        list(&t.misses)
-                    );
-                }
+                r.interop.iter().for_each(print_interop);
             }
             if !r.ok {
-                return Err(CliError {
-                    code: exit::INVALID,
-                    message: format!("{}: {} error(s)", file.display(), r.errors.len()),
-                    details: vec![],
-                }
-                .into());
+                return Err(invalid_file(file, r.errors.len()));
             }
         }
         ConfigCmd::Diff { file } => {

@@ -118,20 +118,23 @@ pub struct Issue {
     pub message: String,
     /// The 1-based line in the text, when known.
     pub line: Option<usize>,
+    /// The 1-based column (in characters) in that line, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub column: Option<usize>,
 }
 
 impl Issue {
     pub(crate) fn error(path: impl Into<String>, message: impl Into<String>) -> Issue {
-        Issue { severity: Severity::Error, path: path.into(), message: message.into(), line: None }
+        Issue::new(Severity::Error, path, message)
     }
 
     pub(crate) fn warning(path: impl Into<String>, message: impl Into<String>) -> Issue {
-        Issue {
-            severity: Severity::Warning,
-            path: path.into(),
-            message: message.into(),
-            line: None,
-        }
+        Issue::new(Severity::Warning, path, message)
+    }
+
+    /// An issue not yet placed in the text. `message` must not contain a secret.
+    pub fn new(severity: Severity, path: impl Into<String>, message: impl Into<String>) -> Issue {
+        Issue { severity, path: path.into(), message: message.into(), line: None, column: None }
     }
 }
 
@@ -207,7 +210,7 @@ impl Report {
         if self.errors.is_empty() { Ok(self.warnings) } else { Err(Errors(self.errors)) }
     }
 
-    /// Fills in the line numbers of issues from the text they were found in.
+    /// Fills in the lines and columns of issues from the text they were found in.
     pub fn locate(&mut self, text: &str) {
         crate::parse::locate(text, self.errors.iter_mut().chain(self.warnings.iter_mut()));
     }

@@ -33,6 +33,7 @@ pub mod diff;
 mod error;
 mod incremental;
 pub mod interop;
+pub mod offline;
 mod parse;
 mod schema;
 pub mod secret;
@@ -143,9 +144,10 @@ impl Config {
         for i in report.warnings.iter_mut() {
             match previous.warnings.iter().find(|p| p.path == i.path && p.message == i.message) {
                 Some(p) => {
-                    i.line = p
-                        .line
-                        .map(|l| if l < edit_line { l } else { (l as i64 + delta).max(1) as usize })
+                    i.line = p.line.map(|l| {
+                        if l < edit_line { l } else { (l as i64 + delta).max(1) as usize }
+                    });
+                    i.column = p.column;
                 }
                 None => new_issues = true,
             }

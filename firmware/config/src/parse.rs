@@ -110,10 +110,27 @@ fn unrender(path: &str) -> Vec<Seg> {
     out
 }
 
-/// 1-based line of a byte offset.
-fn line_of(text: &str, offset: usize) -> usize {
+/// 1-based line and column of a byte offset. The column counts characters, as rustc's and
+/// most editors' `file:line:column` do, so a line with non-ASCII text still points right.
+pub(crate) fn position(text: &str, offset: usize) -> (usize, usize) {
     let end = offset.min(text.len());
-    text.as_bytes()[..end].iter().filter(|b| **b == b'\n').count() + 1
+    let before = &text.as_bytes()[..end];
+    let line_start = before.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let line = before.iter().filter(|b| **b == b'\n').count() + 1;
+    let column = match text.get(line_start..end) {
+        Some(s) => s.chars().count() + 1,
+        None => end - line_start + 1,
+    };
+    (line, column)
+}
+
+/// Sets an issue's line and column from a byte offset in `text`.
+fn place(issue: &mut Issue, text: &str, offset: Option<usize>) {
+    if let Some(o) = offset {
+        let (line, column) = position(text, o);
+        issue.line = Some(line);
+        issue.column = Some(column);
+    }
 }
 
 /// A close name from `choices`, for "did you mean" hints (edit distance ≤ 2).
@@ -176,7 +193,7 @@ pub fn from_toml(text: &str) -> Result<Config, Errors> {
             Ok(c) => return Ok(c),
             Err((path, e)) => {
                 let mut i = Issue::error(render(&path), message_for(&path, e.message()));
-                i.line = e.span().map(|s| line_of(text, s.start));
+                place(&mut i, text, e.span().map(|s| s.start));
                 issues.push(i);
             }
         }
@@ -207,9 +224,8 @@ fn slow_path(text: &str) -> Vec<Issue> {
     let root = match DeTable::parse(text) {
         Ok(r) => r,
         Err(e) => {
-            let line = e.span().map(|s| line_of(text, s.start));
             let mut i = Issue::error("", format!("TOML syntax: {}", e.message().trim()));
-            i.line = line;
+            place(&mut i, text, e.span().map(|s| s.start));
             return vec![i];
         }
     };
@@ -221,7 +237,7 @@ fn slow_path(text: &str) -> Vec<Issue> {
             "gateway",
             "the [gateway] section is missing; it describes this appliance's WAN, LANs and management interface",
         );
-        i.line = Some(line_of(text, root_span.start));
+        place(&mut i, text, Some(root_span.start));
         c.issues.push(i);
     }
     for (key, value) in table {
@@ -251,12 +267,12 @@ fn slow_path(text: &str) -> Vec<Issue> {
                 };
                 let mut i =
                     Issue::error(render(&path), format!("unknown section `{other}`; {hint}"));
-                i.line = Some(line_of(text, key.span().start));
+                place(&mut i, text, Some(key.span().start));
                 c.issues.push(i);
             }
         }
     }
-    c.issues.sort_by_key(|i| i.line.unwrap_or(0));
+    c.issues.sort_by_key(|i| (i.line.unwrap_or(0), i.column.unwrap_or(0)));
     c.issues
 }
 
@@ -282,7 +298,7 @@ impl Collector<'_> {
                     name.clone(),
                     format!("`{name}` is a list: write each entry as [[{name}]]"),
                 );
-                i.line = Some(line_of(self.text, span.start));
+                place(&mut i, self.text, Some(span.start));
                 self.issues.push(i);
             }
         }
@@ -315,16 +331,13 @@ impl Collector<'_> {
                 let mut p = original.clone();
                 p.push(Seg::Key(field.to_owned()));
                 if !reported.contains(&p) {
-                    let line = span_of(&value, &here).map(|s| line_of(self.text, s.start));
-                    self.report(base, &p, &format!("missing field `{field}`"), line);
+                    let at = span_of(&value, &here).map(|s| s.start);
+                    self.report(base, &p, &format!("missing field `{field}`"), at);
                 }
                 return None;
             }
-            let line = inner
-                .span()
-                .or_else(|| span_of(&value, &here))
-                .map(|s| line_of(self.text, s.start));
-            self.report(base, &original, &msg, line);
+            let at = inner.span().or_else(|| span_of(&value, &here)).map(|s| s.start);
+            self.report(base, &original, &msg, at);
             reported.insert(original);
             if here.is_empty() || !cut(&mut value, &here) {
                 return None;
@@ -336,11 +349,12 @@ impl Collector<'_> {
         None
     }
 
-    fn report(&mut self, base: &[Seg], rel: &[Seg], msg: &str, line: Option<usize>) {
+    /// Records an error at `rel` below `base`, placed at the byte offset `at`.
+    fn report(&mut self, base: &[Seg], rel: &[Seg], msg: &str, at: Option<usize>) {
         let mut full = base.to_vec();
         full.extend_from_slice(rel);
         let mut i = Issue::error(render(&full), message_for(&full, msg));
-        i.line = line;
+        place(&mut i, self.text, at);
         self.issues.push(i);
     }
 }
@@ -425,7 +439,7 @@ fn walk(value: &Spanned<DeValue<'_>>, path: &[Seg]) -> Option<std::ops::Range<us
     Some(span)
 }
 
-/// Fills in line numbers of issues whose paths exist in `text`.
+/// Fills in the lines and columns of issues whose paths exist in `text`.
 pub(crate) fn locate<'a>(text: &str, issues: impl Iterator<Item = &'a mut Issue>) {
     let Ok(root) = DeTable::parse(text) else { return };
     let root = Spanned::new(root.span(), DeValue::Table(root.into_inner()));
@@ -436,7 +450,7 @@ pub(crate) fn locate<'a>(text: &str, issues: impl Iterator<Item = &'a mut Issue>
             let mut depth = segs.len();
             while depth > 0 {
                 if let Some(span) = walk(&root, &segs[..depth]) {
-                    issue.line = Some(line_of(text, span.start));
+                    place(issue, text, Some(span.start));
                     break;
                 }
                 depth -= 1;
@@ -473,6 +487,16 @@ mod tests {
         assert_eq!(uncut(&later, &cuts), vec![Seg::Key("networks".into()), Seg::Index(2)]);
         let earlier = vec![Seg::Key("networks".into()), Seg::Index(0)];
         assert_eq!(uncut(&earlier, &cuts), earlier);
+    }
+
+    #[test]
+    fn positions_count_lines_and_characters_from_one() {
+        let text = "a = 1\nname = \"é\" x\n";
+        assert_eq!(position(text, 0), (1, 1));
+        assert_eq!(position(text, 6), (2, 1));
+        // `x` follows a two-byte character: column 12, byte 13 of the line.
+        assert_eq!(position(text, text.find('x').unwrap()), (2, 12));
+        assert_eq!(position(text, 999), (3, 1));
     }
 
     #[test]

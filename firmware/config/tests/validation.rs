@@ -61,14 +61,14 @@ name = "x"
     let e = errors(text);
     let addr = find(&e, "gateway.wan.address");
     assert!(addr.message.contains("`203.0.113.10/24`"), "{addr}");
-    assert_eq!(addr.line, Some(6));
+    assert_eq!((addr.line, addr.column), (Some(6), Some(11)), "{addr:?}");
     let host_bits = find(&e, "gateway.lan[0].networks[1]");
     assert!(host_bits.message.contains("did you mean `10.11.0.0/16`?"), "{host_bits}");
     // After the bad element is cut out, later elements keep the index the operator wrote.
     find(&e, "gateway.lan[0].networks[3]");
     let unknown = find(&e, "tunnel[0].spd[0].remotes");
     assert!(unknown.message.contains("did you mean `remote`?"), "{unknown}");
-    assert_eq!(unknown.line, Some(20));
+    assert_eq!((unknown.line, unknown.column), (Some(20), Some(1)), "{unknown:?}");
     find(&e, "tunnel[0].spd[0].remote"); // the required field is then missing
     find(&e, "tunnel[1].mtu");
     let remote = find(&e, "tunnel[1].spd[0].remote[1]");
@@ -84,7 +84,7 @@ fn syntax_errors_give_a_line_and_never_quote_the_source() {
     let e = errors(text);
     assert_eq!(e.len(), 1);
     assert!(e[0].message.starts_with("TOML syntax"), "{}", e[0]);
-    assert_eq!(e[0].line, Some(4));
+    assert_eq!((e[0].line, e[0].column), (Some(4), Some(20)), "{:?}", e[0]);
     assert!(!e[0].to_string().contains("TOPSECRETKEY"));
 }
 
@@ -153,8 +153,13 @@ timeout = "10s"
     let margin = find(&e, "tunnel[1].child_rekey_margin");
     assert!(margin.message.contains("leaves no time"), "{margin}");
     find(&e, "tunnel[1].dpd.timeout");
-    // Lines are found for validation errors too.
-    assert!(e.iter().all(|i| i.line.is_some()), "{}", Errors(e.clone()));
+    // Lines and columns are found for validation errors too: a key's column for a field, the
+    // element's for a list element.
+    assert!(e.iter().all(|i| i.line.is_some() && i.column.is_some()), "{}", Errors(e.clone()));
+    assert_eq!(cgw.column, Some(1), "{cgw:?}");
+    let second = find(&e, "tunnel[1].ike_proposals[1]");
+    let line = text.lines().nth(second.line.unwrap() - 1).unwrap();
+    assert_eq!(line.find("\"aes257").map(|c| c + 1), second.column, "{second:?}");
 }
 
 #[test]

@@ -5,7 +5,7 @@
 //! - `core`: the configuration, its plan and apply, and the one way in for changes.
 //! - `http`: the management API over HTTP (routes, authentication, TLS, OpenAPI); the only place
 //!   that knows HTTP.
-//! - `obs`: what the operator watches: events, the monitor, health and alarms.
+//! - `obs`: what the operator watches: events, the monitor, health, alarms and the log.
 //! - `policy`: the WebAssembly plugins that decide the SPD and security groups, and the punt path.
 //! - `diagnose`: why a packet passes or not, stage by stage.
 //! - `system`: PID 1 duties, A/B slots and upgrades.

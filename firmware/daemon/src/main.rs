@@ -3,20 +3,47 @@
 //!
 //! On a host: `isthmusd --config FILE --data-dir DIR`. Inside the image it runs with no
 //! arguments: the data partition holds the store, and on first boot the configuration is read from
-//! `/data/isthmus/config.toml` once it appears there.
+//! `/data/isthmus/config.toml` once it appears there. `isthmusd --check FILE` checks a file
+//! offline and exits.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
 use isthmusd::core::{Core, Options};
+use isthmusd::obs::log::LogFormat;
 use isthmusd::system::pid1;
 
 #[derive(Parser, Debug)]
-#[command(name = "isthmusd", version, about = "The Isthmus VPN gateway daemon")]
+#[command(
+    name = "isthmusd",
+    version,
+    about = "The Isthmus VPN gateway daemon",
+    after_help = "The log goes to standard error. ISTHMUS_LOG sets --log-level and \
+                  ISTHMUS_LOG_FORMAT sets --log-format; the flags win."
+)]
 struct Args {
+    /// Check FILE and exit, without a daemon, a store or root: parsing, validation and
+    /// planning as a commit runs them, but secrets kept in files or the environment are not
+    /// read. Errors and warnings go to standard error as `FILE:LINE:COLUMN: error: PATH: MESSAGE`;
+    /// the exit status is 1 when there is an error.
+    #[arg(long, value_name = "FILE")]
+    check: Option<PathBuf>,
+    /// With --check: the errors and warnings as a JSON array on standard output (objects with
+    /// file, line, column, severity, path, message).
+    #[arg(long, requires = "check")]
+    json: bool,
+    /// What to log: a level (error, warn, info, debug, trace) or tracing's EnvFilter directives,
+    /// e.g. `info,isthmus_ike=debug`.
+    #[arg(long, env = "ISTHMUS_LOG", default_value = "info", value_name = "FILTER",
+          value_parser = parse_filter)]
+    log_level: String,
+    /// How log lines are written: auto is journald when standard error is systemd's journal
+    /// stream (JOURNAL_STREAM), text otherwise; text is coloured only on a terminal.
+    #[arg(long, env = "ISTHMUS_LOG_FORMAT", value_enum, default_value = "auto")]
+    log_format: LogFormat,
     /// Configuration committed as revision 1 when the store is empty; later, applied instead of
     /// an active revision that fails to apply (see docs/config.md, "Recovery").
     #[arg(long, default_value = "/data/isthmus/config.toml")]
@@ -48,22 +75,50 @@ fn main() {
     let in_image = std::process::id() == 1;
     pid1::boot();
     let mut args = Args::parse();
+    if let Some(file) = &args.check {
+        std::process::exit(check(file, args.json));
+    }
     if in_image {
         args.wait_for_config = true;
     }
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("ISTHMUS_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    // Checked by `parse_filter`.
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level).unwrap_or_default();
+    isthmusd::obs::log::init(args.log_format, filter);
     let _ = rustls::crypto::ring::default_provider().install_default();
     if let Err(e) = run(args) {
-        tracing::error!("{e:#}");
-        eprintln!("isthmusd: {e:#}");
+        // Once, in the log's format; on standard error as it is only when the log filter
+        // drops errors.
+        if tracing::enabled!(tracing::Level::ERROR) {
+            tracing::error!("{e:#}");
+        } else {
+            eprintln!("isthmusd: {e:#}");
+        }
         std::process::exit(1);
     }
+}
+
+fn parse_filter(s: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::try_new(s).map(|_| s.to_owned()).map_err(|e| e.to_string())
+}
+
+/// `--check FILE`: [`isthmus_config::offline::check_file`] and the planner's check, which
+/// `POST /config/validate` runs too. Returns the exit status.
+fn check(file: &Path, json: bool) -> i32 {
+    let mut c = match isthmus_config::offline::check_file(file) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("isthmusd: {e}");
+            return 1;
+        }
+    };
+    if let Some(e) = c.checked.as_ref().and_then(|k| isthmusd::core::plan::check(&k.config).err()) {
+        c.refuse(e);
+    }
+    if let Err(e) = c.print(json) {
+        eprintln!("isthmusd: {e}");
+        return 1;
+    }
+    i32::from(c.has_errors())
 }
 
 fn run(args: Args) -> anyhow::Result<()> {

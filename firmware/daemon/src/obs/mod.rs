@@ -1,11 +1,12 @@
-//! What the operator watches: the event bus, the monitor's time series, health checks and
-//! alarms. Observers read a [`Readings`] snapshot the core takes once per tick (or per request);
+//! What the operator watches: the event bus, the monitor's time series, health checks,
+//! alarms and the log. Observers read a [`Readings`] snapshot the core takes once per tick (or per request);
 //! they do not reach back into the core.
 
 pub mod alarms;
 pub mod delivery;
 pub mod events;
 pub mod health;
+pub mod log;
 pub mod monitor;
 
 use std::collections::HashMap;
