@@ -4,7 +4,7 @@
 //! daemon that cannot start because its configuration is invalid: no root, no network.
 
 use std::os::unix::fs::MetadataExt;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 /// Part of the one error the daemon stops on.
 const CAUSE: &str = "customer gateway `nowhere` is not defined";
