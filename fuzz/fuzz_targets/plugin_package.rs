@@ -1,5 +1,5 @@
 //! The plugin package reader on untrusted bytes: what `POST /plugins` runs on an upload
-//! (`isthmus_policy::package::verify`). Never panics, and:
+//! (`isthmus_package::verify`). Never panics, and:
 //!
 //! - a package that parses writes back to bytes that parse to the same package (and write back
 //!   the same: the signature block is re-encoded, so an upload's own bytes may differ);
@@ -11,7 +11,7 @@
 
 use std::sync::LazyLock;
 
-use isthmus_policy::package::{self, Package, PublicKey, SecretKey};
+use isthmus_package::{self as package, Package, PublicKey, SecretKey};
 use libfuzzer_sys::fuzz_target;
 
 static KEY: LazyLock<(SecretKey, PublicKey)> =

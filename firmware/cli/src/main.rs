@@ -876,14 +876,14 @@ impl<R: Read> Read for Progress<R> {
 
 /// `plugin keygen` and `plugin sign`: local, no daemon needed.
 fn plugin_offline(cli: &Cli, p: &PluginCmd) -> anyhow::Result<()> {
-    let invalid = |e: isthmus_policy::PolicyError| CliError {
+    let invalid = |e: isthmus_package::PackageError| CliError {
         code: exit::INVALID,
         message: e.to_string(),
         details: vec![],
     };
     match p {
         PluginCmd::Keygen { dir, name } => {
-            let (sk, pk) = isthmus_policy::generate_key().map_err(invalid)?;
+            let (sk, pk) = isthmus_package::generate_key().map_err(invalid)?;
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
             let key = dir.join(format!("{name}.key"));
             let public = dir.join(format!("{name}.pub"));
@@ -911,7 +911,7 @@ fn plugin_offline(cli: &Cli, p: &PluginCmd) -> anyhow::Result<()> {
         PluginCmd::Sign { component, manifest, key, out } => {
             let text = std::fs::read_to_string(manifest)
                 .with_context(|| format!("reading {}", manifest.display()))?;
-            let m: isthmus_policy::Manifest = toml::from_str(&text).map_err(|e| CliError {
+            let m: isthmus_package::Manifest = toml::from_str(&text).map_err(|e| CliError {
                 code: exit::INVALID,
                 message: format!("bad plugin manifest {}: {e}", manifest.display()),
                 details: vec![],
@@ -920,9 +920,9 @@ fn plugin_offline(cli: &Cli, p: &PluginCmd) -> anyhow::Result<()> {
                 .with_context(|| format!("reading {}", component.display()))?;
             let sk_text = std::fs::read_to_string(key)
                 .with_context(|| format!("reading {}", key.display()))?;
-            let sk = isthmus_policy::SecretKey::parse(&sk_text).map_err(invalid)?;
-            let pkg = isthmus_policy::Package::unsigned(m, wasm).map_err(invalid)?;
-            let pkg = isthmus_policy::sign(pkg, &sk).map_err(invalid)?;
+            let sk = isthmus_package::SecretKey::parse(&sk_text).map_err(invalid)?;
+            let pkg = isthmus_package::Package::unsigned(m, wasm).map_err(invalid)?;
+            let pkg = isthmus_package::sign(pkg, &sk).map_err(invalid)?;
             let bytes = pkg.to_bytes();
             std::fs::write(out, &bytes).with_context(|| format!("writing {}", out.display()))?;
             let signer = pkg.signer().map(|k| k.to_string()).unwrap_or_default();

@@ -10,7 +10,8 @@
 //! The layers, bottom up:
 //!
 //! - [`package`]: the signed plugin package (component + manifest + ed25519 signature), key
-//!   generation, signing and verification against the operator's trusted keys;
+//!   generation, signing and verification against the operator's trusted keys. It is its own
+//!   crate, `isthmus-package`, so that the CLI signs without linking wasmtime;
 //! - [`store`]: packages kept by digest in a sled tree, with activation, rollback and removal;
 //! - [`host`]: wasmtime's component model behind a small API: one [`host::PluginHost`] (engine,
 //!   epoch ticker), [`host::LoadedPlugin`]s compiled once and instantiated from an `InstancePre`,
@@ -25,7 +26,8 @@
 
 pub mod host;
 pub mod model;
-pub mod package;
+/// The signed plugin package ([`isthmus_package`], re-exported).
+pub use isthmus_package as package;
 pub mod reference;
 pub mod store;
 pub mod supervisor;
@@ -36,8 +38,8 @@ pub use model::{
     SpdPolicy, Suppression,
 };
 pub use package::{
-    Capability, Hook, Manifest, Package, PublicKey, SecretKey, VerifiedPlugin, generate_key, sign,
-    verify,
+    Capability, Hook, Manifest, Package, PackageError, PublicKey, SecretKey, VerifiedPlugin,
+    generate_key, sign, verify,
 };
 pub use store::{PluginInfo, PluginStore, VersionInfo};
 pub use supervisor::{HookStatus, Limits, PolicyTables, Supervisor};
@@ -46,32 +48,9 @@ pub use supervisor::{HookStatus, Limits, PolicyTables, Supervisor};
 /// operator can act, what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
-    /// The package bytes are not a plugin package.
-    #[error("not an Isthmus plugin package: {0}")]
-    BadPackage(String),
-    /// The manifest is missing a field or has a bad value.
-    #[error("bad plugin manifest: {0}")]
-    BadManifest(String),
-    /// The package carries no signature.
-    #[error("plugin `{0}` is not signed; sign it with `isthmus plugin sign`")]
-    Unsigned(String),
-    /// The signing key is not in the configuration's trusted keys.
-    #[error(
-        "plugin `{name}` is signed by {key}, which is not a trusted key; add it to the \
-         configuration's trusted plugin keys or sign with a trusted key"
-    )]
-    UntrustedKey {
-        /// The plugin's name.
-        name: String,
-        /// The key it was signed with.
-        key: String,
-    },
-    /// The signature does not verify: the package was changed after signing.
-    #[error("plugin `{0}` has a bad signature: the package was modified after it was signed")]
-    BadSignature(String),
-    /// A key file or key text does not parse.
-    #[error("bad key: {0}")]
-    BadKey(String),
+    /// The package or a key was refused (bad format, unsigned, untrusted, tampered).
+    #[error(transparent)]
+    Package(#[from] isthmus_package::PackageError),
     /// The component does not fit its manifest (world, imports, capabilities).
     #[error("plugin `{name}` refused: {why}")]
     Refused {

@@ -219,7 +219,7 @@ impl PluginStore {
         let bytes = self.tree.get(format!("pkg/{digest}")).map_err(db)?.ok_or_else(|| {
             PolicyError::Backend(format!("package {digest} of `{name}` is missing"))
         })?;
-        verify(&bytes, trusted)
+        Ok(verify(&bytes, trusted)?)
     }
 }
 
@@ -286,7 +286,10 @@ mod tests {
         assert_eq!(list[0].versions.len(), 1);
         // A key dropped from the trusted set stops the stored plugin from loading.
         let (_, other) = generate_key().unwrap();
-        assert!(matches!(store.load("sg", &[other]), Err(PolicyError::UntrustedKey { .. })));
+        assert!(matches!(
+            store.load("sg", &[other]),
+            Err(PolicyError::Package(crate::PackageError::UntrustedKey { .. }))
+        ));
         store.remove("sg", None).unwrap();
         assert!(store.list().unwrap().is_empty());
         // Survives a reopen.

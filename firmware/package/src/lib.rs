@@ -19,12 +19,48 @@
 //! Keys are text: `ed25519:<64 hex>` for a public key, `ed25519-secret:<hex PKCS#8>` for a
 //! secret key. [`generate_key`], [`sign`] and [`verify`] are what `isthmus plugin keygen`,
 //! `isthmus plugin sign` and the upload path call.
+//!
+//! This crate is apart from the plugin host (`isthmus-policy`) so that the CLI, which only signs,
+//! does not link wasmtime.
+#![forbid(unsafe_code)]
 
 use ring::rand::SystemRandom;
 use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
 use serde::{Deserialize, Serialize};
 
-use crate::{PolicyError, Result};
+/// Why a package or key was refused. Messages name what is wrong and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum PackageError {
+    /// The package bytes are not a plugin package.
+    #[error("not an Isthmus plugin package: {0}")]
+    BadPackage(String),
+    /// The manifest is missing a field or has a bad value.
+    #[error("bad plugin manifest: {0}")]
+    BadManifest(String),
+    /// The package carries no signature.
+    #[error("plugin `{0}` is not signed; sign it with `isthmus plugin sign`")]
+    Unsigned(String),
+    /// The signing key is not in the configuration's trusted keys.
+    #[error(
+        "plugin `{name}` is signed by {key}, which is not a trusted key; add it to the \
+         configuration's trusted plugin keys or sign with a trusted key"
+    )]
+    UntrustedKey {
+        /// The plugin's name.
+        name: String,
+        /// The key it was signed with.
+        key: String,
+    },
+    /// The signature does not verify: the package was changed after signing.
+    #[error("plugin `{0}` has a bad signature: the package was modified after it was signed")]
+    BadSignature(String),
+    /// A key file or key text does not parse.
+    #[error("bad key: {0}")]
+    BadKey(String),
+}
+
+/// This crate's result.
+pub type Result<T, E = PackageError> = std::result::Result<T, E>;
 
 const MAGIC: &[u8; 16] = b"ISTHMUS-PLUGIN\0\x01";
 const CONTEXT: &[u8] = b"isthmus-plugin-v1\0";
@@ -88,16 +124,16 @@ impl Manifest {
             && self.name.len() <= 64
             && self.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
         if !ok_name {
-            return Err(PolicyError::BadManifest(format!(
+            return Err(PackageError::BadManifest(format!(
                 "name `{}` must be 1 to 64 lowercase letters, digits or `-`",
                 self.name
             )));
         }
         if self.version.is_empty() || self.version.len() > 32 {
-            return Err(PolicyError::BadManifest("version must be 1 to 32 characters".into()));
+            return Err(PackageError::BadManifest("version must be 1 to 32 characters".into()));
         }
         if self.description.len() > 200 {
-            return Err(PolicyError::BadManifest("description is longer than 200 bytes".into()));
+            return Err(PackageError::BadManifest("description is longer than 200 bytes".into()));
         }
         Ok(())
     }
@@ -116,11 +152,11 @@ impl PublicKey {
     /// Parses `ed25519:<64 hex digits>`.
     pub fn parse(text: &str) -> Result<PublicKey> {
         let hex = text.trim().strip_prefix("ed25519:").ok_or_else(|| {
-            PolicyError::BadKey("a public key looks like `ed25519:` and 64 hex digits".into())
+            PackageError::BadKey("a public key looks like `ed25519:` and 64 hex digits".into())
         })?;
         let bytes = from_hex(hex)
             .filter(|b| b.len() == 32)
-            .ok_or_else(|| PolicyError::BadKey("a public key has 64 hex digits".into()))?;
+            .ok_or_else(|| PackageError::BadKey("a public key has 64 hex digits".into()))?;
         let mut k = [0u8; 32];
         k.copy_from_slice(&bytes);
         Ok(PublicKey(k))
@@ -158,12 +194,12 @@ impl SecretKey {
     /// Parses `ed25519-secret:<hex PKCS#8>`.
     pub fn parse(text: &str) -> Result<SecretKey> {
         let bad = || {
-            PolicyError::BadKey("a secret key looks like `ed25519-secret:` and hex digits".into())
+            PackageError::BadKey("a secret key looks like `ed25519-secret:` and hex digits".into())
         };
         let hex = text.trim().strip_prefix("ed25519-secret:").ok_or_else(bad)?;
         let der = from_hex(hex).ok_or_else(bad)?;
         Ed25519KeyPair::from_pkcs8(&der).map_err(|_| {
-            PolicyError::BadKey("the secret key is not a valid ed25519 PKCS#8 key".into())
+            PackageError::BadKey("the secret key is not a valid ed25519 PKCS#8 key".into())
         })?;
         Ok(SecretKey(der))
     }
@@ -183,7 +219,7 @@ impl SecretKey {
 
     fn pair(&self) -> Result<Ed25519KeyPair> {
         Ed25519KeyPair::from_pkcs8(&self.0).map_err(|_| {
-            PolicyError::BadKey("the secret key is not a valid ed25519 PKCS#8 key".into())
+            PackageError::BadKey("the secret key is not a valid ed25519 PKCS#8 key".into())
         })
     }
 }
@@ -191,7 +227,7 @@ impl SecretKey {
 /// A fresh signing key pair (`isthmus plugin keygen`).
 pub fn generate_key() -> Result<(SecretKey, PublicKey)> {
     let doc = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
-        .map_err(|_| PolicyError::BadKey("the system random source failed".into()))?;
+        .map_err(|_| PackageError::BadKey("the system random source failed".into()))?;
     let sk = SecretKey(doc.as_ref().to_vec());
     let pk = sk.public_key()?;
     Ok((sk, pk))
@@ -237,41 +273,41 @@ impl Package {
     pub fn unsigned(manifest: Manifest, component: Vec<u8>) -> Result<Package> {
         manifest.validate()?;
         let manifest_bytes =
-            serde_json::to_vec(&manifest).map_err(|e| PolicyError::BadManifest(e.to_string()))?;
+            serde_json::to_vec(&manifest).map_err(|e| PackageError::BadManifest(e.to_string()))?;
         Ok(Package { manifest_bytes, manifest, signature: None, component })
     }
 
     /// Parses package bytes (no signature check: see [`verify`]).
     pub fn parse(bytes: &[u8]) -> Result<Package> {
         if bytes.len() > MAX_PACKAGE {
-            return Err(PolicyError::BadPackage(format!(
+            return Err(PackageError::BadPackage(format!(
                 "{} bytes is more than the {MAX_PACKAGE} allowed",
                 bytes.len()
             )));
         }
         let rest = bytes.strip_prefix(MAGIC.as_slice()).ok_or_else(|| {
-            PolicyError::BadPackage(
+            PackageError::BadPackage(
                 "missing the ISTHMUS-PLUGIN header (is this a bare .wasm? sign it first)".into(),
             )
         })?;
         let (manifest_bytes, rest) = take_block(rest, "manifest")?;
         let (sig_bytes, component) = take_block(rest, "signature")?;
         let manifest: Manifest = serde_json::from_slice(manifest_bytes)
-            .map_err(|e| PolicyError::BadManifest(e.to_string()))?;
+            .map_err(|e| PackageError::BadManifest(e.to_string()))?;
         manifest.validate()?;
         let signature = if sig_bytes.is_empty() {
             None
         } else {
             let block: SignatureBlock = serde_json::from_slice(sig_bytes)
-                .map_err(|e| PolicyError::BadPackage(format!("signature block: {e}")))?;
+                .map_err(|e| PackageError::BadPackage(format!("signature block: {e}")))?;
             let key = PublicKey::parse(&block.key)?;
             let sig = from_hex(&block.sig).filter(|s| s.len() == 64).ok_or_else(|| {
-                PolicyError::BadPackage("the signature is not 128 hex digits".into())
+                PackageError::BadPackage("the signature is not 128 hex digits".into())
             })?;
             Some((key, sig))
         };
         if component.is_empty() {
-            return Err(PolicyError::BadPackage("the package holds no component".into()));
+            return Err(PackageError::BadPackage("the package holds no component".into()));
         }
         Ok(Package {
             manifest_bytes: manifest_bytes.to_vec(),
@@ -317,7 +353,7 @@ impl Package {
 }
 
 fn take_block<'a>(b: &'a [u8], what: &str) -> Result<(&'a [u8], &'a [u8])> {
-    let short = || PolicyError::BadPackage(format!("truncated {what} block"));
+    let short = || PackageError::BadPackage(format!("truncated {what} block"));
     let (len, rest) = b.split_first_chunk::<4>().ok_or_else(short)?;
     let len = u32::from_be_bytes(*len) as usize;
     if len > rest.len() || len > 1 << 20 {
@@ -369,14 +405,14 @@ pub fn verify(bytes: &[u8], trusted: &[PublicKey]) -> Result<VerifiedPlugin> {
     let package = Package::parse(bytes)?;
     let name = package.manifest.name.clone();
     let Some((key, sig)) = &package.signature else {
-        return Err(PolicyError::Unsigned(name));
+        return Err(PackageError::Unsigned(name));
     };
     if !trusted.contains(key) {
-        return Err(PolicyError::UntrustedKey { name, key: key.to_string() });
+        return Err(PackageError::UntrustedKey { name, key: key.to_string() });
     }
     UnparsedPublicKey::new(&ED25519, key.bytes())
         .verify(&message(&package.manifest_bytes, &package.component), sig)
-        .map_err(|_| PolicyError::BadSignature(name))?;
+        .map_err(|_| PackageError::BadSignature(name))?;
     let digest = package.digest();
     Ok(VerifiedPlugin { package, digest })
 }
@@ -457,7 +493,7 @@ mod tests {
         let at = edited.windows(5).position(|w| w == b"1.0.0").unwrap();
         edited[at..at + 5].copy_from_slice(b"6.6.6");
         let e = verify(&edited, &[pk]).unwrap_err();
-        assert!(matches!(e, PolicyError::BadSignature(_)), "{e}");
+        assert!(matches!(e, PackageError::BadSignature(_)), "{e}");
 
         let e = verify(b"\0asm\x0d\0\x01\0", &[]).unwrap_err();
         assert!(e.to_string().contains("missing the ISTHMUS-PLUGIN header"), "{e}");
