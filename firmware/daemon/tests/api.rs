@@ -501,7 +501,12 @@ fn alarms_persist_across_restarts_and_metrics_follow_prometheus_conventions() {
         config(
             "gw1",
             &format!(
-                r#"[[customer_gateway]]
+                r#"[[gateway.lan]]
+name = "office"
+interface = "lan0"
+addresses = ["10.80.1.1/24"]
+networks = ["10.80.1.0/24"]
+[[customer_gateway]]
 name = "peer"
 address = "192.0.2.10"
 [[tunnel]]

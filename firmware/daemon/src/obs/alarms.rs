@@ -969,7 +969,7 @@ mod tests {
             tunnels: vec![],
             hold: Dur::secs(0),
             threshold: None,
-            severity: AlarmSeverity::Warning,
+            severity: Severity::Warning,
             notify: notify.iter().map(|s| s.to_string()).collect(),
         }
     }
@@ -1170,7 +1170,7 @@ mod tests {
 
         // A record from a future layout, or garbage: logged, the engine starts clean.
         for bad in
-            [&br#"{"version":99,"active":[],"cleared":[],"latched":[]}"#[..], b"\xff not json"]
+            [&br#"{"version":99,"active":[],"cleared":[],"latched":[]}"#[..], &b"\xff not json"[..]]
         {
             {
                 let db = sled::open(&path).unwrap();

@@ -7,7 +7,7 @@
 //! increment.
 //!
 //! Metrics are computed from a snapshot ([`Readings`]) at scrape time, as a Prometheus
-//! "collector" does; the small [`Expo`] writer below owns the format (escaping, HELP/TYPE),
+//! "collector" does; the small `Expo` writer below owns the format (escaping, HELP/TYPE),
 //! and a test parses its output with the `prometheus-parse` crate.
 
 use std::fmt::{Display, Write};
