@@ -408,7 +408,10 @@ fn every_operation_in_the_openapi_document_is_served() {
 
 /// A plain-HTTP webhook receiver on loopback: every request's headers (lower-cased names) and
 /// body go to the channel; it answers 200.
-fn webhook_receiver() -> (String, mpsc::Receiver<(Vec<(String, String)>, Value)>) {
+/// A request the receiver got: its headers and its JSON body.
+type Hook = (Vec<(String, String)>, Value);
+
+fn webhook_receiver() -> (String, mpsc::Receiver<Hook>) {
     use std::io::{Read, Write};
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/hook", l.local_addr().unwrap());
