@@ -178,6 +178,40 @@ pub enum TunnelState {
     Up,
     /// IKE SA up but no CHILD SA.
     Degraded,
+    /// On demand (`start_action = "trap"`): no SA, none needed until traffic asks for one.
+    Idle,
+    /// `enabled = false`: configured, deliberately not run.
+    Disabled,
+}
+
+impl TunnelState {
+    /// Every state, in the order the `isthmus_tunnel_state` gauge lists them.
+    pub const ALL: [TunnelState; 6] = [
+        TunnelState::Up,
+        TunnelState::Degraded,
+        TunnelState::Connecting,
+        TunnelState::Idle,
+        TunnelState::Down,
+        TunnelState::Disabled,
+    ];
+
+    /// The word the API, the CLI and the metrics use (the serde name).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            TunnelState::Down => "down",
+            TunnelState::Connecting => "connecting",
+            TunnelState::Up => "up",
+            TunnelState::Degraded => "degraded",
+            TunnelState::Idle => "idle",
+            TunnelState::Disabled => "disabled",
+        }
+    }
+}
+
+impl std::fmt::Display for TunnelState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// One row of `tunnel list`.
@@ -343,6 +377,10 @@ pub struct Health {
     pub loss_ratio: f64,
     /// Mean round trip in the window, milliseconds (None: no answer).
     pub latency_avg_ms: Option<f64>,
+    /// Median round trip in the window, milliseconds (None: no answer). The latency alarm
+    /// reads it: one slow probe cannot move a median.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_median_ms: Option<f64>,
     /// Shortest round trip in the window, milliseconds.
     pub latency_min_ms: Option<f64>,
     /// Longest round trip in the window, milliseconds.
@@ -363,23 +401,54 @@ pub struct Health {
 pub struct StageDrop {
     /// Where: `esp-in`, `esp-out`, `spd`, `nacl-in`, `sg-out`, ...
     pub stage: String,
-    /// Why: `replay`, `icv_failure`, `no_sa`, `deny`, ...
+    /// Why: `replay`, `icv`, `no-sa`, `spd-no-policy`, ... (the `reason` label of
+    /// `isthmus_drops_total`), or the deciding rule.
     pub reason: String,
     /// Packets dropped.
     pub packets: u64,
 }
 
-/// Severity of an alarm or event.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+/// Severity of an alarm or event: the one set of words the configuration (`alarm.severity`),
+/// the API, the CLI, the webhooks, the metrics (`severity` label) and the alarm plugins
+/// (`wit/policy.wit`) use. The grades are ITU-T X.733's perceived severities without
+/// `minor` and `indeterminate`.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum Severity {
     /// For the record.
     Info,
     /// Needs attention.
+    #[default]
     Warning,
-    /// Traffic is affected.
+    /// Service affected.
+    Major,
+    /// Traffic is affected; service down.
     Critical,
+}
+
+impl Severity {
+    /// Every grade, lowest first.
+    pub const ALL: [Severity; 4] =
+        [Severity::Info, Severity::Warning, Severity::Major, Severity::Critical];
+
+    /// The word (the serde name): `info`, `warning`, `major`, `critical`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Major => "major",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+impl std::fmt::Display for Severity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// What an [`Event`] reports. On the wire it is the kebab-case name, e.g. `tunnel-up`.
@@ -579,6 +648,9 @@ pub struct Alarm {
     pub raised: u64,
     /// When it cleared, if it did.
     pub cleared: Option<u64>,
+    /// Why it cleared (`tunnel to-idc is up`, `rule removed from the configuration`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clear_reason: Option<String>,
     /// Who acknowledged it and when; absent until acknowledged, and a new raise starts
     /// unacknowledged.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -220,6 +220,14 @@ notify = ["hook"]
         || hooks.lock().unwrap().iter().any(|h| h.contains("\"cleared\"")),
         || format!("hooks: {:?}\n{}", hooks.lock().unwrap(), ctx(&a, &b)),
     );
+    // The clear says why.
+    let hooks_now = hooks.lock().unwrap().clone();
+    assert!(
+        hooks_now
+            .iter()
+            .any(|h| h.contains("\"cleared\"") && h.contains("\"reason\":\"tunnel to-gw2 is up\"")),
+        "{hooks_now:?}"
+    );
     let ping = a.host.sh_output("ping -c 2 -i 0.2 -W 2 10.71.2.10");
     assert!(ping.status.success(), "no traffic after the peer returned\n{}", ctx(&a, &b));
     for l in a.log().lines().chain(b.log().lines()) {
@@ -341,6 +349,15 @@ notify = ["hook"]"#
         "{metrics}"
     );
     assert!(metrics.contains("isthmus_drops_total{stage=\"esp\",reason=\"replay\"}"), "{metrics}");
+    assert!(
+        metrics.contains("isthmus_tunnel_state{tunnel=\"to-hc2\",state=\"up\"} 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("isthmus_ike_failures_total{tunnel=\"to-hc2\",reason=\"timeout\"} "),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("isthmus_dataplane_drops_total"), "one drop family: {metrics}");
 
     // The host behind the peer stops answering (the tunnel stays up): loss climbs over 30 %.
     // Probes run only while the tunnel is up, so the alarm was never raised before.

@@ -766,18 +766,8 @@ impl AlarmKind {
     }
 }
 
-/// How loud an alarm is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum AlarmSeverity {
-    /// For the record.
-    Info,
-    /// Needs attention.
-    #[default]
-    Warning,
-    /// Traffic is affected.
-    Critical,
-}
+/// How loud an alarm is: the API's severity, so that the words agree everywhere.
+pub use isthmus_api::Severity as AlarmSeverity;
 
 /// An alarm: a condition and who is told.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -405,3 +405,275 @@ fn every_operation_in_the_openapi_document_is_served() {
         undocumented.join("\n")
     );
 }
+
+/// A plain-HTTP webhook receiver on loopback: every request's headers (lower-cased names) and
+/// body go to the channel; it answers 200.
+/// A request the receiver got: its headers and its JSON body.
+type Hook = (Vec<(String, String)>, Value);
+
+fn webhook_receiver() -> (String, mpsc::Receiver<Hook>) {
+    use std::io::{Read, Write};
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", l.local_addr().unwrap());
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for mut s in l.incoming().map_while(Result::ok) {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            let (head, body) = loop {
+                let n = s.read(&mut chunk).unwrap_or(0);
+                if n == 0 {
+                    break (String::new(), String::new());
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf).into_owned();
+                if let Some((h, b)) = text.split_once("\r\n\r\n") {
+                    let len = h
+                        .lines()
+                        .find_map(|l| {
+                            l.to_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap_or(0))
+                        })
+                        .unwrap_or(0usize);
+                    if b.len() >= len {
+                        break (h.to_owned(), b.to_owned());
+                    }
+                }
+            };
+            let _ =
+                s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            let headers = head
+                .lines()
+                .skip(1)
+                .filter_map(|l| l.split_once(':'))
+                .map(|(k, v)| (k.trim().to_lowercase(), v.trim().to_owned()))
+                .collect();
+            let _ = tx.send((headers, serde_json::from_str(&body).unwrap_or(Value::Null)));
+        }
+    });
+    (url, rx)
+}
+
+/// Starts `isthmusd` in `dir` (kept by the caller, so that a second start finds the first's
+/// state) and waits for its API.
+fn start_in(dir: &std::path::Path, cfg: &str) -> Daemon {
+    let port = free_port();
+    let (child, rx) = spawn(dir, cfg.as_bytes(), port);
+    let t0 = Instant::now();
+    while !rx
+        .recv_timeout(Duration::from_millis(200))
+        .is_ok_and(|l| l.contains("management API listening"))
+    {
+        assert!(t0.elapsed() < Duration::from_secs(20), "isthmusd did not start listening");
+    }
+    Daemon { child, base: format!("http://127.0.0.1:{port}"), _dir: tempdir::Dir::new("unused") }
+}
+
+/// Polls `GET /alarms` until `f` accepts the list.
+fn alarms_until(d: &Daemon, what: &str, f: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let t0 = Instant::now();
+    loop {
+        let (s, b) = call("GET", d, "/api/v1/alarms", Some(ADMIN), None);
+        assert_eq!(s, 200, "{b}");
+        let v = b.as_array().cloned().unwrap_or_default();
+        if f(&v) {
+            return v;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(15), "{what}: {b}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Issue 18, items 7 and 8, as an operator sees them. Three tunnels — one that should be up
+/// (no driver runs, so it is down), one on demand (`trap`) with no traffic, one disabled — and
+/// a `tunnel-down` alarm with a webhook:
+/// - `/metrics` parses with a Prometheus parser; every family has HELP and TYPE, counters and
+///   only counters end in `_total`; build, process, drop, failure, rekey and webhook series are
+///   there at zero before any tunnel event; the state gauge tells down, idle and disabled apart;
+/// - only the down tunnel pages (severity `major` in the API, the webhook and the metrics); the
+///   webhook request carries a User-Agent and a delivery ID;
+/// - after a crash (SIGKILL) and a restart on the same state, the alarm is still raised with its
+///   first raise time, and nothing is sent again; a clear says why, and stays cleared with its
+///   reason across the next restart.
+#[test]
+fn alarms_persist_across_restarts_and_metrics_follow_prometheus_conventions() {
+    let dir = tempdir::Dir::new("alarms");
+    let (hook, received) = webhook_receiver();
+    let cfg = |a_enabled: bool| {
+        config(
+            "gw1",
+            &format!(
+                r#"[[gateway.lan]]
+name = "office"
+interface = "lan0"
+addresses = ["10.80.1.1/24"]
+networks = ["10.80.1.0/24"]
+[[customer_gateway]]
+name = "peer"
+address = "192.0.2.10"
+[[tunnel]]
+name = "to-a"
+customer_gateway = "peer"
+psk = "{PSK}"
+enabled = {a_enabled}
+[[tunnel.spd]]
+local = ["10.80.1.0/24"]
+remote = ["10.80.2.0/24"]
+[[tunnel]]
+name = "to-b"
+customer_gateway = "peer"
+psk = "{PSK}"
+start_action = "trap"
+[[tunnel.spd]]
+local = ["10.80.1.0/24"]
+remote = ["10.80.3.0/24"]
+[[tunnel]]
+name = "to-c"
+customer_gateway = "peer"
+psk = "{PSK}"
+enabled = false
+[[tunnel.spd]]
+local = ["10.80.1.0/24"]
+remote = ["10.80.4.0/24"]
+[[notify]]
+name = "ops"
+webhook = "{hook}"
+retries = 0
+[[alarm]]
+name = "down"
+kind = "tunnel-down"
+severity = "major"
+notify = ["ops"]
+"#
+            ),
+        )
+    };
+    let d = start_in(&dir.0, &cfg(true));
+
+    // Only the tunnel that should be up pages.
+    let list = alarms_until(&d, "no tunnel-down alarm", |v| !v.is_empty());
+    assert_eq!(list.len(), 1, "the idle and the disabled tunnel raised nothing: {list:?}");
+    let raised = list[0].clone();
+    assert_eq!(
+        (raised["subject"].as_str(), raised["severity"].as_str()),
+        (Some("tunnel/to-a"), Some("major"))
+    );
+    let (headers, body) = received.recv_timeout(Duration::from_secs(10)).expect("no webhook");
+    let header = |h: &[(String, String)], k: &str| {
+        h.iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("no {k}: {h:?}"))
+    };
+    assert!(header(&headers, "user-agent").starts_with("isthmusd/"), "{headers:?}");
+    let first_id = header(&headers, "x-isthmus-delivery");
+    assert_eq!(first_id.len(), 36, "a UUID: {first_id}");
+    assert_eq!(body["id"].as_str(), Some(first_id.as_str()), "{body}");
+    assert_eq!(
+        (body["state"].as_str(), body["severity"].as_str()),
+        (Some("raised"), Some("major"))
+    );
+
+    // The exposition.
+    let (s, text) = call("GET", &d, "/metrics", Some(ADMIN), None);
+    assert_eq!(s, 200);
+    let text = text.as_str().unwrap().to_owned();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    let sample_lines = text.lines().filter(|l| !l.is_empty() && !l.starts_with('#')).count();
+    assert_eq!(scrape.samples.len(), sample_lines, "lines the parser did not take:\n{text}");
+    for smp in &scrape.samples {
+        let m = &smp.metric;
+        assert!(scrape.docs.contains_key(m), "{m} has no HELP");
+        match smp.value {
+            prometheus_parse::Value::Counter(_) => assert!(m.ends_with("_total"), "counter {m}"),
+            prometheus_parse::Value::Gauge(_) => assert!(!m.ends_with("_total"), "gauge {m}"),
+            ref v => panic!("{m} has no TYPE or an unexpected one: {v:?}"),
+        }
+    }
+    let value = |m: &str, labels: &[(&str, &str)]| -> f64 {
+        let hits: Vec<f64> = scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == m && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) => v,
+                _ => f64::NAN,
+            })
+            .collect();
+        assert_eq!(hits.len(), 1, "{m} {labels:?}: {hits:?}\n{text}");
+        hits[0]
+    };
+    assert_eq!(value("isthmus_build_info", &[("version", env!("CARGO_PKG_VERSION"))]), 1.0);
+    assert!(value("process_start_time_seconds", &[]) > 1.7e9);
+    assert!(value("process_resident_memory_bytes", &[]) > 1e6);
+    assert!(value("process_open_fds", &[]) > 3.0);
+    value("process_cpu_seconds_total", &[]);
+    for (tunnel, state) in [("to-a", "down"), ("to-b", "idle"), ("to-c", "disabled")] {
+        for st in ["up", "degraded", "connecting", "idle", "down", "disabled"] {
+            let want = f64::from(u8::from(st == state));
+            assert_eq!(
+                value("isthmus_tunnel_state", &[("tunnel", tunnel), ("state", st)]),
+                want,
+                "{tunnel} {st}"
+            );
+        }
+        assert!(
+            value("isthmus_tunnel_last_change_timestamp_seconds", &[("tunnel", tunnel)]) > 1.7e9
+        );
+        assert_eq!(
+            value("isthmus_ike_failures_total", &[("tunnel", tunnel), ("reason", "timeout")]),
+            0.0
+        );
+        assert_eq!(value("isthmus_tunnel_rekeys_total", &[("tunnel", tunnel)]), 0.0);
+        assert_eq!(
+            value("isthmus_tunnel_drops_total", &[("tunnel", tunnel), ("reason", "replay")]),
+            0.0
+        );
+    }
+    // One drop family, one spelling per reason, every reason at zero without traffic.
+    assert!(!text.contains("isthmus_dataplane_drops_total"), "{text}");
+    for (stage, reason) in
+        [("esp", "icv"), ("esp", "replay"), ("spd", "spd-no-policy"), ("sa", "no-sa")]
+    {
+        assert_eq!(value("isthmus_drops_total", &[("stage", stage), ("reason", reason)]), 0.0);
+    }
+    assert_eq!(value("isthmus_apply_failures_total", &[]), 0.0);
+    assert_eq!(value("isthmus_alarms_active", &[("severity", "major")]), 1.0);
+    assert_eq!(value("isthmus_alarms_active", &[("severity", "critical")]), 0.0);
+    assert_eq!(
+        value("isthmus_webhook_deliveries_total", &[("target", "ops"), ("result", "failed")]),
+        0.0
+    );
+
+    // A crash and a restart on the same state: still raised, raised at the same time, not sent
+    // again (a few evaluation rounds pass).
+    drop(d);
+    let d = start_in(&dir.0, &cfg(true));
+    std::thread::sleep(Duration::from_secs(3));
+    let list = alarms_until(&d, "the alarm did not survive the restart", |v| v.len() == 1);
+    assert_eq!(list[0]["raised"], raised["raised"], "{list:?}");
+    assert!(list[0]["cleared"].is_null(), "{list:?}");
+    assert!(received.try_recv().is_err(), "the restart sent the alarm again");
+
+    // The tunnel is disabled: the alarm clears and says why.
+    let (s, b) =
+        call("POST", &d, "/api/v1/config/commit", Some(ADMIN), Some(json!({"text": cfg(false)})));
+    assert_eq!(s, 200, "{b}");
+    let list = alarms_until(&d, "no clear", |v| v.first().is_some_and(|a| !a["cleared"].is_null()));
+    assert_eq!(list[0]["clear_reason"], "tunnel to-a is disabled", "{list:?}");
+    let (headers, body) = received.recv_timeout(Duration::from_secs(10)).expect("no clear sent");
+    assert_eq!(
+        (body["state"].as_str(), body["reason"].as_str()),
+        (Some("cleared"), Some("tunnel to-a is disabled"))
+    );
+    assert_ne!(header(&headers, "x-isthmus-delivery"), first_id, "each delivery has its own ID");
+
+    // And it stays cleared, with its reason, across the next restart.
+    drop(d);
+    let d = start_in(&dir.0, &cfg(false));
+    std::thread::sleep(Duration::from_secs(2));
+    let list = alarms_until(&d, "the clear was lost", |v| v.len() == 1);
+    assert_eq!(list[0]["clear_reason"], "tunnel to-a is disabled", "{list:?}");
+    assert!(received.try_recv().is_err(), "the restart sent something");
+}

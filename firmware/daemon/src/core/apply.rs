@@ -123,6 +123,8 @@ impl Core {
         let failure = match parsed.as_ref().map_err(ToString::to_string).cloned() {
             Ok(cfg) => match self.apply(n, cfg).map_err(|e| e.to_string()) {
                 Ok(_) => {
+                    // A failure persisted from an earlier run is over.
+                    self.alarms.applied(n);
                     if let Some((path, _)) = &file {
                         tracing::warn!(
                             "{} differs from revision {n}, which is in force: the file is a pending change, not applied; to apply it: isthmus config apply {}",
@@ -139,6 +141,7 @@ impl Core {
         let mut msg = format!("applying revision {n} failed: {failure}");
         tracing::error!("{msg}");
         self.events.emit(EventKind::ApplyFailed, "config", Severity::Critical, msg.clone());
+        self.monitor.stats.apply_failed();
         self.alarms.apply_failed(&msg);
         // 1. The operator's corrected file.
         if let Some((path, text)) = file {
@@ -323,6 +326,7 @@ impl Core {
             &tunnels,
             self.events.clone(),
             self.alarms.clone(),
+            self.monitor.stats.clone(),
         );
         let driver = Arc::new(Driver { tunnels, dataplane, wan });
         lock(&self.planes).driver = Some(driver.clone());
@@ -436,7 +440,7 @@ impl Core {
         };
         match self.apply(rev, cfg) {
             Ok(lines) => {
-                self.alarms.applied();
+                self.alarms.applied(rev);
                 Ok(lines)
             }
             Err(e) => {
@@ -469,6 +473,7 @@ impl Core {
                     }
                 }
                 self.events.emit(EventKind::ApplyFailed, "config", Severity::Critical, msg.clone());
+                self.monitor.stats.apply_failed();
                 Err(CoreError::ApplyFailed(msg))
             }
         }

@@ -190,7 +190,9 @@ impl Core {
             .and_then(|db| db.open_tree("plugins"))
             .map_err(|e| anyhow::anyhow!("opening the plugin store: {e}"))?;
         let events = Arc::new(EventBus::default());
-        let alarms = Arc::new(Alarms::default());
+        // Beside the configuration store, on its own sled database: an alarm record that does
+        // not read never stands in the way of the configuration.
+        let alarms = Arc::new(Alarms::persistent(&opts.data_dir.join("alarms")));
         let policy = crate::policy::Policy::start(
             isthmus_policy::PluginStore::new(plugin_tree.clone()),
             events.clone(),

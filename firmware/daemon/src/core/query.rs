@@ -153,11 +153,6 @@ impl Core {
 
     /// `GET /metrics`.
     pub fn metrics_text(&self) -> String {
-        crate::obs::monitor::metrics(
-            &self.readings(),
-            &self.monitor,
-            &self.health,
-            self.alarms.active_count(),
-        )
+        crate::obs::metrics::metrics(&self.readings(), &self.monitor, &self.health, &self.alarms)
     }
 }

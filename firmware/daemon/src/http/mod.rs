@@ -842,13 +842,9 @@ async fn diagnose_tunnel(
 
 /// Prometheus text exposition
 ///
-/// Gauges and counters per gateway and tunnel: `isthmus_tunnel_up`,
-/// `isthmus_tunnel_packets_total`, `isthmus_tunnel_bytes_total`, `isthmus_tunnel_drops_total`,
-/// `isthmus_dataplane_drops_total`, `isthmus_dataplane_packets_total`,
-/// `isthmus_tunnel_health_loss_ratio`, `isthmus_tunnel_health_latency_seconds`,
-/// `isthmus_tunnel_health_jitter_seconds`, `isthmus_tunnel_healthy`,
-/// `isthmus_drops_total{stage,reason}`, `isthmus_rule_drops_total{attachment,stage,rule}`,
-/// `isthmus_alarms_active`, `isthmus_config_revision` (see docs/api.md).
+/// Build and process facts, tunnel states, traffic, drops, IKE failures, rekeys, SA ages,
+/// health checks, alarms and webhook deliveries, following the Prometheus naming conventions;
+/// every family, label and reason is listed in docs/operations.md ("Metrics").
 #[utoipa::path(get, path = "/metrics", tag = "metrics", responses(
     (status = 200, description = "Prometheus text format 0.0.4", body = String,
         content_type = "text/plain; version=0.0.4"),

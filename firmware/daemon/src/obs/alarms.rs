@@ -17,19 +17,30 @@
 //! alarm's own targets), `SetSeverity` re-grades the alarm (raise or lower), `Suppress` silences
 //! that kind of event about that subject for a while. An empty answer delivers nothing. Without
 //! a hook every event goes to the alarm's own targets at its configured severity.
+//!
+//! Every clear says why ([`api::Alarm::clear_reason`]: the tunnel is up, the rule was removed,
+//! a rekey succeeded, ...). A condition that cannot be judged yet (a health window without
+//! enough answers, traffic not yet sampled after a start) neither raises nor clears.
+//!
+//! Raised and recently cleared alarms, and the latched conditions, are kept in a sled tree
+//! under `<data-dir>/alarms` ([`Alarms::persistent`]), written on every change: after a
+//! restart a raised alarm is still raised (and not sent again), a clear stays cleared with its
+//! reason. A record that cannot be read is logged and the engine starts clean; it never stops
+//! the daemon.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use isthmus_api::{self as api, Severity};
-use isthmus_config::{AlarmKind, AlarmSeverity, Config};
+use isthmus_config::{AlarmKind, Config};
 use isthmus_policy::{AlarmAction, AlarmEvent, EventKind};
 use tokio::sync::mpsc;
 
 use crate::obs::Readings;
 pub use crate::obs::delivery::Notification;
-use crate::obs::delivery::{Target, notification};
+use crate::obs::delivery::{DeliveryStats, Target, notification};
 use crate::obs::events::{EventBus, unix_now};
 use crate::obs::health::Health;
 use crate::obs::monitor::Monitor;
@@ -39,6 +50,18 @@ const QUEUE: usize = 256;
 
 /// How many cleared alarms `alarm list` keeps.
 const KEEP_CLEARED: usize = 100;
+
+/// After a start, how long conditions read from sampled traffic are not judged: the monitor
+/// has no history yet, and a restored alarm must not clear for want of data.
+const START_GRACE: Duration = Duration::from_secs(30);
+
+/// The key of the persisted state in the alarm tree, and the version of its layout.
+const RECORD_KEY: &[u8] = b"state/v1";
+const RECORD_VERSION: u32 = 1;
+
+/// Health-latency alarms judge the median round trip of at least this many answers: one slow
+/// probe (the first through a new SA, or one that waited for ARP) cannot trip them.
+pub const LATENCY_MIN_ANSWERS: u32 = 3;
 
 /// The built-in alarm of a failed upgrade, and what it is about.
 pub const UPGRADE_ALARM: &str = "upgrade-failed";
@@ -77,11 +100,43 @@ pub enum Signal {
 }
 
 /// What latches: a condition set by one signal and ended by another.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 enum Latch {
     DpdTimeout,
     RekeyFailure,
     PluginFault,
+}
+
+impl Latch {
+    /// Why the condition ended (the opposite signal came).
+    fn ended(self) -> &'static str {
+        match self {
+            Latch::DpdTimeout => "a new IKE SA is up",
+            Latch::RekeyFailure => "a rekey succeeded",
+            Latch::PluginFault => "the plugin runs again",
+        }
+    }
+}
+
+/// A condition as one evaluation found it.
+#[derive(Clone, Debug, PartialEq)]
+enum Cond {
+    /// It holds: what is wrong.
+    Holds(String),
+    /// It does not: why not (the reason of a clear).
+    Ended(String),
+    /// It cannot be judged yet: a raised alarm stays raised, a hold timer keeps running.
+    Unknown,
+}
+
+/// What survives a restart (serialised as JSON in the alarm tree).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Record {
+    version: u32,
+    active: Vec<api::Alarm>,
+    cleared: Vec<api::Alarm>,
+    latched: Vec<(Latch, String, String)>,
 }
 
 /// A raise or a clear on its way through the hook.
@@ -114,6 +169,10 @@ struct State {
     dropped: u64,
     /// The origin of the hook's millisecond clock.
     epoch: Instant,
+    /// Where the state is kept across restarts (None: not kept).
+    store: Option<sled::Tree>,
+    /// Webhook deliveries per target.
+    stats: Arc<DeliveryStats>,
 }
 
 impl Default for State {
@@ -132,6 +191,8 @@ impl Default for State {
             early: Vec::new(),
             dropped: 0,
             epoch: Instant::now(),
+            store: None,
+            stats: Arc::default(),
         }
     }
 }
@@ -142,30 +203,33 @@ pub struct Alarms {
     st: Mutex<State>,
 }
 
-fn sev(s: AlarmSeverity) -> Severity {
-    match s {
-        AlarmSeverity::Info => Severity::Info,
-        AlarmSeverity::Warning => Severity::Warning,
-        AlarmSeverity::Critical => Severity::Critical,
-    }
-}
-
+/// The plugin interface's grades (`wit/policy.wit`) are the API's, one for one: a plugin's
+/// `major` is `major` in `alarm list`, the webhook and the metrics alike.
 fn to_policy(s: Severity) -> isthmus_policy::Severity {
     match s {
         Severity::Info => isthmus_policy::Severity::Info,
         Severity::Warning => isthmus_policy::Severity::Warning,
+        Severity::Major => isthmus_policy::Severity::Major,
         Severity::Critical => isthmus_policy::Severity::Critical,
     }
 }
 
-/// The API has three grades; a plugin's `major` ("service affected") is the API's `critical`
-/// ("traffic is affected").
+/// See [`to_policy`].
 fn from_policy(s: isthmus_policy::Severity) -> Severity {
     match s {
         isthmus_policy::Severity::Info => Severity::Info,
         isthmus_policy::Severity::Warning => Severity::Warning,
-        isthmus_policy::Severity::Major | isthmus_policy::Severity::Critical => Severity::Critical,
+        isthmus_policy::Severity::Major => Severity::Major,
+        isthmus_policy::Severity::Critical => Severity::Critical,
     }
+}
+
+/// Clears `a` now, for `reason`, into the cleared list.
+fn clear(st: &mut State, mut a: api::Alarm, reason: &str) -> api::Alarm {
+    a.cleared = Some(unix_now());
+    a.clear_reason = Some(reason.to_owned());
+    push_cleared(st, a.clone());
+    a
 }
 
 fn event_kind(k: AlarmKind) -> EventKind {
@@ -183,6 +247,73 @@ fn event_kind(k: AlarmKind) -> EventKind {
 impl Alarms {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.st.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// An engine whose state is kept in the sled database at `dir` and restored from it. A
+    /// database that does not open is moved aside (`alarms.corrupt`) and started anew; a record
+    /// that does not read is logged and replaced: alarms then start clean, the daemon starts.
+    pub fn persistent(dir: &Path) -> Alarms {
+        let a = Alarms::default();
+        let open = |d: &Path| sled::open(d).and_then(|db| db.open_tree("alarms"));
+        let tree = match open(dir) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                let aside = dir.with_extension("corrupt");
+                tracing::error!(
+                    "the alarm store {} does not open ({e}): moved to {}, alarms start clean",
+                    dir.display(),
+                    aside.display()
+                );
+                let _ = std::fs::remove_dir_all(&aside);
+                let _ = std::fs::rename(dir, &aside);
+                open(dir)
+                    .inspect_err(|e| {
+                        tracing::error!("alarms are not kept across restarts: {e}");
+                    })
+                    .ok()
+            }
+        };
+        let Some(tree) = tree else { return a };
+        {
+            let mut st = a.lock();
+            match tree.get(RECORD_KEY) {
+                Ok(None) => {}
+                Ok(Some(v)) => match serde_json::from_slice::<Record>(&v) {
+                    Ok(r) if r.version == RECORD_VERSION => {
+                        st.active = r
+                            .active
+                            .into_iter()
+                            .map(|a| ((a.name.clone(), a.subject.clone()), a))
+                            .collect();
+                        st.cleared = r.cleared;
+                        st.latched = r.latched.into_iter().map(|(l, s, m)| ((l, s), m)).collect();
+                        tracing::info!(active = st.active.len(), "alarm state restored");
+                    }
+                    Ok(r) => tracing::error!(
+                        "the alarm record has version {}, this daemon reads {RECORD_VERSION}: alarms start clean",
+                        r.version
+                    ),
+                    Err(e) => {
+                        tracing::error!("the alarm record does not read ({e}): alarms start clean")
+                    }
+                },
+                Err(e) => {
+                    tracing::error!("the alarm record does not read ({e}): alarms start clean")
+                }
+            }
+            st.store = Some(tree);
+        }
+        a
+    }
+
+    /// Webhook deliveries per target.
+    pub fn delivery_stats(&self) -> Arc<DeliveryStats> {
+        self.lock().stats.clone()
+    }
+
+    /// The notification targets configured now, by name.
+    pub fn targets(&self) -> Vec<String> {
+        self.lock().targets.keys().cloned().collect()
     }
 
     /// Sets (or, with `None`, removes) the hook every raise and clear passes through before
@@ -229,11 +360,11 @@ impl Alarms {
             .cloned()
             .collect();
         for k in gone {
-            if let Some(mut a) = st.active.remove(&k) {
-                a.cleared = Some(unix_now());
-                push_cleared(&mut st, a);
+            if let Some(a) = st.active.remove(&k) {
+                clear(&mut st, a, "its rule was removed from the configuration");
             }
         }
+        save(&st);
     }
 
     /// Starts delivering notifications (needs a tokio runtime).
@@ -248,7 +379,7 @@ impl Alarms {
             }
             st.queue = Some(tx);
         }
-        tokio::spawn(super::delivery::run(rx));
+        tokio::spawn(super::delivery::run(rx, self.delivery_stats()));
     }
 
     /// Notes a typed signal from the IKE driver about `tunnel`.
@@ -269,19 +400,23 @@ impl Alarms {
                 st.latched.remove(&(Latch::RekeyFailure, subject));
             }
         }
+        save(&st);
     }
 
     /// A plugin trapped, ran out of time or memory, or was quarantined: `plugin-fault` alarms
     /// about `plugin/NAME` hold until [`Alarms::plugin_recovered`].
     pub fn plugin_fault(&self, plugin: &str, message: &str) {
-        self.lock()
-            .latched
-            .insert((Latch::PluginFault, format!("plugin/{plugin}")), message.into());
+        let mut st = self.lock();
+        st.latched.insert((Latch::PluginFault, format!("plugin/{plugin}")), message.into());
+        save(&st);
     }
 
     /// The plugin runs again (replaced, rolled back, or out of quarantine).
     pub fn plugin_recovered(&self, plugin: &str) {
-        self.lock().latched.remove(&(Latch::PluginFault, format!("plugin/{plugin}")));
+        let mut st = self.lock();
+        if st.latched.remove(&(Latch::PluginFault, format!("plugin/{plugin}"))).is_some() {
+            save(&st);
+        }
     }
 
     /// An upgrade failed: its health gate failed, blessing failed, or the firmware fell back to
@@ -296,7 +431,7 @@ impl Alarms {
     /// An upgrade passed its health gate and the slot was blessed: a raised `upgrade-failed`
     /// alarm clears.
     pub fn upgrade_passed(&self) {
-        self.clear_builtin(upgrade_key());
+        self.clear_builtin(upgrade_key(), "a later upgrade passed its health gate");
     }
 
     /// A configuration revision could not be applied (at start or on commit): raises the
@@ -306,9 +441,9 @@ impl Alarms {
         self.raise_builtin(apply_key(), message);
     }
 
-    /// A revision was applied in full: a raised `apply-failed` alarm clears.
-    pub fn applied(&self) {
-        self.clear_builtin(apply_key());
+    /// Revision `rev` was applied in full: a raised `apply-failed` alarm clears.
+    pub fn applied(&self, rev: u64) {
+        self.clear_builtin(apply_key(), &format!("revision {rev} applied"));
     }
 
     /// Raises a built-in alarm (no rule needed; critical, to every target); a second raise with
@@ -326,13 +461,14 @@ impl Alarms {
             message: message.to_owned(),
             raised: unix_now(),
             cleared: None,
+            clear_reason: None,
             acknowledged: None,
         };
-        if let Some(mut old) = st.active.remove(&key) {
-            old.cleared = Some(unix_now());
-            push_cleared(&mut st, old);
+        if let Some(old) = st.active.remove(&key) {
+            clear(&mut st, old, "superseded by a new raise");
         }
         st.active.insert(key.clone(), a.clone());
+        save(&st);
         drop(st);
         self.dispatch(
             vec![Transition { raised: true, kind: EventKind::Other, key, alarm: a, notify }],
@@ -340,11 +476,11 @@ impl Alarms {
         );
     }
 
-    fn clear_builtin(&self, key: (String, String)) {
+    fn clear_builtin(&self, key: (String, String), reason: &str) {
         let mut st = self.lock();
-        let Some(mut a) = st.active.remove(&key) else { return };
-        a.cleared = Some(unix_now());
-        push_cleared(&mut st, a.clone());
+        let Some(a) = st.active.remove(&key) else { return };
+        let a = clear(&mut st, a, reason);
+        save(&st);
         let notify = st.targets.keys().cloned().collect();
         drop(st);
         self.dispatch(
@@ -364,11 +500,16 @@ impl Alarms {
             message: message.to_owned(),
             raised: now,
             cleared: Some(now),
+            clear_reason: Some("the configuration was reverted".into()),
             acknowledged: None,
         };
         let notify: Vec<String> = self.lock().targets.keys().cloned().collect();
         let key = (a.name.clone(), a.subject.clone());
-        self.lock().cleared.push(a.clone());
+        {
+            let mut st = self.lock();
+            push_cleared(&mut st, a.clone());
+            save(&st);
+        }
         self.dispatch(
             vec![Transition { raised: true, kind: EventKind::Other, key, alarm: a, notify }],
             None,
@@ -379,15 +520,19 @@ impl Alarms {
     pub fn evaluate(&self, r: &Readings, monitor: &Monitor, health: &Health, events: &EventBus) {
         let Some((_, cfg)) = &r.applied else { return };
         let tunnels = monitor.summaries(r);
-        let rules = self.lock().rules.clone();
-        let mut conds: Vec<(usize, String, Option<String>)> = Vec::new();
+        let (rules, started) = {
+            let st = self.lock();
+            (st.rules.clone(), st.epoch)
+        };
+        let settled = started.elapsed() >= START_GRACE;
+        let mut conds: Vec<(usize, String, Cond)> = Vec::new();
         for (i, r) in rules.iter().enumerate() {
             if r.kind == AlarmKind::PluginFault {
                 // About plugins, not tunnels: every plugin with a latched fault.
                 let st = self.lock();
                 for ((l, subject), msg) in &st.latched {
                     if *l == Latch::PluginFault {
-                        conds.push((i, subject.clone(), Some(msg.clone())));
+                        conds.push((i, subject.clone(), Cond::Holds(msg.clone())));
                     }
                 }
                 continue;
@@ -397,37 +542,55 @@ impl Alarms {
             for t in watched {
                 let subject = format!("tunnel/{}", t.name);
                 let summary = tunnels.iter().find(|s| s.name == t.name);
-                let cond: Option<String> = match r.kind {
-                    AlarmKind::TunnelDown => summary
-                        .filter(|s| t.enabled && s.state != api::TunnelState::Up)
-                        .map(|s| format!("tunnel {} is {:?}", t.name, s.state).to_lowercase()),
-                    AlarmKind::OneWayTraffic => {
-                        let (out, inn) = monitor.idle(&t.name);
-                        match (out, inn) {
-                            (Some(o), i)
-                                if o < 5 && i.is_none_or(|i| i >= r.hold.as_secs().max(1)) =>
-                            {
-                                Some(format!(
-                                    "ESP leaves through tunnel {} but nothing has come back for {} s: the peer is not sending back — check its routes and SPD",
-                                    t.name,
-                                    i.map(|i| i.to_string()).unwrap_or("ever".into())
-                                ))
+                let cond = if !t.enabled {
+                    Cond::Ended(format!("tunnel {} is disabled", t.name))
+                } else {
+                    match r.kind {
+                        AlarmKind::TunnelDown => match summary.map(|s| s.state) {
+                            // An on-demand tunnel waiting for traffic is idle, not down.
+                            Some(s @ (api::TunnelState::Up | api::TunnelState::Idle)) => {
+                                Cond::Ended(format!("tunnel {} is {s}", t.name))
                             }
-                            _ => None,
+                            Some(s) => Cond::Holds(format!("tunnel {} is {s}", t.name)),
+                            None => Cond::Unknown,
+                        },
+                        AlarmKind::OneWayTraffic => {
+                            let hold = r.hold.as_secs().max(1);
+                            match monitor.idle(&t.name) {
+                                (Some(o), i) if o < 5 && i.is_none_or(|i| i >= hold) => {
+                                    Cond::Holds(format!(
+                                        "ESP leaves through tunnel {} but nothing has come back for {} s: the peer is not sending back — check its routes and SPD",
+                                        t.name,
+                                        i.map(|i| i.to_string()).unwrap_or("ever".into())
+                                    ))
+                                }
+                                (_, Some(i)) if i < hold => Cond::Ended(format!(
+                                    "traffic comes back through tunnel {}",
+                                    t.name
+                                )),
+                                _ if !settled => Cond::Unknown,
+                                _ => Cond::Ended(format!(
+                                    "nothing leaves through tunnel {} any more",
+                                    t.name
+                                )),
+                            }
+                        }
+                        AlarmKind::DpdTimeout => self.latched(Latch::DpdTimeout, &subject),
+                        AlarmKind::RekeyFailure => self.latched(Latch::RekeyFailure, &subject),
+                        AlarmKind::PluginFault => Cond::Unknown,
+                        AlarmKind::HealthLoss => {
+                            let min = t.health_check.as_ref().map_or(1, |h| h.failure_threshold);
+                            health.report(&t.name).map_or(Cond::Unknown, |h| {
+                                health_loss(&t.name, &h, r.threshold.unwrap_or(100), min)
+                            })
+                        }
+                        AlarmKind::HealthLatency => {
+                            let min = t.health_check.as_ref().map_or(1, |h| h.failure_threshold);
+                            health.report(&t.name).map_or(Cond::Unknown, |h| {
+                                health_latency(&t.name, &h, r.threshold.unwrap_or(u32::MAX), min)
+                            })
                         }
                     }
-                    AlarmKind::DpdTimeout => self.latched(Latch::DpdTimeout, &subject),
-                    AlarmKind::RekeyFailure => self.latched(Latch::RekeyFailure, &subject),
-                    AlarmKind::PluginFault => None,
-                    AlarmKind::HealthLoss => {
-                        let min = t.health_check.as_ref().map_or(1, |h| h.failure_threshold);
-                        health
-                            .report(&t.name)
-                            .and_then(|h| health_loss(&t.name, &h, r.threshold.unwrap_or(100), min))
-                    }
-                    AlarmKind::HealthLatency => health
-                        .report(&t.name)
-                        .and_then(|h| health_latency(&t.name, &h, r.threshold.unwrap_or(u32::MAX))),
                 };
                 conds.push((i, subject, cond));
             }
@@ -436,29 +599,33 @@ impl Alarms {
         self.dispatch(transitions, Some(events));
     }
 
-    fn latched(&self, l: Latch, subject: &str) -> Option<String> {
-        self.lock().latched.get(&(l, subject.to_owned())).cloned()
+    fn latched(&self, l: Latch, subject: &str) -> Cond {
+        match self.lock().latched.get(&(l, subject.to_owned())) {
+            Some(m) => Cond::Holds(m.clone()),
+            None => Cond::Ended(l.ended().to_owned()),
+        }
     }
 
-    /// Applies conditions (rule index, subject, what is wrong or None) at `now`: starts hold
-    /// timers, raises the alarms whose condition held long enough, clears the ones whose
-    /// condition ended (or whose subject is no longer evaluated). Returns what changed.
+    /// Applies conditions (rule index, subject, condition) at `now`: starts hold timers, raises
+    /// the alarms whose condition held long enough, clears the ones whose condition ended (or
+    /// whose subject is no longer evaluated), leaves alone the ones that cannot be judged.
+    /// Returns what changed.
     fn update(
         &self,
         rules: &[isthmus_config::Alarm],
-        conds: Vec<(usize, String, Option<String>)>,
+        conds: Vec<(usize, String, Cond)>,
         now: Instant,
     ) -> Vec<Transition> {
         let mut st = self.lock();
         let mut out = Vec::new();
         let mut seen: BTreeSet<(String, String)> = BTreeSet::new();
-        let mut ended: Vec<(usize, (String, String))> = Vec::new();
+        let mut ended: Vec<(usize, (String, String), String)> = Vec::new();
         for (i, subject, cond) in conds {
             let Some(r) = rules.get(i) else { continue };
             let key = (r.name.clone(), subject.clone());
             seen.insert(key.clone());
             match cond {
-                Some(msg) => {
+                Cond::Holds(msg) => {
                     let since = *st.since.entry(key.clone()).or_insert(now);
                     if now.duration_since(since) >= r.hold.as_duration()
                         && !st.active.contains_key(&key)
@@ -466,10 +633,11 @@ impl Alarms {
                         let a = api::Alarm {
                             name: r.name.clone(),
                             subject,
-                            severity: sev(r.severity),
+                            severity: r.severity,
                             message: msg,
                             raised: unix_now(),
                             cleared: None,
+                            clear_reason: None,
                             acknowledged: None,
                         };
                         st.active.insert(key.clone(), a.clone());
@@ -482,7 +650,8 @@ impl Alarms {
                         });
                     }
                 }
-                None => ended.push((i, key)),
+                Cond::Ended(why) => ended.push((i, key, why)),
+                Cond::Unknown => {}
             }
         }
         // Raised alarms of a rule whose subject was not evaluated (a removed tunnel, a plugin
@@ -493,14 +662,17 @@ impl Alarms {
                 && *k != apply_key()
                 && let Some(i) = rules.iter().position(|r| r.name == k.0)
             {
-                ended.push((i, k.clone()));
+                let why = match rules[i].kind {
+                    AlarmKind::PluginFault => Latch::PluginFault.ended().to_owned(),
+                    _ => format!("{} is no longer watched by this rule", k.1),
+                };
+                ended.push((i, k.clone(), why));
             }
         }
-        for (i, key) in ended {
+        for (i, key, why) in ended {
             st.since.remove(&key);
-            if let Some(mut a) = st.active.remove(&key) {
-                a.cleared = Some(unix_now());
-                push_cleared(&mut st, a.clone());
+            if let Some(a) = st.active.remove(&key) {
+                let a = clear(&mut st, a, &why);
                 let r = &rules[i];
                 out.push(Transition {
                     raised: false,
@@ -510,6 +682,9 @@ impl Alarms {
                     notify: r.notify.clone(),
                 });
             }
+        }
+        if !out.is_empty() {
+            save(&st);
         }
         out
     }
@@ -579,6 +754,7 @@ impl Alarms {
             {
                 a.severity = t.alarm.severity;
             }
+            save(&st);
             let gw = st.gateway.clone();
             let state = if t.raised { "raised" } else { "cleared" };
             for (to, severity, message) in sends {
@@ -610,7 +786,11 @@ impl Alarms {
                         api::EventKind::AlarmCleared,
                         &subject,
                         Severity::Info,
-                        format!("alarm {} cleared", t.alarm.name),
+                        format!(
+                            "alarm {} cleared: {}",
+                            t.alarm.name,
+                            t.alarm.clear_reason.as_deref().unwrap_or("its condition ended")
+                        ),
                     );
                 }
             }
@@ -656,7 +836,11 @@ impl Alarms {
         if first {
             a.acknowledged = Some(api::Acknowledgement { by: who.to_owned(), at: unix_now() });
         }
-        Ok((a.clone(), first))
+        let a = a.clone();
+        if first {
+            save(&st);
+        }
+        Ok((a, first))
     }
 
     /// How many alarms are raised.
@@ -664,9 +848,39 @@ impl Alarms {
         self.lock().active.len()
     }
 
+    /// How many alarms are raised, per severity (every severity, zero included).
+    pub fn active_by_severity(&self) -> BTreeMap<Severity, usize> {
+        let st = self.lock();
+        let mut m: BTreeMap<Severity, usize> = Severity::ALL.iter().map(|s| (*s, 0)).collect();
+        for a in st.active.values() {
+            *m.entry(a.severity).or_default() += 1;
+        }
+        m
+    }
+
     /// Notifications dropped because the queue was full.
     pub fn dropped(&self) -> u64 {
         self.lock().dropped
+    }
+}
+
+/// Writes what survives a restart (see [`Alarms::persistent`]); a failure is logged, the
+/// engine goes on from memory.
+fn save(st: &State) {
+    let Some(tree) = &st.store else { return };
+    let r = Record {
+        version: RECORD_VERSION,
+        active: st.active.values().cloned().collect(),
+        cleared: st.cleared.clone(),
+        latched: st.latched.iter().map(|((l, s), m)| (*l, s.clone(), m.clone())).collect(),
+    };
+    let written = serde_json::to_vec(&r)
+        .map_err(|e| e.to_string())
+        .and_then(|v| tree.insert(RECORD_KEY, v).map_err(|e| e.to_string()))
+        // sled makes a write durable only when flushed: a crash must not lose a clear.
+        .and_then(|_| tree.flush().map_err(|e| e.to_string()));
+    if let Err(e) = written {
+        tracing::error!("the alarm state was not saved: {e}");
     }
 }
 
@@ -680,27 +894,47 @@ fn push_cleared(st: &mut State, a: api::Alarm) {
 /// The health-loss condition: more than `percent` of the window's probes lost, once the window
 /// holds at least `min_probes` (the check's failure threshold: one lost probe of one is no
 /// verdict yet).
-fn health_loss(tunnel: &str, h: &api::Health, percent: u32, min_probes: u32) -> Option<String> {
-    (h.sent >= min_probes.max(1) && h.loss_ratio * 100.0 > f64::from(percent)).then(|| {
-        format!(
-            "health check of tunnel {tunnel} ({} -> {}) lost {} of the last {} probes ({:.0} %, threshold {percent} %)",
+fn health_loss(tunnel: &str, h: &api::Health, percent: u32, min_probes: u32) -> Cond {
+    if h.sent < min_probes.max(1) {
+        return Cond::Unknown;
+    }
+    let lost = h.loss_ratio * 100.0;
+    if lost > f64::from(percent) {
+        Cond::Holds(format!(
+            "health check of tunnel {tunnel} ({} -> {}) lost {} of the last {} probes ({lost:.0} %, threshold {percent} %)",
             h.source,
             h.destination,
             h.sent - h.received,
             h.sent,
-            h.loss_ratio * 100.0
-        )
-    })
+        ))
+    } else {
+        Cond::Ended(format!(
+            "health check of tunnel {tunnel} lost {lost:.0} % of the last {} probes (threshold {percent} %)",
+            h.sent
+        ))
+    }
 }
 
-/// The health-latency condition: the window's mean round trip over `ms`.
-fn health_latency(tunnel: &str, h: &api::Health, ms: u32) -> Option<String> {
-    h.latency_avg_ms.filter(|avg| *avg > f64::from(ms)).map(|avg| {
-        format!(
-            "health check of tunnel {tunnel} ({} -> {}): mean round trip {avg:.1} ms over the last {} answers (threshold {ms} ms)",
+/// The health-latency condition: the window's median round trip over `ms`, once the window
+/// holds at least [`LATENCY_MIN_ANSWERS`] answers (or the check's failure threshold, if more).
+/// A median of three or more answers is not moved by one slow probe; a mean was, and one
+/// 2-second answer at bring-up raised the alarm.
+fn health_latency(tunnel: &str, h: &api::Health, ms: u32, min_answers: u32) -> Cond {
+    let Some(median) =
+        h.latency_median_ms.filter(|_| h.received >= min_answers.max(LATENCY_MIN_ANSWERS))
+    else {
+        return Cond::Unknown;
+    };
+    if median > f64::from(ms) {
+        Cond::Holds(format!(
+            "health check of tunnel {tunnel} ({} -> {}): median round trip {median:.1} ms over the last {} answers (threshold {ms} ms)",
             h.source, h.destination, h.received
-        )
-    })
+        ))
+    } else {
+        Cond::Ended(format!(
+            "health check of tunnel {tunnel}: median round trip {median:.1} ms (threshold {ms} ms)"
+        ))
+    }
 }
 
 fn enqueue(st: &mut State, t: Target, n: Notification) {
@@ -735,13 +969,16 @@ mod tests {
             tunnels: vec![],
             hold: Dur::secs(0),
             threshold: None,
-            severity: AlarmSeverity::Warning,
+            severity: Severity::Warning,
             notify: notify.iter().map(|s| s.to_string()).collect(),
         }
     }
 
     fn engine(rules: Vec<isthmus_config::Alarm>, targets: &[&str]) -> Alarms {
-        let a = Alarms::default();
+        setup(Alarms::default(), rules, targets)
+    }
+
+    fn setup(a: Alarms, rules: Vec<isthmus_config::Alarm>, targets: &[&str]) -> Alarms {
         {
             let mut st = a.lock();
             st.gateway = "gw".into();
@@ -878,6 +1115,83 @@ mod tests {
         a.start_delivery();
         assert!(a.lock().early.is_empty());
         assert_eq!(a.dropped(), 0);
+    }
+
+    /// Issue 18: a restart neither raises again what was raised nor loses a clear. Raised and
+    /// cleared alarms and latched conditions come back from the store; a clear says why; a
+    /// record that does not read, or a store that does not open, starts the engine clean
+    /// instead of stopping the daemon.
+    #[test]
+    fn alarm_state_survives_a_restart_and_a_bad_record_starts_clean() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("alarms");
+        let rules = || {
+            vec![
+                rule("dpd", AlarmKind::DpdTimeout, &["ops"]),
+                rule("rekey", AlarmKind::RekeyFailure, &["ops"]),
+            ]
+        };
+        let raised_at = {
+            let a = setup(Alarms::persistent(&path), rules(), &["ops"]);
+            let mut rx = a.test_queue();
+            a.signal("to-idc", Signal::DeadPeer, "IKE SA down: the peer stopped answering");
+            a.signal("to-idc", Signal::RekeyFailed, "CREATE_CHILD_SA timed out");
+            round(&a, "to-idc");
+            a.signal("to-idc", Signal::Rekeyed, "rekeyed");
+            round(&a, "to-idc");
+            let sent = drain(&mut rx);
+            let states: Vec<&str> = sent.iter().map(|(_, n)| n.state).collect();
+            assert_eq!(states, ["raised", "raised", "cleared"], "{sent:?}");
+            assert_eq!(sent[2].1.reason.as_deref(), Some("a rekey succeeded"));
+            a.list()[0].raised
+        };
+        // The daemon restarts on the same store.
+        let a = setup(Alarms::persistent(&path), rules(), &["ops"]);
+        let mut rx = a.test_queue();
+        round(&a, "to-idc");
+        assert!(drain(&mut rx).is_empty(), "the restart sent something again");
+        let l = a.list();
+        assert_eq!(l.len(), 2, "{l:?}");
+        assert_eq!((l[0].name.as_str(), l[0].raised, l[0].cleared), ("dpd", raised_at, None));
+        assert_eq!(
+            (l[1].name.as_str(), l[1].clear_reason.as_deref()),
+            ("rekey", Some("a rekey succeeded"))
+        );
+        // The latched dead peer came back too: it clears when a new IKE SA is up, saying so.
+        a.signal("to-idc", Signal::Up, "up");
+        round(&a, "to-idc");
+        let sent = drain(&mut rx);
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        assert_eq!(
+            (sent[0].1.state, sent[0].1.reason.as_deref()),
+            ("cleared", Some("a new IKE SA is up"))
+        );
+        drop(a);
+
+        // A record from a future layout, or garbage: logged, the engine starts clean.
+        for bad in
+            [&br#"{"version":99,"active":[],"cleared":[],"latched":[]}"#[..], &b"\xff not json"[..]]
+        {
+            {
+                let db = sled::open(&path).unwrap();
+                db.open_tree("alarms").unwrap().insert(RECORD_KEY, bad).unwrap();
+                db.flush().unwrap();
+            }
+            let a = Alarms::persistent(&path);
+            assert!(a.list().is_empty());
+            // ... and writes a good record again.
+            a.upgrade_failed("slot b failed its health gate");
+            drop(a);
+            assert_eq!(Alarms::persistent(&path).active_count(), 1);
+        }
+        // A store that does not open (here: a file where its directory should be).
+        let broken = dir.path().join("broken");
+        std::fs::write(&broken, b"not a sled database").unwrap();
+        let a = Alarms::persistent(&broken);
+        a.upgrade_failed("slot b failed its health gate");
+        drop(a);
+        assert_eq!(Alarms::persistent(&broken).active_count(), 1, "the new store keeps state");
+        assert!(broken.with_extension("corrupt").exists(), "the old one was moved aside");
     }
 
     #[test]
@@ -1054,21 +1368,59 @@ mod tests {
             received: 6,
             loss_ratio: 0.4,
             latency_avg_ms: Some(35.0),
+            latency_median_ms: Some(33.0),
             latency_min_ms: Some(20.0),
             latency_max_ms: Some(50.0),
             jitter_ms: Some(4.0),
             probes_total: 10,
             last_error: None,
         };
-        let m = health_loss("to-idc", &h, 30, 3).unwrap();
+        let holds = |c: Cond| match c {
+            Cond::Holds(m) => m,
+            other => panic!("{other:?}"),
+        };
+        let m = holds(health_loss("to-idc", &h, 30, 3));
         assert!(m.contains("lost 4 of the last 10 probes (40 %, threshold 30 %)"), "{m}");
-        assert_eq!(health_loss("to-idc", &h, 40, 3), None);
-        assert_eq!(health_loss("to-idc", &h, 30, 11), None, "fewer probes than the threshold");
-        assert!(health_latency("to-idc", &h, 30).unwrap().contains("mean round trip 35.0 ms"));
-        assert_eq!(health_latency("to-idc", &h, 35), None);
-        let none = api::Health { sent: 0, received: 0, latency_avg_ms: None, ..h };
-        assert_eq!(health_loss("to-idc", &none, 0, 0), None);
-        assert_eq!(health_latency("to-idc", &none, 0), None);
+        assert!(matches!(health_loss("to-idc", &h, 40, 3), Cond::Ended(m) if m.contains("40 %")));
+        assert_eq!(health_loss("to-idc", &h, 30, 11), Cond::Unknown, "fewer probes than needed");
+        assert!(holds(health_latency("to-idc", &h, 30, 1)).contains("median round trip 33.0 ms"));
+        assert!(matches!(health_latency("to-idc", &h, 35, 1), Cond::Ended(_)));
+        let none = api::Health { sent: 0, received: 0, latency_median_ms: None, ..h };
+        assert_eq!(health_loss("to-idc", &none, 0, 0), Cond::Unknown);
+        assert_eq!(health_latency("to-idc", &none, 0, 0), Cond::Unknown);
+    }
+
+    /// Issue 18: one slow probe at bring-up (the first through a new SA) must not page. The
+    /// mean of the window did: one 2-second answer among fast ones tripped a 100 ms threshold.
+    /// Now the median of at least three answers decides, so it takes most answers being slow.
+    #[test]
+    fn one_slow_probe_at_bring_up_does_not_trip_the_latency_alarm() {
+        use crate::obs::health::Window;
+        let spec = isthmus_config::HealthCheck {
+            source: "10.63.1.1".parse().unwrap(),
+            destination: "10.63.2.1".parse().unwrap(),
+            interval: Dur::secs(1),
+            timeout: Dur::secs(3),
+            failure_threshold: 3,
+            recovery_threshold: 2,
+            latency_threshold: None,
+        };
+        let mut w = Window::new(spec);
+        let ms = |n| Ok(Duration::from_millis(n));
+        // The first probe waits for the SA and ARP: 2 s. Alone, it is no verdict.
+        w.record(ms(2000));
+        assert_eq!(health_latency("t", &w.report(), 100, 3), Cond::Unknown);
+        for _ in 0..4 {
+            w.record(ms(20));
+            let c = health_latency("t", &w.report(), 100, 3);
+            assert!(!matches!(c, Cond::Holds(_)), "{c:?}");
+        }
+        assert!(w.report().latency_avg_ms.unwrap() > 100.0, "the mean would have paged");
+        // A tunnel that is slow for real still trips it.
+        for _ in 0..5 {
+            w.record(ms(300));
+        }
+        assert!(matches!(health_latency("t", &w.report(), 100, 3), Cond::Holds(_)));
     }
 
     #[test]
@@ -1206,11 +1558,13 @@ mod tests {
         a.configure(&cfg);
         let t = a.lock().targets["ops"].clone();
         let n = Notification {
+            id: "test".into(),
             state: "raised",
             alarm: "test".into(),
             subject: "system".into(),
             severity: Severity::Warning,
             message: "test".into(),
+            reason: None,
             time: 0,
             gateway: "gw".into(),
         };

@@ -50,7 +50,9 @@ impl EventBus {
         match severity {
             Severity::Info => tracing::info!(kind = kind.as_str(), subject, "{}", e.message),
             Severity::Warning => tracing::warn!(kind = kind.as_str(), subject, "{}", e.message),
-            Severity::Critical => tracing::error!(kind = kind.as_str(), subject, "{}", e.message),
+            Severity::Major | Severity::Critical => {
+                tracing::error!(kind = kind.as_str(), subject, "{}", e.message)
+            }
         }
         {
             let mut r = self.recent.lock().unwrap_or_else(|p| p.into_inner());

@@ -138,6 +138,12 @@ impl Window {
                 rtts.iter().copied().reduce(f64::max),
             )
         };
+        let median = (!rtts.is_empty()).then(|| {
+            let mut v = rtts.clone();
+            v.sort_by(f64::total_cmp);
+            let m = v.len() / 2;
+            if v.len() % 2 == 1 { v[m] } else { (v[m - 1] + v[m]) / 2.0 }
+        });
         let diffs: Vec<f64> = rtts.windows(2).map(|w| (w[1] - w[0]).abs()).collect();
         let jitter = (!diffs.is_empty()).then(|| diffs.iter().sum::<f64>() / diffs.len() as f64);
         api::Health {
@@ -148,6 +154,7 @@ impl Window {
             received,
             loss_ratio: if sent == 0 { 0.0 } else { f64::from(sent - received) / f64::from(sent) },
             latency_avg_ms: avg,
+            latency_median_ms: median,
             latency_min_ms: min,
             latency_max_ms: max,
             jitter_ms: jitter,

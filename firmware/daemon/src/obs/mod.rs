@@ -7,6 +7,7 @@ pub mod delivery;
 pub mod events;
 pub mod health;
 pub mod log;
+pub mod metrics;
 pub mod monitor;
 
 use std::collections::HashMap;
@@ -39,7 +40,7 @@ impl Readings {
         cfg.tunnels
             .iter()
             .filter(|t| {
-                monitor::state(self.tunnel(&t.name), t.enabled) == isthmus_api::TunnelState::Up
+                monitor::state(self.tunnel(&t.name), Some(t)) == isthmus_api::TunnelState::Up
             })
             .map(|t| t.name.clone())
             .collect()

@@ -1,22 +1,23 @@
 //! Monitoring: per-tunnel counters that stay monotonic across rekeys (the totals of every SA a
 //! tunnel ever had, not only the current one — strongSwan resets them), the last packet seen in
-//! each direction, tunnel state for the API, and the Prometheus exposition.
+//! each direction, tunnel state for the API, and the counters the Prometheus exposition
+//! ([`crate::obs::metrics`]) reads besides them ([`Stats`]).
 //!
 //! The dataplane keeps the final counters of the SAs a tunnel no longer has
 //! ([`isthmus_dataplane::Counters::retired`]): adding the last *sampled* reading of a removed SA
 //! here lost what it carried between that sample and its removal.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Instant, SystemTime};
 
 use isthmus_api::{self as api, EventKind, Severity};
-use isthmus_config::Config;
-use isthmus_dataplane::{Direction, Drop, Io};
+use isthmus_config::{Config, StartAction};
+use isthmus_dataplane::{Direction, Drop};
 use isthmus_esp::DropReason;
-use isthmus_ike::DownReason;
 use isthmus_ike::codec::ExchangeType;
+use isthmus_ike::{Cause, DownReason};
 use isthmus_tunnels::{TunnelEvent, TunnelState, TunnelStatus};
 
 use crate::obs::Readings;
@@ -35,7 +36,7 @@ pub struct Totals {
     pub packets_in: u64,
     /// Inner bytes out of the tunnel.
     pub bytes_in: u64,
-    /// Drops by reason name.
+    /// Drops by reason name ([`Drop::as_str`], as `isthmus_drops_total` spells it).
     pub drops: BTreeMap<&'static str, u64>,
 }
 
@@ -82,12 +83,93 @@ struct Inner {
     last_in: HashMap<String, (Instant, u64)>,
     /// Per SA, when it last moved.
     sa_last: HashMap<(u32, bool), (Instant, u64)>,
+    /// Per tunnel, its state at the last sample and since when.
+    states: HashMap<String, (api::TunnelState, SystemTime)>,
 }
 
 /// Samples the dataplane every second.
 #[derive(Default)]
 pub struct Monitor {
     inner: Mutex<Inner>,
+    /// Counters of what happened (negotiation and apply failures).
+    pub stats: Arc<Stats>,
+}
+
+/// Why an IKE negotiation failed, as the `reason` label of `isthmus_ike_failures_total`
+/// counts it: the kind of the driver's [`Cause`], without its details (which notify, which
+/// words), so that the label has a fixed, small set of values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum IkeFailure {
+    /// No answer after every retransmission.
+    Timeout,
+    /// The peer answered with an error notify.
+    PeerRefused,
+    /// We refused the peer's request.
+    WeRefused,
+    /// The peer's answer could not be used.
+    BadResponse,
+}
+
+impl IkeFailure {
+    /// Every reason.
+    pub const ALL: [IkeFailure; 4] = [
+        IkeFailure::Timeout,
+        IkeFailure::PeerRefused,
+        IkeFailure::WeRefused,
+        IkeFailure::BadResponse,
+    ];
+
+    /// The label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            IkeFailure::Timeout => "timeout",
+            IkeFailure::PeerRefused => "peer-refused",
+            IkeFailure::WeRefused => "we-refused",
+            IkeFailure::BadResponse => "bad-response",
+        }
+    }
+}
+
+impl From<&Cause> for IkeFailure {
+    fn from(c: &Cause) -> IkeFailure {
+        match c {
+            Cause::Timeout { .. } => IkeFailure::Timeout,
+            Cause::PeerRefused(_) => IkeFailure::PeerRefused,
+            Cause::WeRefused(_) => IkeFailure::WeRefused,
+            Cause::BadResponse(_) => IkeFailure::BadResponse,
+        }
+    }
+}
+
+/// Event counters for the metrics: monotonic from the daemon's start.
+#[derive(Default)]
+pub struct Stats {
+    ike_failures: Mutex<HashMap<(String, IkeFailure), u64>>,
+    apply_failures: AtomicU64,
+}
+
+impl Stats {
+    /// A revision could not be applied.
+    pub fn apply_failed(&self) {
+        self.apply_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Revisions that could not be applied so far.
+    pub fn apply_failures(&self) -> u64 {
+        self.apply_failures.load(Ordering::Relaxed)
+    }
+
+    /// An IKE negotiation of `tunnel` failed.
+    pub fn ike_failed(&self, tunnel: &str, why: IkeFailure) {
+        let mut m = self.ike_failures.lock().unwrap_or_else(|p| p.into_inner());
+        *m.entry((tunnel.to_owned(), why)).or_default() += 1;
+    }
+
+    /// IKE negotiation failures of `tunnel` for `why` so far.
+    pub fn ike_failures(&self, tunnel: &str, why: IkeFailure) -> u64 {
+        let m = self.ike_failures.lock().unwrap_or_else(|p| p.into_inner());
+        m.get(&(tunnel.to_owned(), why)).copied().unwrap_or(0)
+    }
 }
 
 fn sa_totals(c: &isthmus_esp::SaCounters, inbound: bool) -> Totals {
@@ -102,7 +184,8 @@ fn sa_totals(c: &isthmus_esp::SaCounters, inbound: bool) -> Totals {
     for r in DropReason::ALL {
         let n = c.drops.get(r);
         if n > 0 {
-            t.drops.insert(r.as_str(), n);
+            // The dataplane's spelling: one name per reason everywhere.
+            t.drops.insert(Drop::from(r).as_str(), n);
         }
     }
     t
@@ -118,12 +201,20 @@ impl Monitor {
     pub fn sample(&self, r: &Readings, health: &Health) {
         // Health checks probe only through tunnels that are up.
         if let Some((_, cfg)) = &r.applied {
+            let mut m = self.lock();
+            let now = SystemTime::now();
             for t in &cfg.tunnels {
                 let up = r
                     .tunnel(&t.name)
                     .is_some_and(|s| s.state == TunnelState::Up && !s.children.is_empty());
                 health.set_up(&t.name, up);
+                let s = state(r.tunnel(&t.name), Some(t));
+                let e = m.states.entry(t.name.clone()).or_insert((s, now));
+                if e.0 != s {
+                    *e = (s, now);
+                }
             }
+            m.states.retain(|n, _| cfg.tunnel(n).is_some());
         }
         let Some((dataplane, c)) = r.dataplane.as_ref().map(|(d, c)| (Arc::downgrade(d), c)) else {
             return;
@@ -189,6 +280,12 @@ impl Monitor {
         (f(&m.last_out), f(&m.last_in))
     }
 
+    /// Since when `tunnel` has been in its current state (as of the last sample; None before
+    /// the first sample that saw it).
+    pub fn state_since(&self, tunnel: &str) -> Option<SystemTime> {
+        self.lock().states.get(tunnel).map(|(_, t)| *t)
+    }
+
     /// A `tunnel list` row.
     pub fn summary(&self, r: &Readings, cfg: &Config, name: &str) -> api::TunnelSummary {
         let st = r.tunnel(name).cloned();
@@ -198,7 +295,7 @@ impl Monitor {
             name: name.to_owned(),
             peer: cg.map(|c| c.name.clone()).unwrap_or_default(),
             peer_address: cg.map(|c| c.address.to_string()).unwrap_or_default(),
-            state: state(st.as_ref(), t.is_some_and(|t| t.enabled)),
+            state: state(st.as_ref(), t),
             uptime_secs: st.as_ref().and_then(|s| s.up_since).map(secs_since).unwrap_or(0),
             counters: self.totals(name).to_api(),
             last_error: st.as_ref().and_then(|s| {
@@ -331,7 +428,11 @@ pub fn tunnel_drops(monitor: &Monitor, r: &Readings, tunnel: &str) -> Vec<api::S
         .drops
         .iter()
         .filter(|(_, n)| **n > 0)
-        .map(|(r, n)| api::StageDrop { stage: "esp".into(), reason: (*r).to_owned(), packets: *n })
+        .map(|(r, n)| api::StageDrop {
+            stage: Drop::from_name(r).map_or("esp", |d| d.stage()).into(),
+            reason: (*r).to_owned(),
+            packets: *n,
+        })
         .collect();
     if let Some(c) = r.counters() {
         v.extend(c.rule_drops.iter().filter(|r| r.attachment == tunnel && r.packets > 0).map(
@@ -375,16 +476,25 @@ fn totals_locked(m: &Inner, tunnel: &str) -> Totals {
     t
 }
 
-/// A tunnel's state as the operator sees it, from the driver's status.
-pub fn state(st: Option<&TunnelStatus>, enabled: bool) -> api::TunnelState {
+/// A tunnel's state as the operator sees it, from its configuration (`t`; None: not
+/// configured) and the driver's status. An on-demand tunnel (`start_action = "trap"`) without
+/// an SA is idle unless a negotiation that traffic started has failed since it last was up.
+pub fn state(st: Option<&TunnelStatus>, t: Option<&isthmus_config::Tunnel>) -> api::TunnelState {
+    let Some(t) = t else { return api::TunnelState::Down };
+    if !t.enabled {
+        return api::TunnelState::Disabled;
+    }
+    let trap = t.start_action == StartAction::Trap;
     match st {
-        Some(s) if enabled => match s.state {
+        Some(s) => match s.state {
             TunnelState::Up if s.children.is_empty() => api::TunnelState::Degraded,
             TunnelState::Up => api::TunnelState::Up,
             TunnelState::Connecting => api::TunnelState::Connecting,
+            TunnelState::Down if trap && s.last_failure.is_none() => api::TunnelState::Idle,
             TunnelState::Down => api::TunnelState::Down,
         },
-        _ => api::TunnelState::Down,
+        None if trap => api::TunnelState::Idle,
+        None => api::TunnelState::Down,
     }
 }
 
@@ -410,6 +520,7 @@ pub fn forward_tunnel_events(
     tunnels: &isthmus_tunnels::Tunnels,
     bus: Arc<EventBus>,
     alarms: Arc<Alarms>,
+    stats: Arc<Stats>,
 ) {
     let rx = tunnels.subscribe();
     let spawned = std::thread::Builder::new().name("tunnel-events".into()).spawn(move || {
@@ -447,12 +558,15 @@ pub fn forward_tunnel_events(
                         "CHILD SA {child} (in {spi_in:08x} out {spi_out:08x}) removed: {reason}"
                     ),
                 ),
-                TunnelEvent::Failed(e) => (
-                    EventKind::NegotiationFailed,
-                    e.tunnel.clone(),
-                    Severity::Warning,
-                    e.to_string(),
-                ),
+                TunnelEvent::Failed(e) => {
+                    stats.ike_failed(&e.tunnel, IkeFailure::from(&e.cause));
+                    (
+                        EventKind::NegotiationFailed,
+                        e.tunnel.clone(),
+                        Severity::Warning,
+                        e.to_string(),
+                    )
+                }
                 TunnelEvent::Suppressed { tunnel, .. } => {
                     (EventKind::LogSuppressed, tunnel.clone(), Severity::Warning, ev.to_string())
                 }
@@ -475,162 +589,5 @@ pub fn forward_tunnel_events(
     });
     if let Err(e) = spawned {
         tracing::error!("cannot start the tunnel event thread: {e}");
-    }
-}
-
-fn esc(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
-}
-
-/// The Prometheus text exposition (format 0.0.4).
-pub fn metrics(r: &Readings, monitor: &Monitor, health: &Health, alarms_active: usize) -> String {
-    let mut o = String::new();
-    let Some((rev, cfg)) = &r.applied else { return o };
-    let _ = writeln!(
-        o,
-        "# HELP isthmus_config_revision The applied configuration revision.\n# TYPE isthmus_config_revision gauge"
-    );
-    let _ = writeln!(o, "isthmus_config_revision {rev}");
-    let _ = writeln!(
-        o,
-        "# HELP isthmus_tunnel_up 1 when the tunnel has an IKE SA and a CHILD SA.\n# TYPE isthmus_tunnel_up gauge"
-    );
-    let sums: Vec<(String, api::TunnelSummary)> =
-        cfg.tunnels.iter().map(|t| (esc(&t.name), monitor.summary(r, cfg, &t.name))).collect();
-    for (n, s) in &sums {
-        let _ = writeln!(
-            o,
-            "isthmus_tunnel_up{{tunnel=\"{n}\"}} {}",
-            u8::from(s.state == api::TunnelState::Up)
-        );
-    }
-    for (metric, help, get) in [
-        ("isthmus_tunnel_packets_total", "Inner packets through the tunnel, across rekeys.", 0),
-        ("isthmus_tunnel_bytes_total", "Inner bytes through the tunnel, across rekeys.", 1),
-    ] {
-        let _ = writeln!(o, "# HELP {metric} {help}\n# TYPE {metric} counter");
-        for (n, s) in &sums {
-            let c = &s.counters;
-            let (out, inn) =
-                if get == 0 { (c.packets_out, c.packets_in) } else { (c.bytes_out, c.bytes_in) };
-            let _ = writeln!(o, "{metric}{{tunnel=\"{n}\",direction=\"out\"}} {out}");
-            let _ = writeln!(o, "{metric}{{tunnel=\"{n}\",direction=\"in\"}} {inn}");
-        }
-    }
-    let _ = writeln!(
-        o,
-        "# HELP isthmus_tunnel_drops_total Packets of the tunnel dropped, by reason.\n# TYPE isthmus_tunnel_drops_total counter"
-    );
-    for (n, s) in &sums {
-        for (r, v) in &s.counters.drops {
-            let _ = writeln!(o, "isthmus_tunnel_drops_total{{tunnel=\"{n}\",reason=\"{r}\"}} {v}");
-        }
-    }
-    if let Some(c) = r.counters() {
-        let _ = writeln!(
-            o,
-            "# HELP isthmus_dataplane_drops_total Every dataplane drop, by reason.\n# TYPE isthmus_dataplane_drops_total counter"
-        );
-        // The SA-level reasons under their `isthmus_esp` names, as this metric always had them.
-        for r in DropReason::ALL {
-            let _ = writeln!(
-                o,
-                "isthmus_dataplane_drops_total{{reason=\"{}\"}} {}",
-                r.as_str(),
-                c.drops[Drop::from(r)]
-            );
-        }
-        let io = &c.io;
-        let _ = writeln!(
-            o,
-            "# HELP isthmus_dataplane_packets_total Dataplane IO by path.\n# TYPE isthmus_dataplane_packets_total counter"
-        );
-        let paths = Io::ALL.iter().map(|&k| (k.as_str(), io[k]));
-        // Three drops were IO paths before `isthmus_drops_total`; kept under their old names.
-        let drops = [
-            ("no_policy", Drop::SpdNoPolicy),
-            ("link_scope", Drop::LinkScope),
-            ("policy_discard", Drop::SpdDiscard),
-        ];
-        for (k, v) in paths.chain(drops.map(|(k, d)| (k, c.drops[d]))) {
-            let _ = writeln!(o, "isthmus_dataplane_packets_total{{path=\"{k}\"}} {v}");
-        }
-    }
-    health_metrics(&mut o, health, cfg);
-    if let Some(c) = r.counters() {
-        let _ = writeln!(
-            o,
-            "# HELP isthmus_drops_total Dataplane drops by stage of the packet path and reason.\n# TYPE isthmus_drops_total counter"
-        );
-        for (d, n) in c.drops.iter() {
-            let (stage, reason) = (d.stage(), d.as_str());
-            let _ = writeln!(o, "isthmus_drops_total{{stage=\"{stage}\",reason=\"{reason}\"}} {n}");
-        }
-        let _ = writeln!(
-            o,
-            "# HELP isthmus_rule_drops_total Security-group and network-ACL drops by deciding rule.\n# TYPE isthmus_rule_drops_total counter"
-        );
-        for r in &c.rule_drops {
-            let _ = writeln!(
-                o,
-                "isthmus_rule_drops_total{{attachment=\"{}\",stage=\"{}\",rule=\"{}\"}} {}",
-                esc(&r.attachment),
-                Drop::of_chain(r.kind, r.direction).as_str(),
-                esc(&r.rule),
-                r.packets
-            );
-        }
-    }
-    let _ = writeln!(
-        o,
-        "# HELP isthmus_alarms_active Alarms raised and not cleared.\n# TYPE isthmus_alarms_active gauge"
-    );
-    let _ = writeln!(o, "isthmus_alarms_active {alarms_active}");
-    o
-}
-
-/// Health-check gauges per tunnel that has a check: loss ratio, mean round trip and jitter over
-/// the window (absent until an answer came), and 1/0 for healthy/unhealthy.
-fn health_metrics(o: &mut String, health: &Health, cfg: &Config) {
-    let reports: Vec<(String, api::Health)> = cfg
-        .tunnels
-        .iter()
-        .filter_map(|t| health.report(&t.name).map(|h| (esc(&t.name), h)))
-        .collect();
-    if reports.is_empty() {
-        return;
-    }
-    type Get = fn(&api::Health) -> Option<f64>;
-    let gauges: [(&str, &str, Get); 4] = [
-        (
-            "isthmus_tunnel_health_loss_ratio",
-            "Health-check probes lost over the window, 0 to 1.",
-            |h| (h.sent > 0).then_some(h.loss_ratio),
-        ),
-        (
-            "isthmus_tunnel_health_latency_seconds",
-            "Mean health-check round trip over the window.",
-            |h| h.latency_avg_ms.map(|v| v / 1e3),
-        ),
-        (
-            "isthmus_tunnel_health_jitter_seconds",
-            "Mean difference between consecutive health-check round trips (RFC 3550 6.4.1).",
-            |h| h.jitter_ms.map(|v| v / 1e3),
-        ),
-        ("isthmus_tunnel_healthy", "1 when the health check passes, 0 when it fails.", |h| match h
-            .state
-        {
-            api::HealthState::Healthy => Some(1.0),
-            api::HealthState::Unhealthy => Some(0.0),
-            api::HealthState::Unknown => None,
-        }),
-    ];
-    for (metric, help, get) in gauges {
-        let _ = writeln!(o, "# HELP {metric} {help}\n# TYPE {metric} gauge");
-        for (n, h) in &reports {
-            if let Some(v) = get(h) {
-                let _ = writeln!(o, "{metric}{{tunnel=\"{n}\"}} {v}");
-            }
-        }
     }
 }
