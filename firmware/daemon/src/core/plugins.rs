@@ -104,7 +104,7 @@ impl Core {
             self.events.emit(EventKind::PluginRefused, "plugins", Severity::Warning, e.to_string());
             plugin_failure(e)
         };
-        let verified = isthmus_policy::verify(bytes, &trusted).map_err(refuse)?;
+        let verified = isthmus_policy::verify(bytes, &trusted).map_err(|e| refuse(e.into()))?;
         let host = self.policy.host();
         let clock: Arc<dyn isthmus_policy::Clock> =
             Arc::new(isthmus_policy::SystemClock::default());
