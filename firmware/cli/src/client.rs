@@ -4,6 +4,7 @@
 use std::io::Read;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use isthmus_api::ApiError;
@@ -154,6 +155,19 @@ impl ServerCertVerifier for Pin {
     }
 }
 
+/// TLS that accepts only the `expected` certificate fingerprint (any, when none is pinned yet:
+/// the verifier records what it saw).
+fn pinning_tls(expected: Option<String>) -> anyhow::Result<(rustls::ClientConfig, Arc<Pin>)> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = Arc::new(Pin { expected, seen: Mutex::new(None), provider: provider.clone() });
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier.clone())
+        .with_no_client_auth();
+    Ok((tls, verifier))
+}
+
 fn known_hosts() -> PathBuf {
     config_dir().join("known_hosts")
 }
@@ -187,18 +201,8 @@ impl Client {
             .connect_timeout(std::time::Duration::from_secs(10));
         if let Some(hostport) = base.strip_prefix("https://") {
             let hostport = hostport.split('/').next().unwrap_or(hostport).to_owned();
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
             let expected = pinned(&hostport);
-            let verifier = Arc::new(Pin {
-                expected: expected.clone(),
-                seen: Mutex::new(None),
-                provider: provider.clone(),
-            });
-            let tls = rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()?
-                .dangerous()
-                .with_custom_certificate_verifier(verifier.clone())
-                .with_no_client_auth();
+            let (tls, verifier) = pinning_tls(expected.clone())?;
             b = b.use_preconfigured_tls(tls);
             let http = b.build()?;
             let client = Client { http, base: base.clone(), origin: origin.to_owned(), token };
@@ -222,6 +226,22 @@ impl Client {
             );
         }
         Ok(Client { http: b.build()?, base, origin: origin.to_owned(), token })
+    }
+
+    /// A client for shell completion: each request takes at most `timeout`, and an `https://`
+    /// endpoint must be pinned already (a TAB never trusts a certificate on first use, nor
+    /// prints). `None` when no request could be made.
+    pub fn quiet(endpoint: &str, token: Option<String>, timeout: Duration) -> Option<Client> {
+        let base = endpoint.trim_end_matches('/').to_owned();
+        let mut b = reqwest::blocking::Client::builder().timeout(timeout).connect_timeout(timeout);
+        if let Some(hostport) = base.strip_prefix("https://") {
+            let hostport = hostport.split('/').next().unwrap_or(hostport);
+            let (tls, _) = pinning_tls(Some(pinned(hostport)?)).ok()?;
+            b = b.use_preconfigured_tls(tls);
+        } else if !base.starts_with("http://") {
+            return None;
+        }
+        Some(Client { http: b.build().ok()?, base, origin: String::new(), token })
     }
 
     fn url(&self, path: &str) -> String {
@@ -261,11 +281,18 @@ impl Client {
         r.text().map_err(|e| other(e.to_string()))
     }
 
-    /// GET a streaming resource (server-sent events).
-    pub fn stream(&self, path: &str) -> Result<reqwest::blocking::Response, CliError> {
+    /// GET a streaming resource (server-sent events) with query parameters.
+    pub fn stream(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> Result<reqwest::blocking::Response, CliError> {
         let r = self
             .auth(
-                self.http.get(self.url(path)).timeout(std::time::Duration::from_secs(365 * 86400)),
+                self.http
+                    .get(self.url(path))
+                    .query(query)
+                    .timeout(std::time::Duration::from_secs(365 * 86400)),
             )
             .send()
             .map_err(|e| unreachable(&self.base, &self.origin, e))?;

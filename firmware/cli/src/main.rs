@@ -3,7 +3,9 @@
 //! configuration or request, 6 daemon unreachable (or its certificate changed).
 
 mod client;
+mod complete;
 mod table;
+mod when;
 
 use std::io::{BufRead, Read};
 use std::path::PathBuf;
@@ -11,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
+use clap_complete::engine::ArgValueCandidates;
 use client::{CliError, Client, exit};
 use isthmus_api as api;
 use serde_json::json;
@@ -52,8 +55,25 @@ enum Cmd {
     /// Alarms.
     #[command(subcommand)]
     Alarm(AlarmCmd),
-    /// Follow the event stream (tunnel changes, negotiation failures, alarms).
-    Events,
+    /// Follow the event stream (tunnel changes, negotiation failures, alarms), in local time.
+    ///
+    /// The daemon filters: only what matches is sent. It keeps the last 512 events; `--since`
+    /// replays those from then on before following.
+    Events {
+        /// Only events about this tunnel.
+        #[arg(long, add = ArgValueCandidates::new(complete::tunnels))]
+        tunnel: Option<String>,
+        /// Only events of these kinds (repeat the flag or separate with commas).
+        #[arg(long, value_delimiter = ',', value_parser = event_kinds())]
+        kind: Vec<String>,
+        /// First the kept events since then: a span back from now (10m, 2h, 1d) or an RFC 3339
+        /// time (2026-12-07T23:00:00Z).
+        #[arg(long, value_parser = when::parse_since)]
+        since: Option<u64>,
+        /// Print the kept events that match (those since `--since`, else all) and exit.
+        #[arg(long)]
+        no_follow: bool,
+    },
     /// The firmware: A/B slots, upgrades.
     #[command(subcommand)]
     System(SystemCmd),
@@ -68,7 +88,8 @@ enum Cmd {
         #[arg(long, default_value = "admin")]
         role: String,
     },
-    /// Print a shell completion script.
+    /// Print a shell completion script (static subcommands and flags; tunnel names, revisions
+    /// and alarms asked from the daemon at each TAB).
     Completions {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
@@ -99,7 +120,10 @@ enum DiagnoseCmd {
         size: Option<u32>,
     },
     /// A tunnel's last failed negotiations: our proposals and selectors beside the peer's.
-    Tunnel { name: String },
+    Tunnel {
+        #[arg(add = ArgValueCandidates::new(complete::tunnels))]
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -107,13 +131,23 @@ enum TunnelCmd {
     /// Every configured tunnel, up or down.
     List,
     /// One tunnel: SAs, counters, rekeys, recent events.
-    Show { name: String },
+    Show {
+        #[arg(add = ArgValueCandidates::new(complete::tunnels))]
+        name: String,
+    },
     /// Bring a tunnel up now.
-    Initiate { name: String },
+    Initiate {
+        #[arg(add = ArgValueCandidates::new(complete::tunnels))]
+        name: String,
+    },
     /// Tear a tunnel down.
-    Terminate { name: String },
+    Terminate {
+        #[arg(add = ArgValueCandidates::new(complete::tunnels))]
+        name: String,
+    },
     /// Rekey a tunnel's CHILD SAs (with --ike, its IKE SA).
     Rekey {
+        #[arg(add = ArgValueCandidates::new(complete::tunnels))]
         name: String,
         #[arg(long)]
         ike: bool,
@@ -123,6 +157,7 @@ enum TunnelCmd {
     /// Mirrored from this gateway's: addresses, identities, proposals, selectors, lifetimes and
     /// DPD. Formats: `swanctl` (strongSwan's swanctl.conf; tested against a real charon).
     PeerConfig {
+        #[arg(add = ArgValueCandidates::new(complete::tunnels))]
         name: String,
         /// The peer's configuration format.
         #[arg(long, default_value = "swanctl")]
@@ -144,7 +179,7 @@ enum SaCmd {
 enum ConfigCmd {
     /// The active configuration (secrets redacted), or a stored revision.
     Show {
-        #[arg(long)]
+        #[arg(long, add = ArgValueCandidates::new(complete::revisions))]
         revision: Option<u64>,
     },
     /// Validate a file; every error names its field path.
@@ -175,7 +210,10 @@ enum ConfigCmd {
     /// Confirm a pending `apply --confirm`.
     Confirm,
     /// Make a revision active again (default: the one before the active one).
-    Rollback { revision: Option<u64> },
+    Rollback {
+        #[arg(add = ArgValueCandidates::new(complete::revisions))]
+        revision: Option<u64>,
+    },
     /// Stored revisions.
     Revisions,
 }
@@ -245,8 +283,10 @@ enum AlarmCmd {
     /// Mark a raised alarm as seen (it stays raised until its condition ends).
     Ack {
         /// The alarm's name, as `alarm list` shows it (e.g. upgrade-failed).
+        #[arg(add = ArgValueCandidates::new(complete::alarm_names))]
         name: String,
         /// What it concerns, as `alarm list` shows it (e.g. tunnel/to-idc, system).
+        #[arg(add = ArgValueCandidates::new(complete::alarm_subjects))]
         subject: String,
     },
 }
@@ -265,9 +305,17 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d.as_duration())
 }
 
+/// The event kinds the daemon emits, for `events --kind` (a typo is refused naming them all).
+fn event_kinds() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(api::EventKind::ALL.map(|k| k.as_str()))
+}
+
 fn main() {
     // reqwest builds its plain-HTTP client with the process-wide rustls provider too.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // A shell asking for completions (`COMPLETE=bash isthmus -- isthmus tunnel show ''`):
+    // answer and exit.
+    clap_complete::CompleteEnv::with_factory(Cli::command).complete();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => {}
@@ -308,10 +356,35 @@ fn print_json<T: serde::Serialize>(v: &T) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
+/// `--json` of an API object whose instants (at `times`, see [`when::rfc3339_fields`]) the API
+/// carries as Unix seconds: printed as RFC 3339.
+fn print_json_times<T: serde::Serialize>(v: &T, times: &[&str]) {
+    let mut v = serde_json::to_value(v).unwrap_or_default();
+    when::rfc3339_fields(&mut v, times);
+    print_json(&v);
+}
+
+/// Where the instants of an [`api::Alarm`] are, and of a list of them.
+const ALARM_TIMES: [&str; 3] = ["raised", "cleared", "acknowledged.at"];
+const ALARMS_TIMES: [&str; 3] = ["[].raised", "[].cleared", "[].acknowledged.at"];
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.cmd {
         Cmd::Completions { shell } => {
-            clap_complete::generate(*shell, &mut Cli::command(), "isthmus", &mut std::io::stdout());
+            // The script `COMPLETE=SHELL isthmus` prints, calling `isthmus` on the PATH: a file
+            // a package installs keeps working, and stays in step with the binary it ships with.
+            let name = shell.to_string();
+            let shells = clap_complete::env::Shells::builtins();
+            let Some(sh) = shells.completer(&name) else {
+                anyhow::bail!("no completion for {name}");
+            };
+            sh.write_registration(
+                "COMPLETE",
+                "isthmus",
+                "isthmus",
+                "isthmus",
+                &mut std::io::stdout(),
+            )?;
             return Ok(());
         }
         Cmd::Token { name, role } => {
@@ -383,7 +456,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Alarm(AlarmCmd::List) => {
             let a: Vec<api::Alarm> = c.get("/alarms")?;
             if cli.json {
-                print_json(&a);
+                print_json_times(&a, &ALARMS_TIMES);
             } else {
                 table::alarms(&a);
             }
@@ -392,36 +465,69 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let a: api::Alarm =
                 c.post("/alarms/acknowledge", &json!({ "name": name, "subject": subject }))?;
             if cli.json {
-                print_json(&a);
+                print_json_times(&a, &ALARM_TIMES);
             } else if let Some(k) = &a.acknowledged {
                 println!(
                     "alarm `{}` about `{}` acknowledged by {} at {}",
-                    a.name, a.subject, k.by, k.at
+                    a.name,
+                    a.subject,
+                    k.by,
+                    when::local(k.at)
                 );
             }
         }
-        Cmd::Events => {
-            let r = c.stream("/events")?;
-            for line in std::io::BufReader::new(r).lines() {
-                let line = line?;
-                if let Some(data) = line.strip_prefix("data: ") {
-                    if cli.json {
-                        println!("{data}");
-                    } else if let Ok(e) = serde_json::from_str::<api::Event>(data) {
-                        println!(
-                            "{} {:<8} {:<22} {} {}",
-                            e.time,
-                            format!("{:?}", e.severity).to_lowercase(),
-                            e.kind,
-                            e.subject,
-                            e.message
-                        );
-                    }
-                }
+        Cmd::Events { tunnel, kind, since, no_follow } => {
+            let mut q: Vec<(&str, String)> = vec![];
+            if let Some(t) = tunnel {
+                q.push(("tunnel", t.clone()));
             }
+            if !kind.is_empty() {
+                q.push(("kind", kind.join(",")));
+            }
+            if let Some(s) = since {
+                q.push(("since", s.to_string()));
+            }
+            if *no_follow {
+                q.push(("follow", "false".into()));
+            }
+            events(&cli, c.stream("/events", &q)?)?;
         }
         Cmd::Diagnose(d) => diagnose(&cli, &c, d)?,
         Cmd::Completions { .. } | Cmd::Token { .. } => {}
+    }
+    Ok(())
+}
+
+/// Prints server-sent events as they come: a line per event in local time, or (`--json`) a
+/// JSON object per line with its time in RFC 3339.
+fn events(cli: &Cli, stream: impl Read) -> anyhow::Result<()> {
+    let mut name = String::new();
+    for line in std::io::BufReader::new(stream).lines() {
+        let line = line?;
+        if let Some(n) = line.strip_prefix("event:") {
+            name = n.trim().to_owned();
+            continue;
+        }
+        let Some(data) = line.strip_prefix("data:").map(str::trim) else { continue };
+        if name == "lagged" {
+            eprintln!("isthmus: {data} events were missed (this reader fell behind)");
+            continue;
+        }
+        if cli.json {
+            let Ok(mut v) = serde_json::from_str::<serde_json::Value>(data) else { continue };
+            when::rfc3339_fields(&mut v, &["time"]);
+            println!("{v}");
+        } else if let Ok(e) = serde_json::from_str::<api::Event>(data) {
+            println!(
+                "{} {:<8} {:<22} {} {}",
+                when::local(e.time),
+                format!("{:?}", e.severity).to_lowercase(),
+                e.kind,
+                e.subject,
+                e.message
+            );
+        }
+        std::io::Write::flush(&mut std::io::stdout())?;
     }
     Ok(())
 }
@@ -480,7 +586,7 @@ fn diagnose(cli: &Cli, c: &Client, d: &DiagnoseCmd) -> anyhow::Result<()> {
         DiagnoseCmd::Tunnel { name } => {
             let r: api::TunnelDiagnosis = c.get(&format!("/diagnose/tunnel/{name}"))?;
             if cli.json {
-                print_json(&r);
+                print_json_times(&r, &["events[].time"]);
                 return Ok(());
             }
             println!("tunnel   {}  ({})", r.tunnel, r.state);
@@ -503,8 +609,9 @@ fn diagnose(cli: &Cli, c: &Client, d: &DiagnoseCmd) -> anyhow::Result<()> {
             }
             if !r.events.is_empty() {
                 println!("recent events:");
+                let now = when::now();
                 for e in &r.events {
-                    println!("  {} {:<20} {}", e.time, e.kind, e.message);
+                    println!("  {:<10} {:<20} {}", when::human(e.time, now), e.kind, e.message);
                 }
             }
             for a in &r.advice {
@@ -604,7 +711,7 @@ fn tunnel(cli: &Cli, c: &Client, t: &TunnelCmd) -> anyhow::Result<()> {
         TunnelCmd::Show { name } => {
             let d: api::TunnelDetail = c.get(&format!("/tunnels/{name}"))?;
             if cli.json {
-                print_json(&d);
+                print_json_times(&d, &["events[].time"]);
             } else {
                 table::tunnel_detail(&d);
             }
@@ -703,7 +810,7 @@ fn config(cli: &Cli, c: &Client, cc: &ConfigCmd) -> anyhow::Result<()> {
         ConfigCmd::Revisions => {
             let v: Vec<api::Revision> = c.get("/config/revisions")?;
             if cli.json {
-                print_json(&v);
+                print_json_times(&v, &["[].time", "[].confirm_deadline"]);
             } else {
                 table::revisions(&v);
             }
@@ -779,7 +886,7 @@ fn system(cli: &Cli, c: &Client, sc: &SystemCmd) -> anyhow::Result<()> {
         SystemCmd::Status => {
             let s: api::SystemStatus = c.get("/system")?;
             if cli.json {
-                print_json(&s);
+                print_json_times(&s, &["upgrade.time"]);
                 return Ok(());
             }
             println!(

@@ -2,6 +2,8 @@
 
 use isthmus_api as api;
 
+use crate::when;
+
 /// `1h02m`, `3m05s`, `42s`.
 pub fn secs(s: u64) -> String {
     match s {
@@ -137,9 +139,19 @@ pub fn tunnel_detail(d: &api::TunnelDetail) {
     }
     if !d.events.is_empty() {
         println!("recent events:");
-        for e in &d.events {
-            println!("  {} {} {}", e.time, e.kind, e.message);
-        }
+        let now = when::now();
+        let rows = d
+            .events
+            .iter()
+            .map(|e| {
+                vec![
+                    format!("  {}", when::human(e.time, now)),
+                    e.kind.to_string(),
+                    e.message.clone(),
+                ]
+            })
+            .collect();
+        print(rows);
     }
 }
 
@@ -211,17 +223,18 @@ pub fn sas(v: &[api::IkeSa]) -> String {
 pub fn revisions(v: &[api::Revision]) {
     let mut rows =
         vec![vec!["REV".to_string(), "TIME".into(), "AUTHOR".into(), "".into(), "COMMENT".into()]];
+    let now = when::now();
     for r in v {
         let mark = match (r.active, r.confirm_deadline) {
-            (true, Some(_)) => "active, unconfirmed",
-            (true, None) => "active",
-            _ => "",
+            (true, Some(d)) => format!("active, unconfirmed: reverts {}", when::human(d, now)),
+            (true, None) => "active".into(),
+            _ => String::new(),
         };
         rows.push(vec![
             r.number.to_string(),
-            r.time.to_string(),
+            when::human(r.time, now),
             r.author.clone(),
-            mark.into(),
+            mark,
             r.comment.clone(),
         ]);
     }
@@ -236,13 +249,14 @@ pub fn alarms(v: &[api::Alarm]) {
             .map(String::from)
             .collect(),
     ];
+    let now = when::now();
     for a in v {
         rows.push(vec![
             a.name.clone(),
             a.subject.clone(),
             format!("{:?}", a.severity).to_lowercase(),
-            a.raised.to_string(),
-            a.cleared.map(|c| c.to_string()).unwrap_or("-".into()),
+            when::human(a.raised, now),
+            a.cleared.map_or("-".into(), |c| when::human(c, now)),
             a.acknowledged.as_ref().map_or("-".into(), |k| k.by.clone()),
             a.message.clone(),
         ]);
