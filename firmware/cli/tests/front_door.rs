@@ -223,7 +223,7 @@ remote = ["10.88.2.0/24"]
 name = "tunnel-down"
 kind = "tunnel-down"
 hold = "1s"
-severity = "critical"
+severity = "major"
 "#,
         )
         .token("ops", "admin", &isthmus_config::hash_token(ADMIN))
@@ -260,7 +260,7 @@ fn human_views_speak_human_time_events_filter_and_completion_asks_the_daemon() {
     let list = text(&run(&["alarm", "list"]));
     assert_eq!(epochs(&list), Vec::<&str>::new(), "{list}");
     let row = list.lines().find(|l| l.starts_with("tunnel-down ")).expect(&list);
-    assert!(row.contains("tunnel/to-idc  critical  ") && row.contains(" ago  -"), "{list}");
+    assert!(row.contains("tunnel/to-idc  major     ") && row.contains(" ago  -"), "{list}");
     let show = text(&run(&["tunnel", "show", "to-idc"]));
     assert_eq!(epochs(&show), Vec::<&str>::new(), "{show}");
     let raised = show.lines().find(|l| l.contains("alarm-raised")).expect(&show);
