@@ -11,6 +11,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod instant;
+
 /// The API's version prefix: every path starts with it.
 pub const PREFIX: &str = "/api/v1";
 
@@ -142,6 +144,7 @@ pub struct Revision {
     /// The revision number, counting from 1.
     pub number: u64,
     /// When it was committed, seconds since the Unix epoch.
+    #[serde(deserialize_with = "instant::de")]
     pub time: u64,
     /// Who committed it (the token's name).
     pub author: String,
@@ -150,6 +153,7 @@ pub struct Revision {
     /// True for the revision in force.
     pub active: bool,
     /// Set while this revision awaits confirmation: seconds since the epoch when it reverts.
+    #[serde(default, deserialize_with = "instant::de_opt")]
     pub confirm_deadline: Option<u64>,
 }
 
@@ -621,6 +625,7 @@ impl std::fmt::Display for EventKind {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Event {
     /// Seconds since the Unix epoch.
+    #[serde(deserialize_with = "instant::de")]
     pub time: u64,
     /// The kind, e.g. `tunnel-up`, `negotiation-failed`, `alarm-raised`.
     pub kind: EventKind,
@@ -645,8 +650,10 @@ pub struct Alarm {
     /// What is wrong.
     pub message: String,
     /// When it was raised, seconds since the epoch.
+    #[serde(deserialize_with = "instant::de")]
     pub raised: u64,
     /// When it cleared, if it did.
+    #[serde(default, deserialize_with = "instant::de_opt")]
     pub cleared: Option<u64>,
     /// Why it cleared (`tunnel to-idc is up`, `rule removed from the configuration`, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -664,6 +671,7 @@ pub struct Acknowledgement {
     /// The API token's name.
     pub by: String,
     /// When, seconds since the epoch.
+    #[serde(deserialize_with = "instant::de")]
     pub at: u64,
 }
 
@@ -869,6 +877,7 @@ pub struct UpgradeRecord {
     /// Who asked for it.
     pub requested_by: String,
     /// Seconds since the Unix epoch.
+    #[serde(deserialize_with = "instant::de")]
     pub time: u64,
     /// Tunnels that were up before the reboot: the health gate waits for them.
     pub tunnels: Vec<String>,

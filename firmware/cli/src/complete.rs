@@ -39,7 +39,7 @@ pub fn tunnels() -> Vec<CompletionCandidate> {
     let v: Vec<api::TunnelSummary> = get("/tunnels").unwrap_or_default();
     v.into_iter()
         .map(|t| {
-            let state = format!("{:?}", t.state).to_lowercase();
+            let state = t.state.to_string();
             CompletionCandidate::new(t.name).help(Some(state.into()))
         })
         .collect()

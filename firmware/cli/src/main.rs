@@ -356,17 +356,13 @@ fn print_json<T: serde::Serialize>(v: &T) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
-/// `--json` of an API object whose instants (at `times`, see [`when::rfc3339_fields`]) the API
+/// `--json` of an API object whose instants (at `times`, listed in [`api::instant`]) the API
 /// carries as Unix seconds: printed as RFC 3339.
 fn print_json_times<T: serde::Serialize>(v: &T, times: &[&str]) {
     let mut v = serde_json::to_value(v).unwrap_or_default();
-    when::rfc3339_fields(&mut v, times);
+    api::instant::rfc3339_fields(&mut v, times);
     print_json(&v);
 }
-
-/// Where the instants of an [`api::Alarm`] are, and of a list of them.
-const ALARM_TIMES: [&str; 3] = ["raised", "cleared", "acknowledged.at"];
-const ALARMS_TIMES: [&str; 3] = ["[].raised", "[].cleared", "[].acknowledged.at"];
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.cmd {
@@ -456,7 +452,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Alarm(AlarmCmd::List) => {
             let a: Vec<api::Alarm> = c.get("/alarms")?;
             if cli.json {
-                print_json_times(&a, &ALARMS_TIMES);
+                print_json_times(&a, api::instant::ALARMS);
             } else {
                 table::alarms(&a);
             }
@@ -465,7 +461,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let a: api::Alarm =
                 c.post("/alarms/acknowledge", &json!({ "name": name, "subject": subject }))?;
             if cli.json {
-                print_json_times(&a, &ALARM_TIMES);
+                print_json_times(&a, api::instant::ALARM);
             } else if let Some(k) = &a.acknowledged {
                 println!(
                     "alarm `{}` about `{}` acknowledged by {} at {}",
@@ -515,13 +511,13 @@ fn events(cli: &Cli, stream: impl Read) -> anyhow::Result<()> {
         }
         if cli.json {
             let Ok(mut v) = serde_json::from_str::<serde_json::Value>(data) else { continue };
-            when::rfc3339_fields(&mut v, &["time"]);
+            api::instant::rfc3339_fields(&mut v, api::instant::EVENT);
             println!("{v}");
         } else if let Ok(e) = serde_json::from_str::<api::Event>(data) {
             println!(
                 "{} {:<8} {:<22} {} {}",
                 when::local(e.time),
-                format!("{:?}", e.severity).to_lowercase(),
+                e.severity.to_string(),
                 e.kind,
                 e.subject,
                 e.message
@@ -586,7 +582,7 @@ fn diagnose(cli: &Cli, c: &Client, d: &DiagnoseCmd) -> anyhow::Result<()> {
         DiagnoseCmd::Tunnel { name } => {
             let r: api::TunnelDiagnosis = c.get(&format!("/diagnose/tunnel/{name}"))?;
             if cli.json {
-                print_json_times(&r, &["events[].time"]);
+                print_json_times(&r, api::instant::WITH_EVENTS);
                 return Ok(());
             }
             println!("tunnel   {}  ({})", r.tunnel, r.state);
@@ -711,7 +707,7 @@ fn tunnel(cli: &Cli, c: &Client, t: &TunnelCmd) -> anyhow::Result<()> {
         TunnelCmd::Show { name } => {
             let d: api::TunnelDetail = c.get(&format!("/tunnels/{name}"))?;
             if cli.json {
-                print_json_times(&d, &["events[].time"]);
+                print_json_times(&d, api::instant::WITH_EVENTS);
             } else {
                 table::tunnel_detail(&d);
             }
@@ -810,7 +806,7 @@ fn config(cli: &Cli, c: &Client, cc: &ConfigCmd) -> anyhow::Result<()> {
         ConfigCmd::Revisions => {
             let v: Vec<api::Revision> = c.get("/config/revisions")?;
             if cli.json {
-                print_json_times(&v, &["[].time", "[].confirm_deadline"]);
+                print_json_times(&v, api::instant::REVISIONS);
             } else {
                 table::revisions(&v);
             }
@@ -886,7 +882,7 @@ fn system(cli: &Cli, c: &Client, sc: &SystemCmd) -> anyhow::Result<()> {
         SystemCmd::Status => {
             let s: api::SystemStatus = c.get("/system")?;
             if cli.json {
-                print_json_times(&s, &["upgrade.time"]);
+                print_json_times(&s, api::instant::SYSTEM_STATUS);
                 return Ok(());
             }
             println!(

@@ -254,7 +254,7 @@ pub fn alarms(v: &[api::Alarm]) {
         rows.push(vec![
             a.name.clone(),
             a.subject.clone(),
-            format!("{:?}", a.severity).to_lowercase(),
+            a.severity.to_string(),
             when::human(a.raised, now),
             a.cleared.map_or("-".into(), |c| when::human(c, now)),
             a.acknowledged.as_ref().map_or("-".into(), |k| k.by.clone()),

@@ -2,12 +2,11 @@
 //! epoch (its v1 contract). Tables print them relative to now within a day (`42s ago`,
 //! `3m ago`, `5h07m ago`, `in 2m`) and as local date and time beyond (`2026-12-01 14:03:27`);
 //! the event stream always prints local time, since its lines stay on screen while time moves
-//! on; `--json` output rewrites them as RFC 3339 in UTC (`2026-12-01T13:03:27Z`). Local means the
+//! on; `--json` output gives them in RFC 3339 (`isthmus_api::instant`). Local means the
 //! time zone of the machine running the CLI (`TZ` is honoured).
 
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
-use serde_json::Value;
 
 /// Beyond this distance from now a time is printed as a date, not as `... ago`.
 const RELATIVE_SECS: i64 = 86_400;
@@ -58,41 +57,8 @@ fn local_in(t: u64, tz: &TimeZone) -> String {
     }
 }
 
-/// `t` as RFC 3339 in UTC, e.g. `2026-12-07T23:01:12Z`.
-pub fn rfc3339(t: u64) -> String {
-    Timestamp::from_second(secs(t)).map_or_else(|_| t.to_string(), |ts| ts.to_string())
-}
-
 fn secs(t: u64) -> i64 {
     i64::try_from(t).unwrap_or(i64::MAX)
-}
-
-/// Rewrites the instants at `paths` in an API object as RFC 3339 strings, for `--json`. A path
-/// is dotted field names; `name[]` (or a bare `[]`) goes into each element of an array:
-/// `[].acknowledged.at`, `events[].time`. Absent fields and `null` stay as they are.
-pub fn rfc3339_fields(v: &mut Value, paths: &[&str]) {
-    for p in paths {
-        rewrite(v, &p.split('.').collect::<Vec<_>>());
-    }
-}
-
-fn rewrite(v: &mut Value, path: &[&str]) {
-    let Some((first, rest)) = path.split_first() else {
-        if let Some(n) = v.as_u64() {
-            *v = Value::String(rfc3339(n));
-        }
-        return;
-    };
-    let (key, each) = match first.strip_suffix("[]") {
-        Some(k) => (k, true),
-        None => (*first, false),
-    };
-    let target = if key.is_empty() { Some(v) } else { v.get_mut(key) };
-    match (target, each) {
-        (Some(Value::Array(a)), true) => a.iter_mut().for_each(|x| rewrite(x, rest)),
-        (Some(t), false) => rewrite(t, rest),
-        _ => {}
-    }
 }
 
 /// `--since`: a span back from now in the configuration's duration grammar (`10m`, `2h`,
@@ -102,9 +68,9 @@ pub fn parse_since(s: &str) -> Result<u64, String> {
     if let Ok(d) = s.parse::<isthmus_config::Dur>() {
         return Ok(u64::try_from(now()).unwrap_or(0).saturating_sub(d.as_duration().as_secs()));
     }
-    match s.parse::<Timestamp>() {
-        Ok(ts) => Ok(u64::try_from(ts.as_second()).unwrap_or(0)),
-        Err(_) => Err(format!(
+    match isthmus_api::instant::parse_rfc3339(s) {
+        Some(t) => Ok(t),
+        None => Err(format!(
             "`{s}` is neither a duration back from now (10m, 2h, 1d) nor an RFC 3339 time \
              (2026-12-07T23:00:00Z)"
         )),
@@ -133,31 +99,6 @@ mod tests {
         assert_eq!(human_in(T - 86_400, now, &berlin), "2026-12-07 00:01:12");
         assert_eq!(h(T + 2 * 86_400), "2026-12-09 23:01:12");
         assert_eq!(local_in(T, &berlin), "2026-12-08 00:01:12");
-    }
-
-    #[test]
-    fn json_instants_become_rfc3339_in_utc_and_nothing_else_changes() {
-        assert_eq!(rfc3339(T), "2026-12-07T23:01:12Z");
-        let mut v = serde_json::json!([
-            {"name": "a", "raised": T, "cleared": null, "acknowledged": {"by": "ops", "at": T + 1}},
-            {"name": "b", "raised": T, "cleared": T + 60, "age_secs": 5},
-        ]);
-        rfc3339_fields(&mut v, &["[].raised", "[].cleared", "[].acknowledged.at"]);
-        assert_eq!(
-            v,
-            serde_json::json!([
-                {"name": "a", "raised": "2026-12-07T23:01:12Z", "cleared": null,
-                 "acknowledged": {"by": "ops", "at": "2026-12-07T23:01:13Z"}},
-                {"name": "b", "raised": "2026-12-07T23:01:12Z", "cleared": "2026-12-07T23:02:12Z",
-                 "age_secs": 5},
-            ])
-        );
-        let mut d = serde_json::json!({"events": [{"time": T}], "rekeys": 3});
-        rfc3339_fields(&mut d, &["events[].time"]);
-        assert_eq!(
-            d,
-            serde_json::json!({"events": [{"time": "2026-12-07T23:01:12Z"}], "rekeys": 3})
-        );
     }
 
     #[test]

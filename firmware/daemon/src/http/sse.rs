@@ -26,9 +26,9 @@ pub struct EventsQuery {
     /// Only events of these kinds, comma-separated (e.g. `tunnel-up,tunnel-down`). 400 for a
     /// kind the daemon does not emit, naming those it does.
     kind: Option<String>,
-    /// Replay the kept events (the last 512) from this time on, seconds since the Unix epoch,
-    /// before new ones.
-    #[param(value_type = Option<u64>)]
+    /// Replay the kept events (the last 512) from this time on, before new ones: seconds since
+    /// the Unix epoch or an RFC 3339 time.
+    #[param(value_type = Option<String>)]
     since: Option<String>,
     /// `false`: end the stream after the replay (then all kept events when `since` is absent).
     /// Default `true`: keep streaming new events.
@@ -45,11 +45,15 @@ impl EventsQuery {
         };
         let since = match self.since.as_deref().filter(|s| !s.is_empty()) {
             None => None,
-            Some(s) => Some(s.trim().parse::<u64>().map_err(|_| {
-                Failure::bad_request(format!(
-                    "since `{s}` is not a time in seconds since the Unix epoch"
-                ))
-            })?),
+            Some(s) => {
+                let s = s.trim();
+                let t = s.parse::<u64>().ok().or_else(|| isthmus_api::instant::parse_rfc3339(s));
+                Some(t.ok_or_else(|| {
+                    Failure::bad_request(format!(
+                        "since `{s}` is neither seconds since the Unix epoch nor an RFC 3339 time"
+                    ))
+                })?)
+            }
         };
         let follow = match self.follow.as_deref() {
             None | Some("true") => true,
