@@ -212,6 +212,20 @@ notify = ["hook"]
     );
     let alarms = String::from_utf8_lossy(&a.cli(&["alarm", "list"]).stdout).into_owned();
     assert!(alarms.contains("tunnel-down"), "{alarms}");
+    // The rule says critical, and the bundled alarm plugin (no `[severity]` of its own) keeps
+    // the rule's word: in the webhook and in the list.
+    let raised = hooks.lock().unwrap().iter().find(|h| h.contains("\"raised\"")).cloned();
+    assert!(
+        raised.as_deref().is_some_and(|h| h.contains("\"severity\":\"critical\"")),
+        "{raised:?}"
+    );
+    let listed_critical = || {
+        let list = String::from_utf8_lossy(&a.cli(&["alarm", "list"]).stdout).into_owned();
+        list.lines().any(|l| l.contains("tunnel-down") && l.contains(" critical "))
+    };
+    wait_for("the list to say critical", Duration::from_secs(10), listed_critical, || {
+        String::from_utf8_lossy(&a.cli(&["alarm", "list"]).stdout).into_owned()
+    });
     // The peer returns: the tunnel comes back and the alarm clears.
     b.signal("-CONT");
     wait_for(

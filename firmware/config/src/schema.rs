@@ -764,6 +764,20 @@ impl AlarmKind {
     pub fn needs_health_check(self) -> bool {
         matches!(self, AlarmKind::HealthLoss | AlarmKind::HealthLatency)
     }
+
+    /// The severity of a rule that names none: a lost tunnel or peer, loss and one-way traffic
+    /// are major (traffic is failing); a failed rekey and high latency are warnings (traffic
+    /// still passes); a plugin fault is critical (policy fell back for every tunnel).
+    pub fn default_severity(self) -> AlarmSeverity {
+        match self {
+            AlarmKind::TunnelDown
+            | AlarmKind::DpdTimeout
+            | AlarmKind::HealthLoss
+            | AlarmKind::OneWayTraffic => AlarmSeverity::Major,
+            AlarmKind::RekeyFailure | AlarmKind::HealthLatency => AlarmSeverity::Warning,
+            AlarmKind::PluginFault => AlarmSeverity::Critical,
+        }
+    }
 }
 
 /// How loud an alarm is: the API's severity, so that the words agree everywhere.
@@ -786,12 +800,20 @@ pub struct Alarm {
     /// Percent for health-loss, milliseconds for health-latency; unused by other kinds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threshold: Option<u32>,
-    /// Severity.
-    #[serde(default)]
-    pub severity: AlarmSeverity,
+    /// Severity; absent: [`AlarmKind::default_severity`]. The rule's word is what the alarm
+    /// carries; only an alarm plugin configured to re-grade a kind changes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub severity: Option<AlarmSeverity>,
     /// Notification targets by name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notify: Vec<String>,
+}
+
+impl Alarm {
+    /// The severity its alarms carry: the rule's, else its kind's default.
+    pub fn severity(&self) -> AlarmSeverity {
+        self.severity.unwrap_or(self.kind.default_severity())
+    }
 }
 
 /// A notification target.

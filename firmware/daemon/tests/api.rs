@@ -46,11 +46,16 @@ mod tempdir {
 }
 
 fn config(name: &str, extra: &str) -> String {
-    isthmus_testkit::config::Gateway::new(name)
-        .token("ops", "admin", &isthmus_config::hash_token(ADMIN))
-        .token("grafana", "read-only", &isthmus_config::hash_token(RO))
-        .push(extra)
-        .toml()
+    gateway(isthmus_testkit::config::Gateway::new(name)).push(extra).toml()
+}
+
+/// `g` with this file's two API tokens.
+fn gateway(g: isthmus_testkit::config::Gateway) -> isthmus_testkit::config::Gateway {
+    g.token("ops", "admin", &isthmus_config::hash_token(ADMIN)).token(
+        "grafana",
+        "read-only",
+        &isthmus_config::hash_token(RO),
+    )
 }
 
 const ADMIN: &str = "ist_admin-token-for-tests";
@@ -501,18 +506,11 @@ fn alarms_persist_across_restarts_and_metrics_follow_prometheus_conventions() {
     let dir = tempdir::Dir::new("alarms");
     let (hook, received) = webhook_receiver();
     let cfg = |a_enabled: bool| {
-        config(
-            "gw1",
-            &format!(
-                r#"[[gateway.lan]]
-name = "office"
-interface = "lan0"
-addresses = ["10.80.1.1/24"]
-networks = ["10.80.1.0/24"]
-[[customer_gateway]]
-name = "peer"
-address = "192.0.2.10"
-[[tunnel]]
+        gateway(isthmus_testkit::config::Gateway::new("gw1"))
+            .routed_lan("office", "lan0", &["10.80.1.1/24"], &["10.80.1.0/24"], None)
+            .customer_gateway("peer", "192.0.2.10")
+            .push(&format!(
+                r#"[[tunnel]]
 name = "to-a"
 customer_gateway = "peer"
 psk = "{PSK}"
@@ -546,8 +544,8 @@ kind = "tunnel-down"
 severity = "major"
 notify = ["ops"]
 "#
-            ),
-        )
+            ))
+            .toml()
     };
     let d = start_in(&dir.0, &cfg(true));
 

@@ -268,7 +268,7 @@ struct Track {
     sent: [Option<u64>; 2],
 }
 
-/// `alarm-notify`: severity mapping, flap damping, deduplication (see the plugin).
+/// `alarm-notify`: severity overrides, flap damping, deduplication (see the plugin).
 pub struct AlarmNotify {
     s: AlarmSettings,
     tracks: BTreeMap<(&'static str, String), Track>,
@@ -284,18 +284,12 @@ impl AlarmNotify {
     pub fn on_event(&mut self, e: &AlarmEvent) -> Vec<AlarmAction> {
         let s = &self.s;
         let problem = e.raised && e.kind != EventKind::TunnelUp;
+        // The alarm rule graded the event (its `severity`, or its kind's default); only a
+        // `[severity]` entry re-grades it, on purpose.
         let severity = if !problem {
             Severity::Info
-        } else if let Some(o) = s.overrides.get(e.kind.name()) {
-            *o
         } else {
-            match e.kind {
-                EventKind::PluginFault => Severity::Critical,
-                EventKind::RekeyFailed | EventKind::HealthCheckLatency => Severity::Warning,
-                EventKind::Other => e.severity,
-                EventKind::TunnelUp => Severity::Info,
-                _ => Severity::Major,
-            }
+            s.overrides.get(e.kind.name()).copied().unwrap_or(e.severity)
         };
         let family = match e.kind {
             EventKind::TunnelDown | EventKind::TunnelUp => "tunnel",
@@ -384,9 +378,9 @@ mod tests {
             at_ms,
         };
         let first = a.on_event(&ev(true, 0));
-        assert_eq!(first[0], AlarmAction::SetSeverity(Severity::Major));
         assert!(
-            matches!(&first[1], AlarmAction::Notify(n) if n.message == "[MAJOR] tunnel-down dc1: peer gone")
+            matches!(&first[..], [AlarmAction::Notify(n)] if n.message == "[WARNING] tunnel-down dc1: peer gone"),
+            "the rule's severity stands: {first:?}"
         );
         assert!(a.on_event(&ev(true, 500)).is_empty(), "duplicate within dedup_ms");
         assert_eq!(a.on_event(&ev(false, 600)).len(), 2, "the clear is notified");

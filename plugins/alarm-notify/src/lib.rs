@@ -1,9 +1,9 @@
 //! The default alarm plugin (hook `alarm`). For each event, in order:
 //!
-//! 1. **Severity mapping.** `tunnel-down`, `dpd-timeout`, `health-check-loss`, `one-way-traffic`:
-//!    major; `rekey-failed`, `health-check-latency`: warning; `plugin-fault`: critical;
-//!    `tunnel-up` and every cleared event: info; `other`: the event's own. `[severity]` in the
-//!    configuration overrides a kind (`tunnel-down = "critical"`).
+//! 1. **Severity.** A raised event keeps the severity its alarm rule gave it (the rule's
+//!    `severity`, or its kind's default: see docs/config.md); `[severity]` in the configuration
+//!    re-grades a kind on purpose (`tunnel-down = "critical"`). `tunnel-up` and every cleared
+//!    event: info.
 //! 2. **Flap damping.** A subject's state (problem or not; `tunnel-up` clears `tunnel-down`)
 //!    that changes `flap_threshold` times (default 4) within `flap_window_ms` (300 000) is
 //!    flapping: one warning is sent, with a `suppress` action, and the subject stays silent for
@@ -131,19 +131,8 @@ fn handle(st: &mut State, e: &Event) -> Vec<Action> {
     let problem = e.raised && e.kind != EventKind::TunnelUp;
     let sev = if !problem {
         Severity::Info
-    } else if let Some(o) = s.overrides.get(kind_name(e.kind)) {
-        *o
     } else {
-        match e.kind {
-            EventKind::TunnelDown
-            | EventKind::DpdTimeout
-            | EventKind::HealthCheckLoss
-            | EventKind::OneWayTraffic => Severity::Major,
-            EventKind::RekeyFailed | EventKind::HealthCheckLatency => Severity::Warning,
-            EventKind::PluginFault => Severity::Critical,
-            EventKind::TunnelUp => Severity::Info,
-            EventKind::Other => e.severity,
-        }
+        s.overrides.get(kind_name(e.kind)).copied().unwrap_or(e.severity)
     };
     let fam = family(e.kind);
     let sub = st.subjects.entry((fam.to_owned(), e.subject.clone())).or_default();

@@ -633,7 +633,7 @@ impl Alarms {
                         let a = api::Alarm {
                             name: r.name.clone(),
                             subject,
-                            severity: r.severity,
+                            severity: r.severity(),
                             message: msg,
                             raised: unix_now(),
                             cleared: None,
@@ -969,7 +969,7 @@ mod tests {
             tunnels: vec![],
             hold: Dur::secs(0),
             threshold: None,
-            severity: Severity::Warning,
+            severity: Some(Severity::Warning),
             notify: notify.iter().map(|s| s.to_string()).collect(),
         }
     }
