@@ -68,6 +68,9 @@ struct Args {
     /// Run no dataplane and no IKE (the API and the store only).
     #[arg(long)]
     no_tunnels: bool,
+    /// Write the manual page isthmusd.8 into DIR and exit (for packaging).
+    #[arg(long, hide = true, value_name = "DIR", exclusive = true)]
+    man_page: Option<PathBuf>,
 }
 
 fn main() {
@@ -75,6 +78,9 @@ fn main() {
     let in_image = std::process::id() == 1;
     pid1::boot();
     let mut args = Args::parse();
+    if let Some(dir) = &args.man_page {
+        std::process::exit(man_page(dir));
+    }
     if let Some(file) = &args.check {
         std::process::exit(check(file, args.json));
     }
@@ -99,6 +105,19 @@ fn main() {
 
 fn parse_filter(s: &str) -> Result<String, String> {
     tracing_subscriber::EnvFilter::try_new(s).map(|_| s.to_owned()).map_err(|e| e.to_string())
+}
+
+/// `--man-page DIR`: isthmusd(8), rendered from [`Args`] so it matches the binary it ships
+/// with. Returns the exit status.
+fn man_page(dir: &Path) -> i32 {
+    use clap::CommandFactory;
+    match clap_mangen::Man::new(Args::command()).section("8").generate_to(dir) {
+        Ok(_) => 0,
+        Err(e) => {
+            eprintln!("isthmusd: writing the manual page into {}: {e}", dir.display());
+            1
+        }
+    }
 }
 
 /// `--check FILE`: [`isthmus_config::offline::check_file`] and the planner's check, which
