@@ -4,7 +4,7 @@ CARGO ?= cargo
 ARGS ?=
 PLUGINS_WASM_DIR := plugins/target/wasm32-wasip2/release
 
-.PHONY: bootstrap test lint fmt-check clippy deny plugins unit bench lab image doc clean
+.PHONY: bootstrap test lint fmt-check clippy deny plugins unit bench lab image package doc clean
 
 bootstrap:
 	@scripts/bootstrap.sh
@@ -49,6 +49,15 @@ lab: bootstrap
 
 image: bootstrap
 	$(CARGO) run --release --quiet -p isthmus-image -- $(ARGS)
+
+## make package: the Debian package (target/debian/isthmus_*.deb); see docs/install.md.
+# The plugins come first: isthmusd embeds their release builds. scripts/deb-assets.sh writes
+# the manual pages and completions from the binaries just built.
+package: bootstrap plugins
+	$(CARGO) build --release --quiet -p isthmusd -p isthmus
+	scripts/deb-assets.sh "$$($(CARGO) metadata --format-version 1 --no-deps \
+		| sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')/release"
+	$(CARGO) deb -p isthmusd --no-build --strip
 
 clean:
 	$(CARGO) clean

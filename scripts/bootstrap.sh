@@ -23,6 +23,7 @@ PKGS=(
     ovmf mtools dosfstools gdisk e2fsprogs cpio systemd-boot-efi busybox-static
     qemu-system-data seabios ipxe-qemu
     zstd binutils kmod musl-tools
+    lintian
 )
 
 missing=()
@@ -96,4 +97,11 @@ done
 if ! cargo deny --version >/dev/null 2>&1; then
     say "cargo install cargo-deny (a few minutes, once)"
     cargo install --locked --quiet cargo-deny
+fi
+# cargo-deb builds the Debian package (`make package`, and the package test). Pinned: the
+# package's layout and maintainer scripts are its output.
+CARGO_DEB_VERSION=3.8.0
+if [ "$(cargo deb --version 2>/dev/null)" != "cargo-deb $CARGO_DEB_VERSION" ]; then
+    say "cargo install cargo-deb $CARGO_DEB_VERSION (a few minutes, once)"
+    cargo install --locked --quiet "cargo-deb@$CARGO_DEB_VERSION"
 fi

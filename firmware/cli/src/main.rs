@@ -94,6 +94,12 @@ enum Cmd {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
     },
+    /// Write the manual pages (isthmus.1 and one per subcommand) into DIR, for packaging.
+    #[command(hide = true)]
+    ManPages {
+        /// An existing folder.
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -383,6 +389,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             )?;
             return Ok(());
         }
+        Cmd::ManPages { dir } => {
+            // Rendered from the same definitions that parse the arguments, so the pages never
+            // disagree with the binary they ship with.
+            clap_mangen::generate_to(Cli::command(), dir)
+                .with_context(|| format!("writing manual pages into {}", dir.display()))?;
+            return Ok(());
+        }
         Cmd::Token { name, role } => {
             let role = match role.as_str() {
                 "admin" => "admin",
@@ -489,7 +502,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             events(&cli, c.stream("/events", &q)?)?;
         }
         Cmd::Diagnose(d) => diagnose(&cli, &c, d)?,
-        Cmd::Completions { .. } | Cmd::Token { .. } => {}
+        Cmd::Completions { .. } | Cmd::ManPages { .. } | Cmd::Token { .. } => {}
     }
     Ok(())
 }

@@ -12,9 +12,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use isthmusd::core::{Core, Options};
+use isthmusd::core::{Core, Options, Reload, StopMode};
 use isthmusd::obs::log::LogFormat;
 use isthmusd::system::pid1;
+use sd_notify::NotifyState;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -22,7 +23,11 @@ use isthmusd::system::pid1;
     version,
     about = "The Isthmus VPN gateway daemon",
     after_help = "The log goes to standard error. ISTHMUS_LOG sets --log-level and \
-                  ISTHMUS_LOG_FORMAT sets --log-format; the flags win."
+                  ISTHMUS_LOG_FORMAT sets --log-format; the flags win.\n\n\
+                  Signals: SIGHUP re-reads the --config file and commits it as a new revision \
+                  (unchanged or invalid files change nothing); SIGTERM stops (see --keep-state). \
+                  With NOTIFY_SOCKET set (systemd Type=notify), READY=1 is sent once the API \
+                  listens, RELOADING=1 and READY=1 around a reload, STOPPING=1 at stop."
 )]
 struct Args {
     /// Check FILE and exit, without a daemon, a store or root: parsing, validation and
@@ -68,6 +73,15 @@ struct Args {
     /// Run no dataplane and no IKE (the API and the store only).
     #[arg(long)]
     no_tunnels: bool,
+    /// At stop (SIGTERM, `systemctl stop`), leave the peers untold and the kernel as it is
+    /// (firewall table, routes, rules, addresses, TUN device), for a restart that should not
+    /// disturb traffic. Without it a stop on a host deletes every IKE SA with its peer and then
+    /// removes everything the daemon installed in the kernel.
+    #[arg(long)]
+    keep_state: bool,
+    /// Write the manual page isthmusd.8 into DIR and exit (for packaging).
+    #[arg(long, hide = true, value_name = "DIR", exclusive = true)]
+    man_page: Option<PathBuf>,
 }
 
 fn main() {
@@ -75,6 +89,9 @@ fn main() {
     let in_image = std::process::id() == 1;
     pid1::boot();
     let mut args = Args::parse();
+    if let Some(dir) = &args.man_page {
+        std::process::exit(man_page(dir));
+    }
     if let Some(file) = &args.check {
         std::process::exit(check(file, args.json));
     }
@@ -99,6 +116,19 @@ fn main() {
 
 fn parse_filter(s: &str) -> Result<String, String> {
     tracing_subscriber::EnvFilter::try_new(s).map(|_| s.to_owned()).map_err(|e| e.to_string())
+}
+
+/// `--man-page DIR`: isthmusd(8), rendered from [`Args`] so it matches the binary it ships
+/// with. Returns the exit status.
+fn man_page(dir: &Path) -> i32 {
+    use clap::CommandFactory;
+    match clap_mangen::Man::new(Args::command()).section("8").generate_to(dir) {
+        Ok(_) => 0,
+        Err(e) => {
+            eprintln!("isthmusd: writing the manual page into {}: {e}", dir.display());
+            1
+        }
+    }
 }
 
 /// `--check FILE`: [`isthmus_config::offline::check_file`] and the planner's check, which
@@ -161,6 +191,7 @@ fn run(args: Args) -> anyhow::Result<()> {
 }
 
 async fn serve(core: Arc<Core>, args: Args) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
     core.alarms.start_delivery();
     // Once a second: commit-confirm deadline, counters, alarms.
     let ticker = core.clone();
@@ -178,21 +209,64 @@ async fn serve(core: Arc<Core>, args: Args) -> anyhow::Result<()> {
             .await;
         }
     });
-    let shutdown = core.clone();
-    tokio::select! {
-        r = isthmusd::http::serve_all(core.clone(), args.api, args.tls, &args.data_dir) => r?,
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
-        _ = sigterm() => tracing::info!("terminated"),
-    }
-    tokio::task::spawn_blocking(move || shutdown.shutdown()).await?;
-    Ok(())
+    // Inside the image the `--config` file is only the first boot's (the store is the truth
+    // there) and PID 1 owns the machine's signals: SIGHUP keeps its default there.
+    let in_image = pid1::in_image();
+    let mut hup = if in_image { None } else { Some(signal(SignalKind::hangup())?) };
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let ready = core.clone();
+    let api =
+        isthmusd::http::serve_all(core.clone(), args.api, args.tls, &args.data_dir, move || {
+            notify(&[NotifyState::Ready, NotifyState::Status(&status(&ready, "running"))]);
+        });
+    tokio::pin!(api);
+    let served = loop {
+        tokio::select! {
+            r = &mut api => break r,
+            _ = int.recv() => {
+                tracing::info!("interrupted");
+                break Ok(());
+            }
+            _ = term.recv() => {
+                tracing::info!("terminated");
+                break Ok(());
+            }
+            Some(()) = async { hup.as_mut()?.recv().await } => {
+                let mut reloading = vec![NotifyState::Reloading];
+                reloading.extend(NotifyState::monotonic_usec_now().ok());
+                notify(&reloading);
+                let c = core.clone();
+                let r = tokio::task::spawn_blocking(move || c.reload()).await?;
+                match &r {
+                    Reload::Refused { .. } => tracing::error!("{r}"),
+                    _ => tracing::info!("{r}"),
+                }
+                notify(&[NotifyState::Ready, NotifyState::Status(&status(&core, &r.to_string()))]);
+            }
+        }
+    };
+    // The image's SIGTERM is PID 1 rebooting or powering off: the kernel state goes with the
+    // machine, and the peers' SAs may live on in an HA standby that synced them, which a DELETE
+    // would tear down. A host's stop is an operator's `systemctl stop`: clean up.
+    let mode = if args.keep_state || in_image { StopMode::KeepState } else { StopMode::Clean };
+    notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
+    tokio::task::spawn_blocking(move || core.stop(mode)).await?;
+    served
 }
 
-async fn sigterm() {
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut s) => {
-            s.recv().await;
-        }
-        Err(_) => std::future::pending().await,
+/// Tells the service manager (systemd's `Type=notify`, through `NOTIFY_SOCKET`); nothing
+/// without it. A manager that does not listen is no reason to fail.
+fn notify(states: &[NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::debug!("sd_notify: {e}");
+    }
+}
+
+/// The `STATUS=` line `systemctl status` shows.
+fn status(core: &Core, what: &str) -> String {
+    match core.applied() {
+        Some((rev, _)) => format!("revision {rev} in force; {what}"),
+        None => format!("no configuration in force; {what}"),
     }
 }

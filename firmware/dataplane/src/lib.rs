@@ -776,6 +776,12 @@ impl Dataplane {
             .map_err(|source| DataplaneError::SendIke { to, source })
     }
 
+    /// Asks the workers to stop, without waiting: for a handle shared with readers, which
+    /// cannot be [`Dataplane::stop`]ped (dropping the last handle waits for the workers).
+    pub fn halt(&self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+    }
+
     /// Stops the workers and waits for them.
     pub fn stop(mut self) {
         self.stop_threads();

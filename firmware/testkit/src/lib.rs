@@ -161,6 +161,52 @@ pub fn veth_bare(a: &Netns, a_if: &str, b: &Netns, b_if: &str) {
     b.sh(&format!("ip link set {b_if} up"));
 }
 
+/// What `ns` holds of Isthmus, one line each; empty when nothing. Two readings that must agree:
+/// `ip`/`nft` by the marks of `isthmus_net`'s ownership rules (the `inet isthmus` table, routes
+/// and rules of protocol 181 in every table and family, links with the alias `isthmus` such as
+/// the TUN device), and the reconciler's own plan to an empty desired state, which also sees
+/// addresses marked with `IFA_PROTO` 181 (the `ip` of Debian 12 does not show that mark).
+pub fn isthmus_leftovers(ns: &Netns) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut lines = |what: &str, cmd: &str, keep: &dyn Fn(&str) -> bool| {
+        let out = ns.sh(cmd);
+        found.extend(out.lines().filter(|l| keep(l)).map(|l| format!("{what}: {}", l.trim())));
+    };
+    lines("nftables", "nft list tables", &|l| l.trim() == "table inet isthmus");
+    for fam in ["-4", "-6"] {
+        let proto = isthmus_net::RTPROT_ISTHMUS;
+        lines("route", &format!("ip {fam} route show table all proto {proto}"), &|l| {
+            !l.trim().is_empty()
+        });
+        // `ip rule show` does not filter by protocol here; `-d` prints it.
+        let mark = format!("proto {proto}");
+        lines("rule", &format!("ip {fam} -d rule show"), &|l| l.contains(&mark));
+    }
+    let alias = format!("alias {}", isthmus_net::LINK_ALIAS);
+    lines("link", "ip -o -d link show", &|l| l.contains(&alias));
+    let plan = ns.run(|| {
+        let mut rec = isthmus_net::Reconciler::new().map_err(|e| e.to_string())?;
+        rec.plan(&isthmus_net::DesiredState::default()).map_err(|e| e.to_string())
+    });
+    match plan {
+        Ok(p) => found.extend(p.changes().iter().map(|c| format!("reconciler would: {c}"))),
+        Err(e) => found.push(format!("reconciler: reading the kernel failed: {e}")),
+    }
+    found
+}
+
+/// Panics, listing what is left, unless `ns` holds nothing of Isthmus ([`isthmus_leftovers`]):
+/// what a clean stop of `isthmusd` (or removing the package) must leave behind.
+pub fn assert_kernel_clean(ns: &Netns) {
+    let left = isthmus_leftovers(ns);
+    assert!(
+        left.is_empty(),
+        "namespace {} still holds Isthmus state:\n  {}",
+        ns.name(),
+        left.join("\n  ")
+    );
+}
+
 fn run_ok(cmd: &mut Command) -> Output {
     let out = cmd.output().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
     assert!(
@@ -195,5 +241,32 @@ mod tests {
         }
         let list = Command::new("ip").args(["netns", "list"]).output().unwrap();
         assert!(!String::from_utf8_lossy(&list.stdout).contains(&name));
+    }
+
+    #[test]
+    fn leftovers_name_what_carries_isthmus_marks_and_nothing_else() {
+        if !require_root() {
+            return;
+        }
+        let a = Netns::new("tk");
+        let b = Netns::new("tk");
+        veth(&a, "va", "10.99.1.1/30", &b, "vb", "10.99.1.2/30");
+        a.sh("ip route add 10.99.7.0/24 via 10.99.1.2");
+        a.sh("ip rule add from 10.99.8.0/24 lookup 77");
+        assert_kernel_clean(&a);
+        a.sh("ip route add 10.99.9.0/24 via 10.99.1.2 proto 181");
+        a.sh("ip rule add from 10.99.9.0/24 lookup 77 protocol 181");
+        a.sh("nft add table inet isthmus");
+        let left = isthmus_leftovers(&a);
+        for want in ["route: 10.99.9.0/24", "from 10.99.9.0/24", "table inet isthmus"] {
+            assert!(left.iter().any(|l| l.contains(want)), "{want} not in {left:?}");
+        }
+        assert!(
+            !left.iter().any(|l| l.contains("10.99.7.0") || l.contains("10.99.8.0")),
+            "{left:?}"
+        );
+        a.sh("ip route del 10.99.9.0/24 proto 181; ip rule del from 10.99.9.0/24 lookup 77");
+        a.sh("nft delete table inet isthmus");
+        assert_kernel_clean(&a);
     }
 }

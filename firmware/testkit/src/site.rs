@@ -109,13 +109,20 @@ impl Site {
 
     /// [`Site::start`] with more `isthmusd` options (`--no-tunnels`, ...).
     pub fn start_with_args(&mut self, cfg: &str, args: &[&str]) {
+        self.start_with_env(cfg, args, &[]);
+    }
+
+    /// [`Site::start_with_args`] with environment variables for `isthmusd` (`NOTIFY_SOCKET`,
+    /// ...); like the paths of the command line, values are not quoted for the shell.
+    pub fn start_with_env(&mut self, cfg: &str, args: &[&str], env: &[(&str, &str)]) {
         assert!(self.daemon.is_none(), "the site's daemon already runs");
         let file = self.dir.join("gw.toml");
         std::fs::write(&file, cfg).expect("write the configuration");
         let log = self.log_path();
         let mark = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0) as usize;
+        let env: String = env.iter().map(|(k, v)| format!("{k}={v} ")).collect();
         let line = format!(
-            "{} --config {} --data-dir {} --api 127.0.0.1:{} {} 2>>{}",
+            "{env}{} --config {} --data-dir {} --api 127.0.0.1:{} {} 2>>{}",
             self.bins.isthmusd.display(),
             file.display(),
             self.dir.join("data").display(),

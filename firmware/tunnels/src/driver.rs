@@ -141,6 +141,19 @@ impl std::fmt::Debug for DataplaneSender {
     }
 }
 
+/// What [`Tunnels::close_all`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Closed {
+    /// Tunnels removed.
+    pub tunnels: usize,
+    /// Established IKE SAs among them, each deleted with its peer.
+    pub ike_sas: usize,
+    /// Distinct peer addresses told.
+    pub peers: usize,
+    /// Tunnels not removed before the budget ran out (or the driver had stopped).
+    pub unfinished: usize,
+}
+
 /// The daemon's handle on the running driver. Dropping it stops the driver (its tunnels are
 /// not deleted with the peers: call [`Tunnels::terminate`] first for that).
 pub struct Tunnels {
@@ -202,6 +215,34 @@ impl Tunnels {
     /// Removes a tunnel, deleting its SAs with the peer.
     pub fn remove_tunnel(&self, name: &str) -> Result<(), Error> {
         self.command(Command::Remove(name.to_owned()))
+    }
+
+    /// Removes every tunnel as [`Tunnels::remove_tunnel`] does (an established IKE SA is
+    /// deleted with its peer: one INFORMATIONAL with Delete, or the IKEv1 Delete, sent once and
+    /// not waited for), giving the driver `budget` in all: a stop must not hang on a driver
+    /// that does not answer. Tunnels left when the budget runs out are counted, not removed.
+    pub fn close_all(&self, budget: Duration) -> Closed {
+        let deadline = Instant::now() + budget;
+        let mut closed = Closed::default();
+        let mut peers = HashSet::new();
+        for s in self.status() {
+            let (rtx, rrx) = mpsc::channel();
+            let sent = self.tx.send(Input::Command(Command::Remove(s.name.clone()), rtx)).is_ok();
+            let wait = deadline.saturating_duration_since(Instant::now());
+            match sent.then(|| rrx.recv_timeout(wait)) {
+                Some(Ok(Ok(()))) => {
+                    closed.tunnels += 1;
+                    if s.state == TunnelState::Up {
+                        closed.ike_sas += 1;
+                        peers.insert(s.peer.ip());
+                    }
+                }
+                Some(Ok(Err(e))) => tracing::warn!(tunnel = %s.name, error = %e, "removing"),
+                _ => closed.unfinished += 1,
+            }
+        }
+        closed.peers = peers.len();
+        closed
     }
 
     /// Brings a tunnel up (no-op while it is up or connecting).

@@ -51,7 +51,7 @@ pub mod ratelimit;
 pub mod status;
 
 pub use dataplane::{ChildInstall, ControlOnly, Dataplane, DataplaneError, DataplaneEvent};
-pub use driver::{CloseAction, DataplaneSender, DriverConfig, Tunnel, Tunnels};
+pub use driver::{CloseAction, Closed, DataplaneSender, DriverConfig, Tunnel, Tunnels};
 pub use esp::{
     DataLimits, EspDataplane, EspOptions, forward_events, spd_entries, start_with_dataplane,
 };

@@ -241,6 +241,9 @@ impl Core {
 
     /// [`Core::apply`], with the apply lock already held.
     pub(super) fn apply_held(&self, rev: u64, cfg: Config) -> Result<Vec<String>, ApplyError> {
+        if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(ApplyStage::Load.err()("the daemon is stopping"));
+        }
         let mut st = plan::Stages::start();
         let r = self.apply_planes(&cfg, &mut st);
         *lock(&self.stages) = st;

@@ -7,6 +7,7 @@
 
 mod apply;
 pub mod error;
+mod lifecycle;
 pub mod plan;
 mod plugins;
 mod query;
@@ -15,6 +16,7 @@ pub mod resolve;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -24,6 +26,7 @@ use isthmus_config::{Config, Store};
 pub use apply::{ApplyError, ApplyStage, start_planes};
 pub use error::CoreError;
 use error::store_failure;
+pub use lifecycle::{PEER_BUDGET, Reload, StopMode};
 
 use crate::obs::alarms::Alarms;
 use crate::obs::events::EventBus;
@@ -79,6 +82,8 @@ pub struct Core {
     /// Held across a whole apply (planes and the applied revision), so that a re-apply for a
     /// peer's new address never interleaves with a commit.
     applying: Mutex<()>,
+    /// Set by [`Core::stop`]: no apply runs after it (none may put back what a stop removed).
+    stopping: AtomicBool,
     /// The last configuration text checked, so that an edit of it is parsed incrementally.
     checked: Mutex<Option<Arc<isthmus_config::Checked>>>,
     /// Where the time of the last commit went.
@@ -208,6 +213,7 @@ impl Core {
             planes: Mutex::new(Planes::default()),
             net: Mutex::new(plan::NetPlane::default()),
             applying: Mutex::new(()),
+            stopping: AtomicBool::new(false),
             checked: Mutex::new(None),
             stages: Mutex::new(plan::Stages::default()),
             monitor: Monitor::default(),
@@ -380,16 +386,9 @@ impl Core {
         }
     }
 
-    /// Stops the driver and the dataplane.
+    /// Stops the driver and the dataplane, leaving the peers untold and the kernel as it is
+    /// ([`Core::stop`] with [`StopMode::KeepState`]).
     pub fn shutdown(&self) {
-        self.health.stop_all();
-        let driver = lock(&self.planes).driver.take();
-        if let Some(d) = driver {
-            match Arc::try_unwrap(d) {
-                Ok(d) => d.tunnels.shutdown(),
-                // A reader still holds it: the driver stops when the last one is done.
-                Err(d) => drop(d),
-            }
-        }
+        self.stop(StopMode::KeepState);
     }
 }

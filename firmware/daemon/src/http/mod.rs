@@ -871,12 +871,13 @@ pub const LOCAL: SocketAddr =
 /// Binds the API's listeners and serves them until one fails. With `explicit` (`--api`), only
 /// there; else on [`LOCAL`] and, with `[gateway.management]`, on the management address. Every
 /// address but loopback gets TLS (`tls` forces it on loopback too), with the identity kept in
-/// `data_dir`.
+/// `data_dir`. `listening` is called once every listener is bound.
 pub async fn serve_all(
     core: Arc<Core>,
     explicit: Option<SocketAddr>,
     tls: bool,
     data_dir: &std::path::Path,
+    listening: impl FnOnce(),
 ) -> anyhow::Result<()> {
     let mgmt = core.management();
     let mut addrs = match explicit {
@@ -914,6 +915,9 @@ pub async fn serve_all(
         }
         let app = router(core.clone());
         servers.spawn(async move { serve(listener, identity.as_ref(), app).await });
+    }
+    if !servers.is_empty() {
+        listening();
     }
     match servers.join_next().await {
         Some(r) => r?,
