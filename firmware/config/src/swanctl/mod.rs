@@ -186,8 +186,6 @@ impl Cx {
         for e in &sec.sections {
             let prefix = format!("secrets.{}.", e.name);
             if !e.name.starts_with("ike") {
-                let kind = e.name.trim_end_matches(|c: char| c != '-' && !c.is_ascii_digit());
-                let _ = kind;
                 self.note_section(
                     e,
                     "secrets.",
@@ -281,7 +279,7 @@ impl Cx {
                         Some("psk") => {}
                         Some(_) => {
                             auth_ok = false;
-                            let a = auth.unwrap_or_else(|| unreachable!());
+                            let Some(a) = auth else { continue };
                             self.note(a, &sp, "certificates and EAP are not supported; only PSK. The tunnel reads its PSK from an environment variable: agree a key with the peer");
                         }
                         None => {
@@ -426,8 +424,7 @@ impl Cx {
         if conn.esp.is_empty() {
             conn.esp = DEFAULT_ESP.iter().map(|s| (*s).to_owned()).collect();
         }
-        if conn.ike.is_empty() {
-            let s = conn.ike_loc.clone().unwrap_or_else(|| unreachable!());
+        if let (true, Some(s)) = (conn.ike.is_empty(), conn.ike_loc.clone()) {
             self.note(&s, &p, "no proposal Isthmus implements remains; Isthmus's default proposals are used: agree proposals with the peer");
             conn.ike = crate::DEFAULT_IKE_PROPOSALS.iter().map(|s| (*s).to_owned()).collect();
         }
@@ -1011,10 +1008,7 @@ fn sanitize(n: &str) -> String {
 /// Placeholders for `[gateway]` when no base configuration is given: the WAN from
 /// `local_addrs`, one LAN holding every local selector.
 fn placeholder_gateway(conns: &[Conn], notes: &mut Vec<Note>, main: &Loc) -> String {
-    let wan = conns
-        .iter()
-        .find_map(|c| c.local_ip)
-        .unwrap_or("192.0.2.1".parse().unwrap_or_else(|_| unreachable!()));
+    let wan = conns.iter().find_map(|c| c.local_ip).unwrap_or(IpAddr::from([192, 0, 2, 1]));
     let (wan_len, next_hop) = match wan {
         IpAddr::V4(a) => {
             let o = a.octets();
