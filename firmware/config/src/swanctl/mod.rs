@@ -337,14 +337,14 @@ impl Cx {
                     "Isthmus sends and answers IKE on its WAN address only; that is used",
                 ),
             }
-            if let (Some(a), Some(wan)) = (local_ip, base.map(|b| b.gateway.wan.address.addr)) {
-                if a != wan {
-                    self.note(
-                        s,
-                        &p,
-                        &format!("the base configuration's WAN address {wan} is used instead"),
-                    );
-                }
+            if let (Some(a), Some(wan)) = (local_ip, base.map(|b| b.gateway.wan.address.addr))
+                && a != wan
+            {
+                self.note(
+                    s,
+                    &p,
+                    &format!("the base configuration's WAN address {wan} is used instead"),
+                );
             }
         }
         conn.local_ip = local_ip;
@@ -442,10 +442,10 @@ impl Cx {
                     .join("-");
             }
             conn.ike.retain(|x| IkeProposal::parse(x).is_ok());
-            if let Some(s) = conn.ike_loc.clone() {
-                if conn.ike.len() < before || conn.ike.is_empty() {
-                    self.note(&s, &p, "IKEv1 (RFC 2409) has no AEAD ciphers and no Curve25519 in phase 1; those proposals are left out");
-                }
+            if let Some(s) = conn.ike_loc.clone()
+                && (conn.ike.len() < before || conn.ike.is_empty())
+            {
+                self.note(&s, &p, "IKEv1 (RFC 2409) has no AEAD ciphers and no Curve25519 in phase 1; those proposals are left out");
             }
             if conn.ike.is_empty() {
                 conn.ike = vec!["aes256-sha256-modp2048".into()];
@@ -720,7 +720,7 @@ fn decode_secret(v: &str) -> Result<String, &'static str> {
 
 fn hex_decode(h: &str) -> Option<Vec<u8>> {
     let h: String = h.chars().filter(|c| *c != ':').collect();
-    if h.len() % 2 != 0 {
+    if !h.len().is_multiple_of(2) {
         return None;
     }
     (0..h.len()).step_by(2).map(|i| u8::from_str_radix(h.get(i..i + 2)?, 16).ok()).collect()

@@ -130,7 +130,7 @@ pub type Includer<'a> = dyn FnMut(&str, &str) -> Result<Vec<Source>, String> + '
 /// Parses `src` and, through `include`, the files it includes.
 pub fn parse(src: &Source, include: &mut Includer<'_>) -> Result<Section, SyntaxError> {
     let mut root = Section::new("", Loc { file: src.name.clone(), line: 1 });
-    parse_into(src, &mut root, &mut Vec::new(), include, 0)?;
+    parse_into(src, &mut root, &[], include, 0)?;
     Ok(root)
 }
 
@@ -142,7 +142,7 @@ fn is_name_char(c: char) -> bool {
 fn parse_into(
     src: &Source,
     root: &mut Section,
-    base: &mut Vec<String>,
+    base: &[String],
     include: &mut Includer<'_>,
     depth: usize,
 ) -> Result<(), SyntaxError> {
@@ -220,10 +220,10 @@ fn parse_into(
                 }
                 let files = include(&src.name, &pattern)
                     .map_err(|m| err(name_line, format!("include: {m}")))?;
-                let mut full: Vec<String> = base.clone();
+                let mut full: Vec<String> = base.to_vec();
                 full.extend(open.iter().map(|(n, _)| n.clone()));
                 for f in files {
-                    parse_into(&f, root, &mut full, include, depth + 1)?;
+                    parse_into(&f, root, &full, include, depth + 1)?;
                 }
                 continue;
             }
