@@ -4,6 +4,7 @@
 
 mod client;
 mod complete;
+mod import;
 mod table;
 mod when;
 
@@ -199,6 +200,23 @@ enum ConfigCmd {
     },
     /// What applying a file would change.
     Diff { file: PathBuf },
+    /// Write an Isthmus configuration from a strongSwan swanctl.conf (see docs/migrating.md).
+    /// Each setting not carried over is named on standard error with its file and line.
+    Import {
+        /// The swanctl.conf; its `include` statements are read relative to it.
+        file: PathBuf,
+        /// A separate file with the `secrets` section (the PSKs).
+        #[arg(long)]
+        secrets: Option<PathBuf>,
+        /// An Isthmus configuration whose `[gateway]` (and the rest) the imported customer
+        /// gateways and tunnels are added to. Without it, `[gateway]` holds placeholders.
+        #[arg(long)]
+        base: Option<PathBuf>,
+        /// Where to write the configuration (mode 0600: it holds the PSKs); standard output
+        /// without it.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
     /// Validate, commit and apply a file.
     Apply {
         file: PathBuf,
@@ -422,6 +440,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Config(ConfigCmd::Validate { file, offline: true }) => {
             return validate_offline(&cli, file);
+        }
+        Cmd::Config(ConfigCmd::Import { file, secrets, base, output }) => {
+            return import::run(file, secrets.as_deref(), base.as_deref(), output.as_deref());
         }
         _ => {}
     }
@@ -797,6 +818,7 @@ fn config(cli: &Cli, c: &Client, cc: &ConfigCmd) -> anyhow::Result<()> {
             spinner.finish_and_clear();
             print_commit(cli, &r?, *confirm);
         }
+        ConfigCmd::Import { .. } => unreachable!("import runs offline"),
         ConfigCmd::Confirm => act(cli, c, api::Action::ConfigConfirm {})?,
         ConfigCmd::Rollback { revision } => {
             let rev = match revision {

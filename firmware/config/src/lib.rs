@@ -38,6 +38,7 @@ mod parse;
 mod schema;
 pub mod secret;
 mod store;
+pub mod swanctl;
 pub mod types;
 mod validate;
 

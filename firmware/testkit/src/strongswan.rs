@@ -236,6 +236,21 @@ impl SwanConn {
     }
 }
 
+/// The swanctl.conf [`Strongswan::start`] writes for `conns`: their connections, then their
+/// secrets (the PSKs in hex).
+pub fn swanctl_conf(conns: &[SwanConn]) -> String {
+    let mut sw = String::from("connections {\n");
+    for c in conns {
+        sw.push_str(&c.connection());
+    }
+    sw.push_str("}\nsecrets {\n");
+    for c in conns {
+        sw.push_str(&c.secret());
+    }
+    sw.push_str("}\n");
+    sw
+}
+
 /// Retransmission settings for the instance's `strongswan.conf` (charon defaults: 4 s, 1.8, 5).
 #[derive(Debug, Clone, Copy)]
 pub struct Retransmit {
@@ -287,16 +302,7 @@ impl Strongswan {
 
     /// Like [`Strongswan::start`] with explicit retransmission settings.
     pub fn start_with(ns: &Netns, conns: &[SwanConn], rt: Retransmit) -> Strongswan {
-        let mut sw = String::from("connections {\n");
-        for c in conns {
-            sw.push_str(&c.connection());
-        }
-        sw.push_str("}\nsecrets {\n");
-        for c in conns {
-            sw.push_str(&c.secret());
-        }
-        sw.push_str("}\n");
-        Strongswan::start_conf(ns, &sw, rt)
+        Strongswan::start_conf(ns, &swanctl_conf(conns), rt)
     }
 
     /// Starts charon in `ns` with `swanctl_conf` as its swanctl.conf, as given (a file made
