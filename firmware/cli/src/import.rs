@@ -19,7 +19,7 @@ pub fn run(
 ) -> anyhow::Result<()> {
     let main = read(file)?;
     let secrets = secrets.map(read).transpose()?;
-    let base = base.map(|b| crate::read_file(b)).transpose()?;
+    let base = base.map(crate::read_file).transpose()?;
     let mut include = |from: &str, pattern: &str| include(from, pattern);
     let imported = swanctl::import(&main, secrets.as_ref(), &mut include, &Options { base })
         .map_err(|e| CliError { code: exit::INVALID, message: e.to_string(), details: vec![] })?;
