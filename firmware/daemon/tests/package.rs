@@ -140,11 +140,20 @@ fn check_contents(deb: &Path, root: &Path) {
     assert!(man.contains(r"\-\-data\-dir") && man.contains(r"\-\-config"), "{man}");
     let bash = std::fs::read_to_string(root.join("usr/share/bash-completion/completions/isthmus"))
         .expect("bash completion");
-    assert!(bash.contains("complete -F _isthmus"), "{bash}");
+    // The scripts register clap's dynamic completion: at each TAB the shell asks the installed
+    // binary (so tunnel, revision and alarm names come from the live daemon), and the packaged
+    // binary answers.
+    assert!(bash.contains("-F _clap_complete_isthmus isthmus"), "{bash}");
+    assert!(bash.contains("COMPLETE=\"bash\""), "{bash}");
     let fish =
         std::fs::read_to_string(root.join("usr/share/fish/vendor_completions.d/isthmus.fish"))
             .expect("fish completion");
-    assert!(fish.contains("complete -c isthmus"), "{fish}");
+    assert!(fish.contains("--command isthmus") && fish.contains("COMPLETE=fish isthmus"), "{fish}");
+    let answer = text(&ok(Command::new(root.join("usr/bin/isthmus"))
+        .env("COMPLETE", "bash")
+        .env("_CLAP_COMPLETE_INDEX", "1")
+        .args(["--", "isthmus", "tun"])));
+    assert_eq!(answer.trim(), "tunnel", "the packaged isthmus completes `tun`");
 }
 
 /// lintian reports no error (warnings and notes are printed).

@@ -594,13 +594,17 @@ impl Driver {
     fn drain(&mut self) {
         loop {
             let mut progress = false;
-            while let Some(t) = self.ep.poll_transmit() {
-                progress = true;
-                self.transmit(&t);
-            }
+            // Events first: a CHILD SA the peer's CREATE_CHILD_SA request created must be in the
+            // dataplane before our response leaves, since the peer may send on it as soon as it
+            // has the response (RFC 7296 §2.8). Sent the other way round, a fast peer's first
+            // packet arrived to an unknown SPI.
             while let Some(e) = self.ep.poll_event() {
                 progress = true;
                 self.event(e);
+            }
+            while let Some(t) = self.ep.poll_transmit() {
+                progress = true;
+                self.transmit(&t);
             }
             if !progress {
                 break;
