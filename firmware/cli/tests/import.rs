@@ -90,13 +90,7 @@ fn base(n: u8) -> String {
 
 /// strongSwan's side of interop lab `n`, as `firmware/tunnels/tests/strongswan_interop.rs` makes it.
 fn swan_conn(n: u8) -> SwanConn {
-    let mut c = SwanConn::new("to-isthmus", &format!("10.40.{n}.2"), &format!("10.40.{n}.1"), PSK);
-    c.child = "net".into();
-    c.local_id = "swan.example".into();
-    c.remote_id = "isthmus.example".into();
-    c.local_ts = format!("10.42.{n}.0/24");
-    c.remote_ts = format!("10.41.{n}.0/24");
-    c
+    SwanConn::interop_lab(n, PSK)
 }
 
 #[test]

@@ -147,6 +147,20 @@ impl std::fmt::Debug for SwanConn {
 }
 
 impl SwanConn {
+    /// strongSwan's side of interop lab `n` (the addressing of
+    /// `firmware/tunnels/tests/strongswan_interop.rs`): WAN 10.40.n.2 to 10.40.n.1, identities
+    /// `swan.example` and `isthmus.example`, child `net` from 10.42.n.0/24 to 10.41.n.0/24.
+    pub fn interop_lab(n: u8, psk: &str) -> SwanConn {
+        let mut c =
+            SwanConn::new("to-isthmus", &format!("10.40.{n}.2"), &format!("10.40.{n}.1"), psk);
+        c.child = "net".into();
+        c.local_id = "swan.example".into();
+        c.remote_id = "isthmus.example".into();
+        c.local_ts = format!("10.42.{n}.0/24");
+        c.remote_ts = format!("10.41.{n}.0/24");
+        c
+    }
+
     /// A connection `name` with child `name-child`, AES-256-GCM with X25519 for both, no rekey
     /// overrides, no DPD, `start_action = none`.
     pub fn new(name: &str, local_addr: &str, remote_addr: &str, psk: &str) -> SwanConn {

@@ -67,13 +67,7 @@ fn isthmus_tunnel(n: u8) -> TunnelConfig {
 
 /// strongSwan's side of the same tunnel.
 fn swan_conn(n: u8) -> SwanConn {
-    let mut c = SwanConn::new("to-isthmus", &format!("10.40.{n}.2"), &format!("10.40.{n}.1"), PSK);
-    c.child = "net".into();
-    c.local_id = "swan.example".into();
-    c.remote_id = "isthmus.example".into();
-    c.local_ts = format!("10.42.{n}.0/24");
-    c.remote_ts = format!("10.41.{n}.0/24");
-    c
+    SwanConn::interop_lab(n, PSK)
 }
 
 fn lab(n: u8, ours: TunnelConfig, close: CloseAction, theirs: SwanConn) -> Lab {
